@@ -1,0 +1,55 @@
+"""Shared by the benchmark scripts: each owns one section of docs/results.md and rewrites only it."""
+from __future__ import annotations
+
+import platform
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from lesionlab.fileio import write_text  # noqa: E402
+
+RESULTS = ROOT / "docs" / "results.md"
+HEADER = """# Measured results
+
+Written by the scripts in `benchmarks/` (each rewrites its own section); numbers are what those runs
+printed on the machine named in each section. Development data: HAM10000 (8,787 images, CC BY-NC 4.0,
+Tschandl et al. 2018, doi:10.1038/sdata.2018.161), label 1 = MEL/BCC/SCC as ISIC 2024's target.
+"""
+
+
+def update_section(name: str, body: str) -> Path:
+    text = RESULTS.read_text() if RESULTS.exists() else HEADER
+    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+    block = f"{begin}\n{body.strip()}\n{end}"
+    if begin in text:
+        text = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    write_text(RESULTS, text)
+    return RESULTS
+
+
+def machine() -> str:
+    from lesionlab.engine.runtime import cpu_name
+
+    import os
+
+    return f"{cpu_name()}, {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}"
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "?"
+
+
+def ham10000() -> Path:
+    path = ROOT.parent / "shared" / "data" / "ham10000"
+    if not (path / "manifest.csv").exists():
+        sys.exit(f"{path}: the development data set is not there")
+    return path

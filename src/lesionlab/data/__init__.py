@@ -1,0 +1,1 @@
+"""Data flow: sources -> prepared store -> fixed split -> training draws."""

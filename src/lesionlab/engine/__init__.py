@@ -1,0 +1,1 @@
+"""Training and inference on prepared uint8 images."""

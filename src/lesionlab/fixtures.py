@@ -1,0 +1,107 @@
+"""Writers of the official layouts, for tests and benchmarks: data in exactly the form lesionlab
+reads from others (ISIC 2024 metadata + HDF5, ISIC 2019/2020 CSV + JPEG folder, manifests)."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from .data.sources import ISIC2024_COLUMNS, ISIC2024_TEXT_COLUMNS
+
+_SITES = ["posterior torso", "lower extremity", "anterior torso", "upper extremity", "head/neck"]
+_LOCATIONS = ["Torso Back Top Third", "Left Leg - Lower", "Torso Front Top Half", "Right Arm - Upper", "Head & Neck"]
+_INSTITUTIONS = ["Memorial Sloan Kettering Cancer Center", "ViDIR Group, Department of Dermatology, Medical University of Vienna",
+                 "Department of Dermatology, Hospital Clínic de Barcelona", "University Hospital of Basel",
+                 "Frazer Institute, The University of Queensland, Dermatology Research Centre",
+                 "ACEMID MIA", "Department of Dermatology, University of Athens, Andreas Syggros Hospital"]
+_LICENSES = ["CC-BY", "CC-BY-NC", "CC-0"]
+
+
+def jpeg_bytes(rgb: np.ndarray, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def lesion_image(rng: np.random.Generator, h: int, w: int, malignant: bool) -> np.ndarray:
+    """A skin-coloured crop with a darker blob; malignant blobs are larger and more irregular,
+    so a classifier can learn something from them."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    skin = np.array([200, 160, 140]) + rng.normal(0, 10, 3)
+    img = np.ones((h, w, 3)) * skin
+    cy, cx = h / 2 + rng.normal(0, h / 10), w / 2 + rng.normal(0, w / 10)
+    r = min(h, w) * (0.3 if malignant else 0.18) * rng.uniform(0.8, 1.2)
+    angle = np.arctan2(yy - cy, xx - cx)
+    wobble = 1 + (0.25 if malignant else 0.05) * np.sin(angle * rng.integers(3, 7) + rng.uniform(0, 6))
+    inside = ((yy - cy) ** 2 + (xx - cx) ** 2) < (r * wobble) ** 2
+    colour = np.array([90, 55, 40]) if malignant else np.array([140, 100, 80])
+    img[inside] = colour + rng.normal(0, 12, 3)
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def isic2024_metadata(n: int, n_patients: int, n_positive: int, seed: int = 0) -> pd.DataFrame:
+    """train-metadata.csv rows with all 55 columns, in order, with plausible values."""
+    rng = np.random.default_rng(seed)
+    ids = [f"ISIC_{i:07d}" for i in rng.choice(9_999_999, size=n, replace=False)]
+    patients = np.array([f"IP_{i:07d}" for i in rng.choice(9_999_999, size=n_patients, replace=False)])
+    # uneven patients, as in the real data (some have hundreds of crops, some a few)
+    weights = rng.pareto(1.5, n_patients) + 1
+    patient = patients[rng.choice(n_patients, size=n, p=weights / weights.sum())]
+    target = np.zeros(n, np.int64)
+    target[rng.choice(n, size=min(n_positive, n), replace=False)] = 1
+    cols: dict[str, object] = {}
+    for c in ISIC2024_COLUMNS:
+        if c not in ISIC2024_TEXT_COLUMNS:
+            cols[c] = np.round(rng.normal(20, 8, n), 4)
+    cols.update({
+        "isic_id": ids, "target": target, "patient_id": patient,
+        "age_approx": rng.choice(np.arange(20, 90, 5), size=n).astype(float),
+        "sex": rng.choice(["male", "female", ""], size=n, p=[0.5, 0.45, 0.05]),
+        "anatom_site_general": rng.choice(_SITES + [""], size=n),
+        "clin_size_long_diam_mm": np.round(rng.gamma(2, 2, n) + 1, 2),
+        "image_type": "TBP tile: close-up",
+        "tbp_tile_type": rng.choice(["3D: white", "3D: XP"], size=n),
+        "tbp_lv_location": rng.choice(_LOCATIONS, size=n), "tbp_lv_location_simple": rng.choice(_SITES, size=n),
+        "tbp_lv_nevi_confidence": np.round(rng.uniform(0, 100, n), 4),
+        "tbp_lv_dnn_lesion_confidence": np.round(rng.uniform(0, 100, n), 4),
+        "attribution": rng.choice(_INSTITUTIONS, size=n), "copyright_license": rng.choice(_LICENSES, size=n),
+        "lesion_id": np.where(target == 1, [f"IL_{i:07d}" for i in rng.integers(0, 9_999_999, n)], ""),
+        "iddx_full": np.where(target == 1, "Malignant::Malignant epidermal proliferations::Basal cell carcinoma", "Benign"),
+        "iddx_1": np.where(target == 1, "Malignant", "Benign"),
+        "iddx_2": np.where(target == 1, "Malignant epidermal proliferations", ""),
+        "iddx_3": np.where(target == 1, "Basal cell carcinoma", ""), "iddx_4": "", "iddx_5": "",
+        "mel_mitotic_index": "", "mel_thick_mm": np.nan,
+    })
+    return pd.DataFrame(cols)[list(ISIC2024_COLUMNS)]
+
+
+def write_isic2024(folder: Path, n: int = 60, n_patients: int = 12, n_positive: int = 15, seed: int = 0,
+                   images: str = "hdf5", size_range: tuple[int, int] = (100, 160), prefix: str = "train",
+                   labels: bool = True) -> Path:
+    """`{prefix}-metadata.csv` with `{prefix}-image.hdf5` (images='hdf5') or `{prefix}-image/image/`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = isic2024_metadata(n, n_patients, n_positive, seed)
+    rng = np.random.default_rng(seed + 1)
+    if not labels:  # the test files carry neither labels nor label-derived columns
+        meta = meta.drop(columns=["target", "lesion_id", "iddx_full", "iddx_1", "iddx_2", "iddx_3", "iddx_4",
+                                  "iddx_5", "mel_mitotic_index", "mel_thick_mm"])
+    targets = meta["target"].to_numpy() if labels else np.zeros(n, int)
+    if images == "hdf5":
+        with h5py.File(folder / f"{prefix}-image.hdf5", "w") as f:
+            for isic_id, t in zip(meta["isic_id"], targets):
+                side = int(rng.integers(*size_range))
+                f.create_dataset(isic_id, data=np.bytes_(jpeg_bytes(lesion_image(rng, side, side + int(rng.integers(-4, 5)), bool(t)))))
+    else:
+        img_dir = folder / f"{prefix}-image" / "image"
+        img_dir.mkdir(parents=True, exist_ok=True)
+        for isic_id, t in zip(meta["isic_id"], targets):
+            side = int(rng.integers(*size_range))
+            (img_dir / f"{isic_id}.jpg").write_bytes(jpeg_bytes(lesion_image(rng, side, side, bool(t))))
+    meta.to_csv(folder / f"{prefix}-metadata.csv", index=False)
+    return folder

@@ -1,0 +1,242 @@
+"""Metrics as plain numpy functions, each checked against scikit-learn in the tests.
+
+Written here rather than called from scikit-learn because the bootstrap evaluates them
+thousands of times per run, and because the ISIC 2024 pAUC needs the scorer's exact recipe.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import BadInputError
+
+METRIC_KEYS = ("loss", "accuracy", "precision", "recall", "f1", "specificity", "balanced_accuracy",
+               "roc_auc", "average_precision", "pauc_80", "threshold")
+RANKING_KEYS = ("roc_auc", "average_precision", "pauc_80")
+HIGHER_IS_BETTER = {k: k != "loss" for k in METRIC_KEYS}
+
+
+def _check(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y).astype(np.int8).ravel()
+    s = np.asarray(s, dtype=np.float64).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"labels and scores differ in length ({len(y)} vs {len(s)})")
+    return y, s
+
+
+def roc_curve(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds) at every distinct score, from (0, 0) up, as sklearn's
+    roc_curve(drop_intermediate=False). Needs both classes."""
+    y, s = _check(y, s)
+    npos = int(y.sum())
+    if npos == 0 or npos == len(y):
+        raise ValueError("the ROC curve needs both classes; got only one")
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # last index of each distinct score
+    tps = np.cumsum(y)[last]
+    fps = (last + 1) - tps
+    fpr = np.r_[0.0, fps / fps[-1]]
+    tpr = np.r_[0.0, tps / tps[-1]]
+    return fpr, tpr, np.r_[np.inf, s[last]]
+
+
+def roc_auc(y: np.ndarray, s: np.ndarray) -> float:
+    fpr, tpr, _ = roc_curve(y, s)
+    return float(np.trapezoid(tpr, fpr))
+
+
+def pr_curve(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(precision, recall, thresholds) at every distinct score, highest threshold first."""
+    y, s = _check(y, s)
+    if y.sum() == 0:
+        raise ValueError("the precision-recall curve needs at least one positive")
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
+    tps = np.cumsum(y)[last]
+    precision = tps / (last + 1)
+    recall = tps / tps[-1]
+    return precision, recall, s[last]
+
+
+def average_precision(y: np.ndarray, s: np.ndarray) -> float:
+    """sum_k (R_k - R_{k-1}) P_k over distinct thresholds, as sklearn's average_precision_score."""
+    precision, recall, _ = pr_curve(y, s)
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def pauc_above_tpr(y: np.ndarray, s: np.ndarray, min_tpr: float = 0.8) -> float:
+    """ISIC 2024's partial AUC: the area of the ROC region above TPR = min_tpr (0 .. 1-min_tpr).
+
+    The official scorer's recipe: flip labels and scores, take the ROC curve, cut it at
+    FPR' = 1 - min_tpr with linear interpolation and integrate (no McClish standardisation).
+    """
+    y, s = _check(y, s)
+    max_fpr = 1.0 - min_tpr
+    fpr, tpr, _ = roc_curve(1 - y, 1.0 - s)
+    stop = int(np.searchsorted(fpr, max_fpr, side="right"))
+    if stop >= len(fpr):  # the curve ends at fpr = 1 >= max_fpr, so this only guards rounding
+        return float(np.trapezoid(tpr, fpr))
+    x_interp, y_interp = [fpr[stop - 1], fpr[stop]], [tpr[stop - 1], tpr[stop]]
+    tpr_cut = np.r_[tpr[:stop], np.interp(max_fpr, x_interp, y_interp)]
+    fpr_cut = np.r_[fpr[:stop], max_fpr]
+    return float(np.trapezoid(tpr_cut, fpr_cut))
+
+
+def bce_per_sample(y: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """Binary cross-entropy of each sample, computed from logits (stable for extreme scores)."""
+    y = np.asarray(y, dtype=np.float64)
+    z = np.asarray(logits, dtype=np.float64)
+    return np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
+
+
+def confusion(y: np.ndarray, pred: np.ndarray) -> dict[str, int]:
+    y = np.asarray(y).astype(bool)
+    pred = np.asarray(pred).astype(bool)
+    return {"tn": int((~y & ~pred).sum()), "fp": int((~y & pred).sum()),
+            "fn": int((y & ~pred).sum()), "tp": int((y & pred).sum())}
+
+
+def _rates(tp, fp, tn, fn):
+    """Threshold metrics from counts (scalars or arrays); 0 where a ratio has no denominator,
+    as sklearn's zero_division=0."""
+    tp, fp, tn, fn = (np.asarray(v, dtype=np.float64) for v in (tp, fp, tn, fn))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
+        specificity = np.where(tn + fp > 0, tn / (tn + fp), 0.0)
+        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
+    accuracy = (tp + tn) / (tp + fp + tn + fn)
+    return {"accuracy": accuracy, "precision": precision, "recall": recall, "f1": f1,
+            "specificity": specificity, "balanced_accuracy": (recall + specificity) / 2}
+
+
+def compute_metrics(y: np.ndarray, prob: np.ndarray, threshold: float = 0.5,
+                    losses: np.ndarray | None = None) -> dict[str, float]:
+    """Every metric of METRIC_KEYS for one set of predictions (positive = prob >= threshold)."""
+    y, prob = _check(y, prob)
+    c = confusion(y, prob >= threshold)
+    out = {"loss": float(np.mean(losses)) if losses is not None else float("nan")}
+    out.update({k: float(v) for k, v in _rates(c["tp"], c["fp"], c["tn"], c["fn"]).items()})
+    both = 0 < y.sum() < len(y)
+    out["roc_auc"] = roc_auc(y, prob) if both else float("nan")
+    out["average_precision"] = average_precision(y, prob) if y.sum() > 0 else float("nan")
+    out["pauc_80"] = pauc_above_tpr(y, prob) if both else float("nan")
+    out["threshold"] = float(threshold)
+    return out
+
+
+def bootstrap_ci(y: np.ndarray, prob: np.ndarray, threshold: float, losses: np.ndarray | None = None,
+                 n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict[str, list[float]]:
+    """Percentile intervals of every metric over stratified bootstrap resamples of the images
+    (positives and negatives resampled separately, so every resample has both classes)."""
+    y, prob = _check(y, prob)
+    idx = stratified_resamples(y, n_boot, seed)
+    yb, pb = y[idx].astype(bool), prob[idx] >= threshold
+    rates = _rates((yb & pb).sum(1), (~yb & pb).sum(1), (~yb & ~pb).sum(1), (yb & ~pb).sum(1))
+    samples: dict[str, np.ndarray] = dict(rates)
+    samples["loss"] = losses[idx].mean(1) if losses is not None else np.full(n_boot, np.nan)
+    for key, values in _ranking_samples(y, prob, idx).items():
+        samples[key] = values
+    lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
+    out = {k: [float(np.nanquantile(v, lo)), float(np.nanquantile(v, hi))] if np.isfinite(v).any()
+           else [float("nan")] * 2 for k, v in samples.items()}
+    out["threshold"] = [float(threshold)] * 2
+    return {k: out[k] for k in METRIC_KEYS}
+
+
+def stratified_resamples(y: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, n) index arrays; each keeps the number of positives and negatives."""
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    parts = [grp[rng.integers(0, len(grp), size=(n_boot, len(grp)))] for grp in (pos, neg) if len(grp)]
+    return np.concatenate(parts, axis=1)
+
+
+def _ranking_samples(y: np.ndarray, prob: np.ndarray, idx: np.ndarray) -> dict[str, np.ndarray]:
+    if not 0 < y.sum() < len(y):
+        return {k: np.full(len(idx), np.nan) for k in RANKING_KEYS}
+    funcs = {"roc_auc": roc_auc, "average_precision": average_precision, "pauc_80": pauc_above_tpr}
+    return {k: np.array([f(y[i], prob[i]) for i in idx]) for k, f in funcs.items()}
+
+
+def paired_bootstrap(y: np.ndarray, prob_a: np.ndarray, prob_b: np.ndarray, threshold_a: float,
+                     threshold_b: float, metrics=("roc_auc", "average_precision", "pauc_80", "f1"),
+                     n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict[str, dict[str, float]]:
+    """Difference B - A on the same resampled images: estimate and percentile interval."""
+    y, prob_a = _check(y, prob_a)
+    _, prob_b = _check(y, prob_b)
+    idx = stratified_resamples(y, n_boot, seed)
+    lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
+    out = {}
+    for m in metrics:
+        full_a = compute_metrics(y, prob_a, threshold_a)[m]
+        full_b = compute_metrics(y, prob_b, threshold_b)[m]
+        diffs = np.array([compute_metric(m, y[i], prob_b[i], threshold_b) - compute_metric(m, y[i], prob_a[i], threshold_a)
+                          for i in idx])
+        out[m] = {"a": full_a, "b": full_b, "diff": full_b - full_a,
+                  "lo": float(np.quantile(diffs, lo)), "hi": float(np.quantile(diffs, hi)),
+                  "p_b_not_better": float(np.mean(diffs <= 0))}
+    return out
+
+
+def compute_metric(name: str, y: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> float:
+    if name == "roc_auc":
+        return roc_auc(y, prob)
+    if name == "average_precision":
+        return average_precision(y, prob)
+    if name == "pauc_80":
+        return pauc_above_tpr(y, prob)
+    c = confusion(y, prob >= threshold)
+    return float(_rates(c["tp"], c["fp"], c["tn"], c["fn"])[name])
+
+
+# ---------------------------------------------------------------- thresholds
+
+
+@dataclass(frozen=True)
+class ThresholdRule:
+    """'0.5' (a fixed value), 'val-f1' (max F1 on validation) or 'sens:0.9' (target sensitivity)."""
+
+    kind: str  # fixed | f1 | sensitivity
+    value: float = 0.5
+
+    @classmethod
+    def parse(cls, text: str | float) -> "ThresholdRule":
+        t = str(text).strip().lower()
+        if t in ("val-f1", "f1", "max-f1"):
+            return cls("f1")
+        m = re.fullmatch(r"(?:sens|sensitivity):\s*([0-9.]+)", t)
+        if m:
+            v = float(m.group(1))
+            if not 0 < v < 1:
+                raise BadInputError(f"--threshold {text}: the target sensitivity must lie in (0, 1), got {v}")
+            return cls("sensitivity", v)
+        try:
+            v = float(t)
+        except ValueError:
+            raise BadInputError(f"--threshold must be a number in (0, 1), 'val-f1' or 'sens:X' "
+                                f"(e.g. sens:0.9), got '{text}'") from None
+        if not 0 < v < 1:
+            raise BadInputError(f"--threshold {text}: a fixed threshold must lie in (0, 1)")
+        return cls("fixed", v)
+
+    def __str__(self) -> str:
+        return {"fixed": f"{self.value:g}", "f1": "val-f1", "sensitivity": f"sens:{self.value:g}"}[self.kind]
+
+    def choose(self, y_val: np.ndarray, prob_val: np.ndarray) -> float:
+        """The threshold, chosen on validation predictions only."""
+        if self.kind == "fixed":
+            return self.value
+        precision, recall, scores = pr_curve(y_val, prob_val)
+        if self.kind == "f1":
+            with np.errstate(invalid="ignore", divide="ignore"):
+                f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0)
+            k = int(np.argmax(f1))
+        else:
+            k = int(np.flatnonzero(recall >= self.value - 1e-12)[0])
+        # midway to the next lower score: the same decisions on validation, less brittle after
+        return float((scores[k] + scores[k + 1]) / 2) if k + 1 < len(scores) else float(scores[k])

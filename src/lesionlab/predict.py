@@ -1,0 +1,110 @@
+"""Apply a trained run to new images of any size and layout, in bounded memory.
+
+Images are decoded and resized exactly as the run's training data (same size and fit), in
+worker processes, a chunk at a time; rows are written as they come, into a file that only
+takes its final name once complete.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .data.images import DecodeError, decode_resize
+from .data.parallel import cpu_count, map_ordered
+from .data.sources import ImageReader, read_source
+from .engine.runtime import Runtime, resolve_runtime
+from .engine.trainer import predict_logits
+from .errors import BadInputError, ExistsError, preview
+from .fileio import atomic_path
+from .models import create_model
+
+CHUNK = 512
+
+
+@dataclass
+class LoadedRun:
+    model: torch.nn.Module
+    size: int
+    fit: str
+    threshold: float
+    runtime: Runtime
+
+
+def load_run(run_dir: str | os.PathLike, device: str = "auto") -> LoadedRun:
+    path = Path(run_dir) / "checkpoint.pt"
+    if not path.exists():
+        raise BadInputError(f"{run_dir}: no checkpoint.pt; is it a lesionlab run folder?")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    model = create_model(ckpt["model"], image_size=ckpt["image_size"], **ckpt.get("model_kwargs", {}))
+    model.load_state_dict(ckpt["state_dict"])
+    rt = resolve_runtime(device, "auto", "true" if ckpt.get("channels_last") else "false")
+    model.to(rt.device)
+    if rt.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return LoadedRun(model.eval(), ckpt["image_size"], ckpt["fit"], float(ckpt["threshold"]), rt)
+
+
+def _decode_chunk(reader: ImageReader, locators: list[str], size: int, fit: str):
+    out = np.zeros((len(locators), size, size, 3), np.uint8)
+    ok = np.ones(len(locators), bool)
+    reasons = {}
+    for i, loc in enumerate(locators):
+        try:
+            out[i] = decode_resize(reader.read(loc), size, fit)
+        except (DecodeError, OSError, KeyError) as e:
+            ok[i] = False
+            reasons[i] = "missing" if isinstance(e, (FileNotFoundError, KeyError)) else str(e)
+    return out, ok, reasons
+
+
+def predict(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os.PathLike, fmt: str = "auto",
+            skip_bad: bool = False, overwrite: bool = False, workers: int | None = None, batch_size: int = 256,
+            device: str = "auto", progress: Callable[[int, int], None] | None = None) -> dict:
+    """Write `id, prob, decision` (+ `label` where the input has labels) for every image."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ExistsError(f"{out}: exists; choose another --out or pass --overwrite")
+    run = load_run(run_dir, device)
+    src = read_source(source, fmt, require_labels=False)
+    table = src.table
+    n = len(table)
+    missing = set(src.reader.missing(table["locator"].tolist()))
+    if missing and not skip_bad:
+        ids = table.loc[table["locator"].isin(missing), "id"].tolist()
+        raise BadInputError(f"{src.location}: {len(ids)} of {n} image(s) missing: {preview(ids)} (--skip-bad skips them)")
+    workers = max(1, min(workers or cpu_count(), -(-n // CHUNK)))
+    if workers > 1:
+        src.reader.close()
+    starts = list(range(0, n, CHUNK))
+    tasks = ((src.reader, table["locator"].iloc[s:s + CHUNK].tolist(), run.size, run.fit) for s in starts)
+    has_label = "label" in table.columns
+    bad: list[str] = []
+    started, done = time.perf_counter(), 0
+    with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
+        for start, (images, ok, reasons) in zip(starts, map_ordered(_decode_chunk, tasks, workers)):
+            rows = table.iloc[start:start + len(ok)]
+            for i, reason in reasons.items():
+                bad.append(f"{rows['id'].iloc[i]} ({reason})")
+            if len(bad) and not skip_bad:
+                raise BadInputError(f"{src.location}: image(s) could not be read: {preview(bad)} (--skip-bad skips them)")
+            logits = predict_logits(run.model, images[ok], run.runtime, batch_size)
+            probs = 1 / (1 + np.exp(-logits))
+            kept = rows[ok]
+            frame = pd.DataFrame({"id": kept["id"].to_numpy(), "prob": probs,
+                                  "decision": (probs >= run.threshold).astype(int)})
+            if has_label:
+                frame["label"] = kept["label"].to_numpy()
+            frame.to_csv(f, header=start == 0, index=False, float_format="%.6g")
+            done += len(ok)
+            if progress:
+                progress(done, n)
+    seconds = time.perf_counter() - started
+    return {"n": n - len(bad), "skipped": len(bad), "seconds": seconds, "img_s": (n - len(bad)) / max(seconds, 1e-9),
+            "threshold": run.threshold, "out": str(out)}

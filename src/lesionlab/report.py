@@ -1,0 +1,179 @@
+"""Run folders -> report.md and a self-contained report.html, laid out like the seed notebook:
+a summary table (mean ± sd over seeds, 95% intervals), then a section per experiment with its
+Val/Test lines and figures."""
+from __future__ import annotations
+
+import base64
+import html
+import math
+import re
+import shutil
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import BadInputError, ExistsError
+from .fileio import write_text
+from .runs import Run, find_runs
+
+MARKER = "<!-- lesionlab report -->"
+SUMMARY_METRICS = ("f1", "precision", "recall", "average_precision", "pauc_80", "roc_auc", "balanced_accuracy")
+LABELS = {"f1": "F1", "precision": "precision", "recall": "recall", "average_precision": "AP",
+          "pauc_80": "pAUC80", "roc_auc": "ROC AUC", "balanced_accuracy": "bal. acc.", "accuracy": "accuracy",
+          "loss": "loss", "specificity": "specificity"}
+FIGURE_ORDER = (("confusion_test.png", "test confusion matrix"), ("training_curves.png", "training curves"),
+                ("roc.png", "ROC"), ("pr.png", "precision-recall"))
+
+
+def notebook_line(split: str, m: dict) -> str:
+    """The seed notebook's result line, e.g.
+    'Val Loss: 0.5680 | Acc: 83.33% | Precision: 0.198 | Recall: 0.820 | F1: 0.319'."""
+    return (f"{split} Loss: {m['loss']:.4f} | Acc: {100 * m['accuracy']:.2f}% | Precision: {m['precision']:.3f} | "
+            f"Recall: {m['recall']:.3f} | F1: {m['f1']:.3f}")
+
+
+def group_runs(runs: list[Run]) -> "OrderedDict[str, list[Run]]":
+    """Runs that differ only by seed form one experiment."""
+    groups: OrderedDict[str, list[Run]] = OrderedDict()
+    for run in runs:
+        groups.setdefault(run.name, []).append(run)
+    for name, members in groups.items():
+        members.sort(key=lambda r: r.seed)
+    return groups
+
+
+def _fmt(v: float, digits: int = 3) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def summarise(runs: list[Run], metric: str, split: str = "test") -> dict:
+    values = np.array([r.metrics[split][metric] for r in runs], dtype=float)
+    cis = np.array([r.metrics[split].get("ci95", {}).get(metric, [np.nan, np.nan]) for r in runs], dtype=float)
+    return {"mean": float(np.nanmean(values)), "sd": float(np.nanstd(values, ddof=1)) if len(values) > 1 else float("nan"),
+            "n": len(values), "ci": [float(np.nanmean(cis[:, 0])), float(np.nanmean(cis[:, 1]))]}
+
+
+def summary_cell(s: dict) -> str:
+    if s["n"] > 1:
+        return f"{_fmt(s['mean'])} ± {_fmt(s['sd'])}"
+    return f"{_fmt(s['mean'])} [{_fmt(s['ci'][0])}, {_fmt(s['ci'][1])}]"
+
+
+def summary_rows(groups: "OrderedDict[str, list[Run]]") -> tuple[list[str], list[list[str]]]:
+    header = ["experiment", "model", "train draw (mal:ben)", "seeds"] + [f"test {LABELS[m]}" for m in SUMMARY_METRICS]
+    rows = []
+    for name, members in groups.items():
+        first = members[0]
+        draw = first.info.get("draw", {})
+        row = [name, first.config.get("model", "?"), f"{draw.get('malignant', '?')}:{draw.get('benign', '?')}",
+               str(len(members))]
+        row += [summary_cell(summarise(members, m)) for m in SUMMARY_METRICS]
+        rows.append(row)
+    return header, rows
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "run"
+
+
+def _run_details(run: Run) -> list[str]:
+    c, i = run.config, run.info
+    speed = i.get("speed", {})
+    return [
+        f"model {c.get('model')}, ratio {c.get('ratio')}, draw {i['draw']['malignant']} malignant / "
+        f"{i['draw']['benign']} benign, lr {c.get('lr')}, {c.get('epochs')} epochs (best on {i.get('monitor')}: "
+        f"epoch {i.get('best_epoch')}), threshold {i.get('threshold'):.3g} ({i.get('threshold_rule')}), "
+        f"seed {c.get('seed')}",
+        f"training {speed.get('train_img_s', float('nan')):.1f} img/s, pure compute {speed.get('compute_img_s', float('nan')):.1f} img/s "
+        f"(loop/compute {speed.get('loop_vs_compute', float('nan')):.2f}) on {i.get('runtime', {}).get('device_name', '?')}; "
+        f"wall {i.get('wall_seconds', float('nan')):.0f} s",
+    ]
+
+
+def _ci_line(m: dict) -> str:
+    ci = m.get("ci95", {})
+    parts = [f"{LABELS[k]} {_fmt(m[k])} [{_fmt(ci[k][0])}, {_fmt(ci[k][1])}]" for k in SUMMARY_METRICS if k in ci]
+    return "Test 95% bootstrap intervals: " + "; ".join(parts)
+
+
+def build_report(runs_dir: str | Path, out: str | Path, title: str = "lesionlab report") -> Path:
+    runs = find_runs(runs_dir)
+    if not runs:
+        raise BadInputError(f"{runs_dir}: holds no complete run folders")
+    out = Path(out)
+    md_path = out / "report.md"
+    if md_path.exists() and not md_path.read_text(errors="replace").startswith(MARKER):
+        raise ExistsError(f"{md_path}: exists and was not written by lesionlab; choose another --out")
+    groups = group_runs(runs)
+    figures_dir = out / "figures"
+    if figures_dir.exists():
+        shutil.rmtree(figures_dir)  # ours (report.md carries the marker): rebuilt from the runs
+    figures_dir.mkdir(parents=True)
+
+    header, rows = summary_rows(groups)
+    splits = sorted({r.info.get("split_sha256", "?")[:12] for r in runs})
+    intro = (f"{len(runs)} run(s) in {len(groups)} experiment(s) from `{runs_dir}`; split file hash(es) "
+             f"{', '.join(splits)}; generated {time.strftime('%Y-%m-%d %H:%M')} by lesionlab {__version__}.")
+    note = ("Cells give mean ± sd over seeds where an experiment has several, else the value with its 95% "
+            "stratified bootstrap interval over the test images. Thresholded metrics (F1, precision, recall) use each "
+            "run's threshold, chosen on validation only.")
+    md = [MARKER, f"# {title}", "", intro, "", "## Summary", "", note, "", _md_table(header, rows), ""]
+    body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(intro)}</p>", "<h2>Summary</h2>",
+            f"<p>{html.escape(note)}</p>", _html_table(header, rows)]
+    for name, members in groups.items():
+        md += [f"## {name}", ""]
+        body.append(f"<h2>{html.escape(name)}</h2>")
+        for run in members:
+            lines = [notebook_line("Val", run.metrics["val"]), notebook_line("Test", run.metrics["test"])]
+            details = _run_details(run) + [_ci_line(run.metrics["test"])]
+            md += [f"### seed {run.seed} (`{run.path}`)", "", "\\\n".join(lines), ""] + [f"- {d}" for d in details] + [""]
+            body += [f"<h3>seed {run.seed} <small>({html.escape(str(run.path))})</small></h3>",
+                     "<pre>" + html.escape("\n".join(lines)) + "</pre>",
+                     "<ul>" + "".join(f"<li>{html.escape(d)}</li>" for d in details) + "</ul>", "<div class='figs'>"]
+            for fname, caption in FIGURE_ORDER:
+                src = run.path / "figures" / fname
+                if not src.exists():
+                    continue
+                dest = figures_dir / f"{_slug(name)}_seed{run.seed}_{fname}"
+                shutil.copyfile(src, dest)
+                md.append(f"![{caption}](figures/{dest.name})")
+                data = base64.b64encode(src.read_bytes()).decode()
+                body.append(f"<figure><img src='data:image/png;base64,{data}' alt='{caption}'>"
+                            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+            md.append("")
+            body.append("</div>")
+    write_text(md_path, "\n".join(md) + "\n")
+    write_text(out / "report.html", _HTML.format(title=html.escape(title), body="\n".join(body)))
+    return out
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+_HTML = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1300px; color: #222; }}
+table {{ border-collapse: collapse; font-size: 0.85em; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; white-space: nowrap; }}
+th {{ background: #f3f3f3; }}
+pre {{ background: #f7f7f7; padding: 0.6em; }}
+.figs {{ display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }}
+figure {{ margin: 0; }} figure img {{ max-height: 280px; }}
+figcaption {{ font-size: 0.8em; color: #555; }}
+</style></head><body>
+{body}
+</body></html>
+"""

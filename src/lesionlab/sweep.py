@@ -1,0 +1,123 @@
+"""A grid of experiments from one YAML file; complete runs are skipped, so an interrupted sweep
+resumes where it stopped.
+
+    out: runs/seed                 # RUNS_DIR (relative to the working directory)
+    data: data/ham128              # optional; else --data
+    base: {epochs: 10}             # optional keys applied to every experiment
+    experiments:                   # config files (relative to this file) or inline mappings
+      - simple_cnn_1to1.yaml
+      - {name: upgraded 1:2, model: upgraded_cnn, ratio: "1:2"}
+    grid:                          # optional axes: every experiment x every combination
+      seed: [0, 1, 2]
+
+Run folders are RUNS_DIR/<experiment>/<axis>-<value>_...; runs that differ only by seed share
+the experiment name, so the report shows them as mean ± sd.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from .config import ExperimentConfig, build_config, load_yaml, to_dict
+from .errors import BadInputError, ExistsError, LesionLabError
+from .runs import is_complete_run
+
+log = logging.getLogger(__name__)
+SWEEP_KEYS = ("out", "data", "base", "experiments", "grid")
+
+
+@dataclass
+class PlannedRun:
+    folder: Path
+    config: ExperimentConfig
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", str(text).replace(":", "to")).strip("_")
+
+
+def plan(sweep_file: str | Path, data: str | None = None, out: str | None = None,
+         overrides: dict | None = None) -> list[PlannedRun]:
+    sweep_file = Path(sweep_file)
+    spec = load_yaml(sweep_file)
+    unknown = [k for k in spec if k not in SWEEP_KEYS]
+    if unknown:
+        from .errors import closest
+
+        raise BadInputError(f"{sweep_file}: unknown key '{unknown[0]}'{closest(unknown[0], SWEEP_KEYS)}; "
+                            f"known: {', '.join(SWEEP_KEYS)}")
+    runs_dir = Path(out or spec.get("out") or "")
+    if not str(runs_dir) or str(runs_dir) == ".":
+        raise BadInputError(f"{sweep_file}: no output folder: set 'out' in the file or pass --out RUNS_DIR")
+    experiments = spec.get("experiments") or [{}]
+    if not isinstance(experiments, list):
+        raise BadInputError(f"{sweep_file}: 'experiments' must be a list of config files or mappings")
+    grid = spec.get("grid") or {}
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        raise BadInputError(f"{sweep_file}: 'grid' must map config keys to non-empty lists of values")
+    base = dict(spec.get("base") or {})
+    if spec.get("data"):
+        base["data"] = str(spec["data"])
+    if data:
+        base["data"] = data
+    planned = []
+    for i, exp in enumerate(experiments):
+        if isinstance(exp, str):
+            values, origin = load_yaml(sweep_file.parent / exp), str(sweep_file.parent / exp)
+            default_name = Path(exp).stem
+        elif isinstance(exp, dict):
+            values, origin, default_name = dict(exp), f"{sweep_file}: experiments[{i}]", f"experiment{i}"
+        else:
+            raise BadInputError(f"{sweep_file}: experiments[{i}] must be a file name or a mapping")
+        for combo in itertools.product(*grid.values()):
+            axes = dict(zip(grid, combo))
+            merged = {**base, **values, **axes, **(overrides or {})}
+            name = merged.get("name") or default_name
+            non_seed = {k: v for k, v in axes.items() if k != "seed"}
+            if non_seed:  # other axes make other experiments; seeds stay one experiment
+                name += " " + " ".join(f"{k}={v}" for k, v in non_seed.items())
+            merged["name"] = name
+            cfg = build_config(merged, origin)
+            leaf = "_".join(f"{k}-{_slug(v)}" for k, v in axes.items()) or "run"
+            planned.append(PlannedRun(runs_dir / _slug(name) / leaf, cfg))
+    folders = [p.folder for p in planned]
+    dup = {f for f in folders if folders.count(f) > 1}
+    if dup:
+        raise BadInputError(f"{sweep_file}: several runs would share the folder {sorted(dup)[0]}; "
+                            "give the experiments distinct names")
+    return planned
+
+
+def same_config(folder: Path, cfg: ExperimentConfig) -> bool:
+    saved = yaml.safe_load((folder / "config.yaml").read_text())
+    wanted = to_dict(cfg)
+    # the data path may be spelt differently (relative/absolute) for the same data set
+    return {k: v for k, v in saved.items() if k != "data"} == {k: v for k, v in wanted.items() if k != "data"}
+
+
+def run_sweep(planned: list[PlannedRun], run: Callable[[ExperimentConfig, Path], dict],
+              echo: Callable[[str], None] = print) -> dict:
+    """Run every planned run that is not complete; a failure is reported and the sweep goes on."""
+    done, skipped, failed = [], [], []
+    for k, p in enumerate(planned, 1):
+        if is_complete_run(p.folder):
+            if not same_config(p.folder, p.config):
+                raise ExistsError(f"{p.folder}: holds a finished run with another config; "
+                                  "move it away or give the sweep another 'out'")
+            skipped.append(p.folder)
+            echo(f"[{k}/{len(planned)}] {p.folder}: complete, skipped")
+            continue
+        echo(f"[{k}/{len(planned)}] {p.folder}: {p.config.name}, seed {p.config.seed}")
+        try:
+            run(p.config, p.folder)
+            done.append(p.folder)
+        except LesionLabError as e:
+            failed.append((p.folder, str(e)))
+            echo(f"  failed: {e}")
+    return {"done": done, "skipped": skipped, "failed": failed}

@@ -1,0 +1,53 @@
+"""Test data: real HAM10000 images from the sample shipped with lesionlab, written into the
+layouts lesionlab reads, plus small generated ISIC 2024 files."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lesionlab.demo import demo_files
+
+SAMPLE = demo_files() / "ham10000_sample"
+
+
+@pytest.fixture(scope="session")
+def sample_manifest() -> pd.DataFrame:
+    return pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
+
+
+def copy_subset(df: pd.DataFrame, dest: Path) -> Path:
+    """Copy the images of `df` beside a manifest.csv in `dest`; returns the manifest path."""
+    (dest / "images").mkdir(parents=True, exist_ok=True)
+    for p in df["path"]:
+        shutil.copyfile(SAMPLE / p, dest / p)
+    df.to_csv(dest / "manifest.csv", index=False)
+    return dest / "manifest.csv"
+
+
+def subset(df: pd.DataFrame, n_malignant: int, n_benign: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    parts = []
+    for label, n in (("1", n_malignant), ("0", n_benign)):
+        rows = df[df["label"] == label]
+        parts.append(rows.iloc[np.sort(rng.choice(len(rows), size=n, replace=False))])
+    return pd.concat(parts).reset_index(drop=True)
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory, sample_manifest) -> Path:
+    """A prepared store (32 px) of 60 malignant + 200 benign real images with a 10:40 / 10:40 split."""
+    from lesionlab.data.sources import read_source
+    from lesionlab.data.splits import make_split, save_split, split_path
+    from lesionlab.data.store import Store, prepare
+
+    root = tmp_path_factory.mktemp("small")
+    manifest = copy_subset(subset(sample_manifest, 60, 200), root / "raw")
+    data = root / "data"
+    prepare(read_source(manifest), data, size=32, workers=1)
+    store = Store.open(data)
+    save_split(make_split(store, (10, 40), (10, 40), seed=0), split_path(data))
+    return data

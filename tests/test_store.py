@@ -1,0 +1,114 @@
+import errno
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import SAMPLE, copy_subset, subset
+from lesionlab.data import store as store_mod
+from lesionlab.data.images import decode_resize
+from lesionlab.data.sources import read_source
+from lesionlab.data.store import Store, prepare
+from lesionlab.errors import BadInputError, ExistsError, LesionLabError
+
+
+@pytest.fixture
+def manifest(tmp_path, sample_manifest):
+    return copy_subset(subset(sample_manifest, 10, 30), tmp_path / "raw")
+
+
+def test_prepare_decodes_once_into_memmap(tmp_path, manifest):
+    out, state = prepare(read_source(manifest), tmp_path / "d", size=24, workers=2)
+    assert state == "new"
+    s = Store.open(out)
+    assert s.images.shape == (40, 24, 24, 3) and isinstance(s.images, np.memmap)
+    assert s.meta["counts"] == {"malignant": 10, "benign": 30}
+    for i in (0, 17, 39):
+        raw = (manifest.parent / s.table["locator"][i]).read_bytes()
+        assert np.array_equal(s.pixels([i])[0], decode_resize(raw, 24))
+    assert not (out / ".prepare-progress.json").exists()
+
+
+def test_workers_give_identical_arrays(tmp_path, manifest):
+    a, _ = prepare(read_source(manifest), tmp_path / "a", size=16, workers=1)
+    b, _ = prepare(read_source(manifest), tmp_path / "b", size=16, workers=2)
+    assert np.array_equal(Store.open(a).images, Store.open(b).images)
+    assert Store.open(a).content_hash == Store.open(b).content_hash
+
+
+def test_rerun_reuses_and_other_source_refused(tmp_path, manifest, sample_manifest):
+    out, _ = prepare(read_source(manifest), tmp_path / "d", size=16)
+    assert prepare(read_source(manifest), out, size=16)[1] == "reused"
+    with pytest.raises(ExistsError, match="another source or size"):
+        prepare(read_source(manifest), out, size=20)
+
+
+def test_non_empty_folder_refused(tmp_path, manifest):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ExistsError, match="not a prepared data set"):
+        prepare(read_source(manifest), tmp_path / "mine", size=16)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_interrupted_prepare_is_incomplete_then_resumes(tmp_path, manifest, monkeypatch):
+    monkeypatch.setattr(store_mod, "CHUNK", 8)
+    real = store_mod._decode_chunk
+    calls = {"n": 0}
+
+    def flaky(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(store_mod, "_decode_chunk", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(read_source(manifest), tmp_path / "d", size=16, workers=1)
+    with pytest.raises(BadInputError, match="interrupted"):
+        Store.open(tmp_path / "d")  # never looks complete
+    progress = json.loads((tmp_path / "d" / ".prepare-progress.json").read_text())
+    assert progress["done"] == [0, 1]
+    monkeypatch.setattr(store_mod, "_decode_chunk", real)
+    out, state = prepare(read_source(manifest), tmp_path / "d", size=16, workers=1)
+    assert state == "resumed"
+    fresh, _ = prepare(read_source(manifest), tmp_path / "fresh", size=16, workers=1)
+    assert np.array_equal(Store.open(out).images, Store.open(fresh).images)
+
+
+def test_missing_and_unreadable_images(tmp_path, manifest):
+    (manifest.parent / "images" / "ISIC_9999999.jpg").write_bytes(b"garbage")
+    lines = manifest.read_text().splitlines()
+    first = lines[1].split(",")
+    lines.append(",".join(["images/ISIC_9999999.jpg", "0", "ISIC_9999999"] + first[3:]))
+    lines.append(",".join(["images/ISIC_8888888.jpg", "1", "ISIC_8888888"] + first[3:]))
+    manifest.write_text("\n".join(lines) + "\n")
+    with pytest.raises(BadInputError, match=r"1 of 42 image\(s\) missing: ISIC_8888888"):
+        prepare(read_source(manifest), tmp_path / "d", size=16)
+    assert not (tmp_path / "d").exists()
+    (manifest.parent / "images" / "ISIC_8888888.jpg").write_bytes(b"")
+    with pytest.raises(BadInputError, match=r"2 of 42 image\(s\) could not be read.*ISIC_8888888 \(empty file\).*skip-bad"):
+        prepare(read_source(manifest), tmp_path / "d", size=16)
+    out, state = prepare(read_source(manifest), tmp_path / "d", size=16, skip_bad=True)
+    s = Store.open(out)
+    assert state == "resumed" and s.meta["n"] == 40
+    assert sorted(x["id"] for x in s.meta["skipped"]) == ["ISIC_8888888", "ISIC_9999999"]
+    assert "ISIC_9999999" not in set(s.table["id"])
+
+
+def test_disk_full_is_a_clear_error_and_leaves_nothing(tmp_path, manifest, monkeypatch):
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(LesionLabError, match="not enough disk space"):
+        prepare(read_source(manifest), tmp_path / "d", size=16)
+    assert not (tmp_path / "d" / "images.npy").exists()
+    with pytest.raises(BadInputError):
+        Store.open(tmp_path / "d")
+
+
+def test_bad_size(tmp_path, manifest):
+    with pytest.raises(BadInputError, match="--size"):
+        prepare(read_source(manifest), tmp_path / "d", size=4)
