@@ -119,6 +119,10 @@ def split(data_dir: Path, val: str, test: str, seed: int, group: str, name: str,
 # ---------------------------------------------------------------- train
 
 
+# flags that may be given bare: `--pretrained` (= true) or `--pretrained PATH`; `--ema` or `--ema 0.99`
+_BARE_FLAG_VALUES = {"pretrained": "true", "ema": "0.999"}
+
+
 def _config_options(func):
     """One flag per config key, from the config model's fields and descriptions."""
     from .config import ExperimentConfig
@@ -128,12 +132,13 @@ def _config_options(func):
         kind: typing.Any = str
         if ann is int:
             kind = int
-        elif ann is float:
+        elif ann is float and key not in _BARE_FLAG_VALUES:
             kind = float
         elif typing.get_origin(ann) is typing.Literal:
             kind = click.Choice([str(a) for a in typing.get_args(ann)])
         help_text = (field.description or "").replace("%%", "%") + f" [config default: {field.default}]"
-        func = click.option(f"--{key.replace('_', '-')}", key, type=kind, default=None, help=help_text)(func)
+        extra = {"is_flag": False, "flag_value": _BARE_FLAG_VALUES[key]} if key in _BARE_FLAG_VALUES else {}
+        func = click.option(f"--{key.replace('_', '-')}", key, type=kind, default=None, help=help_text, **extra)(func)
     return func
 
 
@@ -168,18 +173,43 @@ def _print_result(info: dict, out: Path) -> None:
     click.echo(notebook_line("Test", m["test"]))
 
 
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.replace(" ", "").split(",") if s]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise click.BadParameter(f"expected distinct integers such as 0,1,2, got '{text}'", param_hint="--seeds")
+    return seeds
+
+
 @main.command()
 @click.argument("config_file", required=False, type=click.Path(path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="RUN_DIR to create")
+@click.option("--seeds", default=None, help="train once per seed (e.g. 0,1,2) into RUN_DIR/seed-N; the report "
+              "shows mean ± sd")
 @_config_options
-def train(config_file: Path | None, out: Path, **flags) -> None:
+def train(config_file: Path | None, out: Path, seeds: str | None, **flags) -> None:
     """Train one experiment (CONFIG.yaml and/or flags) into RUN_DIR."""
     from .config import resolve
     from .experiment import run_experiment
+    from .runs import is_complete_run
 
     cfg = resolve(config_file, _given(flags))
-    info = run_experiment(cfg, out, on_epoch=_epoch_echo(cfg.epochs))
-    _print_result(info, out)
+    if not seeds:
+        info = run_experiment(cfg, out, on_epoch=_epoch_echo(cfg.epochs))
+        _print_result(info, out)
+        return
+    if not cfg.name:
+        cfg = cfg.model_copy(update={"name": out.name})
+    for seed in _parse_seeds(seeds):
+        folder = out / f"seed-{seed}"
+        if is_complete_run(folder):
+            click.echo(f"{folder}: complete, skipped", err=True)
+            continue
+        click.echo(f"{folder}: seed {seed}", err=True)
+        info = run_experiment(cfg.model_copy(update={"seed": seed}), folder, on_epoch=_epoch_echo(cfg.epochs))
+        _print_result(info, folder)
 
 
 # ---------------------------------------------------------------- sweep / report / predict
@@ -218,12 +248,53 @@ def sweep(sweep_file: Path, data: str | None, out: str | None, epochs: int | Non
 @click.argument("runs_dir", type=click.Path(path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="REPORT_DIR")
 @click.option("--title", default="lesionlab report", show_default=True)
-def report(runs_dir: Path, out: Path, title: str) -> None:
+@click.option("--baseline", default=None, help="experiment name to compare every other experiment against "
+              "(paired bootstrap on the same test images)")
+@click.option("--n-boot", default=2000, show_default=True, help="bootstrap resamples of the paired comparisons")
+def report(runs_dir: Path, out: Path, title: str, baseline: str | None, n_boot: int) -> None:
     """Write report.md and a self-contained report.html for every run under RUNS_DIR."""
     from .report import build_report
 
-    path = build_report(runs_dir, out, title)
+    path = build_report(runs_dir, out, title, baseline=baseline, n_boot=n_boot)
     click.echo(f"report: {path / 'report.html'} (and report.md)")
+
+
+@main.command()
+@click.argument("run_a", type=click.Path(path_type=Path))
+@click.argument("run_b", type=click.Path(path_type=Path))
+@click.option("--n-boot", default=2000, show_default=True, help="bootstrap resamples")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--json", "json_out", default=None, type=click.Path(path_type=Path), help="also write the result as JSON")
+def compare(run_a: Path, run_b: Path, n_boot: int, seed: int, json_out: Path | None) -> None:
+    """Paired bootstrap difference B - A on the same test images (ROC AUC, AP, pAUC80, F1).
+
+    RUN_A and RUN_B are run folders, or folders of runs of one experiment (its seeds)."""
+    from .compare import compare_runs, format_comparison, load_side
+    from .fileio import write_json
+
+    res = compare_runs(load_side(run_a), load_side(run_b), n_boot=n_boot, seed=seed)
+    for line in format_comparison(res, str(run_a), str(run_b)):
+        click.echo(line)
+    if json_out:
+        write_json(json_out, res)
+
+
+@main.command("augment-preview")
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("--policy", default="medium", show_default=True, type=click.Choice(["none", "light", "medium", "heavy"]))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="PNG to write")
+@click.option("--rows", default=6, show_default=True, help="images (half malignant) from the train pool")
+@click.option("--columns", default=6, show_default=True, help="the original, then augmented versions")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="replace an existing file")
+def augment_preview(data_dir: Path, policy: str, out: Path, rows: int, columns: int, seed: int, overwrite: bool) -> None:
+    """A grid of training images as an augmentation policy changes them."""
+    from .data.augment import preview_grid
+
+    if out.exists() and not overwrite:
+        raise click.UsageError(f"{out} exists; pass --overwrite to replace it")
+    preview_grid(data_dir, policy, out, rows, columns, seed)
+    click.echo(f"{out}: {rows} images x {columns} ({policy}; first column unchanged)")
 
 
 @main.command()

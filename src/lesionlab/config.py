@@ -6,10 +6,10 @@ the closest known one.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import BadInputError, closest
 from .metrics import ThresholdRule
@@ -21,17 +21,36 @@ class ExperimentConfig(BaseModel):
     name: str = Field("", description="experiment name used as the report's section title")
     data: str = Field("", description="prepared data set (DATA_DIR) with a split")
     split: str = Field("", description="split name ('' = split.json, NAME = split-NAME.json)")
-    model: str = Field("simple_cnn", description="model name from the registry")
+    model: str = Field("simple_cnn", description="model name from the registry (lesionlab models), or timm:NAME")
+    pretrained: Union[bool, str] = Field(False, description="ImageNet weights for timm backbones: true (hub) or a local file PATH")
     ratio: str = Field("1:2", description="malignant:benign ratio of the training draw, 1:K or natural")
     n_malignant: Union[int, Literal["all"]] = Field(293, description="malignant images in the training draw, or all")
-    epochs: int = Field(20, ge=1, description="training epochs")
+    sampler: Literal["none", "redraw", "balanced"] = Field(
+        "none", description="none = the fixed draw; redraw = fresh benign images each epoch; balanced = class-weighted")
+    augment: Literal["none", "light", "medium", "heavy"] = Field("none", description="augmentation policy (training only)")
+    epochs: int = Field(20, ge=1, description="training epochs (at most, with early stopping)")
     batch_size: int = Field(32, ge=2, description="training batch size")
     lr: float = Field(1e-4, gt=0, description="learning rate")
-    optimizer: Literal["adam"] = Field("adam", description="optimizer")
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="optimizer")
+    weight_decay: float = Field(0.0, ge=0, description="weight decay")
+    scheduler: Literal["none", "cosine", "onecycle"] = Field("none", description="learning-rate schedule, stepped per batch")
+    warmup_epochs: float = Field(0.0, ge=0, description="linear learning-rate warm-up, in epochs")
+    loss: Literal["bce", "focal"] = Field("bce", description="training loss (val/test losses are always plain BCE)")
+    pos_weight: Union[float, Literal["auto"], None] = Field(
+        None, description="BCE weight of malignant images: a number, or auto = benign/malignant of the training draw")
+    focal_alpha: float = Field(0.25, ge=0, le=1, description="focal loss weight of the malignant class")
+    focal_gamma: float = Field(2.0, ge=0, description="focal loss focusing exponent")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="label smoothing of the training targets")
+    ema: float = Field(0.0, ge=0, lt=1, description="weight EMA decay (0 = off; --ema alone = 0.999)")
     monitor: Literal["val_loss", "val_f1", "val_roc_auc", "val_average_precision", "val_pauc_80"] = Field(
         "val_loss", description="validation metric that picks the checkpoint kept")
+    early_stop: Optional[str] = Field(None, description="stop when this validation metric (pauc_80, average_precision, "
+                                      "roc_auc, f1, loss) has not improved for --patience epochs; also picks the checkpoint")
+    patience: int = Field(5, ge=1, description="epochs without improvement before an early stop")
     threshold: str = Field("0.5", description="decision threshold: a number, val-f1 or sens:X, chosen on validation")
-    seed: int = Field(0, description="seed of the draw, initialisation and batch order")
+    prevalence: Optional[str] = Field(None, description="deployment prevalence (0.00098, 0.098%% or 50:1000): "
+                                      "probabilities are prior-shifted to it and the expected precision there is reported")
+    seed: int = Field(0, description="seed of the draw, initialisation, batch order and augmentation")
     precision: Literal["auto", "32", "bf16"] = Field(
         "auto", description="auto = bf16 autocast where the device computes bf16 natively, else fp32")
     channels_last: Literal["auto", "true", "false"] = Field("auto", description="memory format of conv inputs")
@@ -39,6 +58,55 @@ class ExperimentConfig(BaseModel):
     bootstrap: int = Field(2000, ge=0, description="bootstrap resamples for the 95%% intervals (0 = none)")
     eval_batch_size: int = Field(256, ge=1, description="batch size for validation and test")
     num_threads: int = Field(0, ge=0, description="CPU threads for torch (0 = one per core)")
+
+    @field_validator("pretrained", mode="before")
+    @classmethod
+    def _pretrained(cls, v: Any) -> bool | str:
+        if isinstance(v, str) and v.strip().lower() in ("true", "yes", "1", "false", "no", "0", ""):
+            return v.strip().lower() in ("true", "yes", "1")
+        return v
+
+    @field_validator("ema", mode="before")
+    @classmethod
+    def _ema(cls, v: Any) -> Any:
+        if isinstance(v, bool) or (isinstance(v, str) and v.strip().lower() in ("true", "false")):
+            return 0.999 if str(v).lower() == "true" else 0.0
+        return v
+
+    @field_validator("pos_weight", mode="before")
+    @classmethod
+    def _pos_weight(cls, v: Any) -> Any:
+        if v is None or (isinstance(v, str) and v.strip().lower() in ("auto", "none", "")):
+            return None if v is None or v.strip().lower() in ("none", "") else "auto"
+        try:
+            value = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"--pos-weight must be a number > 0 or 'auto', got '{v}'") from None
+        if value <= 0:
+            raise ValueError(f"--pos-weight must be > 0 (or 'auto'), got {v}")
+        return value
+
+    @field_validator("early_stop", mode="before")
+    @classmethod
+    def _early_stop(cls, v: Any) -> Any:
+        if v is None or str(v).strip().lower() in ("", "none", "false"):
+            return None
+        name = str(v).strip().lower().removeprefix("val_")
+        name = {"ap": "average_precision", "auc": "roc_auc", "pauc": "pauc_80"}.get(name, name)
+        known = ("pauc_80", "average_precision", "roc_auc", "f1", "loss")
+        if name not in known:
+            raise ValueError(f"--early-stop must be one of {', '.join(known)}, got '{v}'{closest(name, known)}")
+        return "val_" + name
+
+    @field_validator("prevalence", mode="before")
+    @classmethod
+    def _prevalence(cls, v: Any) -> Any:
+        if v is None or str(v).strip().lower() in ("", "none"):
+            return None
+        from .metrics import parse_prevalence
+
+        parse_prevalence(v)
+        return str(v)
 
     @field_validator("threshold", mode="before")
     @classmethod
@@ -61,6 +129,21 @@ class ExperimentConfig(BaseModel):
         get_spec(v)
         return v
 
+    @model_validator(mode="after")
+    def _consistent(self) -> "ExperimentConfig":
+        from .models import get_spec
+
+        if self.pretrained not in (False, "") and not get_spec(self.model).pretrainable:
+            raise ValueError(f"--pretrained: '{self.model}' has no pretrained weights; use a timm backbone "
+                             "(see `lesionlab models`) or pretrained: false")
+        if self.loss == "focal" and self.pos_weight is not None:
+            raise ValueError("--pos-weight applies to --loss bce; focal loss weights the classes with --focal-alpha")
+        return self
+
+    def resolved_monitor(self) -> str:
+        """The validation metric that picks the checkpoint: early_stop's metric when set."""
+        return self.early_stop or self.monitor
+
 
 KEYS = tuple(ExperimentConfig.model_fields)
 
@@ -71,9 +154,13 @@ def _explain(err: ValidationError, origin: str) -> BadInputError:
         key = ".".join(str(p) for p in e["loc"]) or "config"
         if e["type"] == "extra_forbidden":
             lines.append(f"unknown config key '{key}'{closest(key, KEYS)}")
+        elif e["type"] == "literal_error":
+            known = [str(k) for k in ExperimentConfig.model_fields[key].annotation.__args__]
+            got = str(e.get("input"))
+            lines.append(f"unknown {key} '{got}'{closest(got, known)}; known: {', '.join(known)}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            if e["type"] == "value_error" and "--" in msg:
+            if e["type"] in ("value_error", "assertion_error") and "--" in msg:
                 lines.append(msg)  # our own messages already name the parameter
             else:
                 lines.append(f"config key '{key}': {msg} (got {e.get('input')!r})")

@@ -20,10 +20,11 @@ from .data.sampling import draw_training_set
 from .data.splits import load_split
 from .data.store import Store
 from .engine.runtime import MEAN, STD, resolve_runtime
-from .engine.trainer import predict_logits, train
+from .data.sampling import EpochSampler
+from .engine.trainer import Batches, TrainOptions, predict_logits, train
 from .errors import BadInputError, ExistsError
 from .fileio import publish_dir, write_json, write_text, write_yaml
-from .metrics import ThresholdRule, bce_per_sample, bootstrap_ci, compute_metrics
+from .metrics import ThresholdRule, bce_per_sample, bootstrap_ci, compute_metrics, parse_prevalence, prior_shift
 from .models import create_model, get_spec
 from .runs import is_complete_run
 
@@ -63,38 +64,54 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike,
     pool = split.positions(table, "train")
     draw = draw_training_set(labels, pool, cfg.ratio, cfg.n_malignant, cfg.seed)
     val_pos, test_pos = split.positions(table, "val"), split.positions(table, "test")
+    sampler = EpochSampler(cfg.sampler, labels, draw, pool, cfg.seed)
+    n_mal, n_ben = int(labels[draw].sum()), int((labels[draw] == 0).sum())
+    pos_weight = (n_ben / n_mal if cfg.pos_weight == "auto" else cfg.pos_weight)
+    deploy = parse_prevalence(cfg.prevalence) if cfg.prevalence else None
+    opts = TrainOptions(
+        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, optimizer=cfg.optimizer,
+        weight_decay=cfg.weight_decay, scheduler=cfg.scheduler, warmup_epochs=cfg.warmup_epochs, loss=cfg.loss,
+        pos_weight=pos_weight, focal_alpha=cfg.focal_alpha, focal_gamma=cfg.focal_gamma,
+        label_smoothing=cfg.label_smoothing, augment=cfg.augment, monitor=cfg.resolved_monitor(),
+        patience=cfg.patience if cfg.early_stop else 0, ema=cfg.ema, eval_batch_size=cfg.eval_batch_size)
     staging = _staging_dir(out)
     try:
         _seed_everything(cfg.seed)
         spec = get_spec(cfg.model)
-        model = create_model(cfg.model, image_size=store.size)
+        model = create_model(cfg.model, image_size=store.size, pretrained=cfg.pretrained)
         rt = resolve_runtime(cfg.device, cfg.precision, cfg.channels_last,
                              model_prefers_channels_last=spec.channels_last, num_threads=cfg.num_threads)
-        train_x = torch.from_numpy(store.pixels(draw))
-        train_y = torch.from_numpy(labels[draw].astype(np.float32))
         val_x, test_x = store.pixels(val_pos), store.pixels(test_pos)
         val_y, test_y = labels[val_pos], labels[test_pos]
-        result = train(model, train_x, train_y, val_x, val_y, rt, cfg.epochs, cfg.batch_size, cfg.lr,
-                       cfg.seed, cfg.monitor, cfg.eval_batch_size, on_epoch)
+        batches = Batches(store.pixels, labels, sampler, cfg.batch_size)
+        result = train(model, batches, val_x, val_y, rt, opts, on_epoch)
         model.load_state_dict(result.best_state)
 
         logits = {"val": predict_logits(model, val_x, rt, cfg.eval_batch_size),
                   "test": predict_logits(model, test_x, rt, cfg.eval_batch_size)}
         truth = {"val": val_y, "test": test_y}
-        probs = {k: 1 / (1 + np.exp(-v)) for k, v in logits.items()}
+        raw = {k: 1 / (1 + np.exp(-v)) for k, v in logits.items()}
+        # what the model's probabilities are calibrated to: the training prevalence, with the
+        # malignant odds multiplied by pos_weight when BCE weights them
+        trained_at = sampler.train_prevalence
+        if pos_weight:
+            trained_at = pos_weight * trained_at / (pos_weight * trained_at + 1 - trained_at)
+        probs = {k: prior_shift(v, trained_at, deploy) for k, v in raw.items()} if deploy else raw
         rule = ThresholdRule.parse(cfg.threshold)
         threshold = rule.choose(val_y, probs["val"])  # never on test
         metrics = {}
         for side in ("val", "test"):
             losses = bce_per_sample(truth[side], logits[side])
-            m = compute_metrics(truth[side], probs[side], threshold, losses)
+            m = compute_metrics(truth[side], probs[side], threshold, losses, deploy)
             if cfg.bootstrap:
-                m["ci95"] = bootstrap_ci(truth[side], probs[side], threshold, losses, cfg.bootstrap, seed=cfg.seed)
+                m["ci95"] = bootstrap_ci(truth[side], probs[side], threshold, losses, cfg.bootstrap, seed=cfg.seed,
+                                         prevalence=deploy)
             m["n_malignant"], m["n_benign"] = int(truth[side].sum()), int((truth[side] == 0).sum())
             metrics[side] = m
 
         ids = table["id"].astype(str).to_numpy()
-        preds = pd.concat([pd.DataFrame({"id": ids[pos], "split": side, "label": truth[side], "prob": probs[side]})
+        preds = pd.concat([pd.DataFrame({"id": ids[pos], "split": side, "label": truth[side], "prob": probs[side],
+                                         **({"prob_model": raw[side]} if deploy else {})})
                            for side, pos in (("val", val_pos), ("test", test_pos))])
         write_text(staging / "predictions.csv", preds.to_csv(index=False, float_format="%.6g"))
         draw_frame = pd.DataFrame({"id": ids[draw], "label": labels[draw]})
@@ -102,6 +119,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike,
         pd.DataFrame(result.history).to_csv(staging / "history.csv", index=False)
         torch.save({"model": cfg.model, "image_size": store.size, "fit": store.fit, "mean": MEAN, "std": STD,
                     "state_dict": result.best_state, "threshold": threshold, "threshold_rule": str(rule),
+                    "prior_shift": {"from": trained_at, "to": deploy} if deploy else None,
                     "channels_last": rt.channels_last, "lesionlab_version": __version__,
                     "best_epoch": result.best_epoch}, staging / "checkpoint.pt")
         _figures(staging, result, truth, probs, threshold)
@@ -113,10 +131,18 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike,
             "store_hash": store.content_hash,
             "split_file": split.path.name,
             "split_sha256": split.sha256,
-            "draw": {"malignant": int(labels[draw].sum()), "benign": int((labels[draw] == 0).sum()),
+            "draw": {"malignant": n_mal, "benign": n_ben,
                      "pool_malignant": int(labels[pool].sum()), "pool_benign": int((labels[pool] == 0).sum())},
+            "levers": {"loss": cfg.loss, "pos_weight": pos_weight, "sampler": cfg.sampler, "augment": cfg.augment,
+                       "optimizer": cfg.optimizer, "scheduler": cfg.scheduler, "ema": cfg.ema,
+                       "pretrained": cfg.pretrained, "label_smoothing": cfg.label_smoothing},
+            "epochs_run": len(result.history),
+            "stopped_early": result.stopped_early,
             "best_epoch": result.best_epoch,
-            "monitor": cfg.monitor,
+            "monitor": opts.monitor,
+            "prevalence": {"trained_at": trained_at, "deployment": deploy,
+                           "note": ("focal loss and label smoothing change calibration; the prior shift assumes "
+                                    "BCE-calibrated probabilities") if deploy and (cfg.loss == "focal" or cfg.label_smoothing) else ""},
             "threshold_rule": str(rule),
             "threshold": threshold,
             "speed": {"train_img_s": round(result.train_img_s, 2), "compute_img_s": round(result.compute_img_s, 2),

@@ -114,13 +114,52 @@ def _rates(tp, fp, tn, fn):
             "specificity": specificity, "balanced_accuracy": (recall + specificity) / 2}
 
 
+def parse_prevalence(value: float | str) -> float:
+    """0.00098, '0.098%' or '50:1000' (malignant:benign counts) -> a prevalence in (0, 1)."""
+    text = str(value).strip()
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*:\s*(\d+(?:\.\d+)?)", text)
+    try:
+        if m:
+            p = float(m.group(1)) / (float(m.group(1)) + float(m.group(2)))
+        elif text.endswith("%"):
+            p = float(text[:-1]) / 100
+        else:
+            p = float(text)
+    except (ValueError, ZeroDivisionError):
+        p = -1.0
+    if not 0 < p < 1:
+        raise BadInputError(f"--prevalence must be a share in (0, 1), a percentage such as 0.098% or "
+                            f"MALIGNANT:BENIGN counts such as 50:1000, got '{value}'")
+    return p
+
+
+def prior_shift(prob: np.ndarray, from_prevalence: float, to_prevalence: float) -> np.ndarray:
+    """Re-weigh calibrated probabilities from the prevalence the model was trained at to another
+    (Saerens et al. 2002): posterior odds scale by the ratio of prior odds."""
+    prob = np.clip(np.asarray(prob, dtype=np.float64), 1e-12, 1 - 1e-12)
+    factor = (to_prevalence / (1 - to_prevalence)) / (from_prevalence / (1 - from_prevalence))
+    odds = prob / (1 - prob) * factor
+    return odds / (1 + odds)
+
+
+def precision_at_prevalence(recall, specificity, prevalence: float):
+    """Expected precision (PPV) where malignant cases make up `prevalence` of those screened."""
+    recall, specificity = np.asarray(recall, dtype=np.float64), np.asarray(specificity, dtype=np.float64)
+    tp, fp = recall * prevalence, (1 - specificity) * (1 - prevalence)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+
+
 def compute_metrics(y: np.ndarray, prob: np.ndarray, threshold: float = 0.5,
-                    losses: np.ndarray | None = None) -> dict[str, float]:
-    """Every metric of METRIC_KEYS for one set of predictions (positive = prob >= threshold)."""
+                    losses: np.ndarray | None = None, prevalence: float | None = None) -> dict[str, float]:
+    """Every metric of METRIC_KEYS for one set of predictions (positive = prob >= threshold);
+    with a deployment `prevalence`, also the precision expected there."""
     y, prob = _check(y, prob)
     c = confusion(y, prob >= threshold)
     out = {"loss": float(np.mean(losses)) if losses is not None else float("nan")}
     out.update({k: float(v) for k, v in _rates(c["tp"], c["fp"], c["tn"], c["fn"]).items()})
+    if prevalence is not None:
+        out["precision_at_prevalence"] = float(precision_at_prevalence(out["recall"], out["specificity"], prevalence))
     both = 0 < y.sum() < len(y)
     out["roc_auc"] = roc_auc(y, prob) if both else float("nan")
     out["average_precision"] = average_precision(y, prob) if y.sum() > 0 else float("nan")
@@ -130,7 +169,8 @@ def compute_metrics(y: np.ndarray, prob: np.ndarray, threshold: float = 0.5,
 
 
 def bootstrap_ci(y: np.ndarray, prob: np.ndarray, threshold: float, losses: np.ndarray | None = None,
-                 n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict[str, list[float]]:
+                 n_boot: int = 2000, seed: int = 0, level: float = 0.95,
+                 prevalence: float | None = None) -> dict[str, list[float]]:
     """Percentile intervals of every metric over stratified bootstrap resamples of the images
     (positives and negatives resampled separately, so every resample has both classes)."""
     y, prob = _check(y, prob)
@@ -139,13 +179,15 @@ def bootstrap_ci(y: np.ndarray, prob: np.ndarray, threshold: float, losses: np.n
     rates = _rates((yb & pb).sum(1), (~yb & pb).sum(1), (~yb & ~pb).sum(1), (yb & ~pb).sum(1))
     samples: dict[str, np.ndarray] = dict(rates)
     samples["loss"] = losses[idx].mean(1) if losses is not None else np.full(n_boot, np.nan)
+    if prevalence is not None:
+        samples["precision_at_prevalence"] = precision_at_prevalence(rates["recall"], rates["specificity"], prevalence)
     for key, values in _ranking_samples(y, prob, idx).items():
         samples[key] = values
     lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
     out = {k: [float(np.nanquantile(v, lo)), float(np.nanquantile(v, hi))] if np.isfinite(v).any()
            else [float("nan")] * 2 for k, v in samples.items()}
     out["threshold"] = [float(threshold)] * 2
-    return {k: out[k] for k in METRIC_KEYS}
+    return {k: out[k] for k in (*METRIC_KEYS, "precision_at_prevalence") if k in out}
 
 
 def stratified_resamples(y: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
@@ -163,23 +205,33 @@ def _ranking_samples(y: np.ndarray, prob: np.ndarray, idx: np.ndarray) -> dict[s
     return {k: np.array([f(y[i], prob[i]) for i in idx]) for k, f in funcs.items()}
 
 
-def paired_bootstrap(y: np.ndarray, prob_a: np.ndarray, prob_b: np.ndarray, threshold_a: float,
-                     threshold_b: float, metrics=("roc_auc", "average_precision", "pauc_80", "f1"),
-                     n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict[str, dict[str, float]]:
-    """Difference B - A on the same resampled images: estimate and percentile interval."""
-    y, prob_a = _check(y, prob_a)
-    _, prob_b = _check(y, prob_b)
+def paired_bootstrap(y: np.ndarray, probs_a, probs_b, thresholds_a, thresholds_b,
+                     metrics=("roc_auc", "average_precision", "pauc_80", "f1"), n_boot: int = 2000, seed: int = 0,
+                     level: float = 0.95) -> dict[str, dict[str, float]]:
+    """B - A on the same resampled test images, with a percentile interval.
+
+    Each side may be one run or several (seeds): a side's value is then the mean over its runs of
+    the metric, each run scored on the same resampled images, so the interval reflects the test
+    images' sampling for the seed-averaged metric.
+    """
+    def as_list(v):
+        return [np.asarray(v, dtype=np.float64)] if np.ndim(v) == 1 else [np.asarray(p, dtype=np.float64) for p in v]
+
+    pa, pb = as_list(probs_a), as_list(probs_b)
+    ta, tb = np.broadcast_to(thresholds_a, len(pa)), np.broadcast_to(thresholds_b, len(pb))
+    y = np.asarray(y).astype(np.int8)
     idx = stratified_resamples(y, n_boot, seed)
     lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
+
+    def side_value(m, probs, thresholds, i=slice(None)):
+        return float(np.mean([compute_metric(m, y[i], p[i], t) for p, t in zip(probs, thresholds)]))
+
     out = {}
     for m in metrics:
-        full_a = compute_metrics(y, prob_a, threshold_a)[m]
-        full_b = compute_metrics(y, prob_b, threshold_b)[m]
-        diffs = np.array([compute_metric(m, y[i], prob_b[i], threshold_b) - compute_metric(m, y[i], prob_a[i], threshold_a)
-                          for i in idx])
-        out[m] = {"a": full_a, "b": full_b, "diff": full_b - full_a,
-                  "lo": float(np.quantile(diffs, lo)), "hi": float(np.quantile(diffs, hi)),
-                  "p_b_not_better": float(np.mean(diffs <= 0))}
+        a, b = side_value(m, pa, ta), side_value(m, pb, tb)
+        diffs = np.array([side_value(m, pb, tb, i) - side_value(m, pa, ta, i) for i in idx])
+        out[m] = {"a": a, "b": b, "diff": b - a, "lo": float(np.quantile(diffs, lo)),
+                  "hi": float(np.quantile(diffs, hi)), "p_b_not_better": float(np.mean(diffs <= 0))}
     return out
 
 

@@ -23,6 +23,7 @@ from .engine.runtime import Runtime, resolve_runtime
 from .engine.trainer import predict_logits
 from .errors import BadInputError, ExistsError, preview
 from .fileio import atomic_path
+from .metrics import prior_shift
 from .models import create_model
 
 CHUNK = 512
@@ -35,6 +36,13 @@ class LoadedRun:
     fit: str
     threshold: float
     runtime: Runtime
+    prior_shift: dict | None = None  # {"from": training prevalence, "to": deployment prevalence}
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        prob = 1 / (1 + np.exp(-logits))
+        if self.prior_shift:
+            prob = prior_shift(prob, self.prior_shift["from"], self.prior_shift["to"])
+        return prob
 
 
 def load_run(run_dir: str | os.PathLike, device: str = "auto") -> LoadedRun:
@@ -48,7 +56,8 @@ def load_run(run_dir: str | os.PathLike, device: str = "auto") -> LoadedRun:
     model.to(rt.device)
     if rt.channels_last:
         model.to(memory_format=torch.channels_last)
-    return LoadedRun(model.eval(), ckpt["image_size"], ckpt["fit"], float(ckpt["threshold"]), rt)
+    return LoadedRun(model.eval(), ckpt["image_size"], ckpt["fit"], float(ckpt["threshold"]), rt,
+                     ckpt.get("prior_shift"))
 
 
 def _decode_chunk(reader: ImageReader, locators: list[str], size: int, fit: str):
@@ -94,8 +103,7 @@ def predict(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os
                 bad.append(f"{rows['id'].iloc[i]} ({reason})")
             if len(bad) and not skip_bad:
                 raise BadInputError(f"{src.location}: image(s) could not be read: {preview(bad)} (--skip-bad skips them)")
-            logits = predict_logits(run.model, images[ok], run.runtime, batch_size)
-            probs = 1 / (1 + np.exp(-logits))
+            probs = run.probabilities(predict_logits(run.model, images[ok], run.runtime, batch_size))
             kept = rows[ok]
             frame = pd.DataFrame({"id": kept["id"].to_numpy(), "prob": probs,
                                   "decision": (probs >= run.threshold).astype(int)})

@@ -105,7 +105,33 @@ def _ci_line(m: dict) -> str:
     return "Test 95% bootstrap intervals: " + "; ".join(parts)
 
 
-def build_report(runs_dir: str | Path, out: str | Path, title: str = "lesionlab report") -> Path:
+def comparison_rows(groups: "OrderedDict[str, list[Run]]", baseline: str, n_boot: int = 2000
+                    ) -> tuple[list[str], list[list[str]]]:
+    """Each experiment against `baseline`: B - A with its paired 95% interval, per metric."""
+    from .compare import COMPARE_METRICS, compare_runs
+
+    if baseline not in groups:
+        from .errors import closest
+
+        raise BadInputError(f"--baseline '{baseline}' is not an experiment here{closest(baseline, groups)}; "
+                            f"experiments: {', '.join(groups)}")
+    header = ["experiment (B)", "seeds"] + [f"{LABELS[m]}: B - A [95% CI]" for m in COMPARE_METRICS]
+    rows = []
+    for name, members in groups.items():
+        if name == baseline:
+            continue
+        res = compare_runs(groups[baseline], members, n_boot=n_boot)["metrics"]
+        cells = []
+        for m in COMPARE_METRICS:
+            d = res[m]
+            mark = " ↑" if d["lo"] > 0 else (" ↓" if d["hi"] < 0 else "")
+            cells.append(f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]{mark}")
+        rows.append([name, str(len(members))] + cells)
+    return header, rows
+
+
+def build_report(runs_dir: str | Path, out: str | Path, title: str = "lesionlab report",
+                 baseline: str | None = None, n_boot: int = 2000) -> Path:
     runs = find_runs(runs_dir)
     if not runs:
         raise BadInputError(f"{runs_dir}: holds no complete run folders")
@@ -129,6 +155,14 @@ def build_report(runs_dir: str | Path, out: str | Path, title: str = "lesionlab 
     md = [MARKER, f"# {title}", "", intro, "", "## Summary", "", note, "", _md_table(header, rows), ""]
     body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(intro)}</p>", "<h2>Summary</h2>",
             f"<p>{html.escape(note)}</p>", _html_table(header, rows)]
+    if baseline:
+        c_header, c_rows = comparison_rows(groups, baseline, n_boot)
+        c_note = (f"A = {baseline}. Paired stratified bootstrap over the same test images ({n_boot} resamples); "
+                  "with several seeds each side's value is its seed mean. ↑/↓: the interval lies above/below "
+                  "zero; otherwise it includes zero and the difference is not clear.")
+        md += [f"## Paired comparison against {baseline}", "", c_note, "", _md_table(c_header, c_rows), ""]
+        body += [f"<h2>Paired comparison against {html.escape(baseline)}</h2>", f"<p>{html.escape(c_note)}</p>",
+                 _html_table(c_header, c_rows)]
     for name, members in groups.items():
         md += [f"## {name}", ""]
         body.append(f"<h2>{html.escape(name)}</h2>")

@@ -50,3 +50,70 @@ def draw_training_set(labels: np.ndarray, pool: np.ndarray, ratio: str, n_malign
         )
     chosen_b = rng.choice(ben, size=n_b, replace=False)
     return np.sort(np.r_[chosen_m, chosen_b])
+
+
+SAMPLERS = ("none", "redraw", "balanced")
+
+
+class EpochSampler:
+    """Which store positions each epoch trains on, in batch order, for one process of `world`.
+
+    none:     the fixed training draw, reshuffled each epoch.
+    redraw:   the draw's malignant images every epoch, with a fresh benign sample of the same size
+              as the draw's from the whole train pool, so a 1:2 run sees many more distinct benign
+              images over its epochs.
+    balanced: as many images as the draw holds, drawn with replacement so that malignant and benign
+              are equally likely (class-weighted sampling; most useful with ratio natural).
+
+    Every process computes the same epoch order from (seed, epoch) and takes a disjoint shard of
+    it, padded by wrapping so that all processes run the same number of steps (as DDP needs).
+    """
+
+    def __init__(self, kind: str, labels: np.ndarray, draw: np.ndarray, pool: np.ndarray, seed: int,
+                 rank: int = 0, world: int = 1):
+        if kind not in SAMPLERS:
+            from ..errors import closest
+
+            raise BadInputError(f"--sampler must be one of {', '.join(SAMPLERS)}, got '{kind}'{closest(kind, SAMPLERS)}")
+        self.kind, self.labels, self.seed, self.rank, self.world = kind, labels, seed, rank, world
+        self.draw = np.asarray(draw)
+        self.malignant = self.draw[labels[self.draw] == 1]
+        self.benign_drawn = self.draw[labels[self.draw] == 0]
+        pool = np.asarray(pool)
+        self.benign_pool = pool[labels[pool] == 0]
+        if kind == "balanced" and (len(self.malignant) == 0 or len(self.benign_drawn) == 0):
+            raise NotEnoughDataError("--sampler balanced needs both classes in the training draw")
+
+    def __len__(self) -> int:
+        """Images per epoch for this process."""
+        return -(-len(self.draw) // self.world)
+
+    def full_epoch(self, epoch: int) -> np.ndarray:
+        """Store positions of the whole epoch (all processes), shuffled."""
+        rng = np.random.default_rng([self.seed, epoch])
+        if self.kind == "redraw":
+            benign = rng.choice(self.benign_pool, size=len(self.benign_drawn), replace=False)
+            order = np.r_[self.malignant, benign]
+        elif self.kind == "balanced":
+            is_mal = rng.random(len(self.draw)) < 0.5
+            order = np.where(is_mal, rng.choice(self.malignant, size=len(self.draw)),
+                             rng.choice(self.benign_drawn, size=len(self.draw)))
+        else:
+            order = self.draw
+        return order[rng.permutation(len(order))]
+
+    def epoch(self, epoch: int) -> np.ndarray:
+        """This process's shard of the epoch."""
+        order = self.full_epoch(epoch)
+        total = len(self) * self.world
+        if total > len(order):  # wrap around so that every shard has the same length
+            order = np.r_[order, order[: total - len(order)]]
+        return order[self.rank::self.world]
+
+    @property
+    def train_prevalence(self) -> float:
+        """The share of malignant images the model sees during training (what its
+        probabilities are calibrated to, before any loss weighting)."""
+        if self.kind == "balanced":
+            return 0.5
+        return len(self.malignant) / len(self.draw)

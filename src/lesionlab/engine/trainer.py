@@ -1,22 +1,51 @@
-"""The training loop: uint8 images already in memory -> batches -> model; per-epoch validation;
-the checkpoint kept is the best on validation. Also measures the loop's img/s against the
-model's pure compute on the same batches."""
+"""The training loop: store positions chosen per epoch by a sampler -> uint8 batches gathered from
+the memory-mapped store (in a background thread) -> augmentation -> model; per-epoch validation;
+the checkpoint kept is the best on validation, and training can stop early on it. Also measures
+the loop's img/s against the model's pure compute on the same batches."""
 from __future__ import annotations
 
 import copy
 import logging
+import queue
+import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..data.augment import Augmenter
+from ..data.sampling import EpochSampler
 from ..metrics import bce_per_sample, compute_metrics
+from .losses import TrainingLoss
+from .optim import make_ema, make_optimizer, make_scheduler
 from .runtime import Runtime, to_input
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int = 0
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    scheduler: str = "none"
+    warmup_epochs: float = 0.0
+    loss: str = "bce"
+    pos_weight: float | None = None
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    label_smoothing: float = 0.0
+    augment: str = "none"
+    monitor: str = "val_loss"
+    patience: int = 0  # stop after this many epochs without a better `monitor` (0 = never)
+    ema: float = 0.0
+    eval_batch_size: int = 256
 
 
 @dataclass
@@ -26,15 +55,53 @@ class TrainResult:
     history: list[dict]
     train_img_s: float
     compute_img_s: float
+    stopped_early: bool
 
 
-def make_optimizer(params, lr: float) -> torch.optim.Optimizer:
-    # fused Adam: measured 61 vs 43 img/s for simple_cnn on CPU, whose 33.6M-parameter head
-    # makes the optimizer step a large share of each iteration
+class Batches:
+    """Training batches: the sampler's positions for an epoch -> (uint8 NHWC, float labels)."""
+
+    def __init__(self, pixels: Callable[[np.ndarray], np.ndarray], labels: np.ndarray, sampler: EpochSampler,
+                 batch_size: int):
+        self.pixels, self.labels, self.sampler, self.batch_size = pixels, labels, sampler, batch_size
+
+    def positions(self, epoch: int) -> list[np.ndarray]:
+        order = self.sampler.epoch(epoch)
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if len(batches) > 1 and len(batches[-1]) == 1:
+            batches.pop()  # BatchNorm cannot train on a batch of one
+        return batches
+
+    def load(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(self.pixels(positions)), torch.from_numpy(self.labels[positions].astype(np.float32))
+
+
+def prefetch(items: Iterable, depth: int = 3) -> Iterator:
+    """Produce the next items in a background thread while the caller computes (gathering from a
+    memory map releases the GIL for the copy), so data loading stays off the critical path."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work():
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                q.put(item)
+        except BaseException as e:  # re-raised in the consumer
+            q.put(e)
+        q.put(done)
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
     try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.Adam(params, lr=lr)
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 @torch.inference_mode()
@@ -47,7 +114,7 @@ def predict_logits(model: nn.Module, images: np.ndarray | torch.Tensor, rt: Runt
         chunk = images[start:start + batch_size]
         chunk = torch.from_numpy(np.ascontiguousarray(chunk)) if isinstance(chunk, np.ndarray) else chunk
         with rt.autocast():
-            out.append(model(to_input(chunk, rt)).float().squeeze(1).cpu())
+            out.append(model(to_input(chunk, rt)).float().reshape(-1).cpu())
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
 
 
@@ -55,96 +122,103 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    perm = torch.randperm(n, generator=generator)
-    batches = list(perm.split(batch_size))
-    if len(batches) > 1 and len(batches[-1]) == 1:
-        batches.pop()  # BatchNorm cannot train on a batch of one
-    return batches
+def _step(model, loss_fn, optimizer, x, y, rt) -> torch.Tensor:
+    with rt.autocast():
+        logits = model(x).reshape(-1).float()
+    loss = loss_fn(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return logits
 
 
-def train(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: np.ndarray,
-          val_y: np.ndarray, rt: Runtime, epochs: int, batch_size: int, lr: float, seed: int,
-          monitor: str = "val_loss", eval_batch_size: int = 256,
-          on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
-    """Train on uint8 NHWC `train_x` with 0/1 `train_y`; keep the state best on `monitor`."""
+def _improved(value: float, best: float | None, monitor: str) -> bool:
+    if best is None:
+        return True
+    return value < best if monitor == "val_loss" else value > best
+
+
+def train(model: nn.Module, batches: Batches, val_x: np.ndarray, val_y: np.ndarray, rt: Runtime,
+          opts: TrainOptions, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train; keep the state best on `opts.monitor` (the EMA weights when EMA is on)."""
     model.to(rt.device)
     if rt.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model.parameters(), lr)
-    loss_fn = nn.BCEWithLogitsLoss()
-    gen = torch.Generator().manual_seed(seed)
-    y_dev = train_y.float().to(rt.device)
-    history, best, best_state, best_epoch = [], None, None, 0
-    sign = 1.0 if monitor == "val_loss" else -1.0
+    loss_fn = TrainingLoss(opts.loss, opts.pos_weight, opts.focal_alpha, opts.focal_gamma,
+                           opts.label_smoothing).to(rt.device)
+    optimizer = make_optimizer(model.parameters(), opts.optimizer, opts.lr, opts.weight_decay)
+    steps = len(batches.positions(0))
+    scheduler = make_scheduler(optimizer, opts.scheduler, steps * opts.epochs, int(round(opts.warmup_epochs * steps)))
+    ema = make_ema(model, opts.ema)
+    augment = Augmenter(opts.augment, opts.seed)
+    history, best, best_state, best_epoch, stopped = [], None, None, 0, False
     loop_seconds, loop_images = 0.0, 0
-    for epoch in range(1, epochs + 1):
+    for epoch in range(1, opts.epochs + 1):
         model.train()
-        batches = epoch_batches(len(train_x), batch_size, gen)
+        augment.set_epoch(opts.seed, epoch)
+        position_batches = batches.positions(epoch - 1)
         logits_all, y_all = [], []
         t0 = time.perf_counter()
-        for idx in batches:
-            x = to_input(train_x[idx], rt)
-            y = y_dev[idx.to(rt.device)]
-            with rt.autocast():
-                logits = model(x).squeeze(1).float()
-            loss = loss_fn(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            logits_all.append(logits.detach())
+        for images, labels in prefetch(batches.load(p) for p in position_batches):
+            x = to_input(augment(images), rt)
+            y = labels.to(rt.device, non_blocking=True)
+            logits_all.append(_step(model, loss_fn, optimizer, x, y, rt).detach())
             y_all.append(y)
+            if scheduler is not None:
+                scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
         if rt.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
-        n_seen = sum(len(b) for b in batches)
-        if epoch > 1 or epochs == 1:  # the first epoch carries one-off warm-up costs
+        n_seen = sum(len(p) for p in position_batches)
+        if epoch > 1 or opts.epochs == 1:  # the first epoch carries one-off warm-up costs
             loop_seconds += seconds
             loop_images += n_seen
         tr_logits = torch.cat(logits_all).cpu().numpy().astype(np.float64)
         tr_y = torch.cat(y_all).cpu().numpy()
         train_m = compute_metrics(tr_y, _sigmoid(tr_logits), 0.5, bce_per_sample(tr_y, tr_logits))
-        v_logits = predict_logits(model, val_x, rt, eval_batch_size)
+        judged = ema.module if ema is not None else model
+        v_logits = predict_logits(judged, val_x, rt, opts.eval_batch_size)
         val_m = compute_metrics(val_y, _sigmoid(v_logits), 0.5, bce_per_sample(val_y, v_logits))
         row = {"epoch": epoch, "seconds": round(seconds, 3), "train_img_s": round(n_seen / seconds, 2),
                "lr": optimizer.param_groups[0]["lr"]}
         row.update({f"train_{k}": v for k, v in train_m.items() if k != "threshold"})
         row.update({f"val_{k}": v for k, v in val_m.items() if k != "threshold"})
         history.append(row)
-        score = sign * row[monitor]
-        if best is None or score < best:
-            best, best_epoch = score, epoch
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        if _improved(row[opts.monitor], best, opts.monitor):
+            best, best_epoch = row[opts.monitor], epoch
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in judged.state_dict().items()}
         if on_epoch:
             on_epoch(row)
-    compute = measure_compute(model, optimizer, train_x, train_y, rt, batch_size, gen)
-    return TrainResult(best_state, best_epoch, history, loop_images / max(loop_seconds, 1e-9), compute)
+        if opts.patience and epoch - best_epoch >= opts.patience:
+            stopped = True
+            log.info("early stop at epoch %d: %s last improved at epoch %d", epoch, opts.monitor, best_epoch)
+            break
+    compute = measure_compute(model, lambda params: make_optimizer(params, opts.optimizer, opts.lr, opts.weight_decay),
+                              loss_fn, batches, rt)
+    return TrainResult(best_state, best_epoch, history, loop_images / max(loop_seconds, 1e-9), compute, stopped)
 
 
-def measure_compute(model: nn.Module, optimizer: torch.optim.Optimizer, train_x: torch.Tensor,
-                    train_y: torch.Tensor, rt: Runtime, batch_size: int, gen: torch.Generator,
-                    n_batches: int = 20, warmup: int = 3) -> float:
+def measure_compute(model: nn.Module, new_optimizer: Callable, loss_fn: nn.Module, batches: Batches,
+                    rt: Runtime, n_batches: int = 20, warmup: int = 3) -> float:
     """img/s of forward + backward + optimizer step alone, on training batches already normalised
     and on the device; run on copies so the trained model is untouched."""
     model = copy.deepcopy(model).train()
-    opt = type(optimizer)(model.parameters(), **{k: v for k, v in optimizer.defaults.items()})
-    loss_fn = nn.BCEWithLogitsLoss()
-    batches = epoch_batches(len(train_x), batch_size, gen)[: n_batches + warmup]
-    ready = [(to_input(train_x[i], rt), train_y[i].float().to(rt.device)) for i in batches]
-    seconds, images = 0.0, 0
+    opt = new_optimizer(model.parameters())
+    ready = []
+    for p in batches.positions(0)[: n_batches + warmup]:
+        images, labels = batches.load(p)
+        ready.append((to_input(images, rt), labels.to(rt.device)))
+    seconds, images_done = 0.0, 0
     for k, (x, y) in enumerate(ready):
         if rt.device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with rt.autocast():
-            logits = model(x).squeeze(1).float()
-        loss = loss_fn(logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        _step(model, loss_fn, opt, x, y, rt)
         if rt.device.type == "cuda":
             torch.cuda.synchronize()
         if k >= warmup or len(ready) <= warmup:
             seconds += time.perf_counter() - t0
-            images += len(y)
-    return images / max(seconds, 1e-9)
+            images_done += len(y)
+    return images_done / max(seconds, 1e-9)

@@ -5,12 +5,14 @@ Every model maps a (N, 3, H, W) float batch to (N, 1) logits of 'malignant'.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 
 from torch import nn
 
 from ..errors import BadInputError, closest
 from .seed_cnns import SimpleCNN, UpgradedCNN
+from .timm_models import BACKBONES, create_timm
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,7 @@ class ModelSpec:
     description: str
     fixed_size: bool = False  # True when the architecture only accepts its training size
     channels_last: bool = True  # faster memory format on this model (measured per model)
+    pretrainable: bool = False  # accepts pretrained=True or a weights path
     defaults: dict = field(default_factory=dict)
 
 
@@ -30,6 +33,14 @@ _REGISTRY: dict[str, ModelSpec] = {
 }
 
 
+def _timm_spec(name: str, description: str) -> ModelSpec:
+    return ModelSpec(partial(create_timm, name), description, pretrainable=True)
+
+
+for _name, _description in BACKBONES.items():
+    _REGISTRY[_name] = _timm_spec(_name, f"timm {_description}")
+
+
 def register(name: str, spec: ModelSpec) -> None:
     _REGISTRY[name] = spec
 
@@ -39,11 +50,19 @@ def list_models() -> list[str]:
 
 
 def get_spec(name: str) -> ModelSpec:
+    if name.startswith("timm:") and name not in _REGISTRY:
+        return _timm_spec(name[5:], f"timm {name[5:]}")
     if name not in _REGISTRY:
-        raise BadInputError(f"unknown model '{name}'{closest(name, _REGISTRY)}; known: {', '.join(list_models())}")
+        raise BadInputError(f"unknown model '{name}'{closest(name, _REGISTRY)}; known: {', '.join(list_models())} "
+                            "(or any timm model as timm:NAME)")
     return _REGISTRY[name]
 
 
-def create_model(name: str, image_size: int = 128, **kwargs) -> nn.Module:
+def create_model(name: str, image_size: int = 128, pretrained: bool | str = False, **kwargs) -> nn.Module:
     spec = get_spec(name)
+    if pretrained not in (False, None, "") and not spec.pretrainable:
+        raise BadInputError(f"--pretrained: '{name}' has no pretrained weights; use a timm backbone "
+                            f"({', '.join(BACKBONES)}) or pretrained: false")
+    if spec.pretrainable:
+        kwargs["pretrained"] = pretrained
     return spec.build(image_size=image_size, **{**spec.defaults, **kwargs})

@@ -1,0 +1,79 @@
+"""timm backbones in the registry, with ImageNet weights from the Hugging Face hub or a local file."""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from torch import nn
+
+from ..errors import BadInputError
+
+# small backbones that train in minutes on a CPU at 128 px; any other timm name works as "timm:NAME"
+BACKBONES = {
+    "resnet18": "ResNet-18 (11.2M parameters)",
+    "efficientnet_b0": "EfficientNet-B0 (4.0M parameters)",
+    "convnextv2_nano": "ConvNeXt-V2 nano (15.0M parameters)",
+    "mobilenetv3_small_100": "MobileNetV3-small (1.5M parameters)",
+}
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_offline():
+    """Let huggingface_hub look in its local cache only (no minute of retries when offline)."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    old = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = old
+
+
+def create_timm(name: str, image_size: int = 128, pretrained: bool | str = False, **kwargs) -> nn.Module:
+    """A timm model with one output logit. pretrained: False, True (hub) or a path to weights."""
+    import timm
+
+    if not timm.is_model(name):
+        from ..errors import closest
+
+        raise BadInputError(f"unknown timm model '{name}'{closest(name, timm.list_models())}")
+    if pretrained is False or pretrained is None or pretrained == "":
+        return timm.create_model(name, pretrained=False, num_classes=1, **kwargs)
+    if pretrained is not True:
+        path = Path(str(pretrained))
+        if not path.is_file():
+            raise BadInputError(f"--pretrained {path}: no such weights file")
+        try:
+            return timm.create_model(name, pretrained=True, num_classes=1,
+                                     pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+        except (RuntimeError, KeyError, ValueError, OSError) as e:
+            raise BadInputError(f"--pretrained {path}: not weights for {name} ({str(e)[:300]})") from None
+    reachable = _hub_reachable()
+    try:
+        with (contextlib.nullcontext() if reachable else _hub_offline()):
+            return timm.create_model(name, pretrained=True, num_classes=1, **kwargs)
+    except Exception as e:  # hub and cache errors come in many types
+        where = "the Hugging Face hub did not answer" if not reachable else f"the download failed ({str(e)[:200]})"
+        raise BadInputError(
+            f"pretrained: true for '{name}': {where} and no copy is cached locally; pass a local weights file "
+            f"with --pretrained PATH (a timm/torch state dict, .pth or .safetensors), or train from scratch "
+            f"with pretrained: false"
+        ) from None
