@@ -128,6 +128,13 @@ def _config_options(func):
     from .config import ExperimentConfig
 
     for key, field in reversed(list(ExperimentConfig.model_fields.items())):
+        if key == "synthetic":  # a mapping in the config, two flags here
+            func = click.option("--synthetic-n", "synthetic_n", type=int, default=None,
+                                help="how many synthetic images to add (default: all)")(func)
+            func = click.option("--synthetic", "synthetic", default=None,
+                                help="SYN_DATA_DIR: a prepared data set of synthetic malignant images, added to the "
+                                     "training draw only")(func)
+            continue
         ann = field.annotation
         kind: typing.Any = str
         if ann is int:
@@ -144,6 +151,11 @@ def _config_options(func):
 
 def _given(values: dict) -> dict:
     out = {}
+    syn_data, syn_n = values.pop("synthetic", None), values.pop("synthetic_n", None)
+    if syn_data is not None or syn_n is not None:
+        if syn_data is None:
+            raise click.UsageError("--synthetic-n needs --synthetic SYN_DATA_DIR")
+        out["synthetic"] = {"data": syn_data, "n": syn_n}
     for k, v in values.items():
         if v is None:
             continue
@@ -154,16 +166,16 @@ def _given(values: dict) -> dict:
 
 
 def _epoch_echo(total: int):
-    def echo(row: dict) -> None:
-        click.echo(f"epoch {row['epoch']:>3}/{total}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
-                   f"val AP {row['val_average_precision']:.3f}  val pAUC80 {row['val_pauc_80']:.4f}  "
-                   f"{row['train_img_s']:.0f} img/s", err=True)
-    return echo
+    from .experiment import epoch_line
+
+    return lambda row: click.echo(epoch_line(row, total), err=True)
 
 
 def _print_result(info: dict, out: Path) -> None:
     from .report import notebook_line
 
+    if not info:  # a torchrun process other than rank 0: rank 0 reports
+        return
     m = info["metrics"]
     s = info["speed"]
     click.echo(f"{out}: best epoch {info['best_epoch']} on {info['monitor']}, threshold {info['threshold']:.3g} "
@@ -192,12 +204,12 @@ def _parse_seeds(text: str) -> list[int]:
 def train(config_file: Path | None, out: Path, seeds: str | None, **flags) -> None:
     """Train one experiment (CONFIG.yaml and/or flags) into RUN_DIR."""
     from .config import resolve
-    from .experiment import run_experiment
+    from .experiment import train_run
     from .runs import is_complete_run
 
     cfg = resolve(config_file, _given(flags))
     if not seeds:
-        info = run_experiment(cfg, out, on_epoch=_epoch_echo(cfg.epochs))
+        info = train_run(cfg, out, on_epoch=_epoch_echo(cfg.epochs))
         _print_result(info, out)
         return
     if not cfg.name:
@@ -208,7 +220,7 @@ def train(config_file: Path | None, out: Path, seeds: str | None, **flags) -> No
             click.echo(f"{folder}: complete, skipped", err=True)
             continue
         click.echo(f"{folder}: seed {seed}", err=True)
-        info = run_experiment(cfg.model_copy(update={"seed": seed}), folder, on_epoch=_epoch_echo(cfg.epochs))
+        info = train_run(cfg.model_copy(update={"seed": seed}), folder, on_epoch=_epoch_echo(cfg.epochs))
         _print_result(info, folder)
 
 
@@ -221,25 +233,46 @@ def train(config_file: Path | None, out: Path, seeds: str | None, **flags) -> No
 @click.option("--out", "out", default=None, help="RUNS_DIR (overrides the file's 'out')")
 @click.option("--epochs", default=None, type=int, help="override every run's epochs")
 @click.option("--dry-run", is_flag=True, help="list the runs and whether each is complete")
-def sweep(sweep_file: Path, data: str | None, out: str | None, epochs: int | None, dry_run: bool) -> None:
-    """Run a grid of experiments, skipping those already complete."""
-    from .experiment import run_experiment
+@click.option("--workers", default=1, show_default=True, help="claiming workers to start on this machine")
+@click.option("--claim", is_flag=True, help="take runs through lock files, so that several workers (or machines "
+              "sharing RUNS_DIR) can share one sweep")
+@click.option("--task-index", default=None, type=int, help="job array: this task's index (e.g. $SLURM_ARRAY_TASK_ID)")
+@click.option("--task-count", default=None, type=int, help="job array: number of tasks; task i takes runs i, i+N, ...")
+def sweep(sweep_file: Path, data: str | None, out: str | None, epochs: int | None, dry_run: bool, workers: int,
+          claim: bool, task_index: int | None, task_count: int | None) -> None:
+    """Run a grid of experiments, skipping those already complete.
+
+    Several workers: `--workers K` here, or a job array on a cluster with one task per run
+    (`--task-index $SLURM_ARRAY_TASK_ID --task-count N`), or any number of `--claim` workers on
+    machines that share RUNS_DIR."""
+    from .experiment import train_run
     from .runs import is_complete_run
-    from .sweep import plan, run_sweep
+    from .sweep import plan, run_local_workers, run_sweep
 
     planned = plan(sweep_file, data, out, {"epochs": epochs} if epochs else None)
     if dry_run:
         for p in planned:
             click.echo(f"{'complete' if is_complete_run(p.folder) else 'to run  '}  {p.folder}")
         return
+    if workers > 1:
+        passed = [a for flag, v in (("--data", data), ("--out", out), ("--epochs", epochs)) if v is not None
+                  for a in (flag, str(v))]
+        code = run_local_workers(sweep_file, workers, passed)
+        left = [p.folder for p in planned if not is_complete_run(p.folder)]
+        click.echo(f"sweep: {workers} workers finished; {len(planned) - len(left)} of {len(planned)} runs complete", err=True)
+        sys.exit(code or (1 if left else 0))
+    if task_count is None and task_index is not None:
+        raise click.UsageError("--task-index needs --task-count")
 
     def run(cfg, folder):
-        info = run_experiment(cfg, folder, on_epoch=_epoch_echo(cfg.epochs))
+        info = train_run(cfg, folder, on_epoch=_epoch_echo(cfg.epochs))
         _print_result(info, folder)
 
-    result = run_sweep(planned, run, echo=lambda s: click.echo(s, err=True))
+    result = run_sweep(planned, run, echo=lambda s: click.echo(s, err=True), task_index=task_index or 0,
+                       task_count=task_count or 1, claim=claim)
     click.echo(f"sweep: {len(result['done'])} run(s) done, {len(result['skipped'])} already complete, "
-               f"{len(result['failed'])} failed", err=True)
+               f"{len(result['failed'])} failed" + (f", {len(result['elsewhere'])} taken by other workers"
+                                                     if result["elsewhere"] else ""), err=True)
     if result["failed"]:
         sys.exit(1)
 
@@ -338,6 +371,94 @@ def demo(out: Path, epochs: int | None) -> None:
         click.echo("  " + notebook_line("Val", run.metrics["val"]))
         click.echo("  " + notebook_line("Test", run.metrics["test"]))
     click.echo(f"report: {html_path.resolve()}")
+
+
+@main.group()
+def synth() -> None:
+    """Synthetic images: train a generator, sample, import, check quality and copies."""
+
+
+@synth.command("train")
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="GEN_DIR")
+@click.option("--label", default="malignant", show_default=True, type=click.Choice(["malignant", "benign"]))
+@click.option("--kind", default="gan", show_default=True, type=click.Choice(["gan", "ddpm"]),
+              help="gan: DCGAN with DiffAugment; ddpm: diffusers UNet2DModel with DDPM/DDIM")
+@click.option("--size", default=64, show_default=True, type=click.Choice(["32", "64", "128"]), help="pixels")
+@click.option("--steps", default=4000, show_default=True, help="training steps (more continues a finished generator)")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--sample-every", default=500, show_default=True, help="steps between sample grids")
+@click.option("--checkpoint-every", default=250, show_default=True, help="steps between checkpoints")
+@click.option("--time-budget", default=None, type=float, help="minutes: stop at a checkpoint once spent")
+def synth_train(data_dir: Path, out: Path, label: str, kind: str, size: str, steps: int, batch_size: int, seed: int,
+                sample_every: int, checkpoint_every: int, time_budget: float | None) -> None:
+    """Train a generator on the train pool's images of one class (never on val/test); resumes."""
+    from tqdm import tqdm
+
+    from .synth.generator import train_generator
+
+    bar = tqdm(total=steps, desc=f"synth {kind}", unit="step", file=sys.stderr, dynamic_ncols=True, mininterval=1)
+
+    def progress(step: int, total: int, losses: dict) -> None:
+        bar.n = step
+        bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
+        bar.refresh()
+
+    try:
+        info = train_generator(data_dir, out, kind, label, int(size), steps, batch_size, None, seed, sample_every,
+                               checkpoint_every, time_budget * 60 if time_budget else None, progress)
+    finally:
+        bar.close()
+    click.echo(f"{out}: {info['generator_id']}, {info['steps']} steps on {info['n_real']} real {label} images in "
+               f"{info['train_seconds'] / 60:.1f} min" + (" (stopped by the time budget)" if info["stopped_by_time_budget"] else ""))
+
+
+@synth.command("sample")
+@click.argument("gen_dir", type=click.Path(path_type=Path))
+@click.option("--n", "n", default=3000, show_default=True)
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="SYN_DIR")
+@click.option("--seed", default=0, show_default=True)
+def synth_sample(gen_dir: Path, n: int, out: Path, seed: int) -> None:
+    """Sample N images and a manifest (synthetic=1) that `prepare` reads."""
+    from .synth.samples import sample
+
+    bar, update = _progress_bar("sample")
+    try:
+        sample(gen_dir, n, out, seed, progress=update)
+    finally:
+        bar.close()
+    click.echo(f"{out}: {n} images; next: lesionlab prepare {out} --out SYN_DATA_DIR --size 128")
+
+
+@synth.command("import")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="SYN_DIR")
+@click.option("--label", default="malignant", show_default=True, type=click.Choice(["malignant", "benign"]))
+@click.option("--generator", default="external", show_default=True, help="a name for the generator that made them")
+def synth_import(folder: Path, out: Path, label: str, generator: str) -> None:
+    """Import synthetic images made elsewhere (e.g. StyleGAN2-ADA), treated like lesionlab's own."""
+    from .synth.samples import import_folder
+
+    import_folder(folder, out, label, generator)
+    click.echo(f"{out}: imported; next: lesionlab prepare {out} --out SYN_DATA_DIR --size 128")
+
+
+@synth.command("check")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path), help="DATA_DIR with the real images")
+@click.option("--features", "features_run", required=True, type=click.Path(path_type=Path),
+              help="RUN_DIR of a trained lesionlab classifier whose penultimate layer gives the features")
+@click.option("--out", "out", default=None, type=click.Path(path_type=Path), help="default: SOURCE/check")
+@click.option("--n", "n", default=1000, show_default=True, help="synthetic images to compare")
+@click.option("--seed", default=0, show_default=True)
+def synth_check(source: Path, data_dir: Path, features_run: Path, out: Path | None, n: int, seed: int) -> None:
+    """FID/KID, precision/recall, density/coverage and memorisation of GEN_DIR or SYN_DIR."""
+    from .synth.check import check, render_markdown
+
+    result = check(source, data_dir, features_run, out, n, seed)
+    click.echo(render_markdown(result))
+    click.echo(f"check: {(Path(out) if out else source / 'check') / 'check.html'}")
 
 
 @main.command("models")

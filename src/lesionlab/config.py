@@ -15,6 +15,14 @@ from .errors import BadInputError, closest
 from .metrics import ThresholdRule
 
 
+class SyntheticConfig(BaseModel):
+    """Synthetic malignant images added to the training draw only."""
+
+    model_config = ConfigDict(extra="forbid")
+    data: str = Field(description="a prepared data set of synthetic images (every row synthetic=1)")
+    n: Optional[int] = Field(None, ge=1, description="how many to add (default: all)")
+
+
 class ExperimentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -25,6 +33,8 @@ class ExperimentConfig(BaseModel):
     pretrained: Union[bool, str] = Field(False, description="ImageNet weights for timm backbones: true (hub) or a local file PATH")
     ratio: str = Field("1:2", description="malignant:benign ratio of the training draw, 1:K or natural")
     n_malignant: Union[int, Literal["all"]] = Field(293, description="malignant images in the training draw, or all")
+    synthetic: Optional[SyntheticConfig] = Field(
+        None, description="synthetic malignant images for the training draw: {data: SYN_DATA_DIR, n: N}")
     sampler: Literal["none", "redraw", "balanced"] = Field(
         "none", description="none = the fixed draw; redraw = fresh benign images each epoch; balanced = class-weighted")
     augment: Literal["none", "light", "medium", "heavy"] = Field("none", description="augmentation policy (training only)")
@@ -55,6 +65,9 @@ class ExperimentConfig(BaseModel):
         "auto", description="auto = bf16 autocast where the device computes bf16 natively, else fp32")
     channels_last: Literal["auto", "true", "false"] = Field("auto", description="memory format of conv inputs")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    devices: int = Field(1, ge=1, description="processes (CPU cores or GPUs) training one run with DDP")
+    strategy: Literal["auto", "ddp"] = Field("auto", description="auto = ddp when --devices or --num-nodes > 1")
+    num_nodes: int = Field(1, ge=1, description="machines; more than one is launched by torchrun on each node")
     bootstrap: int = Field(2000, ge=0, description="bootstrap resamples for the 95%% intervals (0 = none)")
     eval_batch_size: int = Field(256, ge=1, description="batch size for validation and test")
     num_threads: int = Field(0, ge=0, description="CPU threads for torch (0 = one per core)")

@@ -6,6 +6,7 @@ import logging
 import os
 import platform
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -21,12 +22,15 @@ from .data.splits import load_split
 from .data.store import Store
 from .engine.runtime import MEAN, STD, resolve_runtime
 from .data.sampling import EpochSampler
-from .engine.trainer import Batches, TrainOptions, predict_logits, train
+from .data.parallel import cpu_count
+from .engine.distributed import World, check_devices, from_environment, spawn
+from .engine.trainer import Batches, TrainOptions, predict_sharded, train
 from .errors import BadInputError, ExistsError
-from .fileio import publish_dir, write_json, write_text, write_yaml
+from .fileio import publish_dir, read_json, write_json, write_text, write_yaml
 from .metrics import ThresholdRule, bce_per_sample, bootstrap_ci, compute_metrics, parse_prevalence, prior_shift
 from .models import create_model, get_spec
 from .runs import is_complete_run
+from .synth.training import CombinedImages, load_synthetic
 
 log = logging.getLogger(__name__)
 
@@ -50,21 +54,79 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
+def epoch_line(row: dict, total: int) -> str:
+    return (f"epoch {row['epoch']:>3}/{total}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
+            f"val AP {row['val_average_precision']:.3f}  val pAUC80 {row['val_pauc_80']:.4f}  "
+            f"{row['train_img_s']:.0f} img/s")
+
+
+def _print_epochs(total: int) -> Callable[[dict], None]:
+    return lambda row: print(epoch_line(row, total), file=sys.stderr, flush=True)
+
+
+def train_run(cfg: ExperimentConfig, out: str | os.PathLike, on_epoch: Callable[[dict], None] | None = None) -> dict:
+    """One experiment on one process, on the processes of this machine (--devices), or as one
+    process of a torchrun launch; returns run.json's content with the metrics."""
+    out = Path(out)
+    world = from_environment()
+    if world is not None:
+        return run_experiment(cfg, out, on_epoch if world.is_main else None, world)
+    if cfg.num_nodes > 1:
+        raise BadInputError(
+            f"--num-nodes {cfg.num_nodes}: a run over several machines is started by torchrun on every node, e.g. "
+            f"torchrun --nnodes {cfg.num_nodes} --nproc-per-node {cfg.devices} --rdzv-backend c10d "
+            f"--rdzv-endpoint HOST:29500 -m lesionlab train ... (see README, Distributed training)")
+    if cfg.devices == 1:
+        return run_experiment(cfg, out, on_epoch)
+    check_devices(cfg.devices, cfg.num_nodes, cfg.device)
+    if cfg.batch_size % cfg.devices:
+        raise BadInputError(f"--batch-size {cfg.batch_size} is the global batch and must divide evenly over "
+                            f"--devices {cfg.devices}")
+    _staging_dir(out).rmdir()  # refuse an existing run now, before any process starts
+    spawn(_spawned_run, (to_dict(cfg), str(out)), cfg.devices, cfg.device)
+    return {**read_json(out / "run.json"), "metrics": read_json(out / "metrics.json")}
+
+
+def _spawned_run(cfg_dict: dict, out: str, world: World) -> None:
+    cfg = ExperimentConfig(**cfg_dict)
+    run_experiment(cfg, Path(out), _print_epochs(cfg.epochs) if world.is_main else None, world)
+
+
 def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike,
-                   on_epoch: Callable[[dict], None] | None = None) -> dict:
-    """Train and evaluate one experiment into the run folder `out`; return run.json's content."""
+                   on_epoch: Callable[[dict], None] | None = None, world: World | None = None) -> dict:
+    """Train and evaluate one experiment into the run folder `out`; return run.json's content.
+    With several processes each trains its shard; only rank 0 writes (the others return {})."""
     if not cfg.data:
         raise BadInputError("no data set given: pass --data DATA_DIR or set 'data' in the config")
+    world = world or World()
+    if cfg.batch_size % world.size:
+        raise BadInputError(f"--batch-size {cfg.batch_size} is the global batch and must divide evenly over "
+                            f"{world.size} processes")
     out = Path(out)
     started = time.time()
     store = Store.open(cfg.data)
     split = load_split(store, cfg.split)
     table = store.table
-    labels = table["label"].to_numpy()
-    pool = split.positions(table, "train")
-    draw = draw_training_set(labels, pool, cfg.ratio, cfg.n_malignant, cfg.seed)
+    real_labels = table["label"].to_numpy()
+    real_pool = split.positions(table, "train")
     val_pos, test_pos = split.positions(table, "val"), split.positions(table, "test")
-    sampler = EpochSampler(cfg.sampler, labels, draw, pool, cfg.seed)
+    ids = table["id"].astype(str).to_numpy()
+    val_x, test_x = store.pixels(val_pos), store.pixels(test_pos)
+    val_y, test_y = real_labels[val_pos], real_labels[test_pos]
+    syn = None
+    if cfg.synthetic:
+        eval_pos = np.r_[val_pos, test_pos]
+        syn = load_synthetic(cfg.synthetic.data, cfg.synthetic.n, store, set(ids[eval_pos]), np.concatenate([val_x, test_x]),
+                             ids[eval_pos].tolist(), cfg.seed)
+    n_syn = len(syn) if syn else 0
+    real_draw = draw_training_set(real_labels, real_pool, cfg.ratio, cfg.n_malignant, cfg.seed, extra_malignant=n_syn)
+    # synthetic images sit past the real rows: position len(table) + k is the k-th synthetic image
+    offset = len(table)
+    labels = np.r_[real_labels, np.ones(n_syn, real_labels.dtype)]
+    draw = np.r_[real_draw, offset + np.arange(n_syn)]
+    pool = np.r_[real_pool, offset + np.arange(n_syn)]
+    images = CombinedImages(store, syn)
+    sampler = EpochSampler(cfg.sampler, labels, draw, pool, cfg.seed, world.rank, world.size)
     n_mal, n_ben = int(labels[draw].sum()), int((labels[draw] == 0).sum())
     pos_weight = (n_ben / n_mal if cfg.pos_weight == "auto" else cfg.pos_weight)
     deploy = parse_prevalence(cfg.prevalence) if cfg.prevalence else None
@@ -74,21 +136,26 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike,
         pos_weight=pos_weight, focal_alpha=cfg.focal_alpha, focal_gamma=cfg.focal_gamma,
         label_smoothing=cfg.label_smoothing, augment=cfg.augment, monitor=cfg.resolved_monitor(),
         patience=cfg.patience if cfg.early_stop else 0, ema=cfg.ema, eval_batch_size=cfg.eval_batch_size)
-    staging = _staging_dir(out)
+    staging = _staging_dir(out) if world.is_main else None
     try:
         _seed_everything(cfg.seed)
         spec = get_spec(cfg.model)
         model = create_model(cfg.model, image_size=store.size, pretrained=cfg.pretrained)
-        rt = resolve_runtime(cfg.device, cfg.precision, cfg.channels_last,
-                             model_prefers_channels_last=spec.channels_last, num_threads=cfg.num_threads)
-        val_x, test_x = store.pixels(val_pos), store.pixels(test_pos)
-        val_y, test_y = labels[val_pos], labels[test_pos]
-        batches = Batches(store.pixels, labels, sampler, cfg.batch_size)
-        result = train(model, batches, val_x, val_y, rt, opts, on_epoch)
+        device = f"cuda:{world.local_rank}" if world.distributed and (cfg.device.startswith("cuda") or (
+            cfg.device == "auto" and torch.cuda.is_available())) else cfg.device
+        # a sweep worker beside others gets its share of the cores through LESIONLAB_NUM_THREADS
+        threads = cfg.num_threads or int(os.environ.get("LESIONLAB_NUM_THREADS", 0)) or max(1, cpu_count() // world.local_size)
+        rt = resolve_runtime(device, cfg.precision, cfg.channels_last,
+                             model_prefers_channels_last=spec.channels_last, num_threads=threads)
+        batches = Batches(images.pixels, labels, sampler, cfg.batch_size // world.size)
+        setup_seconds = time.time() - started
+        result = train(model, batches, val_x, val_y, rt, opts, on_epoch, world)
         model.load_state_dict(result.best_state)
 
-        logits = {"val": predict_logits(model, val_x, rt, cfg.eval_batch_size),
-                  "test": predict_logits(model, test_x, rt, cfg.eval_batch_size)}
+        logits = {"val": predict_sharded(model, val_x, rt, cfg.eval_batch_size, world),
+                  "test": predict_sharded(model, test_x, rt, cfg.eval_batch_size, world)}
+        if not world.is_main:
+            return {}
         truth = {"val": val_y, "test": test_y}
         raw = {k: 1 / (1 + np.exp(-v)) for k, v in logits.items()}
         # what the model's probabilities are calibrated to: the training prevalence, with the
@@ -109,12 +176,13 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike,
             m["n_malignant"], m["n_benign"] = int(truth[side].sum()), int((truth[side] == 0).sum())
             metrics[side] = m
 
-        ids = table["id"].astype(str).to_numpy()
         preds = pd.concat([pd.DataFrame({"id": ids[pos], "split": side, "label": truth[side], "prob": probs[side],
                                          **({"prob_model": raw[side]} if deploy else {})})
                            for side, pos in (("val", val_pos), ("test", test_pos))])
         write_text(staging / "predictions.csv", preds.to_csv(index=False, float_format="%.6g"))
-        draw_frame = pd.DataFrame({"id": ids[draw], "label": labels[draw]})
+        syn_ids = syn.store.table["id"].to_numpy()[syn.rows] if syn else np.array([], dtype=object)
+        draw_frame = pd.DataFrame({"id": np.r_[ids[real_draw], syn_ids], "label": labels[draw],
+                                   "synthetic": np.r_[np.zeros(len(real_draw), int), np.ones(n_syn, int)]})
         write_text(staging / "train_draw.csv", draw_frame.to_csv(index=False))
         pd.DataFrame(result.history).to_csv(staging / "history.csv", index=False)
         torch.save({"model": cfg.model, "image_size": store.size, "fit": store.fit, "mean": MEAN, "std": STD,
@@ -131,8 +199,10 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike,
             "store_hash": store.content_hash,
             "split_file": split.path.name,
             "split_sha256": split.sha256,
-            "draw": {"malignant": n_mal, "benign": n_ben,
-                     "pool_malignant": int(labels[pool].sum()), "pool_benign": int((labels[pool] == 0).sum())},
+            "draw": {"malignant": n_mal, "benign": n_ben, "synthetic": n_syn,
+                     "pool_malignant": int(real_labels[real_pool].sum()),
+                     "pool_benign": int((real_labels[real_pool] == 0).sum())},
+            "synthetic": syn.info if syn else None,
             "levers": {"loss": cfg.loss, "pos_weight": pos_weight, "sampler": cfg.sampler, "augment": cfg.augment,
                        "optimizer": cfg.optimizer, "scheduler": cfg.scheduler, "ema": cfg.ema,
                        "pretrained": cfg.pretrained, "label_smoothing": cfg.label_smoothing},
@@ -145,18 +215,21 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike,
                                     "BCE-calibrated probabilities") if deploy and (cfg.loss == "focal" or cfg.label_smoothing) else ""},
             "threshold_rule": str(rule),
             "threshold": threshold,
-            "speed": {"train_img_s": round(result.train_img_s, 2), "compute_img_s": round(result.compute_img_s, 2),
-                      "loop_vs_compute": round(result.train_img_s / result.compute_img_s, 3)},
+            "speed": {"train_img_s": round(world.size * result.train_img_s, 2),
+                      "compute_img_s": round(world.size * result.compute_img_s, 2),
+                      "loop_vs_compute": round(result.train_img_s / result.compute_img_s, 3), "processes": world.size},
             "runtime": rt.describe(),
             "torch": torch.__version__,
             "python": platform.python_version(),
+            "setup_seconds": round(setup_seconds, 2),
             "wall_seconds": round(time.time() - started, 1),
         }
         write_json(staging / "run.json", run_info)
         write_json(staging / "metrics.json", metrics)
         publish_dir(staging, out)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         raise
     return {**run_info, "metrics": metrics}
 

@@ -80,28 +80,50 @@ def isic2024_metadata(n: int, n_patients: int, n_positive: int, seed: int = 0) -
     return pd.DataFrame(cols)[list(ISIC2024_COLUMNS)]
 
 
+def _crops(seed: int, start: int, targets: list[int], size_range: tuple[int, int], square: bool) -> list[bytes]:
+    """JPEG bytes of crops start, start+1, ...; each crop's randomness depends only on (seed, index)."""
+    out = []
+    for k, t in enumerate(targets):
+        rng = np.random.default_rng([seed, start + k])
+        side = int(rng.integers(*size_range))
+        other = side if square else side + int(rng.integers(-4, 5))
+        out.append(jpeg_bytes(lesion_image(rng, side, other, bool(t))))
+    return out
+
+
 def write_isic2024(folder: Path, n: int = 60, n_patients: int = 12, n_positive: int = 15, seed: int = 0,
                    images: str = "hdf5", size_range: tuple[int, int] = (100, 160), prefix: str = "train",
-                   labels: bool = True) -> Path:
-    """`{prefix}-metadata.csv` with `{prefix}-image.hdf5` (images='hdf5') or `{prefix}-image/image/`."""
+                   labels: bool = True, workers: int = 1, progress=None) -> Path:
+    """`{prefix}-metadata.csv` with `{prefix}-image.hdf5` (images='hdf5') or `{prefix}-image/image/`.
+    Images are made in chunks on `workers` processes, so 400k crops take minutes, not hours."""
+    from .data.parallel import map_ordered
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     meta = isic2024_metadata(n, n_patients, n_positive, seed)
-    rng = np.random.default_rng(seed + 1)
+    targets = meta["target"].tolist()
+    ids = meta["isic_id"].tolist()
     if not labels:  # the test files carry neither labels nor label-derived columns
         meta = meta.drop(columns=["target", "lesion_id", "iddx_full", "iddx_1", "iddx_2", "iddx_3", "iddx_4",
                                   "iddx_5", "mel_mitotic_index", "mel_thick_mm"])
-    targets = meta["target"].to_numpy() if labels else np.zeros(n, int)
+    chunk = 2000
+    starts = range(0, n, chunk)
+    tasks = ((seed, s, targets[s:s + chunk], size_range, images != "hdf5") for s in starts)
+    crops = map_ordered(_crops, tasks, workers)
     if images == "hdf5":
         with h5py.File(folder / f"{prefix}-image.hdf5", "w") as f:
-            for isic_id, t in zip(meta["isic_id"], targets):
-                side = int(rng.integers(*size_range))
-                f.create_dataset(isic_id, data=np.bytes_(jpeg_bytes(lesion_image(rng, side, side + int(rng.integers(-4, 5)), bool(t)))))
+            for s, batch in zip(starts, crops):
+                for isic_id, data in zip(ids[s:s + chunk], batch):
+                    f.create_dataset(isic_id, data=np.bytes_(data))  # a scalar of the JPEG file's bytes
+                if progress:
+                    progress(s + len(batch), n)
     else:
         img_dir = folder / f"{prefix}-image" / "image"
         img_dir.mkdir(parents=True, exist_ok=True)
-        for isic_id, t in zip(meta["isic_id"], targets):
-            side = int(rng.integers(*size_range))
-            (img_dir / f"{isic_id}.jpg").write_bytes(jpeg_bytes(lesion_image(rng, side, side, bool(t))))
+        for s, batch in zip(starts, crops):
+            for isic_id, data in zip(ids[s:s + chunk], batch):
+                (img_dir / f"{isic_id}.jpg").write_bytes(data)
+            if progress:
+                progress(s + len(batch), n)
     meta.to_csv(folder / f"{prefix}-metadata.csv", index=False)
     return folder

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import re
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -101,11 +104,59 @@ def same_config(folder: Path, cfg: ExperimentConfig) -> bool:
     return {k: v for k, v in saved.items() if k != "data"} == {k: v for k, v in wanted.items() if k != "data"}
 
 
+def _lock_path(folder: Path) -> Path:
+    return folder.parent / f".{folder.name}.lock"
+
+
+def _claim(folder: Path) -> bool:
+    """Take a run for this worker: an exclusive lock file beside its folder (atomic on local and
+    network filesystems). A lock left by a dead process of this host is taken over."""
+    lock = _lock_path(folder)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    me = f"{socket.gethostname()} {os.getpid()} {time.time():.0f}\n"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                host, pid, _ = lock.read_text().split()
+            except (OSError, ValueError):
+                return False
+            if host == socket.gethostname() and not _alive(int(pid)):
+                lock.unlink(missing_ok=True)  # its worker died: the run is free again
+                continue
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        return True
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def run_sweep(planned: list[PlannedRun], run: Callable[[ExperimentConfig, Path], dict],
-              echo: Callable[[str], None] = print) -> dict:
-    """Run every planned run that is not complete; a failure is reported and the sweep goes on."""
-    done, skipped, failed = [], [], []
+              echo: Callable[[str], None] = print, task_index: int = 0, task_count: int = 1,
+              claim: bool = False) -> dict:
+    """Run every planned run that is not complete; a failure is reported and the sweep goes on.
+
+    task_index/task_count: this worker takes runs k with k % task_count == task_index (a job array).
+    claim: take each run through a lock file first, so that any number of workers, on any
+    machines sharing the runs folder, can work through one sweep without running anything twice.
+    """
+    if not 0 <= task_index < task_count:
+        raise BadInputError(f"--task-index must lie in 0..{task_count - 1}, got {task_index}")
+    done, skipped, failed, others = [], [], [], []
     for k, p in enumerate(planned, 1):
+        if (k - 1) % task_count != task_index:
+            continue
         if is_complete_run(p.folder):
             if not same_config(p.folder, p.config):
                 raise ExistsError(f"{p.folder}: holds a finished run with another config; "
@@ -113,11 +164,36 @@ def run_sweep(planned: list[PlannedRun], run: Callable[[ExperimentConfig, Path],
             skipped.append(p.folder)
             echo(f"[{k}/{len(planned)}] {p.folder}: complete, skipped")
             continue
+        if claim and not _claim(p.folder):
+            others.append(p.folder)
+            echo(f"[{k}/{len(planned)}] {p.folder}: taken by another worker")
+            continue
         echo(f"[{k}/{len(planned)}] {p.folder}: {p.config.name}, seed {p.config.seed}")
         try:
+            if is_complete_run(p.folder):  # finished by another worker between the check and the claim
+                skipped.append(p.folder)
+                continue
             run(p.config, p.folder)
             done.append(p.folder)
         except LesionLabError as e:
             failed.append((p.folder, str(e)))
             echo(f"  failed: {e}")
-    return {"done": done, "skipped": skipped, "failed": failed}
+        finally:
+            if claim:
+                _lock_path(p.folder).unlink(missing_ok=True)
+    return {"done": done, "skipped": skipped, "failed": failed, "elsewhere": others}
+
+
+def run_local_workers(sweep_file: Path, workers: int, extra_args: list[str]) -> int:
+    """Start `workers` claiming sweep processes on this machine, splitting the cores between
+    them, and wait for all; returns the worst exit code."""
+    import subprocess
+    import sys
+
+    from .data.parallel import cpu_count
+
+    threads = max(1, cpu_count() // workers)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "LESIONLAB_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, "-m", "lesionlab", "sweep", str(sweep_file), "--claim", *extra_args]
+    procs = [subprocess.Popen(cmd, env=env) for _ in range(workers)]
+    return max(p.wait() for p in procs)

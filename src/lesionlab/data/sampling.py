@@ -20,11 +20,12 @@ def parse_ratio(text: str) -> float | None:
 
 
 def draw_training_set(labels: np.ndarray, pool: np.ndarray, ratio: str, n_malignant: int | str,
-                      seed: int) -> np.ndarray:
+                      seed: int, extra_malignant: int = 0) -> np.ndarray:
     """Positions (into `labels`) of the training draw, sorted; seeded and reproducible.
 
     ratio 'natural' takes the whole pool (n_malignant then caps the malignant images only if
-    it is a number smaller than the pool's)."""
+    it is a number smaller than the pool's). extra_malignant (synthetic images added elsewhere)
+    counts towards the ratio: 293 real + 3000 synthetic at 1:2 draws 6586 benign."""
     k = parse_ratio(ratio)
     pool = np.asarray(pool)
     mal, ben = pool[labels[pool] == 1], pool[labels[pool] == 0]
@@ -42,11 +43,13 @@ def draw_training_set(labels: np.ndarray, pool: np.ndarray, ratio: str, n_malign
     chosen_m = rng.choice(mal, size=n_m, replace=False)
     if k is None:
         return np.sort(np.r_[chosen_m, ben])
-    n_b = int(round(n_m * k))
+    total_m = n_m + extra_malignant
+    n_b = int(round(total_m * k))
     if n_b > len(ben):
+        with_syn = f" ({n_m} real + {extra_malignant} synthetic)" if extra_malignant else ""
         raise NotEnoughDataError(
-            f"--ratio {ratio} with {n_m} malignant needs {n_b} benign images; the train pool has only {len(ben)} "
-            f"(at most 1:{len(ben) / n_m:.2f} is possible)"
+            f"--ratio {ratio} with {total_m} malignant{with_syn} needs {n_b} benign images; the train pool has only "
+            f"{len(ben)} (at most 1:{len(ben) / total_m:.2f} is possible)"
         )
     chosen_b = rng.choice(ben, size=n_b, replace=False)
     return np.sort(np.r_[chosen_m, chosen_b])

@@ -72,29 +72,29 @@ class Split:
         return np.flatnonzero(ids.isin(set(self.assign[side])).to_numpy())
 
 
-def _choose(groups: pd.DataFrame, want_m: int, want_b: int, rng: np.random.Generator, side: str,
-            avail_m: int, avail_b: int) -> list[str]:
-    """Pick whole groups until both counts are reached; groups with malignant images first."""
-    order = rng.permutation(len(groups))
-    g = groups.iloc[order]
+def _choose(groups: pd.DataFrame, want_m: int, want_b: int, rng: np.random.Generator, side: str) -> list[str]:
+    """Whole groups, in random order: first groups with malignant images until there are enough
+    of those, then benign-only groups until there are enough benign images. A group never
+    splits; images beyond the counts are trimmed later (and excluded from the train pool)."""
+    g = groups.iloc[rng.permutation(len(groups))]
     chosen, got_m, got_b = [], 0, 0
-    for key, m, b in zip(g.index, g["m"], g["b"]):  # malignant-bearing groups
+    for key, m, b in zip(g.index, g["m"], g["b"]):
         if got_m >= want_m:
             break
-        if m > 0 and (got_b + b <= want_b or b == 0):
+        if m > 0:
             chosen.append(key)
             got_m += m
             got_b += b
-    for key, m, b in zip(g.index, g["m"], g["b"]):  # then benign-only groups
+    for key, m, b in zip(g.index, g["m"], g["b"]):
         if got_b >= want_b:
             break
-        if m == 0 and key not in chosen:
+        if m == 0:
             chosen.append(key)
             got_b += b
     if got_m < want_m or got_b < want_b:
         raise NotEnoughDataError(
-            f"--{side} {want_m}:{want_b}: the data left can supply only {min(got_m, avail_m)} malignant and "
-            f"{min(got_b, avail_b)} benign images in whole groups ({avail_m} malignant, {avail_b} benign remain)"
+            f"--{side} {want_m}:{want_b}: the data left can supply only {got_m} malignant and "
+            f"{got_b} benign images in whole groups"
         )
     return chosen
 
@@ -120,7 +120,7 @@ def make_split(store: Store, val: tuple[int, int], test: tuple[int, int], seed: 
         free = frame[~frame["key"].isin(used)]
         groups = free.groupby("key")["label"].agg(m="sum", n="size")
         groups["b"] = groups["n"] - groups["m"]
-        chosen = _choose(groups, want_m, want_b, rng, side, int(groups["m"].sum()), int(groups["b"].sum()))
+        chosen = _choose(groups, want_m, want_b, rng, side)
         used.update(chosen)
         rows = free[free["key"].isin(set(chosen))]
         for label, want in ((1, want_m), (0, want_b)):

@@ -21,6 +21,7 @@ from ..data.sampling import EpochSampler
 from ..metrics import bce_per_sample, compute_metrics
 from .losses import TrainingLoss
 from .optim import make_ema, make_optimizer, make_scheduler
+from .distributed import World
 from .runtime import Runtime, to_input
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,18 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
+def predict_sharded(model: nn.Module, images: np.ndarray, rt: Runtime, batch_size: int, world: World) -> np.ndarray:
+    """Each process predicts its share of `images`; every process gets all logits, in order."""
+    if not world.distributed:
+        return predict_logits(model, images, rt, batch_size)
+    mine = np.arange(world.rank, len(images), world.size)
+    parts = world.gather(predict_logits(model, images[mine], rt, batch_size))
+    out = np.empty(len(images))
+    for r, part in enumerate(parts):
+        out[r::world.size] = part
+    return out
+
+
 def _step(model, loss_fn, optimizer, x, y, rt) -> torch.Tensor:
     with rt.autocast():
         logits = model(x).reshape(-1).float()
@@ -139,11 +152,14 @@ def _improved(value: float, best: float | None, monitor: str) -> bool:
 
 
 def train(model: nn.Module, batches: Batches, val_x: np.ndarray, val_y: np.ndarray, rt: Runtime,
-          opts: TrainOptions, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
-    """Train; keep the state best on `opts.monitor` (the EMA weights when EMA is on)."""
+          opts: TrainOptions, on_epoch: Callable[[dict], None] | None = None, world: World | None = None) -> TrainResult:
+    """Train; keep the state best on `opts.monitor` (the EMA weights when EMA is on). With several
+    processes, `batches` yields this process's shard and every metric uses gathered predictions."""
+    world = world or World()
     model.to(rt.device)
     if rt.channels_last:
         model.to(memory_format=torch.channels_last)
+    net = world.wrap(model, rt.device)
     loss_fn = TrainingLoss(opts.loss, opts.pos_weight, opts.focal_alpha, opts.focal_gamma,
                            opts.label_smoothing).to(rt.device)
     optimizer = make_optimizer(model.parameters(), opts.optimizer, opts.lr, opts.weight_decay)
@@ -162,7 +178,7 @@ def train(model: nn.Module, batches: Batches, val_x: np.ndarray, val_y: np.ndarr
         for images, labels in prefetch(batches.load(p) for p in position_batches):
             x = to_input(augment(images), rt)
             y = labels.to(rt.device, non_blocking=True)
-            logits_all.append(_step(model, loss_fn, optimizer, x, y, rt).detach())
+            logits_all.append(_step(net, loss_fn, optimizer, x, y, rt).detach())
             y_all.append(y)
             if scheduler is not None:
                 scheduler.step()
@@ -175,13 +191,13 @@ def train(model: nn.Module, batches: Batches, val_x: np.ndarray, val_y: np.ndarr
         if epoch > 1 or opts.epochs == 1:  # the first epoch carries one-off warm-up costs
             loop_seconds += seconds
             loop_images += n_seen
-        tr_logits = torch.cat(logits_all).cpu().numpy().astype(np.float64)
-        tr_y = torch.cat(y_all).cpu().numpy()
+        tr_logits = np.concatenate(world.gather(torch.cat(logits_all).cpu().numpy().astype(np.float64)))
+        tr_y = np.concatenate(world.gather(torch.cat(y_all).cpu().numpy()))
         train_m = compute_metrics(tr_y, _sigmoid(tr_logits), 0.5, bce_per_sample(tr_y, tr_logits))
         judged = ema.module if ema is not None else model
-        v_logits = predict_logits(judged, val_x, rt, opts.eval_batch_size)
+        v_logits = predict_sharded(judged, val_x, rt, opts.eval_batch_size, world)
         val_m = compute_metrics(val_y, _sigmoid(v_logits), 0.5, bce_per_sample(val_y, v_logits))
-        row = {"epoch": epoch, "seconds": round(seconds, 3), "train_img_s": round(n_seen / seconds, 2),
+        row = {"epoch": epoch, "seconds": round(seconds, 3), "train_img_s": round(world.size * n_seen / seconds, 2),
                "lr": optimizer.param_groups[0]["lr"]}
         row.update({f"train_{k}": v for k, v in train_m.items() if k != "threshold"})
         row.update({f"val_{k}": v for k, v in val_m.items() if k != "threshold"})
@@ -195,6 +211,7 @@ def train(model: nn.Module, batches: Batches, val_x: np.ndarray, val_y: np.ndarr
             stopped = True
             log.info("early stop at epoch %d: %s last improved at epoch %d", epoch, opts.monitor, best_epoch)
             break
+    # per process: the loop and the pure compute on this process's batches
     compute = measure_compute(model, lambda params: make_optimizer(params, opts.optimizer, opts.lr, opts.weight_decay),
                               loss_fn, batches, rt)
     return TrainResult(best_state, best_epoch, history, loop_images / max(loop_seconds, 1e-9), compute, stopped)

@@ -1,0 +1,4 @@
+"""`python -m lesionlab ...` (what torchrun launches on every node)."""
+from .cli import main
+
+main()

@@ -1,0 +1,262 @@
+"""Train a generator on one class of the train pool, with checkpoints, sample grids and resume;
+sample from it into a folder that `prepare` reads like any other source.
+
+GEN_DIR/
+  spec.json        what is being trained (kind, size, data set and split hashes, steps)
+  checkpoint.pt    the latest state, written atomically every `checkpoint_every` steps
+  samples/         a grid of the same 16 latent draws every `sample_every` steps
+  real_ids.csv     the real images it learned from (for the memorisation check)
+  generator.json   written last: the generator is complete
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .. import __version__
+from ..data.splits import load_split
+from ..data.store import Store
+from ..errors import BadInputError, ExistsError, NotEnoughDataError
+from ..fileio import atomic_path, read_json, write_bytes, write_json, write_text
+from .nets import KINDS, Z_DIM, Discriminator, Generator, diff_augment, make_schedulers, make_unet
+
+log = logging.getLogger(__name__)
+MIN_IMAGES = 16
+
+
+def real_images(data_dir: str | Path, label: int) -> tuple[Store, np.ndarray]:
+    """Train-pool positions of one class: never a validation or test image, never a synthetic one."""
+    store = Store.open(data_dir)
+    split = load_split(store)
+    table = store.table
+    pool = split.positions(table, "train")
+    held_out = set(split.ids("val")) | set(split.ids("test"))
+    keep = pool[table["label"].to_numpy()[pool] == label]
+    if "synthetic" in table:
+        keep = keep[table["synthetic"].to_numpy()[keep].astype(str) != "1"]
+    leaked = set(table["id"].to_numpy()[keep]) & held_out
+    if leaked:  # cannot happen with a verified split; checked because a leak here is silent
+        raise BadInputError(f"{data_dir}: {len(leaked)} evaluation image(s) in the generator's training set")
+    name = "malignant" if label == 1 else "benign"
+    if len(keep) < MIN_IMAGES:
+        raise NotEnoughDataError(f"{data_dir}: the train pool has {len(keep)} {name} image(s); a generator needs at "
+                                 f"least {MIN_IMAGES}")
+    return store, keep
+
+
+def _as_float(images: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 NHWC -> float NCHW in [-1, 1] at the generator's size (area resize)."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="area" if x.shape[-1] > size else "bilinear", align_corners=None)
+    return x.contiguous()
+
+
+def _symmetries(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Random flips and transposes: true symmetries of a dermoscopic image, so they never leak
+    into the samples as artefacts."""
+    n = x.shape[0]
+    for dims in ((3,), (2,)):
+        flip = (torch.rand(n, generator=g) < 0.5).view(-1, 1, 1, 1)
+        x = torch.where(flip, x.flip(dims), x)
+    turn = (torch.rand(n, generator=g) < 0.5).view(-1, 1, 1, 1)
+    return torch.where(turn, x.transpose(2, 3), x)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def grid_png(images: np.ndarray, columns: int = 8) -> bytes:
+    from PIL import Image
+
+    n, h, w, _ = images.shape
+    rows = -(-n // columns)
+    canvas = np.full((rows * (h + 2) + 2, columns * (w + 2) + 2, 3), 255, np.uint8)
+    for i, im in enumerate(images):
+        r, c = divmod(i, columns)
+        canvas[2 + r * (h + 2): 2 + r * (h + 2) + h, 2 + c * (w + 2): 2 + c * (w + 2) + w] = im
+    buf = io.BytesIO()
+    Image.fromarray(canvas).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class _Trainer:
+    """One family's models, optimisers and step; state_dict()/load_state_dict() for resume."""
+
+    def __init__(self, kind: str, size: int, lr: float):
+        self.kind = kind
+        if kind == "gan":
+            self.g, self.d = Generator(size), Discriminator(size)
+            self.opt_g = torch.optim.Adam(self.g.parameters(), lr=lr, betas=(0.5, 0.99))
+            self.opt_d = torch.optim.Adam(self.d.parameters(), lr=lr, betas=(0.5, 0.99))
+            self.net = self.g
+        else:
+            self.net = make_unet(size)
+            self.noise, self.sampler = make_schedulers()
+            self.opt_g = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=0.0)
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(0.999), use_buffers=True)
+
+    def step(self, real: torch.Tensor) -> dict[str, float]:
+        n = real.shape[0]
+        if self.kind == "gan":
+            z = torch.randn(n, Z_DIM)
+            fake = self.g(z)
+            loss_d = F.relu(1 - self.d(diff_augment(real))).mean() + F.relu(1 + self.d(diff_augment(fake.detach()))).mean()
+            self.opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            self.opt_d.step()
+            loss_g = -self.d(diff_augment(fake)).mean()
+            self.opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            self.opt_g.step()
+            self.ema.update_parameters(self.g)
+            return {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
+        noise = torch.randn_like(real)
+        t = torch.randint(0, self.noise.config.num_train_timesteps, (n,))
+        pred = self.net(self.noise.add_noise(real, noise, t), t).sample
+        loss = F.mse_loss(pred, noise)
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_g.step()
+        self.ema.update_parameters(self.net)
+        return {"loss": loss.item()}
+
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor, ddim_steps: int = 50) -> torch.Tensor:
+        """Images in [-1, 1] from latents z (GAN: (n, Z_DIM); DDPM: the initial noise (n, 3, s, s))."""
+        model = self.ema.module
+        model.eval()
+        if self.kind == "gan":
+            return model(z)
+        self.sampler.set_timesteps(ddim_steps)
+        x = z
+        for t in self.sampler.timesteps:
+            x = self.sampler.step(model(x, t).sample, t, x).prev_sample
+        return x
+
+    def state_dict(self) -> dict:
+        state = {"net": self.net.state_dict(), "ema": self.ema.state_dict(), "opt_g": self.opt_g.state_dict()}
+        if self.kind == "gan":
+            state.update({"d": self.d.state_dict(), "opt_d": self.opt_d.state_dict()})
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.net.load_state_dict(state["net"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        if self.kind == "gan":
+            self.d.load_state_dict(state["d"])
+            self.opt_d.load_state_dict(state["opt_d"])
+
+
+def latents(kind: str, n: int, size: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, Z_DIM, generator=g) if kind == "gan" else torch.randn(n, 3, size, size, generator=g)
+
+
+def train_generator(data_dir: str | Path, out: str | Path, kind: str = "gan", label: str = "malignant",
+                    size: int = 64, steps: int = 2000, batch_size: int = 32, lr: float | None = None, seed: int = 0,
+                    sample_every: int = 500, checkpoint_every: int = 250, time_budget: float | None = None,
+                    progress: Callable[[int, int, dict], None] | None = None) -> dict:
+    """Train (or resume) a generator; returns generator.json's content. `time_budget` (seconds)
+    stops early at a checkpoint when the budget is spent, recording how far it got."""
+    if kind not in KINDS:
+        raise BadInputError(f"--kind must be one of {', '.join(KINDS)}, got '{kind}'")
+    if label not in ("malignant", "benign"):
+        raise BadInputError(f"--label must be malignant or benign, got '{label}'")
+    if size not in (32, 64, 128):
+        raise BadInputError(f"--size must be 32, 64 or 128, got {size}")
+    if steps < 1:
+        raise BadInputError(f"--steps must be at least 1, got {steps}")
+    out = Path(out)
+    store, positions = real_images(data_dir, 1 if label == "malignant" else 0)
+    split = load_split(store)
+    spec = {"kind": kind, "label": label, "size": size, "batch_size": batch_size, "lr": lr or (2e-4 if kind == "gan" else 3e-4),
+            "seed": seed, "data": str(Path(data_dir).resolve()), "store_hash": store.content_hash,
+            "split_sha256": split.sha256, "n_real": int(len(positions))}
+    done_file = out / "generator.json"
+    if done_file.exists():
+        info = read_json(done_file)
+        if info["steps"] >= steps:
+            raise ExistsError(f"{out}: already holds a generator trained for {info['steps']} steps; "
+                              "give more --steps to train it further, or another --out")
+    if (out / "spec.json").exists():
+        old = read_json(out / "spec.json")
+        if old != spec:
+            raise ExistsError(f"{out}: holds a generator of another kind, data or settings; choose another --out")
+    elif out.exists() and any(out.iterdir()):
+        raise ExistsError(f"{out}: exists and is not a generator folder; choose a new or empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "spec.json", spec)
+    ids = store.table["id"].to_numpy()[positions]
+    write_text(out / "real_ids.csv", pd.DataFrame({"id": ids}).to_csv(index=False))
+
+    torch.manual_seed(seed)
+    trainer = _Trainer(kind, size, spec["lr"])
+    real = _as_float(store.pixels(positions), size)
+    g = torch.Generator().manual_seed(seed)
+    step, seconds = 0, 0.0
+    if (out / "checkpoint.pt").exists():
+        state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+        trainer.load_state_dict(state["trainer"])
+        step, seconds = state["step"], state["seconds"]
+        g.set_state(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        log.info("resumed at step %d", step)
+    fixed = latents(kind, 16, size, seed + 1)
+    (out / "samples").mkdir(exist_ok=True)
+
+    def checkpoint() -> None:
+        with atomic_path(out / "checkpoint.pt") as tmp:
+            torch.save({"step": step, "seconds": seconds, "trainer": trainer.state_dict(), "rng": g.get_state(),
+                        "torch_rng": torch.get_rng_state()}, tmp)
+
+    stopped_by_budget = False
+    start = time.perf_counter() - seconds
+    while step < steps:
+        idx = torch.randint(0, len(real), (batch_size,), generator=g)
+        losses = trainer.step(_symmetries(real[idx], g))
+        step += 1
+        seconds = time.perf_counter() - start
+        if progress:
+            progress(step, steps, losses)
+        if step % sample_every == 0 or step == steps:
+            write_bytes(out / "samples" / f"step-{step:06d}.png", grid_png(to_uint8(trainer.generate(fixed)), 8))
+        if step % checkpoint_every == 0 or step == steps:
+            checkpoint()
+        if time_budget and seconds > time_budget and step % checkpoint_every == 0:
+            stopped_by_budget = True
+            break
+    checkpoint()
+    real_grid = to_uint8(real[torch.randperm(len(real), generator=g)[:16]])
+    write_bytes(out / "samples" / "real.png", grid_png(real_grid, 8))
+    info = {**spec, "steps": step, "steps_asked": steps, "stopped_by_time_budget": stopped_by_budget,
+            "train_seconds": round(seconds, 1), "lesionlab_version": __version__,
+            "generator_id": f"{kind}-{hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]}-s{step}"}
+    write_json(done_file, info)
+    return info
+
+
+def load_generator(gen_dir: str | Path) -> tuple[_Trainer, dict]:
+    gen_dir = Path(gen_dir)
+    if not (gen_dir / "generator.json").exists():
+        raise BadInputError(f"{gen_dir}: not a trained generator (no generator.json); train one with `lesionlab synth train`")
+    info = read_json(gen_dir / "generator.json")
+    trainer = _Trainer(info["kind"], info["size"], info["lr"])
+    state = torch.load(gen_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    trainer.load_state_dict(state["trainer"])
+    return trainer, info

@@ -1,0 +1,70 @@
+"""The leakage guard: synthetic images are compared by content with every validation and test
+image before training; an exact or near copy stops the run and names the images.
+
+Content signature: the image at 32x32 (area average) minus its 4x4 low-pass, scaled to unit
+length: the texture (hairs, pigment network, skin pores) that makes a photograph itself, without
+the overall colour and shape that many lesions share. Two images are near copies when their
+signatures' cosine similarity exceeds NEAR_COPY. Measured on HAM10000 at 128 px (2,100 val/test
+images against 6,687 train-pool images of other lesions): distinct lesions reach 0.965 at the
+99.9th percentile; JPEG re-encodes (quality 75) of the same image score at least 0.971, a 10%
+brightness change 0.993. The one distinct-id pair above 0.97 was the same photograph of one
+lesion filed under two lesion ids.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import LeakError, preview
+
+NEAR_COPY = 0.97
+SIDE = 32
+
+
+def signatures(images: np.ndarray, batch: int = 512) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> float32 (N, SIDE*SIDE*3) unit vectors."""
+    out = []
+    for start in range(0, len(images), batch):
+        x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch])).permute(0, 3, 1, 2).float()
+        x = F.adaptive_avg_pool2d(x, SIDE)
+        low = F.interpolate(F.adaptive_avg_pool2d(x, SIDE // 8), size=SIDE, mode="bilinear", align_corners=False)
+        v = (x - low).reshape(len(x), -1)
+        out.append((v / v.norm(dim=1, keepdim=True).clamp_min(1e-6)).numpy())
+    return np.concatenate(out) if out else np.zeros((0, SIDE * SIDE * 3), np.float32)
+
+
+def exact_hashes(images: np.ndarray) -> list[str]:
+    return [hashlib.sha1(np.ascontiguousarray(im).tobytes()).hexdigest() for im in images]
+
+
+def find_copies(candidates: np.ndarray, references: np.ndarray, threshold: float = NEAR_COPY,
+                batch: int = 1024) -> list[tuple[int, int, float]]:
+    """(candidate index, reference index, similarity) for every candidate whose most similar
+    reference is an exact or near copy."""
+    ref_sig = signatures(references)
+    ref_hash = {h: j for j, h in enumerate(exact_hashes(references))}
+    hits = []
+    for start in range(0, len(candidates), batch):
+        chunk = candidates[start:start + batch]
+        sim = signatures(chunk) @ ref_sig.T
+        best = sim.argmax(1)
+        for i, (h, j) in enumerate(zip(exact_hashes(chunk), best)):
+            if h in ref_hash:
+                hits.append((start + i, ref_hash[h], 1.0))
+            elif sim[i, j] > threshold:
+                hits.append((start + i, int(j), float(sim[i, j])))
+    return hits
+
+
+def check_no_leak(candidates: np.ndarray, candidate_ids: list[str], references: np.ndarray,
+                  reference_ids: list[str], what: str) -> dict:
+    """Raise LeakError naming the pairs if any candidate copies a reference; else a summary."""
+    hits = find_copies(candidates, references)
+    if hits:
+        pairs = [f"{candidate_ids[i]} ~ {reference_ids[j]} (similarity {s:.3f})" for i, j, s in hits]
+        raise LeakError(f"{len(hits)} synthetic image(s) are copies of {what} images: {preview(pairs)}; "
+                        "remove them from the synthetic set (a model must never train on its evaluation images)")
+    return {"checked": len(candidates), "against": len(references), "near_copy_threshold": NEAR_COPY, "copies": 0}

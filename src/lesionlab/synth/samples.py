@@ -1,0 +1,95 @@
+"""Synthetic image folders with a manifest that `prepare` reads like any other source:
+sampled from a lesionlab generator, or imported from a generator run elsewhere.
+
+SYN_DIR/
+  images/*.png
+  manifest.csv   path,label,id,synthetic,generator,generator_step,source_id
+  synthetic.json provenance (generator, seed, count)
+"""
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..data.images import IMAGE_SUFFIXES, DecodeError, decode_resize
+from ..errors import BadInputError, ExistsError, preview
+from ..fileio import write_bytes, write_json, write_text
+from .generator import latents, load_generator, to_uint8
+
+
+def _fresh(out: Path) -> None:
+    if out.exists() and any(out.iterdir()):
+        raise ExistsError(f"{out}: exists and is not empty; choose a new folder for the synthetic images")
+    (out / "images").mkdir(parents=True, exist_ok=True)
+
+
+def _png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def sample(gen_dir: str | Path, n: int, out: str | Path, seed: int = 0, batch: int = 64,
+           progress: Callable[[int, int], None] | None = None) -> Path:
+    if n < 1:
+        raise BadInputError(f"--n must be at least 1, got {n}")
+    out = Path(out)
+    trainer, info = load_generator(gen_dir)
+    _fresh(out)
+    label = 1 if info["label"] == "malignant" else 0
+    rows = []
+    torch.manual_seed(seed)
+    for start in range(0, n, batch):
+        k = min(batch, n - start)
+        z = latents(info["kind"], k, info["size"], seed * 1_000_003 + start)
+        for i, image in enumerate(to_uint8(trainer.generate(z))):
+            name = f"{info['generator_id']}_seed{seed}_{start + i:06d}"
+            write_bytes(out / "images" / f"{name}.png", _png(image))
+            rows.append({"path": f"images/{name}.png", "label": label, "id": f"syn_{name}", "synthetic": 1,
+                         "generator": info["generator_id"], "generator_step": info["steps"], "source_id": ""})
+        if progress:
+            progress(start + k, n)
+    write_text(out / "manifest.csv", pd.DataFrame(rows).to_csv(index=False))
+    write_json(out / "synthetic.json", {"generator": info["generator_id"], "generator_dir": str(Path(gen_dir).resolve()),
+                                        "kind": info["kind"], "steps": info["steps"], "seed": seed, "n": n,
+                                        "label": info["label"], "size": info["size"]})
+    return out
+
+
+def import_folder(folder: str | Path, out: str | Path, label: str = "malignant", generator: str = "external",
+                  check_size: int = 64) -> Path:
+    """Copy a folder of images made elsewhere (e.g. StyleGAN2-ADA) into a synthetic folder; every
+    image is decoded once first, so an unreadable one stops the import with its name."""
+    folder, out = Path(folder), Path(out)
+    if label not in ("malignant", "benign"):
+        raise BadInputError(f"--label must be malignant or benign, got '{label}'")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise BadInputError(f"{folder}: holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    bad = []
+    for f in files:
+        try:
+            decode_resize(f.read_bytes(), check_size)
+        except DecodeError as e:
+            bad.append(f"{f.relative_to(folder)} ({e})")
+    if bad:
+        raise BadInputError(f"{folder}: {len(bad)} of {len(files)} image(s) cannot be read: {preview(bad)}")
+    _fresh(out)
+    rows = []
+    for i, f in enumerate(files):
+        name = f"{generator}_{i:06d}{f.suffix.lower()}"
+        shutil.copyfile(f, out / "images" / name)
+        rows.append({"path": f"images/{name}", "label": int(label == "malignant"), "id": f"syn_{generator}_{i:06d}",
+                     "synthetic": 1, "generator": generator, "generator_step": "", "source_id": str(f.relative_to(folder))})
+    write_text(out / "manifest.csv", pd.DataFrame(rows).to_csv(index=False))
+    write_json(out / "synthetic.json", {"generator": generator, "imported_from": str(folder.resolve()), "n": len(rows),
+                                        "label": label})
+    return out
