@@ -78,7 +78,7 @@ def test_tiny_class_is_refused(small_data, tmp_path):
 
 def test_ddpm_kind_trains_and_samples(small_data, tmp_path):
     cli("synth", "train", small_data, "--out", tmp_path / "d", "--kind", "ddpm", "--size", "32", "--steps", "2",
-        "--sample-every", "100")
+        "--sample-every", "100", "--sample-steps", "2", "--batch-size", "4")
     cli("synth", "sample", tmp_path / "d", "--n", "3", "--out", tmp_path / "s")
     assert len(list((tmp_path / "s" / "images").iterdir())) == 3
 
@@ -205,3 +205,15 @@ def test_manifold_scores():
     assert far["precision"] == 0 and far["coverage"] == 0
     collapsed = quality.manifold_scores(real, np.repeat(real[:1], 50, 0))
     assert collapsed["precision"] == 1.0 and collapsed["recall"] < 0.1
+
+
+def test_n_real_is_the_training_draws_malignant_images(small_data):
+    from lesionlab.data.sampling import draw_training_set
+    from lesionlab.synth.generator import real_images
+
+    store, positions = real_images(small_data, 1, n_real=20, seed=3)
+    labels = store.table["label"].to_numpy()
+    draw = draw_training_set(labels, load_split(store).positions(store.table, "train"), "1:2", 20, seed=3)
+    assert np.array_equal(np.sort(draw[labels[draw] == 1]), positions)
+    with pytest.raises(NotEnoughDataError, match="--n-real 999"):
+        real_images(small_data, 1, n_real=999)

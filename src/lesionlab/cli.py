@@ -391,8 +391,13 @@ def synth() -> None:
 @click.option("--sample-every", default=500, show_default=True, help="steps between sample grids")
 @click.option("--checkpoint-every", default=250, show_default=True, help="steps between checkpoints")
 @click.option("--time-budget", default=None, type=float, help="minutes: stop at a checkpoint once spent")
+@click.option("--n-real", default=None, type=int, help="learn only from the images a training draw of this many "
+              "takes (e.g. 293 = the notebook's draw; default: the whole train pool of the class)")
+@click.option("--draw-seed", default=0, show_default=True, help="the seed of that training draw")
+@click.option("--sample-steps", default=50, show_default=True, help="ddpm: DDIM steps per sample")
 def synth_train(data_dir: Path, out: Path, label: str, kind: str, size: str, steps: int, batch_size: int, seed: int,
-                sample_every: int, checkpoint_every: int, time_budget: float | None) -> None:
+                sample_every: int, checkpoint_every: int, time_budget: float | None, n_real: int | None,
+                draw_seed: int, sample_steps: int) -> None:
     """Train a generator on the train pool's images of one class (never on val/test); resumes."""
     from tqdm import tqdm
 
@@ -407,7 +412,8 @@ def synth_train(data_dir: Path, out: Path, label: str, kind: str, size: str, ste
 
     try:
         info = train_generator(data_dir, out, kind, label, int(size), steps, batch_size, None, seed, sample_every,
-                               checkpoint_every, time_budget * 60 if time_budget else None, progress)
+                               checkpoint_every, time_budget * 60 if time_budget else None, progress, n_real, draw_seed,
+                               sample_steps)
     finally:
         bar.close()
     click.echo(f"{out}: {info['generator_id']}, {info['steps']} steps on {info['n_real']} real {label} images in "

@@ -8,6 +8,7 @@ import platform
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -17,20 +18,19 @@ import torch
 
 from . import __version__, plots
 from .config import ExperimentConfig, to_dict
-from .data.sampling import draw_training_set
-from .data.splits import load_split
-from .data.store import Store
-from .engine.runtime import MEAN, STD, resolve_runtime
-from .data.sampling import EpochSampler
 from .data.parallel import cpu_count
+from .data.sampling import EpochSampler, draw_training_set
+from .data.splits import Split, load_split
+from .data.store import Store
 from .engine.distributed import World, check_devices, from_environment, spawn
-from .engine.trainer import Batches, TrainOptions, predict_sharded, train
+from .engine.runtime import MEAN, STD, Runtime, resolve_runtime
+from .engine.trainer import Batches, TrainOptions, TrainResult, predict_sharded, train
 from .errors import BadInputError, ExistsError
 from .fileio import publish_dir, read_json, write_json, write_text, write_yaml
 from .metrics import ThresholdRule, bce_per_sample, bootstrap_ci, compute_metrics, parse_prevalence, prior_shift
 from .models import create_model, get_spec
 from .runs import is_complete_run
-from .synth.training import CombinedImages, load_synthetic
+from .synth.training import CombinedImages, SyntheticPart, load_synthetic
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,12 @@ def _staging_dir(out: Path) -> Path:
     shutil.rmtree(staging, ignore_errors=True)  # a stale one from an interrupted run of ours
     staging.mkdir(parents=True)
     return staging
+
+
+def _check_batch(batch_size: int, processes: int) -> None:
+    if batch_size % processes:
+        raise BadInputError(f"--batch-size {batch_size} is the global batch and must divide evenly over "
+                            f"{processes} processes (--devices)")
 
 
 def _seed_everything(seed: int) -> None:
@@ -79,9 +85,7 @@ def train_run(cfg: ExperimentConfig, out: str | os.PathLike, on_epoch: Callable[
     if cfg.devices == 1:
         return run_experiment(cfg, out, on_epoch)
     check_devices(cfg.devices, cfg.num_nodes, cfg.device)
-    if cfg.batch_size % cfg.devices:
-        raise BadInputError(f"--batch-size {cfg.batch_size} is the global batch and must divide evenly over "
-                            f"--devices {cfg.devices}")
+    _check_batch(cfg.batch_size, cfg.devices)
     _staging_dir(out).rmdir()  # refuse an existing run now, before any process starts
     spawn(_spawned_run, (to_dict(cfg), str(out)), cfg.devices, cfg.device)
     return {**read_json(out / "run.json"), "metrics": read_json(out / "metrics.json")}
@@ -92,6 +96,106 @@ def _spawned_run(cfg_dict: dict, out: str, world: World) -> None:
     run_experiment(cfg, Path(out), _print_epochs(cfg.epochs) if world.is_main else None, world)
 
 
+@dataclass
+class Inputs:
+    """Everything a run trains and is judged on, fixed before training starts."""
+
+    store: Store
+    split: Split
+    ids: np.ndarray          # real image ids, by table position
+    real_labels: np.ndarray
+    real_pool: np.ndarray
+    real_draw: np.ndarray
+    labels: np.ndarray       # real labels, then one per synthetic image
+    draw: np.ndarray         # positions of the training draw (synthetic ones past the real rows)
+    images: CombinedImages
+    sampler: EpochSampler
+    syn: SyntheticPart | None
+    eval_pos: dict[str, np.ndarray]
+    eval_x: dict[str, np.ndarray]
+    eval_y: dict[str, np.ndarray]
+
+
+def _inputs(cfg: ExperimentConfig, world: World) -> Inputs:
+    store = Store.open(cfg.data)
+    split = load_split(store, cfg.split)
+    table = store.table
+    ids = table["id"].astype(str).to_numpy()
+    real_labels = table["label"].to_numpy()
+    real_pool = split.positions(table, "train")
+    eval_pos = {side: split.positions(table, side) for side in ("val", "test")}
+    eval_x = {side: store.pixels(pos) for side, pos in eval_pos.items()}
+    syn = None
+    if cfg.synthetic:
+        both = np.r_[eval_pos["val"], eval_pos["test"]]
+        syn = load_synthetic(cfg.synthetic.data, cfg.synthetic.n, store, set(ids[both]),
+                             np.concatenate([eval_x["val"], eval_x["test"]]), ids[both].tolist(), cfg.seed)
+    n_syn = len(syn) if syn else 0
+    real_draw = draw_training_set(real_labels, real_pool, cfg.ratio, cfg.n_malignant, cfg.seed, extra_malignant=n_syn)
+    # synthetic images sit past the real rows: position len(table) + k is the k-th synthetic image
+    syn_pos = len(table) + np.arange(n_syn)
+    labels = np.r_[real_labels, np.ones(n_syn, real_labels.dtype)]
+    draw = np.r_[real_draw, syn_pos]
+    sampler = EpochSampler(cfg.sampler, labels, draw, np.r_[real_pool, syn_pos], cfg.seed, world.rank, world.size)
+    return Inputs(store, split, ids, real_labels, real_pool, real_draw, labels, draw, CombinedImages(store, syn),
+                  sampler, syn, eval_pos, eval_x, {side: real_labels[pos] for side, pos in eval_pos.items()})
+
+
+def _options(cfg: ExperimentConfig, pos_weight: float | None) -> TrainOptions:
+    return TrainOptions(
+        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, optimizer=cfg.optimizer,
+        weight_decay=cfg.weight_decay, scheduler=cfg.scheduler, warmup_epochs=cfg.warmup_epochs, loss=cfg.loss,
+        pos_weight=pos_weight, focal_alpha=cfg.focal_alpha, focal_gamma=cfg.focal_gamma,
+        label_smoothing=cfg.label_smoothing, augment=cfg.augment, monitor=cfg.resolved_monitor(),
+        patience=cfg.patience if cfg.early_stop else 0, ema=cfg.ema, eval_batch_size=cfg.eval_batch_size)
+
+
+def _runtime(cfg: ExperimentConfig, world: World) -> Runtime:
+    cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+    device = f"cuda:{world.local_rank}" if world.distributed and cuda else cfg.device
+    # a sweep worker beside others gets its share of the cores through LESIONLAB_NUM_THREADS
+    threads = cfg.num_threads or int(os.environ.get("LESIONLAB_NUM_THREADS", 0)) or max(1, cpu_count() // world.local_size)
+    return resolve_runtime(device, cfg.precision, cfg.channels_last,
+                           model_prefers_channels_last=get_spec(cfg.model).channels_last, num_threads=threads)
+
+
+@dataclass
+class Evaluation:
+    logits: dict[str, np.ndarray]
+    raw: dict[str, np.ndarray]     # the model's probabilities
+    probs: dict[str, np.ndarray]   # reported probabilities (prior-shifted when a prevalence is given)
+    rule: ThresholdRule
+    threshold: float
+    trained_at: float
+    deploy: float | None
+    metrics: dict
+
+
+def evaluate(cfg: ExperimentConfig, logits: dict[str, np.ndarray], truth: dict[str, np.ndarray],
+             train_prevalence: float, pos_weight: float | None) -> Evaluation:
+    """Threshold chosen on validation only; metrics and intervals on validation and test."""
+    deploy = parse_prevalence(cfg.prevalence) if cfg.prevalence else None
+    raw = {k: 1 / (1 + np.exp(-v)) for k, v in logits.items()}
+    # what the model's probabilities are calibrated to: the training prevalence, with the
+    # malignant odds multiplied by pos_weight when BCE weights them
+    trained_at = train_prevalence
+    if pos_weight:
+        trained_at = pos_weight * trained_at / (pos_weight * trained_at + 1 - trained_at)
+    probs = {k: prior_shift(v, trained_at, deploy) for k, v in raw.items()} if deploy else raw
+    rule = ThresholdRule.parse(cfg.threshold)
+    threshold = rule.choose(truth["val"], probs["val"])  # never on test
+    metrics = {}
+    for side in ("val", "test"):
+        losses = bce_per_sample(truth[side], logits[side])
+        m = compute_metrics(truth[side], probs[side], threshold, losses, deploy)
+        if cfg.bootstrap:
+            m["ci95"] = bootstrap_ci(truth[side], probs[side], threshold, losses, cfg.bootstrap, seed=cfg.seed,
+                                     prevalence=deploy)
+        m["n_malignant"], m["n_benign"] = int(truth[side].sum()), int((truth[side] == 0).sum())
+        metrics[side] = m
+    return Evaluation(logits, raw, probs, rule, threshold, trained_at, deploy, metrics)
+
+
 def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike,
                    on_epoch: Callable[[dict], None] | None = None, world: World | None = None) -> dict:
     """Train and evaluate one experiment into the run folder `out`; return run.json's content.
@@ -99,139 +203,95 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike,
     if not cfg.data:
         raise BadInputError("no data set given: pass --data DATA_DIR or set 'data' in the config")
     world = world or World()
-    if cfg.batch_size % world.size:
-        raise BadInputError(f"--batch-size {cfg.batch_size} is the global batch and must divide evenly over "
-                            f"{world.size} processes")
+    _check_batch(cfg.batch_size, world.size)
     out = Path(out)
     started = time.time()
-    store = Store.open(cfg.data)
-    split = load_split(store, cfg.split)
-    table = store.table
-    real_labels = table["label"].to_numpy()
-    real_pool = split.positions(table, "train")
-    val_pos, test_pos = split.positions(table, "val"), split.positions(table, "test")
-    ids = table["id"].astype(str).to_numpy()
-    val_x, test_x = store.pixels(val_pos), store.pixels(test_pos)
-    val_y, test_y = real_labels[val_pos], real_labels[test_pos]
-    syn = None
-    if cfg.synthetic:
-        eval_pos = np.r_[val_pos, test_pos]
-        syn = load_synthetic(cfg.synthetic.data, cfg.synthetic.n, store, set(ids[eval_pos]), np.concatenate([val_x, test_x]),
-                             ids[eval_pos].tolist(), cfg.seed)
-    n_syn = len(syn) if syn else 0
-    real_draw = draw_training_set(real_labels, real_pool, cfg.ratio, cfg.n_malignant, cfg.seed, extra_malignant=n_syn)
-    # synthetic images sit past the real rows: position len(table) + k is the k-th synthetic image
-    offset = len(table)
-    labels = np.r_[real_labels, np.ones(n_syn, real_labels.dtype)]
-    draw = np.r_[real_draw, offset + np.arange(n_syn)]
-    pool = np.r_[real_pool, offset + np.arange(n_syn)]
-    images = CombinedImages(store, syn)
-    sampler = EpochSampler(cfg.sampler, labels, draw, pool, cfg.seed, world.rank, world.size)
-    n_mal, n_ben = int(labels[draw].sum()), int((labels[draw] == 0).sum())
-    pos_weight = (n_ben / n_mal if cfg.pos_weight == "auto" else cfg.pos_weight)
-    deploy = parse_prevalence(cfg.prevalence) if cfg.prevalence else None
-    opts = TrainOptions(
-        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, optimizer=cfg.optimizer,
-        weight_decay=cfg.weight_decay, scheduler=cfg.scheduler, warmup_epochs=cfg.warmup_epochs, loss=cfg.loss,
-        pos_weight=pos_weight, focal_alpha=cfg.focal_alpha, focal_gamma=cfg.focal_gamma,
-        label_smoothing=cfg.label_smoothing, augment=cfg.augment, monitor=cfg.resolved_monitor(),
-        patience=cfg.patience if cfg.early_stop else 0, ema=cfg.ema, eval_batch_size=cfg.eval_batch_size)
+    inp = _inputs(cfg, world)
+    n_mal, n_ben = int(inp.labels[inp.draw].sum()), int((inp.labels[inp.draw] == 0).sum())
+    pos_weight = n_ben / n_mal if cfg.pos_weight == "auto" else cfg.pos_weight
+    opts = _options(cfg, pos_weight)
     staging = _staging_dir(out) if world.is_main else None
     try:
         _seed_everything(cfg.seed)
-        spec = get_spec(cfg.model)
-        model = create_model(cfg.model, image_size=store.size, pretrained=cfg.pretrained)
-        device = f"cuda:{world.local_rank}" if world.distributed and (cfg.device.startswith("cuda") or (
-            cfg.device == "auto" and torch.cuda.is_available())) else cfg.device
-        # a sweep worker beside others gets its share of the cores through LESIONLAB_NUM_THREADS
-        threads = cfg.num_threads or int(os.environ.get("LESIONLAB_NUM_THREADS", 0)) or max(1, cpu_count() // world.local_size)
-        rt = resolve_runtime(device, cfg.precision, cfg.channels_last,
-                             model_prefers_channels_last=spec.channels_last, num_threads=threads)
-        batches = Batches(images.pixels, labels, sampler, cfg.batch_size // world.size)
+        model = create_model(cfg.model, image_size=inp.store.size, pretrained=cfg.pretrained)
+        rt = _runtime(cfg, world)
+        batches = Batches(inp.images.pixels, inp.labels, inp.sampler, cfg.batch_size // world.size)
         setup_seconds = time.time() - started
-        result = train(model, batches, val_x, val_y, rt, opts, on_epoch, world)
+        result = train(model, batches, inp.eval_x["val"], inp.eval_y["val"], rt, opts, on_epoch, world)
         model.load_state_dict(result.best_state)
-
-        logits = {"val": predict_sharded(model, val_x, rt, cfg.eval_batch_size, world),
-                  "test": predict_sharded(model, test_x, rt, cfg.eval_batch_size, world)}
+        logits = {side: predict_sharded(model, inp.eval_x[side], rt, cfg.eval_batch_size, world) for side in ("val", "test")}
         if not world.is_main:
             return {}
-        truth = {"val": val_y, "test": test_y}
-        raw = {k: 1 / (1 + np.exp(-v)) for k, v in logits.items()}
-        # what the model's probabilities are calibrated to: the training prevalence, with the
-        # malignant odds multiplied by pos_weight when BCE weights them
-        trained_at = sampler.train_prevalence
-        if pos_weight:
-            trained_at = pos_weight * trained_at / (pos_weight * trained_at + 1 - trained_at)
-        probs = {k: prior_shift(v, trained_at, deploy) for k, v in raw.items()} if deploy else raw
-        rule = ThresholdRule.parse(cfg.threshold)
-        threshold = rule.choose(val_y, probs["val"])  # never on test
-        metrics = {}
-        for side in ("val", "test"):
-            losses = bce_per_sample(truth[side], logits[side])
-            m = compute_metrics(truth[side], probs[side], threshold, losses, deploy)
-            if cfg.bootstrap:
-                m["ci95"] = bootstrap_ci(truth[side], probs[side], threshold, losses, cfg.bootstrap, seed=cfg.seed,
-                                         prevalence=deploy)
-            m["n_malignant"], m["n_benign"] = int(truth[side].sum()), int((truth[side] == 0).sum())
-            metrics[side] = m
-
-        preds = pd.concat([pd.DataFrame({"id": ids[pos], "split": side, "label": truth[side], "prob": probs[side],
-                                         **({"prob_model": raw[side]} if deploy else {})})
-                           for side, pos in (("val", val_pos), ("test", test_pos))])
-        write_text(staging / "predictions.csv", preds.to_csv(index=False, float_format="%.6g"))
-        syn_ids = syn.store.table["id"].to_numpy()[syn.rows] if syn else np.array([], dtype=object)
-        draw_frame = pd.DataFrame({"id": np.r_[ids[real_draw], syn_ids], "label": labels[draw],
-                                   "synthetic": np.r_[np.zeros(len(real_draw), int), np.ones(n_syn, int)]})
-        write_text(staging / "train_draw.csv", draw_frame.to_csv(index=False))
-        pd.DataFrame(result.history).to_csv(staging / "history.csv", index=False)
-        torch.save({"model": cfg.model, "image_size": store.size, "fit": store.fit, "mean": MEAN, "std": STD,
-                    "state_dict": result.best_state, "threshold": threshold, "threshold_rule": str(rule),
-                    "prior_shift": {"from": trained_at, "to": deploy} if deploy else None,
-                    "channels_last": rt.channels_last, "lesionlab_version": __version__,
-                    "best_epoch": result.best_epoch}, staging / "checkpoint.pt")
-        _figures(staging, result, truth, probs, threshold)
-        write_yaml(staging / "config.yaml", to_dict(cfg))
-        run_info = {
-            "lesionlab_version": __version__,
-            "name": cfg.name or out.name,
-            "data": str(Path(cfg.data).resolve()),
-            "store_hash": store.content_hash,
-            "split_file": split.path.name,
-            "split_sha256": split.sha256,
-            "draw": {"malignant": n_mal, "benign": n_ben, "synthetic": n_syn,
-                     "pool_malignant": int(real_labels[real_pool].sum()),
-                     "pool_benign": int((real_labels[real_pool] == 0).sum())},
-            "synthetic": syn.info if syn else None,
-            "levers": {"loss": cfg.loss, "pos_weight": pos_weight, "sampler": cfg.sampler, "augment": cfg.augment,
-                       "optimizer": cfg.optimizer, "scheduler": cfg.scheduler, "ema": cfg.ema,
-                       "pretrained": cfg.pretrained, "label_smoothing": cfg.label_smoothing},
-            "epochs_run": len(result.history),
-            "stopped_early": result.stopped_early,
-            "best_epoch": result.best_epoch,
-            "monitor": opts.monitor,
-            "prevalence": {"trained_at": trained_at, "deployment": deploy,
-                           "note": ("focal loss and label smoothing change calibration; the prior shift assumes "
-                                    "BCE-calibrated probabilities") if deploy and (cfg.loss == "focal" or cfg.label_smoothing) else ""},
-            "threshold_rule": str(rule),
-            "threshold": threshold,
-            "speed": {"train_img_s": round(world.size * result.train_img_s, 2),
-                      "compute_img_s": round(world.size * result.compute_img_s, 2),
-                      "loop_vs_compute": round(result.train_img_s / result.compute_img_s, 3), "processes": world.size},
-            "runtime": rt.describe(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "setup_seconds": round(setup_seconds, 2),
-            "wall_seconds": round(time.time() - started, 1),
-        }
-        write_json(staging / "run.json", run_info)
-        write_json(staging / "metrics.json", metrics)
+        ev = evaluate(cfg, logits, inp.eval_y, inp.sampler.train_prevalence, pos_weight)
+        run_info = _run_info(cfg, out, inp, result, ev, opts, rt, world, pos_weight, setup_seconds, started)
+        _write_run(staging, cfg, inp, result, ev, rt, run_info)
         publish_dir(staging, out)
     except BaseException:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
         raise
-    return {**run_info, "metrics": metrics}
+    return {**run_info, "metrics": ev.metrics}
+
+
+def _run_info(cfg: ExperimentConfig, out: Path, inp: Inputs, result: TrainResult, ev: Evaluation, opts: TrainOptions,
+              rt: Runtime, world: World, pos_weight: float | None, setup_seconds: float, started: float) -> dict:
+    labels, draw = inp.labels, inp.draw
+    calibration_note = ("focal loss and label smoothing change calibration; the prior shift assumes BCE-calibrated "
+                        "probabilities") if ev.deploy and (cfg.loss == "focal" or cfg.label_smoothing) else ""
+    return {
+        "lesionlab_version": __version__,
+        "name": cfg.name or out.name,
+        "data": str(Path(cfg.data).resolve()),
+        "store_hash": inp.store.content_hash,
+        "split_file": inp.split.path.name,
+        "split_sha256": inp.split.sha256,
+        "draw": {"malignant": int(labels[draw].sum()), "benign": int((labels[draw] == 0).sum()),
+                 "synthetic": len(inp.syn) if inp.syn else 0,
+                 "pool_malignant": int(inp.real_labels[inp.real_pool].sum()),
+                 "pool_benign": int((inp.real_labels[inp.real_pool] == 0).sum())},
+        "synthetic": inp.syn.info if inp.syn else None,
+        "levers": {"loss": cfg.loss, "pos_weight": pos_weight, "sampler": cfg.sampler, "augment": cfg.augment,
+                   "optimizer": cfg.optimizer, "scheduler": cfg.scheduler, "ema": cfg.ema,
+                   "pretrained": cfg.pretrained, "label_smoothing": cfg.label_smoothing},
+        "epochs_run": len(result.history),
+        "stopped_early": result.stopped_early,
+        "best_epoch": result.best_epoch,
+        "monitor": opts.monitor,
+        "prevalence": {"trained_at": ev.trained_at, "deployment": ev.deploy, "note": calibration_note},
+        "threshold_rule": str(ev.rule),
+        "threshold": ev.threshold,
+        "speed": {"train_img_s": round(world.size * result.train_img_s, 2),
+                  "compute_img_s": round(world.size * result.compute_img_s, 2),
+                  "loop_vs_compute": round(result.train_img_s / result.compute_img_s, 3), "processes": world.size},
+        "runtime": rt.describe(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "setup_seconds": round(setup_seconds, 2),
+        "wall_seconds": round(time.time() - started, 1),
+    }
+
+
+def _write_run(staging: Path, cfg: ExperimentConfig, inp: Inputs, result: TrainResult, ev: Evaluation, rt: Runtime,
+               run_info: dict) -> None:
+    preds = pd.concat([pd.DataFrame({"id": inp.ids[pos], "split": side, "label": inp.eval_y[side],
+                                     "prob": ev.probs[side], **({"prob_model": ev.raw[side]} if ev.deploy else {})})
+                       for side, pos in inp.eval_pos.items()])
+    write_text(staging / "predictions.csv", preds.to_csv(index=False, float_format="%.6g"))
+    syn_ids = inp.syn.store.table["id"].to_numpy()[inp.syn.rows] if inp.syn else np.array([], dtype=object)
+    n_syn = len(syn_ids)
+    drawn = pd.DataFrame({"id": np.r_[inp.ids[inp.real_draw], syn_ids], "label": inp.labels[inp.draw],
+                          "synthetic": np.r_[np.zeros(len(inp.real_draw), int), np.ones(n_syn, int)]})
+    write_text(staging / "train_draw.csv", drawn.to_csv(index=False))
+    write_text(staging / "history.csv", pd.DataFrame(result.history).to_csv(index=False))
+    torch.save({"model": cfg.model, "image_size": inp.store.size, "fit": inp.store.fit, "mean": MEAN, "std": STD,
+                "state_dict": result.best_state, "threshold": ev.threshold, "threshold_rule": str(ev.rule),
+                "prior_shift": {"from": ev.trained_at, "to": ev.deploy} if ev.deploy else None,
+                "channels_last": rt.channels_last, "lesionlab_version": __version__,
+                "best_epoch": result.best_epoch}, staging / "checkpoint.pt")
+    _figures(staging, result, inp.eval_y, ev.probs, ev.threshold)
+    write_yaml(staging / "config.yaml", to_dict(cfg))
+    write_json(staging / "run.json", run_info)
+    write_json(staging / "metrics.json", ev.metrics)  # last: its presence marks the run complete
 
 
 def _figures(folder: Path, result, truth: dict, probs: dict, threshold: float) -> None:

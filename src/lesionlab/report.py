@@ -173,10 +173,7 @@ def build_report(runs_dir: str | Path, out: str | Path, title: str = "lesionlab 
             body += [f"<h3>seed {run.seed} <small>({html.escape(str(run.path))})</small></h3>",
                      "<pre>" + html.escape("\n".join(lines)) + "</pre>",
                      "<ul>" + "".join(f"<li>{html.escape(d)}</li>" for d in details) + "</ul>", "<div class='figs'>"]
-            for fname, caption in FIGURE_ORDER:
-                src = run.path / "figures" / fname
-                if not src.exists():
-                    continue
+            for fname, caption, src in _figures_of(run):
                 dest = figures_dir / f"{_slug(name)}_seed{run.seed}_{fname}"
                 shutil.copyfile(src, dest)
                 md.append(f"![{caption}](figures/{dest.name})")
@@ -188,6 +185,21 @@ def build_report(runs_dir: str | Path, out: str | Path, title: str = "lesionlab 
     write_text(md_path, "\n".join(md) + "\n")
     write_text(out / "report.html", _HTML.format(title=html.escape(title), body="\n".join(body)))
     return out
+
+
+def _figures_of(run: Run) -> list[tuple[str, str, Path]]:
+    """(file name, caption, path) of a run's figures, and of its synthetic images' check when it used some."""
+    found = [(f, c, run.path / "figures" / f) for f, c in FIGURE_ORDER if (run.path / "figures" / f).exists()]
+    syn = run.info.get("synthetic") or {}
+    store_json = Path(syn.get("data", "")) / "store.json"
+    if syn and store_json.exists():
+        import json
+
+        source = Path(json.loads(store_json.read_text())["source"]["location"]).parent
+        grid = source / "check" / "figures" / "samples_vs_real.png"
+        if grid.exists():
+            found.append(("synthetic_samples_vs_real.png", "synthetic images (top rows) and real ones", grid))
+    return found
 
 
 def _html_table(header: list[str], rows: list[list[str]]) -> str:

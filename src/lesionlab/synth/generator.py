@@ -35,8 +35,10 @@ log = logging.getLogger(__name__)
 MIN_IMAGES = 16
 
 
-def real_images(data_dir: str | Path, label: int) -> tuple[Store, np.ndarray]:
-    """Train-pool positions of one class: never a validation or test image, never a synthetic one."""
+def real_images(data_dir: str | Path, label: int, n_real: int | None = None, seed: int = 0) -> tuple[Store, np.ndarray]:
+    """Train-pool positions of one class: never a validation or test image, never a synthetic one.
+    n_real: only the images a training draw of n_real images of this class takes with this seed
+    (the same ones `train --n-malignant n_real --seed seed` uses)."""
     store = Store.open(data_dir)
     split = load_split(store)
     table = store.table
@@ -49,6 +51,10 @@ def real_images(data_dir: str | Path, label: int) -> tuple[Store, np.ndarray]:
     if leaked:  # cannot happen with a verified split; checked because a leak here is silent
         raise BadInputError(f"{data_dir}: {len(leaked)} evaluation image(s) in the generator's training set")
     name = "malignant" if label == 1 else "benign"
+    if n_real is not None:
+        if n_real > len(keep):
+            raise NotEnoughDataError(f"--n-real {n_real}: the train pool has {len(keep)} {name} images")
+        keep = np.sort(np.random.default_rng(seed).choice(keep, size=n_real, replace=False))
     if len(keep) < MIN_IMAGES:
         raise NotEnoughDataError(f"{data_dir}: the train pool has {len(keep)} {name} image(s); a generator needs at "
                                  f"least {MIN_IMAGES}")
@@ -95,8 +101,8 @@ def grid_png(images: np.ndarray, columns: int = 8) -> bytes:
 class _Trainer:
     """One family's models, optimisers and step; state_dict()/load_state_dict() for resume."""
 
-    def __init__(self, kind: str, size: int, lr: float):
-        self.kind = kind
+    def __init__(self, kind: str, size: int, lr: float, sample_steps: int = 50):
+        self.kind, self.sample_steps = kind, sample_steps
         if kind == "gan":
             self.g, self.d = Generator(size), Discriminator(size)
             self.opt_g = torch.optim.Adam(self.g.parameters(), lr=lr, betas=(0.5, 0.99))
@@ -136,13 +142,13 @@ class _Trainer:
         return {"loss": loss.item()}
 
     @torch.no_grad()
-    def generate(self, z: torch.Tensor, ddim_steps: int = 50) -> torch.Tensor:
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] from latents z (GAN: (n, Z_DIM); DDPM: the initial noise (n, 3, s, s))."""
         model = self.ema.module
         model.eval()
         if self.kind == "gan":
             return model(z)
-        self.sampler.set_timesteps(ddim_steps)
+        self.sampler.set_timesteps(self.sample_steps)
         x = z
         for t in self.sampler.timesteps:
             x = self.sampler.step(model(x, t).sample, t, x).prev_sample
@@ -171,7 +177,8 @@ def latents(kind: str, n: int, size: int, seed: int) -> torch.Tensor:
 def train_generator(data_dir: str | Path, out: str | Path, kind: str = "gan", label: str = "malignant",
                     size: int = 64, steps: int = 2000, batch_size: int = 32, lr: float | None = None, seed: int = 0,
                     sample_every: int = 500, checkpoint_every: int = 250, time_budget: float | None = None,
-                    progress: Callable[[int, int, dict], None] | None = None) -> dict:
+                    progress: Callable[[int, int, dict], None] | None = None, n_real: int | None = None,
+                    draw_seed: int = 0, sample_steps: int = 50) -> dict:
     """Train (or resume) a generator; returns generator.json's content. `time_budget` (seconds)
     stops early at a checkpoint when the budget is spent, recording how far it got."""
     if kind not in KINDS:
@@ -183,10 +190,11 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "gan", la
     if steps < 1:
         raise BadInputError(f"--steps must be at least 1, got {steps}")
     out = Path(out)
-    store, positions = real_images(data_dir, 1 if label == "malignant" else 0)
+    store, positions = real_images(data_dir, 1 if label == "malignant" else 0, n_real, draw_seed)
     split = load_split(store)
     spec = {"kind": kind, "label": label, "size": size, "batch_size": batch_size, "lr": lr or (2e-4 if kind == "gan" else 3e-4),
-            "seed": seed, "data": str(Path(data_dir).resolve()), "store_hash": store.content_hash,
+            "seed": seed, "n_real_asked": n_real, "draw_seed": draw_seed, "sample_steps": sample_steps,
+            "data": str(Path(data_dir).resolve()), "store_hash": store.content_hash,
             "split_sha256": split.sha256, "n_real": int(len(positions))}
     done_file = out / "generator.json"
     if done_file.exists():
@@ -206,7 +214,7 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "gan", la
     write_text(out / "real_ids.csv", pd.DataFrame({"id": ids}).to_csv(index=False))
 
     torch.manual_seed(seed)
-    trainer = _Trainer(kind, size, spec["lr"])
+    trainer = _Trainer(kind, size, spec["lr"], sample_steps)
     real = _as_float(store.pixels(positions), size)
     g = torch.Generator().manual_seed(seed)
     step, seconds = 0, 0.0
@@ -256,7 +264,7 @@ def load_generator(gen_dir: str | Path) -> tuple[_Trainer, dict]:
     if not (gen_dir / "generator.json").exists():
         raise BadInputError(f"{gen_dir}: not a trained generator (no generator.json); train one with `lesionlab synth train`")
     info = read_json(gen_dir / "generator.json")
-    trainer = _Trainer(info["kind"], info["size"], info["lr"])
+    trainer = _Trainer(info["kind"], info["size"], info["lr"], info.get("sample_steps", 50))
     state = torch.load(gen_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
     trainer.load_state_dict(state["trainer"])
     return trainer, info
