@@ -34,9 +34,9 @@ def update_section(name: str, body: str) -> Path:
 
 
 def machine() -> str:
-    from lesionlab.engine.runtime import cpu_name
-
     import os
+
+    from lesionlab.engine.runtime import cpu_name
 
     return f"{cpu_name()}, {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}"
 

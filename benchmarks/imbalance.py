@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from _results import ROOT, git_commit, machine, update_section
-from seed_protocol import prepared_ham
 
+from _results import ROOT, git_commit, machine, update_section
 from lesionlab.compare import COMPARE_METRICS, compare_runs
 from lesionlab.config import build_config, load_yaml, to_dict
 from lesionlab.experiment import run_experiment
@@ -25,6 +24,7 @@ from lesionlab.fileio import write_text
 from lesionlab.metrics import ThresholdRule, compute_metrics
 from lesionlab.report import _md_table, summarise, summary_cell
 from lesionlab.runs import Run, is_complete_run
+from seed_protocol import prepared_ham
 
 BASELINE = ROOT / "configs" / "seed" / "simple_cnn_1to2.yaml"
 # each lever alone, on top of the baseline

@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from _proc import measure
@@ -54,7 +52,7 @@ def main() -> None:
     disk_gib = sum(p.stat().st_size for p in data.iterdir()) / 2**30
     split = step("split by patient, 50:1000 / 50:1000", LESIONLAB + ["split", str(data), "--group", "patient_id"], rows)
     shutil.rmtree(run, ignore_errors=True)
-    train = step("train simple_cnn on a 1:5 draw, 1 epoch", LESIONLAB + [
+    step("train simple_cnn on a 1:5 draw, 1 epoch", LESIONLAB + [
         "train", "--data", str(data), "--out", str(run), "--ratio", "1:5", "--n-malignant", "all",
         "--epochs", "1", "--bootstrap", "200"], rows)
     info = json.loads((run / "run.json").read_text())

@@ -14,12 +14,11 @@ import time
 from pathlib import Path
 
 from _results import ROOT, git_commit, ham10000, machine, update_section
-
 from lesionlab.data.sources import read_source
 from lesionlab.data.splits import make_split, save_split, split_path
 from lesionlab.data.store import Store, prepare
 from lesionlab.experiment import run_experiment
-from lesionlab.report import build_report, group_runs, notebook_line, summary_rows, _md_table
+from lesionlab.report import _md_table, build_report, group_runs, notebook_line, summary_rows
 from lesionlab.runs import find_runs
 from lesionlab.sweep import plan, run_sweep
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _results import ROOT, git_commit, machine, update_section
 
+from _results import ROOT, git_commit, machine, update_section
 from lesionlab.data.images import decode_resize
 from lesionlab.data.parallel import cpu_count
 from lesionlab.data.sampling import draw_training_set
@@ -129,7 +129,6 @@ def main() -> None:
     predict_seconds = time.perf_counter() - t0
     n_pred = len(pd.read_csv(work / "predict.csv"))
 
-    from lesionlab.engine.runtime import cpu_name
 
     import torch
 
@@ -145,7 +144,7 @@ def main() -> None:
              f"img/s is the median of epochs 2..{args.epochs}, all measured in this one run.", "",
              "### 1-2. Training: lesionlab vs the plain pipeline, and the loop vs pure compute", "", *table, "",
              "### 3. Decoding", "",
-             f"- single thread, decode + resize to 128 from bytes in memory: " +
+             "- single thread, decode + resize to 128 from bytes in memory: " +
              ", ".join(f"{k} {v:.0f} img/s" for k, v in decode.items()),
              f"- `prepare` on {cpu_count()} cores (reading the files, decoding, resizing, writing the store): "
              f"{prepare_img_s:.0f} img/s = **{prepare_img_s / decode[best_decoder]:.2f}x** the fastest single thread "

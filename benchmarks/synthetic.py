@@ -19,18 +19,17 @@ from pathlib import Path
 
 from _results import ROOT, git_commit, machine, update_section
 from imbalance import run_arm, val_mean
-from seed_protocol import prepared_ham
-
 from lesionlab.compare import COMPARE_METRICS, compare_runs
 from lesionlab.config import load_yaml
 from lesionlab.data.sources import read_source
 from lesionlab.data.store import prepare
 from lesionlab.experiment import run_experiment
 from lesionlab.report import _md_table, summarise, summary_cell
-from lesionlab.runs import Run, is_complete_run
+from lesionlab.runs import is_complete_run
 from lesionlab.synth.check import check
 from lesionlab.synth.generator import train_generator
 from lesionlab.synth.samples import sample
+from seed_protocol import prepared_ham
 
 N_SYNTHETIC = 3000
 

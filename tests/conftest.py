@@ -14,6 +14,18 @@ from lesionlab.demo import demo_files
 SAMPLE = demo_files() / "ham10000_sample"
 
 
+def cli(*args, ok: bool = True):
+    """Run the `lesionlab` command in-process; with ok, insist that it succeeded."""
+    from click.testing import CliRunner
+
+    from lesionlab.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
 @pytest.fixture(scope="session")
 def sample_manifest() -> pd.DataFrame:
     return pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)

@@ -6,21 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from conftest import copy_subset, subset
-from lesionlab.cli import main
+from conftest import cli, copy_subset, subset
 from lesionlab.fixtures import write_isic2024
 from lesionlab.metrics import compute_metrics
 
 TRAIN_FLAGS = ["--epochs", "2", "--batch-size", "16", "--n-malignant", "20", "--bootstrap", "100", "--eval-batch-size", "64"]
 
-
-def cli(*args, ok=True):
-    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """Several processes: DDP on CPU (gloo) against one process, torchrun, and sweep workers."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from lesionlab.cli import main
+from conftest import cli
 from lesionlab.data.parallel import cpu_count
 
 # a draw of 16 malignant + 32 benign = 48 images: 3 global batches of 16, 8 per process with 2
@@ -20,12 +18,6 @@ DDP_FLAGS = ["--epochs", "2", "--batch-size", "16", "--n-malignant", "16", "--bo
 # 2 processes follow the same trajectory as 1; only the order of floating-point sums differs
 TOLERANCE = 1e-3
 
-
-def cli(*args, ok=True):
-    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
 
 
 def _same_run(a: Path, b: Path) -> None:

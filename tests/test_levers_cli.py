@@ -4,18 +4,10 @@ import json
 import pandas as pd
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from lesionlab.cli import main
+from conftest import cli
 
 SMALL = ["--epochs", "2", "--batch-size", "16", "--n-malignant", "20", "--bootstrap", "100", "--eval-batch-size", "64"]
-
-
-def cli(*args, ok=True):
-    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
 
 
 def test_every_lever_in_one_run(small_data, tmp_path):
@@ -96,7 +88,7 @@ def test_seeds_compare_and_baseline_report(small_data, tmp_path):
 
 
 def test_compare_refuses_different_test_sets(small_data, tmp_path, sample_manifest):
-    from conftest import copy_subset, subset
+    from conftest import cli, copy_subset, subset
 
     cli("train", "--data", small_data, "--out", tmp_path / "a", *SMALL, "--epochs", "1")
     other = tmp_path / "other"

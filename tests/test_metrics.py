@@ -4,8 +4,17 @@ import pytest
 from sklearn import metrics as skm
 
 from lesionlab.errors import BadInputError
-from lesionlab.metrics import (ThresholdRule, average_precision, bce_per_sample, bootstrap_ci, compute_metrics,
-                               paired_bootstrap, pauc_above_tpr, roc_auc, roc_curve)
+from lesionlab.metrics import (
+    ThresholdRule,
+    average_precision,
+    bce_per_sample,
+    bootstrap_ci,
+    compute_metrics,
+    paired_bootstrap,
+    pauc_above_tpr,
+    roc_auc,
+    roc_curve,
+)
 
 
 def official_pauc(y, s, min_tpr=0.8):

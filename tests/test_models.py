@@ -62,7 +62,7 @@ def test_forward_shapes(name):
 
 def test_parameter_counts():
     assert sum(p.numel() for p in create_model("simple_cnn").parameters()) == 33_555_905  # 896 + 64 + 131,072 x 256 + 256 + 257
-    assert sum(p.numel() for p in create_model("upgraded_cnn").parameters()) == 389_633  # 896 + 64 + 18,496 + 128 + 73,856 + 256 + 295,168 + 512 + 257
+    assert sum(p.numel() for p in create_model("upgraded_cnn").parameters()) == 389_633  # 896+64 + 18,496+128 + 73,856+256 + 295,168+512 + 257
 
 
 def test_unknown_model_names_the_closest():

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import SAMPLE, copy_subset, subset
+from conftest import copy_subset, subset
 from lesionlab.data import store as store_mod
 from lesionlab.data.images import decode_resize
 from lesionlab.data.sources import read_source

@@ -8,25 +8,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
-from lesionlab.cli import main
+from conftest import cli
 from lesionlab.data.splits import load_split
 from lesionlab.data.store import Store
-from lesionlab.errors import ExistsError, LeakError, NotEnoughDataError
+from lesionlab.errors import ExistsError, NotEnoughDataError
 from lesionlab.synth import quality
 from lesionlab.synth.generator import train_generator
 from lesionlab.synth.guard import find_copies
 
 SMALL = ["--epochs", "1", "--batch-size", "16", "--n-malignant", "20", "--bootstrap", "20", "--eval-batch-size", "64"]
 
-
-def cli(*args, ok=True):
-    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
 
 
 @pytest.fixture(scope="module")

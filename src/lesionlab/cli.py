@@ -68,7 +68,8 @@ def prepare(source: Path, out: Path, size: int, fmt: str, fit: str, skip_bad: bo
     import time
 
     from .data.sources import read_source
-    from .data.store import Store, prepare as do_prepare
+    from .data.store import Store
+    from .data.store import prepare as do_prepare
 
     src = read_source(source, fmt)
     click.echo(f"{src.location}: {src.format} layout, {len(src.table)} images "

@@ -110,7 +110,8 @@ def _decode_chunk(reader: ImageReader, locators: list[str], positions: list[int]
         except (DecodeError, OSError, KeyError) as e:
             reason = "missing" if isinstance(e, (FileNotFoundError, KeyError)) else str(e)
             failures.append((pos, reason))
-    arr.flush()
+    # no msync here: dirty pages outlive this process in the page cache; the main process fsyncs
+    # the file before it records chunks as done (a flush per chunk cost ~12% of the decode time)
     del arr
     return failures
 
@@ -134,6 +135,14 @@ def _allocate(path: Path, n: int, size: int) -> None:
         if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # some filesystems cannot preallocate
             raise
     else:
+        os.close(fd)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
         os.close(fd)
 
 
@@ -202,6 +211,7 @@ def prepare(source: Source, out: str | os.PathLike, size: int = 128, fit: str = 
         _allocate(images_path, n, size)
 
     def save_progress() -> None:
+        _fsync(images_path)  # the pixels of every chunk called done are on disk before the record is
         write_json(progress_path, {"fingerprint": fingerprint, "size": size, "fit": fit, "n": n,
                                    "done": sorted(done), "failures": {str(k): v for k, v in failures.items()}})
 

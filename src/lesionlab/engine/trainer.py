@@ -19,9 +19,9 @@ from torch import nn
 from ..data.augment import Augmenter
 from ..data.sampling import EpochSampler
 from ..metrics import bce_per_sample, compute_metrics
+from .distributed import World
 from .losses import TrainingLoss
 from .optim import make_ema, make_optimizer, make_scheduler
-from .distributed import World
 from .runtime import Runtime, to_input
 
 log = logging.getLogger(__name__)

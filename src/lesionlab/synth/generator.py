@@ -10,7 +10,6 @@ GEN_DIR/
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import io
 import json
