@@ -41,11 +41,20 @@ def machine() -> str:
     return f"{cpu_name()}, {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}"
 
 
-def git_commit() -> str:
+def _describe() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
+                              text=True).stdout.strip() or "?"
     except OSError:
         return "?"
+
+
+# read when the benchmark starts: the code that ran, even if the tree changes while it runs
+_START_COMMIT = _describe()
+
+
+def git_commit() -> str:
+    return _START_COMMIT
 
 
 def ham10000() -> Path:

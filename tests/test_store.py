@@ -112,3 +112,28 @@ def test_disk_full_is_a_clear_error_and_leaves_nothing(tmp_path, manifest, monke
 def test_bad_size(tmp_path, manifest):
     with pytest.raises(BadInputError, match="--size"):
         prepare(read_source(manifest), tmp_path / "d", size=4)
+
+
+def test_isic2024_corrupt_entry_and_row_without_image(tmp_path):
+    import h5py
+    import pandas as pd
+
+    from lesionlab.fixtures import write_isic2024
+
+    raw = write_isic2024(tmp_path / "raw", n=30)
+    meta = pd.read_csv(raw / "train-metadata.csv")
+    broken, missing = meta["isic_id"][3], meta["isic_id"][7]
+    with h5py.File(raw / "train-image.hdf5", "a") as f:
+        del f[broken]
+        f.create_dataset(broken, data=np.bytes_(b"\xff\xd8\xff not a jpeg"))
+        del f[missing]
+    # a row without an image is found before any decoding
+    with pytest.raises(BadInputError, match=rf"1 of 30 image\(s\) missing: {missing}"):
+        prepare(read_source(raw), tmp_path / "d", size=16)
+    meta.drop(index=7).to_csv(raw / "train-metadata.csv", index=False)
+    with pytest.raises(BadInputError, match=rf"1 of 29 image\(s\) could not be read: {broken} \("):
+        prepare(read_source(raw), tmp_path / "d", size=16)
+    meta.to_csv(raw / "train-metadata.csv", index=False)
+    out, _ = prepare(read_source(raw), tmp_path / "d2", size=16, skip_bad=True)
+    skipped = {s["id"]: s["reason"] for s in Store.open(out).meta["skipped"]}
+    assert set(skipped) == {broken, missing} and skipped[missing] == "missing"

@@ -17,14 +17,11 @@ def cpu_count() -> int:
 
 
 def _worker_init() -> None:
-    # one thread per process: the pool already uses every core
+    # one thread per process: the pool already uses every core. torch only if the parent had it:
+    # importing it here would cost each worker a second or two
     os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:  # pragma: no cover
-        pass
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
 
 
 def _context():

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 STORE_FILE, ROWS_FILE, IMAGES_FILE, PROGRESS_FILE = "store.json", "rows.csv", "images.npy", ".prepare-progress.json"
 CHUNK = 256
+# seconds between progress records; each first fsyncs the pixels written so far, which also
+# spreads the disk writes over the run instead of leaving them all to the end
+PROGRESS_EVERY = 1.5
 CORE_COLUMNS = ("id", "label", "patient_id", "lesion_id", "source_id", "locator", "synthetic", "index")
 STORE_VERSION = 1
 
@@ -237,7 +240,7 @@ def prepare(source: Source, out: str | os.PathLike, size: int = 128, fit: str = 
             finished += len(chunks[c])
             if progress:
                 progress(finished, n)
-            if time.monotonic() - last_save > 5:
+            if time.monotonic() - last_save > PROGRESS_EVERY:
                 save_progress()
                 last_save = time.monotonic()
     finally:  # also on Ctrl-C: the chunks finished so far are not decoded again
