@@ -71,7 +71,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--models", default="simple_cnn,upgraded_cnn")
-    ap.add_argument("--precision-epochs", type=int, default=1, help="epochs of the fp32 vs bf16 comparison")
+    ap.add_argument("--precision-epochs", type=int, default=1, help="epochs of the fp32 vs bf16 comparison (0: skip it)")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -123,7 +123,7 @@ def main() -> None:
 
     # bf16 autocast against fp32 on this device: speed and whether the metrics hold
     precision_rows = []
-    for precision in ("32", "bf16"):
+    for precision in ("32", "bf16") if args.precision_epochs else ():
         run = work / f"precision_{precision}"
         shutil.rmtree(run, ignore_errors=True)
         subprocess.run(LESIONLAB + ["train", "--data", str(data), "--out", str(run), "--model", "upgraded_cnn",
