@@ -81,7 +81,7 @@ def predict(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os
     if out.exists() and not overwrite:
         raise ExistsError(f"{out}: exists; choose another --out or pass --overwrite")
     run = load_run(run_dir, device)
-    src = read_source(source, fmt, require_labels=False)
+    src = read_source(source, fmt, require_labels=False, metadata=False)
     table = src.table
     n = len(table)
     missing = set(src.reader.missing(table["locator"].tolist()))

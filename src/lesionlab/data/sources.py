@@ -170,9 +170,9 @@ class Source:
 # ---------------------------------------------------------------- helpers
 
 
-def _read_csv(path: Path, dtype=str) -> pd.DataFrame:
+def _read_csv(path: Path, dtype=str, usecols=None) -> pd.DataFrame:
     try:
-        return pd.read_csv(path, dtype=dtype, keep_default_na=False, na_values=[""], low_memory=False)
+        return pd.read_csv(path, dtype=dtype, keep_default_na=False, na_values=[""], low_memory=False, usecols=usecols)
     except FileNotFoundError:
         raise BadInputError(f"{path}: file not found") from None
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
@@ -268,8 +268,16 @@ def _stem_ids(files: list[Path], root: Path) -> list[str]:
 # ---------------------------------------------------------------- readers
 
 
-def read_manifest(path: Path, require_labels: bool = True) -> Source:
-    df = _read_csv(path)
+# the columns a reader needs when metadata is not wanted (predict over 400k rows)
+_ESSENTIAL = {"path", "label", "id", "patient_id", "lesion_id", "source_id", "isic_id", "target"}
+
+
+def _usecols(path: Path, metadata: bool):
+    return None if metadata else [c for c in _csv_header(path) if c in _ESSENTIAL]
+
+
+def read_manifest(path: Path, require_labels: bool = True, metadata: bool = True) -> Source:
+    df = _read_csv(path, usecols=_usecols(path, metadata))
     _require_columns(df, ("path", "label") if require_labels else ("path",), path)
     _check_ids_present(df["path"], path, "path")
     if "id" in df.columns:
@@ -300,12 +308,12 @@ def _isic2024_pair(source: Path) -> tuple[Path, Path]:
     )
 
 
-def read_isic2024(source: Path, require_labels: bool = True) -> Source:
+def read_isic2024(source: Path, require_labels: bool = True, metadata: bool = True) -> Source:
     meta, images = _isic2024_pair(source)
     dtypes = {c: (str if c in ISIC2024_TEXT_COLUMNS or c not in ISIC2024_COLUMNS else "float64")
               for c in _csv_header(meta)}
     dtypes.pop("target", None)
-    df = _read_csv(meta, dtype=dtypes)
+    df = _read_csv(meta, dtype=dtypes, usecols=_usecols(meta, metadata))
     _require_columns(df, ("isic_id", "target") if require_labels else ("isic_id",), meta)
     labels = parse_labels(df["target"], meta, "target") if "target" in df.columns else None
     if images.suffix == ".hdf5":
@@ -454,8 +462,10 @@ def detect_format(source: Path) -> str:
     return "images"
 
 
-def read_source(source: str | os.PathLike, fmt: str = "auto", require_labels: bool = True) -> Source:
-    """Read any supported layout into a Source; `fmt='auto'` guesses from the files."""
+def read_source(source: str | os.PathLike, fmt: str = "auto", require_labels: bool = True,
+                metadata: bool = True) -> Source:
+    """Read any supported layout into a Source; `fmt='auto'` guesses from the files.
+    metadata=False keeps only ids, labels, groups and image locations (less memory)."""
     source = Path(source)
     if fmt not in FORMATS:
         raise BadInputError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
@@ -465,9 +475,9 @@ def read_source(source: str | os.PathLike, fmt: str = "auto", require_labels: bo
         fmt = detect_format(source)
     if fmt == "manifest":
         path = source / "manifest.csv" if source.is_dir() else source
-        src = read_manifest(path, require_labels)
+        src = read_manifest(path, require_labels, metadata)
     elif fmt == "isic2024":
-        src = read_isic2024(source, require_labels)
+        src = read_isic2024(source, require_labels, metadata)
     elif fmt == "isic-csv":
         src = read_isic_csv(source, require_labels)
     elif fmt == "folders":

@@ -251,7 +251,8 @@ def prepare(source: Source, out: str | os.PathLike, size: int = 128, fit: str = 
         raise BadInputError(f"{source.location}: {len(failures)} of {n} image(s) could not be read: "
                             f"{preview(detail)} (--skip-bad drops them; decoded images are kept for the re-run)")
     keep = np.array([p not in failures for p in range(n)])
-    rows = table.loc[keep].assign(index=np.flatnonzero(keep))
+    # no copy of a 400k-row table when every image was read
+    rows = (table if keep.all() else table.loc[keep]).assign(index=np.flatnonzero(keep))
     if rows.empty:
         raise BadInputError(f"{source.location}: none of the {n} images could be read")
     with atomic_path(out / ROWS_FILE) as tmp:
