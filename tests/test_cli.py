@@ -217,3 +217,12 @@ def test_sweep_refuses_a_changed_config(pipeline, tmp_path):
     sweep.write_text(yaml.safe_dump(spec))
     r = cli("sweep", sweep, "--data", pipeline["data"], ok=False)
     assert "another config" in r.output
+
+
+def test_report_never_writes_over_a_users_folder(pipeline, tmp_path):
+    (tmp_path / "mine" / "figures").mkdir(parents=True)
+    (tmp_path / "mine" / "figures" / "plot.png").write_bytes(b"mine")
+    r = cli("report", pipeline["root"] / "runs", "--out", tmp_path / "mine", ok=False)
+    assert r.exit_code == 2 and "did not write" in r.output
+    assert (tmp_path / "mine" / "figures" / "plot.png").read_bytes() == b"mine"
+    cli("report", pipeline["root"] / "runs", "--out", pipeline["report"])  # its own folder: rebuilt

@@ -137,8 +137,9 @@ def build_report(runs_dir: str | Path, out: str | Path, title: str = "lesionlab 
         raise BadInputError(f"{runs_dir}: holds no complete run folders")
     out = Path(out)
     md_path = out / "report.md"
-    if md_path.exists() and not md_path.read_text(errors="replace").startswith(MARKER):
-        raise ExistsError(f"{md_path}: exists and was not written by lesionlab; choose another --out")
+    ours = md_path.exists() and md_path.read_text(errors="replace").startswith(MARKER)
+    if out.exists() and any(out.iterdir()) and not ours:
+        raise ExistsError(f"{out}: holds files that lesionlab did not write; choose a new or empty folder for the report")
     groups = group_runs(runs)
     figures_dir = out / "figures"
     if figures_dir.exists():
