@@ -33,6 +33,12 @@ def test_every_lever_in_one_run(small_data, tmp_path):
     assert m["val"]["recall"] >= 0.9  # the threshold met the target sensitivity on validation
     history = pd.read_csv(run / "history.csv")
     assert history["lr"].iloc[-1] < 1e-4  # cosine decay
+    # predict applies the same prior shift and threshold to new images
+    manifest = json.loads((small_data / "store.json").read_text())["source"]["location"]
+    cli("predict", run, manifest, "--out", tmp_path / "p.csv")
+    scored = pd.read_csv(tmp_path / "p.csv").merge(preds, on="id")
+    assert len(scored) == 100 and (scored["prob_x"] - scored["prob_y"]).abs().max() < 1e-4
+    assert ((scored["prob_x"] >= m["test"]["threshold"]).astype(int) == scored["decision"]).all()
 
 
 def test_focal_loss_and_balanced_sampler(small_data, tmp_path):
