@@ -36,9 +36,13 @@ def update_section(name: str, body: str) -> Path:
 def machine() -> str:
     import os
 
+    import torch
+
     from lesionlab.engine.runtime import cpu_name
 
-    return f"{cpu_name()}, {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}"
+    host = f"{cpu_name()}, {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}, torch {torch.__version__}"
+    # runs go to the GPU when there is one, so name it first
+    return f"{torch.cuda.get_device_name(0)} with {host}" if torch.cuda.is_available() else host
 
 
 def _describe() -> str:
