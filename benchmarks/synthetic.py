@@ -42,7 +42,12 @@ def main() -> None:
     ap.add_argument("--pilot-min", type=float, default=10.0)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--n-boot", type=int, default=2000)
+    ap.add_argument("--recipes", default="simple_cnn 1:2,recommended",
+                    help="comma-separated: 'simple_cnn 1:2' (the notebook's) and/or 'recommended' (configs/recommended.yaml)")
     args = ap.parse_args()
+    chosen_recipes = [r.strip() for r in args.recipes.split(",")]
+    if unknown := [r for r in chosen_recipes if r not in ("simple_cnn 1:2", "recommended")]:
+        raise SystemExit(f"--recipes: unknown {unknown}; known: 'simple_cnn 1:2', 'recommended'")
     work, seeds = Path(args.work), [int(s) for s in args.seeds.split(",")]
     syn_work = work / "synthetic"
     syn_work.mkdir(parents=True, exist_ok=True)
@@ -84,11 +89,13 @@ def main() -> None:
     # the experiment: without and with the 3000 synthetic images
     base = {k: v for k, v in load_yaml(ROOT / "configs" / "seed" / "simple_cnn_1to2.yaml").items() if k != "name"}
     base["epochs"] = 10
-    rec = {k: v for k, v in load_yaml(ROOT / "configs" / "recommended.yaml").items() if k != "name"}
+    recipes = {"simple_cnn 1:2": lambda: base,
+               "recommended": lambda: {k: v for k, v in load_yaml(ROOT / "configs" / "recommended.yaml").items() if k != "name"}}
     arms = {}
     # HAM10000's train pool holds 5,192 benign images: 3,293 malignant at 1:2 would need 6,586, so the
     # synthetic arms take every benign image of the pool (ratio natural, 293 real malignant)
-    for name, values in (("simple_cnn 1:2", base), ("recommended", rec)):
+    for name in chosen_recipes:
+        values = recipes[name]()
         real_draw = 293 * 3
         syn_draw = 293 + N_SYNTHETIC + 5192
         epochs = max(2, math.ceil(2 * values["epochs"] * real_draw / syn_draw))  # >= 2x the images seen without
@@ -106,7 +113,7 @@ def main() -> None:
                     + [summary_cell(summarise(runs, m)) for m in ("average_precision", "pauc_80", "roc_auc", "f1")])
     c_header = ["with synthetic (B) vs without (A)"] + [f"{m}: B - A [95% CI]" for m in COMPARE_METRICS]
     c_rows = []
-    for name in ("simple_cnn 1:2", "recommended"):
+    for name in chosen_recipes:
         res = compare_runs(arms[name], arms[name + " + 3000 synthetic"], n_boot=args.n_boot)["metrics"]
         c_rows.append([name] + [f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]" + (" ↑" if d["lo"] > 0 else " ↓" if d["hi"] < 0 else "")
                                for d in (res[m] for m in COMPARE_METRICS)])
