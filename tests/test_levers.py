@@ -180,26 +180,25 @@ def test_pretrained_offline_without_file_is_a_clear_error(monkeypatch):
 # ---------------------------------------------------------------- optimisation
 
 
-def test_cosine_schedule_with_warmup():
-    opt = make_optimizer(torch.nn.Linear(2, 1).parameters(), "adamw", lr=1.0, weight_decay=0.01)
-    sched = make_scheduler(opt, "cosine", total_steps=100, warmup_steps=10)
+def _lr_trace(opt, sched, steps: int) -> list[float]:
     lrs = []
-    for _ in range(100):
+    for _ in range(steps):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
+    return lrs
+
+
+def test_cosine_schedule_with_warmup():
+    opt = make_optimizer(torch.nn.Linear(2, 1).parameters(), "adamw", lr=1.0, weight_decay=0.01)
+    lrs = _lr_trace(opt, make_scheduler(opt, "cosine", total_steps=100, warmup_steps=10), 100)
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] < 0.02
 
 
 def test_onecycle_rises_then_falls():
     opt = make_optimizer(torch.nn.Linear(2, 1).parameters(), "sgd", lr=0.5)
-    sched = make_scheduler(opt, "onecycle", total_steps=50, warmup_steps=10)
-    lrs = []
-    for _ in range(50):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    lrs = _lr_trace(opt, make_scheduler(opt, "onecycle", total_steps=50, warmup_steps=10), 50)
     peak = int(np.argmax(lrs))
     assert 5 <= peak <= 15 and max(lrs) == pytest.approx(0.5) and lrs[-1] < 0.01
 
