@@ -24,6 +24,7 @@ from lesionlab.config import load_yaml
 from lesionlab.data.sources import read_source
 from lesionlab.data.store import prepare
 from lesionlab.experiment import run_experiment
+from lesionlab.fileio import read_json, write_json
 from lesionlab.report import _md_table, summarise, summary_cell
 from lesionlab.runs import is_complete_run
 from lesionlab.synth.check import check
@@ -63,13 +64,18 @@ def main() -> None:
         run_experiment(cfg, features)
 
     # pilots: each family for the same few minutes, checked the same way
+    # (kept in pilot-KIND.json: the chosen generator trains on, and a resumed run must still report its pilot)
     pilots = {}
     for kind in ("gan", "ddpm"):
-        gen = syn_work / f"gen-{kind}"
-        if not (gen / "generator.json").exists():
-            train_generator(data, gen, kind=kind, size=args.size, steps=10**7, time_budget=args.pilot_min * 60,
-                            checkpoint_every=50, sample_every=500, n_real=293, draw_seed=0, sample_steps=25)
-        pilots[kind] = check(gen, data, features, out=syn_work / f"check-pilot-{kind}", n=300)
+        gen, record = syn_work / f"gen-{kind}", syn_work / f"pilot-{kind}.json"
+        if not record.exists():
+            if not (gen / "generator.json").exists():
+                train_generator(data, gen, kind=kind, size=args.size, steps=10**7, time_budget=args.pilot_min * 60,
+                                checkpoint_every=50, sample_every=500, n_real=293, draw_seed=0, sample_steps=25)
+            result = check(gen, data, features, out=syn_work / f"check-pilot-{kind}", n=300)
+            result["steps"] = json.loads((gen / "generator.json").read_text())["steps"]
+            write_json(record, result)
+        pilots[kind] = read_json(record)
     chosen = min(pilots, key=lambda k: pilots[k]["kid"]["synthetic_vs_real"][0])
     gen = syn_work / f"gen-{chosen}"
     info = json.loads((gen / "generator.json").read_text())
@@ -121,12 +127,10 @@ def main() -> None:
 
     def pilot_line(kind: str) -> str:
         p = pilots[kind]
-        g = json.loads((syn_work / f"gen-{kind}" / "generator.json").read_text()) if kind != chosen else None
-        steps = g["steps"] if g else "(continued)"
         return (f"- {kind}: KID x 1000 {1000 * p['kid']['synthetic_vs_real'][0]:.1f} (real halves "
                 f"{1000 * p['kid']['real_half_vs_real_half'][0]:.1f}), FID {p['fid']['synthetic_vs_real']:.1f} (real halves "
                 f"{p['fid']['real_half_vs_real_half']:.1f}), precision {p['manifold_k5']['precision']:.2f}, recall "
-                f"{p['manifold_k5']['recall']:.2f} after {args.pilot_min:.0f} min ({steps} steps)")
+                f"{p['manifold_k5']['recall']:.2f} after {args.pilot_min:.0f} min ({p['steps']} steps)")
 
     lines = ["## Synthetic malignant images (`benchmarks/synthetic.py`)", "",
              f"Machine: {machine()}; commit {git_commit()}; whole script {(time.time() - started) / 3600:.2f} h.", "",
