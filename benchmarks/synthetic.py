@@ -73,7 +73,7 @@ def main() -> None:
                 train_generator(data, gen, kind=kind, size=args.size, steps=10**7, time_budget=args.pilot_min * 60,
                                 checkpoint_every=50, sample_every=500, n_real=293, draw_seed=0, sample_steps=25)
             result = check(gen, data, features, out=syn_work / f"check-pilot-{kind}", n=300)
-            result["steps"] = json.loads((gen / "generator.json").read_text())["steps"]
+            result["steps"] = read_json(gen / "generator.json")["steps"]
             write_json(record, result)
         pilots[kind] = read_json(record)
     chosen = min(pilots, key=lambda k: pilots[k]["kid"]["synthetic_vs_real"][0])
