@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from conftest import cli, copy_subset, subset
-from lesionlab.fixtures import write_isic2024
+from isic2024_fixture import write_isic2024
 from lesionlab.metrics import compute_metrics
 
 TRAIN_FLAGS = ["--epochs", "2", "--batch-size", "16", "--n-malignant", "20", "--bootstrap", "100", "--eval-batch-size", "64"]
@@ -23,7 +23,8 @@ def pipeline(tmp_path_factory, sample_manifest):
     data, run, report = root / "data", root / "runs" / "a", root / "report"
     r_prep = cli("prepare", manifest.parent, "--out", data, "--size", "32")
     r_split = cli("split", data, "--val", "10:40", "--test", "10:40", "--seed", "1")
-    r_train = cli("train", "--data", data, "--out", run, "--ratio", "1:2", "--threshold", "val-f1", *TRAIN_FLAGS)
+    r_train = cli("train", "--data", data, "--out", run, "--ratio", "1:2", "--threshold", "val-f1", "--measure-compute",
+                  *TRAIN_FLAGS)
     r_report = cli("report", root / "runs", "--out", report)
     return {"root": root, "manifest": manifest, "data": data, "run": run, "report": report,
             "out": {"prepare": r_prep.output, "split": r_split.output, "train": r_train.output, "report": r_report.output}}
@@ -52,7 +53,8 @@ def test_run_folder_contents(pipeline):
     assert info["split_sha256"] == hashlib.sha256(split_bytes).hexdigest()
     assert info["draw"] == {"malignant": 20, "benign": 40, "synthetic": 0, "pool_malignant": 40,
                             "pool_benign": info["draw"]["pool_benign"]}
-    assert info["speed"]["train_img_s"] > 0 and info["speed"]["compute_img_s"] > 0
+    assert info["format"] == {"version": 1, "kind": "train"}
+    assert info["speed"]["train_img_s"] > 0 and info["speed"]["compute_img_s"] > 0  # asked for by --measure-compute
     history = pd.read_csv(run / "history.csv")
     assert list(history["epoch"]) == [1, 2] and {"train_loss", "val_loss", "val_pauc_80"} <= set(history.columns)
 

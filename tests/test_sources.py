@@ -8,7 +8,7 @@ import pytest
 from conftest import SAMPLE, copy_subset, subset
 from lesionlab.data.sources import ISIC2024_COLUMNS, detect_format, read_source
 from lesionlab.errors import BadInputError
-from lesionlab.fixtures import write_isic2024
+from isic2024_fixture import write_isic2024
 
 
 @pytest.fixture

@@ -118,7 +118,7 @@ def test_isic2024_corrupt_entry_and_row_without_image(tmp_path):
     import h5py
     import pandas as pd
 
-    from lesionlab.fixtures import write_isic2024
+    from isic2024_fixture import write_isic2024
 
     raw = write_isic2024(tmp_path / "raw", n=30)
     meta = pd.read_csv(raw / "train-metadata.csv")

@@ -145,6 +145,10 @@ def _config_options(func):
         elif typing.get_origin(ann) is typing.Literal:
             kind = click.Choice([str(a) for a in typing.get_args(ann)])
         help_text = (field.description or "").replace("%%", "%") + f" [config default: {field.default}]"
+        if ann is bool:  # --key / --no-key; None when neither is given, so a config file's value stands
+            flag = key.replace("_", "-")
+            func = click.option(f"--{flag}/--no-{flag}", key, default=None, help=help_text)(func)
+            continue
         extra = {"is_flag": False, "flag_value": _BARE_FLAG_VALUES[key]} if key in _BARE_FLAG_VALUES else {}
         func = click.option(f"--{key.replace('_', '-')}", key, type=kind, default=None, help=help_text, **extra)(func)
     return func
@@ -179,9 +183,10 @@ def _print_result(info: dict, out: Path) -> None:
         return
     m = info["metrics"]
     s = info["speed"]
+    compute = (f", {s['compute_img_s']:.0f} img/s pure compute ({s['loop_vs_compute']:.2f})"
+               if s.get("compute_img_s") else "")
     click.echo(f"{out}: best epoch {info['best_epoch']} on {info['monitor']}, threshold {info['threshold']:.3g} "
-               f"({info['threshold_rule']}); {s['train_img_s']:.0f} img/s training, "
-               f"{s['compute_img_s']:.0f} img/s pure compute ({s['loop_vs_compute']:.2f})", err=True)
+               f"({info['threshold_rule']}); {s['train_img_s']:.0f} img/s training{compute}", err=True)
     click.echo(notebook_line("Val", m["val"]))
     click.echo(notebook_line("Test", m["test"]))
 

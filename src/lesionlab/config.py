@@ -71,6 +71,8 @@ class ExperimentConfig(BaseModel):
     bootstrap: int = Field(2000, ge=0, description="bootstrap resamples for the 95%% intervals (0 = none)")
     eval_batch_size: int = Field(256, ge=1, description="batch size for validation and test")
     num_threads: int = Field(0, ge=0, description="CPU threads for torch (0 = one per core)")
+    measure_compute: bool = Field(False, description="after training, time the model's pure compute on the same "
+                                  "batches (extra steps on a copy) and record loop/compute in run.json")
 
     @field_validator("pretrained", mode="before")
     @classmethod

@@ -2,10 +2,10 @@
 a complete run folder (or none: the folder is built aside and moved into place at the end)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import __version__, plots
+from . import plots
 from .config import ExperimentConfig, to_dict
 from .data.parallel import cpu_count
 from .data.sampling import EpochSampler, draw_training_set
@@ -25,29 +25,15 @@ from .data.store import Store
 from .engine.distributed import World, check_devices, from_environment, spawn
 from .engine.runtime import MEAN, STD, Runtime, resolve_runtime
 from .engine.trainer import Batches, TrainOptions, TrainResult, predict_sharded, train
-from .errors import BadInputError, ExistsError
-from .fileio import publish_dir, read_json, write_json, write_text, write_yaml
+from .errors import BadInputError
+from .fileio import read_json
 from .metrics import ThresholdRule, bce_per_sample, bootstrap_ci, compute_metrics, parse_prevalence, prior_shift
 from .models import create_model, get_spec
-from .runs import is_complete_run
-from .synth.training import CombinedImages, SyntheticPart, load_synthetic
+from .runs import format as fmt
+from .runs import RunWriter, check_new_run_folder, model_checkpoint
+from .data.synthetic import CombinedImages, SyntheticPart, load_synthetic
 
 log = logging.getLogger(__name__)
-
-FIGURES = {"confusion_val": "confusion_val.png", "confusion_test": "confusion_test.png",
-           "curves": "training_curves.png", "roc": "roc.png", "pr": "pr.png"}
-
-
-def _staging_dir(out: Path) -> Path:
-    if is_complete_run(out):
-        raise ExistsError(f"{out}: already holds a run; choose another --out (lesionlab never overwrites a run)")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ExistsError(f"{out}: exists and is not empty; choose a new or empty folder for the run")
-    staging = out.parent / f".{out.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)  # a stale one from an interrupted run of ours
-    staging.mkdir(parents=True)
-    return staging
-
 
 def _check_batch(batch_size: int, processes: int) -> None:
     if batch_size % processes:
@@ -86,7 +72,7 @@ def train_run(cfg: ExperimentConfig, out: str | os.PathLike, on_epoch: Callable[
         return run_experiment(cfg, out, on_epoch)
     check_devices(cfg.devices, cfg.num_nodes, cfg.device)
     _check_batch(cfg.batch_size, cfg.devices)
-    _staging_dir(out).rmdir()  # refuse an existing run now, before any process starts
+    check_new_run_folder(out)  # refuse an existing run now, before any process starts
     spawn(_spawned_run, (to_dict(cfg), str(out)), cfg.devices, cfg.device)
     return {**read_json(out / "run.json"), "metrics": read_json(out / "metrics.json")}
 
@@ -147,7 +133,8 @@ def _options(cfg: ExperimentConfig, pos_weight: float | None) -> TrainOptions:
         weight_decay=cfg.weight_decay, scheduler=cfg.scheduler, warmup_epochs=cfg.warmup_epochs, loss=cfg.loss,
         pos_weight=pos_weight, focal_alpha=cfg.focal_alpha, focal_gamma=cfg.focal_gamma,
         label_smoothing=cfg.label_smoothing, augment=cfg.augment, monitor=cfg.resolved_monitor(),
-        patience=cfg.patience if cfg.early_stop else 0, ema=cfg.ema, eval_batch_size=cfg.eval_batch_size)
+        patience=cfg.patience if cfg.early_stop else 0, ema=cfg.ema, eval_batch_size=cfg.eval_batch_size,
+        measure_compute=cfg.measure_compute)
 
 
 def _runtime(cfg: ExperimentConfig, world: World) -> Runtime:
@@ -210,8 +197,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike,
     n_mal, n_ben = int(inp.labels[inp.draw].sum()), int((inp.labels[inp.draw] == 0).sum())
     pos_weight = n_ben / n_mal if cfg.pos_weight == "auto" else cfg.pos_weight
     opts = _options(cfg, pos_weight)
-    staging = _staging_dir(out) if world.is_main else None
-    try:
+    writer = RunWriter(out, "train") if world.is_main else None
+    with writer or contextlib.nullcontext():
         _seed_everything(cfg.seed)
         model = create_model(cfg.model, image_size=inp.store.size, pretrained=cfg.pretrained)
         rt = _runtime(cfg, world)
@@ -220,16 +207,11 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike,
         result = train(model, batches, inp.eval_x["val"], inp.eval_y["val"], rt, opts, on_epoch, world)
         model.load_state_dict(result.best_state)
         logits = {side: predict_sharded(model, inp.eval_x[side], rt, cfg.eval_batch_size, world) for side in ("val", "test")}
-        if not world.is_main:
+        if writer is None:
             return {}
         ev = evaluate(cfg, logits, inp.eval_y, inp.sampler.train_prevalence, pos_weight)
         run_info = _run_info(cfg, out, inp, result, ev, opts, rt, world, pos_weight, setup_seconds, started)
-        _write_run(staging, cfg, inp, result, ev, rt, run_info)
-        publish_dir(staging, out)
-    except BaseException:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-        raise
+        _write_run(writer, cfg, inp, result, ev, rt, run_info)
     return {**run_info, "metrics": ev.metrics}
 
 
@@ -239,7 +221,6 @@ def _run_info(cfg: ExperimentConfig, out: Path, inp: Inputs, result: TrainResult
     calibration_note = ("focal loss and label smoothing change calibration; the prior shift assumes BCE-calibrated "
                         "probabilities") if ev.deploy and (cfg.loss == "focal" or cfg.label_smoothing) else ""
     return {
-        "lesionlab_version": __version__,
         "name": cfg.name or out.name,
         "data": str(Path(cfg.data).resolve()),
         "store_hash": inp.store.content_hash,
@@ -260,9 +241,7 @@ def _run_info(cfg: ExperimentConfig, out: Path, inp: Inputs, result: TrainResult
         "prevalence": {"trained_at": ev.trained_at, "deployment": ev.deploy, "note": calibration_note},
         "threshold_rule": str(ev.rule),
         "threshold": ev.threshold,
-        "speed": {"train_img_s": round(world.size * result.train_img_s, 2),
-                  "compute_img_s": round(world.size * result.compute_img_s, 2),
-                  "loop_vs_compute": round(result.train_img_s / result.compute_img_s, 3), "processes": world.size},
+        "speed": _speed(result, world),
         "runtime": rt.describe(),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -271,34 +250,39 @@ def _run_info(cfg: ExperimentConfig, out: Path, inp: Inputs, result: TrainResult
     }
 
 
-def _write_run(staging: Path, cfg: ExperimentConfig, inp: Inputs, result: TrainResult, ev: Evaluation, rt: Runtime,
+def _speed(result: TrainResult, world: World) -> dict:
+    speed = {"train_img_s": round(world.size * result.train_img_s, 2), "processes": world.size,
+             "compute_img_s": None, "loop_vs_compute": None}
+    if result.compute_img_s:  # measured only when asked (--measure-compute): it costs extra steps
+        speed["compute_img_s"] = round(world.size * result.compute_img_s, 2)
+        speed["loop_vs_compute"] = round(result.train_img_s / result.compute_img_s, 3)
+    return speed
+
+
+def _write_run(w: RunWriter, cfg: ExperimentConfig, inp: Inputs, result: TrainResult, ev: Evaluation, rt: Runtime,
                run_info: dict) -> None:
     preds = pd.concat([pd.DataFrame({"id": inp.ids[pos], "split": side, "label": inp.eval_y[side],
                                      "prob": ev.probs[side], **({"prob_model": ev.raw[side]} if ev.deploy else {})})
                        for side, pos in inp.eval_pos.items()])
-    write_text(staging / "predictions.csv", preds.to_csv(index=False, float_format="%.6g"))
+    w.table(fmt.PREDICTIONS, preds)
     syn_ids = inp.syn.store.table["id"].to_numpy()[inp.syn.rows] if inp.syn else np.array([], dtype=object)
     n_syn = len(syn_ids)
     drawn = pd.DataFrame({"id": np.r_[inp.ids[inp.real_draw], syn_ids], "label": inp.labels[inp.draw],
                           "synthetic": np.r_[np.zeros(len(inp.real_draw), int), np.ones(n_syn, int)]})
-    write_text(staging / "train_draw.csv", drawn.to_csv(index=False))
-    write_text(staging / "history.csv", pd.DataFrame(result.history).to_csv(index=False))
-    torch.save({"model": cfg.model, "image_size": inp.store.size, "fit": inp.store.fit, "mean": MEAN, "std": STD,
-                "state_dict": result.best_state, "threshold": ev.threshold, "threshold_rule": str(ev.rule),
-                "prior_shift": {"from": ev.trained_at, "to": ev.deploy} if ev.deploy else None,
-                "channels_last": rt.channels_last, "lesionlab_version": __version__,
-                "best_epoch": result.best_epoch}, staging / "checkpoint.pt")
-    _figures(staging, result, inp.eval_y, ev.probs, ev.threshold)
-    write_yaml(staging / "config.yaml", to_dict(cfg))
-    write_json(staging / "run.json", run_info)
-    write_json(staging / "metrics.json", ev.metrics)  # last: its presence marks the run complete
+    w.table(fmt.TRAIN_DRAW, drawn, float_format=None)
+    w.table(fmt.HISTORY, pd.DataFrame(result.history), float_format=None)
+    w.checkpoint(model_checkpoint(
+        cfg.model, inp.store.size, inp.store.fit, result.best_state, ev.threshold, str(ev.rule),
+        {"from": ev.trained_at, "to": ev.deploy} if ev.deploy else None, rt.channels_last, MEAN, STD,
+        best_epoch=result.best_epoch))
+    _figures(w, result, inp.eval_y, ev.probs, ev.threshold)
+    w.finish(to_dict(cfg), run_info, ev.metrics)
 
 
-def _figures(folder: Path, result, truth: dict, probs: dict, threshold: float) -> None:
-    figs = folder / "figures"
-    plots.confusion_matrix(truth["val"], probs["val"], threshold, figs / FIGURES["confusion_val"], "validation")
-    plots.confusion_matrix(truth["test"], probs["test"], threshold, figs / FIGURES["confusion_test"], "test")
-    plots.training_curves(result.history, figs / FIGURES["curves"], result.best_epoch)
+def _figures(w: RunWriter, result, truth: dict, probs: dict, threshold: float) -> None:
+    plots.confusion_matrix(truth["val"], probs["val"], threshold, w.figure_path("confusion_val"), "validation")
+    plots.confusion_matrix(truth["test"], probs["test"], threshold, w.figure_path("confusion_test"), "test")
+    plots.training_curves(result.history, w.figure_path("curves"), result.best_epoch)
     curves = {side: (truth[side], probs[side]) for side in ("val", "test")}
-    plots.roc(curves, figs / FIGURES["roc"])
-    plots.precision_recall(curves, figs / FIGURES["pr"])
+    plots.roc(curves, w.figure_path("roc"))
+    plots.precision_recall(curves, w.figure_path("pr"))

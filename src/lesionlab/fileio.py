@@ -5,12 +5,14 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import yaml
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _fsync_dir(path: Path) -> None:
@@ -89,5 +91,26 @@ def publish_dir(staging: Path, final: Path) -> None:
     _fsync_dir(final.parent)
 
 
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+def write_csv(path: str | os.PathLike, frame: "pd.DataFrame", float_format: str | None = None) -> None:
+    write_text(path, frame.to_csv(index=False, float_format=float_format))
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """A checkpoint of plain types and tensors. weights_only=True: unpickling a file someone sent
+    could otherwise run arbitrary code."""
+    import pickle
+
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        from .errors import BadInputError
+
+        raise BadInputError(f"{path}: holds objects other than tensors and plain values, which lesionlab refuses to "
+                            f"load (they could run code); was it written by lesionlab? ({str(e).splitlines()[0]})") from None
+    if not isinstance(ckpt, dict):
+        from .errors import BadInputError
+
+        raise BadInputError(f"{path}: expected a lesionlab checkpoint (a mapping), got {type(ckpt).__name__}")
+    return ckpt

@@ -8,56 +8,20 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
-import torch
 
 from .data.images import DecodeError, decode_resize
 from .data.parallel import cpu_count, map_ordered
 from .data.sources import ImageReader, read_source
-from .engine.runtime import Runtime, resolve_runtime
-from .engine.trainer import predict_logits
 from .errors import BadInputError, ExistsError, preview
 from .fileio import atomic_path
-from .metrics import prior_shift
-from .models import create_model
+from .runs import load_predictor
 
 CHUNK = 512
-
-
-@dataclass
-class LoadedRun:
-    model: torch.nn.Module
-    size: int
-    fit: str
-    threshold: float
-    runtime: Runtime
-    prior_shift: dict | None = None  # {"from": training prevalence, "to": deployment prevalence}
-
-    def probabilities(self, logits: np.ndarray) -> np.ndarray:
-        prob = 1 / (1 + np.exp(-logits))
-        if self.prior_shift:
-            prob = prior_shift(prob, self.prior_shift["from"], self.prior_shift["to"])
-        return prob
-
-
-def load_run(run_dir: str | os.PathLike, device: str = "auto") -> LoadedRun:
-    path = Path(run_dir) / "checkpoint.pt"
-    if not path.exists():
-        raise BadInputError(f"{run_dir}: no checkpoint.pt; is it a lesionlab run folder?")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    model = create_model(ckpt["model"], image_size=ckpt["image_size"], **ckpt.get("model_kwargs", {}))
-    model.load_state_dict(ckpt["state_dict"])
-    rt = resolve_runtime(device, "auto", "true" if ckpt.get("channels_last") else "false")
-    model.to(rt.device)
-    if rt.channels_last:
-        model.to(memory_format=torch.channels_last)
-    return LoadedRun(model.eval(), ckpt["image_size"], ckpt["fit"], float(ckpt["threshold"]), rt,
-                     ckpt.get("prior_shift"))
 
 
 def _decode_chunk(reader: ImageReader, locators: list[str], size: int, fit: str):
@@ -80,7 +44,7 @@ def predict(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os
     out = Path(out)
     if out.exists() and not overwrite:
         raise ExistsError(f"{out}: exists; choose another --out or pass --overwrite")
-    run = load_run(run_dir, device)
+    run = load_predictor(run_dir, device)
     src = read_source(source, fmt, require_labels=False, metadata=False)
     table = src.table
     n = len(table)
@@ -103,7 +67,7 @@ def predict(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os
                 bad.append(f"{rows['id'].iloc[i]} ({reason})")
             if len(bad) and not skip_bad:
                 raise BadInputError(f"{src.location}: image(s) could not be read: {preview(bad)} (--skip-bad skips them)")
-            probs = run.probabilities(predict_logits(run.model, images[ok], run.runtime, batch_size))
+            probs = run.probabilities(images[ok], batch_size)
             kept = rows[ok]
             frame = pd.DataFrame({"id": kept["id"].to_numpy(), "prob": probs,
                                   "decision": (probs >= run.threshold).astype(int)})

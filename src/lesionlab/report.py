@@ -18,14 +18,13 @@ from . import __version__
 from .errors import BadInputError, ExistsError
 from .fileio import write_text
 from .runs import Run, find_runs
+from .runs import format as run_format
 
 MARKER = "<!-- lesionlab report -->"
 SUMMARY_METRICS = ("f1", "precision", "recall", "average_precision", "pauc_80", "roc_auc", "balanced_accuracy")
 LABELS = {"f1": "F1", "precision": "precision", "recall": "recall", "average_precision": "AP",
           "pauc_80": "pAUC80", "roc_auc": "ROC AUC", "balanced_accuracy": "bal. acc.", "accuracy": "accuracy",
           "loss": "loss", "specificity": "specificity"}
-FIGURE_ORDER = (("confusion_test.png", "test confusion matrix"), ("training_curves.png", "training curves"),
-                ("roc.png", "ROC"), ("pr.png", "precision-recall"))
 
 
 def notebook_line(split: str, m: dict) -> str:
@@ -88,13 +87,15 @@ def _slug(text: str) -> str:
 def _run_details(run: Run) -> list[str]:
     c, i = run.config, run.info
     speed = i.get("speed", {})
+    compute = (f", pure compute {speed['compute_img_s']:.1f} img/s (loop/compute {speed['loop_vs_compute']:.2f})"
+               if speed.get("compute_img_s") else "")
     return [
         f"model {c.get('model')}, ratio {c.get('ratio')}, draw {i['draw']['malignant']} malignant / "
         f"{i['draw']['benign']} benign, lr {c.get('lr')}, {c.get('epochs')} epochs (best on {i.get('monitor')}: "
         f"epoch {i.get('best_epoch')}), threshold {i.get('threshold'):.3g} ({i.get('threshold_rule')}), "
         f"seed {c.get('seed')}",
-        f"training {speed.get('train_img_s', float('nan')):.1f} img/s, pure compute {speed.get('compute_img_s', float('nan')):.1f} img/s "
-        f"(loop/compute {speed.get('loop_vs_compute', float('nan')):.2f}) on {i.get('runtime', {}).get('device_name', '?')}; "
+        f"training {speed.get('train_img_s', float('nan')):.1f} img/s{compute} "
+        f"on {i.get('runtime', {}).get('device_name', '?')}; "
         f"wall {i.get('wall_seconds', float('nan')):.0f} s",
     ]
 
@@ -190,7 +191,8 @@ def build_report(runs_dir: str | Path, out: str | Path, title: str = "lesionlab 
 
 def _figures_of(run: Run) -> list[tuple[str, str, Path]]:
     """(file name, caption, path) of a run's figures, and of its synthetic images' check when it used some."""
-    found = [(f, c, run.path / "figures" / f) for f, c in FIGURE_ORDER if (run.path / "figures" / f).exists()]
+    found = [(run_format.FIGURES[k][0], run_format.FIGURES[k][1], run.figure(k))
+             for k in run_format.REPORT_FIGURES if run.figure(k)]
     syn = run.info.get("synthetic") or {}
     store_json = Path(syn.get("data", "")) / "store.json"
     if syn and store_json.exists():

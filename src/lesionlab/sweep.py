@@ -29,7 +29,7 @@ import yaml
 
 from .config import ExperimentConfig, build_config, load_yaml, to_dict
 from .errors import BadInputError, ExistsError, LesionLabError
-from .runs import is_complete_run
+from .runs import Run, is_complete_run
 
 log = logging.getLogger(__name__)
 SWEEP_KEYS = ("out", "data", "base", "experiments", "grid")
@@ -98,7 +98,7 @@ def plan(sweep_file: str | Path, data: str | None = None, out: str | None = None
 
 
 def same_config(folder: Path, cfg: ExperimentConfig) -> bool:
-    saved = yaml.safe_load((folder / "config.yaml").read_text())
+    saved = Run.load(folder).config
     wanted = to_dict(cfg)
     # the data path may be spelt differently (relative/absolute) for the same data set
     return {k: v for k, v in saved.items() if k != "data"} == {k: v for k, v in wanted.items() if k != "data"}

@@ -41,10 +41,6 @@ class World:
     def distributed(self) -> bool:
         return self.size > 1
 
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
-
     def gather(self, array: np.ndarray) -> list[np.ndarray]:
         """Every process's array, in rank order, on every process."""
         if not self.distributed:
@@ -52,13 +48,6 @@ class World:
         out: list = [None] * self.size
         dist.all_gather_object(out, array)
         return out
-
-    def broadcast(self, obj):
-        if not self.distributed:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
 
     def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
         """DistributedDataParallel with synchronised BatchNorm (or the model itself alone)."""

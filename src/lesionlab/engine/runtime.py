@@ -93,13 +93,13 @@ def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last
     return Runtime(dev, bf16, cl)
 
 
-def to_input(batch_uint8_nhwc: torch.Tensor, rt: Runtime) -> torch.Tensor:
+def to_input(batch_uint8_nhwc: torch.Tensor, rt: Runtime, mean: tuple = MEAN, std: tuple = STD) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> normalised float (N, 3, H, W) on the device.
 
     NHWC memory already is channels_last, so no copy is made when the model wants that format.
     """
     x = batch_uint8_nhwc.to(rt.device, non_blocking=True).permute(0, 3, 1, 2).float()
-    mean = torch.tensor(MEAN, device=rt.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(STD, device=rt.device).view(1, 3, 1, 1) * 255
-    x = x.sub_(mean).div_(std)
+    m = torch.tensor(mean, device=rt.device).view(1, 3, 1, 1) * 255
+    s = torch.tensor(std, device=rt.device).view(1, 3, 1, 1) * 255
+    x = x.sub_(m).div_(s)
     return x if rt.channels_last else x.contiguous()

@@ -22,7 +22,7 @@ from ..metrics import bce_per_sample, compute_metrics
 from .distributed import World
 from .losses import TrainingLoss
 from .optim import make_ema, make_optimizer, make_scheduler
-from .runtime import Runtime, to_input
+from .runtime import MEAN, STD, Runtime, to_input
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class TrainOptions:
     patience: int = 0  # stop after this many epochs without a better `monitor` (0 = never)
     ema: float = 0.0
     eval_batch_size: int = 256
+    measure_compute: bool = False  # extra steps on a copy of the model after training (benchmarks)
 
 
 @dataclass
@@ -55,7 +56,7 @@ class TrainResult:
     best_epoch: int
     history: list[dict]
     train_img_s: float
-    compute_img_s: float
+    compute_img_s: float | None
     stopped_early: bool
 
 
@@ -107,7 +108,7 @@ def prefetch(items: Iterable, depth: int = 3) -> Iterator:
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, images: np.ndarray | torch.Tensor, rt: Runtime,
-                   batch_size: int = 256) -> np.ndarray:
+                   batch_size: int = 256, mean: tuple = MEAN, std: tuple = STD) -> np.ndarray:
     """Logits for uint8 (N, H, W, 3) images, in eval mode."""
     model.eval()
     out = []
@@ -115,7 +116,7 @@ def predict_logits(model: nn.Module, images: np.ndarray | torch.Tensor, rt: Runt
         chunk = images[start:start + batch_size]
         chunk = torch.from_numpy(np.ascontiguousarray(chunk)) if isinstance(chunk, np.ndarray) else chunk
         with rt.autocast():
-            out.append(model(to_input(chunk, rt)).float().reshape(-1).cpu())
+            out.append(model(to_input(chunk, rt, mean, std)).float().reshape(-1).cpu())
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
 
 
@@ -212,8 +213,10 @@ def train(model: nn.Module, batches: Batches, val_x: np.ndarray, val_y: np.ndarr
             log.info("early stop at epoch %d: %s last improved at epoch %d", epoch, opts.monitor, best_epoch)
             break
     # per process: the loop and the pure compute on this process's batches
-    compute = measure_compute(model, lambda params: make_optimizer(params, opts.optimizer, opts.lr, opts.weight_decay),
-                              loss_fn, batches, rt)
+    compute = None
+    if opts.measure_compute:
+        compute = measure_compute(model, lambda params: make_optimizer(params, opts.optimizer, opts.lr, opts.weight_decay),
+                                  loss_fn, batches, rt)
     return TrainResult(best_state, best_epoch, history, loop_images / max(loop_seconds, 1e-9), compute, stopped)
 
 

@@ -41,10 +41,6 @@ for _name, _description in BACKBONES.items():
     _REGISTRY[_name] = _timm_spec(_name, f"timm {_description}")
 
 
-def register(name: str, spec: ModelSpec) -> None:
-    _REGISTRY[name] = spec
-
-
 def list_models() -> list[str]:
     return sorted(_REGISTRY)
 

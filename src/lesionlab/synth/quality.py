@@ -14,9 +14,13 @@ class Features:
     """Penultimate-layer features of a trained lesionlab classifier (the input of its last Linear)."""
 
     def __init__(self, run_dir):
-        from ..predict import load_run
+        from ..runs import ModelPredictor, load_predictor
 
-        self.run = load_run(run_dir, device="cpu")
+        self.run = load_predictor(run_dir, device="cpu")
+        if not isinstance(self.run, ModelPredictor):
+            from ..errors import BadInputError
+
+            raise BadInputError(f"--features {run_dir}: needs a train run folder (one network), not an ensemble")
         self.name = f"{run_dir} ({type(self.run.model).__name__}, penultimate layer)"
         last = [m for m in self.run.model.modules() if isinstance(m, torch.nn.Linear)][-1]
         self._captured = None
@@ -28,7 +32,7 @@ class Features:
         out = []
         for start in range(0, len(images), batch):
             x = torch.from_numpy(resize(images[start:start + batch], self.run.size))
-            self.run.model(to_input(x, self.rt))
+            self.run.model(to_input(x, self.rt, self.run.mean, self.run.std))
             out.append(self._captured.float().reshape(len(x), -1).numpy())
         return np.concatenate(out).astype(np.float64)
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.store import Store
 from ..errors import BadInputError, LeakError, NotEnoughDataError, preview
-from .guard import check_no_leak
+from .leak_guard import check_no_leak
+from .store import Store
 
 
 @dataclass

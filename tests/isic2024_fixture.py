@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .data.sources import ISIC2024_COLUMNS, ISIC2024_TEXT_COLUMNS
+from lesionlab.data.sources import ISIC2024_COLUMNS, ISIC2024_TEXT_COLUMNS
 
 _SITES = ["posterior torso", "lower extremity", "anterior torso", "upper extremity", "head/neck"]
 _LOCATIONS = ["Torso Back Top Third", "Left Leg - Lower", "Torso Front Top Half", "Right Arm - Upper", "Head & Neck"]
@@ -96,7 +96,7 @@ def write_isic2024(folder: Path, n: int = 60, n_patients: int = 12, n_positive: 
                    labels: bool = True, workers: int = 1, progress=None) -> Path:
     """`{prefix}-metadata.csv` with `{prefix}-image.hdf5` (images='hdf5') or `{prefix}-image/image/`.
     Images are made in chunks on `workers` processes, so 400k crops take minutes, not hours."""
-    from .data.parallel import map_ordered
+    from lesionlab.data.parallel import map_ordered
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

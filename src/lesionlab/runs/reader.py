@@ -1,0 +1,115 @@
+"""Reading run folders back: one class for every reader (report, compare, predict, sweep, synth)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from ..errors import BadInputError
+from ..fileio import load_checkpoint, read_json
+from . import format as fmt
+
+
+def is_complete_run(path: Path | str) -> bool:
+    return all((Path(path) / f).exists() for f in fmt.REQUIRED)
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict
+    info: dict
+    metrics: dict
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Run":
+        path = Path(path)
+        if not is_complete_run(path):
+            raise BadInputError(f"{path}: not a complete run folder (needs {', '.join(fmt.REQUIRED)})")
+        try:
+            config = yaml.safe_load((path / fmt.CONFIG).read_text()) or {}
+        except yaml.YAMLError as e:
+            raise BadInputError(f"{path / fmt.CONFIG}: not valid YAML ({e})") from None
+        run = cls(path, config, read_json(path / fmt.INFO), read_json(path / fmt.METRICS))
+        version = run.format_version
+        if version > fmt.FORMAT_VERSION:
+            raise BadInputError(f"{path / fmt.INFO}: run format version {version}, but this lesionlab reads up to "
+                                f"{fmt.FORMAT_VERSION}; upgrade lesionlab to read it")
+        if run.kind not in fmt.KINDS:
+            raise BadInputError(f"{path / fmt.INFO}: unknown run kind '{run.kind}'; known: {', '.join(fmt.KINDS)}")
+        return run
+
+    @property
+    def format_version(self) -> int:
+        # folders written before the format was versioned are version 0: the train layout of version 1
+        return int(self.info.get("format", {}).get("version", 0))
+
+    @property
+    def kind(self) -> str:
+        return self.info.get("format", {}).get("kind", "train")
+
+    @property
+    def name(self) -> str:
+        return self.config.get("name") or self.info.get("name") or self.path.name
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.get("seed", 0))
+
+    def file(self, name: str) -> Path:
+        path = self.path / name
+        if not path.exists():
+            raise BadInputError(f"{self.path}: no {name} in this {self.kind} run folder")
+        return path
+
+    def predictions(self, split: str | None = None) -> pd.DataFrame:
+        df = read_table(self.file(fmt.PREDICTIONS))
+        return df[df["split"] == split].reset_index(drop=True) if split else df
+
+    def history(self) -> pd.DataFrame:
+        return pd.read_csv(self.file(fmt.HISTORY))
+
+    def checkpoint(self) -> dict:
+        return load_checkpoint(self.file(fmt.CHECKPOINT))
+
+    def figure(self, key: str) -> Path | None:
+        path = self.path / fmt.FIGURES_DIR / fmt.FIGURES[key][0]
+        return path if path.exists() else None
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A CSV that lesionlab wrote, with ids kept as text."""
+    return pd.read_csv(path, dtype={"id": str, "group": str}, keep_default_na=False, na_values=[""])
+
+
+def load_run(path: str | Path, kinds: tuple[str, ...] | None = None) -> Run:
+    run = Run.load(path)
+    if kinds and run.kind not in kinds:
+        raise BadInputError(f"{path}: a {run.kind} run folder; expected {' or '.join(kinds)}")
+    return run
+
+
+def find_runs(root: str | Path, kinds: tuple[str, ...] | None = ("train",)) -> list[Run]:
+    """Every complete run folder at or below `root` (of the given kinds), in path order.
+
+    The folds inside a cv folder are runs of their own, found when `root` is the cv folder's
+    folds/ or one fold; from above, the cv folder stands for them."""
+    root = Path(root)
+    if not root.exists():
+        raise BadInputError(f"{root}: no such folder")
+    if is_complete_run(root):
+        found = [Run.load(root)]
+    else:
+        found, skip = [], []
+        for p in sorted(p.parent for p in root.rglob(fmt.METRICS)):
+            if not is_complete_run(p) or any(part.startswith(".") for part in p.relative_to(root).parts):
+                continue
+            if any(s in p.parents for s in skip):
+                continue  # inside a cv or ensemble folder already found
+            run = Run.load(p)
+            if run.kind != "train":
+                skip.append(p)
+            found.append(run)
+    return [r for r in found if kinds is None or r.kind in kinds]

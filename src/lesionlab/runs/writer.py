@@ -1,0 +1,90 @@
+"""Writing run folders: built in a staging folder beside the target and moved into place only
+when complete, so a run folder is whole or absent and an existing one is never overwritten."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from .. import __version__
+from ..errors import ExistsError
+from ..fileio import publish_dir, write_csv, write_json, write_yaml
+from . import format as fmt
+from .reader import is_complete_run
+
+
+def check_new_run_folder(out: Path) -> None:
+    """Refuse a target that already holds a run or anything else (before any work starts)."""
+    if is_complete_run(out):
+        raise ExistsError(f"{out}: already holds a run; choose another --out (lesionlab never overwrites a run)")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ExistsError(f"{out}: exists and is not empty; choose a new or empty folder for the run")
+
+
+class RunWriter:
+    """with RunWriter(out, "train") as w: w.table(...); w.checkpoint(...); w.finish(config, info, metrics)
+
+    Leaving the block without finish() (or with an exception) removes the staging folder."""
+
+    def __init__(self, out: str | Path, kind: str):
+        self.out = Path(out)
+        self.kind = kind
+        self.format = fmt.format_block(kind)
+        self.staging: Path | None = None
+        self._finished = False
+
+    def __enter__(self) -> "RunWriter":
+        check_new_run_folder(self.out)
+        self.staging = self.out.parent / f".{self.out.name}.partial"
+        shutil.rmtree(self.staging, ignore_errors=True)  # a stale one from an interrupted run of ours
+        self.staging.mkdir(parents=True)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None and self._finished:
+            publish_dir(self.staging, self.out)
+        else:
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+    @property
+    def path(self) -> Path:
+        assert self.staging is not None, "use RunWriter as a context manager"
+        return self.staging
+
+    def table(self, name: str, frame: pd.DataFrame, float_format: str | None = "%.6g") -> Path:
+        path = self.path / name
+        write_csv(path, frame, float_format=float_format)
+        return path
+
+    def checkpoint(self, payload: dict) -> None:
+        # plain types and tensors only, so that readers load it with weights_only=True
+        torch.save({**payload, "format_version": fmt.FORMAT_VERSION, "lesionlab_version": __version__},
+                   self.path / fmt.CHECKPOINT)
+
+    def figure_path(self, key: str) -> Path:
+        folder = self.path / fmt.FIGURES_DIR
+        folder.mkdir(exist_ok=True)
+        return folder / fmt.FIGURES[key][0]
+
+    def subfolder(self, name: str) -> Path:
+        folder = self.path / name
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def finish(self, config: dict, info: dict, metrics: dict[str, Any]) -> None:
+        write_yaml(self.path / fmt.CONFIG, config)
+        write_json(self.path / fmt.INFO, {"format": self.format, "lesionlab_version": __version__, **info})
+        write_json(self.path / fmt.METRICS, metrics)  # last: its presence marks the run complete
+        self._finished = True
+
+
+def model_checkpoint(model: str, image_size: int, fit: str, state_dict: dict, threshold: float, threshold_rule: str,
+                     prior_shift: dict | None, channels_last: bool, mean: tuple, std: tuple,
+                     model_kwargs: dict | None = None, **extra: Any) -> dict:
+    """What a predictor needs to score new images exactly as the run scored its test set."""
+    return {"model": model, "model_kwargs": model_kwargs or {}, "image_size": int(image_size), "fit": fit,
+            "mean": list(mean), "std": list(std), "state_dict": state_dict, "threshold": float(threshold),
+            "threshold_rule": threshold_rule, "prior_shift": prior_shift, "channels_last": bool(channels_last), **extra}
