@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 
 from conftest import SAMPLE, copy_subset, subset
+from isic2024_fixture import write_isic2024
 from lesionlab.data.sources import ISIC2024_COLUMNS, detect_format, read_source
 from lesionlab.errors import BadInputError
-from isic2024_fixture import write_isic2024
 
 
 @pytest.fixture

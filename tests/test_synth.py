@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 
 from conftest import cli
+from lesionlab.data.leak_guard import find_copies
 from lesionlab.data.splits import load_split
 from lesionlab.data.store import Store
 from lesionlab.errors import ExistsError, NotEnoughDataError
 from lesionlab.synth import quality
 from lesionlab.synth.generator import train_generator
-from lesionlab.data.leak_guard import find_copies
 
 SMALL = ["--epochs", "1", "--batch-size", "16", "--n-malignant", "20", "--bootstrap", "20", "--eval-batch-size", "64"]
 

@@ -22,6 +22,7 @@ from .data.parallel import cpu_count
 from .data.sampling import EpochSampler, draw_training_set
 from .data.splits import Split, load_split
 from .data.store import Store
+from .data.synthetic import CombinedImages, SyntheticPart, load_synthetic
 from .engine.distributed import World, check_devices, from_environment, spawn
 from .engine.runtime import MEAN, STD, Runtime, resolve_runtime
 from .engine.trainer import Batches, TrainOptions, TrainResult, predict_sharded, train
@@ -29,9 +30,8 @@ from .errors import BadInputError
 from .fileio import read_json
 from .metrics import ThresholdRule, bce_per_sample, bootstrap_ci, compute_metrics, parse_prevalence, prior_shift
 from .models import create_model, get_spec
-from .runs import format as fmt
 from .runs import RunWriter, check_new_run_folder, model_checkpoint
-from .data.synthetic import CombinedImages, SyntheticPart, load_synthetic
+from .runs import format as fmt
 
 log = logging.getLogger(__name__)
 

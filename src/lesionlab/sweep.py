@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import yaml
-
 from .config import ExperimentConfig, build_config, load_yaml, to_dict
 from .errors import BadInputError, ExistsError, LesionLabError
 from .runs import Run, is_complete_run
