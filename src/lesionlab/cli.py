@@ -473,6 +473,80 @@ def synth_check(source: Path, data_dir: Path, features_run: Path, out: Path | No
     click.echo(f"check: {(Path(out) if out else source / 'check') / 'check.html'}")
 
 
+# ---------------------------------------------------------------- pretrain / tune
+
+
+def _model_options(model_cls, skip: tuple[str, ...] = ()):
+    """One flag per field of a pydantic config model; flags not given stay None (left out)."""
+
+    def wrap(func):
+        for key, field in reversed(list(model_cls.model_fields.items())):
+            if key in skip:
+                continue
+            ann, kind = field.annotation, str
+            if ann is int:
+                kind = int
+            elif ann is float:
+                kind = float
+            elif typing.get_origin(ann) is typing.Literal:
+                kind = click.Choice([str(a) for a in typing.get_args(ann)])
+            help_text = (field.description or "") + f" [default: {field.default}]"
+            func = click.option(f"--{key.replace('_', '-')}", key, type=kind, default=None, help=help_text)(func)
+        return func
+
+    return wrap
+
+
+def _pretrain_epoch_echo(total: int):
+    def echo(row: dict) -> None:
+        scores = "  ".join(f"{k.replace('_', ' ')} {row[k]:.3f}" for k in ("knn_roc_auc", "knn_pauc_80", "probe_roc_auc",
+                                                                            "probe_pauc_80") if row.get(k) is not None)
+        loss = f"loss {row['loss']:.4f}  {row['img_s']:.0f} img/s  " if row.get("loss") is not None else "before training  "
+        click.echo(f"epoch {row['epoch']:>3}/{total}  {loss}{scores}", err=True)
+
+    return echo
+
+
+def _pretrain_options(func):
+    from .config import PretrainConfig
+
+    return _model_options(PretrainConfig, skip=("data",))(func)
+
+
+@main.command()
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="ENC_DIR to create")
+@click.option("--fresh", is_flag=True, help="discard a saved interrupted pretraining of ENC_DIR and start over")
+@_pretrain_options
+def pretrain(data_dir: Path, out: Path, fresh: bool, **flags) -> None:
+    """Self-supervised pretraining of a model's encoder on DATA_DIR's train pool (lightly).
+
+    Then: lesionlab train ... --pretrained ENC_DIR (or cv). Interrupted? The same command resumes."""
+    from tqdm import tqdm
+
+    from .config import build_pretrain_config
+    from .pretrain import pretrain as do_pretrain
+
+    cfg = build_pretrain_config({"data": str(data_dir), **{k: v for k, v in flags.items() if v is not None}}, "pretrain")
+    bar = tqdm(total=0, desc="pretrain", unit="step", file=sys.stderr, dynamic_ncols=True, mininterval=0.5, leave=False)
+
+    def step(done: int, total: int) -> None:
+        if done == 1:
+            bar.reset(total=total)
+        bar.update(1)
+
+    echo = _pretrain_epoch_echo(cfg.epochs)
+    try:
+        info = do_pretrain(cfg, out, on_epoch=lambda row: (bar.clear(), echo(row)), on_step=step, fresh=fresh)
+    finally:
+        bar.close()
+    q, q0 = info["metrics"]["quality"], info["metrics"]["quality_at_start"]
+    click.echo(f"{out}: {cfg.method} {cfg.model} encoder at {info['image_size']} px, {info['epochs_run']} epochs on "
+               f"{info['source']['n_images']} images; inner-val kNN ROC AUC {q['knn_roc_auc']:.3f} "
+               f"(before: {q0['knn_roc_auc']:.3f}), linear probe {q['probe_roc_auc']:.3f} (before: {q0['probe_roc_auc']:.3f})")
+    click.echo(f"next: lesionlab train --data {data_dir} --model {cfg.model} --pretrained {out} --out RUN_DIR")
+
+
 @main.command("models")
 def models_cmd() -> None:
     """List the model names the registry knows."""

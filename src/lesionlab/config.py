@@ -30,7 +30,12 @@ class ExperimentConfig(BaseModel):
     data: str = Field("", description="prepared data set (DATA_DIR) with a split")
     split: str = Field("", description="split name ('' = split.json, NAME = split-NAME.json)")
     model: str = Field("simple_cnn", description="model name from the registry (lesionlab models), or timm:NAME")
-    pretrained: Union[bool, str] = Field(False, description="ImageNet weights for timm backbones: true (hub) or a local file PATH")
+    pretrained: Union[bool, str] = Field(False, description="ImageNet weights for timm backbones: true (hub) or a local file "
+                                         "PATH; or ENC_DIR, an encoder made by `lesionlab pretrain` (any model)")
+    encoder_lr_mult: float = Field(1.0, gt=0, le=10, description="learning rate of the encoder (all but the classifier "
+                                   "head) as a multiple of --lr; below 1 fine-tunes pretrained weights gently")
+    linear_probe_epochs: int = Field(0, ge=0, description="first epochs that train the classifier head only, the "
+                                     "encoder's weights held fixed (a linear-probe warm-up for --pretrained)")
     ratio: str = Field("1:2", description="malignant:benign ratio of the training draw, 1:K or natural")
     n_malignant: Union[int, Literal["all"]] = Field(293, description="malignant images in the training draw, or all")
     synthetic: Optional[SyntheticConfig] = Field(
@@ -148,9 +153,10 @@ class ExperimentConfig(BaseModel):
     def _consistent(self) -> "ExperimentConfig":
         from .models import get_spec
 
-        if self.pretrained not in (False, "") and not get_spec(self.model).pretrainable:
+        if self.pretrained not in (False, "") and not get_spec(self.model).pretrainable \
+                and not (isinstance(self.pretrained, str) and Path(self.pretrained).is_dir()):
             raise ValueError(f"--pretrained: '{self.model}' has no pretrained weights; use a timm backbone "
-                             "(see `lesionlab models`) or pretrained: false")
+                             "(see `lesionlab models`), an ENC_DIR made by `lesionlab pretrain`, or pretrained: false")
         if self.loss == "focal" and self.pos_weight is not None:
             raise ValueError("--pos-weight applies to --loss bce; focal loss weights the classes with --focal-alpha")
         return self
@@ -161,6 +167,60 @@ class ExperimentConfig(BaseModel):
 
 
 KEYS = tuple(ExperimentConfig.model_fields)
+
+
+class PretrainConfig(BaseModel):
+    """`lesionlab pretrain`: self-supervised pretraining of a registry model's encoder."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = Field(description="prepared data set with a split: its train pool is pretrained on")
+    split: str = Field("", description="split name ('' = split.json)")
+    pretrain_data: str = Field("", description="another prepared data set to pretrain on instead (all its images, "
+                               "labels unused; refused if it holds any of the split's val or test images)")
+    method: Literal["simclr", "byol", "dino"] = Field("simclr", description="self-supervised method (lightly)")
+    model: str = Field("upgraded_cnn", description="registry model whose encoder (all but the head) is pretrained")
+    size: int = Field(0, ge=0, description="image side in pixels (0 = the data set's)")
+    epochs: int = Field(20, ge=1, description="passes over the pretraining images")
+    batch_size: int = Field(64, ge=4, description="images per step (each seen as 2 or more views)")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate (cosine schedule)")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
+    warmup_epochs: float = Field(1.0, ge=0, description="linear learning-rate warm-up, in epochs")
+    local_views: int = Field(2, ge=0, description="DINO: small crops at half size per image, besides the 2 global views")
+    temperature: float = Field(0.2, gt=0, description="SimCLR: NT-Xent temperature")
+    inner_val: float = Field(0.1, gt=0, lt=0.5, description="share of the train pool's groups held out from "
+                             "pretraining to score the encoder (kNN and linear probe; at most 1000 images)")
+    eval_every: int = Field(0, ge=0, description="epochs between quality scores (0 = about 5 over the run)")
+    knn_k: int = Field(20, ge=1, description="neighbours of the kNN score")
+    seed: int = Field(0, description="seed of the inner split, initialisation, batch order and views")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    precision: Literal["auto", "32", "bf16"] = Field("auto", description="as for train")
+    num_threads: int = Field(0, ge=0, description="CPU threads for torch (0 = one per core)")
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        from .models import get_spec
+
+        get_spec(v)
+        return v
+
+
+def build_pretrain_config(values: dict, origin: str = "pretrain") -> PretrainConfig:
+    try:
+        return PretrainConfig(**values)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "config"
+            if err["type"] == "extra_forbidden":
+                lines.append(f"unknown key '{key}'{closest(key, PretrainConfig.model_fields)}")
+            else:
+                lines.append(f"--{key.replace('_', '-')}: {err['msg'].removeprefix('Value error, ')} "
+                             f"(got {err.get('input')!r})")
+        raise BadInputError(f"{origin}: " + "; ".join(lines)) from None
+    except BadInputError as e:
+        raise BadInputError(f"{origin}: {e}") from None
 
 
 def _explain(err: ValidationError, origin: str) -> BadInputError:

@@ -8,7 +8,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -30,8 +30,10 @@ from .errors import BadInputError
 from .fileio import read_json
 from .metrics import ThresholdRule, bce_per_sample, bootstrap_ci, compute_metrics, parse_prevalence, prior_shift
 from .models import create_model, get_spec
+from .models.encoder import head_name, load_encoder_state
 from .runs import RunWriter, check_new_run_folder, model_checkpoint
 from .runs import format as fmt
+from .runs.encoder import EncoderWeights, check_encoder_fits, check_not_pretrained_on, is_encoder_dir, load_encoder
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +136,8 @@ def _options(cfg: ExperimentConfig, pos_weight: float | None) -> TrainOptions:
         pos_weight=pos_weight, focal_alpha=cfg.focal_alpha, focal_gamma=cfg.focal_gamma,
         label_smoothing=cfg.label_smoothing, augment=cfg.augment, monitor=cfg.resolved_monitor(),
         patience=cfg.patience if cfg.early_stop else 0, ema=cfg.ema, eval_batch_size=cfg.eval_batch_size,
-        measure_compute=cfg.measure_compute)
+        measure_compute=cfg.measure_compute, encoder_lr_mult=cfg.encoder_lr_mult,
+        linear_probe_epochs=cfg.linear_probe_epochs)
 
 
 def _runtime(cfg: ExperimentConfig, world: World) -> Runtime:
@@ -197,10 +200,15 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike,
     n_mal, n_ben = int(inp.labels[inp.draw].sum()), int((inp.labels[inp.draw] == 0).sum())
     pos_weight = n_ben / n_mal if cfg.pos_weight == "auto" else cfg.pos_weight
     opts = _options(cfg, pos_weight)
+    enc = _encoder(cfg, inp)
     writer = RunWriter(out, "train") if world.is_main else None
     with writer or contextlib.nullcontext():
         _seed_everything(cfg.seed)
-        model = create_model(cfg.model, image_size=inp.store.size, pretrained=cfg.pretrained)
+        model = create_model(cfg.model, image_size=inp.store.size, pretrained=False if enc else cfg.pretrained)
+        if enc is not None:  # the encoder's weights; the head stays as initialised
+            load_encoder_state(model, enc.state_dict, f"--pretrained {enc.path}")
+        if cfg.encoder_lr_mult != 1 or cfg.linear_probe_epochs:
+            opts = replace(opts, head=head_name(model))
         rt = _runtime(cfg, world)
         batches = Batches(inp.images.pixels, inp.labels, inp.sampler, cfg.batch_size // world.size)
         setup_seconds = time.time() - started
@@ -211,8 +219,20 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike,
             return {}
         ev = evaluate(cfg, logits, inp.eval_y, inp.sampler.train_prevalence, pos_weight)
         run_info = _run_info(cfg, out, inp, result, ev, opts, rt, world, pos_weight, setup_seconds, started)
+        run_info["encoder"] = enc.describe() if enc is not None else None
         _write_run(writer, cfg, inp, result, ev, rt, run_info)
     return {**run_info, "metrics": ev.metrics}
+
+
+def _encoder(cfg: ExperimentConfig, inp: Inputs) -> EncoderWeights | None:
+    """--pretrained ENC_DIR: the encoder, checked against this run's model, input size and
+    evaluation images; None for any other --pretrained value."""
+    if not is_encoder_dir(cfg.pretrained):
+        return None
+    enc = load_encoder(cfg.pretrained)
+    check_encoder_fits(enc, cfg.model, inp.store.size)
+    check_not_pretrained_on(enc, {side: inp.ids[pos].tolist() for side, pos in inp.eval_pos.items()})
+    return enc
 
 
 def _run_info(cfg: ExperimentConfig, out: Path, inp: Inputs, result: TrainResult, ev: Evaluation, opts: TrainOptions,
@@ -233,7 +253,8 @@ def _run_info(cfg: ExperimentConfig, out: Path, inp: Inputs, result: TrainResult
         "synthetic": inp.syn.info if inp.syn else None,
         "levers": {"loss": cfg.loss, "pos_weight": pos_weight, "sampler": cfg.sampler, "augment": cfg.augment,
                    "optimizer": cfg.optimizer, "scheduler": cfg.scheduler, "ema": cfg.ema,
-                   "pretrained": cfg.pretrained, "label_smoothing": cfg.label_smoothing},
+                   "pretrained": cfg.pretrained, "label_smoothing": cfg.label_smoothing,
+                   "encoder_lr_mult": cfg.encoder_lr_mult, "linear_probe_epochs": cfg.linear_probe_epochs},
         "epochs_run": len(result.history),
         "stopped_early": result.stopped_early,
         "best_epoch": result.best_epoch,

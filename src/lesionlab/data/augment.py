@@ -12,7 +12,7 @@ costs little next to the model; randomness comes from a torch.Generator seeded p
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,10 @@ class Policy:
     dropout_p: float = 0.0
     dropout_holes: int = 0
     dropout_size: float = 0.0  # max side of a hole, fraction of the image side
+    # for self-supervised views (engine/ssl.py): per-image chances, as in SimCLR/BYOL recipes
+    jitter_p: float = 1.0      # chance that an image gets the colour jitter
+    grayscale_p: float = 0.0
+    solarize_p: float = 0.0
 
 
 _POLICIES = {
@@ -92,6 +96,9 @@ def _affine(x: torch.Tensor, p: Policy, g: torch.Generator) -> torch.Tensor:
 
 
 def _colour(x: torch.Tensor, p: Policy, g: torch.Generator) -> torch.Tensor:
+    if p.jitter_p < 1:
+        chosen = (torch.rand(x.shape[0], generator=g) < p.jitter_p).to(x.device).view(-1, 1, 1, 1)
+        return torch.where(chosen, _colour(x, replace(p, jitter_p=1.0), g), x)
     n, dev = x.shape[0], x.device
     view = (n, 1, 1, 1)
     if p.brightness:
@@ -106,6 +113,17 @@ def _colour(x: torch.Tensor, p: Policy, g: torch.Generator) -> torch.Tensor:
         gains = (torch.rand(n, 3, generator=g).to(dev) * 2 - 1) * p.tint + 1
         x = x * gains.view(n, 3, 1, 1)
     return x
+
+
+def _grayscale(x: torch.Tensor, p: Policy, g: torch.Generator) -> torch.Tensor:
+    chosen = (torch.rand(x.shape[0], generator=g) < p.grayscale_p).to(x.device).view(-1, 1, 1, 1)
+    grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).expand_as(x)
+    return torch.where(chosen, grey, x)
+
+
+def _solarize(x: torch.Tensor, p: Policy, g: torch.Generator) -> torch.Tensor:
+    chosen = (torch.rand(x.shape[0], generator=g) < p.solarize_p).to(x.device).view(-1, 1, 1, 1)
+    return torch.where(chosen & (x >= 128), 255 - x, x)
 
 
 def _blur(x: torch.Tensor, p: Policy, g: torch.Generator) -> torch.Tensor:
@@ -143,9 +161,9 @@ def _dropout(x: torch.Tensor, p: Policy, g: torch.Generator) -> torch.Tensor:
 class Augmenter:
     """Callable on uint8 NHWC batches; returns uint8 NHWC batches of the same shape."""
 
-    def __init__(self, policy: str, seed: int = 0):
-        self.name = policy
-        self.policy = get_policy(policy)
+    def __init__(self, policy: str | Policy, seed: int = 0):
+        self.name = policy if isinstance(policy, str) else "custom"
+        self.policy = get_policy(policy) if isinstance(policy, str) else policy
         self.generator = torch.Generator().manual_seed(seed)
 
     def set_epoch(self, seed: int, epoch: int) -> None:
@@ -162,13 +180,17 @@ class Augmenter:
         if p.flips:
             x = _flips_rot90(x, g)
         needs_float = p.rotate or p.shift or p.shear or p.scale != (1.0, 1.0) or p.brightness or p.contrast \
-            or p.saturation or p.tint or p.blur_p or p.dropout_p
+            or p.saturation or p.tint or p.blur_p or p.dropout_p or p.grayscale_p or p.solarize_p
         if not needs_float:
             return x
         f = x.permute(0, 3, 1, 2).float()
         if p.rotate or p.shift or p.shear or p.scale != (1.0, 1.0):
             f = _affine(f, p, g)
         f = _colour(f, p, g)
+        if p.grayscale_p:
+            f = _grayscale(f, p, g)
+        if p.solarize_p:
+            f = _solarize(f.clamp(0, 255), p, g)
         if p.blur_p:
             f = _blur(f, p, g)
         if p.dropout_p:

@@ -48,6 +48,9 @@ class TrainOptions:
     ema: float = 0.0
     eval_batch_size: int = 256
     measure_compute: bool = False  # extra steps on a copy of the model after training (benchmarks)
+    head: str = ""  # state-dict prefix of the classifier head: needed by the two options below
+    encoder_lr_mult: float = 1.0  # the encoder's (all but the head's) learning rate as a multiple of lr
+    linear_probe_epochs: int = 0  # first epochs in which only the head's weights change
 
 
 @dataclass
@@ -136,14 +139,29 @@ def predict_sharded(model: nn.Module, images: np.ndarray, rt: Runtime, batch_siz
     return out
 
 
-def _step(model, loss_fn, optimizer, x, y, rt) -> torch.Tensor:
+def _step(model, loss_fn, optimizer, x, y, rt, frozen: list | None = None) -> torch.Tensor:
     with rt.autocast():
         logits = model(x).reshape(-1).float()
     loss = loss_fn(logits, y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    for p in frozen or ():
+        p.grad = None  # optimizers skip parameters without a gradient (weight decay included)
     optimizer.step()
     return logits
+
+
+def _param_groups(model: nn.Module, opts: TrainOptions) -> tuple[list, list]:
+    """(optimizer parameter groups, encoder parameters): encoder and head apart when an option
+    treats them differently, else one group."""
+    if not opts.head or (opts.encoder_lr_mult == 1 and not opts.linear_probe_epochs):
+        return list(model.parameters()), []
+    head, encoder = [], []
+    for name, p in model.named_parameters():
+        (head if name == opts.head or name.startswith(opts.head + ".") else encoder).append(p)
+    if not head:
+        raise ValueError(f"no parameters under the head prefix '{opts.head}'")
+    return [{"params": encoder, "lr": opts.lr * opts.encoder_lr_mult}, {"params": head, "lr": opts.lr}], encoder
 
 
 def _improved(value: float, best: float | None, monitor: str) -> bool:
@@ -163,7 +181,8 @@ def train(model: nn.Module, batches: Batches, val_x: np.ndarray, val_y: np.ndarr
     net = world.wrap(model, rt.device)
     loss_fn = TrainingLoss(opts.loss, opts.pos_weight, opts.focal_alpha, opts.focal_gamma,
                            opts.label_smoothing).to(rt.device)
-    optimizer = make_optimizer(model.parameters(), opts.optimizer, opts.lr, opts.weight_decay)
+    groups, encoder_params = _param_groups(model, opts)
+    optimizer = make_optimizer(groups, opts.optimizer, opts.lr, opts.weight_decay)
     steps = len(batches.positions(0))
     scheduler = make_scheduler(optimizer, opts.scheduler, steps * opts.epochs, int(round(opts.warmup_epochs * steps)))
     ema = make_ema(model, opts.ema)
@@ -175,11 +194,12 @@ def train(model: nn.Module, batches: Batches, val_x: np.ndarray, val_y: np.ndarr
         augment.set_epoch(opts.seed, epoch)
         position_batches = batches.positions(epoch - 1)
         logits_all, y_all = [], []
+        frozen = encoder_params if epoch <= opts.linear_probe_epochs else None
         t0 = time.perf_counter()
         for images, labels in prefetch(batches.load(p) for p in position_batches):
             x = to_input(augment(images), rt)
             y = labels.to(rt.device, non_blocking=True)
-            logits_all.append(_step(net, loss_fn, optimizer, x, y, rt).detach())
+            logits_all.append(_step(net, loss_fn, optimizer, x, y, rt, frozen).detach())
             y_all.append(y)
             if scheduler is not None:
                 scheduler.step()
@@ -199,7 +219,7 @@ def train(model: nn.Module, batches: Batches, val_x: np.ndarray, val_y: np.ndarr
         v_logits = predict_sharded(judged, val_x, rt, opts.eval_batch_size, world)
         val_m = compute_metrics(val_y, _sigmoid(v_logits), 0.5, bce_per_sample(val_y, v_logits))
         row = {"epoch": epoch, "seconds": round(seconds, 3), "train_img_s": round(world.size * n_seen / seconds, 2),
-               "lr": optimizer.param_groups[0]["lr"]}
+               "lr": optimizer.param_groups[-1]["lr"]}  # the head's (the base lr)
         row.update({f"train_{k}": v for k, v in train_m.items() if k != "threshold"})
         row.update({f"val_{k}": v for k, v in val_m.items() if k != "threshold"})
         history.append(row)

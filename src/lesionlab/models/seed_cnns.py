@@ -8,6 +8,8 @@ from torch import nn
 class SimpleCNN(nn.Module):
     """One conv block and a wide fully connected head; expects 128x128 input."""
 
+    head_name = "fc.2"  # the classifier: everything before it is the encoder (256 features)
+
     def __init__(self, image_size: int = 128):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 32, kernel_size=3, stride=1, padding=1)
@@ -26,9 +28,16 @@ class SimpleCNN(nn.Module):
         x = self.pool1(self.relu1(self.batchNorm1(self.conv1(x))))
         return self.fc(self.flatten(x))
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 256): the input of the final Linear layer."""
+        x = self.pool1(self.relu1(self.batchNorm1(self.conv1(x))))
+        return self.fc[1](self.fc[0](self.flatten(x)))
+
 
 class UpgradedCNN(nn.Module):
     """Four conv blocks, global average pooling and dropout; any input size."""
+
+    head_name = "classifier.2"  # the classifier: everything before it is the encoder (256 features)
 
     def __init__(self, image_size: int = 128):
         super().__init__()
@@ -43,3 +52,7 @@ class UpgradedCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 256): the globally average-pooled features (dropout belongs to the classifier)."""
+        return self.features(x).flatten(1)

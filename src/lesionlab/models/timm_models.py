@@ -77,3 +77,21 @@ def create_timm(name: str, image_size: int = 128, pretrained: bool | str = False
             f"with --pretrained PATH (a timm/torch state dict, .pth or .safetensors), or train from scratch "
             f"with pretrained: false"
         ) from None
+
+
+def timm_head_name(model: nn.Module) -> str:
+    """The state-dict prefix of a timm model's classifier ('fc', 'classifier', 'head.fc', ...)."""
+    name = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    modules = dict(model.named_modules())
+    if name and name in modules:
+        return name
+    for key, module in modules.items():  # models whose config does not name it
+        if classifier is not None and module is classifier and key:
+            return key
+    raise BadInputError(f"timm model {type(model).__name__}: cannot tell which layer is its classifier")
+
+
+def timm_features(model: nn.Module, x):
+    """(N, D): the pooled features that feed the classifier (timm's pre-logits)."""
+    return model.forward_head(model.forward_features(x), pre_logits=True)

@@ -8,11 +8,13 @@ metrics.json (written last: its presence marks the folder complete); run.json ca
     cv        K-fold cross-validation: + oof.csv, folds/K/ (each a train run), fold-ensemble predictions
     ensemble  several members' probabilities averaged: + members.json, predictions.csv
     tabular   a gradient-boosted model on metadata (optionally fused with image scores)
+    encoder   a self-supervised pretrained encoder (lesionlab pretrain): + encoder.pt, history.csv,
+              pretrain_ids.csv (the images it was pretrained on); `train --pretrained ENC_DIR` loads it
 """
 from __future__ import annotations
 
 FORMAT_VERSION = 1
-KINDS = ("train", "cv", "ensemble", "tabular")
+KINDS = ("train", "cv", "ensemble", "tabular", "encoder")
 
 CONFIG = "config.yaml"
 INFO = "run.json"
@@ -22,6 +24,8 @@ HISTORY = "history.csv"
 TRAIN_DRAW = "train_draw.csv"
 CHECKPOINT = "checkpoint.pt"
 FIGURES_DIR = "figures"
+ENCODER = "encoder.pt"
+PRETRAIN_IDS = "pretrain_ids.csv"
 
 REQUIRED = (CONFIG, INFO, METRICS)
 
