@@ -547,6 +547,44 @@ def pretrain(data_dir: Path, out: Path, fresh: bool, **flags) -> None:
     click.echo(f"next: lesionlab train --data {data_dir} --model {cfg.model} --pretrained {out} --out RUN_DIR")
 
 
+@main.command()
+@click.argument("search_file", type=click.Path(path_type=Path))
+@click.option("--data", required=True, help="DATA_DIR every trial trains on")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="TUNE_DIR (trials, journal, best.yaml)")
+@click.option("--trials", default=20, show_default=True, help="trials in the study in all (counted in the storage, so "
+              "the same command resumes, and several workers share the budget)")
+@click.option("--storage", default=None, help="where the study lives: journal:PATH (a journal file; default "
+              "TUNE_DIR/journal.log) or an RDB URL such as sqlite:///tune.db or postgresql://USER@HOST/DB")
+@click.option("--workers", default=1, show_default=True, help="worker processes on this machine sharing the storage")
+@click.option("--seed", default=0, show_default=True, help="seed of the sampler (each worker adds its index)")
+@click.option("--worker-index", default=0, show_default=True, help="this worker's index, distinct per worker when "
+              "starting workers on several machines (it varies the sampler's seed)")
+@click.option("--no-summary", is_flag=True, help="do not write best.yaml and the report (for extra workers)")
+def tune(search_file: Path, data: str, out: Path, trials: int, storage: str | None, workers: int, seed: int,
+         worker_index: int, no_summary: bool) -> None:
+    """Search config keys with Optuna (SEARCH.yaml: base, space, objective, metric); best trial -> TUNE_DIR/best.yaml."""
+    from .tune import load_search, open_storage, open_study, run_local_workers, write_summary
+    from .tune import tune as do_tune
+
+    search = load_search(search_file, data)
+    echo = lambda s: click.echo(s, err=True)  # noqa: E731
+    if workers > 1:
+        study = open_study(search, open_storage(storage, out), 0, seed)  # created once, before the workers race
+        args = ["--data", data, "--out", str(out), "--trials", str(trials), "--seed", str(seed)]
+        args += ["--storage", storage] if storage else []
+        code = run_local_workers(search_file, workers, args)
+        result = write_summary(study, search, out, trials)
+    else:
+        code = 0
+        result = do_tune(search, data, out, trials, storage, worker_index, seed, echo, summary=not no_summary)
+    if "best" in result:
+        best = result["best"]
+        click.echo(f"{out}: {result['trials']} trials ({result['complete']} complete, {result['pruned']} pruned, "
+                   f"{result['failed']} failed)" + (f"; best trial {best['number']}: {search.metric} "
+                                                    f"{best['value']:.4f} -> {best['config']}" if best else ""))
+    sys.exit(code)
+
+
 @main.command("models")
 def models_cmd() -> None:
     """List the model names the registry knows."""
