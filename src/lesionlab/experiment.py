@@ -231,7 +231,9 @@ def _encoder(cfg: ExperimentConfig, inp: Inputs) -> EncoderWeights | None:
         return None
     enc = load_encoder(cfg.pretrained)
     check_encoder_fits(enc, cfg.model, inp.store.size)
-    check_not_pretrained_on(enc, {side: inp.ids[pos].tolist() for side, pos in inp.eval_pos.items()})
+    # the split's val and test images; cross-validation's out-of-fold images lie in the train pool,
+    # which an encoder pretrained there has seen without labels, as any SSL on the pool would
+    check_not_pretrained_on(enc, {side: inp.split.ids(side) for side in ("val", "test")})
     return enc
 
 
