@@ -13,7 +13,10 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .choices import FITS, FORMATS, GROUP_CHOICES, POLICIES
 from .errors import LesionLabError
+
+PREPARE_FORMATS = tuple(f for f in FORMATS if f != "images")  # loose image files carry no labels
 
 
 def _fail(e: Exception) -> None:
@@ -58,8 +61,8 @@ def _progress_bar(desc: str):
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="DATA_DIR to write")
 @click.option("--size", default=128, show_default=True, help="side of the square images, in pixels")
 @click.option("--format", "fmt", default="auto", show_default=True,
-              type=click.Choice(["auto", "manifest", "isic2024", "isic-csv", "folders"]), help="layout of SOURCE")
-@click.option("--fit", default="stretch", show_default=True, type=click.Choice(["stretch", "crop", "pad"]),
+              type=click.Choice(PREPARE_FORMATS), help="layout of SOURCE")
+@click.option("--fit", default="stretch", show_default=True, type=click.Choice(FITS),
               help="how non-square images become square")
 @click.option("--skip-bad", is_flag=True, help="drop unreadable or missing images (and say how many)")
 @click.option("--workers", default=0, help="decoding processes (0 = one per core)")
@@ -97,7 +100,7 @@ def prepare(source: Path, out: Path, size: int, fmt: str, fit: str, skip_bad: bo
 @click.option("--test", default="50:1000", show_default=True, help="test MALIGNANT:BENIGN image counts")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--group", default="auto", show_default=True,
-              type=click.Choice(["auto", "patient_id", "lesion_id", "none"]),
+              type=click.Choice(GROUP_CHOICES),
               help="keep these groups on one side (auto: patient_id, else lesion_id, else image)")
 @click.option("--name", default="", help="save as split-NAME.json beside the default split.json")
 @click.option("--overwrite", is_flag=True, help="replace an existing, different split of that name")
@@ -320,7 +323,7 @@ def compare(run_a: Path, run_b: Path, n_boot: int, seed: int, json_out: Path | N
 
 @main.command("augment-preview")
 @click.argument("data_dir", type=click.Path(path_type=Path))
-@click.option("--policy", default="medium", show_default=True, type=click.Choice(["none", "light", "medium", "heavy"]))
+@click.option("--policy", default="medium", show_default=True, type=click.Choice(POLICIES))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="PNG to write")
 @click.option("--rows", default=6, show_default=True, help="images (half malignant) from the train pool")
 @click.option("--columns", default=6, show_default=True, help="the original, then augmented versions")
@@ -341,7 +344,7 @@ def augment_preview(data_dir: Path, policy: str, out: Path, rows: int, columns: 
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="CSV to write")
 @click.option("--format", "fmt", default="auto", show_default=True,
-              type=click.Choice(["auto", "images", "manifest", "isic2024", "isic-csv", "folders"]))
+              type=click.Choice(FORMATS))
 @click.option("--skip-bad", is_flag=True, help="skip unreadable images instead of stopping")
 @click.option("--overwrite", is_flag=True, help="replace an existing output file")
 @click.option("--workers", default=0, help="decoding processes (0 = one per core)")

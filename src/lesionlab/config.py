@@ -1,7 +1,8 @@
 """The experiment config: one validated object, read from YAML and/or flags, saved with the run.
 
 Every key is also a CLI flag (`batch_size` -> `--batch-size`); an unknown key is refused with
-the closest known one.
+the closest known one. Allowed values come from the modules that implement them (one list each),
+and the CLI takes its choices from here.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .choices import LOSSES, OPTIMIZERS, POLICIES, SAMPLERS, SCHEDULERS
 from .errors import BadInputError, closest
 from .metrics import ThresholdRule
 
@@ -35,17 +37,17 @@ class ExperimentConfig(BaseModel):
     n_malignant: Union[int, Literal["all"]] = Field(293, description="malignant images in the training draw, or all")
     synthetic: Optional[SyntheticConfig] = Field(
         None, description="synthetic malignant images for the training draw: {data: SYN_DATA_DIR, n: N}")
-    sampler: Literal["none", "redraw", "balanced"] = Field(
+    sampler: Literal[SAMPLERS] = Field(
         "none", description="none = the fixed draw; redraw = fresh benign images each epoch; balanced = class-weighted")
-    augment: Literal["none", "light", "medium", "heavy"] = Field("none", description="augmentation policy (training only)")
+    augment: Literal[POLICIES] = Field("none", description="augmentation policy (training only)")
     epochs: int = Field(20, ge=1, description="training epochs (at most, with early stopping)")
     batch_size: int = Field(32, ge=2, description="training batch size")
     lr: float = Field(1e-4, gt=0, description="learning rate")
-    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="optimizer")
+    optimizer: Literal[OPTIMIZERS] = Field("adam", description="optimizer")
     weight_decay: float = Field(0.0, ge=0, description="weight decay")
-    scheduler: Literal["none", "cosine", "onecycle"] = Field("none", description="learning-rate schedule, stepped per batch")
+    scheduler: Literal[SCHEDULERS] = Field("none", description="learning-rate schedule, stepped per batch")
     warmup_epochs: float = Field(0.0, ge=0, description="linear learning-rate warm-up, in epochs")
-    loss: Literal["bce", "focal"] = Field("bce", description="training loss (val/test losses are always plain BCE)")
+    loss: Literal[LOSSES] = Field("bce", description="training loss (val/test losses are always plain BCE)")
     pos_weight: Union[float, Literal["auto"], None] = Field(
         None, description="BCE weight of malignant images: a number, or auto = benign/malignant of the training draw")
     focal_alpha: float = Field(0.25, ge=0, le=1, description="focal loss weight of the malignant class")

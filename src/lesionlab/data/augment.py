@@ -17,9 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..choices import POLICIES
 from ..errors import BadInputError, closest
-
-POLICIES = ("none", "light", "medium", "heavy")
 
 
 @dataclass(frozen=True)

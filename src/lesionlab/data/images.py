@@ -16,7 +16,8 @@ try:  # libjpeg-turbo with DCT-domain downscaling: the fastest JPEG decoder we m
 except ImportError:  # pragma: no cover - optional speed-up
     simplejpeg = None
 
-FITS = ("stretch", "crop", "pad")
+from ..choices import FITS
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..choices import FORMATS
 from ..errors import BadInputError, preview
 from .images import IMAGE_SUFFIXES, read_bytes
 
-FORMATS = ("auto", "manifest", "isic2024", "isic-csv", "folders", "images")
 GROUP_COLUMNS = ("patient_id", "lesion_id")
 BASE_COLUMNS = ("id", "label", "patient_id", "lesion_id", "source_id", "locator")
 

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..choices import GROUP_CHOICES
 from ..errors import BadInputError, ExistsError, LeakError, NotEnoughDataError, preview
 from ..fileio import write_text
 from .sources import GROUP_COLUMNS
 from .store import Store
 
-GROUP_CHOICES = ("auto", "patient_id", "lesion_id", "none")
 SIDES = ("val", "test")
 
 
