@@ -20,13 +20,13 @@ from . import __version__, plots
 from .config import ExperimentConfig, to_dict
 from .data.parallel import cpu_count
 from .data.sampling import EpochSampler, draw_training_set
-from .data.splits import Split, load_split
+from .data.splits import Split, check_evaluable, load_split
 from .data.store import Store
 from .engine.distributed import World, check_devices, from_environment, spawn
 from .engine.runtime import MEAN, STD, Runtime, resolve_runtime
 from .engine.trainer import Batches, TrainOptions, TrainResult, predict_sharded, train
 from .errors import BadInputError, ExistsError
-from .fileio import publish_dir, read_json, write_json, write_text, write_yaml
+from .fileio import publish_dir, read_json, write_csv, write_json, write_text, write_yaml
 from .metrics import ThresholdRule, bce_per_sample, bootstrap_ci, compute_metrics, parse_prevalence, prior_shift
 from .models import create_model, get_spec
 from .runs import is_complete_run
@@ -87,6 +87,9 @@ def train_run(cfg: ExperimentConfig, out: str | os.PathLike, on_epoch: Callable[
     check_devices(cfg.devices, cfg.num_nodes, cfg.device)
     _check_batch(cfg.batch_size, cfg.devices)
     _staging_dir(out).rmdir()  # refuse an existing run now, before any process starts
+    if cfg.data:  # and a split that cannot be evaluated
+        store = Store.open(cfg.data)
+        check_evaluable(load_split(store, cfg.split), store.table)
     spawn(_spawned_run, (to_dict(cfg), str(out)), cfg.devices, cfg.device)
     return {**read_json(out / "run.json"), "metrics": read_json(out / "metrics.json")}
 
@@ -120,6 +123,7 @@ def _inputs(cfg: ExperimentConfig, world: World) -> Inputs:
     store = Store.open(cfg.data)
     split = load_split(store, cfg.split)
     table = store.table
+    check_evaluable(split, table)  # before any work: else the run fails after training
     ids = table["id"].astype(str).to_numpy()
     real_labels = table["label"].to_numpy()
     real_pool = split.positions(table, "train")
@@ -276,12 +280,12 @@ def _write_run(staging: Path, cfg: ExperimentConfig, inp: Inputs, result: TrainR
     preds = pd.concat([pd.DataFrame({"id": inp.ids[pos], "split": side, "label": inp.eval_y[side],
                                      "prob": ev.probs[side], **({"prob_model": ev.raw[side]} if ev.deploy else {})})
                        for side, pos in inp.eval_pos.items()])
-    write_text(staging / "predictions.csv", preds.to_csv(index=False, float_format="%.6g"))
+    write_csv(staging / "predictions.csv", preds, float_format="%.6g")  # ids are user text: formula-safe
     syn_ids = inp.syn.store.table["id"].to_numpy()[inp.syn.rows] if inp.syn else np.array([], dtype=object)
     n_syn = len(syn_ids)
     drawn = pd.DataFrame({"id": np.r_[inp.ids[inp.real_draw], syn_ids], "label": inp.labels[inp.draw],
                           "synthetic": np.r_[np.zeros(len(inp.real_draw), int), np.ones(n_syn, int)]})
-    write_text(staging / "train_draw.csv", drawn.to_csv(index=False))
+    write_csv(staging / "train_draw.csv", drawn)
     write_text(staging / "history.csv", pd.DataFrame(result.history).to_csv(index=False))
     torch.save({"model": cfg.model, "image_size": inp.store.size, "fit": inp.store.fit, "mean": MEAN, "std": STD,
                 "state_dict": result.best_state, "threshold": ev.threshold, "threshold_rule": str(ev.rule),

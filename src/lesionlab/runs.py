@@ -8,7 +8,7 @@ import pandas as pd
 import yaml
 
 from .errors import BadInputError
-from .fileio import read_json
+from .fileio import csv_restore, read_json
 
 RUN_FILES = ("config.yaml", "run.json", "metrics.json")
 
@@ -41,7 +41,8 @@ class Run:
         return int(self.config.get("seed", 0))
 
     def predictions(self, split: str | None = None) -> pd.DataFrame:
-        df = pd.read_csv(self.path / "predictions.csv", dtype={"id": str})
+        # ids were written formula-safe (fileio.csv_safe): restored, they match the store's ids
+        df = csv_restore(pd.read_csv(self.path / "predictions.csv", dtype={"id": str}))
         return df[df["split"] == split].reset_index(drop=True) if split else df
 
 
