@@ -56,7 +56,7 @@ def test_timm_backbone_trains(small_data, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--augment", "extreme"], "'extreme' is not one of 'none', 'light', 'medium', 'heavy'"),
     (["--sampler", "oversample"], "is not one of 'none', 'redraw', 'balanced'"),
-    (["--focal-gamma", "-1"], "focal_gamma"),
+    (["--focal-gamma", "-1"], "--focal-gamma: expected a number >= 0, got -1.0"),  # a flag is named as a flag
     (["--pos-weight", "0"], "--pos-weight must be > 0"),
     (["--pos-weight", "-2"], "--pos-weight must be > 0"),
     (["--threshold", "sens:1.0"], "target sensitivity must lie in (0, 1)"),

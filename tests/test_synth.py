@@ -46,7 +46,7 @@ def test_interrupted_training_resumes(small_data, tmp_path):
     out = tmp_path / "g"
     first = train_generator(small_data, out, size=32, steps=8, checkpoint_every=2, time_budget=1e-9)
     assert first["stopped_by_time_budget"] and first["steps"] == 2
-    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)  # tensors and plain values only
     assert state["step"] == 2
     second = train_generator(small_data, out, size=32, steps=5, checkpoint_every=2)
     assert second["steps"] == 5 and not second["stopped_by_time_budget"]
@@ -54,6 +54,23 @@ def test_interrupted_training_resumes(small_data, tmp_path):
         train_generator(small_data, out, size=32, steps=5)
     with pytest.raises(ExistsError, match="another kind"):
         train_generator(small_data, out, size=64, steps=9)
+
+
+@pytest.mark.parametrize("command", ["sample", "check", "train"])
+def test_generator_checkpoint_that_would_run_code_is_refused(generator, small_data, tmp_path, command):
+    """A generator folder from someone else: its checkpoint.pt, unpickled, would run a command.
+    sample, check and a resumed train all refuse it by name, and the command never runs."""
+    from test_fileio import plant_hostile_checkpoint
+
+    gen, marker = tmp_path / "g", tmp_path / "ran"
+    shutil.copytree(generator, gen)
+    plant_hostile_checkpoint(gen / "checkpoint.pt", marker)
+    args = {"sample": ["sample", gen, "--n", "2", "--out", tmp_path / "s"],
+            "check": ["check", gen, "--data", small_data, "--features", tmp_path / "no-run"],
+            "train": ["train", small_data, "--out", gen, "--size", "32", "--steps", "9"]}[command]
+    r = cli("synth", *args, ok=False)
+    assert r.exit_code == 2 and "checkpoint.pt: holds Python objects that lesionlab does not load" in r.output, r.output
+    assert "may be unsafe" in r.output and not marker.exists()
 
 
 def test_tiny_class_is_refused(small_data, tmp_path):

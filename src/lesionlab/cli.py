@@ -56,6 +56,15 @@ def _progress_bar(desc: str):
 # ---------------------------------------------------------------- prepare / split
 
 
+def _max_pixels_option(func):
+    from .data.images import DEFAULT_MAX_PIXELS
+
+    return click.option(
+        "--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1),
+        help="images whose header states more pixels (width x height) are unreadable, refused before decoding "
+             "(a decompression bomb); raise it for huge images you trust")(func)
+
+
 @main.command()
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="DATA_DIR to write")
@@ -66,21 +75,26 @@ def _progress_bar(desc: str):
               help="how non-square images become square")
 @click.option("--skip-bad", is_flag=True, help="drop unreadable or missing images (and say how many)")
 @click.option("--workers", default=0, help="decoding processes (0 = one per core)")
-def prepare(source: Path, out: Path, size: int, fmt: str, fit: str, skip_bad: bool, workers: int) -> None:
+@_max_pixels_option
+def prepare(source: Path, out: Path, size: int, fmt: str, fit: str, skip_bad: bool, workers: int,
+            max_pixels: int) -> None:
     """Decode every image of SOURCE once into a prepared data set (DATA_DIR)."""
     import time
 
     from .data.sources import read_source
     from .data.store import Store
     from .data.store import prepare as do_prepare
+    from .fileio import require_folder_or_absent
 
+    require_folder_or_absent(out)  # before reading SOURCE, which can take a while
     src = read_source(source, fmt)
     click.echo(f"{src.location}: {src.format} layout, {len(src.table)} images "
                f"({int(src.table['label'].sum())} malignant)", err=True)
     bar, update = _progress_bar("prepare")
     t0 = time.perf_counter()
     try:
-        path, state = do_prepare(src, out, size, fit, skip_bad, workers or None, progress=update)
+        path, state = do_prepare(src, out, size, fit, skip_bad, workers or None, progress=update,
+                                 max_pixels=max_pixels)
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
@@ -350,14 +364,16 @@ def augment_preview(data_dir: Path, policy: str, out: Path, rows: int, columns: 
 @click.option("--workers", default=0, help="decoding processes (0 = one per core)")
 @click.option("--batch-size", default=256, show_default=True)
 @click.option("--device", default="auto", show_default=True)
+@_max_pixels_option
 def predict(run_dir: Path, source: Path, out: Path, fmt: str, skip_bad: bool, overwrite: bool, workers: int,
-            batch_size: int, device: str) -> None:
+            batch_size: int, device: str, max_pixels: int) -> None:
     """Score images (a file, folder, manifest or ISIC 2024 pair) with a trained run."""
     from .predict import predict as do_predict
 
     bar, update = _progress_bar("predict")
     try:
-        result = do_predict(run_dir, source, out, fmt, skip_bad, overwrite, workers or None, batch_size, device, update)
+        result = do_predict(run_dir, source, out, fmt, skip_bad, overwrite, workers or None, batch_size, device, update,
+                            max_pixels)
     finally:
         bar.close()
     click.echo(f"{out}: {result['n']} image(s) scored at threshold {result['threshold']:.3g}"

@@ -14,23 +14,23 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .data.images import DecodeError, decode_resize
+from .data.images import DEFAULT_MAX_PIXELS, DecodeError, decode_resize
 from .data.parallel import cpu_count, map_ordered
 from .data.sources import ImageReader, read_source
 from .errors import BadInputError, ExistsError, preview
-from .fileio import atomic_path
+from .fileio import atomic_path, safe_to_csv
 from .runs import load_predictor
 
 CHUNK = 512
 
 
-def _decode_chunk(reader: ImageReader, locators: list[str], size: int, fit: str):
+def _decode_chunk(reader: ImageReader, locators: list[str], size: int, fit: str, max_pixels: int = DEFAULT_MAX_PIXELS):
     out = np.zeros((len(locators), size, size, 3), np.uint8)
     ok = np.ones(len(locators), bool)
     reasons = {}
     for i, loc in enumerate(locators):
         try:
-            out[i] = decode_resize(reader.read(loc), size, fit)
+            out[i] = decode_resize(reader.read(loc), size, fit, max_pixels)
         except (DecodeError, OSError, KeyError) as e:
             ok[i] = False
             reasons[i] = "missing" if isinstance(e, (FileNotFoundError, KeyError)) else str(e)
@@ -39,11 +39,15 @@ def _decode_chunk(reader: ImageReader, locators: list[str], size: int, fit: str)
 
 def predict(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os.PathLike, fmt: str = "auto",
             skip_bad: bool = False, overwrite: bool = False, workers: int | None = None, batch_size: int = 256,
-            device: str = "auto", progress: Callable[[int, int], None] | None = None) -> dict:
-    """Write `id, prob, decision` (+ `label` where the input has labels) for every image."""
+            device: str = "auto", progress: Callable[[int, int], None] | None = None,
+            max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+    """Write `id, prob, decision` (+ `label` where the input has labels) for every image; images
+    whose header states more than `max_pixels` pixels are unreadable (never decoded)."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise ExistsError(f"{out}: exists; choose another --out or pass --overwrite")
+    if max_pixels < 1:
+        raise BadInputError(f"--max-pixels must be at least 1, got {max_pixels}")
     run = load_predictor(run_dir, device)
     src = read_source(source, fmt, require_labels=False, metadata=False)
     table = src.table
@@ -56,7 +60,7 @@ def predict(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os
     if workers > 1:
         src.reader.close()
     starts = list(range(0, n, CHUNK))
-    tasks = ((src.reader, table["locator"].iloc[s:s + CHUNK].tolist(), run.size, run.fit) for s in starts)
+    tasks = ((src.reader, table["locator"].iloc[s:s + CHUNK].tolist(), run.size, run.fit, max_pixels) for s in starts)
     has_label = "label" in table.columns
     bad: list[str] = []
     started, done = time.perf_counter(), 0
@@ -73,7 +77,7 @@ def predict(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os
                                   "decision": (probs >= run.threshold).astype(int)})
             if has_label:
                 frame["label"] = kept["label"].to_numpy()
-            frame.to_csv(f, header=start == 0, index=False, float_format="%.6g")
+            safe_to_csv(frame, f, header=start == 0, index=False, float_format="%.6g")  # ids: formula-safe
             done += len(ok)
             if progress:
                 progress(done, n)
