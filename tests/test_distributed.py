@@ -248,7 +248,7 @@ def test_sweep_with_two_local_workers_runs_everything_once(small_data, tmp_path)
     r = cli("sweep", sweep, "--data", small_data, "--workers", "2")
     assert "4 of 4 runs complete" in r.output
     runs = sorted(p.parent for p in (tmp_path / "runs").rglob("metrics.json"))
-    assert len(runs) == 4 and not list((tmp_path / "runs").rglob("*.lock"))
+    assert len(runs) == 4 and not list((tmp_path / "runs").rglob(".*.claim"))  # every claim released
 
 
 def test_job_array_tasks_partition_the_sweep(small_data, tmp_path):
@@ -257,18 +257,22 @@ def test_job_array_tasks_partition_the_sweep(small_data, tmp_path):
         "out": str(tmp_path / "runs"), "base": {"epochs": 1, "n_malignant": 10, "batch_size": 16, "bootstrap": 20},
         "experiments": [{"name": "a", "ratio": "1:1"}], "grid": {"seed": [0, 1, 2]}}))
     cli("sweep", sweep, "--data", small_data, "--task-index", "1", "--task-count", "2")
-    assert sorted(p.name for p in (tmp_path / "runs" / "a").iterdir()) == ["seed-1"]
+    assert _runs_in(tmp_path / "runs" / "a") == ["seed-1"]
     cli("sweep", sweep, "--data", small_data, "--task-index", "0", "--task-count", "2", "--claim")
-    assert sorted(p.name for p in (tmp_path / "runs" / "a").iterdir()) == ["seed-0", "seed-1", "seed-2"]
+    assert _runs_in(tmp_path / "runs" / "a") == ["seed-0", "seed-1", "seed-2"]
+
+
+def _runs_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))  # not the locks beside
 
 
 def test_a_dead_workers_lock_is_taken_over(small_data, tmp_path):
     import socket
 
-    from lesionlab.sweep import _claim, _lock_path
+    from lesionlab.sweep import _claim, _claim_path
 
     folder = tmp_path / "runs" / "x" / "seed-0"
-    lock = _lock_path(folder)
+    lock = _claim_path(folder)
     lock.parent.mkdir(parents=True)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

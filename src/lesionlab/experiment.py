@@ -2,10 +2,10 @@
 a complete run folder (or none: the folder is built aside and moved into place at the end)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -25,8 +25,8 @@ from .data.store import Store
 from .engine.distributed import World, check_devices, from_environment, spawn
 from .engine.runtime import MEAN, STD, Runtime, resolve_runtime
 from .engine.trainer import Batches, TrainOptions, TrainResult, predict_sharded, train
-from .errors import BadInputError, ExistsError
-from .fileio import publish_dir, read_json, write_json, write_text, write_yaml
+from .errors import BadInputError
+from .fileio import check_free, read_json, staged_dir, write_json, write_text, write_yaml
 from .metrics import ThresholdRule, bce_per_sample, bootstrap_ci, compute_metrics, parse_prevalence, prior_shift
 from .models import create_model, get_spec
 from .runs import is_complete_run
@@ -38,15 +38,9 @@ FIGURES = {"confusion_val": "confusion_val.png", "confusion_test": "confusion_te
            "curves": "training_curves.png", "roc": "roc.png", "pr": "pr.png"}
 
 
-def _staging_dir(out: Path) -> Path:
-    if is_complete_run(out):
-        raise ExistsError(f"{out}: already holds a run; choose another --out (lesionlab never overwrites a run)")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ExistsError(f"{out}: exists and is not empty; choose a new or empty folder for the run")
-    staging = out.parent / f".{out.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)  # a stale one from an interrupted run of ours
-    staging.mkdir(parents=True)
-    return staging
+def _staged_run(out: Path) -> contextlib.AbstractContextManager[Path]:
+    """The run folder, built aside under its lock and published whole (fileio.staged_dir)."""
+    return staged_dir(out, is_complete_run, "a run")
 
 
 def _check_batch(batch_size: int, processes: int) -> None:
@@ -86,7 +80,7 @@ def train_run(cfg: ExperimentConfig, out: str | os.PathLike, on_epoch: Callable[
         return run_experiment(cfg, out, on_epoch)
     check_devices(cfg.devices, cfg.num_nodes, cfg.device)
     _check_batch(cfg.batch_size, cfg.devices)
-    _staging_dir(out).rmdir()  # refuse an existing run now, before any process starts
+    check_free(out, is_complete_run, "a run")  # refuse now, before any process starts; rank 0 takes the lock
     spawn(_spawned_run, (to_dict(cfg), str(out)), cfg.devices, cfg.device)
     return {**read_json(out / "run.json"), "metrics": read_json(out / "metrics.json")}
 
@@ -210,8 +204,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike,
     n_mal, n_ben = int(inp.labels[inp.draw].sum()), int((inp.labels[inp.draw] == 0).sum())
     pos_weight = n_ben / n_mal if cfg.pos_weight == "auto" else cfg.pos_weight
     opts = _options(cfg, pos_weight)
-    staging = _staging_dir(out) if world.is_main else None
-    try:
+    with _staged_run(out) if world.is_main else contextlib.nullcontext() as staging:
         _seed_everything(cfg.seed)
         model = create_model(cfg.model, image_size=inp.store.size, pretrained=cfg.pretrained)
         rt = _runtime(cfg, world)
@@ -225,11 +218,6 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike,
         ev = evaluate(cfg, logits, inp.eval_y, inp.sampler.train_prevalence, pos_weight)
         run_info = _run_info(cfg, out, inp, result, ev, opts, rt, world, pos_weight, setup_seconds, started)
         _write_run(staging, cfg, inp, result, ev, rt, run_info)
-        publish_dir(staging, out)
-    except BaseException:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-        raise
     return {**run_info, "metrics": ev.metrics}
 
 
@@ -296,6 +284,7 @@ def _write_run(staging: Path, cfg: ExperimentConfig, inp: Inputs, result: TrainR
 
 def _figures(folder: Path, result, truth: dict, probs: dict, threshold: float) -> None:
     figs = folder / "figures"
+    figs.mkdir()
     plots.confusion_matrix(truth["val"], probs["val"], threshold, figs / FIGURES["confusion_val"], "validation")
     plots.confusion_matrix(truth["test"], probs["test"], threshold, figs / FIGURES["confusion_test"], "test")
     plots.training_curves(result.history, figs / FIGURES["curves"], result.best_epoch)
