@@ -257,7 +257,7 @@ def train(config_file: Path | None, out: Path, seeds: str | None, **flags) -> No
 @click.option("--epochs", default=None, type=int, help="override every run's epochs")
 @click.option("--dry-run", is_flag=True, help="list the runs and whether each is complete")
 @click.option("--workers", default=1, show_default=True, help="claiming workers to start on this machine")
-@click.option("--claim", is_flag=True, help="take runs through lock files, so that several workers (or machines "
+@click.option("--claim", is_flag=True, help="take runs through claim files, so that several workers (or machines "
               "sharing RUNS_DIR) can share one sweep")
 @click.option("--task-index", default=None, type=int, help="job array: this task's index (e.g. $SLURM_ARRAY_TASK_ID)")
 @click.option("--task-count", default=None, type=int, help="job array: number of tasks; task i takes runs i, i+N, ...")
@@ -332,6 +332,7 @@ def compare(run_a: Path, run_b: Path, n_boot: int, seed: int, json_out: Path | N
     for line in format_comparison(res, str(run_a), str(run_b)):
         click.echo(line)
     if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
         write_json(json_out, res)
 
 

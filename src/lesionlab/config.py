@@ -89,8 +89,9 @@ class ExperimentConfig(BaseModel):
     prevalence: Optional[str] = Field(None, description="deployment prevalence (0.00098, 0.098%% or 50:1000): "
                                       "probabilities are prior-shifted to it and the expected precision there is reported")
     seed: int = Field(0, description="seed of the draw, initialisation, batch order and augmentation")
-    precision: Literal["auto", "32", "bf16"] = Field(
-        "auto", description="auto = bf16 autocast where the device computes bf16 natively, else fp32")
+    precision: Literal["auto", "32", "bf16", "64"] = Field(
+        "auto", description="auto = bf16 autocast where the device computes bf16 natively, else fp32; 64 = float64 "
+                            "throughout (slow; for checking numerics, e.g. that N processes train as 1 does)")
     channels_last: Literal["auto", "true", "false"] = Field("auto", description="memory format of conv inputs")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     devices: int = Field(1, ge=1, description="processes (CPU cores or GPUs) training one run with DDP")

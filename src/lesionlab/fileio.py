@@ -1,4 +1,5 @@
-"""Atomic writes: a file or folder is either complete or absent, never half-written.
+"""Atomic writes: a file or folder is either complete or absent, never half-written; and locks, so
+that two lesionlab processes never write the same folder at once.
 
 Also the two guards every file lesionlab writes or reads from an untrusted folder goes through:
 CSV cells that a spreadsheet would run as formulas are neutralised (and restored on reading),
@@ -7,19 +8,23 @@ and checkpoints are loaded as tensors and plain values only, never as arbitrary 
 from __future__ import annotations
 
 import contextlib
+import functools
+import glob
 import hashlib
 import json
 import os
 import pickle
 import re
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pandas as pd
 import yaml
+from filelock import FileLock, Timeout
 
-from .errors import BadInputError, ExistsError
+from .errors import BadInputError, ExistsError, LesionLabError
 
 
 def _fsync_dir(path: Path) -> None:
@@ -31,16 +36,38 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+@functools.lru_cache(maxsize=None)
+def process_umask() -> int:
+    """This process's umask, read once. mkstemp and mkdtemp create 0600 files and 0700 folders
+    whatever the umask; what they make is given the mode an ordinary open() or mkdir() would."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as f:  # Linux: read without changing it
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o077)  # elsewhere reading it means setting it: set it back at once
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    The folder must exist: it is never created here, so that a file meant for a run folder that was
+    published or removed meanwhile fails instead of silently re-creating the folder. Callers that
+    write a new output create its folder themselves."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except FileNotFoundError:
+        raise LesionLabError(f"{path}: cannot be written, its folder {path.parent} does not exist "
+                             "(was it moved or removed while lesionlab was writing?)") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~process_umask())
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
     except BaseException:
@@ -90,12 +117,73 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def publish_dir(staging: Path, final: Path) -> None:
-    """Move a finished staging folder onto `final` (which must be absent or empty)."""
-    if final.exists():
-        final.rmdir()  # only an empty folder may be replaced; the caller checked
-    os.replace(staging, final)
-    _fsync_dir(final.parent)
+def lock_file(folder: Path) -> Path:
+    """The lock of `folder`: beside it, so it can be taken before the folder exists."""
+    return folder.parent / f".{folder.name}.lock"
+
+
+@contextlib.contextmanager
+def exclusive(folder: str | os.PathLike, doing: str = "writing") -> Iterator[None]:
+    """Hold the exclusive lock of `folder` for the block; if another process holds it, raise at once
+    (an ExistsError naming the folder) instead of waiting for it, or worse, writing beside it.
+    The lock is the OS's (flock): it goes with its process, so a killed process leaves none."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(lock_file(folder))
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        raise ExistsError(f"{folder}: another lesionlab process is {doing} this folder right now "
+                          f"(it holds {lock_file(folder)}); wait for it to finish or choose another folder") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _refuse_taken(final: Path, is_complete: Callable[[Path], bool], what: str) -> None:
+    if is_complete(final):
+        raise ExistsError(f"{final}: already holds {what}; choose another output folder (--out); "
+                          f"lesionlab never overwrites {what}")
+    if final.exists() and (not final.is_dir() or any(final.iterdir())):
+        raise ExistsError(f"{final}: exists and is not empty; choose a new or empty output folder (--out) for {what}")
+
+
+def check_free(final: str | os.PathLike, is_complete: Callable[[Path], bool] = lambda p: False,
+               what: str = "a result") -> None:
+    """Raise the error staged_dir would raise now, without taking the folder (an early check)."""
+    final = Path(final)
+    with exclusive(final):
+        _refuse_taken(final, is_complete, what)
+
+
+@contextlib.contextmanager
+def staged_dir(final: str | os.PathLike, is_complete: Callable[[Path], bool] = lambda p: False,
+               what: str = "a result") -> Iterator[Path]:
+    """Build a folder aside and publish it whole at `final` when the block succeeds, else leave nothing.
+
+    The lock of `final` is held from the first check to the publication, so two processes writing
+    the same folder cannot mix their files: the second is refused at once. `final` must be absent or
+    an empty folder (`is_complete` names what counts as a finished result, for the message). The
+    staging folder is unique to this call (.NAME.partial-XXXXXXXX beside `final`); os.replace
+    publishes it atomically, after checking `final` again."""
+    final = Path(final)
+    with exclusive(final):
+        _refuse_taken(final, is_complete, what)
+        for stale in final.parent.glob(f".{glob.escape(final.name)}.partial-*"):  # left by a killed process: we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+        try:
+            os.chmod(staging, 0o777 & ~process_umask())
+            yield staging
+            _refuse_taken(final, is_complete, what)
+            if final.exists():
+                final.rmdir()  # an empty folder, checked just now under the lock
+            os.replace(staging, final)
+            _fsync_dir(final.parent)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
 
 
 def require_folder_or_absent(path: str | os.PathLike, flag: str = "--out") -> None:

@@ -64,6 +64,7 @@ def predict(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os
     has_label = "label" in table.columns
     bad: list[str] = []
     started, done = time.perf_counter(), 0
+    out.parent.mkdir(parents=True, exist_ok=True)  # a new output: atomic_path creates no folders
     with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
         for start, (images, ok, reasons) in zip(starts, map_ordered(_decode_chunk, tasks, workers)):
             rows = table.iloc[start:start + len(ok)]

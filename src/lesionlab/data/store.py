@@ -26,7 +26,7 @@ import pandas as pd
 
 from .. import __version__
 from ..errors import BadInputError, ExistsError, LesionLabError, preview
-from ..fileio import atomic_path, csv_restore, read_json, require_folder_or_absent, safe_to_csv, sha256_file, write_json
+from ..fileio import atomic_path, csv_restore, exclusive, read_json, require_folder_or_absent, safe_to_csv, sha256_file, write_json
 from .images import DEFAULT_MAX_PIXELS, FITS, DecodeError, decode_resize
 from .parallel import cpu_count, map_ordered
 from .sources import ImageReader, Source
@@ -59,6 +59,7 @@ class Store:
             raise BadInputError(f"{root}: not a prepared data set, no {STORE_FILE}{hint}; "
                                 "make one with `lesionlab prepare SOURCE --out DATA_DIR`")
         meta = read_json(root / STORE_FILE)
+        _check_images(root, meta)
         # only the columns the flow needs: a 401k-row ISIC 2024 table with all 55 metadata
         # columns takes seconds and a gigabyte to read whole; metadata() has the rest
         header = pd.read_csv(root / ROWS_FILE, nrows=0).columns
@@ -99,6 +100,31 @@ class Store:
         out = np.empty((len(index), self.size, self.size, 3), np.uint8)
         out[order] = self.images[index[order]]
         return out
+
+
+def _check_images(root: Path, meta: dict) -> None:
+    """images.npy must hold what store.json describes: a store whose array was truncated or replaced
+    would otherwise fail far from the cause (an IndexError or SIGBUS in the middle of training)."""
+    path = root / IMAGES_FILE
+    size, n_rows = int(meta["size"]), int(meta["n"]) + len(meta.get("skipped", []))  # skipped rows keep their slot
+    expected = (n_rows, size, size, 3)
+    redo = (f"the prepared data set is damaged: delete {root} and run `lesionlab prepare SOURCE --out {root}` again")
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            offset = f.tell()
+    except FileNotFoundError:
+        raise BadInputError(f"{path}: missing, though {root / STORE_FILE} describes {n_rows} images; {redo}") from None
+    except (OSError, ValueError) as e:
+        raise BadInputError(f"{path}: not a readable .npy array ({e}); {redo}") from None
+    if tuple(shape) != expected or dtype != np.uint8 or fortran:
+        raise BadInputError(f"{path}: holds a {dtype} array of shape {tuple(shape)}, but {root / STORE_FILE} "
+                            f"describes uint8 {expected}; {redo}")
+    need, have = offset + int(np.prod(expected)), path.stat().st_size
+    if have < need:
+        raise BadInputError(f"{path}: truncated, {have} bytes where {expected} uint8 pixels need {need}; {redo}")
 
 
 # ---------------------------------------------------------------- decoding workers
@@ -207,6 +233,14 @@ def prepare(source: Source, out: str | os.PathLike, size: int = 128, fit: str = 
     if max_pixels < 1:
         raise BadInputError(f"--max-pixels must be at least 1, got {max_pixels}")
     require_folder_or_absent(out)  # an existing file: refused before any work (not a crash in iterdir)
+    # the whole prepare holds the store's lock: a second prepare into the same folder (say with another
+    # --size) would re-create images.npy under this one's memory map, which kills it with SIGBUS
+    with exclusive(out, "preparing"):
+        return _prepare(source, out, size, fit, skip_bad, workers, progress, max_pixels)
+
+
+def _prepare(source: Source, out: Path, size: int, fit: str, skip_bad: bool, workers: int | None,
+             progress: Callable[[int, int], None] | None, max_pixels: int) -> tuple[Path, str]:
     fingerprint = source.fingerprint()
     state = _check_out(out, fingerprint, size, fit)
     if state == "reuse":
