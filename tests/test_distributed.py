@@ -79,6 +79,7 @@ def _same_run(a: Path, b: Path) -> None:
 
 
 @pytest.mark.skipif(cpu_count() < 2, reason="needs 2 cores")
+@pytest.mark.slow
 def test_two_processes_match_one(small_data, tmp_path):
     cli("train", "--data", small_data, "--out", tmp_path / "one", *DDP_FLAGS)
     cli("train", "--data", small_data, "--out", tmp_path / "two", *DDP_FLAGS, "--devices", "2")
@@ -89,6 +90,7 @@ def test_two_processes_match_one(small_data, tmp_path):
 
 
 @pytest.mark.skipif(cpu_count() < 2, reason="needs 2 cores")
+@pytest.mark.slow
 def test_torchrun_launch_matches_too(small_data, tmp_path):
     cli("train", "--data", small_data, "--out", tmp_path / "one", *DDP_FLAGS)
     torchrun = Path(sys.executable).with_name("torchrun")
@@ -240,6 +242,7 @@ def test_devices_beyond_the_machine_and_uneven_batches(small_data, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_sweep_with_two_local_workers_runs_everything_once(small_data, tmp_path):
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(yaml.safe_dump({
@@ -251,6 +254,7 @@ def test_sweep_with_two_local_workers_runs_everything_once(small_data, tmp_path)
     assert len(runs) == 4 and not list((tmp_path / "runs").rglob(".*.claim"))  # every claim released
 
 
+@pytest.mark.slow
 def test_job_array_tasks_partition_the_sweep(small_data, tmp_path):
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(yaml.safe_dump({

@@ -10,6 +10,7 @@ from conftest import cli
 SMALL = ["--epochs", "2", "--batch-size", "16", "--n-malignant", "20", "--bootstrap", "100", "--eval-batch-size", "64"]
 
 
+@pytest.mark.slow
 def test_every_lever_in_one_run(small_data, tmp_path):
     run = tmp_path / "r"
     cli("train", "--data", small_data, "--out", run, *SMALL, "--epochs", "3", "--augment", "medium",
@@ -48,6 +49,7 @@ def test_focal_loss_and_balanced_sampler(small_data, tmp_path):
     assert info["levers"]["sampler"] == "balanced" and info["draw"]["benign"] > info["draw"]["malignant"]
 
 
+@pytest.mark.slow
 def test_timm_backbone_trains(small_data, tmp_path):
     cli("train", "--data", small_data, "--out", tmp_path / "r", *SMALL, "--epochs", "1", "--model", "resnet18")
     assert (tmp_path / "r" / "metrics.json").exists()

@@ -30,6 +30,7 @@ def generator(small_data, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_generator_learns_only_from_the_train_pool(generator, small_data):
     info = json.loads((generator / "generator.json").read_text())
     assert info["steps"] == 6 and info["kind"] == "gan" and info["n_real"] > 16
@@ -86,6 +87,7 @@ def test_tiny_class_is_refused(small_data, tmp_path):
         train_generator(data, tmp_path / "g", size=32, steps=1)
 
 
+@pytest.mark.slow
 def test_ddpm_kind_trains_and_samples(small_data, tmp_path):
     cli("synth", "train", small_data, "--out", tmp_path / "d", "--kind", "ddpm", "--size", "32", "--steps", "2",
         "--sample-every", "100", "--sample-steps", "2", "--batch-size", "4")
@@ -164,6 +166,7 @@ def test_import_external_folder(tmp_path, generator):
     assert r.exit_code == 2 and "broken.png" in r.output and not (tmp_path / "imp2").exists()
 
 
+@pytest.mark.slow
 def test_check_writes_every_measure(generator, small_data, tmp_path, sample_manifest):
     runs = tmp_path / "clf"
     cli("train", "--data", small_data, "--out", runs, *SMALL, "--model", "upgraded_cnn")
