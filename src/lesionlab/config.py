@@ -60,6 +60,9 @@ class ExperimentConfig(BaseModel):
     threshold: str = Field("0.5", description="decision threshold: a number, val-f1 or sens:X, chosen on validation")
     prevalence: Optional[str] = Field(None, description="deployment prevalence (0.00098, 0.098%% or 50:1000): "
                                       "probabilities are prior-shifted to it and the expected precision there is reported")
+    tta: Literal["none", "flip", "d4"] = Field(
+        "none", description="test-time augmentation of the final val/test (and out-of-fold) scores and of predict: "
+        "none, flip (4 flips) or d4 (8 flips and quarter turns); logits averaged")
     seed: int = Field(0, description="seed of the draw, initialisation, batch order and augmentation")
     precision: Literal["auto", "32", "bf16"] = Field(
         "auto", description="auto = bf16 autocast where the device computes bf16 natively, else fp32")

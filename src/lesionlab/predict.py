@@ -39,12 +39,12 @@ def _decode_chunk(reader: ImageReader, locators: list[str], size: int, fit: str)
 
 def predict(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os.PathLike, fmt: str = "auto",
             skip_bad: bool = False, overwrite: bool = False, workers: int | None = None, batch_size: int = 256,
-            device: str = "auto", progress: Callable[[int, int], None] | None = None) -> dict:
+            device: str = "auto", progress: Callable[[int, int], None] | None = None, tta: str | None = None) -> dict:
     """Write `id, prob, decision` (+ `label` where the input has labels) for every image."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise ExistsError(f"{out}: exists; choose another --out or pass --overwrite")
-    run = load_predictor(run_dir, device)
+    run = load_predictor(run_dir, device, tta)
     src = read_source(source, fmt, require_labels=False, metadata=False)
     table = src.table
     n = len(table)

@@ -2,6 +2,7 @@
 when complete, so a run folder is whole or absent and an existing one is never overwritten."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -29,25 +30,47 @@ class RunWriter:
 
     Leaving the block without finish() (or with an exception) removes the staging folder."""
 
-    def __init__(self, out: str | Path, kind: str):
+    def __init__(self, out: str | Path, kind: str, into_existing: bool = False):
+        """into_existing: `out` already holds this run's parts (a cv folder's plan and folds); the
+        run's own files are staged aside and moved in at the end, metrics.json last, so the folder
+        still counts as complete only once everything is there."""
         self.out = Path(out)
         self.kind = kind
         self.format = fmt.format_block(kind)
+        self.into_existing = into_existing
         self.staging: Path | None = None
         self._finished = False
 
     def __enter__(self) -> "RunWriter":
-        check_new_run_folder(self.out)
-        self.staging = self.out.parent / f".{self.out.name}.partial"
+        if self.into_existing:
+            if is_complete_run(self.out):
+                raise ExistsError(f"{self.out}: already holds a complete run; lesionlab never overwrites a run")
+            self.staging = self.out / ".finish.partial"
+        else:
+            check_new_run_folder(self.out)
+            self.staging = self.out.parent / f".{self.out.name}.partial"
         shutil.rmtree(self.staging, ignore_errors=True)  # a stale one from an interrupted run of ours
         self.staging.mkdir(parents=True)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None and self._finished:
-            publish_dir(self.staging, self.out)
+            if self.into_existing:
+                self._move_in()
+            else:
+                publish_dir(self.staging, self.out)
         else:
             shutil.rmtree(self.staging, ignore_errors=True)
+
+    def _move_in(self) -> None:
+        assert self.staging is not None
+        entries = sorted(self.staging.iterdir(), key=lambda p: p.name == fmt.METRICS)  # metrics.json last
+        for entry in entries:
+            target = self.out / entry.name
+            if target.is_dir() and entry.is_dir():
+                shutil.rmtree(target)  # figures of an earlier, unfinished attempt
+            os.replace(entry, target)
+        self.staging.rmdir()
 
     @property
     def path(self) -> Path:
