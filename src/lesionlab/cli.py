@@ -245,7 +245,7 @@ def _print_cv(res: dict, out: Path) -> None:
     info, m = res["run"], res["run"]["metrics"]
     unit = m["oof"].get("ci95_unit", "image")
     click.echo(f"{out}: {info['folds']}-fold cv x {info['repeats']} repeat(s), grouped by {info['group_rule']}, "
-               f"fold hash {info['fold_sha256'][:12]}; intervals resample {unit}s", err=True)
+               f"fold hash {info['fold_sha256'][:12]}; intervals resample whole {unit} groups", err=True)
     for side, label in (("oof", f"OOF ({m['oof']['n_malignant']} malignant / {m['oof']['n_benign']} benign)"),
                         ("val", "fold ensemble, val"), ("test", "fold ensemble, test")):
         click.echo(f"{label}: " + "; ".join(f"{k} {_metric_cell(m[side], k)}"
