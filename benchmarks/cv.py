@@ -105,7 +105,7 @@ def main() -> None:
 
     # the combination, from OOF only: the best architecture and every training lever that beat the baseline
     why = []
-    if "combination" in arms:
+    if any(a in cvs for a in ARCHITECTURES[1:]) or any(lever in cvs for lever in TRAINING_LEVERS):
         archs = [a for a in ARCHITECTURES if a in cvs]
         best_arch = max(archs, key=lambda a: cvs[a].metrics["oof"][SELECT])
         why.append(f"architecture: {best_arch} (best OOF {SELECT} among {', '.join(archs)}: "
@@ -119,6 +119,8 @@ def main() -> None:
         same = next((n for n, v in values_of.items() if v == combo), None)
         if same:
             why.append(f"that combination is the arm '{same}' already run; not trained again")
+        elif "combination" not in arms:
+            why.append("that combination was not trained in this run (not in --arms)")
         else:
             cvs["combination"] = run_arm("combination", combo)
             paired["combination"] = oof_vs_base("combination")
