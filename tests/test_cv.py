@@ -12,7 +12,7 @@ from sklearn import metrics as skm
 from conftest import cli
 from lesionlab.data.folds import inner_validation, make_folds
 from lesionlab.data.tta import n_views, tta_logits, view
-from lesionlab.errors import BadInputError, ExistsError, NotEnoughDataError
+from lesionlab.errors import BadInputError, NotEnoughDataError
 from lesionlab.metrics import bootstrap_ci, paired_bootstrap
 from lesionlab.runs import Run, load_predictor, read_table
 
@@ -240,7 +240,11 @@ def test_a_killed_fold_restarts_cleanly_and_finished_folds_are_not_retrained(sma
         return real(c, folder, None, plan)
 
     monkeypatch.setattr(cv_module, "train_run", counting)
-    res = cv_module.run_cv(cfg, out, 3, echo=lambda s: None)
+    # resumed as a job array of two tasks: task 1 takes fold 1, task 0 folds 0 (complete) and 2, then finishes
+    res = cv_module.run_cv(cfg, out, 3, echo=lambda s: None, task_index=1, task_count=2)
+    assert trained == ["1"] and not res["complete"] and res["left"] == [str(out / "folds" / "2")]
+    assert not (out / "metrics.json").exists()
+    res = cv_module.run_cv(cfg, out, 3, echo=lambda s: None, task_index=0, task_count=2)
     assert trained == ["1", "2"] and res["complete"]
     assert (out / "folds" / "0" / "checkpoint.pt").stat().st_mtime_ns == stamp
     assert not stale.exists() and Run.load(out).kind == "cv"
@@ -295,19 +299,19 @@ def test_ensemble_probabilities_are_the_mean_of_the_members(two_runs, cv_dir, sm
     assert np.abs(run.predictions("test").sort_values("id")["prob"].to_numpy() - want).max() < 1e-4
     # predict with the ensemble folder scores as the mean of its members
     preds = tmp_path / "p.csv"
-    cli("predict", ens, SAMPLE_IMAGES(small_data), "--out", preds)
+    cli("predict", ens, _sample_images(small_data), "--out", preds)
     p_ens = pd.read_csv(preds)
     p_a, p_b = (pd.read_csv(p) for p in (_predict(a, small_data, tmp_path, "a"), _predict(b, small_data, tmp_path, "b")))
     assert np.abs(p_ens["prob"] - (p_a["prob"] + p_b["prob"]) / 2).max() < 1e-5
 
 
-def SAMPLE_IMAGES(small_data):
+def _sample_images(small_data):
     return small_data.parent / "raw" / "images"
 
 
 def _predict(run, small_data, tmp_path, name):
     out = tmp_path / f"{name}.csv"
-    cli("predict", run, SAMPLE_IMAGES(small_data), "--out", out)
+    cli("predict", run, _sample_images(small_data), "--out", out)
     return out
 
 

@@ -283,7 +283,7 @@ def cv(config_file: Path | None, out: Path, n_folds: int, repeats: int, fold_see
             sys.exit(code)
     res = run_cv(cfg, out, n_folds, repeats, fold_seed, on_epoch=_epoch_echo(cfg.epochs),
                  echo=lambda t: click.echo(t, err=True), task_index=task_index or 0, task_count=task_count or 1,
-                 claim=claim or task_count is not None, finish=not no_finish)
+                 claim=claim, finish=not no_finish)
     _print_cv(res, out)
 
 

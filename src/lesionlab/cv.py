@@ -89,13 +89,18 @@ def _check_or_write_plan(out: Path, doc: dict, cfg: ExperimentConfig, folds: Fol
                           | {k for k in set(a) - {"config"} | set(b) - {"config"} if a.get(k) != b.get(k)})
             raise ExistsError(f"{out}: holds a cross-validation of another config or fold assignment (differs in: "
                               f"{', '.join(diff)}); give the same config to resume it, or choose another --out")
-        return saved
-    if out.exists() and (not out.is_dir() or any(not p.name.startswith(".") for p in out.iterdir())):
-        raise ExistsError(f"{out}: exists and is not a cross-validation folder; choose a new or empty folder for --out")
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / fmt.FOLDS_TABLE, folds.table())
-    write_yaml(out / CV_CONFIG, to_dict(cfg))
-    write_json(plan_path, doc)  # last: a plan file means the folder is ours
+        doc = saved
+    else:
+        ours = {fmt.CV_PLAN, fmt.FOLDS_TABLE, CV_CONFIG}  # another task of a job array may be writing them now
+        if out.exists() and (not out.is_dir() or any(not p.name.startswith(".") and p.name not in ours
+                                                      for p in out.iterdir())):
+            raise ExistsError(f"{out}: exists and is not a cross-validation folder; choose a new or empty folder for --out")
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(plan_path, doc)  # first: job-array tasks starting together then find the same plan
+    if not (out / fmt.FOLDS_TABLE).exists():
+        write_csv(out / fmt.FOLDS_TABLE, folds.table())
+    if not (out / CV_CONFIG).exists():
+        write_yaml(out / CV_CONFIG, to_dict(cfg))
     return doc
 
 
