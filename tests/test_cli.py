@@ -63,7 +63,7 @@ def test_metrics_recomputed_from_predictions(pipeline):
     run = pipeline["run"]
     metrics = json.loads((run / "metrics.json").read_text())
     preds = pd.read_csv(run / "predictions.csv")
-    assert list(preds.columns) == ["id", "split", "label", "prob"]
+    assert list(preds.columns) == ["id", "split", "label", "prob", "group"]  # group: for grouped intervals
     assert (preds["split"] == "val").sum() == 50 and (preds["split"] == "test").sum() == 50
     keys = {"loss", "accuracy", "precision", "recall", "f1", "specificity", "balanced_accuracy", "roc_auc",
             "average_precision", "pauc_80", "threshold"}

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .choices import FITS, FORMATS, GROUP_CHOICES, POLICIES
+from .choices import ENSEMBLE_MEANS, FITS, FORMATS, GROUP_CHOICES, POLICIES, TTA_MODES
 from .errors import LesionLabError
 
 PREPARE_FORMATS = tuple(f for f in FORMATS if f != "images")  # loose image files carry no labels
@@ -247,6 +247,91 @@ def train(config_file: Path | None, out: Path, seeds: str | None, **flags) -> No
         _print_result(info, folder)
 
 
+# ---------------------------------------------------------------- cv / ensemble
+
+
+def _metric_cell(m: dict, key: str) -> str:
+    ci = m.get("ci95", {}).get(key)
+    return f"{m[key]:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def _print_cv(res: dict, out: Path) -> None:
+    if not res.get("complete"):
+        click.echo(f"{out}: {len(res['left'])} fold(s) left to train (by other workers or a later call)", err=True)
+        return
+    info, m = res["run"], res["run"]["metrics"]
+    unit = m["oof"].get("ci95_unit", "image")
+    click.echo(f"{out}: {info['folds']}-fold cv x {info['repeats']} repeat(s), grouped by {info['group_rule']}, "
+               f"fold hash {info['fold_sha256'][:12]}; intervals resample whole {unit} groups", err=True)
+    for side, label in (("oof", f"OOF ({m['oof']['n_malignant']} malignant / {m['oof']['n_benign']} benign)"),
+                        ("val", "fold ensemble, val"), ("test", "fold ensemble, test")):
+        click.echo(f"{label}: " + "; ".join(f"{k} {_metric_cell(m[side], k)}"
+                                            for k in ("roc_auc", "average_precision", "pauc_80", "f1")))
+
+
+@main.command()
+@click.argument("config_file", required=False, type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="CV_DIR to create or resume")
+@click.option("--folds", "n_folds", default=5, show_default=True, help="K: folds over the split's train pool")
+@click.option("--repeats", default=1, show_default=True, help="repeat the K folds with reshuffled assignments")
+@click.option("--fold-seed", default=None, type=int, help="seed of the fold assignment (default: --seed)")
+@click.option("--workers", default=1, show_default=True, help="claiming processes to train folds on this machine")
+@click.option("--claim", is_flag=True, help="take folds through lock files (workers sharing CV_DIR)")
+@click.option("--task-index", default=None, type=int, help="job array: this task's index; task i trains folds i, i+N, ...")
+@click.option("--task-count", default=None, type=int, help="job array: number of tasks")
+@click.option("--no-finish", "no_finish", is_flag=True, hidden=True, help="train folds only (a worker)")
+@_config_options
+def cv(config_file: Path | None, out: Path, n_folds: int, repeats: int, fold_seed: int | None, workers: int, claim: bool,
+       task_index: int | None, task_count: int | None, no_finish: bool, **flags) -> None:
+    """Grouped, stratified K-fold cross-validation of one config over the split's train pool.
+
+    Each fold trains as `train` does, on the other folds (with an inner validation part drawn from
+    them); CV_DIR gets out-of-fold predictions and metrics, and the fold ensemble's val and test
+    metrics. A finished fold is never retrained, so the same command resumes."""
+    from .config import resolve
+    from .cv import run_cv, start_local_workers
+
+    cfg = resolve(config_file, _given(flags))
+    if task_count is None and task_index is not None:
+        raise click.UsageError("--task-index needs --task-count")
+    if workers > 1:
+        code = start_local_workers(cfg, out, n_folds, repeats, fold_seed, workers)
+        if code:
+            sys.exit(code)
+    res = run_cv(cfg, out, n_folds, repeats, fold_seed, on_epoch=_epoch_echo(cfg.epochs),
+                 echo=lambda t: click.echo(t, err=True), task_index=task_index or 0, task_count=task_count or 1,
+                 claim=claim, finish=not no_finish)
+    _print_cv(res, out)
+
+
+@main.command()
+@click.argument("members", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="ENS_DIR to create")
+@click.option("--mean", default="prob", show_default=True, type=click.Choice(ENSEMBLE_MEANS),
+              help="average the probabilities, or the logits (a geometric mean of the odds)")
+@click.option("--tta", default=None, type=click.Choice(TTA_MODES),
+              help="test-time augmentation for every member (default: each member's own)")
+@click.option("--threshold", default=None, help="rule for the ensemble's threshold, chosen on val (default: the first member's)")
+@click.option("--data", default=None, type=click.Path(path_type=Path), help="DATA_DIR, if it moved since the members were trained")
+@click.option("--name", default="", help="name in reports (default: ENS_DIR's name)")
+@click.option("--n-boot", default=2000, show_default=True, help="bootstrap resamples for the 95% intervals")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--batch-size", default=256, show_default=True)
+def ensemble(members: tuple[Path, ...], out: Path, mean: str, tta: str | None, threshold: str | None, data: Path | None,
+             name: str, n_boot: int, seed: int, device: str, batch_size: int) -> None:
+    """Average several runs and/or cv folders (their folds) of one split; judge on its val and test."""
+    from .ensemble import build_ensemble
+
+    info = build_ensemble(list(members), out, mean, tta, threshold, data, n_boot, seed, name, device, batch_size)
+    m = info["metrics"]
+    click.echo(f"{out}: {info['n_members']} member(s), mean of {mean}s, TTA {tta or 'as each member'}, threshold "
+               f"{info['threshold']:.3g} ({info['threshold_rule']}, chosen on val)", err=True)
+    for side in ("val", "test"):
+        click.echo(f"{side}: " + "; ".join(f"{k} {_metric_cell(m[side], k)}"
+                                          for k in ("roc_auc", "average_precision", "pauc_80", "f1")))
+
+
 # ---------------------------------------------------------------- sweep / report / predict
 
 
@@ -366,15 +451,17 @@ def augment_preview(data_dir: Path, policy: str, out: Path, rows: int, columns: 
 @click.option("--batch-size", default=256, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @_max_pixels_option
+@click.option("--tta", default=None, type=click.Choice(TTA_MODES),
+              help="test-time augmentation (default: what the run recorded)")
 def predict(run_dir: Path, source: Path, out: Path, fmt: str, skip_bad: bool, overwrite: bool, workers: int,
-            batch_size: int, device: str, max_pixels: int) -> None:
-    """Score images (a file, folder, manifest or ISIC 2024 pair) with a trained run."""
+            batch_size: int, device: str, max_pixels: int, tta: str | None) -> None:
+    """Score images (a file, folder, manifest or ISIC 2024 pair) with a train, cv or ensemble run."""
     from .predict import predict as do_predict
 
     bar, update = _progress_bar("predict")
     try:
         result = do_predict(run_dir, source, out, fmt, skip_bad, overwrite, workers or None, batch_size, device, update,
-                            max_pixels)
+                            max_pixels=max_pixels, tta=tta)
     finally:
         bar.close()
     click.echo(f"{out}: {result['n']} image(s) scored at threshold {result['threshold']:.3g}"

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from .choices import LOSSES, OPTIMIZERS, POLICIES, SAMPLERS, SCHEDULERS
+from .choices import LOSSES, OPTIMIZERS, POLICIES, SAMPLERS, SCHEDULERS, TTA_MODES
 from .errors import BadInputError, closest
 from .metrics import ThresholdRule
 
@@ -88,6 +88,9 @@ class ExperimentConfig(BaseModel):
     threshold: str = Field("0.5", description="decision threshold: a number, val-f1 or sens:X, chosen on validation")
     prevalence: Optional[str] = Field(None, description="deployment prevalence (0.00098, 0.098%% or 50:1000): "
                                       "probabilities are prior-shifted to it and the expected precision there is reported")
+    tta: Literal[TTA_MODES] = Field(
+        "none", description="test-time augmentation of the final val/test (and out-of-fold) scores and of predict: "
+        "none, flip (4 flips) or d4 (8 flips and quarter turns); logits averaged")
     seed: int = Field(0, description="seed of the draw, initialisation, batch order and augmentation")
     precision: Literal["auto", "32", "bf16", "64"] = Field(
         "auto", description="auto = bf16 autocast where the device computes bf16 natively, else fp32; 64 = float64 "

@@ -20,15 +20,16 @@ from . import plots
 from .config import ExperimentConfig, to_dict
 from .data.parallel import cpu_count
 from .data.sampling import EpochSampler, draw_training_set
-from .data.splits import Split, check_evaluable, load_split
+from .data.splits import Split, check_evaluable, group_keys, load_split
 from .data.store import Store
 from .data.synthetic import CombinedImages, SyntheticPart, load_synthetic
+from .data.tta import tta_logits
 from .engine.distributed import World, check_devices, from_environment, spawn
 from .engine.runtime import MEAN, STD, Runtime, resolve_runtime
 from .engine.trainer import Batches, TrainOptions, TrainResult, predict_sharded, train
 from .errors import BadInputError
 from .fileio import read_json
-from .metrics import ThresholdRule, bce_per_sample, bootstrap_ci, compute_metrics, parse_prevalence, prior_shift
+from .metrics import ThresholdRule, bce_per_sample, bootstrap_ci, ci_unit, compute_metrics, parse_prevalence, prior_shift
 from .models import create_model, get_spec
 from .runs import RunWriter, check_new_run_folder, model_checkpoint
 from .runs import format as fmt
@@ -56,33 +57,47 @@ def _print_epochs(total: int) -> Callable[[dict], None]:
     return lambda row: print(epoch_line(row, total), file=sys.stderr, flush=True)
 
 
-def train_run(cfg: ExperimentConfig, out: str | os.PathLike, on_epoch: Callable[[dict], None] | None = None) -> dict:
+def train_run(cfg: ExperimentConfig, out: str | os.PathLike, on_epoch: Callable[[dict], None] | None = None,
+              plan: "Plan | None" = None) -> dict:
     """One experiment on one process, on the processes of this machine (--devices), or as one
-    process of a torchrun launch; returns run.json's content with the metrics."""
+    process of a torchrun launch; returns run.json's content with the metrics. `plan` replaces the
+    split's sides (a cross-validation fold)."""
     out = Path(out)
     world = from_environment()
     if world is not None:
-        return run_experiment(cfg, out, on_epoch if world.is_main else None, world)
+        return run_experiment(cfg, out, on_epoch if world.is_main else None, world, plan)
     if cfg.num_nodes > 1:
         raise BadInputError(
             f"--num-nodes {cfg.num_nodes}: a run over several machines is started by torchrun on every node, e.g. "
             f"torchrun --nnodes {cfg.num_nodes} --nproc-per-node {cfg.devices} --rdzv-backend c10d "
             f"--rdzv-endpoint HOST:29500 -m lesionlab train ... (see README, Distributed training)")
     if cfg.devices == 1:
-        return run_experiment(cfg, out, on_epoch)
+        return run_experiment(cfg, out, on_epoch, plan=plan)
     check_devices(cfg.devices, cfg.num_nodes, cfg.device)
     _check_batch(cfg.batch_size, cfg.devices)
     check_new_run_folder(out)  # refuse an existing run now, before any process starts
     if cfg.data:  # and a split that cannot be evaluated
         store = Store.open(cfg.data)
         check_evaluable(load_split(store, cfg.split), store.table)
-    spawn(_spawned_run, (to_dict(cfg), str(out)), cfg.devices, cfg.device)
+    spawn(_spawned_run, (to_dict(cfg), str(out), plan), cfg.devices, cfg.device)
     return {**read_json(out / "run.json"), "metrics": read_json(out / "metrics.json")}
 
 
-def _spawned_run(cfg_dict: dict, out: str, world: World) -> None:
+def _spawned_run(cfg_dict: dict, out: str, plan: "Plan | None", world: World) -> None:
     cfg = ExperimentConfig(**cfg_dict)
-    run_experiment(cfg, Path(out), _print_epochs(cfg.epochs) if world.is_main else None, world)
+    run_experiment(cfg, Path(out), _print_epochs(cfg.epochs) if world.is_main else None, world, plan)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Table positions that replace the split's sides, for a cross-validation fold: the training
+    draw comes from `pool`; `val` picks the checkpoint, early stop and threshold; `scored` sides
+    (e.g. the held-out fold, the split's val and test) are only scored. Recorded in run.json."""
+
+    pool: np.ndarray
+    val: np.ndarray
+    scored: dict[str, np.ndarray]
+    info: dict
 
 
 @dataclass
@@ -103,23 +118,31 @@ class Inputs:
     eval_pos: dict[str, np.ndarray]
     eval_x: dict[str, np.ndarray]
     eval_y: dict[str, np.ndarray]
+    group_rule: str = "none"
+    groups: np.ndarray | None = None  # group key of every table row (patient, else lesion, else image)
 
 
-def _inputs(cfg: ExperimentConfig, world: World) -> Inputs:
+def _inputs(cfg: ExperimentConfig, world: World, plan: Plan | None = None) -> Inputs:
     store = Store.open(cfg.data)
     split = load_split(store, cfg.split)
     table = store.table
     check_evaluable(split, table)  # before any work: else the run fails after training
     ids = table["id"].astype(str).to_numpy()
     real_labels = table["label"].to_numpy()
-    real_pool = split.positions(table, "train")
-    eval_pos = {side: split.positions(table, side) for side in ("val", "test")}
+    if plan is None:
+        real_pool = split.positions(table, "train")
+        eval_pos = {side: split.positions(table, side) for side in ("val", "test")}
+    else:
+        real_pool = np.asarray(plan.pool)
+        eval_pos = {"val": np.asarray(plan.val), **{k: np.asarray(v) for k, v in plan.scored.items()}}
     eval_x = {side: store.pixels(pos) for side, pos in eval_pos.items()}
+    group_rule = split.params.get("group_used", "none")
+    groups = group_keys(table, group_rule)[0]
     syn = None
     if cfg.synthetic:
-        both = np.r_[eval_pos["val"], eval_pos["test"]]
+        both = np.concatenate(list(eval_pos.values()))
         syn = load_synthetic(cfg.synthetic.data, cfg.synthetic.n, store, set(ids[both]),
-                             np.concatenate([eval_x["val"], eval_x["test"]]), ids[both].tolist(), cfg.seed)
+                             np.concatenate(list(eval_x.values())), ids[both].tolist(), cfg.seed)
     n_syn = len(syn) if syn else 0
     real_draw = draw_training_set(real_labels, real_pool, cfg.ratio, cfg.n_malignant, cfg.seed, extra_malignant=n_syn)
     # synthetic images sit past the real rows: position len(table) + k is the k-th synthetic image
@@ -128,7 +151,8 @@ def _inputs(cfg: ExperimentConfig, world: World) -> Inputs:
     draw = np.r_[real_draw, syn_pos]
     sampler = EpochSampler(cfg.sampler, labels, draw, np.r_[real_pool, syn_pos], cfg.seed, world.rank, world.size)
     return Inputs(store, split, ids, real_labels, real_pool, real_draw, labels, draw, CombinedImages(store, syn),
-                  sampler, syn, eval_pos, eval_x, {side: real_labels[pos] for side, pos in eval_pos.items()})
+                  sampler, syn, eval_pos, eval_x, {side: real_labels[pos] for side, pos in eval_pos.items()},
+                  group_rule, groups)
 
 
 def _options(cfg: ExperimentConfig, pos_weight: float | None) -> TrainOptions:
@@ -163,8 +187,10 @@ class Evaluation:
 
 
 def evaluate(cfg: ExperimentConfig, logits: dict[str, np.ndarray], truth: dict[str, np.ndarray],
-             train_prevalence: float, pos_weight: float | None) -> Evaluation:
-    """Threshold chosen on validation only; metrics and intervals on validation and test."""
+             train_prevalence: float, pos_weight: float | None, groups: dict[str, np.ndarray] | None = None,
+             group_rule: str = "none") -> Evaluation:
+    """Threshold chosen on validation only; metrics and intervals on validation, test and any other
+    scored side. With `groups` (one key per image of each side) the intervals resample whole groups."""
     deploy = parse_prevalence(cfg.prevalence) if cfg.prevalence else None
     raw = {k: 1 / (1 + np.exp(-v)) for k, v in logits.items()}
     # what the model's probabilities are calibrated to: the training prevalence, with the
@@ -176,28 +202,35 @@ def evaluate(cfg: ExperimentConfig, logits: dict[str, np.ndarray], truth: dict[s
     rule = ThresholdRule.parse(cfg.threshold)
     threshold = rule.choose(truth["val"], probs["val"])  # never on test
     metrics = {}
-    for side in ("val", "test"):
+    grouped = groups is not None and group_rule != "none"
+    for side in truth:
         losses = bce_per_sample(truth[side], logits[side])
         m = compute_metrics(truth[side], probs[side], threshold, losses, deploy)
+        side_groups = groups[side] if grouped else None
         if cfg.bootstrap:
             m["ci95"] = bootstrap_ci(truth[side], probs[side], threshold, losses, cfg.bootstrap, seed=cfg.seed,
-                                     prevalence=deploy)
+                                     prevalence=deploy, groups=side_groups)
+            m["ci95_unit"] = ci_unit(group_rule if grouped else None)
         m["n_malignant"], m["n_benign"] = int(truth[side].sum()), int((truth[side] == 0).sum())
+        if grouped:
+            m["n_groups"] = int(len(np.unique(side_groups)))
         metrics[side] = m
     return Evaluation(logits, raw, probs, rule, threshold, trained_at, deploy, metrics)
 
 
 def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike,
-                   on_epoch: Callable[[dict], None] | None = None, world: World | None = None) -> dict:
+                   on_epoch: Callable[[dict], None] | None = None, world: World | None = None,
+                   plan: Plan | None = None) -> dict:
     """Train and evaluate one experiment into the run folder `out`; return run.json's content.
-    With several processes each trains its shard; only rank 0 writes (the others return {})."""
+    With several processes each trains its shard; only rank 0 writes (the others return {}).
+    `plan` replaces the split's train pool, validation and test sides (a cross-validation fold)."""
     if not cfg.data:
         raise BadInputError("no data set given: pass --data DATA_DIR or set 'data' in the config")
     world = world or World()
     _check_batch(cfg.batch_size, world.size)
     out = Path(out)
     started = time.time()
-    inp = _inputs(cfg, world)
+    inp = _inputs(cfg, world, plan)
     n_mal, n_ben = int(inp.labels[inp.draw].sum()), int((inp.labels[inp.draw] == 0).sum())
     pos_weight = n_ben / n_mal if cfg.pos_weight == "auto" else cfg.pos_weight
     opts = _options(cfg, pos_weight)
@@ -210,11 +243,16 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike,
         setup_seconds = time.time() - started
         result = train(model, batches, inp.eval_x["val"], inp.eval_y["val"], rt, opts, on_epoch, world)
         model.load_state_dict(result.best_state)
-        logits = {side: predict_sharded(model, inp.eval_x[side], rt, cfg.eval_batch_size, world) for side in ("val", "test")}
+        # test-time augmentation (--tta) for the final scores only; per-epoch validation stays plain
+        logits = {side: tta_logits(lambda x: predict_sharded(model, x, rt, cfg.eval_batch_size, world), inp.eval_x[side],
+                                   cfg.tta) for side in inp.eval_pos}
         if writer is None:
             return {}
-        ev = evaluate(cfg, logits, inp.eval_y, inp.sampler.train_prevalence, pos_weight)
+        ev = evaluate(cfg, logits, inp.eval_y, inp.sampler.train_prevalence, pos_weight,
+                      {side: inp.groups[pos] for side, pos in inp.eval_pos.items()}, inp.group_rule)
         run_info = _run_info(cfg, out, inp, result, ev, opts, rt, world, pos_weight, setup_seconds, started)
+        if plan is not None:
+            run_info["plan"] = plan.info
         _write_run(writer, cfg, inp, result, ev, rt, run_info)
     return {**run_info, "metrics": ev.metrics}
 
@@ -245,6 +283,8 @@ def _run_info(cfg: ExperimentConfig, out: Path, inp: Inputs, result: TrainResult
         "prevalence": {"trained_at": ev.trained_at, "deployment": ev.deploy, "note": calibration_note},
         "threshold_rule": str(ev.rule),
         "threshold": ev.threshold,
+        "tta": cfg.tta,
+        "group_rule": inp.group_rule,
         "speed": _speed(result, world),
         "runtime": rt.describe(),
         "torch": torch.__version__,
@@ -266,7 +306,8 @@ def _speed(result: TrainResult, world: World) -> dict:
 def _write_run(w: RunWriter, cfg: ExperimentConfig, inp: Inputs, result: TrainResult, ev: Evaluation, rt: Runtime,
                run_info: dict) -> None:
     preds = pd.concat([pd.DataFrame({"id": inp.ids[pos], "split": side, "label": inp.eval_y[side],
-                                     "prob": ev.probs[side], **({"prob_model": ev.raw[side]} if ev.deploy else {})})
+                                     "prob": ev.probs[side], **({"prob_model": ev.raw[side]} if ev.deploy else {}),
+                                     "group": inp.groups[pos]})
                        for side, pos in inp.eval_pos.items()])
     w.table(fmt.PREDICTIONS, preds)
     syn_ids = inp.syn.store.table["id"].to_numpy()[inp.syn.rows] if inp.syn else np.array([], dtype=object)
@@ -278,7 +319,7 @@ def _write_run(w: RunWriter, cfg: ExperimentConfig, inp: Inputs, result: TrainRe
     w.checkpoint(model_checkpoint(
         cfg.model, inp.store.size, inp.store.fit, result.best_state, ev.threshold, str(ev.rule),
         {"from": ev.trained_at, "to": ev.deploy} if ev.deploy else None, rt.channels_last, MEAN, STD,
-        best_epoch=result.best_epoch))
+        best_epoch=result.best_epoch, tta=cfg.tta))
     _figures(w, result, inp.eval_y, ev.probs, ev.threshold)
     w.finish(to_dict(cfg), run_info, ev.metrics)
 

@@ -40,7 +40,7 @@ def _decode_chunk(reader: ImageReader, locators: list[str], size: int, fit: str,
 def predict(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os.PathLike, fmt: str = "auto",
             skip_bad: bool = False, overwrite: bool = False, workers: int | None = None, batch_size: int = 256,
             device: str = "auto", progress: Callable[[int, int], None] | None = None,
-            max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+            tta: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
     """Write `id, prob, decision` (+ `label` where the input has labels) for every image; images
     whose header states more than `max_pixels` pixels are unreadable (never decoded)."""
     out = Path(out)
@@ -48,7 +48,7 @@ def predict(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os
         raise ExistsError(f"{out}: exists; choose another --out or pass --overwrite")
     if max_pixels < 1:
         raise BadInputError(f"--max-pixels must be at least 1, got {max_pixels}")
-    run = load_predictor(run_dir, device)
+    run = load_predictor(run_dir, device, tta)
     src = read_source(source, fmt, require_labels=False, metadata=False)
     table = src.table
     n = len(table)

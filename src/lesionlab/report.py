@@ -120,13 +120,58 @@ def _run_details(run: Run, esc: Callable[[object], str] = str) -> list[str]:
         f"({esc(i.get('threshold_rule'))}), seed {esc(c.get('seed'))}",
         f"training {speed.get('train_img_s', float('nan')):.1f} img/s{compute} on "
         f"{esc(i.get('runtime', {}).get('device_name', '?'))}; wall {i.get('wall_seconds', float('nan')):.0f} s",
+        f"test-time augmentation: {esc(c.get('tta', 'none'))}",
     ]
 
 
-def _ci_line(m: dict) -> str:
+def _unit_text(m: dict) -> str:
+    unit = m.get("ci95_unit", "image")
+    return "images" if unit == "image" else f"whole {unit} groups"
+
+
+def _ci_line(m: dict, label: str = "Test") -> str:
     ci = m.get("ci95", {})
     parts = [f"{LABELS[k]} {_fmt(m[k])} [{_fmt(ci[k][0])}, {_fmt(ci[k][1])}]" for k in SUMMARY_METRICS if k in ci]
-    return "Test 95% bootstrap intervals: " + "; ".join(parts)
+    return f"{label} 95% bootstrap intervals (resampling {_unit_text(m)}): " + "; ".join(parts)
+
+
+def _cv_parts(run: Run) -> tuple[list[str], list[list[str]], list[str]]:
+    """A cv folder: (lines, per-fold table rows, table header)."""
+    import json
+
+    i, c, m = run.info, run.config, run.metrics
+    summary = json.loads((run.path / run_format.CV_SUMMARY).read_text())
+    lines = [
+        f"{i['folds']}-fold grouped cross-validation x {i['repeats']} repeat(s) over the split's train pool, grouped by "
+        f"{i['group_rule']}, fold seed {i['fold_seed']} (fold hash {i['fold_sha256'][:12]}); model {c.get('model')}, "
+        f"ratio {c.get('ratio')}, {c.get('epochs')} epochs, TTA {c.get('tta', 'none')}",
+        f"inner validation of each fold: {i.get('inner_validation', '?')}",
+        f"out-of-fold: {m['oof']['n_malignant']} malignant / {m['oof']['n_benign']} benign images; thresholded metrics use "
+        "each fold's own threshold",
+        _ci_line(m["oof"], "Out-of-fold"),
+        f"fold ensemble ({len(i.get('members', []))} folds, mean of probabilities; threshold {i['threshold']:.3g} "
+        f"by rule {i['threshold_rule']} on the split's validation set)",
+        _ci_line(m["val"], "Fold ensemble, val"),
+        _ci_line(m["test"], "Fold ensemble, test"),
+    ]
+    header = ["repeat", "fold", "held out (mal/ben)", "inner val", "draw", "best epoch", "threshold",
+              "OOF ROC AUC", "OOF AP", "OOF pAUC80", "OOF F1"]
+    rows = [[str(f["repeat"]), str(f["fold"]), f"{f['held_out']['malignant']}/{f['held_out']['benign']}",
+             f"{f['inner_val']['malignant']}/{f['inner_val']['benign']}",
+             f"{f['draw']['malignant']}:{f['draw']['benign']}", str(f["best_epoch"]), f"{f['threshold']:.3g}",
+             _fmt(f["oof"]["roc_auc"]), _fmt(f["oof"]["average_precision"]), _fmt(f["oof"]["pauc_80"], 4),
+             _fmt(f["oof"]["f1"])] for f in summary["per_fold"]]
+    return lines, rows, header
+
+
+def _ensemble_lines(run: Run) -> list[str]:
+    i, m = run.info, run.metrics
+    members = ", ".join(f"{e['name']} ({e.get('model')}" + (f", fold of {Path(e['cv']).name}" if e.get("cv") else "") + ")"
+                        for e in i["members"])
+    tta = i.get("tta_override") or "each member's own (" + ", ".join(sorted({e["preprocessing"]["tta"] for e in i["members"]})) + ")"
+    return [f"{i['n_members']} members, mean of {i['mean']}s, test-time augmentation {tta}; threshold {i['threshold']:.3g} "
+            f"({i['threshold_rule']}, chosen on val)", f"members: {members}",
+            _ci_line(m["val"], "Val"), _ci_line(m["test"], "Test")]
 
 
 def comparison_rows(groups: "OrderedDict[str, list[Run]]", baseline: str, n_boot: int = 2000
@@ -139,13 +184,19 @@ def comparison_rows(groups: "OrderedDict[str, list[Run]]", baseline: str, n_boot
 
         raise BadInputError(f"--baseline '{baseline}' is not an experiment here{closest(baseline, groups)}; "
                             f"experiments: {', '.join(groups)}")
-    header = ["experiment (B)", "seeds"] + [f"{LABELS[m]}: B - A [95% CI]" for m in COMPARE_METRICS]
+    header = ["experiment (B)", "seeds", "images"] + [f"{LABELS[m]}: B - A [95% CI]" for m in COMPARE_METRICS]
     rows = []
     for name, members in groups.items():
         if name == baseline:
             continue
-        res = compare_runs(groups[baseline], members, n_boot=n_boot)["metrics"]
-        cells = []
+        try:
+            full = compare_runs(groups[baseline], members, n_boot=n_boot)
+        except BadInputError as e:  # e.g. cross-validations on other folds: say so instead of failing the report
+            rows.append([name, str(len(members)), "not comparable"] + [str(e)[:200]] + [""] * (len(COMPARE_METRICS) - 1))
+            continue
+        res = full["metrics"]
+        where = "out-of-fold" if full.get("on") == "oof" else "test"
+        cells = [f"{where} ({'per image' if full.get('unit', 'image') == 'image' else full['unit']})"]
         for m in COMPARE_METRICS:
             d = res[m]
             mark = " ↑" if d["lo"] > 0 else (" ↓" if d["hi"] < 0 else "")
@@ -156,7 +207,7 @@ def comparison_rows(groups: "OrderedDict[str, list[Run]]", baseline: str, n_boot
 
 def build_report(runs_dir: str | Path, out: str | Path, title: str = "lesionlab report",
                  baseline: str | None = None, n_boot: int = 2000) -> Path:
-    runs = find_runs(runs_dir)
+    runs = find_runs(runs_dir, ("train", "cv", "ensemble"))
     if not runs:
         raise BadInputError(f"{runs_dir}: holds no complete run folders")
     out = Path(out)
@@ -178,8 +229,9 @@ def build_report(runs_dir: str | Path, out: str | Path, title: str = "lesionlab 
         return (f"{len(runs)} run(s) in {len(groups)} experiment(s) from {folder}; split file hash(es) "
                 f"{hashes}; generated {time.strftime('%Y-%m-%d %H:%M')} by lesionlab {__version__}.")
     note = ("Cells give mean ± sd over seeds where an experiment has several, else the value with its 95% "
-            "stratified bootstrap interval over the test images. Thresholded metrics (F1, precision, recall) use each "
-            "run's threshold, chosen on validation only.")
+            "stratified bootstrap interval over the test images (whole patients or lesions resampled where the images "
+            "have them). Thresholded metrics (F1, precision, recall) use each run's threshold, chosen on validation only. "
+            "For a cross-validation the test cells are its fold ensemble's; its out-of-fold metrics are in its section.")
     md = [MARKER, f"# {md_escape(title)}", "", intro(md_code(runs_dir), md_escape(", ".join(splits))), "",
           "## Summary", "", note, "", _md_table(header, rows), ""]
     body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(intro(str(runs_dir), ', '.join(splits)))}</p>",
@@ -187,8 +239,9 @@ def build_report(runs_dir: str | Path, out: str | Path, title: str = "lesionlab 
             f"<p>{html.escape(note)}</p>", _html_table(header, rows)]
     if baseline:
         c_header, c_rows = comparison_rows(groups, baseline, n_boot)
-        c_note = ("A = {}. Paired stratified bootstrap over the same test images ({} resamples); "
-                  "with several seeds each side's value is its seed mean. ↑/↓: the interval lies above/below "
+        c_note = ("A = {}. Paired stratified bootstrap over the same test images, or the same out-of-fold "
+                  "images when both are cross-validations ({} resamples, of whole groups where the images have "
+                  "them); with several seeds each side's value is its seed mean. ↑/↓: the interval lies above/below "
                   "zero; otherwise it includes zero and the difference is not clear.")
         md += [f"## Paired comparison against {md_escape(baseline)}", "", c_note.format(md_escape(baseline), n_boot),
                "", _md_table(c_header, c_rows), ""]
@@ -199,6 +252,9 @@ def build_report(runs_dir: str | Path, out: str | Path, title: str = "lesionlab 
         md += [f"## {md_escape(name)}", ""]
         body.append(f"<h2>{html.escape(name)}</h2>")
         for run in members:
+            if run.kind != "train":
+                _other_kind_section(run, name, md, body, figures_dir)
+                continue
             lines = [notebook_line("Val", run.metrics["val"]), notebook_line("Test", run.metrics["test"])]
             details = _run_details(run) + [_ci_line(run.metrics["test"])]
             md_details = _run_details(run, md_escape) + [_ci_line(run.metrics["test"])]  # the last: numbers only
@@ -219,6 +275,38 @@ def build_report(runs_dir: str | Path, out: str | Path, title: str = "lesionlab 
     write_text(md_path, "\n".join(md) + "\n")
     write_text(out / "report.html", _HTML.format(title=html.escape(title), body="\n".join(body)))
     return out
+
+
+def _other_kind_section(run: Run, name: str, md: list[str], body: list[str], figures_dir: Path) -> None:
+    """A cv folder (OOF metrics, per-fold table, OOF curves) or an ensemble."""
+    if run.kind == "cv":
+        title = "cross-validation"
+        lines, rows, header = _cv_parts(run)
+        keys = run_format.CV_REPORT_FIGURES
+    else:
+        title = "ensemble"
+        lines, rows, header = _ensemble_lines(run), [], []
+        keys = run_format.ENSEMBLE_REPORT_FIGURES
+    md += [f"### {title} (`{run.path}`)", ""] + [f"- {line}" for line in lines] + [""]
+    body += [f"<h3>{title} <small>({html.escape(str(run.path))})</small></h3>",
+             "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"]
+    if rows:
+        md += ["Per fold:", "", _md_table(header, rows), ""]
+        body += ["<p>Per fold:</p>", _html_table(header, rows)]
+    body.append("<div class='figs'>")
+    for key in keys:
+        src = run.figure(key)
+        if src is None:
+            continue
+        fname, caption = run_format.FIGURES[key]
+        dest = figures_dir / f"{_slug(name)}_{run.kind}_{fname}"
+        shutil.copyfile(src, dest)
+        md.append(f"![{caption}](figures/{dest.name})")
+        data = base64.b64encode(src.read_bytes()).decode()
+        body.append(f"<figure><img src='data:image/png;base64,{data}' alt='{caption}'>"
+                    f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    md.append("")
+    body.append("</div>")
 
 
 def _figures_of(run: Run) -> list[tuple[str, str, Path]]:
