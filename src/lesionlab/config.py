@@ -60,6 +60,9 @@ class ExperimentConfig(BaseModel):
     threshold: str = Field("0.5", description="decision threshold: a number, val-f1 or sens:X, chosen on validation")
     prevalence: Optional[str] = Field(None, description="deployment prevalence (0.00098, 0.098%% or 50:1000): "
                                       "probabilities are prior-shifted to it and the expected precision there is reported")
+    calibrate: Literal["none", "temperature", "isotonic"] = Field(
+        "none", description="calibrate probabilities on validation only (temperature scaling or isotonic regression); "
+        "applied before the --prevalence prior shift, and by predict and export")
     seed: int = Field(0, description="seed of the draw, initialisation, batch order and augmentation")
     precision: Literal["auto", "32", "bf16"] = Field(
         "auto", description="auto = bf16 autocast where the device computes bf16 natively, else fp32")

@@ -10,12 +10,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .calibration import brier_score, ece_brier_resampled, expected_calibration_error
 from .errors import BadInputError
 
 METRIC_KEYS = ("loss", "accuracy", "precision", "recall", "f1", "specificity", "balanced_accuracy",
-               "roc_auc", "average_precision", "pauc_80", "threshold")
+               "roc_auc", "average_precision", "pauc_80", "ece", "brier", "threshold")
 RANKING_KEYS = ("roc_auc", "average_precision", "pauc_80")
-HIGHER_IS_BETTER = {k: k != "loss" for k in METRIC_KEYS}
+HIGHER_IS_BETTER = {k: k not in ("loss", "ece", "brier") for k in METRIC_KEYS}
 
 
 def _check(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -164,6 +165,8 @@ def compute_metrics(y: np.ndarray, prob: np.ndarray, threshold: float = 0.5,
     out["roc_auc"] = roc_auc(y, prob) if both else float("nan")
     out["average_precision"] = average_precision(y, prob) if y.sum() > 0 else float("nan")
     out["pauc_80"] = pauc_above_tpr(y, prob) if both else float("nan")
+    out["ece"] = expected_calibration_error(y, prob)
+    out["brier"] = brier_score(y, prob)
     out["threshold"] = float(threshold)
     return out
 
@@ -183,6 +186,7 @@ def bootstrap_ci(y: np.ndarray, prob: np.ndarray, threshold: float, losses: np.n
         samples["precision_at_prevalence"] = precision_at_prevalence(rates["recall"], rates["specificity"], prevalence)
     for key, values in _ranking_samples(y, prob, idx).items():
         samples[key] = values
+    samples.update(ece_brier_resampled(y, prob, idx))
     lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
     out = {k: [float(np.nanquantile(v, lo)), float(np.nanquantile(v, hi))] if np.isfinite(v).any()
            else [float("nan")] * 2 for k, v in samples.items()}

@@ -32,8 +32,10 @@ FIGURES = {
     "curves": ("training_curves.png", "training curves"),
     "roc": ("roc.png", "ROC"),
     "pr": ("pr.png", "precision-recall"),
+    "reliability": ("reliability.png", "reliability diagram (calibration)"),
+    "cam_gallery": ("cam_gallery.png", "Grad-CAM gallery of the test set"),
 }
-REPORT_FIGURES = ("confusion_test", "curves", "roc", "pr")
+REPORT_FIGURES = ("confusion_test", "curves", "roc", "pr", "reliability", "cam_gallery")
 
 
 def format_block(kind: str) -> dict:

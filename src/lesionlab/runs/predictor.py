@@ -12,6 +12,7 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
+from ..calibration import apply_calibration
 from ..engine.runtime import Runtime, resolve_runtime
 from ..engine.trainer import predict_logits
 from ..errors import BadInputError
@@ -39,14 +40,16 @@ class ModelPredictor:
     runtime: Runtime
     mean: tuple
     std: tuple
-    prior_shift: dict | None = None  # {"from": training prevalence, "to": deployment prevalence}
+    prior_shift: dict | None = None  # {"from": training (or calibration) prevalence, "to": deployment prevalence}
     source: str = ""
+    calibration: dict | None = None  # a map fitted on validation (lesionlab.calibration), applied before the shift
+    model_name: str = ""  # the registry name (explain looks up the model's CAM target layer by it)
 
     def logits(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         return predict_logits(self.model, images, self.runtime, batch_size, self.mean, self.std)
 
     def to_probabilities(self, logits: np.ndarray) -> np.ndarray:
-        prob = 1 / (1 + np.exp(-logits))
+        prob = apply_calibration(logits, self.calibration)
         if self.prior_shift:
             prob = prior_shift(prob, self.prior_shift["from"], self.prior_shift["to"])
         return prob
@@ -74,7 +77,7 @@ def load_model_predictor(run: Run, device: str = "auto") -> ModelPredictor:
     # checkpoints of format version 0 did not record the normalisation: it was always ImageNet's
     mean, std = tuple(ckpt.get("mean", MEAN)), tuple(ckpt.get("std", STD))
     return ModelPredictor(model.eval(), int(ckpt["image_size"]), ckpt["fit"], float(ckpt["threshold"]), rt, mean, std,
-                          ckpt.get("prior_shift"), str(run.path))
+                          ckpt.get("prior_shift"), str(run.path), ckpt.get("calibration"), str(ckpt["model"]))
 
 
 PREDICTOR_LOADERS: dict[str, Callable[[Run, str], Predictor]] = {"train": load_model_predictor}
