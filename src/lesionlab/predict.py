@@ -19,7 +19,6 @@ from .data.parallel import cpu_count, map_ordered
 from .data.sources import ImageReader, read_source
 from .errors import BadInputError, ExistsError, preview
 from .fileio import atomic_path
-from .runs import load_predictor
 
 CHUNK = 512
 
@@ -39,12 +38,23 @@ def _decode_chunk(reader: ImageReader, locators: list[str], size: int, fit: str)
 
 def predict(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os.PathLike, fmt: str = "auto",
             skip_bad: bool = False, overwrite: bool = False, workers: int | None = None, batch_size: int = 256,
-            device: str = "auto", progress: Callable[[int, int], None] | None = None) -> dict:
-    """Write `id, prob, decision` (+ `label` where the input has labels) for every image."""
+            device: str = "auto", progress: Callable[[int, int], None] | None = None, engine: str = "torch") -> dict:
+    """Write `id, prob, decision` (+ `label` where the input has labels) for every image.
+
+    engine "onnxruntime" scores with a file `lesionlab export` wrote, and imports no torch."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise ExistsError(f"{out}: exists; choose another --out or pass --overwrite")
-    run = load_predictor(run_dir, device)
+    if engine == "onnxruntime":
+        from .deploy import load_onnx_predictor
+
+        run = load_onnx_predictor(run_dir)
+    elif engine == "torch":
+        from .runs import load_predictor
+
+        run = load_predictor(run_dir, device)
+    else:
+        raise BadInputError(f"--engine must be torch or onnxruntime, got '{engine}'")
     src = read_source(source, fmt, require_labels=False, metadata=False)
     table = src.table
     n = len(table)
