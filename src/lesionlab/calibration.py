@@ -67,15 +67,16 @@ def ece_brier_resampled(y: np.ndarray, prob: np.ndarray, idx: np.ndarray, n_bins
     return {"ece": np.abs(gaps).sum(1) / n, "brier": (diff ** 2).mean(1)}
 
 
-def reliability(y, prob, n_bins: int = 10) -> dict[str, np.ndarray]:
-    """Per equal-width bin: mean probability, observed malignant rate and count (empty bins left out)."""
+def reliability(y, prob, n_bins: int = 10, upper: float = 1.0) -> dict[str, np.ndarray]:
+    """Per equal-width bin over [0, upper] (probabilities above fall in the last bin): mean probability,
+    observed malignant rate and count, empty bins left out."""
     y, prob = _arrays(y, prob)
-    b = bin_index(prob, n_bins)
+    b = bin_index(prob / upper, n_bins)
     count = np.bincount(b, minlength=n_bins)
     keep = count > 0
     mean_prob = np.bincount(b, weights=prob, minlength=n_bins)[keep] / count[keep]
     rate = np.bincount(b, weights=y, minlength=n_bins)[keep] / count[keep]
-    centers = (np.arange(n_bins) + 0.5) / n_bins
+    centers = (np.arange(n_bins) + 0.5) / n_bins * upper
     return {"bin_center": centers[keep], "mean_prob": mean_prob, "observed": rate, "count": count[keep]}
 
 

@@ -86,16 +86,23 @@ def reliability_diagram(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: 
     from .calibration import brier_score, expected_calibration_error, reliability
 
     fig, (ax, hist) = plt.subplots(2, 1, figsize=(4.6, 5.4), height_ratios=(3, 1.2), sharex=True)
-    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+    # rare malignant cases keep most probabilities low: zoom to where they are (bins over [0, upper])
+    top = max(float(np.quantile(np.asarray(p, dtype=float), 0.995)) for _, p in curves.values())
+    upper = min(1.0, max(0.2, np.ceil(top * 10) / 10))
+    ax.plot([0, upper], [0, upper], color="grey", lw=0.8, ls=":")
     for name, (y, prob) in curves.items():
-        r = reliability(y, prob, n_bins)
+        r = reliability(y, prob, n_bins, upper)
         line, = ax.plot(r["mean_prob"], r["observed"], marker="o", ms=4,
                         label=f"{name}: ECE {expected_calibration_error(y, prob):.3f}, Brier {brier_score(y, prob):.3f}")
-        hist.hist(np.asarray(prob, dtype=float), bins=n_bins, range=(0, 1), histtype="step", color=line.get_color())
+        hist.hist(np.clip(np.asarray(prob, dtype=float), 0, upper), bins=n_bins, range=(0, upper), histtype="step",
+                  color=line.get_color())
     ax.set_ylabel("observed malignant rate")
-    ax.set_xlim(0, 1)
+    ax.set_xlim(0, upper)
     ax.set_ylim(0, 1.02)
     ax.set_title(title or "reliability (dotted: perfect calibration)", fontsize=10)
+    if upper < 1:
+        hist.text(1, -0.55, f"probabilities above {upper:g} in the last bin", fontsize=7, ha="right",
+                  transform=hist.transAxes, color="grey")
     ax.legend(fontsize=7, loc="upper left")
     hist.set_yscale("log")
     hist.set_xlabel("predicted probability (malignant)")
