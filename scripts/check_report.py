@@ -190,9 +190,10 @@ def check_report(report: str | os.PathLike, screenshot: str | os.PathLike | None
                  height: int = 900, selector: str = "#summary", binary: str | None = None,
                  max_screenshot_height: int = 6000, timeout: float = 60.0) -> dict:
     """Open `report` in headless Chromium at `width` pixels; return the findings and `ok`."""
-    binary = binary or find_chromium()
+    binary = shutil.which(binary) if binary else find_chromium()
     if not binary:
-        raise FileNotFoundError("no Chromium found (" + ", ".join(BINARIES) + "); on Debian: apt-get install chromium")
+        raise FileNotFoundError("no Chromium found (" + ", ".join(BINARIES) + " on PATH, or --chromium BINARY); "
+                                "on Debian: apt-get install chromium")
     report = Path(report).resolve()
     if not report.is_file():
         raise FileNotFoundError(f"{report}: no such file")

@@ -108,9 +108,9 @@ def cam_maps(model: nn.Module, images: np.ndarray, mean, std, layer: nn.Module, 
             try:
                 maps = cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(1)] * len(x))
             except ValueError as e:
-                if "activation shape" in str(e):
-                    raise BadInputError(f"--target-layer {layer_name}: its output is not a (N, C, H, W) feature map "
-                                        f"({e}); choose a convolutional layer or stage") from None
+                if "Invalid" in str(e) and "shape" in str(e):  # grad-cam's words for a layer without a 2-D map
+                    raise BadInputError(f"--target-layer {layer_name}: its output is not a (N, C, H, W) feature map; "
+                                        "choose a convolutional layer or stage") from None
                 raise
             out.append(np.asarray(maps, dtype=np.float32))
     return np.concatenate(out) if out else np.zeros((0,) + images.shape[1:3], np.float32)

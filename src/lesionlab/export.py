@@ -105,22 +105,34 @@ def _metadata(predictor, members: list, run_dir: str, fmt: str) -> dict:
 
 
 def _scope_to_path(scope: str) -> str:
-    """'...Sequential::/...Odd::1' -> '1' (the attribute names along a traced node's scope)."""
-    names = [part.split("::", 1)[1] for part in scope.split("/") if "::" in part]
-    return ".".join(n for n in names if n)
+    """A traced node's scope -> 'members.0.net.1'. torch.jit.trace writes the modules entered as
+    '__module.members.0/__module.members.0.net/...' (full paths); the ONNX exporter's graph as
+    'Type::name' parts, qualified below a member from the member ('net', 'net.1')."""
+    parts = scope.split("/")
+    if parts and parts[-1].startswith("__module."):
+        return parts[-1][len("__module."):]
+    names = [part.split("::", 1)[1] for part in parts if "::" in part]
+    names = [n for n in names if n]
+    member = next((n for n in names if re.fullmatch(r"members\.\d+", n)), None)
+    if member is None:
+        return names[-1] if names else ""
+    last = names[-1]
+    return member if last == member else f"{member}.{last}"
 
 
 def _member_layer(path: str, scorer: _Scorer) -> str:
     """'members.0.net.features.3' -> "layer 'features.3' (Conv2d)"; member index said for ensembles."""
-    m = re.match(r"members\.(\d+)\.net\.?(.*)", path)
+    m = re.match(r"members\.(\d+)(?:\.net\.?(.*))?$", path)
     if not m:
         return f"'{path or 'the preprocessing'}'"
     idx, layer = int(m.group(1)), m.group(2)
+    where = f" of member {idx}" if len(scorer.members) > 1 else ""
+    if layer is None:
+        return f"the preprocessing or decision rule{where}"
     try:
-        kind = type(scorer.members[idx].net.get_submodule(layer)).__name__ if layer else type(scorer.members[idx].net).__name__
+        kind = type(scorer.members[idx].net.get_submodule(layer)).__name__
     except AttributeError:
         kind = "?"
-    where = f" of member {idx}" if len(scorer.members) > 1 else ""
     return f"layer '{layer or '(the model itself)'}' ({kind}){where}"
 
 
@@ -194,7 +206,8 @@ def _exported_probabilities(path: Path, fmt: str, images: np.ndarray) -> np.ndar
 
 
 def verification_images(run_dir: str | os.PathLike, size: int, n: int = N_VERIFY, seed: int = 0) -> tuple[np.ndarray, str]:
-    """n test images of the run's data set when it can be found, else n seeded random images."""
+    """n images of the run's data set when it can be found (test images first, then validation,
+    then the train pool), else n seeded random images."""
     try:
         from .data.splits import load_split
         from .data.store import Store
@@ -205,9 +218,13 @@ def verification_images(run_dir: str | os.PathLike, size: int, n: int = N_VERIFY
         if store.size != size:
             raise BadInputError("store size differs")
         split = load_split(store, run.config.get("split", ""))
-        pos = split.positions(store.table, "test")[:n]
+        sides = [split.positions(store.table, side) for side in ("test", "val")]
+        rest = np.setdiff1d(np.arange(len(store.table)), np.concatenate(sides))
+        pos = np.concatenate(sides + [rest])[:n]
         if len(pos) == n:
-            return store.pixels(np.sort(pos)), f"{n} test images of {run.config['data']}"
+            n_test = min(n, len(sides[0]))
+            what = f"{n} test images" if n_test == n else f"{n} images ({n_test} test, the rest validation/train)"
+            return store.pixels(np.sort(pos)), f"{what} of {run.config['data']}"
     except (LesionLabError, OSError, KeyError, ValueError):
         pass
     rng = np.random.default_rng(seed)
