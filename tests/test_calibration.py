@@ -160,3 +160,15 @@ def test_train_refuses_to_calibrate_on_a_one_class_validation_set_before_trainin
     assert r.exit_code == 2 and "--calibrate isotonic: the validation set holds only benign images" in r.output
     assert not (tmp_path / "r").exists()
     assert json.loads((data / "split.json").read_text())["counts"]["val"]["malignant"] == 0
+
+
+def test_a_sweep_still_recognises_runs_made_before_the_calibrate_key(tmp_path):
+    from lesionlab.config import build_config, to_dict
+    from lesionlab.runs import RunWriter
+    from lesionlab.sweep import same_config
+
+    cfg = build_config({"data": "d"})
+    with RunWriter(tmp_path / "r", "train") as w:
+        w.finish({k: v for k, v in to_dict(cfg).items() if k != "calibrate"}, {}, {"val": {}, "test": {}})
+    assert same_config(tmp_path / "r", cfg)
+    assert not same_config(tmp_path / "r", cfg.model_copy(update={"calibrate": "temperature"}))
