@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -59,8 +59,9 @@ def test_onnx_parity_on_64_images_and_metadata(run_dir, onnx_file, small_data):
     assert info["calibration"]["method"] == "temperature" and info["prior_shift"]["to"] == pytest.approx(0.005)
     assert info["mean"] == pytest.approx([0.485, 0.456, 0.406]) and info["version"]
     assert json.loads(meta["lesionlab.threshold"]) == pytest.approx(run["threshold"])
-    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    (inp,), (output,) = session.get_inputs(), session.get_outputs()
     assert inp.name == "image" and inp.type == "tensor(uint8)" and inp.shape[1:] == [32, 32, 3]
+    assert output.name == "prob" and output.type == "tensor(float)"
     images = Store.open(small_data).pixels(np.arange(64))
     got = session.run(["prob"], {"image": images})[0]
     expected = _fp32(load_predictor(run_dir, "cpu")).probabilities(images)

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from . import plots
+from .calibration import apply_calibration, check_two_classes, fit_calibration
 from .config import ExperimentConfig, to_dict
 from .data.parallel import cpu_count
 from .data.sampling import EpochSampler, draw_training_set
@@ -28,7 +29,6 @@ from .engine.runtime import MEAN, STD, Runtime, resolve_runtime
 from .engine.trainer import Batches, TrainOptions, TrainResult, predict_sharded, train
 from .errors import BadInputError
 from .fileio import read_json
-from .calibration import apply_calibration, check_two_classes, fit_calibration
 from .metrics import ThresholdRule, bce_per_sample, bootstrap_ci, compute_metrics, parse_prevalence, prior_shift
 from .models import create_model, get_spec
 from .runs import RunWriter, check_new_run_folder, model_checkpoint

@@ -101,9 +101,8 @@ def reliability_diagram(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: 
     ax.set_ylim(0, 1.02)
     ax.set_title(title or "reliability (dotted: perfect calibration)", fontsize=10)
     if upper < 1:
-        hist.text(1, -0.55, f"probabilities above {upper:g} in the last bin", fontsize=7, ha="right",
-                  transform=hist.transAxes, color="grey")
-    ax.legend(fontsize=7, loc="upper left")
+        hist.set_title(f"probabilities above {upper:g} counted in the last bin", fontsize=7, loc="right", color="grey")
+    ax.legend(fontsize=8, loc="upper left")
     hist.set_yscale("log")
     hist.set_xlabel("predicted probability (malignant)")
     hist.set_ylabel("images")
