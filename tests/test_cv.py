@@ -370,6 +370,6 @@ def test_report_shows_cv_and_ensemble_sections(cv_dir, two_runs, tmp_path):
     cli("report", root, "--out", tmp_path / "rep", "--baseline", "cv")
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "### cross-validation" in md and "Per fold:" in md and "Out-of-fold 95% bootstrap intervals" in md
-    assert "whole lesion_id groups" in md and "### ensemble" in md and "test-time augmentation flip" in md
+    assert "whole lesion\\_id groups" in md and "### ensemble" in md and "test-time augmentation flip" in md
     assert "figures/cv_cv_oof_roc.png" in md and (tmp_path / "rep" / "figures" / "cv_cv_oof_roc.png").exists()
     assert "| ens | 1 | test (lesion\\_id)" in md  # cells are Markdown-escaped

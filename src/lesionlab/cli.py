@@ -453,20 +453,65 @@ def augment_preview(data_dir: Path, policy: str, out: Path, rows: int, columns: 
 @_max_pixels_option
 @click.option("--tta", default=None, type=click.Choice(TTA_MODES),
               help="test-time augmentation (default: what the run recorded)")
+@click.option("--engine", default="torch", show_default=True, type=click.Choice(["torch", "onnxruntime"]),
+              help="onnxruntime: RUN_DIR is a MODEL.onnx from `lesionlab export`, scored without torch")
 def predict(run_dir: Path, source: Path, out: Path, fmt: str, skip_bad: bool, overwrite: bool, workers: int,
-            batch_size: int, device: str, max_pixels: int, tta: str | None) -> None:
-    """Score images (a file, folder, manifest or ISIC 2024 pair) with a train, cv or ensemble run."""
+            batch_size: int, device: str, max_pixels: int, tta: str | None, engine: str) -> None:
+    """Score images (a file, folder, manifest or ISIC 2024 pair) with a train, cv or ensemble run (or an
+    exported model)."""
     from .predict import predict as do_predict
 
     bar, update = _progress_bar("predict")
     try:
         result = do_predict(run_dir, source, out, fmt, skip_bad, overwrite, workers or None, batch_size, device, update,
-                            max_pixels=max_pixels, tta=tta)
+                            max_pixels=max_pixels, tta=tta, engine=engine)
     finally:
         bar.close()
     click.echo(f"{out}: {result['n']} image(s) scored at threshold {result['threshold']:.3g}"
                + (f", {result['skipped']} unreadable skipped" if result["skipped"] else "")
                + f" ({result['img_s']:.0f} img/s)")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="DIR for the overlays and index")
+@click.option("--method", default="gradcam", show_default=True, type=click.Choice(["gradcam", "gradcam++", "scorecam"]))
+@click.option("--target-layer", default=None, help="module path of the layer the CAM weighs (default: the model "
+              "registry's, e.g. relu1 for simple_cnn, features.14 for upgraded_cnn, layer4 for resnet18)")
+@click.option("--format", "fmt", default="auto", show_default=True,
+              type=click.Choice(["auto", "images", "manifest", "isic2024", "isic-csv", "folders"]))
+@click.option("--overwrite", is_flag=True, help="replace an existing output folder")
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def explain(run_dir: Path, source: Path, out: Path, method: str, target_layer: str | None, fmt: str, overwrite: bool,
+            batch_size: int, device: str) -> None:
+    """Class-activation overlays (where the model sees malignancy) for an image, a folder or a manifest."""
+    from .explain import explain as do_explain
+
+    bar, update = _progress_bar("explain")
+    try:
+        result = do_explain(run_dir, source, out, method, target_layer, fmt, overwrite, batch_size, device, update)
+    finally:
+        bar.close()
+    click.echo(f"{out}: {result['n']} overlay(s) ({method} on {', '.join(sorted(set(result['layers'])))}), "
+               f"index.csv and index.html" + (f"; {len(result['skipped'])} unreadable skipped" if result["skipped"] else ""))
+
+
+@main.command("export")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", default="onnx", show_default=True, type=click.Choice(["onnx", "torchscript"]))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="FILE to write (.onnx or .pt)")
+@click.option("--overwrite", is_flag=True, help="replace an existing file")
+@click.option("--verify", "n_verify", default=64, show_default=True, help="images checked against the torch model")
+def export_cmd(run_dir: Path, fmt: str, out: Path, overwrite: bool, n_verify: int) -> None:
+    """Export a run (or an ensemble) with its preprocessing and decision rule in one file."""
+    from .export import export as do_export
+
+    r = do_export(run_dir, fmt, out, overwrite, n_verify)
+    click.echo(f"{out}: {fmt}, {r['bytes'] / 1e6:.1f} MB; input uint8 (N, {r['metadata']['size']}, "
+               f"{r['metadata']['size']}, 3), output p(malignant), threshold {r['metadata']['threshold']:.3g}; "
+               f"max |difference| to torch {r['max_abs_diff']:.1e} on {r['images']}")
 
 
 @main.command()

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from .choices import LOSSES, OPTIMIZERS, POLICIES, SAMPLERS, SCHEDULERS, TTA_MODES
+from .choices import CALIBRATIONS, LOSSES, OPTIMIZERS, POLICIES, SAMPLERS, SCHEDULERS, TTA_MODES
 from .errors import BadInputError, closest
 from .metrics import ThresholdRule
 
@@ -91,6 +91,9 @@ class ExperimentConfig(BaseModel):
     tta: Literal[TTA_MODES] = Field(
         "none", description="test-time augmentation of the final val/test (and out-of-fold) scores and of predict: "
         "none, flip (4 flips) or d4 (8 flips and quarter turns); logits averaged")
+    calibrate: Literal[CALIBRATIONS] = Field(
+        "none", description="calibrate probabilities on validation only (temperature scaling or isotonic regression); "
+        "applied before the --prevalence prior shift, and by predict and export")
     seed: int = Field(0, description="seed of the draw, initialisation, batch order and augmentation")
     precision: Literal["auto", "32", "bf16", "64"] = Field(
         "auto", description="auto = bf16 autocast where the device computes bf16 natively, else fp32; 64 = float64 "

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from . import plots
+from .calibration import apply_calibration, check_two_classes, fit_calibration
 from .config import ExperimentConfig, to_dict
 from .data.parallel import cpu_count
 from .data.sampling import EpochSampler, draw_training_set
@@ -178,12 +179,18 @@ def _runtime(cfg: ExperimentConfig, world: World) -> Runtime:
 class Evaluation:
     logits: dict[str, np.ndarray]
     raw: dict[str, np.ndarray]     # the model's probabilities
-    probs: dict[str, np.ndarray]   # reported probabilities (prior-shifted when a prevalence is given)
+    probs: dict[str, np.ndarray]   # reported probabilities (calibrated, prior-shifted when a prevalence is given)
     rule: ThresholdRule
     threshold: float
     trained_at: float
     deploy: float | None
     metrics: dict
+    calibration: dict | None = None  # the map fitted on validation (--calibrate)
+
+    @property
+    def reference(self) -> float:
+        """The prevalence the (calibrated) probabilities refer to: where the prior shift starts."""
+        return self.calibration["prevalence"] if self.calibration else self.trained_at
 
 
 def evaluate(cfg: ExperimentConfig, logits: dict[str, np.ndarray], truth: dict[str, np.ndarray],
@@ -198,7 +205,12 @@ def evaluate(cfg: ExperimentConfig, logits: dict[str, np.ndarray], truth: dict[s
     trained_at = train_prevalence
     if pos_weight:
         trained_at = pos_weight * trained_at / (pos_weight * trained_at + 1 - trained_at)
-    probs = {k: prior_shift(v, trained_at, deploy) for k, v in raw.items()} if deploy else raw
+    # calibration (fitted on validation only) maps to probabilities at the validation prevalence;
+    # the prior shift then starts there instead of at the training draw's prevalence
+    cal = fit_calibration(cfg.calibrate, logits["val"], truth["val"], trained_at)
+    calibrated = {k: apply_calibration(v, cal) for k, v in logits.items()} if cal else raw
+    reference = cal["prevalence"] if cal else trained_at
+    probs = {k: prior_shift(v, reference, deploy) for k, v in calibrated.items()} if deploy else calibrated
     rule = ThresholdRule.parse(cfg.threshold)
     threshold = rule.choose(truth["val"], probs["val"])  # never on test
     metrics = {}
@@ -215,7 +227,7 @@ def evaluate(cfg: ExperimentConfig, logits: dict[str, np.ndarray], truth: dict[s
         if grouped:
             m["n_groups"] = int(len(np.unique(side_groups)))
         metrics[side] = m
-    return Evaluation(logits, raw, probs, rule, threshold, trained_at, deploy, metrics)
+    return Evaluation(logits, raw, probs, rule, threshold, trained_at, deploy, metrics, cal)
 
 
 def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike,
@@ -231,6 +243,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike,
     out = Path(out)
     started = time.time()
     inp = _inputs(cfg, world, plan)
+    if cfg.calibrate != "none":
+        check_two_classes(inp.eval_y["val"], cfg.calibrate)  # before training, not after
     n_mal, n_ben = int(inp.labels[inp.draw].sum()), int((inp.labels[inp.draw] == 0).sum())
     pos_weight = n_ben / n_mal if cfg.pos_weight == "auto" else cfg.pos_weight
     opts = _options(cfg, pos_weight)
@@ -253,7 +267,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike,
         run_info = _run_info(cfg, out, inp, result, ev, opts, rt, world, pos_weight, setup_seconds, started)
         if plan is not None:
             run_info["plan"] = plan.info
-        _write_run(writer, cfg, inp, result, ev, rt, run_info)
+        _write_run(writer, cfg, inp, result, ev, rt, run_info, model)
     return {**run_info, "metrics": ev.metrics}
 
 
@@ -261,7 +275,7 @@ def _run_info(cfg: ExperimentConfig, out: Path, inp: Inputs, result: TrainResult
               rt: Runtime, world: World, pos_weight: float | None, setup_seconds: float, started: float) -> dict:
     labels, draw = inp.labels, inp.draw
     calibration_note = ("focal loss and label smoothing change calibration; the prior shift assumes BCE-calibrated "
-                        "probabilities") if ev.deploy and (cfg.loss == "focal" or cfg.label_smoothing) else ""
+                        "probabilities") if ev.deploy and not ev.calibration and (cfg.loss == "focal" or cfg.label_smoothing) else ""
     return {
         "name": cfg.name or out.name,
         "data": str(Path(cfg.data).resolve()),
@@ -280,7 +294,9 @@ def _run_info(cfg: ExperimentConfig, out: Path, inp: Inputs, result: TrainResult
         "stopped_early": result.stopped_early,
         "best_epoch": result.best_epoch,
         "monitor": opts.monitor,
-        "prevalence": {"trained_at": ev.trained_at, "deployment": ev.deploy, "note": calibration_note},
+        "prevalence": {"trained_at": ev.trained_at, "deployment": ev.deploy, "note": calibration_note,
+                       "calibrated_at": ev.calibration["prevalence"] if ev.calibration else None},
+        "calibration": ev.calibration,
         "threshold_rule": str(ev.rule),
         "threshold": ev.threshold,
         "tta": cfg.tta,
@@ -304,9 +320,10 @@ def _speed(result: TrainResult, world: World) -> dict:
 
 
 def _write_run(w: RunWriter, cfg: ExperimentConfig, inp: Inputs, result: TrainResult, ev: Evaluation, rt: Runtime,
-               run_info: dict) -> None:
+               run_info: dict, model: torch.nn.Module | None = None) -> None:
     preds = pd.concat([pd.DataFrame({"id": inp.ids[pos], "split": side, "label": inp.eval_y[side],
-                                     "prob": ev.probs[side], **({"prob_model": ev.raw[side]} if ev.deploy else {}),
+                                     "prob": ev.probs[side],
+                                     **({"prob_model": ev.raw[side]} if ev.deploy or ev.calibration else {}),
                                      "group": inp.groups[pos]})
                        for side, pos in inp.eval_pos.items()])
     w.table(fmt.PREDICTIONS, preds)
@@ -318,10 +335,25 @@ def _write_run(w: RunWriter, cfg: ExperimentConfig, inp: Inputs, result: TrainRe
     w.table(fmt.HISTORY, pd.DataFrame(result.history), float_format=None)
     w.checkpoint(model_checkpoint(
         cfg.model, inp.store.size, inp.store.fit, result.best_state, ev.threshold, str(ev.rule),
-        {"from": ev.trained_at, "to": ev.deploy} if ev.deploy else None, rt.channels_last, MEAN, STD,
-        best_epoch=result.best_epoch, tta=cfg.tta))
+        {"from": ev.reference, "to": ev.deploy} if ev.deploy else None, rt.channels_last, MEAN, STD,
+        best_epoch=result.best_epoch, tta=cfg.tta, calibration=ev.calibration))
     _figures(w, result, inp.eval_y, ev.probs, ev.threshold)
+    if model is not None:
+        run_info["cam_gallery"] = _gallery(w, cfg, inp, ev, model)
     w.finish(to_dict(cfg), run_info, ev.metrics)
+
+
+def _gallery(w: RunWriter, cfg: ExperimentConfig, inp: Inputs, ev: Evaluation, model: torch.nn.Module) -> dict:
+    """The test set's CAM gallery for the report; a model without a known CAM layer (or any
+    failure of the CAM) leaves the gallery out, with the reason in run.json, never the run."""
+    from .explain import write_gallery
+
+    try:
+        return write_gallery(model, cfg.model, inp.eval_x["test"], inp.ids[inp.eval_pos["test"]], inp.eval_y["test"],
+                             ev.probs["test"], ev.threshold, w.figure_path("cam_gallery"), MEAN, STD)
+    except Exception as e:  # noqa: BLE001 - the run's metrics stand without its pictures
+        log.warning("CAM gallery left out: %s", e)
+        return {"error": str(e)[:500]}
 
 
 def _figures(w: RunWriter, result, truth: dict, probs: dict, threshold: float) -> None:
@@ -331,3 +363,4 @@ def _figures(w: RunWriter, result, truth: dict, probs: dict, threshold: float) -
     curves = {side: (truth[side], probs[side]) for side in ("val", "test")}
     plots.roc(curves, w.figure_path("roc"))
     plots.precision_recall(curves, w.figure_path("pr"))
+    plots.reliability_diagram(curves, w.figure_path("reliability"))

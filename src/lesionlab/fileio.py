@@ -159,28 +159,36 @@ def check_free(final: str | os.PathLike, is_complete: Callable[[Path], bool] = l
 
 @contextlib.contextmanager
 def staged_dir(final: str | os.PathLike, is_complete: Callable[[Path], bool] = lambda p: False,
-               what: str = "a result") -> Iterator[Path]:
+               what: str = "a result", replace: bool = False) -> Iterator[Path]:
     """Build a folder aside and publish it whole at `final` when the block succeeds, else leave nothing.
 
     The lock of `final` is held from the first check to the publication, so two processes writing
     the same folder cannot mix their files: the second is refused at once. `final` must be absent or
     an empty folder (`is_complete` names what counts as a finished result, for the message). The
     staging folder is unique to this call (.NAME.partial-XXXXXXXX beside `final`); os.replace
-    publishes it atomically, after checking `final` again."""
+    publishes it atomically, after checking `final` again. With `replace` (the user's --overwrite)
+    an existing folder at `final` is swapped out only once the new one is complete."""
     final = Path(final)
     with exclusive(final):
-        _refuse_taken(final, is_complete, what)
+        if not replace:
+            _refuse_taken(final, is_complete, what)
         for stale in final.parent.glob(f".{glob.escape(final.name)}.partial-*"):  # left by a killed process: we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
         try:
             os.chmod(staging, 0o777 & ~process_umask())
             yield staging
+            old = None
+            if replace and final.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{final.name}.replaced-", dir=final.parent))
+                os.replace(final, old / final.name)
             _refuse_taken(final, is_complete, what)
             if final.exists():
                 final.rmdir()  # an empty folder, checked just now under the lock
             os.replace(staging, final)
             _fsync_dir(final.parent)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

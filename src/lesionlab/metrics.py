@@ -10,12 +10,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .calibration import brier_score, ece_brier_resampled, expected_calibration_error
 from .errors import BadInputError
 
 METRIC_KEYS = ("loss", "accuracy", "precision", "recall", "f1", "specificity", "balanced_accuracy",
-               "roc_auc", "average_precision", "pauc_80", "threshold")
+               "roc_auc", "average_precision", "pauc_80", "ece", "brier", "threshold")
 RANKING_KEYS = ("roc_auc", "average_precision", "pauc_80")
-HIGHER_IS_BETTER = {k: k != "loss" for k in METRIC_KEYS}
+HIGHER_IS_BETTER = {k: k not in ("loss", "ece", "brier") for k in METRIC_KEYS}
 
 
 def _check(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -164,6 +165,8 @@ def compute_metrics(y: np.ndarray, prob: np.ndarray, threshold: float = 0.5,
     out["roc_auc"] = roc_auc(y, prob) if both else float("nan")
     out["average_precision"] = average_precision(y, prob) if y.sum() > 0 else float("nan")
     out["pauc_80"] = pauc_above_tpr(y, prob) if both else float("nan")
+    out["ece"] = expected_calibration_error(y, prob)
+    out["brier"] = brier_score(y, prob)
     out["threshold"] = float(np.mean(threshold))  # one per image for out-of-fold predictions
     return out
 
@@ -219,6 +222,11 @@ def _bootstrap_samples(y: np.ndarray, prob: np.ndarray, threshold, losses: np.nd
     if prevalence is not None:
         samples["precision_at_prevalence"] = precision_at_prevalence(rates["recall"], rates["specificity"], prevalence)
     samples.update(_ranking_samples(y, prob, idx))
+    if isinstance(idx, np.ndarray):
+        samples.update(ece_brier_resampled(y, prob, idx))
+    else:
+        samples["ece"] = np.array([expected_calibration_error(y[i], prob[i]) for i in idx])
+        samples["brier"] = np.array([brier_score(y[i], prob[i]) for i in idx])
     return samples
 
 

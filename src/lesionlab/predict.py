@@ -19,7 +19,6 @@ from .data.parallel import cpu_count, map_ordered
 from .data.sources import ImageReader, read_source
 from .errors import BadInputError, ExistsError, preview
 from .fileio import atomic_path, safe_to_csv
-from .runs import load_predictor
 
 CHUNK = 512
 
@@ -40,15 +39,27 @@ def _decode_chunk(reader: ImageReader, locators: list[str], size: int, fit: str,
 def predict(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os.PathLike, fmt: str = "auto",
             skip_bad: bool = False, overwrite: bool = False, workers: int | None = None, batch_size: int = 256,
             device: str = "auto", progress: Callable[[int, int], None] | None = None,
-            tta: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+            tta: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, engine: str = "torch") -> dict:
     """Write `id, prob, decision` (+ `label` where the input has labels) for every image; images
-    whose header states more than `max_pixels` pixels are unreadable (never decoded)."""
+    whose header states more than `max_pixels` pixels are unreadable (never decoded). engine
+    "onnxruntime" scores with a file `lesionlab export` wrote, and imports no torch."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise ExistsError(f"{out}: exists; choose another --out or pass --overwrite")
     if max_pixels < 1:
         raise BadInputError(f"--max-pixels must be at least 1, got {max_pixels}")
-    run = load_predictor(run_dir, device, tta)
+    if engine == "onnxruntime":
+        if tta not in (None, "none"):
+            raise BadInputError(f"--tta {tta}: not available with --engine onnxruntime (the exported graph scores one view)")
+        from .deploy import load_onnx_predictor
+
+        run = load_onnx_predictor(run_dir)
+    elif engine == "torch":
+        from .runs import load_predictor
+
+        run = load_predictor(run_dir, device, tta)
+    else:
+        raise BadInputError(f"--engine must be torch or onnxruntime, got '{engine}'")
     src = read_source(source, fmt, require_labels=False, metadata=False)
     table = src.table
     n = len(table)

@@ -9,6 +9,7 @@ import math
 import re
 import shutil
 import time
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
@@ -16,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from . import __version__
-from .errors import BadInputError, ExistsError
+from .errors import BadInputError, ExistsError, LesionLabError
 from .fileio import require_folder_or_absent, write_text
 from .runs import Run, find_runs
 from .runs import format as run_format
@@ -232,11 +233,11 @@ def build_report(runs_dir: str | Path, out: str | Path, title: str = "lesionlab 
             "stratified bootstrap interval over the test images (whole patients or lesions resampled where the images "
             "have them). Thresholded metrics (F1, precision, recall) use each run's threshold, chosen on validation only. "
             "For a cross-validation the test cells are its fold ensemble's; its out-of-fold metrics are in its section.")
-    md = [MARKER, f"# {md_escape(title)}", "", intro(md_code(runs_dir), md_escape(", ".join(splits))), "",
-          "## Summary", "", note, "", _md_table(header, rows), ""]
-    body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(intro(str(runs_dir), ', '.join(splits)))}</p>",
-            "<h2>Summary</h2>",
-            f"<p>{html.escape(note)}</p>", _html_table(header, rows)]
+    md = [MARKER, f"# {md_escape(title)}", "", intro(md_code(runs_dir), md_escape(", ".join(splits))), ""]
+    body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(intro(str(runs_dir), ', '.join(splits)))}</p>"]
+    _add_overview(md, body, groups, baseline, figures_dir)
+    md += ["## Summary", "", note, "", _md_table(header, rows), ""]
+    body += ["<h2 id='summary-title'>Summary</h2>", f"<p>{html.escape(note)}</p>", _html_table(header, rows, "summary")]
     if baseline:
         c_header, c_rows = comparison_rows(groups, baseline, n_boot)
         c_note = ("A = {}. Paired stratified bootstrap over the same test images, or the same out-of-fold "
@@ -248,6 +249,7 @@ def build_report(runs_dir: str | Path, out: str | Path, title: str = "lesionlab 
         body += [f"<h2>Paired comparison against {html.escape(baseline)}</h2>",
                  f"<p>{html.escape(c_note.format(baseline, n_boot))}</p>",
                  _html_table(c_header, c_rows)]
+    _add_calibration(md, body, groups, figures_dir)
     for name, members in groups.items():
         md += [f"## {md_escape(name)}", ""]
         body.append(f"<h2>{html.escape(name)}</h2>")
@@ -267,13 +269,11 @@ def build_report(runs_dir: str | Path, out: str | Path, title: str = "lesionlab 
                 dest = figures_dir / f"{_slug(name)}_seed{run.seed}_{fname}"
                 shutil.copyfile(src, dest)
                 md.append(f"![{caption}](figures/{dest.name})")
-                data = base64.b64encode(src.read_bytes()).decode()
-                body.append(f"<figure><img src='data:image/png;base64,{data}' alt='{caption}'>"
-                            f"<figcaption>{html.escape(caption)}</figcaption></figure>")  # alt: our own caption
+                body.append(_html_figure(src, caption, wide=fname in _WIDE_FIGURES))
             md.append("")
             body.append("</div>")
     write_text(md_path, "\n".join(md) + "\n")
-    write_text(out / "report.html", _HTML.format(title=html.escape(title), body="\n".join(body)))
+    write_text(out / "report.html", _render_html(title, "\n".join(body)))
     return out
 
 
@@ -287,7 +287,7 @@ def _other_kind_section(run: Run, name: str, md: list[str], body: list[str], fig
         title = "ensemble"
         lines, rows, header = _ensemble_lines(run), [], []
         keys = run_format.ENSEMBLE_REPORT_FIGURES
-    md += [f"### {title} (`{run.path}`)", ""] + [f"- {line}" for line in lines] + [""]
+    md += [f"### {title} ({md_code(run.path)})", ""] + [f"- {md_escape(line)}" for line in lines] + [""]
     body += [f"<h3>{title} <small>({html.escape(str(run.path))})</small></h3>",
              "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"]
     if rows:
@@ -302,11 +302,98 @@ def _other_kind_section(run: Run, name: str, md: list[str], body: list[str], fig
         dest = figures_dir / f"{_slug(name)}_{run.kind}_{fname}"
         shutil.copyfile(src, dest)
         md.append(f"![{caption}](figures/{dest.name})")
-        data = base64.b64encode(src.read_bytes()).decode()
-        body.append(f"<figure><img src='data:image/png;base64,{data}' alt='{caption}'>"
-                    f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        body.append(_html_figure(src, caption))
     md.append("")
     body.append("</div>")
+
+
+_WIDE_FIGURES = {run_format.FIGURES[k][0] for k in ("curves", "cam_gallery")}
+OVERVIEW_METRICS = (("pauc_80", "pAUC80"), ("roc_auc", "ROC AUC"), ("average_precision", "AP"), ("f1", "F1"),
+                    ("ece", "ECE (lower is better)"))
+
+
+def _html_figure(src: Path, caption: str, wide: bool = False) -> str:
+    data = base64.b64encode(src.read_bytes()).decode()
+    cls = " class='wide'" if wide else ""
+    return (f"<figure{cls}><img src='data:image/png;base64,{data}' "
+            f"alt='{html.escape(caption, quote=True)}'><figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _metric_values(members: list[Run], key: str, split: str = "test") -> dict:
+    """Mean over seeds, the seeds' mean 95% interval and each seed's value (nan where a run lacks it)."""
+    vals = np.array([r.metrics[split].get(key, np.nan) for r in members], dtype=float)
+    cis = np.array([r.metrics[split].get("ci95", {}).get(key, [np.nan, np.nan]) for r in members], dtype=float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-nan means of runs that lack the metric
+        return {"mean": float(np.nanmean(vals)), "lo": float(np.nanmean(cis[:, 0])), "hi": float(np.nanmean(cis[:, 1])),
+                "seeds": vals.tolist()}
+
+
+def _add_overview(md: list, body: list, groups: "OrderedDict[str, list[Run]]", baseline: str | None,
+                  figures_dir: Path) -> None:
+    """The forest plot at the top: each experiment's test metrics with their intervals, against the baseline."""
+    from . import plots
+
+    ref = baseline if baseline in groups else next(iter(groups))
+    rows = [{"name": name, **{k: _metric_values(members, k) for k, _ in OVERVIEW_METRICS}}
+            for name, members in groups.items()]
+    metrics = [(k, label) for k, label in OVERVIEW_METRICS if any(np.isfinite(r[k]["mean"]) for r in rows)]
+    path = figures_dir / "experiments_forest.png"
+    plots.forest(rows, metrics, path, ref, "test metrics with 95% intervals; band: " + ref)
+    caption = (f"Experiments compared on the test set: each square is the metric (mean over seeds), its line the 95% "
+               f"bootstrap interval (mean over seeds), grey dots single seeds; the shaded band and dashed line are the "
+               f"baseline ({ref}).")
+    md += ["## Experiments compared", "", f"![experiments compared](figures/{path.name})", "", md_escape(caption), ""]
+    body += ["<h2>Experiments compared</h2>", _html_figure(path, caption, wide=True)]
+
+
+def _add_calibration(md: list, body: list, groups: "OrderedDict[str, list[Run]]", figures_dir: Path) -> None:
+    """Do the probabilities mean what they say? ECE and Brier per experiment, one reliability figure."""
+    from . import plots
+
+    header = ["experiment", "calibration", "test ECE", "test Brier", "val ECE", "val Brier"]
+    rows, curves = [], {}
+    for name, members in groups.items():
+        if not any("ece" in r.metrics.get("test", {}) for r in members):
+            continue  # runs written before calibration was measured
+        cal = members[0].config.get("calibrate", "none")
+        if members[0].config.get("prevalence"):
+            cal += f", prior shift to {members[0].config['prevalence']}"
+        cells = []
+        for split, key in (("test", "ece"), ("test", "brier"), ("val", "ece"), ("val", "brier")):
+            v = _metric_values(members, key, split)
+            cells.append(summary_cell({"mean": v["mean"], "sd": float(np.nanstd(v["seeds"], ddof=1)) if len(members) > 1
+                                       else float("nan"), "n": len(members), "ci": [v["lo"], v["hi"]]}))
+        rows.append([name, cal] + cells)
+        try:
+            preds = [r.predictions("test") for r in members]
+            curves[name] = (np.concatenate([p["label"].to_numpy() for p in preds]),
+                            np.concatenate([p["prob"].to_numpy() for p in preds]))
+        except LesionLabError:
+            pass
+    if not rows:
+        return
+    note = ("Expected calibration error (15 equal-width bins) and Brier score of the reported probabilities "
+            "(after --calibrate, fitted on validation only, and the --prevalence prior shift where given). "
+            "A model trained on a 1:K draw and not calibrated reports probabilities at the draw's prevalence, "
+            "not at the test set's, and its ECE says so.")
+    md += ["## Calibration", "", note, "", _md_table(header, rows), ""]
+    body += ["<h2>Calibration</h2>", f"<p>{html.escape(note)}</p>", _html_table(header, rows)]
+    if curves:
+        path = figures_dir / "calibration_test.png"
+        plots.reliability_diagram(curves, path, "test set reliability (seeds pooled)")
+        md += [f"![test set reliability](figures/{path.name})", ""]
+        body.append("<div class='figs'>" + _html_figure(path, "test set reliability, per experiment (seeds pooled)")
+                    + "</div>")
+
+
+def _render_html(title: str, body: str) -> str:
+    """The page from its jinja2 template (package data): one file, styles inline, images as data URIs."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+    from markupsafe import Markup
+
+    env = Environment(loader=PackageLoader("lesionlab", "templates"), autoescape=select_autoescape(["html", "j2"]))
+    return env.get_template("report.html.j2").render(title=title, body=Markup(body), version=__version__)
 
 
 def _figures_of(run: Run) -> list[tuple[str, str, Path]]:
@@ -325,24 +412,17 @@ def _figures_of(run: Run) -> list[tuple[str, str, Path]]:
     return found
 
 
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+def _html_cell(text: str) -> str:
+    """A value with its interval ('0.312 [0.201, 0.420]', '+0.01 [-0.02, +0.03] ↑') on two lines, so
+    that wide tables fit the page."""
+    m = re.fullmatch(r"(\S+(?: ± \S+)?) (\[.*)", text)
+    if not m:
+        return html.escape(text)
+    return f"<span class='v'>{html.escape(m.group(1))}</span><span class='ci'>{html.escape(m.group(2))}</span>"
 
 
-_HTML = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1300px; color: #222; }}
-table {{ border-collapse: collapse; font-size: 0.85em; }}
-th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; white-space: nowrap; }}
-th {{ background: #f3f3f3; }}
-pre {{ background: #f7f7f7; padding: 0.6em; }}
-.figs {{ display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }}
-figure {{ margin: 0; }} figure img {{ max-height: 280px; }}
-figcaption {{ font-size: 0.8em; color: #555; }}
-</style></head><body>
-{body}
-</body></html>
-"""
+def _html_table(header: list[str], rows: list[list[str]], table_id: str = "") -> str:
+    head = "".join(f"<th scope='col'>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_html_cell(c)}</td>" for c in r) + "</tr>" for r in rows)
+    ident = f" id='{table_id}'" if table_id else ""
+    return f"<div class='table-wrap'><table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"

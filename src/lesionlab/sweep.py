@@ -98,7 +98,8 @@ def plan(sweep_file: str | Path, data: str | None = None, out: str | None = None
 
 
 def same_config(folder: Path, cfg: ExperimentConfig) -> bool:
-    saved = Run.load(folder).config
+    # a key added to the config after the run was made (e.g. calibrate) counts as its default
+    saved = {**to_dict(ExperimentConfig()), **Run.load(folder).config}
     wanted = to_dict(cfg)
     # the data path may be spelt differently (relative/absolute) for the same data set
     return {k: v for k, v in saved.items() if k != "data"} == {k: v for k, v in wanted.items() if k != "data"}

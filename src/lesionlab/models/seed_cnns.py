@@ -30,6 +30,8 @@ class SimpleCNN(nn.Module):
 class UpgradedCNN(nn.Module):
     """Four conv blocks, global average pooling and dropout; any input size."""
 
+    CAM_LAYER = "features.14"  # the ReLU of the fourth block: the last map before global pooling
+
     def __init__(self, image_size: int = 128):
         super().__init__()
         layers: list[nn.Module] = []

@@ -42,8 +42,10 @@ FIGURES = {
     "pr": ("pr.png", "precision-recall"),
     "oof_roc": ("oof_roc.png", "out-of-fold ROC"),
     "oof_pr": ("oof_pr.png", "out-of-fold precision-recall"),
+    "reliability": ("reliability.png", "reliability diagram (calibration)"),
+    "cam_gallery": ("cam_gallery.png", "Grad-CAM gallery of the test set"),
 }
-REPORT_FIGURES = ("confusion_test", "curves", "roc", "pr")
+REPORT_FIGURES = ("confusion_test", "curves", "roc", "pr", "reliability", "cam_gallery")
 CV_REPORT_FIGURES = ("oof_roc", "oof_pr", "roc", "pr", "confusion_test")
 ENSEMBLE_REPORT_FIGURES = ("roc", "pr", "confusion_test")
 

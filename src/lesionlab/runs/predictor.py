@@ -12,6 +12,7 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
+from ..calibration import apply_calibration
 from ..data.tta import check_mode, tta_logits
 from ..engine.runtime import Runtime, resolve_runtime
 from ..engine.trainer import predict_logits
@@ -40,9 +41,11 @@ class ModelPredictor:
     runtime: Runtime
     mean: tuple
     std: tuple
-    prior_shift: dict | None = None  # {"from": training prevalence, "to": deployment prevalence}
+    prior_shift: dict | None = None  # {"from": training (or calibration) prevalence, "to": deployment prevalence}
     source: str = ""
     tta: str = "none"  # test-time augmentation: none, flip or d4 (data/tta.py)
+    calibration: dict | None = None  # a map fitted on validation (lesionlab.calibration), applied before the shift
+    model_name: str = ""  # the registry name (explain looks up the model's CAM target layer by it)
 
     def logits(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         return tta_logits(lambda x: predict_logits(self.model, x, self.runtime, batch_size, self.mean, self.std),
@@ -57,7 +60,7 @@ class ModelPredictor:
                 "prior_shift": self.prior_shift, "threshold": self.threshold}
 
     def to_probabilities(self, logits: np.ndarray) -> np.ndarray:
-        prob = 1 / (1 + np.exp(-logits))
+        prob = apply_calibration(logits, self.calibration)
         if self.prior_shift:
             prob = prior_shift(prob, self.prior_shift["from"], self.prior_shift["to"])
         return prob
@@ -85,7 +88,8 @@ def load_model_predictor(run: Run, device: str = "auto") -> ModelPredictor:
     # checkpoints of format version 0 did not record the normalisation: it was always ImageNet's
     mean, std = tuple(ckpt.get("mean", MEAN)), tuple(ckpt.get("std", STD))
     return ModelPredictor(model.eval(), int(ckpt["image_size"]), ckpt["fit"], float(ckpt["threshold"]), rt, mean, std,
-                          ckpt.get("prior_shift"), str(run.path), check_mode(ckpt.get("tta", "none")))
+                          ckpt.get("prior_shift"), str(run.path), check_mode(ckpt.get("tta", "none")),
+                          ckpt.get("calibration"), str(ckpt["model"]))
 
 
 def average_probabilities(member_probs: np.ndarray, mean: str = "prob") -> np.ndarray:
