@@ -11,3 +11,5 @@ SAMPLERS = ("none", "redraw", "balanced")
 LOSSES = ("bce", "focal")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "cosine", "onecycle")
+ENGINES = ("lightgbm", "xgboost", "catboost")  # lightgbm is a dependency; the others are optional extras
+FUSIONS = ("stack", "late")  # how a tabular run uses an image model's scores (--image)

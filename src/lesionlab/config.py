@@ -12,7 +12,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .choices import LOSSES, OPTIMIZERS, POLICIES, SAMPLERS, SCHEDULERS
+from .choices import ENGINES, FUSIONS, LOSSES, OPTIMIZERS, POLICIES, SAMPLERS, SCHEDULERS
 from .errors import BadInputError, closest
 from .metrics import ThresholdRule
 
@@ -165,14 +165,16 @@ class ExperimentConfig(BaseModel):
 KEYS = tuple(ExperimentConfig.model_fields)
 
 
-def _explain(err: ValidationError, origin: str) -> BadInputError:
+def _explain(err: ValidationError, origin: str, model: type[BaseModel] | None = None) -> BadInputError:
+    model = model or ExperimentConfig
+    keys = tuple(model.model_fields)
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "config"
         if e["type"] == "extra_forbidden":
-            lines.append(f"unknown config key '{key}'{closest(key, KEYS)}")
+            lines.append(f"unknown config key '{key}'{closest(key, keys)}")
         elif e["type"] == "literal_error":
-            known = [str(k) for k in ExperimentConfig.model_fields[key].annotation.__args__]
+            known = [str(k) for k in model.model_fields[key].annotation.__args__]
             got = str(e.get("input"))
             lines.append(f"unknown {key} '{got}'{closest(got, known)}; known: {', '.join(known)}")
         else:
@@ -216,3 +218,53 @@ def resolve(config_file: str | Path | None, overrides: dict) -> ExperimentConfig
 
 def to_dict(cfg: ExperimentConfig) -> dict:
     return cfg.model_dump(mode="json")
+
+
+class TabularConfig(BaseModel):
+    """`lesionlab tabular`: a gradient-boosted model on the metadata, optionally fused with an image model."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    name: str = Field("", description="experiment name used as the report's section title")
+    data: str = Field(description="prepared data set (DATA_DIR) with a split")
+    split: str = Field("", description="split name ('' = split.json, NAME = split-NAME.json)")
+    features: str = Field("auto", description="auto = every usable metadata column, or COL,COL,...")
+    allow_column: list[str] = Field(default_factory=list, description="columns kept although their single-column "
+                                    "training AUC exceeds 0.98 (recorded in the run)")
+    engine: Literal[ENGINES] = Field("lightgbm", description="gradient-boosting library")
+    folds: Optional[int] = Field(None, ge=2, description="grouped stratified folds over the train pool (default 5; "
+                                 "with --image: the image model's folds)")
+    image: Optional[str] = Field(None, description="CV_DIR (or ENS_DIR) of an image model: its out-of-fold scores "
+                                 "become features")
+    fusion: Literal[FUSIONS] = Field("stack", description="with --image: stack = image scores as features; late = "
+                                     "rank average of image and metadata-only probabilities")
+    neg_ratio: Optional[float] = Field(None, gt=0, description="benign rows per malignant row in each fold's "
+                                       "training part (negative undersampling; default: all)")
+    recipe: bool = Field(True, description="ISIC 2024 feature recipe and patient statistics where the columns allow")
+    threshold: str = Field("val-f1", description="decision threshold: a number, val-f1 or sens:X, chosen on validation")
+    learning_rate: float = Field(0.05, gt=0, description="boosting learning rate")
+    max_rounds: int = Field(2000, ge=1, description="boosting rounds at most (early stopping picks fewer)")
+    early_stopping: int = Field(100, ge=1, description="rounds without improvement on the inner validation part")
+    bootstrap: int = Field(2000, ge=0, description="bootstrap resamples for the 95%% intervals (0 = none)")
+    seed: int = Field(0, description="seed of the folds, undersampling and the engine")
+    num_threads: int = Field(0, ge=0, description="engine threads (0 = one per core)")
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _threshold(cls, v: Any) -> str:
+        return str(ThresholdRule.parse(v))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TabularConfig":
+        if self.fusion == "late" and not self.image:
+            raise ValueError("--fusion late needs --image CV_DIR (the image model to fuse with)")
+        return self
+
+
+def build_tabular_config(values: dict, origin: str = "flags") -> TabularConfig:
+    try:
+        return TabularConfig(**values)
+    except ValidationError as e:
+        raise _explain(e, origin, TabularConfig) from None
+    except BadInputError as e:
+        raise BadInputError(f"{origin}: {e}") from None

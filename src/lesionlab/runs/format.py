@@ -7,7 +7,8 @@ metrics.json (written last: its presence marks the folder complete); run.json ca
     train     one trained model: + predictions.csv, history.csv, train_draw.csv, checkpoint.pt, figures/
     cv        K-fold cross-validation: + oof.csv, folds/K/ (each a train run), fold-ensemble predictions
     ensemble  several members' probabilities averaged: + members.json, predictions.csv
-    tabular   a gradient-boosted model on metadata (optionally fused with image scores)
+    tabular   a gradient-boosted model on metadata (optionally fused with image scores): + predictions.csv,
+              oof.csv (train pool, out of fold), importance.csv, model/ (fold models + model.json), figures/
 """
 from __future__ import annotations
 
@@ -32,8 +33,9 @@ FIGURES = {
     "curves": ("training_curves.png", "training curves"),
     "roc": ("roc.png", "ROC"),
     "pr": ("pr.png", "precision-recall"),
+    "importance": ("importance.png", "feature importance (gain)"),
 }
-REPORT_FIGURES = ("confusion_test", "curves", "roc", "pr")
+REPORT_FIGURES = ("confusion_test", "curves", "roc", "pr", "importance")
 
 
 def format_block(kind: str) -> dict:

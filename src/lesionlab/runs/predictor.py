@@ -77,7 +77,15 @@ def load_model_predictor(run: Run, device: str = "auto") -> ModelPredictor:
                           ckpt.get("prior_shift"), str(run.path))
 
 
-PREDICTOR_LOADERS: dict[str, Callable[[Run, str], Predictor]] = {"train": load_model_predictor}
+def _load_tabular_predictor(run: Run, device: str = "auto"):
+    from ..tabular.predictor import load_tabular_predictor
+
+    return load_tabular_predictor(run, device)
+
+
+# a tabular predictor takes rows (metadata), not images: it has takes = "rows" and probabilities_rows()
+PREDICTOR_LOADERS: dict[str, Callable[[Run, str], Predictor]] = {"train": load_model_predictor,
+                                                                 "tabular": _load_tabular_predictor}
 
 
 def load_predictor(run_dir: str | os.PathLike, device: str = "auto") -> Predictor:
