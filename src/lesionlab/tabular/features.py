@@ -169,8 +169,8 @@ def _numeric(values: pd.Series, column: str, where: str) -> pd.Series:
 
 def _categorical(values: pd.Series, categories: list[str]) -> pd.Series:
     text = values.astype("string").str.strip()
-    text = text.where(text.notna() & (text != ""))
-    # a category never seen in training becomes missing, which every engine handles
+    # empty, and a category never seen in training, become missing, which every engine handles
+    text = text.where(text.isin(categories))
     return pd.Series(pd.Categorical(text.astype(object), categories=categories), index=values.index)
 
 
