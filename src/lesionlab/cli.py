@@ -262,14 +262,15 @@ def train(config_file: Path | None, out: Path, seeds: str | None, **flags) -> No
 @click.option("--max-rounds", default=2000, show_default=True, help="boosting rounds at most")
 @click.option("--early-stopping", default=100, show_default=True, help="rounds without improvement on the inner "
               "validation part")
+@click.option("--min-child-samples", default=20, show_default=True, help="fewest rows in a leaf")
 @click.option("--split", default="", help="split name ('' = split.json)")
 @click.option("--name", default="", help="experiment name for the report")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--num-threads", default=0, show_default=True, help="engine threads (0 = one per core)")
 def tabular(data: Path, out: Path, features: str, engine: str, folds: int | None, image: Path | None, fusion: str,
             neg_ratio: float | None, allow_column: tuple[str, ...], no_recipe: bool, threshold: str, bootstrap: int,
-            learning_rate: float, max_rounds: int, early_stopping: int, split: str, name: str, seed: int,
-            num_threads: int) -> None:
+            learning_rate: float, max_rounds: int, early_stopping: int, min_child_samples: int, split: str, name: str,
+            seed: int, num_threads: int) -> None:
     """A gradient-boosted model on the metadata columns (optionally fused with an image model) into RUN_DIR."""
     from .config import build_tabular_config
     from .report import notebook_line
@@ -279,7 +280,8 @@ def tabular(data: Path, out: Path, features: str, engine: str, folds: int | None
         "name": name, "data": str(data), "split": split, "features": features, "allow_column": list(allow_column),
         "engine": engine, "folds": folds, "image": str(image) if image else None, "fusion": fusion,
         "neg_ratio": neg_ratio, "recipe": not no_recipe, "threshold": threshold, "bootstrap": bootstrap,
-        "learning_rate": learning_rate, "max_rounds": max_rounds, "early_stopping": early_stopping, "seed": seed,
+        "learning_rate": learning_rate, "max_rounds": max_rounds, "early_stopping": early_stopping,
+        "min_child_samples": min_child_samples, "seed": seed,
         "num_threads": num_threads})
     info = tabular_run(cfg, out, echo=lambda s: click.echo(s, err=True))
     m = info["metrics"]

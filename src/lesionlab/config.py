@@ -245,6 +245,8 @@ class TabularConfig(BaseModel):
     learning_rate: float = Field(0.05, gt=0, description="boosting learning rate")
     max_rounds: int = Field(2000, ge=1, description="boosting rounds at most (early stopping picks fewer)")
     early_stopping: int = Field(100, ge=1, description="rounds without improvement on the inner validation part")
+    min_child_samples: int = Field(20, ge=1, description="fewest rows in a leaf (LightGBM; min_child_weight for XGBoost, "
+                                   "min_data_in_leaf for CatBoost)")
     bootstrap: int = Field(2000, ge=0, description="bootstrap resamples for the 95%% intervals (0 = none)")
     seed: int = Field(0, description="seed of the folds, undersampling and the engine")
     num_threads: int = Field(0, ge=0, description="engine threads (0 = one per core)")

@@ -130,7 +130,7 @@ def tabular_run(cfg: TabularConfig, out: str | os.PathLike, echo: Callable[[str]
         + (", image score features" if stacked else "") + f") in {feature_seconds:.1f} s")
 
     params = Params(learning_rate=cfg.learning_rate, max_rounds=cfg.max_rounds, early_stopping=cfg.early_stopping,
-                    threads=_threads(cfg))
+                    min_child_samples=cfg.min_child_samples, threads=_threads(cfg))
     result = fit_folds(X["train"], y["train"], groups, folds, engine, params, cfg.neg_ratio, cfg.seed,
                        on_fold=lambda f, k, i: say(f"fold {f + 1}/{k}: {i['best_iteration']} rounds, fitted on "
                                                    f"{i['fit_malignant']} malignant / {i['fit_benign']} benign"))
@@ -158,7 +158,7 @@ def tabular_run(cfg: TabularConfig, out: str | os.PathLike, echo: Callable[[str]
                  "neg_ratio": cfg.neg_ratio},
         "engine": {"name": engine.name, "version": engine.version(), "threads": params.threads,
                    "learning_rate": params.learning_rate, "max_rounds": params.max_rounds,
-                   "early_stopping": params.early_stopping},
+                   "early_stopping": params.early_stopping, "min_child_samples": params.min_child_samples},
         "features": {"metadata": selection.columns, "dropped": selection.dropped, "single_column_auc": selection.single_auc,
                      "allowed_columns": selection.allowed, "recipe": spec.recipe, "patient_context": spec.context,
                      "site": spec.site, "n_inputs": len(spec.columns)},

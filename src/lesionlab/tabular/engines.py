@@ -22,7 +22,7 @@ class Params:
     max_rounds: int = 2000
     early_stopping: int = 100
     num_leaves: int = 31       # LightGBM; depth 6 for XGBoost and CatBoost
-    min_child_samples: int = 20
+    min_child_samples: int = 20  # LightGBM; XGBoost's min_child_weight from it; CatBoost's symmetric trees have none
     subsample: float = 0.8
     colsample: float = 0.8
     l2: float = 1.0
@@ -106,8 +106,10 @@ class XGBoostEngine(Engine):
     def fit(self, X, y, X_valid, y_valid, params, seed):
         import xgboost as xgb
 
+        # min_child_weight is a sum of hessians p(1 - p): 0.05 a row maps the default 20 rows to XGBoost's default 1
         p = {"objective": "binary:logistic", "eta": params.learning_rate, "max_depth": 6,
-             "min_child_weight": 1.0, "subsample": params.subsample, "colsample_bytree": params.colsample,
+             "min_child_weight": 0.05 * params.min_child_samples, "subsample": params.subsample,
+             "colsample_bytree": params.colsample,
              "lambda": params.l2, "tree_method": "hist", "seed": seed, "nthread": params.threads,
              "eval_metric": "auc" if _both_classes(y_valid) else "logloss", "max_cat_to_onehot": 1}
         dtrain = xgb.DMatrix(X, y, enable_categorical=True)
