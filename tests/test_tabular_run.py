@@ -236,3 +236,27 @@ def test_image_models_of_another_split_or_fold_assignment_are_refused(isic, tmp_
     assert r.exit_code == 2 and "1 train-pool image(s) have no out-of-fold score" in r.output
     r = cli("tabular", "--data", isic["data"], "--out", tmp_path / "e", "--fusion", "late", *FAST, ok=False)
     assert r.exit_code == 2 and "--fusion late needs --image" in r.output
+
+
+def test_ham_style_manifest_refuses_its_label_columns_and_predict_reads_a_manifest(small_data, tmp_path):
+    """HAM10000's manifest: dx, dx_type and the other label columns are refused automatically; no
+    patient_id, so no patient statistics; predict takes a manifest of rows with the same columns."""
+    run = tmp_path / "ham"
+    cli("tabular", "--data", small_data, "--out", run, *FAST)
+    info = json.loads((run / "run.json").read_text())
+    assert info["features"]["metadata"] == ["age", "sex", "localization"]
+    for col in ("dx", "dx_type", "isic2019_dx", "melanoma", "label_ham_mel_bcc_akiec"):
+        assert "label-derived" in info["features"]["dropped"][col], col
+    assert not info["features"]["patient_context"] and info["group"] == "lesion_id"
+    rows = pd.read_csv(small_data / "rows.csv", dtype=str, keep_default_na=False)
+    test_ids = set(json.loads((small_data / "split.json").read_text())["assign"]["test"])
+    manifest = rows[rows["id"].isin(test_ids)].rename(columns={"locator": "path"}).drop(columns=["index"])
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    cli("predict", run, tmp_path / "manifest.csv", "--out", tmp_path / "p.csv")
+    got = pd.read_csv(tmp_path / "p.csv", dtype={"id": str}).set_index("id")
+    preds = pd.read_csv(run / "predictions.csv", dtype={"id": str})
+    test = preds[preds["split"] == "test"].set_index("id")
+    assert np.abs(got.loc[test.index, "prob"].to_numpy() - test["prob"].to_numpy()).max() < 1e-6
+    manifest.drop(columns=["localization"]).to_csv(tmp_path / "m2.csv", index=False)
+    r = cli("predict", run, tmp_path / "m2.csv", "--out", tmp_path / "q.csv", ok=False)
+    assert r.exit_code == 2 and "missing column(s) localization" in r.output
