@@ -142,7 +142,7 @@ def ham_part(args, work: Path) -> list[str]:
         f"(LightGBM {info['engine']['version']}, {info['folds']['k']} folds of {info['folds']['source']}, features "
         f"{', '.join(info['features']['metadata'])}; refused automatically: "
         + ", ".join(f"{c}" for c, r in dropped.items() if "label" in r or "equal" in r)
-        + f"; also dropped: " + ", ".join(f"{c} ({r})" for c, r in dropped.items() if not ("label" in r or "equal" in r))
+        + "; also dropped: " + ", ".join(f"{c} ({r})" for c, r in dropped.items() if not ("label" in r or "equal" in r))
         + f"). Wall {info['wall_seconds']:.0f} s.", "",
         "Metrics with 95% stratified bootstrap intervals over images (OOF = the train pool, each image scored by "
         "the fold model that did not see it):", "", *lines, ""]

@@ -34,7 +34,7 @@ from .tabular.fusion import rank_average
 from .tabular.image import ImageScores, load_image_scores
 from .tabular.leak_guard import select_columns
 from .tabular.model import assignment_sha256, fit_folds, grouped_folds, predict_average
-from .tabular.predictor import MODEL_DIR, SPEC_FILE, REFERENCE_FILE
+from .tabular.predictor import MODEL_DIR, REFERENCE_FILE, SPEC_FILE
 
 log = logging.getLogger(__name__)
 SIDES = ("val", "test")
@@ -183,7 +183,6 @@ def tabular_run(cfg: TabularConfig, out: str | os.PathLike, echo: Callable[[str]
 
 def _write(w: RunWriter, cfg, spec, engine, result, ids, y, groups, folds, tab, probs, image_prob, threshold,
            image, columns) -> None:
-    extra = {}
     preds = []
     for side in SIDES:
         frame = pd.DataFrame({"id": ids[side], "split": side, "label": y[side], "prob": probs[side]})
@@ -210,7 +209,7 @@ def _write(w: RunWriter, cfg, spec, engine, result, ids, y, groups, folds, tab, 
     write_json(model_dir / SPEC_FILE, {"engine": engine.name, "n_folds": len(result.models), "threshold": threshold,
                                        "fusion": cfg.fusion if image is not None else None,
                                        "image": image.record() if image is not None else None,
-                                       "features": spec.to_dict(), **extra})
+                                       "features": spec.to_dict()})
     if image is not None and cfg.fusion == "late":
         np.savez(model_dir / REFERENCE_FILE, image=np.sort(image_prob["train"]), tabular=np.sort(tab["train"]))
     truth = {side: y[side] for side in SIDES}
