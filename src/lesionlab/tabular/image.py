@@ -43,8 +43,10 @@ class ImageScores:
 
 
 def fold_hash(run: Run) -> str | None:
+    """The image run's fold-assignment fingerprint: {"folds": {"hash": ...}} as agreed, or the
+    cv branch's current {"folds": K, "fold_sha256": ...}."""
     folds = run.info.get("folds")
-    return folds.get("hash") if isinstance(folds, dict) else None
+    return folds.get("hash") if isinstance(folds, dict) else run.info.get("fold_sha256")
 
 
 def open_image_run(path: str | Path) -> Run:
