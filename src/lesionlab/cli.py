@@ -56,6 +56,15 @@ def _progress_bar(desc: str):
 # ---------------------------------------------------------------- prepare / split
 
 
+def _max_pixels_option(func):
+    from .data.images import DEFAULT_MAX_PIXELS
+
+    return click.option(
+        "--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1),
+        help="images whose header states more pixels (width x height) are unreadable, refused before decoding "
+             "(a decompression bomb); raise it for huge images you trust")(func)
+
+
 @main.command()
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="DATA_DIR to write")
@@ -66,21 +75,26 @@ def _progress_bar(desc: str):
               help="how non-square images become square")
 @click.option("--skip-bad", is_flag=True, help="drop unreadable or missing images (and say how many)")
 @click.option("--workers", default=0, help="decoding processes (0 = one per core)")
-def prepare(source: Path, out: Path, size: int, fmt: str, fit: str, skip_bad: bool, workers: int) -> None:
+@_max_pixels_option
+def prepare(source: Path, out: Path, size: int, fmt: str, fit: str, skip_bad: bool, workers: int,
+            max_pixels: int) -> None:
     """Decode every image of SOURCE once into a prepared data set (DATA_DIR)."""
     import time
 
     from .data.sources import read_source
     from .data.store import Store
     from .data.store import prepare as do_prepare
+    from .fileio import require_folder_or_absent
 
+    require_folder_or_absent(out)  # before reading SOURCE, which can take a while
     src = read_source(source, fmt)
     click.echo(f"{src.location}: {src.format} layout, {len(src.table)} images "
                f"({int(src.table['label'].sum())} malignant)", err=True)
     bar, update = _progress_bar("prepare")
     t0 = time.perf_counter()
     try:
-        path, state = do_prepare(src, out, size, fit, skip_bad, workers or None, progress=update)
+        path, state = do_prepare(src, out, size, fit, skip_bad, workers or None, progress=update,
+                                 max_pixels=max_pixels)
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
@@ -303,7 +317,7 @@ def tabular(data: Path, out: Path, features: str, engine: str, folds: int | None
 @click.option("--epochs", default=None, type=int, help="override every run's epochs")
 @click.option("--dry-run", is_flag=True, help="list the runs and whether each is complete")
 @click.option("--workers", default=1, show_default=True, help="claiming workers to start on this machine")
-@click.option("--claim", is_flag=True, help="take runs through lock files, so that several workers (or machines "
+@click.option("--claim", is_flag=True, help="take runs through claim files, so that several workers (or machines "
               "sharing RUNS_DIR) can share one sweep")
 @click.option("--task-index", default=None, type=int, help="job array: this task's index (e.g. $SLURM_ARRAY_TASK_ID)")
 @click.option("--task-count", default=None, type=int, help="job array: number of tasks; task i takes runs i, i+N, ...")
@@ -378,6 +392,7 @@ def compare(run_a: Path, run_b: Path, n_boot: int, seed: int, json_out: Path | N
     for line in format_comparison(res, str(run_a), str(run_b)):
         click.echo(line)
     if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
         write_json(json_out, res)
 
 
@@ -410,8 +425,9 @@ def augment_preview(data_dir: Path, policy: str, out: Path, rows: int, columns: 
 @click.option("--workers", default=0, help="decoding processes (0 = one per core)")
 @click.option("--batch-size", default=256, show_default=True)
 @click.option("--device", default="auto", show_default=True)
+@_max_pixels_option
 def predict(run_dir: Path, source: Path, out: Path, fmt: str, skip_bad: bool, overwrite: bool, workers: int,
-            batch_size: int, device: str) -> None:
+            batch_size: int, device: str, max_pixels: int) -> None:
     """Score images (a file, folder, manifest or ISIC 2024 pair) with a trained run; with a tabular run,
     the rows of a manifest or an ISIC 2024 pair (their metadata columns, and their images when the run
     is fused with an image model)."""
@@ -419,7 +435,8 @@ def predict(run_dir: Path, source: Path, out: Path, fmt: str, skip_bad: bool, ov
 
     bar, update = _progress_bar("predict")
     try:
-        result = do_predict(run_dir, source, out, fmt, skip_bad, overwrite, workers or None, batch_size, device, update)
+        result = do_predict(run_dir, source, out, fmt, skip_bad, overwrite, workers or None, batch_size, device, update,
+                            max_pixels)
     finally:
         bar.close()
     unit = result.get("unit", "image")

@@ -20,7 +20,7 @@ from . import plots
 from .config import ExperimentConfig, to_dict
 from .data.parallel import cpu_count
 from .data.sampling import EpochSampler, draw_training_set
-from .data.splits import Split, load_split
+from .data.splits import Split, check_evaluable, load_split
 from .data.store import Store
 from .data.synthetic import CombinedImages, SyntheticPart, load_synthetic
 from .engine.distributed import World, check_devices, from_environment, spawn
@@ -73,6 +73,9 @@ def train_run(cfg: ExperimentConfig, out: str | os.PathLike, on_epoch: Callable[
     check_devices(cfg.devices, cfg.num_nodes, cfg.device)
     _check_batch(cfg.batch_size, cfg.devices)
     check_new_run_folder(out)  # refuse an existing run now, before any process starts
+    if cfg.data:  # and a split that cannot be evaluated
+        store = Store.open(cfg.data)
+        check_evaluable(load_split(store, cfg.split), store.table)
     spawn(_spawned_run, (to_dict(cfg), str(out)), cfg.devices, cfg.device)
     return {**read_json(out / "run.json"), "metrics": read_json(out / "metrics.json")}
 
@@ -106,6 +109,7 @@ def _inputs(cfg: ExperimentConfig, world: World) -> Inputs:
     store = Store.open(cfg.data)
     split = load_split(store, cfg.split)
     table = store.table
+    check_evaluable(split, table)  # before any work: else the run fails after training
     ids = table["id"].astype(str).to_numpy()
     real_labels = table["label"].to_numpy()
     real_pool = split.positions(table, "train")

@@ -15,23 +15,23 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .data.images import DecodeError, decode_resize
+from .data.images import DEFAULT_MAX_PIXELS, DecodeError, decode_resize
 from .data.parallel import cpu_count, map_ordered
 from .data.sources import ImageReader, read_source
 from .errors import BadInputError, ExistsError, preview
-from .fileio import atomic_path
+from .fileio import atomic_path, safe_to_csv
 from .runs import load_predictor
 
 CHUNK = 512
 
 
-def _decode_chunk(reader: ImageReader, locators: list[str], size: int, fit: str):
+def _decode_chunk(reader: ImageReader, locators: list[str], size: int, fit: str, max_pixels: int = DEFAULT_MAX_PIXELS):
     out = np.zeros((len(locators), size, size, 3), np.uint8)
     ok = np.ones(len(locators), bool)
     reasons = {}
     for i, loc in enumerate(locators):
         try:
-            out[i] = decode_resize(reader.read(loc), size, fit)
+            out[i] = decode_resize(reader.read(loc), size, fit, max_pixels)
         except (DecodeError, OSError, KeyError) as e:
             ok[i] = False
             reasons[i] = "missing" if isinstance(e, (FileNotFoundError, KeyError)) else str(e)
@@ -39,7 +39,7 @@ def _decode_chunk(reader: ImageReader, locators: list[str], size: int, fit: str)
 
 
 def _image_chunks(predictor, src, skip_bad: bool, workers: int | None, batch_size: int,
-                  progress: Callable[[int, int], None] | None):
+                  progress: Callable[[int, int], None] | None, max_pixels: int):
     """(rows of the chunk, which were readable, their probabilities, unreadable 'id (reason)') per chunk."""
     table = src.table
     n = len(table)
@@ -51,7 +51,8 @@ def _image_chunks(predictor, src, skip_bad: bool, workers: int | None, batch_siz
     if workers > 1:
         src.reader.close()
     starts = list(range(0, n, CHUNK))
-    tasks = ((src.reader, table["locator"].iloc[s:s + CHUNK].tolist(), predictor.size, predictor.fit) for s in starts)
+    tasks = ((src.reader, table["locator"].iloc[s:s + CHUNK].tolist(), predictor.size, predictor.fit, max_pixels)
+             for s in starts)
     done = 0
     for start, (images, ok, reasons) in zip(starts, map_ordered(_decode_chunk, tasks, workers)):
         rows = table.iloc[start:start + len(ok)]
@@ -66,15 +67,20 @@ def _image_chunks(predictor, src, skip_bad: bool, workers: int | None, batch_siz
 
 def predict(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os.PathLike, fmt: str = "auto",
             skip_bad: bool = False, overwrite: bool = False, workers: int | None = None, batch_size: int = 256,
-            device: str = "auto", progress: Callable[[int, int], None] | None = None) -> dict:
-    """Write `id, prob, decision` (+ `label` where the input has labels) for every image (or row,
-    for a tabular run)."""
+            device: str = "auto", progress: Callable[[int, int], None] | None = None,
+            max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+    """Write `id, prob, decision` (+ `label` where the input has labels) for every image (or row, for
+    a tabular run); images whose header states more than `max_pixels` pixels are unreadable (never
+    decoded)."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise ExistsError(f"{out}: exists; choose another --out or pass --overwrite")
+    if max_pixels < 1:
+        raise BadInputError(f"--max-pixels must be at least 1, got {max_pixels}")
     run = load_predictor(run_dir, device)
+    out.parent.mkdir(parents=True, exist_ok=True)  # a new output: atomic_path creates no folders
     if getattr(run, "takes", "images") == "rows":
-        return _predict_rows(run, source, out, fmt, skip_bad, workers, batch_size, device, progress)
+        return _predict_rows(run, source, out, fmt, skip_bad, workers, batch_size, device, progress, max_pixels)
     src = read_source(source, fmt, require_labels=False, metadata=False)
     table = src.table
     n = len(table)
@@ -82,22 +88,23 @@ def predict(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os
     bad: list[str] = []
     started = time.perf_counter()
     with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
-        for k, (rows, ok, probs, chunk_bad) in enumerate(_image_chunks(run, src, skip_bad, workers, batch_size, progress)):
+        chunks = _image_chunks(run, src, skip_bad, workers, batch_size, progress, max_pixels)
+        for k, (rows, ok, probs, chunk_bad) in enumerate(chunks):
             bad += chunk_bad
             kept = rows[ok]
             frame = pd.DataFrame({"id": kept["id"].to_numpy(), "prob": probs,
                                   "decision": (probs >= run.threshold).astype(int)})
             if has_label:
                 frame["label"] = kept["label"].to_numpy()
-            frame.to_csv(f, header=k == 0, index=False, float_format="%.6g")
+            safe_to_csv(frame, f, header=k == 0, index=False, float_format="%.6g")  # ids: formula-safe
     seconds = time.perf_counter() - started
     return {"n": n - len(bad), "skipped": len(bad), "seconds": seconds, "img_s": (n - len(bad)) / max(seconds, 1e-9),
             "threshold": run.threshold, "out": str(out), "unit": "image"}
 
 
 def _predict_rows(run, source, out: Path, fmt: str, skip_bad: bool, workers: int | None, batch_size: int,
-                  device: str, progress) -> dict:
-    """A tabular run: read INPUT with its metadata, score the images too when the run is fused, then
+                  device: str, progress, max_pixels: int) -> dict:
+    """A tabular run: read INPUT with its metadata, score its images too when the run is fused, then
     score every row at once (patient statistics are over INPUT's patients)."""
     started = time.perf_counter()
     src = read_source(source, fmt, require_labels=False, metadata=True)
@@ -110,7 +117,8 @@ def _predict_rows(run, source, out: Path, fmt: str, skip_bad: bool, workers: int
         keep = np.zeros(n, bool)
         image_prob = np.full(n, np.nan)
         start = 0
-        for rows, ok, probs, chunk_bad in _image_chunks(image_model, src, skip_bad, workers, batch_size, progress):
+        for rows, ok, probs, chunk_bad in _image_chunks(image_model, src, skip_bad, workers, batch_size, progress,
+                                                        max_pixels):
             where = start + np.flatnonzero(ok)
             keep[where] = True
             image_prob[where] = probs
@@ -121,8 +129,8 @@ def _predict_rows(run, source, out: Path, fmt: str, skip_bad: bool, workers: int
     frame = pd.DataFrame({"id": table["id"].to_numpy(), "prob": probs, "decision": (probs >= run.threshold).astype(int)})
     if "label" in table.columns:
         frame["label"] = table["label"].to_numpy()
-    with atomic_path(out) as tmp:
-        frame.to_csv(tmp, index=False, float_format="%.6g")
+    with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
+        safe_to_csv(frame, f, index=False, float_format="%.6g")  # ids: formula-safe
     if progress and not run.fused:
         progress(n, n)
     seconds = time.perf_counter() - started

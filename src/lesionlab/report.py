@@ -11,12 +11,13 @@ import shutil
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from . import __version__
 from .errors import BadInputError, ExistsError
-from .fileio import write_text
+from .fileio import require_folder_or_absent, write_text
 from .runs import Run, find_runs
 from .runs import format as run_format
 
@@ -74,9 +75,30 @@ def summary_rows(groups: "OrderedDict[str, list[Run]]") -> tuple[list[str], list
     return header, rows
 
 
+# Characters that Markdown (CommonMark and GitHub's flavour) reads as markup: emphasis, code,
+# links and images, raw HTML, table cells, headings, strikethrough, entities and maths. Names,
+# paths and ids come from the user or from run folders someone else wrote, so they are escaped
+# wherever report.md shows them; a line break would end the table or heading, so it is a space.
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>|#~&!$])")
+
+
+def md_escape(text: object) -> str:
+    """`text` as literal Markdown text: every markup character backslash-escaped."""
+    return _MD_SPECIAL.sub(r"\\\1", re.sub(r"[\r\n]+", " ", str(text)))
+
+
+def md_code(text: object) -> str:
+    """`text` as a Markdown code span, fenced with more backticks than it holds in a row."""
+    text = re.sub(r"[\r\n]+", " ", str(text))
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    """Every cell escaped: experiment and model names come from run folders."""
+    lines = ["| " + " | ".join(md_escape(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(md_escape(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -91,38 +113,40 @@ def _model_name(run: Run) -> str:
     return run.config.get("model", "?")
 
 
-def _tabular_details(run: Run) -> list[str]:
+def _tabular_details(run: Run, esc: Callable[[object], str] = str) -> list[str]:
     c, i = run.config, run.info
     f, folds = i.get("features", {}), i.get("folds", {})
     oof = run.metrics.get("oof", {})
+    columns = ", ".join(esc(x) for x in f.get("metadata", []))
     return [
-        f"{_model_name(run)}: {len(f.get('metadata', []))} metadata column(s) ({', '.join(f.get('metadata', []))}), "
-        f"{f.get('n_inputs')} model inputs ({len(f.get('recipe', []))} ISIC 2024 recipe features"
+        f"{esc(_model_name(run))}: {len(f.get('metadata', []))} metadata column(s) ({columns}), "
+        f"{esc(f.get('n_inputs'))} model inputs ({len(f.get('recipe', []))} ISIC 2024 recipe features"
         f"{', patient statistics' if f.get('patient_context') else ''}); "
-        f"dropped: {', '.join(f.get('dropped', {})) or 'none'}",
-        f"{folds.get('k')} folds ({folds.get('source')}), rounds {folds.get('best_iterations')}, "
-        f"negative ratio {c.get('neg_ratio') or 'all'}, threshold {i.get('threshold'):.3g} ({i.get('threshold_rule')}), "
-        f"seed {c.get('seed')}",
+        f"dropped: {', '.join(esc(x) for x in f.get('dropped', {})) or 'none'}",
+        f"{esc(folds.get('k'))} folds ({esc(folds.get('source'))}), rounds {esc(folds.get('best_iterations'))}, "
+        f"negative ratio {esc(c.get('neg_ratio') or 'all')}, threshold {i.get('threshold'):.3g} "
+        f"({esc(i.get('threshold_rule'))}), seed {esc(c.get('seed'))}",
         f"out of fold (train pool): ROC AUC {_fmt(oof.get('roc_auc'))}, pAUC80 {_fmt(oof.get('pauc_80'), 4)}, "
         f"AP {_fmt(oof.get('average_precision'))}; wall {i.get('wall_seconds', float('nan')):.0f} s",
     ]
 
 
-def _run_details(run: Run) -> list[str]:
+def _run_details(run: Run, esc: Callable[[object], str] = str) -> list[str]:
+    """Two lines about a run; `esc` escapes the values read from its files (md_escape for Markdown;
+    the HTML escapes whole lines)."""
     if run.kind == "tabular":
-        return _tabular_details(run)
+        return _tabular_details(run, esc)
     c, i = run.config, run.info
     speed = i.get("speed", {})
     compute = (f", pure compute {speed['compute_img_s']:.1f} img/s (loop/compute {speed['loop_vs_compute']:.2f})"
                if speed.get("compute_img_s") else "")
     return [
-        f"model {c.get('model')}, ratio {c.get('ratio')}, draw {i['draw']['malignant']} malignant / "
-        f"{i['draw']['benign']} benign, lr {c.get('lr')}, {c.get('epochs')} epochs (best on {i.get('monitor')}: "
-        f"epoch {i.get('best_epoch')}), threshold {i.get('threshold'):.3g} ({i.get('threshold_rule')}), "
-        f"seed {c.get('seed')}",
-        f"training {speed.get('train_img_s', float('nan')):.1f} img/s{compute} "
-        f"on {i.get('runtime', {}).get('device_name', '?')}; "
-        f"wall {i.get('wall_seconds', float('nan')):.0f} s",
+        f"model {esc(c.get('model'))}, ratio {esc(c.get('ratio'))}, draw {esc(i['draw']['malignant'])} malignant / "
+        f"{esc(i['draw']['benign'])} benign, lr {esc(c.get('lr'))}, {esc(c.get('epochs'))} epochs "
+        f"(best on {esc(i.get('monitor'))}: epoch {esc(i.get('best_epoch'))}), threshold {i.get('threshold'):.3g} "
+        f"({esc(i.get('threshold_rule'))}), seed {esc(c.get('seed'))}",
+        f"training {speed.get('train_img_s', float('nan')):.1f} img/s{compute} on "
+        f"{esc(i.get('runtime', {}).get('device_name', '?'))}; wall {i.get('wall_seconds', float('nan')):.0f} s",
     ]
 
 
@@ -163,6 +187,7 @@ def build_report(runs_dir: str | Path, out: str | Path, title: str = "lesionlab 
     if not runs:
         raise BadInputError(f"{runs_dir}: holds no complete run folders")
     out = Path(out)
+    require_folder_or_absent(out)
     md_path = out / "report.md"
     ours = md_path.exists() and md_path.read_text(errors="replace").startswith(MARKER)
     if out.exists() and any(out.iterdir()) and not ours:
@@ -174,30 +199,38 @@ def build_report(runs_dir: str | Path, out: str | Path, title: str = "lesionlab 
     figures_dir.mkdir(parents=True)
 
     header, rows = summary_rows(groups)
-    splits = sorted({r.info.get("split_sha256", "?")[:12] for r in runs})
-    intro = (f"{len(runs)} run(s) in {len(groups)} experiment(s) from `{runs_dir}`; split file hash(es) "
-             f"{', '.join(splits)}; generated {time.strftime('%Y-%m-%d %H:%M')} by lesionlab {__version__}.")
+    splits = sorted({str(r.info.get("split_sha256", "?"))[:12] for r in runs})
+
+    def intro(folder: str, hashes: str) -> str:
+        return (f"{len(runs)} run(s) in {len(groups)} experiment(s) from {folder}; split file hash(es) "
+                f"{hashes}; generated {time.strftime('%Y-%m-%d %H:%M')} by lesionlab {__version__}.")
     note = ("Cells give mean ± sd over seeds where an experiment has several, else the value with its 95% "
             "stratified bootstrap interval over the test images. Thresholded metrics (F1, precision, recall) use each "
             "run's threshold, chosen on validation only.")
-    md = [MARKER, f"# {title}", "", intro, "", "## Summary", "", note, "", _md_table(header, rows), ""]
-    body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(intro)}</p>", "<h2>Summary</h2>",
+    md = [MARKER, f"# {md_escape(title)}", "", intro(md_code(runs_dir), md_escape(", ".join(splits))), "",
+          "## Summary", "", note, "", _md_table(header, rows), ""]
+    body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(intro(str(runs_dir), ', '.join(splits)))}</p>",
+            "<h2>Summary</h2>",
             f"<p>{html.escape(note)}</p>", _html_table(header, rows)]
     if baseline:
         c_header, c_rows = comparison_rows(groups, baseline, n_boot)
-        c_note = (f"A = {baseline}. Paired stratified bootstrap over the same test images ({n_boot} resamples); "
+        c_note = ("A = {}. Paired stratified bootstrap over the same test images ({} resamples); "
                   "with several seeds each side's value is its seed mean. ↑/↓: the interval lies above/below "
                   "zero; otherwise it includes zero and the difference is not clear.")
-        md += [f"## Paired comparison against {baseline}", "", c_note, "", _md_table(c_header, c_rows), ""]
-        body += [f"<h2>Paired comparison against {html.escape(baseline)}</h2>", f"<p>{html.escape(c_note)}</p>",
+        md += [f"## Paired comparison against {md_escape(baseline)}", "", c_note.format(md_escape(baseline), n_boot),
+               "", _md_table(c_header, c_rows), ""]
+        body += [f"<h2>Paired comparison against {html.escape(baseline)}</h2>",
+                 f"<p>{html.escape(c_note.format(baseline, n_boot))}</p>",
                  _html_table(c_header, c_rows)]
     for name, members in groups.items():
-        md += [f"## {name}", ""]
+        md += [f"## {md_escape(name)}", ""]
         body.append(f"<h2>{html.escape(name)}</h2>")
         for run in members:
             lines = [notebook_line("Val", run.metrics["val"]), notebook_line("Test", run.metrics["test"])]
             details = _run_details(run) + [_ci_line(run.metrics["test"])]
-            md += [f"### seed {run.seed} (`{run.path}`)", "", "\\\n".join(lines), ""] + [f"- {d}" for d in details] + [""]
+            md_details = _run_details(run, md_escape) + [_ci_line(run.metrics["test"])]  # the last: numbers only
+            md += [f"### seed {run.seed} ({md_code(run.path)})", "", "\\\n".join(lines), ""]  # numbers only
+            md += [f"- {d}" for d in md_details] + [""]
             body += [f"<h3>seed {run.seed} <small>({html.escape(str(run.path))})</small></h3>",
                      "<pre>" + html.escape("\n".join(lines)) + "</pre>",
                      "<ul>" + "".join(f"<li>{html.escape(d)}</li>" for d in details) + "</ul>", "<div class='figs'>"]
@@ -207,7 +240,7 @@ def build_report(runs_dir: str | Path, out: str | Path, title: str = "lesionlab 
                 md.append(f"![{caption}](figures/{dest.name})")
                 data = base64.b64encode(src.read_bytes()).decode()
                 body.append(f"<figure><img src='data:image/png;base64,{data}' alt='{caption}'>"
-                            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+                            f"<figcaption>{html.escape(caption)}</figcaption></figure>")  # alt: our own caption
             md.append("")
             body.append("</div>")
     write_text(md_path, "\n".join(md) + "\n")

@@ -8,7 +8,7 @@ import pandas as pd
 import yaml
 
 from ..errors import BadInputError
-from ..fileio import load_checkpoint, read_json
+from ..fileio import csv_restore, load_checkpoint, read_json
 from . import format as fmt
 
 
@@ -80,8 +80,9 @@ class Run:
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    """A CSV that lesionlab wrote, with ids kept as text."""
-    return pd.read_csv(path, dtype={"id": str, "group": str}, keep_default_na=False, na_values=[""])
+    """A CSV that lesionlab wrote, with ids kept as text; formula-safe cells (fileio.csv_safe)
+    restored, so that ids compare equal with the store's."""
+    return csv_restore(pd.read_csv(path, dtype={"id": str, "group": str}, keep_default_na=False, na_values=[""]))
 
 
 def load_run(path: str | Path, kinds: tuple[str, ...] | None = None) -> Run:

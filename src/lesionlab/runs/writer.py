@@ -2,7 +2,7 @@
 when complete, so a run folder is whole or absent and an existing one is never overwritten."""
 from __future__ import annotations
 
-import shutil
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -10,18 +10,15 @@ import pandas as pd
 import torch
 
 from .. import __version__
-from ..errors import ExistsError
-from ..fileio import publish_dir, write_csv, write_json, write_yaml
+from ..fileio import check_free, staged_dir, write_csv, write_json, write_yaml
 from . import format as fmt
 from .reader import is_complete_run
 
 
 def check_new_run_folder(out: Path) -> None:
-    """Refuse a target that already holds a run or anything else (before any work starts)."""
-    if is_complete_run(out):
-        raise ExistsError(f"{out}: already holds a run; choose another --out (lesionlab never overwrites a run)")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ExistsError(f"{out}: exists and is not empty; choose a new or empty folder for the run")
+    """Refuse a target that already holds a run or anything else, or that another process is
+    writing (before any work starts)."""
+    check_free(out, is_complete_run, "a run")
 
 
 class RunWriter:
@@ -35,19 +32,19 @@ class RunWriter:
         self.format = fmt.format_block(kind)
         self.staging: Path | None = None
         self._finished = False
+        self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> "RunWriter":
-        check_new_run_folder(self.out)
-        self.staging = self.out.parent / f".{self.out.name}.partial"
-        shutil.rmtree(self.staging, ignore_errors=True)  # a stale one from an interrupted run of ours
-        self.staging.mkdir(parents=True)
+        # under the target's lock, in a staging folder of its own; published whole (fileio.staged_dir)
+        self.staging = self._stack.enter_context(staged_dir(self.out, is_complete_run, "a run"))
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None and self._finished:
-            publish_dir(self.staging, self.out)
-        else:
-            shutil.rmtree(self.staging, ignore_errors=True)
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None and not self._finished:
+            err = RuntimeError(f"{self.out}: RunWriter left without finish(); nothing was published")
+            self._stack.__exit__(RuntimeError, err, None)  # staged_dir removes its staging folder
+            raise err
+        return self._stack.__exit__(exc_type, exc, tb)
 
     @property
     def path(self) -> Path:
