@@ -113,7 +113,7 @@ def ham_part(args, work: Path) -> list[str]:
         cells = [f"{m[s][k][0]:.3f} [{m[s][k][1][0]:.3f}, {m[s][k][1][1]:.3f}]" if k != "pauc_80" else
                  f"{m[s][k][0]:.4f} [{m[s][k][1][0]:.4f}, {m[s][k][1][1]:.4f}]" for s in ("oof", "test") for k in KEYS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    pairs_lines = []
+    pairs_lines, verdicts = [], []
     if "image only (cv)" in arms:
         base = "image only (cv)"
         pairs_lines = ["| B - A | set | ROC AUC | pAUC80 | AP |", "|---|---|---|---|---|"]
@@ -134,6 +134,11 @@ def ham_part(args, work: Path) -> list[str]:
                 cells = [f"{res[k]['diff']:+.4f} [{res[k]['lo']:+.4f}, {res[k]['hi']:+.4f}]"
                          + (" ↑" if res[k]["lo"] > 0 else (" ↓" if res[k]["hi"] < 0 else "")) for k in KEYS]
                 pairs_lines.append(f"| {name} - image only | {side} ({len(ids)} images) | " + " | ".join(cells) + " |")
+                if side == "oof" and "fusion" in name:
+                    met = all(res[k]["lo"] > 0 for k in ("roc_auc", "pauc_80"))
+                    verdicts.append(f"{name}: {'met' if met else 'NOT met'} (OOF ROC AUC {res['roc_auc']['diff']:+.4f} "
+                                    f"[{res['roc_auc']['lo']:+.4f}, {res['roc_auc']['hi']:+.4f}], pAUC80 "
+                                    f"{res['pauc_80']['diff']:+.4f} [{res['pauc_80']['lo']:+.4f}, {res['pauc_80']['hi']:+.4f}])")
     text = [
         "### HAM10000", "",
         f"Store `{data}` ({info['split_file']} sha256 {info['split_sha256'][:12]}, grouped by {info['group']}); "
@@ -141,18 +146,28 @@ def ham_part(args, work: Path) -> list[str]:
         f"val and test 50:1000. Metadata-only: `lesionlab tabular --data DATA --out RUN --bootstrap {args.n_boot}` "
         f"(LightGBM {info['engine']['version']}, {info['folds']['k']} folds of {info['folds']['source']}, features "
         f"{', '.join(info['features']['metadata'])}; refused automatically: "
-        + ", ".join(f"{c}" for c, r in dropped.items() if "label" in r or "equal" in r)
-        + "; also dropped: " + ", ".join(f"{c} ({r})" for c, r in dropped.items() if not ("label" in r or "equal" in r))
+        + ", ".join(f"{c}" for c, r in dropped.items() if _refused(r))
+        + "; also dropped: " + ", ".join(f"{c} ({r})" for c, r in dropped.items() if not _refused(r))
         + f"). Wall {info['wall_seconds']:.0f} s.", "",
         "Metrics with 95% stratified bootstrap intervals over images (OOF = the train pool, each image scored by "
         "the fold model that did not see it):", "", *lines, ""]
     if pairs_lines:
-        text += ["Paired differences against image-only, 95% interval from a bootstrap over whole lesions "
-                 f"({args.n_boot} resamples; ↑ = above zero):", "", *pairs_lines, ""]
+        cv_info = json.loads((Path(args.image) / "run.json").read_text())
+        text += [f"Image-only: the cv run `{args.image}` ({cv_info.get('name')}, {cv_info.get('folds')} folds, "
+                 f"{cv_info.get('repeats', 1)} repeat(s); OOF = its oof.csv, test = its fold ensemble). Fusions use its "
+                 "OOF scores for the train pool and its fold-ensemble scores for val/test, and its fold assignment.", "",
+                 "Paired differences against image-only, 95% interval from a bootstrap over whole lesions "
+                 f"({args.n_boot} resamples; ↑ = above zero):", "", *pairs_lines, "",
+                 "Goal (fused beats image-only with a paired 95% interval above zero on OOF ROC AUC and pAUC80): "
+                 + "; ".join(verdicts) + ".", ""]
     if skip_reason:
         text += [f"Not run: {skip_reason}. With a cv run on the same store and split: "
                  "`python benchmarks/fusion.py --data DATA_DIR --image CV_DIR`.", ""]
     return text
+
+
+def _refused(reason: str) -> bool:
+    return reason.startswith("label-derived") or reason == "equal to the label"
 
 
 def _test_groups(data: Path, ids) -> np.ndarray | None:
