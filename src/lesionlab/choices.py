@@ -14,3 +14,5 @@ SCHEDULERS = ("none", "cosine", "onecycle")
 TTA_MODES = ("none", "flip", "d4")
 ENSEMBLE_MEANS = ("prob", "logit")
 CALIBRATIONS = ("none", "temperature", "isotonic")
+ENGINES = ("lightgbm", "xgboost", "catboost")  # lightgbm is a dependency; the others are optional extras
+FUSIONS = ("stack", "late")  # how a tabular run uses an image model's scores (--image)

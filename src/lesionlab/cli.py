@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .choices import ENSEMBLE_MEANS, FITS, FORMATS, GROUP_CHOICES, POLICIES, TTA_MODES
+from .choices import ENGINES, ENSEMBLE_MEANS, FITS, FORMATS, FUSIONS, GROUP_CHOICES, POLICIES, TTA_MODES
 from .errors import LesionLabError
 
 PREPARE_FORMATS = tuple(f for f in FORMATS if f != "images")  # loose image files carry no labels
@@ -332,6 +332,66 @@ def ensemble(members: tuple[Path, ...], out: Path, mean: str, tta: str | None, t
                                           for k in ("roc_auc", "average_precision", "pauc_80", "f1")))
 
 
+# ---------------------------------------------------------------- tabular
+
+
+@main.command()
+@click.option("--data", "data", required=True, type=click.Path(path_type=Path), help="DATA_DIR (prepared, with a split)")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="RUN_DIR to create")
+@click.option("--features", default="auto", show_default=True,
+              help="auto = every metadata column that is not an id, a path, a group key or derived from the label; "
+                   "or COL,COL,...")
+@click.option("--engine", default="lightgbm", show_default=True, type=click.Choice(ENGINES),
+              help="xgboost and catboost are optional extras (pip install xgboost / catboost)")
+@click.option("--folds", default=None, type=int, help="grouped stratified folds over the train pool [default: 5; "
+              "with --image: the image model's folds]")
+@click.option("--image", "image", default=None, type=click.Path(path_type=Path),
+              help="CV_DIR (or ENS_DIR) of a cross-validated image model: its out-of-fold scores become features")
+@click.option("--fusion", default="stack", show_default=True, type=click.Choice(FUSIONS),
+              help="with --image: stack = image scores as features; late = rank average of image and metadata-only "
+                   "probabilities (the yardstick)")
+@click.option("--neg-ratio", default=None, type=float, help="keep R benign rows per malignant row in each fold's "
+              "training part (negative undersampling) [default: all]")
+@click.option("--allow-column", "allow_column", multiple=True,
+              help="keep NAME although its single-column training AUC exceeds 0.98 (recorded; repeatable)")
+@click.option("--no-recipe", "no_recipe", is_flag=True, help="without the ISIC 2024 recipe and patient statistics")
+@click.option("--threshold", default="val-f1", show_default=True, help="a number, val-f1 or sens:X, chosen on validation")
+@click.option("--bootstrap", default=2000, show_default=True, help="bootstrap resamples for the 95% intervals")
+@click.option("--learning-rate", default=0.05, show_default=True)
+@click.option("--max-rounds", default=2000, show_default=True, help="boosting rounds at most")
+@click.option("--early-stopping", default=100, show_default=True, help="rounds without improvement on the inner "
+              "validation part")
+@click.option("--min-child-samples", default=20, show_default=True, help="fewest rows in a leaf")
+@click.option("--split", default="", help="split name ('' = split.json)")
+@click.option("--name", default="", help="experiment name for the report")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--num-threads", default=0, show_default=True, help="engine threads (0 = one per core)")
+def tabular(data: Path, out: Path, features: str, engine: str, folds: int | None, image: Path | None, fusion: str,
+            neg_ratio: float | None, allow_column: tuple[str, ...], no_recipe: bool, threshold: str, bootstrap: int,
+            learning_rate: float, max_rounds: int, early_stopping: int, min_child_samples: int, split: str, name: str,
+            seed: int, num_threads: int) -> None:
+    """A gradient-boosted model on the metadata columns (optionally fused with an image model) into RUN_DIR."""
+    from .config import build_tabular_config
+    from .report import notebook_line
+    from .tabular_run import tabular_run
+
+    cfg = build_tabular_config({
+        "name": name, "data": str(data), "split": split, "features": features, "allow_column": list(allow_column),
+        "engine": engine, "folds": folds, "image": str(image) if image else None, "fusion": fusion,
+        "neg_ratio": neg_ratio, "recipe": not no_recipe, "threshold": threshold, "bootstrap": bootstrap,
+        "learning_rate": learning_rate, "max_rounds": max_rounds, "early_stopping": early_stopping,
+        "min_child_samples": min_child_samples, "seed": seed,
+        "num_threads": num_threads})
+    info = tabular_run(cfg, out, echo=lambda s: click.echo(s, err=True))
+    m = info["metrics"]
+    click.echo(f"{out}: {info['folds']['k']} folds, threshold {info['threshold']:.3g} ({info['threshold_rule']}); "
+               f"out of fold ROC AUC {m['oof']['roc_auc']:.4f}, pAUC80 {m['oof']['pauc_80']:.4f}", err=True)
+    click.echo(notebook_line("Val", m["val"]))
+    click.echo(notebook_line("Test", m["test"]))
+    click.echo(f"Test ROC AUC: {m['test']['roc_auc']:.4f} | pAUC80: {m['test']['pauc_80']:.4f} | "
+               f"AP: {m['test']['average_precision']:.4f}")
+
+
 # ---------------------------------------------------------------- sweep / report / predict
 
 
@@ -458,7 +518,8 @@ def augment_preview(data_dir: Path, policy: str, out: Path, rows: int, columns: 
 def predict(run_dir: Path, source: Path, out: Path, fmt: str, skip_bad: bool, overwrite: bool, workers: int,
             batch_size: int, device: str, max_pixels: int, tta: str | None, engine: str) -> None:
     """Score images (a file, folder, manifest or ISIC 2024 pair) with a train, cv or ensemble run (or an
-    exported model)."""
+    exported model); with a tabular run, the rows of a manifest or an ISIC 2024 pair (their metadata
+    columns, and their images when the run is fused with an image model)."""
     from .predict import predict as do_predict
 
     bar, update = _progress_bar("predict")
@@ -467,9 +528,10 @@ def predict(run_dir: Path, source: Path, out: Path, fmt: str, skip_bad: bool, ov
                             max_pixels=max_pixels, tta=tta, engine=engine)
     finally:
         bar.close()
-    click.echo(f"{out}: {result['n']} image(s) scored at threshold {result['threshold']:.3g}"
+    unit = result.get("unit", "image")
+    click.echo(f"{out}: {result['n']} {unit}(s) scored at threshold {result['threshold']:.3g}"
                + (f", {result['skipped']} unreadable skipped" if result["skipped"] else "")
-               + f" ({result['img_s']:.0f} img/s)")
+               + f" ({result['img_s']:.0f} {'img' if unit == 'image' else unit}/s)")
 
 
 @main.command()

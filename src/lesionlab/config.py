@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from .choices import CALIBRATIONS, LOSSES, OPTIMIZERS, POLICIES, SAMPLERS, SCHEDULERS, TTA_MODES
+from .choices import CALIBRATIONS, ENGINES, FUSIONS, LOSSES, OPTIMIZERS, POLICIES, SAMPLERS, SCHEDULERS, TTA_MODES
 from .errors import BadInputError, closest
 from .metrics import ThresholdRule
 
@@ -205,10 +205,10 @@ class ExperimentConfig(BaseModel):
 KEYS = tuple(ExperimentConfig.model_fields)
 
 
-def _field(loc: tuple) -> tuple[str, Any]:
+def _field(loc: tuple, config: type[BaseModel] | None = None) -> tuple[str, Any]:
     """(dotted key, pydantic FieldInfo or None) of an error location such as ('synthetic', 'n') or
-    ('n_malignant', 'int') (a Union's branch tag after the key)."""
-    model: Any = ExperimentConfig
+    ('n_malignant', 'int') (a Union's branch tag after the key), in `config` (default ExperimentConfig)."""
+    model: Any = config or ExperimentConfig
     parts, field = [], None
     for part in loc:
         fields = getattr(model, "model_fields", {}) if isinstance(model, type) else {}
@@ -221,14 +221,15 @@ def _field(loc: tuple) -> tuple[str, Any]:
     return ".".join(parts), field
 
 
-def _known_keys(loc: tuple) -> tuple[str, ...]:
+def _known_keys(loc: tuple, config: type[BaseModel] | None = None) -> tuple[str, ...]:
     """The keys known where an unknown key sits: the config's, or a nested mapping's."""
-    _, parent = _field(tuple(loc)[:-1])
+    keys = tuple((config or ExperimentConfig).model_fields)
+    _, parent = _field(tuple(loc)[:-1], config)
     if parent is None:
-        return KEYS
+        return keys
     nested = [a for a in (parent.annotation, *typing.get_args(parent.annotation))
               if isinstance(a, type) and issubclass(a, BaseModel)]
-    return tuple(nested[0].model_fields) if nested else KEYS
+    return tuple(nested[0].model_fields) if nested else keys
 
 
 def _describe(annotation: Any) -> str:
@@ -279,12 +280,12 @@ def _flag(key: str) -> str:
     return "--" + {"synthetic.data": "synthetic", "synthetic.n": "synthetic-n"}.get(key, key).replace("_", "-")
 
 
-def _explain_key(key: str, field: Any, errors: list[dict], where: str) -> str:
+def _explain_key(key: str, field: Any, errors: list[dict], where: str, config: type[BaseModel] | None = None) -> str:
     """One message for all of a key's errors (a Union gives one per branch): the key, what it
     expects and what it got."""
     first = errors[0]
     if first["type"] == "extra_forbidden":
-        return f"unknown config key '{key}'{closest(key.rsplit('.', 1)[-1], _known_keys(first['loc']))}"
+        return f"unknown config key '{key}'{closest(key.rsplit('.', 1)[-1], _known_keys(first['loc'], config))}"
     for e in errors:
         msg = e["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
         if e["type"] in ("value_error", "assertion_error") and "--" in msg:
@@ -300,12 +301,13 @@ def _explain_key(key: str, field: Any, errors: list[dict], where: str) -> str:
     return f"{where}: expected {_expected(field)}, got {got}{hint}"
 
 
-def _explain(err: ValidationError, origin: str, flag_keys: Collection[str] = ()) -> BadInputError:
+def _explain(err: ValidationError, origin: str, flag_keys: Collection[str] = (),
+             config: type[BaseModel] | None = None) -> BadInputError:
     """Every pydantic error, whatever its type, as 'KEY: expected X, got Y', KEY in the form the
     user wrote it: --flag-name for flags, config key 'name' in ORIGIN for a file."""
     by_key: dict[str, tuple[Any, list[dict]]] = {}
     for e in err.errors():
-        key, field = _field(tuple(e["loc"]))
+        key, field = _field(tuple(e["loc"]), config)
         if e["type"] == "extra_forbidden":
             key = ".".join(str(p) for p in e["loc"])
         by_key.setdefault(key or "config", (field, []))[1].append(e)
@@ -315,7 +317,7 @@ def _explain(err: ValidationError, origin: str, flag_keys: Collection[str] = ())
         where = _flag(key) if from_flags else f"{origin}: config key '{key}'"
         if field is None:  # the config as a whole: no key to name
             where = origin
-        line = _explain_key(key, field, errors, where)
+        line = _explain_key(key, field, errors, where, config)
         unknown = errors[0]["type"] == "extra_forbidden"
         if unknown or not (from_flags or line.startswith(where)):
             line = f"{origin}: {line}"  # say which file (or 'flags') an unknown key or our own message is about
@@ -356,3 +358,55 @@ def resolve(config_file: str | Path | None, overrides: dict) -> ExperimentConfig
 
 def to_dict(cfg: ExperimentConfig) -> dict:
     return cfg.model_dump(mode="json")
+
+
+class TabularConfig(BaseModel):
+    """`lesionlab tabular`: a gradient-boosted model on the metadata, optionally fused with an image model."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    name: str = Field("", description="experiment name used as the report's section title")
+    data: str = Field(description="prepared data set (DATA_DIR) with a split")
+    split: str = Field("", description="split name ('' = split.json, NAME = split-NAME.json)")
+    features: str = Field("auto", description="auto = every usable metadata column, or COL,COL,...")
+    allow_column: list[str] = Field(default_factory=list, description="columns kept although their single-column "
+                                    "training AUC exceeds 0.98 (recorded in the run)")
+    engine: Literal[ENGINES] = Field("lightgbm", description="gradient-boosting library")
+    folds: Optional[int] = Field(None, ge=2, description="grouped stratified folds over the train pool (default 5; "
+                                 "with --image: the image model's folds)")
+    image: Optional[str] = Field(None, description="CV_DIR (or ENS_DIR) of an image model: its out-of-fold scores "
+                                 "become features")
+    fusion: Literal[FUSIONS] = Field("stack", description="with --image: stack = image scores as features; late = "
+                                     "rank average of image and metadata-only probabilities")
+    neg_ratio: Optional[float] = Field(None, gt=0, description="benign rows per malignant row in each fold's "
+                                       "training part (negative undersampling; default: all)")
+    recipe: bool = Field(True, description="ISIC 2024 feature recipe and patient statistics where the columns allow")
+    threshold: str = Field("val-f1", description="decision threshold: a number, val-f1 or sens:X, chosen on validation")
+    learning_rate: float = Field(0.05, gt=0, description="boosting learning rate")
+    max_rounds: int = Field(2000, ge=1, description="boosting rounds at most (early stopping picks fewer)")
+    early_stopping: int = Field(100, ge=1, description="rounds without improvement on the inner validation part")
+    min_child_samples: int = Field(20, ge=1, description="fewest rows in a leaf (LightGBM; min_child_weight for XGBoost, "
+                                   "min_data_in_leaf for CatBoost)")
+    bootstrap: int = Field(2000, ge=0, description="bootstrap resamples for the 95%% intervals (0 = none)")
+    seed: int = Field(0, description="seed of the folds, undersampling and the engine")
+    num_threads: int = Field(0, ge=0, description="engine threads (0 = one per core)")
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _threshold(cls, v: Any) -> str:
+        return str(ThresholdRule.parse(v))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TabularConfig":
+        if self.fusion == "late" and not self.image:
+            raise ValueError("--fusion late needs --image CV_DIR (the image model to fuse with)")
+        return self
+
+
+def build_tabular_config(values: dict, origin: str = "flags") -> TabularConfig:
+    try:
+        return TabularConfig(**values)
+    except ValidationError as e:
+        raise _explain(e, origin, tuple(values) if origin == "flags" else (), TabularConfig) from None
+    except BadInputError as e:
+        raise BadInputError(f"{origin}: {e}") from None

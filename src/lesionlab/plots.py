@@ -160,3 +160,15 @@ def forest(rows: list[dict], metrics: list[tuple[str, str]], path: Path, baselin
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     _save(fig, path)
+
+
+def feature_importance(names: list[str], gain: np.ndarray, path: Path, top: int = 25) -> None:
+    """Horizontal bars of the largest mean gains (already sorted, largest first)."""
+    names, gain = list(names)[:top], np.asarray(gain, dtype=np.float64)[:top]
+    total = max(float(np.sum(gain)), 1e-12)
+    fig, ax = plt.subplots(figsize=(6.4, 0.28 * len(names) + 1.2))
+    ax.barh(np.arange(len(names))[::-1], gain / total, color="tab:blue")
+    ax.set_yticks(np.arange(len(names))[::-1], names, fontsize=8)
+    ax.set_xlabel(f"share of the top {len(names)} features' gain (mean over folds)")
+    ax.set_title("feature importance", fontsize=10)
+    _save(fig, path)

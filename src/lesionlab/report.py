@@ -69,7 +69,7 @@ def summary_rows(groups: "OrderedDict[str, list[Run]]") -> tuple[list[str], list
     for name, members in groups.items():
         first = members[0]
         draw = first.info.get("draw", {})
-        row = [name, first.config.get("model", "?"), f"{draw.get('malignant', '?')}:{draw.get('benign', '?')}",
+        row = [name, _model_name(first), f"{draw.get('malignant', '?')}:{draw.get('benign', '?')}",
                str(len(members))]
         row += [summary_cell(summarise(members, m)) for m in SUMMARY_METRICS]
         rows.append(row)
@@ -107,9 +107,36 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "run"
 
 
+def _model_name(run: Run) -> str:
+    if run.kind == "tabular":
+        fused = f" + image ({run.info.get('fusion')})" if run.info.get("image") else ""
+        return f"{run.config.get('engine', '?')} on metadata{fused}"
+    return run.config.get("model", "?")
+
+
+def _tabular_details(run: Run, esc: Callable[[object], str] = str) -> list[str]:
+    c, i = run.config, run.info
+    f, folds = i.get("features", {}), i.get("folds", {})
+    oof = run.metrics.get("oof", {})
+    columns = ", ".join(esc(x) for x in f.get("metadata", []))
+    return [
+        f"{esc(_model_name(run))}: {len(f.get('metadata', []))} metadata column(s) ({columns}), "
+        f"{esc(f.get('n_inputs'))} model inputs ({len(f.get('recipe', []))} ISIC 2024 recipe features"
+        f"{', patient statistics' if f.get('patient_context') else ''}); "
+        f"dropped: {', '.join(esc(x) for x in f.get('dropped', {})) or 'none'}",
+        f"{esc(folds.get('k'))} folds ({esc(folds.get('source'))}), rounds {esc(folds.get('best_iterations'))}, "
+        f"negative ratio {esc(c.get('neg_ratio') or 'all')}, threshold {i.get('threshold'):.3g} "
+        f"({esc(i.get('threshold_rule'))}), seed {esc(c.get('seed'))}",
+        f"out of fold (train pool): ROC AUC {_fmt(oof.get('roc_auc'))}, pAUC80 {_fmt(oof.get('pauc_80'), 4)}, "
+        f"AP {_fmt(oof.get('average_precision'))}; wall {i.get('wall_seconds', float('nan')):.0f} s",
+    ]
+
+
 def _run_details(run: Run, esc: Callable[[object], str] = str) -> list[str]:
     """Two lines about a run; `esc` escapes the values read from its files (md_escape for Markdown;
     the HTML escapes whole lines)."""
+    if run.kind == "tabular":
+        return _tabular_details(run, esc)
     c, i = run.config, run.info
     speed = i.get("speed", {})
     compute = (f", pure compute {speed['compute_img_s']:.1f} img/s (loop/compute {speed['loop_vs_compute']:.2f})"
@@ -208,7 +235,7 @@ def comparison_rows(groups: "OrderedDict[str, list[Run]]", baseline: str, n_boot
 
 def build_report(runs_dir: str | Path, out: str | Path, title: str = "lesionlab report",
                  baseline: str | None = None, n_boot: int = 2000) -> Path:
-    runs = find_runs(runs_dir, ("train", "cv", "ensemble"))
+    runs = find_runs(runs_dir, ("train", "cv", "ensemble", "tabular"))
     if not runs:
         raise BadInputError(f"{runs_dir}: holds no complete run folders")
     out = Path(out)
@@ -254,7 +281,7 @@ def build_report(runs_dir: str | Path, out: str | Path, title: str = "lesionlab 
         md += [f"## {md_escape(name)}", ""]
         body.append(f"<h2>{html.escape(name)}</h2>")
         for run in members:
-            if run.kind != "train":
+            if run.kind in ("cv", "ensemble"):
                 _other_kind_section(run, name, md, body, figures_dir)
                 continue
             lines = [notebook_line("Val", run.metrics["val"]), notebook_line("Test", run.metrics["test"])]

@@ -9,7 +9,8 @@ metrics.json (written last: its presence marks the folder complete); run.json ca
               assignment a resumed cv must match), folds/K/ (each a train run), oof.csv, cv.json, and
               predictions.csv of the fold ensemble on the split's val and test
     ensemble  several members' probabilities averaged: + members.json, predictions.csv
-    tabular   a gradient-boosted model on metadata (optionally fused with image scores)
+    tabular   a gradient-boosted model on metadata (optionally fused with image scores): + predictions.csv,
+              oof.csv (train pool, out of fold), importance.csv, model/ (fold models + model.json), figures/
 """
 from __future__ import annotations
 
@@ -44,8 +45,9 @@ FIGURES = {
     "oof_pr": ("oof_pr.png", "out-of-fold precision-recall"),
     "reliability": ("reliability.png", "reliability diagram (calibration)"),
     "cam_gallery": ("cam_gallery.png", "Grad-CAM gallery of the test set"),
+    "importance": ("importance.png", "feature importance (gain)"),
 }
-REPORT_FIGURES = ("confusion_test", "curves", "roc", "pr", "reliability", "cam_gallery")
+REPORT_FIGURES = ("confusion_test", "curves", "roc", "pr", "reliability", "cam_gallery", "importance")
 CV_REPORT_FIGURES = ("oof_roc", "oof_pr", "roc", "pr", "confusion_test")
 ENSEMBLE_REPORT_FIGURES = ("roc", "pr", "confusion_test")
 

@@ -104,6 +104,12 @@ def average_probabilities(member_probs: np.ndarray, mean: str = "prob") -> np.nd
     raise BadInputError(f"--mean must be prob or logit, got '{mean}'")
 
 
+def _load_tabular_predictor(run: Run, device: str = "auto"):
+    from ..tabular.predictor import load_tabular_predictor
+
+    return load_tabular_predictor(run, device)
+
+
 @dataclass
 class EnsemblePredictor:
     """Several predictors of the same preprocessing; their probabilities averaged (a cv folder's
@@ -158,6 +164,7 @@ PREDICTOR_LOADERS: dict[str, Callable[[Run, str], Predictor]] = {
     "train": load_model_predictor,
     "cv": load_ensemble_predictor,        # a cv folder scores with its fold ensemble
     "ensemble": load_ensemble_predictor,
+    "tabular": _load_tabular_predictor,   # takes rows (metadata), not images: takes = "rows", probabilities_rows()
 }
 
 
@@ -167,7 +174,7 @@ def load_predictor(run_dir: str | os.PathLike, device: str = "auto", tta: str | 
     run = load_run(path)
     loader = PREDICTOR_LOADERS.get(run.kind)
     if loader is None:
-        raise BadInputError(f"{path}: a {run.kind} run folder cannot score images; use a train, cv or ensemble run")
+        raise BadInputError(f"{path}: a {run.kind} run folder cannot score anything; use a train, cv, ensemble or tabular run")
     predictor = loader(run, device)
     if tta is not None:
         if not hasattr(predictor, "set_tta"):
