@@ -27,6 +27,8 @@ def main() -> None:
     ap.add_argument("--positives", type=int, default=393)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=cpu_count())
+    ap.add_argument("--crop-px", default="110:151", help="MIN:MAX side of the crops in pixels (the metadata do not "
+                    "depend on it; smaller crops are quicker to write and decode)")
     args = ap.parse_args()
     out = Path(args.out)
     if (out / "train-metadata.csv").exists():
@@ -40,7 +42,7 @@ def main() -> None:
             print(f"{done}/{total} crops, {done / (time.time() - t0):.0f} crops/s", flush=True)
 
     write_isic2024(out, n=args.n, n_patients=args.patients, n_positive=args.positives, seed=args.seed,
-                   size_range=(110, 151), workers=args.workers, progress=progress)
+                   size_range=tuple(int(v) for v in args.crop_px.split(":")), workers=args.workers, progress=progress)
     size = sum(p.stat().st_size for p in out.iterdir()) / 2**30
     print(f"{out}: {args.n} crops in {time.time() - t0:.0f} s, {size:.2f} GiB")
 

@@ -29,9 +29,10 @@ from _results import ROOT, git_commit, machine, update_section
 from lesionlab.config import build_config, build_pretrain_config, load_yaml
 from lesionlab.data.splits import load_split
 from lesionlab.data.store import Store
+from lesionlab.data.tta import tta_logits
 from lesionlab.experiment import run_experiment
 from lesionlab.fileio import write_text
-from lesionlab.metrics import average_precision, pauc_above_tpr, roc_auc
+from lesionlab.metrics import average_precision, paired_bootstrap, pauc_above_tpr, roc_auc
 from lesionlab.pretrain import pretrain
 from lesionlab.runs import Run, is_complete_run, load_predictor
 from lesionlab.tune import load_search, tune
@@ -42,45 +43,15 @@ SEARCH = ROOT / "configs" / "search" / "from_scratch.yaml"
 METRICS = {"roc_auc": roc_auc, "average_precision": average_precision, "pauc_80": pauc_above_tpr}
 
 
-def d4_views(images: np.ndarray):
-    """The 8 symmetries of the square: exact pixel permutations of uint8 NHWC images."""
-    for k in range(8):
-        x = images
-        if k & 1:
-            x = x[:, :, ::-1]
-        if k & 2:
-            x = x[:, ::-1]
-        if k & 4:
-            x = x.transpose(0, 2, 1, 3)
-        yield np.ascontiguousarray(x)
-
-
 def logits(run: Run, images: np.ndarray, tta: bool) -> np.ndarray:
     p = load_predictor(run.path, device="auto")
-    if not tta:
-        return p.logits(images)
-    return np.mean([p.logits(v) for v in d4_views(images)], axis=0)
+    return tta_logits(p.logits, images, "d4" if tta else "none")
 
 
 def grouped_paired(y: np.ndarray, groups: np.ndarray, a: np.ndarray, b: np.ndarray, n_boot: int, seed: int = 0) -> dict:
-    """B - A for each metric with a 95% interval from resampling whole groups (lesions), stratified
-    by whether a group holds a malignant image; the same resamples for A and B (paired)."""
-    _, inv = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inv == g) for g in range(inv.max() + 1)]
-    malignant = np.array([y[m].max() == 1 for m in members])
-    pos, neg = np.flatnonzero(malignant), np.flatnonzero(~malignant)
-    rng = np.random.default_rng(seed)
-    diffs = {m: [] for m in METRICS}
-    for _ in range(n_boot):
-        chosen = np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))]
-        idx = np.concatenate([members[g] for g in chosen])
-        for m, fn in METRICS.items():
-            diffs[m].append(fn(y[idx], b[idx]) - fn(y[idx], a[idx]))
-    out = {}
-    for m, fn in METRICS.items():
-        lo, hi = np.percentile(diffs[m], [2.5, 97.5])
-        out[m] = {"a": fn(y, a), "b": fn(y, b), "diff": fn(y, b) - fn(y, a), "lo": float(lo), "hi": float(hi)}
-    return out
+    """B - A with a 95% interval from lesionlab's paired bootstrap over whole groups (lesions),
+    stratified by whether a group holds a malignant image; the same resamples for A and B."""
+    return paired_bootstrap(y, a, b, 0.5, 0.5, tuple(METRICS), n_boot, seed, groups=groups)
 
 
 def train_arm(name: str, values: dict, data: Path, work: Path, seeds: list[int]) -> list[Run]:
@@ -251,8 +222,8 @@ def main() -> None:
            "this budget gives, not what the recipe can reach." if scaled else ""), "",
         (f"Data: {data} (its own split), " if args.data else
          f"HAM10000 at {args.size} px, val and test 50:1000 grouped by lesion (split seed 0), ")
-        + f"{args.n_malignant} malignant images in every training draw; seeds {args.seeds}. Baseline: configs/seed/simple_cnn_1to2.yaml, {args.baseline_epochs} "
-        f"epochs. (a): `lesionlab tune` of `{Path(args.search).name}` "
+        + f"{args.n_malignant} malignant images in every training draw; seeds {args.seeds}. "
+        f"Baseline: configs/seed/simple_cnn_1to2.yaml, {args.baseline_epochs} epochs. (a): `lesionlab tune` of `{Path(args.search).name}` "
         + (f"restricted to {args.tune_keys}, " if args.tune_keys else "")
         + f"{tuned['trials']} trials of {args.tune_epochs} epochs, objective {search.objective} ({search.metric}); "
         f"best trial {best['number']} (val {search.metric} {best['value']:.4f}): "

@@ -41,7 +41,7 @@ def main() -> None:
     t0 = time.time()
     data = prepared_ham(work)
     sweep_file = ROOT / "configs" / "seed" / "sweep.yaml"
-    overrides = {"epochs": args.epochs} if args.epochs else {}
+    overrides = {"measure_compute": True, **({"epochs": args.epochs} if args.epochs else {})}
     seeds = [int(s) for s in args.seeds.split(",")]
     planned = [p for p in plan(sweep_file, data=str(data), out=str(work / "seed-runs"), overrides=overrides)
                if p.config.seed in seeds]

@@ -107,7 +107,7 @@ def main() -> None:
         shutil.rmtree(run, ignore_errors=True)
         subprocess.run(LESIONLAB + ["train", "--data", str(data), "--out", str(run), "--model", model, "--ratio", "1:2",
                                     "--n-malignant", "293", "--epochs", str(args.epochs), "--seed", "0",
-                                    "--bootstrap", "0", "--device", args.device], check=True)
+                                    "--bootstrap", "0", "--device", args.device, "--measure-compute"], check=True)
         plain = json.loads(plain_json.read_text())["epochs"]
         ours = pd.read_csv(run / "history.csv")
         info = json.loads((run / "run.json").read_text())

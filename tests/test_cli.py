@@ -63,7 +63,7 @@ def test_metrics_recomputed_from_predictions(pipeline):
     run = pipeline["run"]
     metrics = json.loads((run / "metrics.json").read_text())
     preds = pd.read_csv(run / "predictions.csv")
-    assert list(preds.columns) == ["id", "split", "label", "prob"]
+    assert list(preds.columns) == ["id", "split", "label", "prob", "group"]  # group: for grouped intervals
     assert (preds["split"] == "val").sum() == 50 and (preds["split"] == "test").sum() == 50
     keys = {"loss", "accuracy", "precision", "recall", "f1", "specificity", "balanced_accuracy", "roc_auc",
             "average_precision", "pauc_80", "threshold"}
@@ -206,7 +206,7 @@ def test_sweep_runs_skips_and_resumes(pipeline, tmp_path):
     assert "1 run(s) done, 3 already complete" in r.output
     cli("report", tmp_path / "runs", "--out", tmp_path / "rep")
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert "| a 1:1 | simple_cnn | 15:15 | 2 |" in md and " ± " in md
+    assert "| a 1:1 | simple\\_cnn | 15:15 | 2 |" in md and " ± " in md  # names are Markdown-escaped
 
 
 def test_sweep_refuses_a_changed_config(pipeline, tmp_path):
@@ -228,3 +228,123 @@ def test_report_never_writes_over_a_users_folder(pipeline, tmp_path):
     assert r.exit_code == 2 and "did not write" in r.output
     assert (tmp_path / "mine" / "figures" / "plot.png").read_bytes() == b"mine"
     cli("report", pipeline["root"] / "runs", "--out", pipeline["report"])  # its own folder: rebuilt
+
+
+# ---------------------------------------------------------------- hostile and careless input
+
+
+def test_predict_refuses_decompression_bombs_by_name(pipeline, tmp_path):
+    from test_images import png_claiming
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for p in sorted((pipeline["manifest"].parent / "images").iterdir())[:3]:
+        shutil.copyfile(p, folder / p.name)
+    (folder / "bomb.png").write_bytes(png_claiming(100_000, 100_000))
+    r = cli("predict", pipeline["run"], folder, "--out", tmp_path / "p.csv", ok=False)
+    assert r.exit_code == 2 and "bomb (100000x100000 = 10,000,000,000 pixels is over the limit" in r.output, r.output
+    r = cli("predict", pipeline["run"], folder, "--out", tmp_path / "p.csv", "--skip-bad")
+    assert "3 image(s) scored" in r.output and "1 unreadable skipped" in r.output
+    r = cli("predict", pipeline["run"], folder, "--out", tmp_path / "q.csv", "--max-pixels", "29999", ok=False)
+    assert "200x150 = 30,000 pixels is over the limit of 29,999" in r.output
+
+
+HOSTILE_IDS = ["=cmd|' /C calc'!A0", "-5", "@SUM(1)", "+1", "'quote"]
+
+
+def test_ids_that_look_like_formulas_are_neutralised_and_read_back(tmp_path, sample_manifest):
+    """Ids a spreadsheet would run (=, +, -, @) are written with a leading quote in every CSV;
+    lesionlab reads its own CSVs back to the same ids (runs compare, splits match)."""
+    from lesionlab.data.store import Store
+    from lesionlab.fileio import csv_restore
+    from lesionlab.runs import Run
+
+    df = subset(sample_manifest, 30, 60, seed=2)
+    df.insert(0, "id", [HOSTILE_IDS[i] if i < len(HOSTILE_IDS) else f"{HOSTILE_IDS[i % 4]}{i}" for i in range(len(df))])
+    manifest = copy_subset(df, tmp_path / "raw")
+    data, run = tmp_path / "data", tmp_path / "run"
+    cli("prepare", manifest, "--out", data, "--size", "32")
+    cli("split", data, "--val", "8:20", "--test", "8:20", "--group", "none")
+    cli("train", "--data", data, "--out", run, "--epochs", "1", "--batch-size", "16", "--n-malignant", "10",
+        "--bootstrap", "0", "--eval-batch-size", "64")
+    cli("predict", run, manifest, "--out", tmp_path / "p.csv")
+    store = Store.open(data)
+    assert sorted(store.table["id"]) == sorted(df["id"])  # rows.csv read back
+    split = json.loads((data / "split.json").read_text())["assign"]
+    preds = Run.load(run).predictions()
+    assert sorted(preds["id"]) == sorted(split["val"] + split["test"])
+    assert set(csv_restore(pd.read_csv(run / "train_draw.csv", dtype=str))["id"]) <= set(df["id"])
+    for csv in (data / "rows.csv", run / "predictions.csv", run / "train_draw.csv", tmp_path / "p.csv"):
+        cells = [c for line in csv.read_text().splitlines() for c in line.split(",")]
+        assert not [c for c in cells if c[:1] in ("=", "+", "-", "@")], csv  # none a formula
+    predicted = pd.read_csv(tmp_path / "p.csv", dtype={"id": str})
+    assert "'=cmd|' /C calc'!A0" in set(predicted["id"]) and "'quote" in set(predicted["id"])
+    assert "paired bootstrap" in cli("compare", run, run, "--n-boot", "20").output  # ids match across runs
+
+
+def test_report_escapes_names_and_paths(pipeline, tmp_path):
+    hostile = "<script>alert(1)</script> | *bold* _it_ [link](http://x) `tick` ![img](y)"
+    run = tmp_path / "runs" / "run `x` [y]"
+    shutil.copytree(pipeline["run"], run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg.update(name=hostile, model="cnn|evil")
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    cli("report", tmp_path / "runs", "--out", tmp_path / "rep", "--title", "# T <b>")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    html = (tmp_path / "rep" / "report.html").read_text()
+    for text in (md, html):  # no markup of the user's survives, in either
+        assert "<script>" not in text and "<b>" not in text
+    assert "[link](" not in md and "`tick`" not in md and " *bold* " not in md and " _it_ " not in md
+    assert "# \\# T \\<b\\>" in md
+    assert "## \\<script\\>alert(1)\\</script\\> \\| \\*bold\\* \\_it\\_ \\[link\\](http://x) \\`tick\\` \\!\\[img\\](y)" in md
+    lines = md.splitlines()
+    header = next(line for line in lines if line.startswith("| experiment |"))
+    row = next(line for line in lines if line.startswith("| \\<script"))
+    assert row.replace("\\|", "").count("|") == header.count("|")  # the name's | does not add a column
+    import re
+
+    assert re.search(r"### seed 0 \(``[^`]*/run `x` \[y\]``\)", md)  # the path as code, fenced past its backticks
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_split_without_a_class_in_val_or_test_is_refused(pipeline, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(pipeline["data"], data)
+    for val, test in (("0:0", "0:0"), ("5:0", "5:20"), ("5:20", "0:20")):
+        r = cli("split", data, "--val", val, "--test", test, "--name", "x", ok=False)
+        assert r.exit_code == 2 and "expected at least 1 of each" in r.output, r.output
+        assert not (data / "split-x.json").exists()
+    # a saved split (by hand or by an older lesionlab) without malignant validation images: refused
+    # before training, not after it
+    doc = json.loads((data / "split.json").read_text())
+    labels = dict(zip(*[pd.read_csv(data / "rows.csv", dtype=str)[c] for c in ("id", "label")]))
+    malignant = [i for i in doc["assign"]["val"] if labels[i] == "1"]
+    doc["assign"]["val"] = [i for i in doc["assign"]["val"] if i not in malignant]
+    doc["assign"]["excluded"] += malignant
+    (data / "split.json").write_text(json.dumps(doc))
+    r = cli("train", "--data", data, "--out", tmp_path / "r", *TRAIN_FLAGS, ok=False)
+    assert r.exit_code == 2 and "split.json: the validation set has 0 malignant and 40 benign image(s)" in r.output
+    assert "epoch" not in r.output and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("config,flags,message", [
+    ({}, ["--n-malignant", "lots"], "--n-malignant: expected an integer or 'all', got 'lots'"),
+    ({"epochs": True}, [], "config key 'epochs': expected an integer >= 1, got true"),
+    ({"lr": True}, [], "config key 'lr': expected a number > 0, got true"),
+    ({"n_malignant": False}, [], "config key 'n_malignant': expected an integer or 'all', got false"),
+    ({"optimizer": "adma"}, [], "config key 'optimizer': expected one of adam, adamw, sgd, got 'adma' (did you mean 'adam'?)"),
+    ({"synthetic": {"data": "x", "n": "many"}}, [], "config key 'synthetic.n': expected an integer >= 1 (or nothing), got 'many'"),
+    ({"epochs": 2}, ["--label-smoothing", "0.7"], "--label-smoothing: expected a number >= 0 and < 0.5, got 0.7"),
+])
+def test_config_errors_name_the_key_expected_and_got(pipeline, tmp_path, config, flags, message):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    r = cli("train", tmp_path / "c.yaml", "--data", pipeline["data"], "--out", tmp_path / "r", *flags, ok=False)
+    assert r.exit_code == 2 and message in r.output, r.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_numbers_as_text_still_read_as_numbers():
+    from lesionlab.config import build_config
+
+    cfg = build_config({"epochs": "3", "lr": "1e-3", "n_malignant": "all", "ema": True}, "flags")
+    assert (cfg.epochs, cfg.lr, cfg.n_malignant, cfg.ema) == (3, 0.001, "all", 0.999)

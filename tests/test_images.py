@@ -1,10 +1,12 @@
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from lesionlab.data.images import DecodeError, decode_resize
+from lesionlab.data.images import DecodeError, TooManyPixelsError, decode_resize
 from lesionlab.demo import demo_files
 
 SAMPLE = demo_files() / "ham10000_sample"
@@ -58,3 +60,72 @@ def test_fits():
 def test_bad_bytes(data):
     with pytest.raises(DecodeError):
         decode_resize(data, 32)
+
+
+# ---------------------------------------------------------------- hostile headers and wide greyscale
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header states width x height RGB pixels, with almost no pixel data: a few
+    hundred bytes that would take width * height * 3 bytes of memory to decode."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def jpeg_claiming(width: int, height: int) -> bytes:
+    """A real 16x16 JPEG with its frame header (SOF0) patched to state width x height."""
+    data = bytearray(_encode(np.full((16, 16, 3), 90, np.uint8), "JPEG"))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("data", [png_claiming(100_000, 100_000), jpeg_claiming(60_000, 60_000)], ids=["png", "jpeg"])
+def test_decompression_bomb_is_a_decode_error_before_decoding(data):
+    with pytest.raises(DecodeError, match=r"pixels is over the limit of 178,956,970.*--max-pixels"):
+        decode_resize(data, 32)
+
+
+def test_jpeg_header_size_is_checked_on_the_fast_path():
+    # simplejpeg reads the frame header: the refusal names the size it states, before any decoding
+    with pytest.raises(TooManyPixelsError, match=r"60000x60000 = 3,600,000,000 pixels"):
+        decode_resize(jpeg_claiming(60_000, 60_000), 32)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_max_pixels_lowers_and_raises_the_limit(fmt, monkeypatch):
+    data = _encode(np.full((100, 120, 3), 90, np.uint8), fmt)
+    with pytest.raises(TooManyPixelsError, match=r"120x100 = 12,000 pixels is over the limit of 11,999"):
+        decode_resize(data, 16, max_pixels=11_999)
+    assert decode_resize(data, 16, max_pixels=12_000).shape == (16, 16, 3)
+    # above PIL's own limit (a module-wide setting, here made tiny), lesionlab's limit decides,
+    # and PIL's setting is left as it was
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    assert decode_resize(data, 16, max_pixels=20_000).shape == (16, 16, 3)
+    assert Image.MAX_IMAGE_PIXELS == 1000
+    with pytest.raises(TooManyPixelsError, match="120x100 = 12,000 pixels is over the limit of 1,500"):
+        decode_resize(data, 16, max_pixels=1500)
+
+
+def _gradient(high: float, dtype) -> np.ndarray:
+    return np.tile(np.linspace(0, high, 64), (48, 1)).astype(dtype)
+
+
+@pytest.mark.parametrize("mode,fmt,high,dtype", [
+    ("I;16", "PNG", 255, np.uint16),        # a 16-bit PNG using 8 bits of range: was black
+    ("I;16", "PNG", 4095, np.uint16),       # 12-bit data in 16 bits: was nearly black
+    ("I", "TIFF", 255, np.int32),           # 32-bit integer holding 0..255: was black
+    ("I", "TIFF", 1_000_000, np.int32),     # 32-bit integer beyond 16 bits: wrapped around
+    ("F", "TIFF", 1.0, np.float32),         # float in 0..1: was black
+])
+def test_wide_greyscale_scaled_by_its_range(mode, fmt, high, dtype):
+    im = Image.fromarray(_gradient(high, dtype))
+    buf = io.BytesIO()
+    im.save(buf, format=fmt)
+    assert Image.open(io.BytesIO(buf.getvalue())).mode == mode  # a real file of that mode, written by PIL
+    out = decode_resize(buf.getvalue(), 64)[..., 0].astype(int)
+    assert out.min() <= 5 and out.max() >= 250, (out.min(), out.max())
+    assert (np.diff(out, axis=1) >= 0).all()  # still a left-to-right gradient

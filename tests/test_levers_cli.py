@@ -10,6 +10,7 @@ from conftest import cli
 SMALL = ["--epochs", "2", "--batch-size", "16", "--n-malignant", "20", "--bootstrap", "100", "--eval-batch-size", "64"]
 
 
+@pytest.mark.slow
 def test_every_lever_in_one_run(small_data, tmp_path):
     run = tmp_path / "r"
     cli("train", "--data", small_data, "--out", run, *SMALL, "--epochs", "3", "--augment", "medium",
@@ -48,6 +49,7 @@ def test_focal_loss_and_balanced_sampler(small_data, tmp_path):
     assert info["levers"]["sampler"] == "balanced" and info["draw"]["benign"] > info["draw"]["malignant"]
 
 
+@pytest.mark.slow
 def test_timm_backbone_trains(small_data, tmp_path):
     cli("train", "--data", small_data, "--out", tmp_path / "r", *SMALL, "--epochs", "1", "--model", "resnet18")
     assert (tmp_path / "r" / "metrics.json").exists()
@@ -56,7 +58,7 @@ def test_timm_backbone_trains(small_data, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--augment", "extreme"], "'extreme' is not one of 'none', 'light', 'medium', 'heavy'"),
     (["--sampler", "oversample"], "is not one of 'none', 'redraw', 'balanced'"),
-    (["--focal-gamma", "-1"], "focal_gamma"),
+    (["--focal-gamma", "-1"], "--focal-gamma: expected a number >= 0, got -1.0"),  # a flag is named as a flag
     (["--pos-weight", "0"], "--pos-weight must be > 0"),
     (["--pos-weight", "-2"], "--pos-weight must be > 0"),
     (["--threshold", "sens:1.0"], "target sensitivity must lie in (0, 1)"),

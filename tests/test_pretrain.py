@@ -153,7 +153,7 @@ def test_pretraining_on_val_or_test_images_is_refused(small_data, tmp_path, samp
 def test_pretrain_bad_settings_are_named(small_data, tmp_path):
     with pytest.raises(BadInputError, match="--method"):
         build_pretrain_config({"data": str(small_data), "method": "mocov9"})
-    with pytest.raises(BadInputError, match="unknown key 'epoch' \\(did you mean 'epochs'"):
+    with pytest.raises(BadInputError, match="unknown config key 'epoch' \\(did you mean 'epochs'"):
         build_pretrain_config({"data": str(small_data), "epoch": 3})
     r = cli("pretrain", small_data, "--out", tmp_path / "x", "--model", "resnet17", ok=False)
     assert r.exit_code == 2 and "did you mean 'resnet18'" in r.output

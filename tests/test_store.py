@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import copy_subset, subset
+from conftest import cli, copy_subset, subset
 from lesionlab.data import store as store_mod
 from lesionlab.data.images import decode_resize
 from lesionlab.data.sources import read_source
@@ -137,3 +137,47 @@ def test_isic2024_corrupt_entry_and_row_without_image(tmp_path):
     out, _ = prepare(read_source(raw), tmp_path / "d2", size=16, skip_bad=True)
     skipped = {s["id"]: s["reason"] for s in Store.open(out).meta["skipped"]}
     assert set(skipped) == {broken, missing} and skipped[missing] == "missing"
+
+
+def _add_rows(manifest, rows: list[tuple[str, bytes]]) -> None:
+    """Append (file name, bytes) rows to a manifest (the id is the file's stem), with the first
+    row's other columns."""
+    lines = manifest.read_text().splitlines()
+    rest = lines[1].split(",")[2:]
+    for name, data in rows:
+        (manifest.parent / "images" / name).write_bytes(data)
+        lines.append(",".join([f"images/{name}", "0"] + rest))
+    manifest.write_text("\n".join(lines) + "\n")
+
+
+def test_decompression_bombs_are_named_and_skippable(tmp_path, manifest):
+    from test_images import jpeg_claiming, png_claiming
+
+    _add_rows(manifest, [("PNG_BOMB.png", png_claiming(100_000, 100_000)),
+                         ("JPEG_BOMB.jpg", jpeg_claiming(60_000, 60_000))])
+    r = cli("prepare", manifest, "--out", tmp_path / "d", "--size", "16", ok=False)
+    assert r.exit_code == 2 and "2 of 42 image(s) could not be read" in r.output, r.output
+    assert "PNG_BOMB (100000x100000 = 10,000,000,000 pixels is over the limit of 178,956,970" in r.output
+    assert "JPEG_BOMB (60000x60000" in r.output and "--max-pixels raises the limit" in r.output
+    cli("prepare", manifest, "--out", tmp_path / "d", "--size", "16", "--skip-bad")
+    s = Store.open(tmp_path / "d")
+    assert s.meta["n"] == 40 and sorted(x["id"] for x in s.meta["skipped"]) == ["JPEG_BOMB", "PNG_BOMB"]
+
+
+def test_max_pixels_limit_and_a_rerun_with_it_raised(tmp_path, manifest):
+    # the sample's images are 200x150: a limit below that refuses them by name; the re-run with
+    # the limit raised (as the message says) decodes them, although their chunk was finished
+    r = cli("prepare", manifest, "--out", tmp_path / "d", "--size", "16", "--max-pixels", "29999", ok=False)
+    assert r.exit_code == 2 and "40 of 40 image(s) could not be read" in r.output, r.output
+    assert "200x150 = 30,000 pixels is over the limit of 29,999" in r.output
+    r = cli("prepare", manifest, "--out", tmp_path / "d", "--size", "16")
+    assert "resumed and finished: 40 images" in r.output
+
+
+def test_out_naming_an_existing_file_is_refused(tmp_path, manifest):
+    (tmp_path / "data.csv").write_text("mine")
+    r = cli("prepare", manifest, "--out", tmp_path / "data.csv", "--size", "16", ok=False)
+    assert r.exit_code == 2 and "data.csv: is an existing file; --out names a folder" in r.output, r.output
+    assert (tmp_path / "data.csv").read_text() == "mine"
+    with pytest.raises(ExistsError, match="is an existing file"):
+        prepare(read_source(manifest), tmp_path / "data.csv", size=16)

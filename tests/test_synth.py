@@ -30,6 +30,7 @@ def generator(small_data, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_generator_learns_only_from_the_train_pool(generator, small_data):
     info = json.loads((generator / "generator.json").read_text())
     assert info["steps"] == 6 and info["kind"] == "gan" and info["n_real"] > 16
@@ -46,7 +47,7 @@ def test_interrupted_training_resumes(small_data, tmp_path):
     out = tmp_path / "g"
     first = train_generator(small_data, out, size=32, steps=8, checkpoint_every=2, time_budget=1e-9)
     assert first["stopped_by_time_budget"] and first["steps"] == 2
-    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)  # tensors and plain values only
     assert state["step"] == 2
     second = train_generator(small_data, out, size=32, steps=5, checkpoint_every=2)
     assert second["steps"] == 5 and not second["stopped_by_time_budget"]
@@ -54,6 +55,23 @@ def test_interrupted_training_resumes(small_data, tmp_path):
         train_generator(small_data, out, size=32, steps=5)
     with pytest.raises(ExistsError, match="another kind"):
         train_generator(small_data, out, size=64, steps=9)
+
+
+@pytest.mark.parametrize("command", ["sample", "check", "train"])
+def test_generator_checkpoint_that_would_run_code_is_refused(generator, small_data, tmp_path, command):
+    """A generator folder from someone else: its checkpoint.pt, unpickled, would run a command.
+    sample, check and a resumed train all refuse it by name, and the command never runs."""
+    from test_fileio import plant_hostile_checkpoint
+
+    gen, marker = tmp_path / "g", tmp_path / "ran"
+    shutil.copytree(generator, gen)
+    plant_hostile_checkpoint(gen / "checkpoint.pt", marker)
+    args = {"sample": ["sample", gen, "--n", "2", "--out", tmp_path / "s"],
+            "check": ["check", gen, "--data", small_data, "--features", tmp_path / "no-run"],
+            "train": ["train", small_data, "--out", gen, "--size", "32", "--steps", "9"]}[command]
+    r = cli("synth", *args, ok=False)
+    assert r.exit_code == 2 and "checkpoint.pt: holds Python objects that lesionlab does not load" in r.output, r.output
+    assert "may be unsafe" in r.output and not marker.exists()
 
 
 def test_tiny_class_is_refused(small_data, tmp_path):
@@ -69,6 +87,7 @@ def test_tiny_class_is_refused(small_data, tmp_path):
         train_generator(data, tmp_path / "g", size=32, steps=1)
 
 
+@pytest.mark.slow
 def test_ddpm_kind_trains_and_samples(small_data, tmp_path):
     cli("synth", "train", small_data, "--out", tmp_path / "d", "--kind", "ddpm", "--size", "32", "--steps", "2",
         "--sample-every", "100", "--sample-steps", "2", "--batch-size", "4")
@@ -147,6 +166,7 @@ def test_import_external_folder(tmp_path, generator):
     assert r.exit_code == 2 and "broken.png" in r.output and not (tmp_path / "imp2").exists()
 
 
+@pytest.mark.slow
 def test_check_writes_every_measure(generator, small_data, tmp_path, sample_manifest):
     runs = tmp_path / "clf"
     cli("train", "--data", small_data, "--out", runs, *SMALL, "--model", "upgraded_cnn")

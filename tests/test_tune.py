@@ -1,4 +1,5 @@
 """lesionlab tune: Optuna over config keys, resumable, shared by workers, never reading a test metric."""
+import json
 import subprocess
 import sys
 
@@ -47,12 +48,12 @@ def test_tune_three_trials_writes_the_best_config_and_resumes(small_data, tmp_pa
     assert (out / "figures" / "history.png").exists() and (out / "figures" / "importances.png").exists()
     report = (out / "report.md").read_text()
     assert "Optimisation history" in report and "Parameter importances" in report
-    first = {p.name: (p / "metrics.json").stat().st_mtime for p in (out / "trials").iterdir()}
+    first = {p.name: (p / "metrics.json").stat().st_mtime for p in (out / "trials").iterdir() if not p.name.startswith(".")}
     assert len(first) == 3
     # resume: one more trial, the first three untouched
     cli("tune", search, "--data", small_data, "--out", out, "--trials", 4)
     assert len(_trials(out)) == 4
-    after = {p.name: (p / "metrics.json").stat().st_mtime for p in (out / "trials").iterdir()}
+    after = {p.name: (p / "metrics.json").stat().st_mtime for p in (out / "trials").iterdir() if not p.name.startswith(".")}
     assert {k: after[k] for k in first} == first and len(after) == 4
 
 
@@ -164,6 +165,19 @@ def test_sqlite_storage_and_a_changed_search_is_refused_on_resume(tmp_path):
     changed = load_search(_search(tmp_path, metric="roc_auc"), "data")
     with pytest.raises(BadInputError, match="started with another search.*metric"):
         open_study(changed, open_storage(url, tmp_path))
+
+
+def test_objective_cv_reads_the_out_of_fold_metric_only(small_data, tmp_path):
+    search = load_search(_search(tmp_path, objective="cv", folds=2,
+                                 base={**SEARCH["base"], "n_malignant": 8, "epochs": 1}), str(small_data))
+    out = tmp_path / "t"
+    result = tune(search, str(small_data), out, 1)
+    assert result["complete"] == 1
+    trial = _trials(out)[0]
+    folder = out / trial.user_attrs["folder"]
+    summary = json.loads((folder / "cv.json").read_text())
+    assert trial.value == pytest.approx(summary["oof"]["pauc_80"])
+    assert build_config({**load_yaml(out / "best.yaml"), "data": str(small_data)}).epochs == 1
 
 
 def test_objective_cv_without_the_cv_module_is_a_clear_error(tmp_path, monkeypatch):

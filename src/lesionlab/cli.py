@@ -13,7 +13,10 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .choices import ENGINES, ENSEMBLE_MEANS, FITS, FORMATS, FUSIONS, GROUP_CHOICES, POLICIES, TTA_MODES
 from .errors import LesionLabError
+
+PREPARE_FORMATS = tuple(f for f in FORMATS if f != "images")  # loose image files carry no labels
 
 
 def _fail(e: Exception) -> None:
@@ -53,31 +56,45 @@ def _progress_bar(desc: str):
 # ---------------------------------------------------------------- prepare / split
 
 
+def _max_pixels_option(func):
+    from .data.images import DEFAULT_MAX_PIXELS
+
+    return click.option(
+        "--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1),
+        help="images whose header states more pixels (width x height) are unreadable, refused before decoding "
+             "(a decompression bomb); raise it for huge images you trust")(func)
+
+
 @main.command()
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="DATA_DIR to write")
 @click.option("--size", default=128, show_default=True, help="side of the square images, in pixels")
 @click.option("--format", "fmt", default="auto", show_default=True,
-              type=click.Choice(["auto", "manifest", "isic2024", "isic-csv", "folders"]), help="layout of SOURCE")
-@click.option("--fit", default="stretch", show_default=True, type=click.Choice(["stretch", "crop", "pad"]),
+              type=click.Choice(PREPARE_FORMATS), help="layout of SOURCE")
+@click.option("--fit", default="stretch", show_default=True, type=click.Choice(FITS),
               help="how non-square images become square")
 @click.option("--skip-bad", is_flag=True, help="drop unreadable or missing images (and say how many)")
 @click.option("--workers", default=0, help="decoding processes (0 = one per core)")
-def prepare(source: Path, out: Path, size: int, fmt: str, fit: str, skip_bad: bool, workers: int) -> None:
+@_max_pixels_option
+def prepare(source: Path, out: Path, size: int, fmt: str, fit: str, skip_bad: bool, workers: int,
+            max_pixels: int) -> None:
     """Decode every image of SOURCE once into a prepared data set (DATA_DIR)."""
     import time
 
     from .data.sources import read_source
     from .data.store import Store
     from .data.store import prepare as do_prepare
+    from .fileio import require_folder_or_absent
 
+    require_folder_or_absent(out)  # before reading SOURCE, which can take a while
     src = read_source(source, fmt)
     click.echo(f"{src.location}: {src.format} layout, {len(src.table)} images "
                f"({int(src.table['label'].sum())} malignant)", err=True)
     bar, update = _progress_bar("prepare")
     t0 = time.perf_counter()
     try:
-        path, state = do_prepare(src, out, size, fit, skip_bad, workers or None, progress=update)
+        path, state = do_prepare(src, out, size, fit, skip_bad, workers or None, progress=update,
+                                 max_pixels=max_pixels)
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
@@ -97,7 +114,7 @@ def prepare(source: Path, out: Path, size: int, fmt: str, fit: str, skip_bad: bo
 @click.option("--test", default="50:1000", show_default=True, help="test MALIGNANT:BENIGN image counts")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--group", default="auto", show_default=True,
-              type=click.Choice(["auto", "patient_id", "lesion_id", "none"]),
+              type=click.Choice(GROUP_CHOICES),
               help="keep these groups on one side (auto: patient_id, else lesion_id, else image)")
 @click.option("--name", default="", help="save as split-NAME.json beside the default split.json")
 @click.option("--overwrite", is_flag=True, help="replace an existing, different split of that name")
@@ -230,6 +247,151 @@ def train(config_file: Path | None, out: Path, seeds: str | None, **flags) -> No
         _print_result(info, folder)
 
 
+# ---------------------------------------------------------------- cv / ensemble
+
+
+def _metric_cell(m: dict, key: str) -> str:
+    ci = m.get("ci95", {}).get(key)
+    return f"{m[key]:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def _print_cv(res: dict, out: Path) -> None:
+    if not res.get("complete"):
+        click.echo(f"{out}: {len(res['left'])} fold(s) left to train (by other workers or a later call)", err=True)
+        return
+    info, m = res["run"], res["run"]["metrics"]
+    unit = m["oof"].get("ci95_unit", "image")
+    click.echo(f"{out}: {info['folds']}-fold cv x {info['repeats']} repeat(s), grouped by {info['group_rule']}, "
+               f"fold hash {info['fold_sha256'][:12]}; intervals resample whole {unit} groups", err=True)
+    for side, label in (("oof", f"OOF ({m['oof']['n_malignant']} malignant / {m['oof']['n_benign']} benign)"),
+                        ("val", "fold ensemble, val"), ("test", "fold ensemble, test")):
+        click.echo(f"{label}: " + "; ".join(f"{k} {_metric_cell(m[side], k)}"
+                                            for k in ("roc_auc", "average_precision", "pauc_80", "f1")))
+
+
+@main.command()
+@click.argument("config_file", required=False, type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="CV_DIR to create or resume")
+@click.option("--folds", "n_folds", default=5, show_default=True, help="K: folds over the split's train pool")
+@click.option("--repeats", default=1, show_default=True, help="repeat the K folds with reshuffled assignments")
+@click.option("--fold-seed", default=None, type=int, help="seed of the fold assignment (default: --seed)")
+@click.option("--workers", default=1, show_default=True, help="claiming processes to train folds on this machine")
+@click.option("--claim", is_flag=True, help="take folds through lock files (workers sharing CV_DIR)")
+@click.option("--task-index", default=None, type=int, help="job array: this task's index; task i trains folds i, i+N, ...")
+@click.option("--task-count", default=None, type=int, help="job array: number of tasks")
+@click.option("--no-finish", "no_finish", is_flag=True, hidden=True, help="train folds only (a worker)")
+@_config_options
+def cv(config_file: Path | None, out: Path, n_folds: int, repeats: int, fold_seed: int | None, workers: int, claim: bool,
+       task_index: int | None, task_count: int | None, no_finish: bool, **flags) -> None:
+    """Grouped, stratified K-fold cross-validation of one config over the split's train pool.
+
+    Each fold trains as `train` does, on the other folds (with an inner validation part drawn from
+    them); CV_DIR gets out-of-fold predictions and metrics, and the fold ensemble's val and test
+    metrics. A finished fold is never retrained, so the same command resumes."""
+    from .config import resolve
+    from .cv import run_cv, start_local_workers
+
+    cfg = resolve(config_file, _given(flags))
+    if task_count is None and task_index is not None:
+        raise click.UsageError("--task-index needs --task-count")
+    if workers > 1:
+        code = start_local_workers(cfg, out, n_folds, repeats, fold_seed, workers)
+        if code:
+            sys.exit(code)
+    res = run_cv(cfg, out, n_folds, repeats, fold_seed, on_epoch=_epoch_echo(cfg.epochs),
+                 echo=lambda t: click.echo(t, err=True), task_index=task_index or 0, task_count=task_count or 1,
+                 claim=claim, finish=not no_finish)
+    _print_cv(res, out)
+
+
+@main.command()
+@click.argument("members", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="ENS_DIR to create")
+@click.option("--mean", default="prob", show_default=True, type=click.Choice(ENSEMBLE_MEANS),
+              help="average the probabilities, or the logits (a geometric mean of the odds)")
+@click.option("--tta", default=None, type=click.Choice(TTA_MODES),
+              help="test-time augmentation for every member (default: each member's own)")
+@click.option("--threshold", default=None, help="rule for the ensemble's threshold, chosen on val (default: the first member's)")
+@click.option("--data", default=None, type=click.Path(path_type=Path), help="DATA_DIR, if it moved since the members were trained")
+@click.option("--name", default="", help="name in reports (default: ENS_DIR's name)")
+@click.option("--n-boot", default=2000, show_default=True, help="bootstrap resamples for the 95% intervals")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--batch-size", default=256, show_default=True)
+def ensemble(members: tuple[Path, ...], out: Path, mean: str, tta: str | None, threshold: str | None, data: Path | None,
+             name: str, n_boot: int, seed: int, device: str, batch_size: int) -> None:
+    """Average several runs and/or cv folders (their folds) of one split; judge on its val and test."""
+    from .ensemble import build_ensemble
+
+    info = build_ensemble(list(members), out, mean, tta, threshold, data, n_boot, seed, name, device, batch_size)
+    m = info["metrics"]
+    click.echo(f"{out}: {info['n_members']} member(s), mean of {mean}s, TTA {tta or 'as each member'}, threshold "
+               f"{info['threshold']:.3g} ({info['threshold_rule']}, chosen on val)", err=True)
+    for side in ("val", "test"):
+        click.echo(f"{side}: " + "; ".join(f"{k} {_metric_cell(m[side], k)}"
+                                          for k in ("roc_auc", "average_precision", "pauc_80", "f1")))
+
+
+# ---------------------------------------------------------------- tabular
+
+
+@main.command()
+@click.option("--data", "data", required=True, type=click.Path(path_type=Path), help="DATA_DIR (prepared, with a split)")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="RUN_DIR to create")
+@click.option("--features", default="auto", show_default=True,
+              help="auto = every metadata column that is not an id, a path, a group key or derived from the label; "
+                   "or COL,COL,...")
+@click.option("--engine", default="lightgbm", show_default=True, type=click.Choice(ENGINES),
+              help="xgboost and catboost are optional extras (pip install xgboost / catboost)")
+@click.option("--folds", default=None, type=int, help="grouped stratified folds over the train pool [default: 5; "
+              "with --image: the image model's folds]")
+@click.option("--image", "image", default=None, type=click.Path(path_type=Path),
+              help="CV_DIR (or ENS_DIR) of a cross-validated image model: its out-of-fold scores become features")
+@click.option("--fusion", default="stack", show_default=True, type=click.Choice(FUSIONS),
+              help="with --image: stack = image scores as features; late = rank average of image and metadata-only "
+                   "probabilities (the yardstick)")
+@click.option("--neg-ratio", default=None, type=float, help="keep R benign rows per malignant row in each fold's "
+              "training part (negative undersampling) [default: all]")
+@click.option("--allow-column", "allow_column", multiple=True,
+              help="keep NAME although its single-column training AUC exceeds 0.98 (recorded; repeatable)")
+@click.option("--no-recipe", "no_recipe", is_flag=True, help="without the ISIC 2024 recipe and patient statistics")
+@click.option("--threshold", default="val-f1", show_default=True, help="a number, val-f1 or sens:X, chosen on validation")
+@click.option("--bootstrap", default=2000, show_default=True, help="bootstrap resamples for the 95% intervals")
+@click.option("--learning-rate", default=0.05, show_default=True)
+@click.option("--max-rounds", default=2000, show_default=True, help="boosting rounds at most")
+@click.option("--early-stopping", default=100, show_default=True, help="rounds without improvement on the inner "
+              "validation part")
+@click.option("--min-child-samples", default=20, show_default=True, help="fewest rows in a leaf")
+@click.option("--split", default="", help="split name ('' = split.json)")
+@click.option("--name", default="", help="experiment name for the report")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--num-threads", default=0, show_default=True, help="engine threads (0 = one per core)")
+def tabular(data: Path, out: Path, features: str, engine: str, folds: int | None, image: Path | None, fusion: str,
+            neg_ratio: float | None, allow_column: tuple[str, ...], no_recipe: bool, threshold: str, bootstrap: int,
+            learning_rate: float, max_rounds: int, early_stopping: int, min_child_samples: int, split: str, name: str,
+            seed: int, num_threads: int) -> None:
+    """A gradient-boosted model on the metadata columns (optionally fused with an image model) into RUN_DIR."""
+    from .config import build_tabular_config
+    from .report import notebook_line
+    from .tabular_run import tabular_run
+
+    cfg = build_tabular_config({
+        "name": name, "data": str(data), "split": split, "features": features, "allow_column": list(allow_column),
+        "engine": engine, "folds": folds, "image": str(image) if image else None, "fusion": fusion,
+        "neg_ratio": neg_ratio, "recipe": not no_recipe, "threshold": threshold, "bootstrap": bootstrap,
+        "learning_rate": learning_rate, "max_rounds": max_rounds, "early_stopping": early_stopping,
+        "min_child_samples": min_child_samples, "seed": seed,
+        "num_threads": num_threads})
+    info = tabular_run(cfg, out, echo=lambda s: click.echo(s, err=True))
+    m = info["metrics"]
+    click.echo(f"{out}: {info['folds']['k']} folds, threshold {info['threshold']:.3g} ({info['threshold_rule']}); "
+               f"out of fold ROC AUC {m['oof']['roc_auc']:.4f}, pAUC80 {m['oof']['pauc_80']:.4f}", err=True)
+    click.echo(notebook_line("Val", m["val"]))
+    click.echo(notebook_line("Test", m["test"]))
+    click.echo(f"Test ROC AUC: {m['test']['roc_auc']:.4f} | pAUC80: {m['test']['pauc_80']:.4f} | "
+               f"AP: {m['test']['average_precision']:.4f}")
+
+
 # ---------------------------------------------------------------- sweep / report / predict
 
 
@@ -240,7 +402,7 @@ def train(config_file: Path | None, out: Path, seeds: str | None, **flags) -> No
 @click.option("--epochs", default=None, type=int, help="override every run's epochs")
 @click.option("--dry-run", is_flag=True, help="list the runs and whether each is complete")
 @click.option("--workers", default=1, show_default=True, help="claiming workers to start on this machine")
-@click.option("--claim", is_flag=True, help="take runs through lock files, so that several workers (or machines "
+@click.option("--claim", is_flag=True, help="take runs through claim files, so that several workers (or machines "
               "sharing RUNS_DIR) can share one sweep")
 @click.option("--task-index", default=None, type=int, help="job array: this task's index (e.g. $SLURM_ARRAY_TASK_ID)")
 @click.option("--task-count", default=None, type=int, help="job array: number of tasks; task i takes runs i, i+N, ...")
@@ -315,12 +477,13 @@ def compare(run_a: Path, run_b: Path, n_boot: int, seed: int, json_out: Path | N
     for line in format_comparison(res, str(run_a), str(run_b)):
         click.echo(line)
     if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
         write_json(json_out, res)
 
 
 @main.command("augment-preview")
 @click.argument("data_dir", type=click.Path(path_type=Path))
-@click.option("--policy", default="medium", show_default=True, type=click.Choice(["none", "light", "medium", "heavy"]))
+@click.option("--policy", default="medium", show_default=True, type=click.Choice(POLICIES))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="PNG to write")
 @click.option("--rows", default=6, show_default=True, help="images (half malignant) from the train pool")
 @click.option("--columns", default=6, show_default=True, help="the original, then augmented versions")
@@ -341,25 +504,76 @@ def augment_preview(data_dir: Path, policy: str, out: Path, rows: int, columns: 
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="CSV to write")
 @click.option("--format", "fmt", default="auto", show_default=True,
-              type=click.Choice(["auto", "images", "manifest", "isic2024", "isic-csv", "folders"]))
+              type=click.Choice(FORMATS))
 @click.option("--skip-bad", is_flag=True, help="skip unreadable images instead of stopping")
 @click.option("--overwrite", is_flag=True, help="replace an existing output file")
 @click.option("--workers", default=0, help="decoding processes (0 = one per core)")
 @click.option("--batch-size", default=256, show_default=True)
 @click.option("--device", default="auto", show_default=True)
+@_max_pixels_option
+@click.option("--tta", default=None, type=click.Choice(TTA_MODES),
+              help="test-time augmentation (default: what the run recorded)")
+@click.option("--engine", default="torch", show_default=True, type=click.Choice(["torch", "onnxruntime"]),
+              help="onnxruntime: RUN_DIR is a MODEL.onnx from `lesionlab export`, scored without torch")
 def predict(run_dir: Path, source: Path, out: Path, fmt: str, skip_bad: bool, overwrite: bool, workers: int,
-            batch_size: int, device: str) -> None:
-    """Score images (a file, folder, manifest or ISIC 2024 pair) with a trained run."""
+            batch_size: int, device: str, max_pixels: int, tta: str | None, engine: str) -> None:
+    """Score images (a file, folder, manifest or ISIC 2024 pair) with a train, cv or ensemble run (or an
+    exported model); with a tabular run, the rows of a manifest or an ISIC 2024 pair (their metadata
+    columns, and their images when the run is fused with an image model)."""
     from .predict import predict as do_predict
 
     bar, update = _progress_bar("predict")
     try:
-        result = do_predict(run_dir, source, out, fmt, skip_bad, overwrite, workers or None, batch_size, device, update)
+        result = do_predict(run_dir, source, out, fmt, skip_bad, overwrite, workers or None, batch_size, device, update,
+                            max_pixels=max_pixels, tta=tta, engine=engine)
     finally:
         bar.close()
-    click.echo(f"{out}: {result['n']} image(s) scored at threshold {result['threshold']:.3g}"
+    unit = result.get("unit", "image")
+    click.echo(f"{out}: {result['n']} {unit}(s) scored at threshold {result['threshold']:.3g}"
                + (f", {result['skipped']} unreadable skipped" if result["skipped"] else "")
-               + f" ({result['img_s']:.0f} img/s)")
+               + f" ({result['img_s']:.0f} {'img' if unit == 'image' else unit}/s)")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="DIR for the overlays and index")
+@click.option("--method", default="gradcam", show_default=True, type=click.Choice(["gradcam", "gradcam++", "scorecam"]))
+@click.option("--target-layer", default=None, help="module path of the layer the CAM weighs (default: the model "
+              "registry's, e.g. relu1 for simple_cnn, features.14 for upgraded_cnn, layer4 for resnet18)")
+@click.option("--format", "fmt", default="auto", show_default=True,
+              type=click.Choice(["auto", "images", "manifest", "isic2024", "isic-csv", "folders"]))
+@click.option("--overwrite", is_flag=True, help="replace an existing output folder")
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def explain(run_dir: Path, source: Path, out: Path, method: str, target_layer: str | None, fmt: str, overwrite: bool,
+            batch_size: int, device: str) -> None:
+    """Class-activation overlays (where the model sees malignancy) for an image, a folder or a manifest."""
+    from .explain import explain as do_explain
+
+    bar, update = _progress_bar("explain")
+    try:
+        result = do_explain(run_dir, source, out, method, target_layer, fmt, overwrite, batch_size, device, update)
+    finally:
+        bar.close()
+    click.echo(f"{out}: {result['n']} overlay(s) ({method} on {', '.join(sorted(set(result['layers'])))}), "
+               f"index.csv and index.html" + (f"; {len(result['skipped'])} unreadable skipped" if result["skipped"] else ""))
+
+
+@main.command("export")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", default="onnx", show_default=True, type=click.Choice(["onnx", "torchscript"]))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="FILE to write (.onnx or .pt)")
+@click.option("--overwrite", is_flag=True, help="replace an existing file")
+@click.option("--verify", "n_verify", default=64, show_default=True, help="images checked against the torch model")
+def export_cmd(run_dir: Path, fmt: str, out: Path, overwrite: bool, n_verify: int) -> None:
+    """Export a run (or an ensemble) with its preprocessing and decision rule in one file."""
+    from .export import export as do_export
+
+    r = do_export(run_dir, fmt, out, overwrite, n_verify)
+    click.echo(f"{out}: {fmt}, {r['bytes'] / 1e6:.1f} MB; input uint8 (N, {r['metadata']['size']}, "
+               f"{r['metadata']['size']}, 3), output p(malignant), threshold {r['metadata']['threshold']:.3g}; "
+               f"max |difference| to torch {r['max_abs_diff']:.1e} on {r['images']}")
 
 
 @main.command()
@@ -527,7 +741,7 @@ def pretrain(data_dir: Path, out: Path, fresh: bool, **flags) -> None:
     from .config import build_pretrain_config
     from .pretrain import pretrain as do_pretrain
 
-    cfg = build_pretrain_config({"data": str(data_dir), **{k: v for k, v in flags.items() if v is not None}}, "pretrain")
+    cfg = build_pretrain_config({"data": str(data_dir), **{k: v for k, v in flags.items() if v is not None}}, "flags")
     bar = tqdm(total=0, desc="pretrain", unit="step", file=sys.stderr, dynamic_ncols=True, mininterval=0.5, leave=False)
 
     def step(done: int, total: int) -> None:

@@ -1,4 +1,6 @@
-"""Paired comparison of two runs (or two experiments of several seeds) on the same test images."""
+"""Paired comparison of two runs (or two experiments of several seeds) on the same test images, or
+of two cross-validations on the same out-of-fold images (which needs the same fold assignment).
+Where the images have groups (patient or lesion), whole groups are resampled."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,44 +8,94 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BadInputError
-from .metrics import paired_bootstrap
-from .runs import Run, find_runs, is_complete_run
+from .metrics import ci_unit, paired_bootstrap
+from .runs import Run, find_runs, is_complete_run, oof_arrays
 
 COMPARE_METRICS = ("roc_auc", "average_precision", "pauc_80", "f1")
 
 
 def load_side(path: str | Path) -> list[Run]:
-    """A run folder, or a folder of runs (e.g. the seeds of one experiment)."""
-    runs = find_runs(path) if not is_complete_run(path) else [Run.load(path)]
+    """A run folder (train, cv or ensemble), or a folder of runs (e.g. the seeds of one experiment)."""
+    runs = find_runs(path, ("train", "cv", "ensemble")) if not is_complete_run(path) else [Run.load(path)]
     if not runs:
         raise BadInputError(f"{path}: holds no complete run")
     return runs
 
 
-def _test_predictions(runs: list[Run], label: str) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], list[float]]:
-    ids, y, probs, thresholds = None, None, [], []
+def _test_predictions(runs: list[Run], label: str) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], list[float],
+                                                             np.ndarray | None]:
+    ids, y, probs, thresholds, groups = None, None, [], [], None
     for run in runs:
         p = run.predictions("test").sort_values("id").reset_index(drop=True)
         if ids is None:
             ids, y = p["id"].to_numpy(), p["label"].to_numpy()
+            groups = p["group"].astype(str).to_numpy() if "group" in p else None
         elif not np.array_equal(ids, p["id"].to_numpy()):
             raise BadInputError(f"{run.path}: its test images differ from {runs[0].path}'s ({label}); "
                                 "runs can only be compared on the same test set")
         probs.append(p["prob"].to_numpy())
         thresholds.append(float(run.metrics["test"]["threshold"]))
-    return ids, y, probs, thresholds
+    return ids, y, probs, thresholds, groups
+
+
+def _unit(runs: list[Run], groups: np.ndarray | None) -> str:
+    rule = runs[0].info.get("group_rule")
+    return ci_unit(rule) if groups is not None and rule else "image"
+
+
+def _oof_predictions(runs: list[Run], label: str):
+    """Every cv's out-of-fold predictions, aligned by id: one entry per (cv, repeat)."""
+    ids = y = groups = None
+    probs, thresholds = [], []
+    for run in runs:
+        i, yy, g, p, t = oof_arrays(run.oof())
+        if ids is None:
+            ids, y, groups = i, yy, g
+        elif run.info.get("fold_sha256") != runs[0].info.get("fold_sha256") or not np.array_equal(ids, i):
+            raise BadInputError(f"{run.path} and {runs[0].path} ({label}) were cross-validated on different folds; "
+                                "their out-of-fold predictions cannot be paired")
+        probs += p
+        thresholds += t
+    return ids, y, groups, probs, thresholds
 
 
 def compare_runs(runs_a: list[Run], runs_b: list[Run], metrics=COMPARE_METRICS, n_boot: int = 2000,
                  seed: int = 0) -> dict:
-    ids_a, y, probs_a, thr_a = _test_predictions(runs_a, "A")
-    ids_b, _, probs_b, thr_b = _test_predictions(runs_b, "B")
+    """B - A: on the out-of-fold images when both sides are cross-validations, else on the test images."""
+    if all(r.kind == "cv" for r in runs_a + runs_b):
+        return compare_cv(runs_a, runs_b, metrics, n_boot, seed)
+    ids_a, y, probs_a, thr_a, groups = _test_predictions(runs_a, "A")
+    ids_b, _, probs_b, thr_b, groups_b = _test_predictions(runs_b, "B")
     if not np.array_equal(ids_a, ids_b):
         raise BadInputError(f"{runs_a[0].path} and {runs_b[0].path} were tested on different images "
                             "(different data sets or splits); a paired comparison needs the same test set")
-    result = paired_bootstrap(y, probs_a, probs_b, thr_a, thr_b, metrics, n_boot, seed)
-    return {"a": [str(r.path) for r in runs_a], "b": [str(r.path) for r in runs_b], "n_test": int(len(y)),
-            "n_boot": n_boot, "metrics": result}
+    if groups_b is None:
+        groups = None  # resample whole groups only where both sides know them
+    unit = _unit(runs_a, groups)
+    result = paired_bootstrap(y, probs_a, probs_b, thr_a, thr_b, metrics, n_boot, seed,
+                              groups=groups if unit != "image" else None)
+    return {"a": [str(r.path) for r in runs_a], "b": [str(r.path) for r in runs_b], "on": "test", "n_test": int(len(y)),
+            "n_boot": n_boot, "unit": unit, "metrics": result}
+
+
+def compare_cv(runs_a: list[Run], runs_b: list[Run], metrics=COMPARE_METRICS, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Paired on the same out-of-fold images; refused unless every cv has the same fold assignment."""
+    hashes = {r.info.get("fold_sha256") for r in runs_a + runs_b}
+    if len(hashes) > 1:
+        detail = ", ".join(f"{r.path} ({str(r.info.get('fold_sha256'))[:12]}, {r.info.get('folds')} folds, "
+                           f"fold seed {r.info.get('fold_seed')})" for r in runs_a + runs_b)
+        raise BadInputError("the cross-validations were run on different folds, so their out-of-fold predictions "
+                            f"cannot be paired: {detail}; run both with the same --folds, --repeats and fold seed "
+                            "on the same split")
+    ids_a, y, groups, probs_a, thr_a = _oof_predictions(runs_a, "A")
+    ids_b, _, _, probs_b, thr_b = _oof_predictions(runs_b, "B")
+    if not np.array_equal(ids_a, ids_b):
+        raise BadInputError(f"{runs_a[0].path} and {runs_b[0].path}: different out-of-fold images")
+    unit = _unit(runs_a, groups)
+    result = paired_bootstrap(y, probs_a, probs_b, thr_a, thr_b, metrics, n_boot, seed,
+                              groups=groups if unit != "image" else None)
+    return {"a": [str(r.path) for r in runs_a], "b": [str(r.path) for r in runs_b], "on": "oof", "n_test": int(len(y)),
+            "n_boot": n_boot, "unit": unit, "metrics": result}
 
 
 def verdict(d: dict) -> str:
@@ -56,8 +108,11 @@ def verdict(d: dict) -> str:
 
 def format_comparison(res: dict, name_a: str = "A", name_b: str = "B") -> list[str]:
     seeds = f"{len(res['a'])} vs {len(res['b'])} run(s)"
-    lines = [f"paired bootstrap on the same {res['n_test']} test images ({res['n_boot']} resamples; {seeds}, "
-             f"seed-averaged where several): B - A, 95% interval", f"A = {name_a}", f"B = {name_b}",
+    where = "out-of-fold" if res.get("on") == "oof" else "test"
+    unit = res.get("unit", "image")
+    resampled = "images" if unit == "image" else f"whole groups ({unit})"
+    lines = [f"paired bootstrap on the same {res['n_test']} {where} images ({res['n_boot']} resamples of {resampled}; "
+             f"{seeds}, averaged where several): B - A, 95% interval", f"A = {name_a}", f"B = {name_b}",
              f"{'metric':<18} {'A':>7} {'B':>7} {'B - A':>8}  {'95% interval':<19} verdict"]
     for m, d in res["metrics"].items():
         lines.append(f"{m:<18} {d['a']:7.4f} {d['b']:7.4f} {d['diff']:+8.4f}  [{d['lo']:+.4f}, {d['hi']:+.4f}]  {verdict(d)}")

@@ -1,18 +1,41 @@
 """The experiment config: one validated object, read from YAML and/or flags, saved with the run.
 
 Every key is also a CLI flag (`batch_size` -> `--batch-size`); an unknown key is refused with
-the closest known one.
+the closest known one. Allowed values come from the modules that implement them (one list each),
+and the CLI takes its choices from here.
 """
 from __future__ import annotations
 
+import types
+import typing
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Collection, Literal, Optional, Union
 
+import annotated_types
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
+from .choices import CALIBRATIONS, ENGINES, FUSIONS, LOSSES, OPTIMIZERS, POLICIES, SAMPLERS, SCHEDULERS, SSL_METHODS, TTA_MODES
 from .errors import BadInputError, closest
 from .metrics import ThresholdRule
+
+
+def _is_number_type(annotation: Any) -> bool:
+    """int or float, alone or in a Union (Optional[int], Union[int, Literal['all']], ...)."""
+    if annotation in (int, float):
+        return True
+    return typing.get_origin(annotation) in (Union, types.UnionType) and any(
+        _is_number_type(a) for a in typing.get_args(annotation))
+
+
+def _refuse_bool_for_number(model: type[BaseModel], v: Any, info: ValidationInfo, allowed: tuple[str, ...] = ()) -> Any:
+    """pydantic reads `epochs: true` as 1 epoch; a boolean where a number belongs is a mistake
+    (numeric strings, as flags give them, are still read as numbers)."""
+    if isinstance(v, bool) and info.field_name not in allowed and \
+            _is_number_type(model.model_fields[info.field_name].annotation):
+        raise PydanticCustomError("bool_not_number", "a boolean is not a number")
+    return v
 
 
 class SyntheticConfig(BaseModel):
@@ -21,6 +44,11 @@ class SyntheticConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     data: str = Field(description="a prepared data set of synthetic images (every row synthetic=1)")
     n: Optional[int] = Field(None, ge=1, description="how many to add (default: all)")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        return _refuse_bool_for_number(cls, v, info)
 
 
 class ExperimentConfig(BaseModel):
@@ -40,17 +68,17 @@ class ExperimentConfig(BaseModel):
     n_malignant: Union[int, Literal["all"]] = Field(293, description="malignant images in the training draw, or all")
     synthetic: Optional[SyntheticConfig] = Field(
         None, description="synthetic malignant images for the training draw: {data: SYN_DATA_DIR, n: N}")
-    sampler: Literal["none", "redraw", "balanced"] = Field(
+    sampler: Literal[SAMPLERS] = Field(
         "none", description="none = the fixed draw; redraw = fresh benign images each epoch; balanced = class-weighted")
-    augment: Literal["none", "light", "medium", "heavy"] = Field("none", description="augmentation policy (training only)")
+    augment: Literal[POLICIES] = Field("none", description="augmentation policy (training only)")
     epochs: int = Field(20, ge=1, description="training epochs (at most, with early stopping)")
     batch_size: int = Field(32, ge=2, description="training batch size")
     lr: float = Field(1e-4, gt=0, description="learning rate")
-    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="optimizer")
+    optimizer: Literal[OPTIMIZERS] = Field("adam", description="optimizer")
     weight_decay: float = Field(0.0, ge=0, description="weight decay")
-    scheduler: Literal["none", "cosine", "onecycle"] = Field("none", description="learning-rate schedule, stepped per batch")
+    scheduler: Literal[SCHEDULERS] = Field("none", description="learning-rate schedule, stepped per batch")
     warmup_epochs: float = Field(0.0, ge=0, description="linear learning-rate warm-up, in epochs")
-    loss: Literal["bce", "focal"] = Field("bce", description="training loss (val/test losses are always plain BCE)")
+    loss: Literal[LOSSES] = Field("bce", description="training loss (val/test losses are always plain BCE)")
     pos_weight: Union[float, Literal["auto"], None] = Field(
         None, description="BCE weight of malignant images: a number, or auto = benign/malignant of the training draw")
     focal_alpha: float = Field(0.25, ge=0, le=1, description="focal loss weight of the malignant class")
@@ -65,9 +93,16 @@ class ExperimentConfig(BaseModel):
     threshold: str = Field("0.5", description="decision threshold: a number, val-f1 or sens:X, chosen on validation")
     prevalence: Optional[str] = Field(None, description="deployment prevalence (0.00098, 0.098%% or 50:1000): "
                                       "probabilities are prior-shifted to it and the expected precision there is reported")
+    tta: Literal[TTA_MODES] = Field(
+        "none", description="test-time augmentation of the final val/test (and out-of-fold) scores and of predict: "
+        "none, flip (4 flips) or d4 (8 flips and quarter turns); logits averaged")
+    calibrate: Literal[CALIBRATIONS] = Field(
+        "none", description="calibrate probabilities on validation only (temperature scaling or isotonic regression); "
+        "applied before the --prevalence prior shift, and by predict and export")
     seed: int = Field(0, description="seed of the draw, initialisation, batch order and augmentation")
-    precision: Literal["auto", "32", "bf16"] = Field(
-        "auto", description="auto = bf16 autocast where the device computes bf16 natively, else fp32")
+    precision: Literal["auto", "32", "bf16", "64"] = Field(
+        "auto", description="auto = bf16 autocast where the device computes bf16 natively, else fp32; 64 = float64 "
+                            "throughout (slow; for checking numerics, e.g. that N processes train as 1 does)")
     channels_last: Literal["auto", "true", "false"] = Field("auto", description="memory format of conv inputs")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     devices: int = Field(1, ge=1, description="processes (CPU cores or GPUs) training one run with DDP")
@@ -78,6 +113,11 @@ class ExperimentConfig(BaseModel):
     num_threads: int = Field(0, ge=0, description="CPU threads for torch (0 = one per core)")
     measure_compute: bool = Field(False, description="after training, time the model's pure compute on the same "
                                   "batches (extra steps on a copy) and record loop/compute in run.json")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        return _refuse_bool_for_number(cls, v, info, allowed=("ema",))  # ema: true means 0.999 (documented)
 
     @field_validator("pretrained", mode="before")
     @classmethod
@@ -98,6 +138,8 @@ class ExperimentConfig(BaseModel):
     def _pos_weight(cls, v: Any) -> Any:
         if v is None or (isinstance(v, str) and v.strip().lower() in ("auto", "none", "")):
             return None if v is None or v.strip().lower() in ("none", "") else "auto"
+        if isinstance(v, bool):  # float(True) would be 1.0
+            raise ValueError(f"--pos-weight must be a number > 0 or 'auto', got {str(v).lower()}")
         try:
             value = float(v)
         except (TypeError, ValueError):
@@ -178,7 +220,7 @@ class PretrainConfig(BaseModel):
     split: str = Field("", description="split name ('' = split.json)")
     pretrain_data: str = Field("", description="another prepared data set to pretrain on instead (all its images, "
                                "labels unused; refused if it holds any of the split's val or test images)")
-    method: Literal["simclr", "byol", "dino"] = Field("simclr", description="self-supervised method (lightly)")
+    method: Literal[SSL_METHODS] = Field("simclr", description="self-supervised method (lightly)")
     model: str = Field("upgraded_cnn", description="registry model whose encoder (all but the head) is pretrained")
     size: int = Field(0, ge=0, description="image side in pixels (0 = the data set's)")
     epochs: int = Field(10, ge=1, description="passes over the pretraining images (10: about 15 min on a 2-core "
@@ -207,40 +249,133 @@ class PretrainConfig(BaseModel):
         return v
 
 
-def build_pretrain_config(values: dict, origin: str = "pretrain") -> PretrainConfig:
+def build_pretrain_config(values: dict, origin: str = "flags") -> PretrainConfig:
     try:
         return PretrainConfig(**values)
     except ValidationError as e:
-        lines = []
-        for err in e.errors():
-            key = ".".join(str(p) for p in err["loc"]) or "config"
-            if err["type"] == "extra_forbidden":
-                lines.append(f"unknown key '{key}'{closest(key, PretrainConfig.model_fields)}")
-            else:
-                lines.append(f"--{key.replace('_', '-')}: {err['msg'].removeprefix('Value error, ')} "
-                             f"(got {err.get('input')!r})")
-        raise BadInputError(f"{origin}: " + "; ".join(lines)) from None
+        raise _explain(e, origin, tuple(values) if origin == "flags" else (), PretrainConfig) from None
     except BadInputError as e:
         raise BadInputError(f"{origin}: {e}") from None
 
 
-def _explain(err: ValidationError, origin: str) -> BadInputError:
-    lines = []
+def _field(loc: tuple, config: type[BaseModel] | None = None) -> tuple[str, Any]:
+    """(dotted key, pydantic FieldInfo or None) of an error location such as ('synthetic', 'n') or
+    ('n_malignant', 'int') (a Union's branch tag after the key), in `config` (default ExperimentConfig)."""
+    model: Any = config or ExperimentConfig
+    parts, field = [], None
+    for part in loc:
+        fields = getattr(model, "model_fields", {}) if isinstance(model, type) else {}
+        if part not in fields:
+            break  # a Union branch, list index, ...: the key is what came before
+        parts.append(str(part))
+        field = fields[part]
+        model = next((a for a in (field.annotation, *typing.get_args(field.annotation))
+                      if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return ".".join(parts), field
+
+
+def _known_keys(loc: tuple, config: type[BaseModel] | None = None) -> tuple[str, ...]:
+    """The keys known where an unknown key sits: the config's, or a nested mapping's."""
+    keys = tuple((config or ExperimentConfig).model_fields)
+    _, parent = _field(tuple(loc)[:-1], config)
+    if parent is None:
+        return keys
+    nested = [a for a in (parent.annotation, *typing.get_args(parent.annotation))
+              if isinstance(a, type) and issubclass(a, BaseModel)]
+    return tuple(nested[0].model_fields) if nested else keys
+
+
+def _describe(annotation: Any) -> str:
+    """What a type accepts, in words: 'an integer', 'one of adam, adamw, sgd', 'an integer or 'all''."""
+    if annotation is int:
+        return "an integer"
+    if annotation is float:
+        return "a number"
+    if annotation is bool:
+        return "true or false"
+    if annotation is str:
+        return "text"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "a mapping with keys " + ", ".join(annotation.model_fields)
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return f"'{args[0]}'" if len(args) == 1 else "one of " + ", ".join(str(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args if a is not type(None))
+    return str(annotation)
+
+
+_BOUNDS = ((annotated_types.Ge, "ge", ">="), (annotated_types.Gt, "gt", ">"), (annotated_types.Le, "le", "<="),
+           (annotated_types.Lt, "lt", "<"))
+
+
+def _expected(field: Any) -> str:
+    """The field's type with its bounds, e.g. 'an integer >= 1' or 'a number >= 0 and < 0.5'."""
+    bounds = [f"{sign} {getattr(m, attr)}" for m in field.metadata for kind, attr, sign in _BOUNDS if isinstance(m, kind)]
+    optional = type(None) in typing.get_args(field.annotation)
+    return (_describe(field.annotation) + (" " + " and ".join(bounds) if bounds else "")
+            + (" (or nothing)" if optional else ""))
+
+
+def _shown(value: Any) -> str:
+    """A value as the user typed it: true/false, 'text', numbers as they are."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return f"'{value}'"
+    if value is None:
+        return "nothing"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _flag(key: str) -> str:
+    return "--" + {"synthetic.data": "synthetic", "synthetic.n": "synthetic-n"}.get(key, key).replace("_", "-")
+
+
+def _explain_key(key: str, field: Any, errors: list[dict], where: str, config: type[BaseModel] | None = None) -> str:
+    """One message for all of a key's errors (a Union gives one per branch): the key, what it
+    expects and what it got."""
+    first = errors[0]
+    if first["type"] == "extra_forbidden":
+        return f"unknown config key '{key}'{closest(key.rsplit('.', 1)[-1], _known_keys(first['loc'], config))}"
+    for e in errors:
+        msg = e["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        if e["type"] in ("value_error", "assertion_error") and "--" in msg:
+            return msg  # our own validators' messages already name the parameter, expected and got
+    got = "nothing" if first["type"] == "missing" else _shown(first.get("input"))
+    if field is None:  # the config as a whole (a model validator) or an unknown location
+        msgs = "; ".join(e["msg"].removeprefix("Value error, ") for e in errors)
+        return f"{where}: {msgs} (got {got})"
+    hint = ""
+    if any(e["type"] == "literal_error" for e in errors) and isinstance(first.get("input"), str):
+        known = [str(a) for a in typing.get_args(field.annotation) if typing.get_origin(field.annotation) is Literal]
+        hint = closest(first["input"], known)
+    return f"{where}: expected {_expected(field)}, got {got}{hint}"
+
+
+def _explain(err: ValidationError, origin: str, flag_keys: Collection[str] = (),
+             config: type[BaseModel] | None = None) -> BadInputError:
+    """Every pydantic error, whatever its type, as 'KEY: expected X, got Y', KEY in the form the
+    user wrote it: --flag-name for flags, config key 'name' in ORIGIN for a file."""
+    by_key: dict[str, tuple[Any, list[dict]]] = {}
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "config"
+        key, field = _field(tuple(e["loc"]), config)
         if e["type"] == "extra_forbidden":
-            lines.append(f"unknown config key '{key}'{closest(key, KEYS)}")
-        elif e["type"] == "literal_error":
-            known = [str(k) for k in ExperimentConfig.model_fields[key].annotation.__args__]
-            got = str(e.get("input"))
-            lines.append(f"unknown {key} '{got}'{closest(got, known)}; known: {', '.join(known)}")
-        else:
-            msg = e["msg"].removeprefix("Value error, ")
-            if e["type"] in ("value_error", "assertion_error") and "--" in msg:
-                lines.append(msg)  # our own messages already name the parameter
-            else:
-                lines.append(f"config key '{key}': {msg} (got {e.get('input')!r})")
-    return BadInputError(f"{origin}: " + "; ".join(lines))
+            key = ".".join(str(p) for p in e["loc"])
+        by_key.setdefault(key or "config", (field, []))[1].append(e)
+    lines = []
+    for key, (field, errors) in by_key.items():
+        from_flags = origin == "flags" or key.split(".")[0] in flag_keys
+        where = _flag(key) if from_flags else f"{origin}: config key '{key}'"
+        if field is None:  # the config as a whole: no key to name
+            where = origin
+        line = _explain_key(key, field, errors, where, config)
+        unknown = errors[0]["type"] == "extra_forbidden"
+        if unknown or not (from_flags or line.startswith(where)):
+            line = f"{origin}: {line}"  # say which file (or 'flags') an unknown key or our own message is about
+        lines.append(line)
+    return BadInputError("; ".join(lines))
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -256,11 +391,12 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
-def build_config(values: dict, origin: str = "config") -> ExperimentConfig:
+def build_config(values: dict, origin: str = "config", flag_keys: Collection[str] = ()) -> ExperimentConfig:
+    """The validated config; flag_keys: the keys that came from flags (named --like-this in errors)."""
     try:
         return ExperimentConfig(**values)
     except ValidationError as e:
-        raise _explain(e, origin) from None
+        raise _explain(e, origin, flag_keys) from None
     except BadInputError as e:  # raised inside a validator
         raise BadInputError(f"{origin}: {e}") from None
 
@@ -270,8 +406,60 @@ def resolve(config_file: str | Path | None, overrides: dict) -> ExperimentConfig
     values = load_yaml(config_file) if config_file else {}
     origin = str(config_file) if config_file else "flags"
     values.update(overrides)
-    return build_config(values, origin)
+    return build_config(values, origin, flag_keys=set(overrides))
 
 
 def to_dict(cfg: ExperimentConfig) -> dict:
     return cfg.model_dump(mode="json")
+
+
+class TabularConfig(BaseModel):
+    """`lesionlab tabular`: a gradient-boosted model on the metadata, optionally fused with an image model."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    name: str = Field("", description="experiment name used as the report's section title")
+    data: str = Field(description="prepared data set (DATA_DIR) with a split")
+    split: str = Field("", description="split name ('' = split.json, NAME = split-NAME.json)")
+    features: str = Field("auto", description="auto = every usable metadata column, or COL,COL,...")
+    allow_column: list[str] = Field(default_factory=list, description="columns kept although their single-column "
+                                    "training AUC exceeds 0.98 (recorded in the run)")
+    engine: Literal[ENGINES] = Field("lightgbm", description="gradient-boosting library")
+    folds: Optional[int] = Field(None, ge=2, description="grouped stratified folds over the train pool (default 5; "
+                                 "with --image: the image model's folds)")
+    image: Optional[str] = Field(None, description="CV_DIR (or ENS_DIR) of an image model: its out-of-fold scores "
+                                 "become features")
+    fusion: Literal[FUSIONS] = Field("stack", description="with --image: stack = image scores as features; late = "
+                                     "rank average of image and metadata-only probabilities")
+    neg_ratio: Optional[float] = Field(None, gt=0, description="benign rows per malignant row in each fold's "
+                                       "training part (negative undersampling; default: all)")
+    recipe: bool = Field(True, description="ISIC 2024 feature recipe and patient statistics where the columns allow")
+    threshold: str = Field("val-f1", description="decision threshold: a number, val-f1 or sens:X, chosen on validation")
+    learning_rate: float = Field(0.05, gt=0, description="boosting learning rate")
+    max_rounds: int = Field(2000, ge=1, description="boosting rounds at most (early stopping picks fewer)")
+    early_stopping: int = Field(100, ge=1, description="rounds without improvement on the inner validation part")
+    min_child_samples: int = Field(20, ge=1, description="fewest rows in a leaf (LightGBM; min_child_weight for XGBoost, "
+                                   "min_data_in_leaf for CatBoost)")
+    bootstrap: int = Field(2000, ge=0, description="bootstrap resamples for the 95%% intervals (0 = none)")
+    seed: int = Field(0, description="seed of the folds, undersampling and the engine")
+    num_threads: int = Field(0, ge=0, description="engine threads (0 = one per core)")
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _threshold(cls, v: Any) -> str:
+        return str(ThresholdRule.parse(v))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TabularConfig":
+        if self.fusion == "late" and not self.image:
+            raise ValueError("--fusion late needs --image CV_DIR (the image model to fuse with)")
+        return self
+
+
+def build_tabular_config(values: dict, origin: str = "flags") -> TabularConfig:
+    try:
+        return TabularConfig(**values)
+    except ValidationError as e:
+        raise _explain(e, origin, tuple(values) if origin == "flags" else (), TabularConfig) from None
+    except BadInputError as e:
+        raise BadInputError(f"{origin}: {e}") from None

@@ -17,18 +17,20 @@ import pandas as pd
 import torch
 
 from . import plots
+from .calibration import apply_calibration, check_two_classes, fit_calibration
 from .config import ExperimentConfig, to_dict
 from .data.parallel import cpu_count
 from .data.sampling import EpochSampler, draw_training_set
-from .data.splits import Split, load_split
+from .data.splits import Split, check_evaluable, group_keys, load_split
 from .data.store import Store
 from .data.synthetic import CombinedImages, SyntheticPart, load_synthetic
+from .data.tta import tta_logits
 from .engine.distributed import World, check_devices, from_environment, spawn
 from .engine.runtime import MEAN, STD, Runtime, resolve_runtime
 from .engine.trainer import Batches, TrainOptions, TrainResult, predict_sharded, train
 from .errors import BadInputError
 from .fileio import read_json
-from .metrics import ThresholdRule, bce_per_sample, bootstrap_ci, compute_metrics, parse_prevalence, prior_shift
+from .metrics import ThresholdRule, bce_per_sample, bootstrap_ci, ci_unit, compute_metrics, parse_prevalence, prior_shift
 from .models import create_model, get_spec
 from .models.encoder import head_name, load_encoder_state
 from .runs import RunWriter, check_new_run_folder, model_checkpoint
@@ -58,30 +60,47 @@ def _print_epochs(total: int) -> Callable[[dict], None]:
     return lambda row: print(epoch_line(row, total), file=sys.stderr, flush=True)
 
 
-def train_run(cfg: ExperimentConfig, out: str | os.PathLike, on_epoch: Callable[[dict], None] | None = None) -> dict:
+def train_run(cfg: ExperimentConfig, out: str | os.PathLike, on_epoch: Callable[[dict], None] | None = None,
+              plan: "Plan | None" = None) -> dict:
     """One experiment on one process, on the processes of this machine (--devices), or as one
-    process of a torchrun launch; returns run.json's content with the metrics."""
+    process of a torchrun launch; returns run.json's content with the metrics. `plan` replaces the
+    split's sides (a cross-validation fold)."""
     out = Path(out)
     world = from_environment()
     if world is not None:
-        return run_experiment(cfg, out, on_epoch if world.is_main else None, world)
+        return run_experiment(cfg, out, on_epoch if world.is_main else None, world, plan)
     if cfg.num_nodes > 1:
         raise BadInputError(
             f"--num-nodes {cfg.num_nodes}: a run over several machines is started by torchrun on every node, e.g. "
             f"torchrun --nnodes {cfg.num_nodes} --nproc-per-node {cfg.devices} --rdzv-backend c10d "
             f"--rdzv-endpoint HOST:29500 -m lesionlab train ... (see README, Distributed training)")
     if cfg.devices == 1:
-        return run_experiment(cfg, out, on_epoch)
+        return run_experiment(cfg, out, on_epoch, plan=plan)
     check_devices(cfg.devices, cfg.num_nodes, cfg.device)
     _check_batch(cfg.batch_size, cfg.devices)
     check_new_run_folder(out)  # refuse an existing run now, before any process starts
-    spawn(_spawned_run, (to_dict(cfg), str(out)), cfg.devices, cfg.device)
+    if cfg.data:  # and a split that cannot be evaluated
+        store = Store.open(cfg.data)
+        check_evaluable(load_split(store, cfg.split), store.table)
+    spawn(_spawned_run, (to_dict(cfg), str(out), plan), cfg.devices, cfg.device)
     return {**read_json(out / "run.json"), "metrics": read_json(out / "metrics.json")}
 
 
-def _spawned_run(cfg_dict: dict, out: str, world: World) -> None:
+def _spawned_run(cfg_dict: dict, out: str, plan: "Plan | None", world: World) -> None:
     cfg = ExperimentConfig(**cfg_dict)
-    run_experiment(cfg, Path(out), _print_epochs(cfg.epochs) if world.is_main else None, world)
+    run_experiment(cfg, Path(out), _print_epochs(cfg.epochs) if world.is_main else None, world, plan)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Table positions that replace the split's sides, for a cross-validation fold: the training
+    draw comes from `pool`; `val` picks the checkpoint, early stop and threshold; `scored` sides
+    (e.g. the held-out fold, the split's val and test) are only scored. Recorded in run.json."""
+
+    pool: np.ndarray
+    val: np.ndarray
+    scored: dict[str, np.ndarray]
+    info: dict
 
 
 @dataclass
@@ -102,22 +121,31 @@ class Inputs:
     eval_pos: dict[str, np.ndarray]
     eval_x: dict[str, np.ndarray]
     eval_y: dict[str, np.ndarray]
+    group_rule: str = "none"
+    groups: np.ndarray | None = None  # group key of every table row (patient, else lesion, else image)
 
 
-def _inputs(cfg: ExperimentConfig, world: World) -> Inputs:
+def _inputs(cfg: ExperimentConfig, world: World, plan: Plan | None = None) -> Inputs:
     store = Store.open(cfg.data)
     split = load_split(store, cfg.split)
     table = store.table
+    check_evaluable(split, table)  # before any work: else the run fails after training
     ids = table["id"].astype(str).to_numpy()
     real_labels = table["label"].to_numpy()
-    real_pool = split.positions(table, "train")
-    eval_pos = {side: split.positions(table, side) for side in ("val", "test")}
+    if plan is None:
+        real_pool = split.positions(table, "train")
+        eval_pos = {side: split.positions(table, side) for side in ("val", "test")}
+    else:
+        real_pool = np.asarray(plan.pool)
+        eval_pos = {"val": np.asarray(plan.val), **{k: np.asarray(v) for k, v in plan.scored.items()}}
     eval_x = {side: store.pixels(pos) for side, pos in eval_pos.items()}
+    group_rule = split.params.get("group_used", "none")
+    groups = group_keys(table, group_rule)[0]
     syn = None
     if cfg.synthetic:
-        both = np.r_[eval_pos["val"], eval_pos["test"]]
+        both = np.concatenate(list(eval_pos.values()))
         syn = load_synthetic(cfg.synthetic.data, cfg.synthetic.n, store, set(ids[both]),
-                             np.concatenate([eval_x["val"], eval_x["test"]]), ids[both].tolist(), cfg.seed)
+                             np.concatenate(list(eval_x.values())), ids[both].tolist(), cfg.seed)
     n_syn = len(syn) if syn else 0
     real_draw = draw_training_set(real_labels, real_pool, cfg.ratio, cfg.n_malignant, cfg.seed, extra_malignant=n_syn)
     # synthetic images sit past the real rows: position len(table) + k is the k-th synthetic image
@@ -126,7 +154,8 @@ def _inputs(cfg: ExperimentConfig, world: World) -> Inputs:
     draw = np.r_[real_draw, syn_pos]
     sampler = EpochSampler(cfg.sampler, labels, draw, np.r_[real_pool, syn_pos], cfg.seed, world.rank, world.size)
     return Inputs(store, split, ids, real_labels, real_pool, real_draw, labels, draw, CombinedImages(store, syn),
-                  sampler, syn, eval_pos, eval_x, {side: real_labels[pos] for side, pos in eval_pos.items()})
+                  sampler, syn, eval_pos, eval_x, {side: real_labels[pos] for side, pos in eval_pos.items()},
+                  group_rule, groups)
 
 
 def _options(cfg: ExperimentConfig, pos_weight: float | None) -> TrainOptions:
@@ -153,17 +182,25 @@ def _runtime(cfg: ExperimentConfig, world: World) -> Runtime:
 class Evaluation:
     logits: dict[str, np.ndarray]
     raw: dict[str, np.ndarray]     # the model's probabilities
-    probs: dict[str, np.ndarray]   # reported probabilities (prior-shifted when a prevalence is given)
+    probs: dict[str, np.ndarray]   # reported probabilities (calibrated, prior-shifted when a prevalence is given)
     rule: ThresholdRule
     threshold: float
     trained_at: float
     deploy: float | None
     metrics: dict
+    calibration: dict | None = None  # the map fitted on validation (--calibrate)
+
+    @property
+    def reference(self) -> float:
+        """The prevalence the (calibrated) probabilities refer to: where the prior shift starts."""
+        return self.calibration["prevalence"] if self.calibration else self.trained_at
 
 
 def evaluate(cfg: ExperimentConfig, logits: dict[str, np.ndarray], truth: dict[str, np.ndarray],
-             train_prevalence: float, pos_weight: float | None) -> Evaluation:
-    """Threshold chosen on validation only; metrics and intervals on validation and test."""
+             train_prevalence: float, pos_weight: float | None, groups: dict[str, np.ndarray] | None = None,
+             group_rule: str = "none") -> Evaluation:
+    """Threshold chosen on validation only; metrics and intervals on validation, test and any other
+    scored side. With `groups` (one key per image of each side) the intervals resample whole groups."""
     deploy = parse_prevalence(cfg.prevalence) if cfg.prevalence else None
     raw = {k: 1 / (1 + np.exp(-v)) for k, v in logits.items()}
     # what the model's probabilities are calibrated to: the training prevalence, with the
@@ -171,32 +208,46 @@ def evaluate(cfg: ExperimentConfig, logits: dict[str, np.ndarray], truth: dict[s
     trained_at = train_prevalence
     if pos_weight:
         trained_at = pos_weight * trained_at / (pos_weight * trained_at + 1 - trained_at)
-    probs = {k: prior_shift(v, trained_at, deploy) for k, v in raw.items()} if deploy else raw
+    # calibration (fitted on validation only) maps to probabilities at the validation prevalence;
+    # the prior shift then starts there instead of at the training draw's prevalence
+    cal = fit_calibration(cfg.calibrate, logits["val"], truth["val"], trained_at)
+    calibrated = {k: apply_calibration(v, cal) for k, v in logits.items()} if cal else raw
+    reference = cal["prevalence"] if cal else trained_at
+    probs = {k: prior_shift(v, reference, deploy) for k, v in calibrated.items()} if deploy else calibrated
     rule = ThresholdRule.parse(cfg.threshold)
     threshold = rule.choose(truth["val"], probs["val"])  # never on test
     metrics = {}
-    for side in ("val", "test"):
+    grouped = groups is not None and group_rule != "none"
+    for side in truth:
         losses = bce_per_sample(truth[side], logits[side])
         m = compute_metrics(truth[side], probs[side], threshold, losses, deploy)
+        side_groups = groups[side] if grouped else None
         if cfg.bootstrap:
             m["ci95"] = bootstrap_ci(truth[side], probs[side], threshold, losses, cfg.bootstrap, seed=cfg.seed,
-                                     prevalence=deploy)
+                                     prevalence=deploy, groups=side_groups)
+            m["ci95_unit"] = ci_unit(group_rule if grouped else None)
         m["n_malignant"], m["n_benign"] = int(truth[side].sum()), int((truth[side] == 0).sum())
+        if grouped:
+            m["n_groups"] = int(len(np.unique(side_groups)))
         metrics[side] = m
-    return Evaluation(logits, raw, probs, rule, threshold, trained_at, deploy, metrics)
+    return Evaluation(logits, raw, probs, rule, threshold, trained_at, deploy, metrics, cal)
 
 
 def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike,
-                   on_epoch: Callable[[dict], None] | None = None, world: World | None = None) -> dict:
+                   on_epoch: Callable[[dict], None] | None = None, world: World | None = None,
+                   plan: Plan | None = None) -> dict:
     """Train and evaluate one experiment into the run folder `out`; return run.json's content.
-    With several processes each trains its shard; only rank 0 writes (the others return {})."""
+    With several processes each trains its shard; only rank 0 writes (the others return {}).
+    `plan` replaces the split's train pool, validation and test sides (a cross-validation fold)."""
     if not cfg.data:
         raise BadInputError("no data set given: pass --data DATA_DIR or set 'data' in the config")
     world = world or World()
     _check_batch(cfg.batch_size, world.size)
     out = Path(out)
     started = time.time()
-    inp = _inputs(cfg, world)
+    inp = _inputs(cfg, world, plan)
+    if cfg.calibrate != "none":
+        check_two_classes(inp.eval_y["val"], cfg.calibrate)  # before training, not after
     n_mal, n_ben = int(inp.labels[inp.draw].sum()), int((inp.labels[inp.draw] == 0).sum())
     pos_weight = n_ben / n_mal if cfg.pos_weight == "auto" else cfg.pos_weight
     opts = _options(cfg, pos_weight)
@@ -214,13 +265,18 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike,
         setup_seconds = time.time() - started
         result = train(model, batches, inp.eval_x["val"], inp.eval_y["val"], rt, opts, on_epoch, world)
         model.load_state_dict(result.best_state)
-        logits = {side: predict_sharded(model, inp.eval_x[side], rt, cfg.eval_batch_size, world) for side in ("val", "test")}
+        # test-time augmentation (--tta) for the final scores only; per-epoch validation stays plain
+        logits = {side: tta_logits(lambda x: predict_sharded(model, x, rt, cfg.eval_batch_size, world), inp.eval_x[side],
+                                   cfg.tta) for side in inp.eval_pos}
         if writer is None:
             return {}
-        ev = evaluate(cfg, logits, inp.eval_y, inp.sampler.train_prevalence, pos_weight)
+        ev = evaluate(cfg, logits, inp.eval_y, inp.sampler.train_prevalence, pos_weight,
+                      {side: inp.groups[pos] for side, pos in inp.eval_pos.items()}, inp.group_rule)
         run_info = _run_info(cfg, out, inp, result, ev, opts, rt, world, pos_weight, setup_seconds, started)
         run_info["encoder"] = enc.describe() if enc is not None else None
-        _write_run(writer, cfg, inp, result, ev, rt, run_info)
+        if plan is not None:
+            run_info["plan"] = plan.info
+        _write_run(writer, cfg, inp, result, ev, rt, run_info, model)
     return {**run_info, "metrics": ev.metrics}
 
 
@@ -241,7 +297,7 @@ def _run_info(cfg: ExperimentConfig, out: Path, inp: Inputs, result: TrainResult
               rt: Runtime, world: World, pos_weight: float | None, setup_seconds: float, started: float) -> dict:
     labels, draw = inp.labels, inp.draw
     calibration_note = ("focal loss and label smoothing change calibration; the prior shift assumes BCE-calibrated "
-                        "probabilities") if ev.deploy and (cfg.loss == "focal" or cfg.label_smoothing) else ""
+                        "probabilities") if ev.deploy and not ev.calibration and (cfg.loss == "focal" or cfg.label_smoothing) else ""
     return {
         "name": cfg.name or out.name,
         "data": str(Path(cfg.data).resolve()),
@@ -261,9 +317,13 @@ def _run_info(cfg: ExperimentConfig, out: Path, inp: Inputs, result: TrainResult
         "stopped_early": result.stopped_early,
         "best_epoch": result.best_epoch,
         "monitor": opts.monitor,
-        "prevalence": {"trained_at": ev.trained_at, "deployment": ev.deploy, "note": calibration_note},
+        "prevalence": {"trained_at": ev.trained_at, "deployment": ev.deploy, "note": calibration_note,
+                       "calibrated_at": ev.calibration["prevalence"] if ev.calibration else None},
+        "calibration": ev.calibration,
         "threshold_rule": str(ev.rule),
         "threshold": ev.threshold,
+        "tta": cfg.tta,
+        "group_rule": inp.group_rule,
         "speed": _speed(result, world),
         "runtime": rt.describe(),
         "torch": torch.__version__,
@@ -283,9 +343,11 @@ def _speed(result: TrainResult, world: World) -> dict:
 
 
 def _write_run(w: RunWriter, cfg: ExperimentConfig, inp: Inputs, result: TrainResult, ev: Evaluation, rt: Runtime,
-               run_info: dict) -> None:
+               run_info: dict, model: torch.nn.Module | None = None) -> None:
     preds = pd.concat([pd.DataFrame({"id": inp.ids[pos], "split": side, "label": inp.eval_y[side],
-                                     "prob": ev.probs[side], **({"prob_model": ev.raw[side]} if ev.deploy else {})})
+                                     "prob": ev.probs[side],
+                                     **({"prob_model": ev.raw[side]} if ev.deploy or ev.calibration else {}),
+                                     "group": inp.groups[pos]})
                        for side, pos in inp.eval_pos.items()])
     w.table(fmt.PREDICTIONS, preds)
     syn_ids = inp.syn.store.table["id"].to_numpy()[inp.syn.rows] if inp.syn else np.array([], dtype=object)
@@ -296,10 +358,25 @@ def _write_run(w: RunWriter, cfg: ExperimentConfig, inp: Inputs, result: TrainRe
     w.table(fmt.HISTORY, pd.DataFrame(result.history), float_format=None)
     w.checkpoint(model_checkpoint(
         cfg.model, inp.store.size, inp.store.fit, result.best_state, ev.threshold, str(ev.rule),
-        {"from": ev.trained_at, "to": ev.deploy} if ev.deploy else None, rt.channels_last, MEAN, STD,
-        best_epoch=result.best_epoch))
+        {"from": ev.reference, "to": ev.deploy} if ev.deploy else None, rt.channels_last, MEAN, STD,
+        best_epoch=result.best_epoch, tta=cfg.tta, calibration=ev.calibration))
     _figures(w, result, inp.eval_y, ev.probs, ev.threshold)
+    if model is not None:
+        run_info["cam_gallery"] = _gallery(w, cfg, inp, ev, model)
     w.finish(to_dict(cfg), run_info, ev.metrics)
+
+
+def _gallery(w: RunWriter, cfg: ExperimentConfig, inp: Inputs, ev: Evaluation, model: torch.nn.Module) -> dict:
+    """The test set's CAM gallery for the report; a model without a known CAM layer (or any
+    failure of the CAM) leaves the gallery out, with the reason in run.json, never the run."""
+    from .explain import write_gallery
+
+    try:
+        return write_gallery(model, cfg.model, inp.eval_x["test"], inp.ids[inp.eval_pos["test"]], inp.eval_y["test"],
+                             ev.probs["test"], ev.threshold, w.figure_path("cam_gallery"), MEAN, STD)
+    except Exception as e:  # noqa: BLE001 - the run's metrics stand without its pictures
+        log.warning("CAM gallery left out: %s", e)
+        return {"error": str(e)[:500]}
 
 
 def _figures(w: RunWriter, result, truth: dict, probs: dict, threshold: float) -> None:
@@ -309,3 +386,4 @@ def _figures(w: RunWriter, result, truth: dict, probs: dict, threshold: float) -
     curves = {side: (truth[side], probs[side]) for side in ("val", "test")}
     plots.roc(curves, w.figure_path("roc"))
     plots.precision_recall(curves, w.figure_path("pr"))
+    plots.reliability_diagram(curves, w.figure_path("reliability"))

@@ -10,12 +10,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .calibration import brier_score, ece_brier_resampled, expected_calibration_error
 from .errors import BadInputError
 
 METRIC_KEYS = ("loss", "accuracy", "precision", "recall", "f1", "specificity", "balanced_accuracy",
-               "roc_auc", "average_precision", "pauc_80", "threshold")
+               "roc_auc", "average_precision", "pauc_80", "ece", "brier", "threshold")
 RANKING_KEYS = ("roc_auc", "average_precision", "pauc_80")
-HIGHER_IS_BETTER = {k: k != "loss" for k in METRIC_KEYS}
+HIGHER_IS_BETTER = {k: k not in ("loss", "ece", "brier") for k in METRIC_KEYS}
 
 
 def _check(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -164,30 +165,69 @@ def compute_metrics(y: np.ndarray, prob: np.ndarray, threshold: float = 0.5,
     out["roc_auc"] = roc_auc(y, prob) if both else float("nan")
     out["average_precision"] = average_precision(y, prob) if y.sum() > 0 else float("nan")
     out["pauc_80"] = pauc_above_tpr(y, prob) if both else float("nan")
-    out["threshold"] = float(threshold)
+    out["ece"] = expected_calibration_error(y, prob)
+    out["brier"] = brier_score(y, prob)
+    out["threshold"] = float(np.mean(threshold))  # one per image for out-of-fold predictions
     return out
 
 
-def bootstrap_ci(y: np.ndarray, prob: np.ndarray, threshold: float, losses: np.ndarray | None = None,
+def bootstrap_ci(y: np.ndarray, prob: np.ndarray, threshold, losses: np.ndarray | None = None,
                  n_boot: int = 2000, seed: int = 0, level: float = 0.95,
-                 prevalence: float | None = None) -> dict[str, list[float]]:
-    """Percentile intervals of every metric over stratified bootstrap resamples of the images
-    (positives and negatives resampled separately, so every resample has both classes)."""
-    y, prob = _check(y, prob)
-    idx = stratified_resamples(y, n_boot, seed)
-    yb, pb = y[idx].astype(bool), prob[idx] >= threshold
-    rates = _rates((yb & pb).sum(1), (~yb & pb).sum(1), (~yb & ~pb).sum(1), (yb & ~pb).sum(1))
-    samples: dict[str, np.ndarray] = dict(rates)
-    samples["loss"] = losses[idx].mean(1) if losses is not None else np.full(n_boot, np.nan)
-    if prevalence is not None:
-        samples["precision_at_prevalence"] = precision_at_prevalence(rates["recall"], rates["specificity"], prevalence)
-    for key, values in _ranking_samples(y, prob, idx).items():
-        samples[key] = values
+                 prevalence: float | None = None, groups: np.ndarray | None = None) -> dict[str, list[float]]:
+    """Percentile intervals of every metric over stratified bootstrap resamples (positives and
+    negatives resampled separately, so every resample has both classes). With `groups` (one key per
+    image: patient or lesion) whole groups are resampled, stratified by whether a group holds a
+    malignant image, since images of one lesion are not independent. `threshold` may be one value
+    or one per image (out-of-fold predictions, each fold with its own)."""
+    return bootstrap_ci_mean(y, [prob], [threshold], [losses] if losses is not None else None, n_boot, seed, level,
+                             prevalence, groups)
+
+
+def bootstrap_ci_mean(y: np.ndarray, probs: list, thresholds: list, losses: list | None = None, n_boot: int = 2000,
+                      seed: int = 0, level: float = 0.95, prevalence: float | None = None,
+                      groups: np.ndarray | None = None) -> dict[str, list[float]]:
+    """As bootstrap_ci for several predictions of the same images (the repeats of a cross-validation):
+    each resample scores every one on the same images and takes their mean."""
+    y = np.asarray(y).astype(np.int8).ravel()
+    idx = resample_indices(y, n_boot, seed, groups)
+    per = [_bootstrap_samples(y, p, t, None if losses is None else losses[k], idx, prevalence)
+           for k, (p, t) in enumerate(zip(probs, thresholds))]
+    samples = {key: np.mean([s[key] for s in per], axis=0) for key in per[0]}
     lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
     out = {k: [float(np.nanquantile(v, lo)), float(np.nanquantile(v, hi))] if np.isfinite(v).any()
            else [float("nan")] * 2 for k, v in samples.items()}
-    out["threshold"] = [float(threshold)] * 2
+    thr = float(np.mean([np.mean(t) for t in thresholds]))
+    out["threshold"] = [thr, thr]
     return {k: out[k] for k in (*METRIC_KEYS, "precision_at_prevalence") if k in out}
+
+
+def _bootstrap_samples(y: np.ndarray, prob: np.ndarray, threshold, losses: np.ndarray | None, idx,
+                       prevalence: float | None) -> dict[str, np.ndarray]:
+    """Every metric on every resample; `idx` is an (n_boot, n) array or a list of index arrays."""
+    y, prob = _check(y, prob)
+    above = prob >= np.asarray(threshold, dtype=np.float64)  # one threshold, or one per image
+    n_boot = len(idx)
+    if isinstance(idx, np.ndarray):
+        yb, pb = y[idx].astype(bool), above[idx]
+        counts = ((yb & pb).sum(1), (~yb & pb).sum(1), (~yb & ~pb).sum(1), (yb & ~pb).sum(1))
+        loss = losses[idx].mean(1) if losses is not None else np.full(n_boot, np.nan)
+    else:  # resampled groups: resamples differ in length
+        c = np.array([[(yb & pb).sum(), (~yb & pb).sum(), (~yb & ~pb).sum(), (yb & ~pb).sum()]
+                      for yb, pb in ((y[i].astype(bool), above[i]) for i in idx)])
+        counts = tuple(c.T)
+        loss = np.array([losses[i].mean() for i in idx]) if losses is not None else np.full(n_boot, np.nan)
+    rates = _rates(*counts)
+    samples: dict[str, np.ndarray] = dict(rates)
+    samples["loss"] = loss
+    if prevalence is not None:
+        samples["precision_at_prevalence"] = precision_at_prevalence(rates["recall"], rates["specificity"], prevalence)
+    samples.update(_ranking_samples(y, prob, idx))
+    if isinstance(idx, np.ndarray):
+        samples.update(ece_brier_resampled(y, prob, idx))
+    else:
+        samples["ece"] = np.array([expected_calibration_error(y[i], prob[i]) for i in idx])
+        samples["brier"] = np.array([brier_score(y[i], prob[i]) for i in idx])
+    return samples
 
 
 def stratified_resamples(y: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
@@ -198,7 +238,37 @@ def stratified_resamples(y: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
-def _ranking_samples(y: np.ndarray, prob: np.ndarray, idx: np.ndarray) -> dict[str, np.ndarray]:
+def grouped_resamples(y: np.ndarray, groups: np.ndarray, n_boot: int, seed: int) -> list[np.ndarray]:
+    """n_boot index arrays, each the images of whole groups drawn with replacement: as many groups
+    holding a malignant image as there are, and as many without; lengths vary with group sizes."""
+    y = np.asarray(y).astype(np.int8).ravel()
+    groups = np.asarray(groups).ravel()
+    if len(groups) != len(y):
+        raise ValueError(f"labels and groups differ in length ({len(y)} vs {len(groups)})")
+    _, inv = np.unique(groups, return_inverse=True)
+    order = np.argsort(inv, kind="stable")
+    sizes = np.bincount(inv)
+    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    has_pos = np.bincount(inv, weights=y) > 0
+    rng = np.random.default_rng(seed)
+    strata = [np.flatnonzero(has_pos), np.flatnonzero(~has_pos)]
+    drawn = np.concatenate([g[rng.integers(0, len(g), size=(n_boot, len(g)))] for g in strata if len(g)], axis=1)
+    out = []
+    for row in drawn:
+        n = sizes[row]
+        offsets = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
+        out.append(order[np.repeat(starts[row], n) + offsets])
+    return out
+
+
+def resample_indices(y: np.ndarray, n_boot: int, seed: int, groups: np.ndarray | None = None):
+    """Per-image stratified resamples, or whole-group ones where the images have groups."""
+    if groups is None:
+        return stratified_resamples(np.asarray(y), n_boot, seed)
+    return grouped_resamples(y, groups, n_boot, seed)
+
+
+def _ranking_samples(y: np.ndarray, prob: np.ndarray, idx) -> dict[str, np.ndarray]:
     if not 0 < y.sum() < len(y):
         return {k: np.full(len(idx), np.nan) for k in RANKING_KEYS}
     funcs = {"roc_auc": roc_auc, "average_precision": average_precision, "pauc_80": pauc_above_tpr}
@@ -207,24 +277,31 @@ def _ranking_samples(y: np.ndarray, prob: np.ndarray, idx: np.ndarray) -> dict[s
 
 def paired_bootstrap(y: np.ndarray, probs_a, probs_b, thresholds_a, thresholds_b,
                      metrics=("roc_auc", "average_precision", "pauc_80", "f1"), n_boot: int = 2000, seed: int = 0,
-                     level: float = 0.95) -> dict[str, dict[str, float]]:
+                     level: float = 0.95, groups: np.ndarray | None = None) -> dict[str, dict[str, float]]:
     """B - A on the same resampled test images, with a percentile interval.
 
     Each side may be one run or several (seeds): a side's value is then the mean over its runs of
     the metric, each run scored on the same resampled images, so the interval reflects the test
-    images' sampling for the seed-averaged metric.
+    images' sampling for the seed-averaged metric. With `groups`, whole groups are resampled (see
+    bootstrap_ci). A threshold may be one value per run or, for out-of-fold predictions, an array
+    with one value per image.
     """
     def as_list(v):
         return [np.asarray(v, dtype=np.float64)] if np.ndim(v) == 1 else [np.asarray(p, dtype=np.float64) for p in v]
 
+    def thresholds(t, k):
+        if isinstance(t, (list, tuple)):
+            return [np.asarray(x, dtype=np.float64) for x in t]
+        return [np.asarray(t, dtype=np.float64)] * k
+
     pa, pb = as_list(probs_a), as_list(probs_b)
-    ta, tb = np.broadcast_to(thresholds_a, len(pa)), np.broadcast_to(thresholds_b, len(pb))
+    ta, tb = thresholds(thresholds_a, len(pa)), thresholds(thresholds_b, len(pb))
     y = np.asarray(y).astype(np.int8)
-    idx = stratified_resamples(y, n_boot, seed)
+    idx = resample_indices(y, n_boot, seed, groups)
     lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
 
     def side_value(m, probs, thresholds, i=slice(None)):
-        return float(np.mean([compute_metric(m, y[i], p[i], t) for p, t in zip(probs, thresholds)]))
+        return float(np.mean([compute_metric(m, y[i], p[i], t[i] if t.ndim else t) for p, t in zip(probs, thresholds)]))
 
     out = {}
     for m in metrics:
@@ -233,6 +310,11 @@ def paired_bootstrap(y: np.ndarray, probs_a, probs_b, thresholds_a, thresholds_b
         out[m] = {"a": a, "b": b, "diff": b - a, "lo": float(np.quantile(diffs, lo)),
                   "hi": float(np.quantile(diffs, hi)), "p_b_not_better": float(np.mean(diffs <= 0))}
     return out
+
+
+def ci_unit(groups_rule: str | None) -> str:
+    """What the bootstrap resampled, for metrics.json: 'image', or the group column."""
+    return groups_rule if groups_rule and groups_rule != "none" else "image"
 
 
 def compute_metric(name: str, y: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> float:
@@ -292,3 +374,33 @@ class ThresholdRule:
             k = int(np.flatnonzero(recall >= self.value - 1e-12)[0])
         # midway to the next lower score: the same decisions on validation, less brittle after
         return float((scores[k] + scores[k + 1]) / 2) if k + 1 < len(scores) else float(scores[k])
+
+
+def logit(prob: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(prob, dtype=np.float64), 1e-12, 1 - 1e-12)
+    return np.log(p / (1 - p))
+
+
+def metrics_with_ci(y: np.ndarray, probs, thresholds, n_boot: int = 2000, seed: int = 0,
+                    groups: np.ndarray | None = None, unit: str = "image", prevalence: float | None = None) -> dict:
+    """compute_metrics for predictions that were scored elsewhere (out-of-fold, ensembles), with
+    the loss from their probabilities and bootstrap intervals that resample whole groups where
+    `unit` names a group rule. `probs` may hold several predictions of the same images (the
+    repeats of a cross-validation): every value is then their mean, and each resample scores all
+    of them. A threshold may be one value or one per image."""
+    y = np.asarray(y).astype(np.int8)
+    probs = [np.asarray(probs, dtype=np.float64)] if np.ndim(probs) == 1 else [np.asarray(p, dtype=np.float64) for p in probs]
+    if not isinstance(thresholds, (list, tuple)):
+        thresholds = [thresholds] * len(probs)
+    losses = [bce_per_sample(y, logit(p)) for p in probs]
+    per = [compute_metrics(y, p, t, loss, prevalence) for p, t, loss in zip(probs, thresholds, losses)]
+    m: dict = {k: float(np.mean([d[k] for d in per])) for k in per[0]}
+    grouped = groups is not None and unit != "image"
+    if n_boot:
+        m["ci95"] = bootstrap_ci_mean(y, probs, list(thresholds), losses, n_boot, seed, prevalence=prevalence,
+                                      groups=groups if grouped else None)
+        m["ci95_unit"] = unit if grouped else "image"
+    m["n_malignant"], m["n_benign"] = int(y.sum()), int((y == 0).sum())
+    if grouped:
+        m["n_groups"] = int(len(np.unique(groups)))
+    return m

@@ -77,3 +77,98 @@ def precision_recall(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Pat
     ax.set_title("precision-recall (dotted: prevalence)", fontsize=10)
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def reliability_diagram(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str = "",
+                        n_bins: int = 10) -> None:
+    """Observed malignant rate against mean probability per bin (the diagonal is perfect calibration),
+    with each curve's ECE and Brier score, over a histogram of the probabilities."""
+    from .calibration import brier_score, expected_calibration_error, reliability
+
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(4.6, 5.4), height_ratios=(3, 1.2), sharex=True)
+    # rare malignant cases keep most probabilities low: zoom to where they are (bins over [0, upper])
+    top = max(float(np.quantile(np.asarray(p, dtype=float), 0.995)) for _, p in curves.values())
+    upper = min(1.0, max(0.2, np.ceil(top * 10) / 10))
+    ax.plot([0, upper], [0, upper], color="grey", lw=0.8, ls=":")
+    for name, (y, prob) in curves.items():
+        r = reliability(y, prob, n_bins, upper)
+        line, = ax.plot(r["mean_prob"], r["observed"], marker="o", ms=4,
+                        label=f"{name}: ECE {expected_calibration_error(y, prob):.3f}, Brier {brier_score(y, prob):.3f}")
+        hist.hist(np.clip(np.asarray(prob, dtype=float), 0, upper), bins=n_bins, range=(0, upper), histtype="step",
+                  color=line.get_color())
+    ax.set_ylabel("observed malignant rate")
+    ax.set_xlim(0, upper)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title or "reliability (dotted: perfect calibration)", fontsize=10)
+    if upper < 1:
+        hist.set_title(f"probabilities above {upper:g} counted in the last bin", fontsize=7, loc="right", color="grey")
+    ax.legend(fontsize=8, loc="upper left")
+    hist.set_yscale("log")
+    hist.set_xlabel("predicted probability (malignant)")
+    hist.set_ylabel("images")
+    _save(fig, path)
+
+
+def cam_gallery(rows: list[tuple[str, list[tuple[np.ndarray, np.ndarray, str]]]], path: Path, title: str) -> None:
+    """Rows of (image, overlay, caption) pairs, e.g. confident / missed malignant / false positives."""
+    pairs = max([len(items) for _, items in rows] + [1])
+    ratios = [1, 1, 0.18] * pairs  # image, overlay, gap
+    fig, axes = plt.subplots(len(rows), 3 * pairs, figsize=(3.6 * pairs, 2.35 * len(rows)), squeeze=False,
+                             gridspec_kw={"width_ratios": ratios, "wspace": 0.04, "hspace": 0.45})
+    for axrow, (label, items) in zip(axes, rows):
+        for ax in axrow:
+            ax.axis("off")
+        axrow[0].set_title(label, loc="left", fontsize=10, pad=4)
+        if not items:
+            axrow[0].text(0, 0.5, "none", fontsize=9, color="grey", transform=axrow[0].transAxes)
+        for j, (image, over, caption) in enumerate(items):
+            axrow[3 * j].imshow(image)
+            axrow[3 * j + 1].imshow(over)
+            axrow[3 * j].text(1.02, -0.04, caption.replace("\n", "  "), fontsize=7, ha="center", va="top",
+                              transform=axrow[3 * j].transAxes)
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
+def forest(rows: list[dict], metrics: list[tuple[str, str]], path: Path, baseline: str, title: str = "") -> None:
+    """One panel per metric, one line per experiment: the value with its 95% interval (and each
+    seed's value as a dot); the baseline's value and interval run down the panel as a band."""
+    names = [r["name"] for r in rows]
+    n = len(rows)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(2.6 * len(metrics) + 2.2, 0.42 * n + 1.4), sharey=True,
+                             squeeze=False)
+    ys = np.arange(n)[::-1]
+    for ax, (key, label) in zip(axes[0], metrics):
+        base = next(r for r in rows if r["name"] == baseline)[key]
+        if np.isfinite(base["lo"]) and np.isfinite(base["hi"]):
+            ax.axvspan(base["lo"], base["hi"], color="tab:blue", alpha=0.12, lw=0)
+        ax.axvline(base["mean"], color="tab:blue", lw=0.9, ls="--")
+        for y, r in zip(ys, rows):
+            v = r[key]
+            colour = "tab:blue" if r["name"] == baseline else "black"
+            if np.isfinite(v["lo"]) and np.isfinite(v["hi"]):
+                ax.plot([v["lo"], v["hi"]], [y, y], color=colour, lw=1.4)
+            ax.plot(v["mean"], y, "s", color=colour, ms=5)
+            seeds = [s for s in v.get("seeds", []) if np.isfinite(s)]
+            if len(seeds) > 1:
+                ax.plot(seeds, [y] * len(seeds), ".", color="grey", ms=4, alpha=0.8)
+        ax.set_title(label, fontsize=10)
+        ax.grid(axis="x", lw=0.4, alpha=0.5)
+        ax.tick_params(labelsize=8)
+    axes[0][0].set_yticks(ys, names, fontsize=9)
+    axes[0][0].set_ylim(-0.7, n - 0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def feature_importance(names: list[str], gain: np.ndarray, path: Path, top: int = 25) -> None:
+    """Horizontal bars of the largest mean gains (already sorted, largest first)."""
+    names, gain = list(names)[:top], np.asarray(gain, dtype=np.float64)[:top]
+    total = max(float(np.sum(gain)), 1e-12)
+    fig, ax = plt.subplots(figsize=(6.4, 0.28 * len(names) + 1.2))
+    ax.barh(np.arange(len(names))[::-1], gain / total, color="tab:blue")
+    ax.set_yticks(np.arange(len(names))[::-1], names, fontsize=8)
+    ax.set_xlabel(f"share of the top {len(names)} features' gain (mean over folds)")
+    ax.set_title("feature importance", fontsize=10)
+    _save(fig, path)

@@ -1,4 +1,5 @@
-"""Apply a trained run to new images of any size and layout, in bounded memory.
+"""Apply a trained run to new images of any size and layout, in bounded memory (or, for a tabular
+run, to rows of metadata, with the images scored too when the run is fused with an image model).
 
 Images are decoded and resized exactly as the run's training data (same size and fit), in
 worker processes, a chunk at a time; rows are written as they come, into a file that only
@@ -14,38 +15,31 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .data.images import DecodeError, decode_resize
+from .data.images import DEFAULT_MAX_PIXELS, DecodeError, decode_resize
 from .data.parallel import cpu_count, map_ordered
 from .data.sources import ImageReader, read_source
 from .errors import BadInputError, ExistsError, preview
-from .fileio import atomic_path
-from .runs import load_predictor
+from .fileio import atomic_path, safe_to_csv
 
 CHUNK = 512
 
 
-def _decode_chunk(reader: ImageReader, locators: list[str], size: int, fit: str):
+def _decode_chunk(reader: ImageReader, locators: list[str], size: int, fit: str, max_pixels: int = DEFAULT_MAX_PIXELS):
     out = np.zeros((len(locators), size, size, 3), np.uint8)
     ok = np.ones(len(locators), bool)
     reasons = {}
     for i, loc in enumerate(locators):
         try:
-            out[i] = decode_resize(reader.read(loc), size, fit)
+            out[i] = decode_resize(reader.read(loc), size, fit, max_pixels)
         except (DecodeError, OSError, KeyError) as e:
             ok[i] = False
             reasons[i] = "missing" if isinstance(e, (FileNotFoundError, KeyError)) else str(e)
     return out, ok, reasons
 
 
-def predict(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os.PathLike, fmt: str = "auto",
-            skip_bad: bool = False, overwrite: bool = False, workers: int | None = None, batch_size: int = 256,
-            device: str = "auto", progress: Callable[[int, int], None] | None = None) -> dict:
-    """Write `id, prob, decision` (+ `label` where the input has labels) for every image."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise ExistsError(f"{out}: exists; choose another --out or pass --overwrite")
-    run = load_predictor(run_dir, device)
-    src = read_source(source, fmt, require_labels=False, metadata=False)
+def _image_chunks(predictor, src, skip_bad: bool, workers: int | None, batch_size: int,
+                  progress: Callable[[int, int], None] | None, max_pixels: int):
+    """(rows of the chunk, which were readable, their probabilities, unreadable 'id (reason)') per chunk."""
     table = src.table
     n = len(table)
     missing = set(src.reader.missing(table["locator"].tolist()))
@@ -56,27 +50,99 @@ def predict(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os
     if workers > 1:
         src.reader.close()
     starts = list(range(0, n, CHUNK))
-    tasks = ((src.reader, table["locator"].iloc[s:s + CHUNK].tolist(), run.size, run.fit) for s in starts)
+    tasks = ((src.reader, table["locator"].iloc[s:s + CHUNK].tolist(), predictor.size, predictor.fit, max_pixels)
+             for s in starts)
+    done = 0
+    for start, (images, ok, reasons) in zip(starts, map_ordered(_decode_chunk, tasks, workers)):
+        rows = table.iloc[start:start + len(ok)]
+        bad = [f"{rows['id'].iloc[i]} ({reason})" for i, reason in reasons.items()]
+        if bad and not skip_bad:
+            raise BadInputError(f"{src.location}: image(s) could not be read: {preview(bad)} (--skip-bad skips them)")
+        yield rows, ok, predictor.probabilities(images[ok], batch_size), bad
+        done += len(ok)
+        if progress:
+            progress(done, n)
+
+
+def predict(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os.PathLike, fmt: str = "auto",
+            skip_bad: bool = False, overwrite: bool = False, workers: int | None = None, batch_size: int = 256,
+            device: str = "auto", progress: Callable[[int, int], None] | None = None,
+            max_pixels: int = DEFAULT_MAX_PIXELS, tta: str | None = None, engine: str = "torch") -> dict:
+    """Write `id, prob, decision` (+ `label` where the input has labels) for every image (or row, for
+    a tabular run); images whose header states more than `max_pixels` pixels are unreadable (never
+    decoded). engine "onnxruntime" scores with a file `lesionlab export` wrote, and imports no torch."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ExistsError(f"{out}: exists; choose another --out or pass --overwrite")
+    if max_pixels < 1:
+        raise BadInputError(f"--max-pixels must be at least 1, got {max_pixels}")
+    if engine == "onnxruntime":
+        if tta not in (None, "none"):
+            raise BadInputError(f"--tta {tta}: not available with --engine onnxruntime (the exported graph scores one view)")
+        from .deploy import load_onnx_predictor
+
+        run = load_onnx_predictor(run_dir)
+    elif engine == "torch":
+        from .runs import load_predictor  # here: the onnxruntime path never imports torch
+
+        run = load_predictor(run_dir, device, tta)
+    else:
+        raise BadInputError(f"--engine must be torch or onnxruntime, got '{engine}'")
+    out.parent.mkdir(parents=True, exist_ok=True)  # a new output: atomic_path creates no folders
+    if getattr(run, "takes", "images") == "rows":
+        return _predict_rows(run, source, out, fmt, skip_bad, workers, batch_size, device, progress, max_pixels)
+    src = read_source(source, fmt, require_labels=False, metadata=False)
+    table = src.table
+    n = len(table)
     has_label = "label" in table.columns
     bad: list[str] = []
-    started, done = time.perf_counter(), 0
+    started = time.perf_counter()
     with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
-        for start, (images, ok, reasons) in zip(starts, map_ordered(_decode_chunk, tasks, workers)):
-            rows = table.iloc[start:start + len(ok)]
-            for i, reason in reasons.items():
-                bad.append(f"{rows['id'].iloc[i]} ({reason})")
-            if len(bad) and not skip_bad:
-                raise BadInputError(f"{src.location}: image(s) could not be read: {preview(bad)} (--skip-bad skips them)")
-            probs = run.probabilities(images[ok], batch_size)
+        chunks = _image_chunks(run, src, skip_bad, workers, batch_size, progress, max_pixels)
+        for k, (rows, ok, probs, chunk_bad) in enumerate(chunks):
+            bad += chunk_bad
             kept = rows[ok]
             frame = pd.DataFrame({"id": kept["id"].to_numpy(), "prob": probs,
                                   "decision": (probs >= run.threshold).astype(int)})
             if has_label:
                 frame["label"] = kept["label"].to_numpy()
-            frame.to_csv(f, header=start == 0, index=False, float_format="%.6g")
-            done += len(ok)
-            if progress:
-                progress(done, n)
+            safe_to_csv(frame, f, header=k == 0, index=False, float_format="%.6g")  # ids: formula-safe
     seconds = time.perf_counter() - started
     return {"n": n - len(bad), "skipped": len(bad), "seconds": seconds, "img_s": (n - len(bad)) / max(seconds, 1e-9),
-            "threshold": run.threshold, "out": str(out)}
+            "threshold": run.threshold, "out": str(out), "unit": "image"}
+
+
+def _predict_rows(run, source, out: Path, fmt: str, skip_bad: bool, workers: int | None, batch_size: int,
+                  device: str, progress, max_pixels: int) -> dict:
+    """A tabular run: read INPUT with its metadata, score its images too when the run is fused, then
+    score every row at once (patient statistics are over INPUT's patients)."""
+    started = time.perf_counter()
+    src = read_source(source, fmt, require_labels=False, metadata=True)
+    table = src.table
+    n = len(table)
+    image_prob = None
+    bad: list[str] = []
+    if run.fused:
+        image_model = run.image_predictor(device)
+        keep = np.zeros(n, bool)
+        image_prob = np.full(n, np.nan)
+        start = 0
+        for rows, ok, probs, chunk_bad in _image_chunks(image_model, src, skip_bad, workers, batch_size, progress,
+                                                        max_pixels):
+            where = start + np.flatnonzero(ok)
+            keep[where] = True
+            image_prob[where] = probs
+            bad += chunk_bad
+            start += len(rows)
+        table, image_prob = table[keep], image_prob[keep]
+    probs = run.probabilities_rows(table, image_prob, where=str(src.location))
+    frame = pd.DataFrame({"id": table["id"].to_numpy(), "prob": probs, "decision": (probs >= run.threshold).astype(int)})
+    if "label" in table.columns:
+        frame["label"] = table["label"].to_numpy()
+    with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
+        safe_to_csv(frame, f, index=False, float_format="%.6g")  # ids: formula-safe
+    if progress and not run.fused:
+        progress(n, n)
+    seconds = time.perf_counter() - started
+    return {"n": len(frame), "skipped": len(bad), "seconds": seconds, "img_s": len(frame) / max(seconds, 1e-9),
+            "threshold": run.threshold, "out": str(out), "unit": "row"}

@@ -9,14 +9,16 @@ import math
 import re
 import shutil
 import time
+import warnings
 from collections import OrderedDict
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from . import __version__
-from .errors import BadInputError, ExistsError
-from .fileio import write_text
+from .errors import BadInputError, ExistsError, LesionLabError
+from .fileio import require_folder_or_absent, write_text
 from .runs import Run, find_runs
 from .runs import format as run_format
 
@@ -67,16 +69,37 @@ def summary_rows(groups: "OrderedDict[str, list[Run]]") -> tuple[list[str], list
     for name, members in groups.items():
         first = members[0]
         draw = first.info.get("draw", {})
-        row = [name, first.config.get("model", "?"), f"{draw.get('malignant', '?')}:{draw.get('benign', '?')}",
+        row = [name, _model_name(first), f"{draw.get('malignant', '?')}:{draw.get('benign', '?')}",
                str(len(members))]
         row += [summary_cell(summarise(members, m)) for m in SUMMARY_METRICS]
         rows.append(row)
     return header, rows
 
 
+# Characters that Markdown (CommonMark and GitHub's flavour) reads as markup: emphasis, code,
+# links and images, raw HTML, table cells, headings, strikethrough, entities and maths. Names,
+# paths and ids come from the user or from run folders someone else wrote, so they are escaped
+# wherever report.md shows them; a line break would end the table or heading, so it is a space.
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>|#~&!$])")
+
+
+def md_escape(text: object) -> str:
+    """`text` as literal Markdown text: every markup character backslash-escaped."""
+    return _MD_SPECIAL.sub(r"\\\1", re.sub(r"[\r\n]+", " ", str(text)))
+
+
+def md_code(text: object) -> str:
+    """`text` as a Markdown code span, fenced with more backticks than it holds in a row."""
+    text = re.sub(r"[\r\n]+", " ", str(text))
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    """Every cell escaped: experiment and model names come from run folders."""
+    lines = ["| " + " | ".join(md_escape(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(md_escape(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -84,26 +107,99 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "run"
 
 
-def _run_details(run: Run) -> list[str]:
+def _model_name(run: Run) -> str:
+    if run.kind == "tabular":
+        fused = f" + image ({run.info.get('fusion')})" if run.info.get("image") else ""
+        return f"{run.config.get('engine', '?')} on metadata{fused}"
+    return run.config.get("model", "?")
+
+
+def _tabular_details(run: Run, esc: Callable[[object], str] = str) -> list[str]:
+    c, i = run.config, run.info
+    f, folds = i.get("features", {}), i.get("folds", {})
+    oof = run.metrics.get("oof", {})
+    columns = ", ".join(esc(x) for x in f.get("metadata", []))
+    return [
+        f"{esc(_model_name(run))}: {len(f.get('metadata', []))} metadata column(s) ({columns}), "
+        f"{esc(f.get('n_inputs'))} model inputs ({len(f.get('recipe', []))} ISIC 2024 recipe features"
+        f"{', patient statistics' if f.get('patient_context') else ''}); "
+        f"dropped: {', '.join(esc(x) for x in f.get('dropped', {})) or 'none'}",
+        f"{esc(folds.get('k'))} folds ({esc(folds.get('source'))}), rounds {esc(folds.get('best_iterations'))}, "
+        f"negative ratio {esc(c.get('neg_ratio') or 'all')}, threshold {i.get('threshold'):.3g} "
+        f"({esc(i.get('threshold_rule'))}), seed {esc(c.get('seed'))}",
+        f"out of fold (train pool): ROC AUC {_fmt(oof.get('roc_auc'))}, pAUC80 {_fmt(oof.get('pauc_80'), 4)}, "
+        f"AP {_fmt(oof.get('average_precision'))}; wall {i.get('wall_seconds', float('nan')):.0f} s",
+    ]
+
+
+def _run_details(run: Run, esc: Callable[[object], str] = str) -> list[str]:
+    """Two lines about a run; `esc` escapes the values read from its files (md_escape for Markdown;
+    the HTML escapes whole lines)."""
+    if run.kind == "tabular":
+        return _tabular_details(run, esc)
     c, i = run.config, run.info
     speed = i.get("speed", {})
     compute = (f", pure compute {speed['compute_img_s']:.1f} img/s (loop/compute {speed['loop_vs_compute']:.2f})"
                if speed.get("compute_img_s") else "")
     return [
-        f"model {c.get('model')}, ratio {c.get('ratio')}, draw {i['draw']['malignant']} malignant / "
-        f"{i['draw']['benign']} benign, lr {c.get('lr')}, {c.get('epochs')} epochs (best on {i.get('monitor')}: "
-        f"epoch {i.get('best_epoch')}), threshold {i.get('threshold'):.3g} ({i.get('threshold_rule')}), "
-        f"seed {c.get('seed')}",
-        f"training {speed.get('train_img_s', float('nan')):.1f} img/s{compute} "
-        f"on {i.get('runtime', {}).get('device_name', '?')}; "
-        f"wall {i.get('wall_seconds', float('nan')):.0f} s",
+        f"model {esc(c.get('model'))}, ratio {esc(c.get('ratio'))}, draw {esc(i['draw']['malignant'])} malignant / "
+        f"{esc(i['draw']['benign'])} benign, lr {esc(c.get('lr'))}, {esc(c.get('epochs'))} epochs "
+        f"(best on {esc(i.get('monitor'))}: epoch {esc(i.get('best_epoch'))}), threshold {i.get('threshold'):.3g} "
+        f"({esc(i.get('threshold_rule'))}), seed {esc(c.get('seed'))}",
+        f"training {speed.get('train_img_s', float('nan')):.1f} img/s{compute} on "
+        f"{esc(i.get('runtime', {}).get('device_name', '?'))}; wall {i.get('wall_seconds', float('nan')):.0f} s",
+        f"test-time augmentation: {esc(c.get('tta', 'none'))}",
     ]
 
 
-def _ci_line(m: dict) -> str:
+def _unit_text(m: dict) -> str:
+    unit = m.get("ci95_unit", "image")
+    return "images" if unit == "image" else f"whole {unit} groups"
+
+
+def _ci_line(m: dict, label: str = "Test") -> str:
     ci = m.get("ci95", {})
     parts = [f"{LABELS[k]} {_fmt(m[k])} [{_fmt(ci[k][0])}, {_fmt(ci[k][1])}]" for k in SUMMARY_METRICS if k in ci]
-    return "Test 95% bootstrap intervals: " + "; ".join(parts)
+    return f"{label} 95% bootstrap intervals (resampling {_unit_text(m)}): " + "; ".join(parts)
+
+
+def _cv_parts(run: Run) -> tuple[list[str], list[list[str]], list[str]]:
+    """A cv folder: (lines, per-fold table rows, table header)."""
+    import json
+
+    i, c, m = run.info, run.config, run.metrics
+    summary = json.loads((run.path / run_format.CV_SUMMARY).read_text())
+    lines = [
+        f"{i['folds']}-fold grouped cross-validation x {i['repeats']} repeat(s) over the split's train pool, grouped by "
+        f"{i['group_rule']}, fold seed {i['fold_seed']} (fold hash {i['fold_sha256'][:12]}); model {c.get('model')}, "
+        f"ratio {c.get('ratio')}, {c.get('epochs')} epochs, TTA {c.get('tta', 'none')}",
+        f"inner validation of each fold: {i.get('inner_validation', '?')}",
+        f"out-of-fold: {m['oof']['n_malignant']} malignant / {m['oof']['n_benign']} benign images; thresholded metrics use "
+        "each fold's own threshold",
+        _ci_line(m["oof"], "Out-of-fold"),
+        f"fold ensemble ({len(i.get('members', []))} folds, mean of probabilities; threshold {i['threshold']:.3g} "
+        f"by rule {i['threshold_rule']} on the split's validation set)",
+        _ci_line(m["val"], "Fold ensemble, val"),
+        _ci_line(m["test"], "Fold ensemble, test"),
+    ]
+    header = ["repeat", "fold", "held out (mal/ben)", "inner val", "draw", "best epoch", "threshold",
+              "OOF ROC AUC", "OOF AP", "OOF pAUC80", "OOF F1"]
+    rows = [[str(f["repeat"]), str(f["fold"]), f"{f['held_out']['malignant']}/{f['held_out']['benign']}",
+             f"{f['inner_val']['malignant']}/{f['inner_val']['benign']}",
+             f"{f['draw']['malignant']}:{f['draw']['benign']}", str(f["best_epoch"]), f"{f['threshold']:.3g}",
+             _fmt(f["oof"]["roc_auc"]), _fmt(f["oof"]["average_precision"]), _fmt(f["oof"]["pauc_80"], 4),
+             _fmt(f["oof"]["f1"])] for f in summary["per_fold"]]
+    return lines, rows, header
+
+
+def _ensemble_lines(run: Run) -> list[str]:
+    i, m = run.info, run.metrics
+    members = ", ".join(f"{e['name']} ({e.get('model')}" + (f", fold of {Path(e['cv']).name}" if e.get("cv") else "") + ")"
+                        for e in i["members"])
+    tta = i.get("tta_override") or "each member's own (" + ", ".join(sorted({e["preprocessing"]["tta"] for e in i["members"]})) + ")"
+    return [f"{i['n_members']} members, mean of {i['mean']}s, test-time augmentation {tta}; threshold {i['threshold']:.3g} "
+            f"({i['threshold_rule']}, chosen on val)", f"members: {members}",
+            _ci_line(m["val"], "Val"), _ci_line(m["test"], "Test")]
 
 
 def comparison_rows(groups: "OrderedDict[str, list[Run]]", baseline: str, n_boot: int = 2000
@@ -116,13 +212,19 @@ def comparison_rows(groups: "OrderedDict[str, list[Run]]", baseline: str, n_boot
 
         raise BadInputError(f"--baseline '{baseline}' is not an experiment here{closest(baseline, groups)}; "
                             f"experiments: {', '.join(groups)}")
-    header = ["experiment (B)", "seeds"] + [f"{LABELS[m]}: B - A [95% CI]" for m in COMPARE_METRICS]
+    header = ["experiment (B)", "seeds", "images"] + [f"{LABELS[m]}: B - A [95% CI]" for m in COMPARE_METRICS]
     rows = []
     for name, members in groups.items():
         if name == baseline:
             continue
-        res = compare_runs(groups[baseline], members, n_boot=n_boot)["metrics"]
-        cells = []
+        try:
+            full = compare_runs(groups[baseline], members, n_boot=n_boot)
+        except BadInputError as e:  # e.g. cross-validations on other folds: say so instead of failing the report
+            rows.append([name, str(len(members)), "not comparable"] + [str(e)[:200]] + [""] * (len(COMPARE_METRICS) - 1))
+            continue
+        res = full["metrics"]
+        where = "out-of-fold" if full.get("on") == "oof" else "test"
+        cells = [f"{where} ({'per image' if full.get('unit', 'image') == 'image' else full['unit']})"]
         for m in COMPARE_METRICS:
             d = res[m]
             mark = " ↑" if d["lo"] > 0 else (" ↓" if d["hi"] < 0 else "")
@@ -133,10 +235,11 @@ def comparison_rows(groups: "OrderedDict[str, list[Run]]", baseline: str, n_boot
 
 def build_report(runs_dir: str | Path, out: str | Path, title: str = "lesionlab report",
                  baseline: str | None = None, n_boot: int = 2000) -> Path:
-    runs = find_runs(runs_dir)
+    runs = find_runs(runs_dir, ("train", "cv", "ensemble", "tabular"))
     if not runs:
         raise BadInputError(f"{runs_dir}: holds no complete run folders")
     out = Path(out)
+    require_folder_or_absent(out)
     md_path = out / "report.md"
     ours = md_path.exists() and md_path.read_text(errors="replace").startswith(MARKER)
     if out.exists() and any(out.iterdir()) and not ours:
@@ -148,30 +251,44 @@ def build_report(runs_dir: str | Path, out: str | Path, title: str = "lesionlab 
     figures_dir.mkdir(parents=True)
 
     header, rows = summary_rows(groups)
-    splits = sorted({r.info.get("split_sha256", "?")[:12] for r in runs})
-    intro = (f"{len(runs)} run(s) in {len(groups)} experiment(s) from `{runs_dir}`; split file hash(es) "
-             f"{', '.join(splits)}; generated {time.strftime('%Y-%m-%d %H:%M')} by lesionlab {__version__}.")
+    splits = sorted({str(r.info.get("split_sha256", "?"))[:12] for r in runs})
+
+    def intro(folder: str, hashes: str) -> str:
+        return (f"{len(runs)} run(s) in {len(groups)} experiment(s) from {folder}; split file hash(es) "
+                f"{hashes}; generated {time.strftime('%Y-%m-%d %H:%M')} by lesionlab {__version__}.")
     note = ("Cells give mean ± sd over seeds where an experiment has several, else the value with its 95% "
-            "stratified bootstrap interval over the test images. Thresholded metrics (F1, precision, recall) use each "
-            "run's threshold, chosen on validation only.")
-    md = [MARKER, f"# {title}", "", intro, "", "## Summary", "", note, "", _md_table(header, rows), ""]
-    body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(intro)}</p>", "<h2>Summary</h2>",
-            f"<p>{html.escape(note)}</p>", _html_table(header, rows)]
+            "stratified bootstrap interval over the test images (whole patients or lesions resampled where the images "
+            "have them). Thresholded metrics (F1, precision, recall) use each run's threshold, chosen on validation only. "
+            "For a cross-validation the test cells are its fold ensemble's; its out-of-fold metrics are in its section.")
+    md = [MARKER, f"# {md_escape(title)}", "", intro(md_code(runs_dir), md_escape(", ".join(splits))), ""]
+    body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(intro(str(runs_dir), ', '.join(splits)))}</p>"]
+    _add_overview(md, body, groups, baseline, figures_dir)
+    md += ["## Summary", "", note, "", _md_table(header, rows), ""]
+    body += ["<h2 id='summary-title'>Summary</h2>", f"<p>{html.escape(note)}</p>", _html_table(header, rows, "summary")]
     if baseline:
         c_header, c_rows = comparison_rows(groups, baseline, n_boot)
-        c_note = (f"A = {baseline}. Paired stratified bootstrap over the same test images ({n_boot} resamples); "
-                  "with several seeds each side's value is its seed mean. ↑/↓: the interval lies above/below "
+        c_note = ("A = {}. Paired stratified bootstrap over the same test images, or the same out-of-fold "
+                  "images when both are cross-validations ({} resamples, of whole groups where the images have "
+                  "them); with several seeds each side's value is its seed mean. ↑/↓: the interval lies above/below "
                   "zero; otherwise it includes zero and the difference is not clear.")
-        md += [f"## Paired comparison against {baseline}", "", c_note, "", _md_table(c_header, c_rows), ""]
-        body += [f"<h2>Paired comparison against {html.escape(baseline)}</h2>", f"<p>{html.escape(c_note)}</p>",
+        md += [f"## Paired comparison against {md_escape(baseline)}", "", c_note.format(md_escape(baseline), n_boot),
+               "", _md_table(c_header, c_rows), ""]
+        body += [f"<h2>Paired comparison against {html.escape(baseline)}</h2>",
+                 f"<p>{html.escape(c_note.format(baseline, n_boot))}</p>",
                  _html_table(c_header, c_rows)]
+    _add_calibration(md, body, groups, figures_dir)
     for name, members in groups.items():
-        md += [f"## {name}", ""]
+        md += [f"## {md_escape(name)}", ""]
         body.append(f"<h2>{html.escape(name)}</h2>")
         for run in members:
+            if run.kind in ("cv", "ensemble"):
+                _other_kind_section(run, name, md, body, figures_dir)
+                continue
             lines = [notebook_line("Val", run.metrics["val"]), notebook_line("Test", run.metrics["test"])]
             details = _run_details(run) + [_ci_line(run.metrics["test"])]
-            md += [f"### seed {run.seed} (`{run.path}`)", "", "\\\n".join(lines), ""] + [f"- {d}" for d in details] + [""]
+            md_details = _run_details(run, md_escape) + [_ci_line(run.metrics["test"])]  # the last: numbers only
+            md += [f"### seed {run.seed} ({md_code(run.path)})", "", "\\\n".join(lines), ""]  # numbers only
+            md += [f"- {d}" for d in md_details] + [""]
             body += [f"<h3>seed {run.seed} <small>({html.escape(str(run.path))})</small></h3>",
                      "<pre>" + html.escape("\n".join(lines)) + "</pre>",
                      "<ul>" + "".join(f"<li>{html.escape(d)}</li>" for d in details) + "</ul>", "<div class='figs'>"]
@@ -179,14 +296,131 @@ def build_report(runs_dir: str | Path, out: str | Path, title: str = "lesionlab 
                 dest = figures_dir / f"{_slug(name)}_seed{run.seed}_{fname}"
                 shutil.copyfile(src, dest)
                 md.append(f"![{caption}](figures/{dest.name})")
-                data = base64.b64encode(src.read_bytes()).decode()
-                body.append(f"<figure><img src='data:image/png;base64,{data}' alt='{caption}'>"
-                            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+                body.append(_html_figure(src, caption, wide=fname in _WIDE_FIGURES))
             md.append("")
             body.append("</div>")
     write_text(md_path, "\n".join(md) + "\n")
-    write_text(out / "report.html", _HTML.format(title=html.escape(title), body="\n".join(body)))
+    write_text(out / "report.html", _render_html(title, "\n".join(body)))
     return out
+
+
+def _other_kind_section(run: Run, name: str, md: list[str], body: list[str], figures_dir: Path) -> None:
+    """A cv folder (OOF metrics, per-fold table, OOF curves) or an ensemble."""
+    if run.kind == "cv":
+        title = "cross-validation"
+        lines, rows, header = _cv_parts(run)
+        keys = run_format.CV_REPORT_FIGURES
+    else:
+        title = "ensemble"
+        lines, rows, header = _ensemble_lines(run), [], []
+        keys = run_format.ENSEMBLE_REPORT_FIGURES
+    md += [f"### {title} ({md_code(run.path)})", ""] + [f"- {md_escape(line)}" for line in lines] + [""]
+    body += [f"<h3>{title} <small>({html.escape(str(run.path))})</small></h3>",
+             "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"]
+    if rows:
+        md += ["Per fold:", "", _md_table(header, rows), ""]
+        body += ["<p>Per fold:</p>", _html_table(header, rows)]
+    body.append("<div class='figs'>")
+    for key in keys:
+        src = run.figure(key)
+        if src is None:
+            continue
+        fname, caption = run_format.FIGURES[key]
+        dest = figures_dir / f"{_slug(name)}_{run.kind}_{fname}"
+        shutil.copyfile(src, dest)
+        md.append(f"![{caption}](figures/{dest.name})")
+        body.append(_html_figure(src, caption))
+    md.append("")
+    body.append("</div>")
+
+
+_WIDE_FIGURES = {run_format.FIGURES[k][0] for k in ("curves", "cam_gallery")}
+OVERVIEW_METRICS = (("pauc_80", "pAUC80"), ("roc_auc", "ROC AUC"), ("average_precision", "AP"), ("f1", "F1"),
+                    ("ece", "ECE (lower is better)"))
+
+
+def _html_figure(src: Path, caption: str, wide: bool = False) -> str:
+    data = base64.b64encode(src.read_bytes()).decode()
+    cls = " class='wide'" if wide else ""
+    return (f"<figure{cls}><img src='data:image/png;base64,{data}' "
+            f"alt='{html.escape(caption, quote=True)}'><figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _metric_values(members: list[Run], key: str, split: str = "test") -> dict:
+    """Mean over seeds, the seeds' mean 95% interval and each seed's value (nan where a run lacks it)."""
+    vals = np.array([r.metrics[split].get(key, np.nan) for r in members], dtype=float)
+    cis = np.array([r.metrics[split].get("ci95", {}).get(key, [np.nan, np.nan]) for r in members], dtype=float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-nan means of runs that lack the metric
+        return {"mean": float(np.nanmean(vals)), "lo": float(np.nanmean(cis[:, 0])), "hi": float(np.nanmean(cis[:, 1])),
+                "seeds": vals.tolist()}
+
+
+def _add_overview(md: list, body: list, groups: "OrderedDict[str, list[Run]]", baseline: str | None,
+                  figures_dir: Path) -> None:
+    """The forest plot at the top: each experiment's test metrics with their intervals, against the baseline."""
+    from . import plots
+
+    ref = baseline if baseline in groups else next(iter(groups))
+    rows = [{"name": name, **{k: _metric_values(members, k) for k, _ in OVERVIEW_METRICS}}
+            for name, members in groups.items()]
+    metrics = [(k, label) for k, label in OVERVIEW_METRICS if any(np.isfinite(r[k]["mean"]) for r in rows)]
+    path = figures_dir / "experiments_forest.png"
+    plots.forest(rows, metrics, path, ref, "test metrics with 95% intervals; band: " + ref)
+    caption = (f"Experiments compared on the test set: each square is the metric (mean over seeds), its line the 95% "
+               f"bootstrap interval (mean over seeds), grey dots single seeds; the shaded band and dashed line are the "
+               f"baseline ({ref}).")
+    md += ["## Experiments compared", "", f"![experiments compared](figures/{path.name})", "", md_escape(caption), ""]
+    body += ["<h2>Experiments compared</h2>", _html_figure(path, caption, wide=True)]
+
+
+def _add_calibration(md: list, body: list, groups: "OrderedDict[str, list[Run]]", figures_dir: Path) -> None:
+    """Do the probabilities mean what they say? ECE and Brier per experiment, one reliability figure."""
+    from . import plots
+
+    header = ["experiment", "calibration", "test ECE", "test Brier", "val ECE", "val Brier"]
+    rows, curves = [], {}
+    for name, members in groups.items():
+        if not any("ece" in r.metrics.get("test", {}) for r in members):
+            continue  # runs written before calibration was measured
+        cal = members[0].config.get("calibrate", "none")
+        if members[0].config.get("prevalence"):
+            cal += f", prior shift to {members[0].config['prevalence']}"
+        cells = []
+        for split, key in (("test", "ece"), ("test", "brier"), ("val", "ece"), ("val", "brier")):
+            v = _metric_values(members, key, split)
+            cells.append(summary_cell({"mean": v["mean"], "sd": float(np.nanstd(v["seeds"], ddof=1)) if len(members) > 1
+                                       else float("nan"), "n": len(members), "ci": [v["lo"], v["hi"]]}))
+        rows.append([name, cal] + cells)
+        try:
+            preds = [r.predictions("test") for r in members]
+            curves[name] = (np.concatenate([p["label"].to_numpy() for p in preds]),
+                            np.concatenate([p["prob"].to_numpy() for p in preds]))
+        except LesionLabError:
+            pass
+    if not rows:
+        return
+    note = ("Expected calibration error (15 equal-width bins) and Brier score of the reported probabilities "
+            "(after --calibrate, fitted on validation only, and the --prevalence prior shift where given). "
+            "A model trained on a 1:K draw and not calibrated reports probabilities at the draw's prevalence, "
+            "not at the test set's, and its ECE says so.")
+    md += ["## Calibration", "", note, "", _md_table(header, rows), ""]
+    body += ["<h2>Calibration</h2>", f"<p>{html.escape(note)}</p>", _html_table(header, rows)]
+    if curves:
+        path = figures_dir / "calibration_test.png"
+        plots.reliability_diagram(curves, path, "test set reliability (seeds pooled)")
+        md += [f"![test set reliability](figures/{path.name})", ""]
+        body.append("<div class='figs'>" + _html_figure(path, "test set reliability, per experiment (seeds pooled)")
+                    + "</div>")
+
+
+def _render_html(title: str, body: str) -> str:
+    """The page from its jinja2 template (package data): one file, styles inline, images as data URIs."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+    from markupsafe import Markup
+
+    env = Environment(loader=PackageLoader("lesionlab", "templates"), autoescape=select_autoescape(["html", "j2"]))
+    return env.get_template("report.html.j2").render(title=title, body=Markup(body), version=__version__)
 
 
 def _figures_of(run: Run) -> list[tuple[str, str, Path]]:
@@ -205,24 +439,17 @@ def _figures_of(run: Run) -> list[tuple[str, str, Path]]:
     return found
 
 
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+def _html_cell(text: str) -> str:
+    """A value with its interval ('0.312 [0.201, 0.420]', '+0.01 [-0.02, +0.03] ↑') on two lines, so
+    that wide tables fit the page."""
+    m = re.fullmatch(r"(\S+(?: ± \S+)?) (\[.*)", text)
+    if not m:
+        return html.escape(text)
+    return f"<span class='v'>{html.escape(m.group(1))}</span><span class='ci'>{html.escape(m.group(2))}</span>"
 
 
-_HTML = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1300px; color: #222; }}
-table {{ border-collapse: collapse; font-size: 0.85em; }}
-th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; white-space: nowrap; }}
-th {{ background: #f3f3f3; }}
-pre {{ background: #f7f7f7; padding: 0.6em; }}
-.figs {{ display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }}
-figure {{ margin: 0; }} figure img {{ max-height: 280px; }}
-figcaption {{ font-size: 0.8em; color: #555; }}
-</style></head><body>
-{body}
-</body></html>
-"""
+def _html_table(header: list[str], rows: list[list[str]], table_id: str = "") -> str:
+    head = "".join(f"<th scope='col'>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_html_cell(c)}</td>" for c in r) + "</tr>" for r in rows)
+    ident = f" id='{table_id}'" if table_id else ""
+    return f"<div class='table-wrap'><table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"

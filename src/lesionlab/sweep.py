@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from filelock import FileLock, Timeout
+
 from .config import ExperimentConfig, build_config, load_yaml, to_dict
 from .errors import BadInputError, ExistsError, LesionLabError
 from .runs import Run, is_complete_run
@@ -96,38 +98,69 @@ def plan(sweep_file: str | Path, data: str | None = None, out: str | None = None
 
 
 def same_config(folder: Path, cfg: ExperimentConfig) -> bool:
-    saved = Run.load(folder).config
+    # a key added to the config after the run was made (e.g. calibrate) counts as its default
+    saved = {**to_dict(ExperimentConfig()), **Run.load(folder).config}
     wanted = to_dict(cfg)
     # the data path may be spelt differently (relative/absolute) for the same data set
     return {k: v for k, v in saved.items() if k != "data"} == {k: v for k, v in wanted.items() if k != "data"}
 
 
-def _lock_path(folder: Path) -> Path:
-    return folder.parent / f".{folder.name}.lock"
+def _claim_path(folder: Path) -> Path:
+    # not .NAME.lock: that is the run folder's own lock, held while a run is written (fileio.staged_dir)
+    return folder.parent / f".{folder.name}.claim"
 
 
 def _claim(folder: Path) -> bool:
-    """Take a run for this worker: an exclusive lock file beside its folder (atomic on local and
-    network filesystems). A lock left by a dead process of this host is taken over."""
-    lock = _lock_path(folder)
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    me = f"{socket.gethostname()} {os.getpid()} {time.time():.0f}\n"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                host, pid, _ = lock.read_text().split()
-            except (OSError, ValueError):
-                return False
-            if host == socket.gethostname() and not _alive(int(pid)):
-                lock.unlink(missing_ok=True)  # its worker died: the run is free again
-                continue
-            return False
-        with os.fdopen(fd, "w") as f:
-            f.write(me)
+    """Take a run for this worker: a claim file beside its folder, created exclusively (atomic on
+    local and network filesystems). A claim left by a dead process of this host is taken over."""
+    claim = _claim_path(folder)
+    claim.parent.mkdir(parents=True, exist_ok=True)
+    if _create_claim(claim):
         return True
-    return False
+    try:
+        holder = claim.read_text()
+        host, pid, _ = holder.split()
+    except FileNotFoundError:  # released just now: try once more
+        return _create_claim(claim)
+    except (OSError, ValueError):
+        return False
+    if host != socket.gethostname() or _alive(int(pid)):
+        return False
+    return _take_over(claim, holder)
+
+
+def _create_claim(claim: Path) -> bool:
+    try:
+        fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{socket.gethostname()} {os.getpid()} {time.time():.0f}\n")
+    return True
+
+
+def _take_over(claim: Path, dead_holder: str) -> bool:
+    """Replace a dead worker's claim by ours. Reading it, unlinking it and creating ours is not
+    atomic: two workers that both read the dead claim would both unlink (the second one the first
+    one's new claim) and both run. So the take-over holds a lock, and goes ahead only if the claim
+    still is the dead worker's; a worker that finds the lock held leaves the run to its holder."""
+    lock = FileLock(claim.parent / f"{claim.name}.takeover")
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        return False
+    try:
+        try:
+            current = claim.read_text()
+        except FileNotFoundError:
+            current = None  # released meanwhile by whoever took it over: up for grabs like any run
+        if current is not None:
+            if current != dead_holder:
+                return False  # someone took it over between our read and our lock
+            claim.unlink()
+        return _create_claim(claim)
+    finally:
+        lock.release()
 
 
 def _alive(pid: int) -> bool:
@@ -178,7 +211,7 @@ def run_sweep(planned: list[PlannedRun], run: Callable[[ExperimentConfig, Path],
             echo(f"  failed: {e}")
         finally:
             if claim:
-                _lock_path(p.folder).unlink(missing_ok=True)
+                _claim_path(p.folder).unlink(missing_ok=True)
     return {"done": done, "skipped": skipped, "failed": failed, "elsewhere": others}
 
 

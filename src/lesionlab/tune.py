@@ -416,7 +416,6 @@ def tune(search: Search, data: str, tune_dir: str | os.PathLike, n_trials: int, 
          worker: int = 0, seed: int = 0, echo: Callable[[str], None] = lambda s: None, summary: bool = True,
          train: Callable | None = None) -> dict:
     """Run trials in this process until the study holds n_trials (complete, pruned or running)."""
-    import optuna
 
     if n_trials < 1:
         raise BadInputError(f"--trials must be at least 1, got {n_trials}")

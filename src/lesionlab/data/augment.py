@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from ..choices import POLICIES
 from ..errors import BadInputError, closest
-
-POLICIES = ("none", "light", "medium", "heavy")
 
 
 @dataclass(frozen=True)
@@ -228,4 +228,5 @@ def preview_grid(data_dir, policy: str, out, rows: int = 6, columns: int = 6, se
             canvas[pad + i * (h + pad): pad + i * (h + pad) + h, pad + j * (w + pad): pad + j * (w + pad) + w] = grid[i, j].numpy()
     buf = io.BytesIO()
     Image.fromarray(canvas).save(buf, format="PNG")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)  # a new output: write_bytes creates no folders
     write_bytes(out, buf.getvalue())

@@ -5,6 +5,7 @@ import re
 
 import numpy as np
 
+from ..choices import SAMPLERS
 from ..errors import BadInputError, NotEnoughDataError
 
 
@@ -55,7 +56,6 @@ def draw_training_set(labels: np.ndarray, pool: np.ndarray, ratio: str, n_malign
     return np.sort(np.r_[chosen_m, chosen_b])
 
 
-SAMPLERS = ("none", "redraw", "balanced")
 
 
 class EpochSampler:

@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..choices import FORMATS
 from ..errors import BadInputError, preview
+from ..fileio import csv_restore
 from .images import IMAGE_SUFFIXES, read_bytes
 
-FORMATS = ("auto", "manifest", "isic2024", "isic-csv", "folders", "images")
 GROUP_COLUMNS = ("patient_id", "lesion_id")
 BASE_COLUMNS = ("id", "label", "patient_id", "lesion_id", "source_id", "locator")
 
@@ -277,7 +278,9 @@ def _usecols(path: Path, metadata: bool):
 
 
 def read_manifest(path: Path, require_labels: bool = True, metadata: bool = True) -> Source:
-    df = _read_csv(path, usecols=_usecols(path, metadata))
+    # a manifest lesionlab wrote (synth sample/import) has formula-like text neutralised for
+    # spreadsheets ('=x); restored, its values are what they were ('abc, with no formula sign, stays)
+    df = csv_restore(_read_csv(path, usecols=_usecols(path, metadata)))
     _require_columns(df, ("path", "label") if require_labels else ("path",), path)
     _check_ids_present(df["path"], path, "path")
     if "id" in df.columns:

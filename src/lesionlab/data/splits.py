@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..choices import GROUP_CHOICES
 from ..errors import BadInputError, ExistsError, LeakError, NotEnoughDataError, preview
 from ..fileio import write_text
 from .sources import GROUP_COLUMNS
 from .store import Store
 
-GROUP_CHOICES = ("auto", "patient_id", "lesion_id", "none")
 SIDES = ("val", "test")
+SIDE_NAMES = {"val": "validation", "test": "test"}
 
 
 def parse_counts(text: str, name: str) -> tuple[int, int]:
@@ -32,6 +33,25 @@ def parse_counts(text: str, name: str) -> tuple[int, int]:
     if not m:
         raise BadInputError(f"--{name} must be MALIGNANT:BENIGN image counts such as 50:1000, got '{text}'")
     return int(m.group(1)), int(m.group(2))
+
+
+def require_both_classes(side: str, n_malignant: int, n_benign: int, where: str, fix: str) -> None:
+    """A validation or test set needs malignant and benign images: the threshold is chosen on
+    validation, and ROC AUC, AP, pAUC80 and F1 all compare the two classes; without one of them a
+    run would train to the end and then fail."""
+    if n_malignant < 1 or n_benign < 1:
+        raise BadInputError(f"{where}: the {SIDE_NAMES[side]} set has {n_malignant} malignant and {n_benign} benign "
+                             f"image(s); expected at least 1 of each; {fix}")
+
+
+def check_evaluable(split: "Split", table: pd.DataFrame) -> None:
+    """Refuse a saved split whose validation or test set lacks a class (made by hand or by an
+    older lesionlab), before a run starts."""
+    labels = table["label"].to_numpy()
+    for side in SIDES:
+        pos = split.positions(table, side)
+        require_both_classes(side, int((labels[pos] == 1).sum()), int((labels[pos] == 0).sum()), str(split.path),
+                             f"make a new split with `lesionlab split {split.path.parent} --val M:B --test M:B`")
 
 
 def split_path(data_dir: Path, name: str = "") -> Path:
@@ -102,6 +122,8 @@ def _choose(groups: pd.DataFrame, want_m: int, want_b: int, rng: np.random.Gener
 def make_split(store: Store, val: tuple[int, int], test: tuple[int, int], seed: int = 0,
                group: str = "auto") -> dict:
     """Draw val and test sets with exact malignant:benign counts; return the split document."""
+    for side, (m, b) in zip(SIDES, (val, test)):
+        require_both_classes(side, m, b, f"--{side} {m}:{b}", "ask for MALIGNANT:BENIGN counts of 1 or more")
     table = store.table
     keys, group_used = group_keys(table, group)
     labels = table["label"].to_numpy()

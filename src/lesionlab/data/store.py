@@ -26,8 +26,8 @@ import pandas as pd
 
 from .. import __version__
 from ..errors import BadInputError, ExistsError, LesionLabError, preview
-from ..fileio import atomic_path, read_json, sha256_file, write_json
-from .images import FITS, DecodeError, decode_resize
+from ..fileio import atomic_path, csv_restore, exclusive, read_json, require_folder_or_absent, safe_to_csv, sha256_file, write_json
+from .images import DEFAULT_MAX_PIXELS, FITS, DecodeError, decode_resize
 from .parallel import cpu_count, map_ordered
 from .sources import ImageReader, Source
 
@@ -59,18 +59,21 @@ class Store:
             raise BadInputError(f"{root}: not a prepared data set, no {STORE_FILE}{hint}; "
                                 "make one with `lesionlab prepare SOURCE --out DATA_DIR`")
         meta = read_json(root / STORE_FILE)
+        _check_images(root, meta)
         # only the columns the flow needs: a 401k-row ISIC 2024 table with all 55 metadata
         # columns takes seconds and a gigabyte to read whole; metadata() has the rest
         header = pd.read_csv(root / ROWS_FILE, nrows=0).columns
-        table = pd.read_csv(root / ROWS_FILE, dtype=str, keep_default_na=False,
-                            usecols=[c for c in header if c in CORE_COLUMNS])
+        # rows.csv holds ids and metadata as the user gave them, written formula-safe for
+        # spreadsheets (fileio.csv_safe); restored here so that ids match splits and runs
+        table = csv_restore(pd.read_csv(root / ROWS_FILE, dtype=str, keep_default_na=False,
+                                        usecols=[c for c in header if c in CORE_COLUMNS]))
         table["label"] = table["label"].astype(np.int8)
         table["index"] = table["index"].astype(np.int64)
         return cls(root, meta, table)
 
     def metadata(self) -> pd.DataFrame:
         """Every column of the rows, metadata included."""
-        return pd.read_csv(self.root / ROWS_FILE, dtype=str, keep_default_na=False)
+        return csv_restore(pd.read_csv(self.root / ROWS_FILE, dtype=str, keep_default_na=False))
 
     @property
     def size(self) -> int:
@@ -99,17 +102,42 @@ class Store:
         return out
 
 
+def _check_images(root: Path, meta: dict) -> None:
+    """images.npy must hold what store.json describes: a store whose array was truncated or replaced
+    would otherwise fail far from the cause (an IndexError or SIGBUS in the middle of training)."""
+    path = root / IMAGES_FILE
+    size, n_rows = int(meta["size"]), int(meta["n"]) + len(meta.get("skipped", []))  # skipped rows keep their slot
+    expected = (n_rows, size, size, 3)
+    redo = (f"the prepared data set is damaged: delete {root} and run `lesionlab prepare SOURCE --out {root}` again")
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            offset = f.tell()
+    except FileNotFoundError:
+        raise BadInputError(f"{path}: missing, though {root / STORE_FILE} describes {n_rows} images; {redo}") from None
+    except (OSError, ValueError) as e:
+        raise BadInputError(f"{path}: not a readable .npy array ({e}); {redo}") from None
+    if tuple(shape) != expected or dtype != np.uint8 or fortran:
+        raise BadInputError(f"{path}: holds a {dtype} array of shape {tuple(shape)}, but {root / STORE_FILE} "
+                            f"describes uint8 {expected}; {redo}")
+    need, have = offset + int(np.prod(expected)), path.stat().st_size
+    if have < need:
+        raise BadInputError(f"{path}: truncated, {have} bytes where {expected} uint8 pixels need {need}; {redo}")
+
+
 # ---------------------------------------------------------------- decoding workers
 
 
 def _decode_chunk(reader: ImageReader, locators: list[str], positions: list[int], images_path: str,
-                  size: int, fit: str) -> list[tuple[int, str]]:
+                  size: int, fit: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[tuple[int, str]]:
     """Decode images into their rows of the memory-mapped array; return (position, reason) failures."""
     arr = np.load(images_path, mmap_mode="r+")
     failures = []
     for loc, pos in zip(locators, positions):
         try:
-            arr[pos] = decode_resize(reader.read(loc), size, fit)
+            arr[pos] = decode_resize(reader.read(loc), size, fit, max_pixels)
         except (DecodeError, OSError, KeyError) as e:
             reason = "missing" if isinstance(e, (FileNotFoundError, KeyError)) else str(e)
             failures.append((pos, reason))
@@ -174,19 +202,45 @@ def _check_out(out: Path, fingerprint: str, size: int, fit: str) -> str:
     return "new"
 
 
+def _retry_over_limit(failures: dict[int, str], done: set[int], chunks: list[list[int]], max_pixels: int,
+                      old_max_pixels: int) -> None:
+    """On a resume with a higher --max-pixels, images refused for their size are decoded again
+    (their chunks are no longer done), so the flag the error names does what it says."""
+    if max_pixels <= old_max_pixels:
+        return
+    retry = [p for p, reason in failures.items() if "--max-pixels" in reason]
+    for p in retry:
+        del failures[p]
+    redo = {c for c, chunk in enumerate(chunks) if set(chunk) & set(retry)}
+    done -= redo
+
+
 def prepare(source: Source, out: str | os.PathLike, size: int = 128, fit: str = "stretch",
             skip_bad: bool = False, workers: int | None = None,
-            progress: Callable[[int, int], None] | None = None) -> tuple[Path, str]:
+            progress: Callable[[int, int], None] | None = None,
+            max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Path, str]:
     """Decode and resize every image of `source` into a store at `out`.
 
     Returns (path, what happened: 'new', 'resumed' or 'reused'). Raises BadInputError listing
-    unreadable or missing images unless skip_bad, which drops them and records them.
+    unreadable or missing images unless skip_bad, which drops them and records them. Images whose
+    header states more than `max_pixels` pixels are unreadable (never decoded).
     """
     out = Path(out)
     if size < 8 or size > 1024:
         raise BadInputError(f"--size must be between 8 and 1024 pixels, got {size}")
     if fit not in FITS:
         raise BadInputError(f"--fit must be one of {', '.join(FITS)}, got '{fit}'")
+    if max_pixels < 1:
+        raise BadInputError(f"--max-pixels must be at least 1, got {max_pixels}")
+    require_folder_or_absent(out)  # an existing file: refused before any work (not a crash in iterdir)
+    # the whole prepare holds the store's lock: a second prepare into the same folder (say with another
+    # --size) would re-create images.npy under this one's memory map, which kills it with SIGBUS
+    with exclusive(out, "preparing"):
+        return _prepare(source, out, size, fit, skip_bad, workers, progress, max_pixels)
+
+
+def _prepare(source: Source, out: Path, size: int, fit: str, skip_bad: bool, workers: int | None,
+             progress: Callable[[int, int], None] | None, max_pixels: int) -> tuple[Path, str]:
     fingerprint = source.fingerprint()
     state = _check_out(out, fingerprint, size, fit)
     if state == "reuse":
@@ -210,13 +264,15 @@ def prepare(source: Source, out: str | os.PathLike, size: int = 128, fit: str = 
         prog = read_json(progress_path)
         done = set(prog["done"])
         failures.update({int(k): v for k, v in prog["failures"].items()})
+        _retry_over_limit(failures, done, chunks, max_pixels, prog.get("max_pixels", DEFAULT_MAX_PIXELS))
     else:
         _allocate(images_path, n, size)
 
     def save_progress() -> None:
         _fsync(images_path)  # the pixels of every chunk called done are on disk before the record is
         write_json(progress_path, {"fingerprint": fingerprint, "size": size, "fit": fit, "n": n,
-                                   "done": sorted(done), "failures": {str(k): v for k, v in failures.items()}})
+                                   "max_pixels": max_pixels, "done": sorted(done),
+                                   "failures": {str(k): v for k, v in failures.items()}})
 
     save_progress()
     todo = [c for c in range(len(chunks)) if c not in done]
@@ -227,7 +283,7 @@ def prepare(source: Source, out: str | os.PathLike, size: int = 128, fit: str = 
 
     def task(c: int):
         pos = [p for p in chunks[c] if p not in failures]
-        return (source.reader, [locators[p] for p in pos], pos, str(images_path), size, fit)
+        return (source.reader, [locators[p] for p in pos], pos, str(images_path), size, fit, max_pixels)
 
     last_save = time.monotonic()
     if workers > 1:
@@ -256,7 +312,7 @@ def prepare(source: Source, out: str | os.PathLike, size: int = 128, fit: str = 
     if rows.empty:
         raise BadInputError(f"{source.location}: none of the {n} images could be read")
     with atomic_path(out / ROWS_FILE) as tmp:
-        rows.to_csv(tmp, index=False)
+        safe_to_csv(rows, tmp, index=False)
         rows_sha = sha256_file(tmp)
     skipped = [{"id": table.at[p, "id"], "locator": locators[p], "reason": r} for p, r in sorted(failures.items())]
     labels = rows["label"].astype(int)

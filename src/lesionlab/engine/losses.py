@@ -9,9 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..choices import LOSSES
 from ..errors import BadInputError
-
-LOSSES = ("bce", "focal")
 
 
 class TrainingLoss(nn.Module):

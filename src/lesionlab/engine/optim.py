@@ -6,10 +6,8 @@ import math
 import torch
 from torch import nn
 
+from ..choices import OPTIMIZERS, SCHEDULERS
 from ..errors import BadInputError
-
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULERS = ("none", "cosine", "onecycle")
 
 
 def make_optimizer(params, name: str = "adam", lr: float = 1e-4, weight_decay: float = 0.0) -> torch.optim.Optimizer:

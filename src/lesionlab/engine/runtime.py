@@ -21,6 +21,9 @@ class Runtime:
     device: torch.device
     bf16: bool
     channels_last: bool
+    # float32, or float64 (--precision 64) to check numerics: in float64 rounding cannot hide whether
+    # two set-ups (1 and N processes, say) compute the same thing
+    dtype: torch.dtype = torch.float32
 
     def autocast(self):
         if not self.bf16:
@@ -28,7 +31,8 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def describe(self) -> dict:
-        return {"device": str(self.device), "precision": "bf16" if self.bf16 else "32",
+        precision = "bf16" if self.bf16 else {torch.float64: "64"}.get(self.dtype, "32")
+        return {"device": str(self.device), "precision": precision,
                 "channels_last": self.channels_last, "threads": torch.get_num_threads(),
                 "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else cpu_name()}
 
@@ -90,7 +94,7 @@ def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last
     else:
         bf16 = precision == "bf16"
     cl = model_prefers_channels_last if channels_last == "auto" else channels_last == "true"
-    return Runtime(dev, bf16, cl)
+    return Runtime(dev, bf16, cl, torch.float64 if precision == "64" else torch.float32)
 
 
 def to_input(batch_uint8_nhwc: torch.Tensor, rt: Runtime, mean: tuple = MEAN, std: tuple = STD) -> torch.Tensor:
@@ -98,8 +102,8 @@ def to_input(batch_uint8_nhwc: torch.Tensor, rt: Runtime, mean: tuple = MEAN, st
 
     NHWC memory already is channels_last, so no copy is made when the model wants that format.
     """
-    x = batch_uint8_nhwc.to(rt.device, non_blocking=True).permute(0, 3, 1, 2).float()
-    m = torch.tensor(mean, device=rt.device).view(1, 3, 1, 1) * 255
-    s = torch.tensor(std, device=rt.device).view(1, 3, 1, 1) * 255
+    x = batch_uint8_nhwc.to(rt.device, non_blocking=True).permute(0, 3, 1, 2).to(rt.dtype)
+    m = torch.tensor(mean, device=rt.device, dtype=rt.dtype).view(1, 3, 1, 1) * 255
+    s = torch.tensor(std, device=rt.device, dtype=rt.dtype).view(1, 3, 1, 1) * 255
     x = x.sub_(m).div_(s)
     return x if rt.channels_last else x.contiguous()

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..choices import SSL_METHODS
 from ..data.augment import Augmenter, Policy
 from ..errors import BadInputError, closest
 from ..models.encoder import Encoder
@@ -32,7 +33,7 @@ from .runtime import Runtime, to_input
 
 log = logging.getLogger(__name__)
 
-METHODS = ("simclr", "byol", "dino")
+METHODS = SSL_METHODS
 
 # SimCLRTransform with cj_strength 0.5 (lightly's advice for small images): colour jitter with
 # chance 0.8, greyscale 0.2, blur 0.5, random resized crop, flips

@@ -119,7 +119,7 @@ def predict_logits(model: nn.Module, images: np.ndarray | torch.Tensor, rt: Runt
         chunk = images[start:start + batch_size]
         chunk = torch.from_numpy(np.ascontiguousarray(chunk)) if isinstance(chunk, np.ndarray) else chunk
         with rt.autocast():
-            out.append(model(to_input(chunk, rt, mean, std)).float().reshape(-1).cpu())
+            out.append(model(to_input(chunk, rt, mean, std)).reshape(-1).to(torch.float64).cpu())
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
 
 
@@ -141,8 +141,9 @@ def predict_sharded(model: nn.Module, images: np.ndarray, rt: Runtime, batch_siz
 
 def _step(model, loss_fn, optimizer, x, y, rt, frozen: list | None = None) -> torch.Tensor:
     with rt.autocast():
-        logits = model(x).reshape(-1).float()
-    loss = loss_fn(logits, y)
+        logits = model(x).reshape(-1)
+    logits = logits if logits.dtype == torch.float64 else logits.float()  # bf16 under autocast
+    loss = loss_fn(logits, y.to(logits.dtype))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     for p in frozen or ():
@@ -175,12 +176,12 @@ def train(model: nn.Module, batches: Batches, val_x: np.ndarray, val_y: np.ndarr
     """Train; keep the state best on `opts.monitor` (the EMA weights when EMA is on). With several
     processes, `batches` yields this process's shard and every metric uses gathered predictions."""
     world = world or World()
-    model.to(rt.device)
+    model.to(rt.device, dtype=rt.dtype)
     if rt.channels_last:
         model.to(memory_format=torch.channels_last)
     net = world.wrap(model, rt.device)
     loss_fn = TrainingLoss(opts.loss, opts.pos_weight, opts.focal_alpha, opts.focal_gamma,
-                           opts.label_smoothing).to(rt.device)
+                           opts.label_smoothing).to(rt.device, dtype=rt.dtype)
     groups, encoder_params = _param_groups(model, opts)
     optimizer = make_optimizer(groups, opts.optimizer, opts.lr, opts.weight_decay)
     steps = len(batches.positions(0))

@@ -1,18 +1,19 @@
 """A model registry in the manner of timm: `create_model(name, image_size=...)`.
 
-Every model maps a (N, 3, H, W) float batch to (N, 1) logits of 'malignant'.
+Every model maps a (N, 3, H, W) float batch to (N, 1) logits of 'malignant'. Each family also
+names its class-activation (Grad-CAM) target layer: the last layer with a spatial output.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable
+from typing import Callable, Union
 
 from torch import nn
 
 from ..errors import BadInputError, closest
 from .seed_cnns import SimpleCNN, UpgradedCNN
-from .timm_models import BACKBONES, create_timm
+from .timm_models import BACKBONES, create_timm, timm_cam_layer
 
 
 @dataclass(frozen=True)
@@ -23,18 +24,24 @@ class ModelSpec:
     channels_last: bool = True  # faster memory format on this model (measured per model)
     pretrainable: bool = False  # accepts pretrained=True or a weights path
     defaults: dict = field(default_factory=dict)
+    # Grad-CAM target: a dotted module path, or a function of the built model returning one (None: unknown)
+    cam_layer: Union[str, Callable[[nn.Module], "str | None"], None] = None
+
+    def cam_layer_of(self, model: nn.Module) -> str | None:
+        return self.cam_layer(model) if callable(self.cam_layer) else self.cam_layer
 
 
 _REGISTRY: dict[str, ModelSpec] = {
     # channels_last measured slower for simple_cnn on CPU (49 vs 61 img/s), faster for upgraded_cnn (40 vs 27)
     "simple_cnn": ModelSpec(SimpleCNN, "the seed study's SimpleCNN (one conv block, 33.6M-parameter head)",
-                            fixed_size=True, channels_last=False),
-    "upgraded_cnn": ModelSpec(UpgradedCNN, "the seed study's UpgradedCNN (four conv blocks, GAP, dropout)"),
+                            fixed_size=True, channels_last=False, cam_layer="relu1"),
+    "upgraded_cnn": ModelSpec(UpgradedCNN, "the seed study's UpgradedCNN (four conv blocks, GAP, dropout)",
+                              cam_layer=UpgradedCNN.CAM_LAYER),
 }
 
 
 def _timm_spec(name: str, description: str) -> ModelSpec:
-    return ModelSpec(partial(create_timm, name), description, pretrainable=True)
+    return ModelSpec(partial(create_timm, name), description, pretrainable=True, cam_layer=timm_cam_layer)
 
 
 for _name, _description in BACKBONES.items():

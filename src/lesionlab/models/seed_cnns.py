@@ -37,6 +37,7 @@ class SimpleCNN(nn.Module):
 class UpgradedCNN(nn.Module):
     """Four conv blocks, global average pooling and dropout; any input size."""
 
+    CAM_LAYER = "features.14"  # the ReLU of the fourth block: the last map before global pooling
     head_name = "classifier.2"  # the classifier: everything before it is the encoder (256 features)
 
     def __init__(self, image_size: int = 128):

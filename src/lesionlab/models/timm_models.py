@@ -79,6 +79,16 @@ def create_timm(name: str, image_size: int = 128, pretrained: bool | str = False
         ) from None
 
 
+def timm_cam_layer(model: nn.Module) -> str | None:
+    """The deepest feature stage timm declares (e.g. resnet18 'layer4', efficientnet_b0 'blocks.6',
+    convnextv2_nano 'stages.3'), or None when the model declares none."""
+    info = getattr(model, "feature_info", None)
+    try:
+        return str(info[-1]["module"]) if info else None
+    except (KeyError, IndexError, TypeError):
+        return None
+
+
 def timm_head_name(model: nn.Module) -> str:
     """The state-dict prefix of a timm model's classifier ('fc', 'classifier', 'head.fc', ...)."""
     name = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")

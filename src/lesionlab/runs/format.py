@@ -5,9 +5,12 @@ metrics.json (written last: its presence marks the folder complete); run.json ca
 {"format": {"version": N, "kind": KIND}} so that readers know what they hold.
 
     train     one trained model: + predictions.csv, history.csv, train_draw.csv, checkpoint.pt, figures/
-    cv        K-fold cross-validation: + oof.csv, folds/K/ (each a train run), fold-ensemble predictions
+    cv        K-fold cross-validation: + cv_plan.json and folds.csv (written first: the config and the fold
+              assignment a resumed cv must match), folds/K/ (each a train run), oof.csv, cv.json, and
+              predictions.csv of the fold ensemble on the split's val and test
     ensemble  several members' probabilities averaged: + members.json, predictions.csv
-    tabular   a gradient-boosted model on metadata (optionally fused with image scores)
+    tabular   a gradient-boosted model on metadata (optionally fused with image scores): + predictions.csv,
+              oof.csv (train pool, out of fold), importance.csv, model/ (fold models + model.json), figures/
     encoder   a self-supervised pretrained encoder (lesionlab pretrain): + encoder.pt, history.csv,
               pretrain_ids.csv (the images it was pretrained on); `train --pretrained ENC_DIR` loads it
 """
@@ -24,6 +27,12 @@ HISTORY = "history.csv"
 TRAIN_DRAW = "train_draw.csv"
 CHECKPOINT = "checkpoint.pt"
 FIGURES_DIR = "figures"
+CV_PLAN = "cv_plan.json"
+FOLDS_TABLE = "folds.csv"
+FOLDS_DIR = "folds"
+OOF = "oof.csv"
+CV_SUMMARY = "cv.json"
+MEMBERS = "members.json"
 ENCODER = "encoder.pt"
 PRETRAIN_IDS = "pretrain_ids.csv"
 
@@ -36,8 +45,15 @@ FIGURES = {
     "curves": ("training_curves.png", "training curves"),
     "roc": ("roc.png", "ROC"),
     "pr": ("pr.png", "precision-recall"),
+    "oof_roc": ("oof_roc.png", "out-of-fold ROC"),
+    "oof_pr": ("oof_pr.png", "out-of-fold precision-recall"),
+    "reliability": ("reliability.png", "reliability diagram (calibration)"),
+    "cam_gallery": ("cam_gallery.png", "Grad-CAM gallery of the test set"),
+    "importance": ("importance.png", "feature importance (gain)"),
 }
-REPORT_FIGURES = ("confusion_test", "curves", "roc", "pr")
+REPORT_FIGURES = ("confusion_test", "curves", "roc", "pr", "reliability", "cam_gallery", "importance")
+CV_REPORT_FIGURES = ("oof_roc", "oof_pr", "roc", "pr", "confusion_test")
+ENSEMBLE_REPORT_FIGURES = ("roc", "pr", "confusion_test")
 
 
 def format_block(kind: str) -> dict:

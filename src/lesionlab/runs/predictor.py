@@ -12,6 +12,8 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
+from ..calibration import apply_calibration
+from ..data.tta import check_mode, tta_logits
 from ..engine.runtime import Runtime, resolve_runtime
 from ..engine.trainer import predict_logits
 from ..errors import BadInputError
@@ -39,14 +41,26 @@ class ModelPredictor:
     runtime: Runtime
     mean: tuple
     std: tuple
-    prior_shift: dict | None = None  # {"from": training prevalence, "to": deployment prevalence}
+    prior_shift: dict | None = None  # {"from": training (or calibration) prevalence, "to": deployment prevalence}
     source: str = ""
+    tta: str = "none"  # test-time augmentation: none, flip or d4 (data/tta.py)
+    calibration: dict | None = None  # a map fitted on validation (lesionlab.calibration), applied before the shift
+    model_name: str = ""  # the registry name (explain looks up the model's CAM target layer by it)
 
     def logits(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        return predict_logits(self.model, images, self.runtime, batch_size, self.mean, self.std)
+        return tta_logits(lambda x: predict_logits(self.model, x, self.runtime, batch_size, self.mean, self.std),
+                          images, self.tta)
+
+    def set_tta(self, mode: str) -> None:
+        self.tta = check_mode(mode)
+
+    def describe(self) -> dict:
+        """The preprocessing and decision rule it applies (recorded by ensembles)."""
+        return {"size": self.size, "fit": self.fit, "mean": list(self.mean), "std": list(self.std), "tta": self.tta,
+                "prior_shift": self.prior_shift, "threshold": self.threshold}
 
     def to_probabilities(self, logits: np.ndarray) -> np.ndarray:
-        prob = 1 / (1 + np.exp(-logits))
+        prob = apply_calibration(logits, self.calibration)
         if self.prior_shift:
             prob = prior_shift(prob, self.prior_shift["from"], self.prior_shift["to"])
         return prob
@@ -74,16 +88,96 @@ def load_model_predictor(run: Run, device: str = "auto") -> ModelPredictor:
     # checkpoints of format version 0 did not record the normalisation: it was always ImageNet's
     mean, std = tuple(ckpt.get("mean", MEAN)), tuple(ckpt.get("std", STD))
     return ModelPredictor(model.eval(), int(ckpt["image_size"]), ckpt["fit"], float(ckpt["threshold"]), rt, mean, std,
-                          ckpt.get("prior_shift"), str(run.path))
+                          ckpt.get("prior_shift"), str(run.path), check_mode(ckpt.get("tta", "none")),
+                          ckpt.get("calibration"), str(ckpt["model"]))
 
 
-PREDICTOR_LOADERS: dict[str, Callable[[Run, str], Predictor]] = {"train": load_model_predictor}
+def average_probabilities(member_probs: np.ndarray, mean: str = "prob") -> np.ndarray:
+    """(members, images) probabilities -> one per image: their mean ('prob') or the sigmoid of the
+    mean of their logits ('logit', a geometric mean of the odds)."""
+    p = np.asarray(member_probs, dtype=np.float64)
+    if mean == "prob":
+        return p.mean(axis=0)
+    if mean == "logit":
+        p = np.clip(p, 1e-12, 1 - 1e-12)
+        return 1 / (1 + np.exp(-np.mean(np.log(p / (1 - p)), axis=0)))
+    raise BadInputError(f"--mean must be prob or logit, got '{mean}'")
 
 
-def load_predictor(run_dir: str | os.PathLike, device: str = "auto") -> Predictor:
+def _load_tabular_predictor(run: Run, device: str = "auto"):
+    from ..tabular.predictor import load_tabular_predictor
+
+    return load_tabular_predictor(run, device)
+
+
+@dataclass
+class EnsemblePredictor:
+    """Several predictors of the same preprocessing; their probabilities averaged (a cv folder's
+    folds, or an ensemble's members)."""
+
+    members: list
+    threshold: float
+    mean: str = "prob"
+    source: str = ""
+
+    @property
+    def size(self) -> int:
+        return self.members[0].size
+
+    @property
+    def fit(self) -> str:
+        return self.members[0].fit
+
+    def member_probabilities(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        return np.stack([m.probabilities(images, batch_size) for m in self.members])
+
+    def probabilities(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        return average_probabilities(self.member_probabilities(images, batch_size), self.mean)
+
+    def set_tta(self, mode: str) -> None:
+        for m in self.members:
+            m.set_tta(mode)
+
+
+def member_path(run: Run, entry: dict) -> Path:
+    """A member folder recorded by a cv or ensemble run: relative to the run first (it may have
+    moved with it), else the absolute path recorded."""
+    for candidate in (run.path / entry.get("relpath", ""), Path(entry.get("path", ""))):
+        if str(candidate) and (candidate / "metrics.json").exists():
+            return candidate
+    raise BadInputError(f"{run.path}: member {entry.get('path') or entry.get('relpath')} is not there any more "
+                        "(a cv or ensemble run refers to its members' folders; keep them beside it)")
+
+
+def load_ensemble_predictor(run: Run, device: str = "auto") -> EnsemblePredictor:
+    members = run.info.get("members")
+    if not members:
+        raise BadInputError(f"{run.path}: run.json lists no members")
+    predictors = [load_model_predictor(load_run(member_path(run, m), ("train",)), device) for m in members]
+    ens = EnsemblePredictor(predictors, float(run.info["threshold"]), run.info.get("mean", "prob"), str(run.path))
+    if run.info.get("tta_override"):
+        ens.set_tta(run.info["tta_override"])
+    return ens
+
+
+PREDICTOR_LOADERS: dict[str, Callable[[Run, str], Predictor]] = {
+    "train": load_model_predictor,
+    "cv": load_ensemble_predictor,        # a cv folder scores with its fold ensemble
+    "ensemble": load_ensemble_predictor,
+    "tabular": _load_tabular_predictor,   # takes rows (metadata), not images: takes = "rows", probabilities_rows()
+}
+
+
+def load_predictor(run_dir: str | os.PathLike, device: str = "auto", tta: str | None = None) -> Predictor:
+    """The predictor of any run kind; `tta` overrides the test-time augmentation the run recorded."""
     path = Path(run_dir)
     run = load_run(path)
     loader = PREDICTOR_LOADERS.get(run.kind)
     if loader is None:
-        raise BadInputError(f"{path}: a {run.kind} run folder cannot score images; use a train, cv or ensemble run")
-    return loader(run, device)
+        raise BadInputError(f"{path}: a {run.kind} run folder cannot score anything; use a train, cv, ensemble or tabular run")
+    predictor = loader(run, device)
+    if tta is not None:
+        if not hasattr(predictor, "set_tta"):
+            raise BadInputError(f"{path}: --tta applies to image models; a {run.kind} run does not take it")
+        predictor.set_tta(tta)
+    return predictor

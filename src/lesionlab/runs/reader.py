@@ -8,7 +8,7 @@ import pandas as pd
 import yaml
 
 from ..errors import BadInputError
-from ..fileio import load_checkpoint, read_json
+from ..fileio import csv_restore, load_checkpoint, read_json
 from . import format as fmt
 
 
@@ -68,6 +68,10 @@ class Run:
         df = read_table(self.file(fmt.PREDICTIONS))
         return df[df["split"] == split].reset_index(drop=True) if split else df
 
+    def oof(self) -> pd.DataFrame:
+        """A cv run's out-of-fold predictions: id, group, fold, repeat, label, prob, threshold."""
+        return read_table(self.file(fmt.OOF))
+
     def history(self) -> pd.DataFrame:
         return pd.read_csv(self.file(fmt.HISTORY))
 
@@ -80,8 +84,23 @@ class Run:
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    """A CSV that lesionlab wrote, with ids kept as text."""
-    return pd.read_csv(path, dtype={"id": str, "group": str}, keep_default_na=False, na_values=[""])
+    """A CSV that lesionlab wrote, with ids kept as text; formula-safe cells (fileio.csv_safe)
+    restored, so that ids compare equal with the store's."""
+    return csv_restore(pd.read_csv(path, dtype={"id": str, "group": str}, keep_default_na=False, na_values=[""]))
+
+
+def oof_arrays(oof: pd.DataFrame) -> tuple:
+    """(ids, labels, groups, probs per repeat, thresholds per repeat) of an oof table, aligned by id."""
+    import numpy as np
+
+    repeats = sorted(oof["repeat"].unique())
+    per = [oof[oof["repeat"] == r].sort_values("id", kind="mergesort").reset_index(drop=True) for r in repeats]
+    first = per[0]
+    for p in per[1:]:
+        if not np.array_equal(p["id"].to_numpy(), first["id"].to_numpy()):
+            raise BadInputError("oof.csv: the repeats hold different images")
+    return (first["id"].to_numpy(), first["label"].to_numpy().astype(int), first["group"].astype(str).to_numpy(),
+            [p["prob"].to_numpy(dtype=float) for p in per], [p["threshold"].to_numpy(dtype=float) for p in per])
 
 
 def load_run(path: str | Path, kinds: tuple[str, ...] | None = None) -> Run:

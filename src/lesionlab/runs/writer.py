@@ -2,6 +2,8 @@
 when complete, so a run folder is whole or absent and an existing one is never overwritten."""
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -11,17 +13,15 @@ import torch
 
 from .. import __version__
 from ..errors import ExistsError
-from ..fileio import publish_dir, write_csv, write_json, write_yaml
+from ..fileio import check_free, exclusive, staged_dir, write_csv, write_json, write_yaml
 from . import format as fmt
 from .reader import is_complete_run
 
 
 def check_new_run_folder(out: Path) -> None:
-    """Refuse a target that already holds a run or anything else (before any work starts)."""
-    if is_complete_run(out):
-        raise ExistsError(f"{out}: already holds a run; choose another --out (lesionlab never overwrites a run)")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ExistsError(f"{out}: exists and is not empty; choose a new or empty folder for the run")
+    """Refuse a target that already holds a run or anything else, or that another process is
+    writing (before any work starts)."""
+    check_free(out, is_complete_run, "a run")
 
 
 class RunWriter:
@@ -29,25 +29,56 @@ class RunWriter:
 
     Leaving the block without finish() (or with an exception) removes the staging folder."""
 
-    def __init__(self, out: str | Path, kind: str):
+    def __init__(self, out: str | Path, kind: str, into_existing: bool = False):
+        """into_existing: `out` already holds this run's parts (a cv folder's plan and folds); the
+        run's own files are staged aside and moved in at the end, metrics.json last, so the folder
+        still counts as complete only once everything is there."""
         self.out = Path(out)
         self.kind = kind
         self.format = fmt.format_block(kind)
+        self.into_existing = into_existing
         self.staging: Path | None = None
         self._finished = False
+        self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> "RunWriter":
-        check_new_run_folder(self.out)
-        self.staging = self.out.parent / f".{self.out.name}.partial"
-        shutil.rmtree(self.staging, ignore_errors=True)  # a stale one from an interrupted run of ours
-        self.staging.mkdir(parents=True)
+        if self.into_existing:
+            # the cv folder holds its plan and folds already: the run's own files are staged inside it
+            self._stack.enter_context(exclusive(self.out, "finishing"))
+            if is_complete_run(self.out):
+                raise ExistsError(f"{self.out}: already holds a complete run; lesionlab never overwrites a run")
+            self.staging = self.out / ".finish.partial"
+            shutil.rmtree(self.staging, ignore_errors=True)  # a stale one from an interrupted run of ours
+            self.staging.mkdir(parents=True)
+        else:
+            # under the target's lock, in a staging folder of its own; published whole (fileio.staged_dir)
+            self.staging = self._stack.enter_context(staged_dir(self.out, is_complete_run, "a run"))
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None and self._finished:
-            publish_dir(self.staging, self.out)
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self.into_existing:
+            with self._stack:
+                if exc_type is None and self._finished:
+                    self._move_in()
+                else:
+                    shutil.rmtree(self.staging, ignore_errors=True)
+        elif exc_type is None and not self._finished:
+            self._stack.__exit__(RuntimeError, RuntimeError("unfinished"), None)  # staged_dir removes its staging folder
         else:
-            shutil.rmtree(self.staging, ignore_errors=True)
+            return self._stack.__exit__(exc_type, exc, tb)
+        if exc_type is None and not self._finished:
+            raise RuntimeError(f"{self.out}: RunWriter left without finish(); nothing was published")
+        return False
+
+    def _move_in(self) -> None:
+        assert self.staging is not None
+        entries = sorted(self.staging.iterdir(), key=lambda p: p.name == fmt.METRICS)  # metrics.json last
+        for entry in entries:
+            target = self.out / entry.name
+            if target.is_dir() and entry.is_dir():
+                shutil.rmtree(target)  # figures of an earlier, unfinished attempt
+            os.replace(entry, target)
+        self.staging.rmdir()
 
     @property
     def path(self) -> Path:

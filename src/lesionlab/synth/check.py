@@ -13,7 +13,7 @@ import pandas as pd
 from ..data.images import decode_resize
 from ..data.sources import read_source
 from ..errors import BadInputError
-from ..fileio import read_json, write_bytes, write_json, write_text
+from ..fileio import csv_restore, read_json, write_bytes, write_json, write_text
 from . import quality
 from .generator import grid_png, latents, load_generator, real_images, to_uint8
 
@@ -67,7 +67,7 @@ def check(source: str | Path, data_dir: str | Path, features_run: str | Path, ou
     label = 1 if meta["label"] == "malignant" else 0
     store, positions = real_images(data_dir, label)
     if (source / "real_ids.csv").exists():  # exactly the images the generator learned from
-        ids = set(pd.read_csv(source / "real_ids.csv", dtype=str)["id"])
+        ids = set(csv_restore(pd.read_csv(source / "real_ids.csv", dtype=str, keep_default_na=False))["id"])
         positions = positions[np.isin(store.table["id"].to_numpy()[positions], list(ids))]
     # compare at the synthetic images' resolution: real images pass through the same size
     real = quality.resize(store.pixels(positions), meta["size"])
@@ -133,12 +133,16 @@ def check(source: str | Path, data_dir: str | Path, features_run: str | Path, ou
 
 
 def render_markdown(r: dict) -> str:
+    from ..report import md_code, md_escape  # names and paths are user text: literal in Markdown
+
     mem = r["memorisation"]
     return "\n".join([
-        f"# Synthetic images: {r['synthetic']['generator']} ({r['synthetic']['n']} images at {r['synthetic']['size']} px)",
+        f"# Synthetic images: {md_escape(r['synthetic']['generator'])} ({r['synthetic']['n']} images at "
+        f"{r['synthetic']['size']} px)",
         "",
-        f"Real reference: {r['real']['n']} {r['real']['label']} training images of {r['real']['data']} (at the same size).",
-        f"Feature extractor: {r['feature_extractor']}.",
+        f"Real reference: {r['real']['n']} {md_escape(r['real']['label'])} training images of "
+        f"{md_code(r['real']['data'])} (at the same size).",
+        f"Feature extractor: {md_escape(r['feature_extractor'])}.",
         "",
         "| measure | synthetic vs real | real half vs real half (yardstick) |",
         "|---|---|---|",

@@ -27,7 +27,7 @@ from .. import __version__
 from ..data.splits import load_split
 from ..data.store import Store
 from ..errors import BadInputError, ExistsError, NotEnoughDataError
-from ..fileio import atomic_path, read_json, write_bytes, write_json, write_text
+from ..fileio import atomic_path, load_checkpoint, read_json, require_folder_or_absent, write_bytes, write_csv, write_json
 from .nets import KINDS, Z_DIM, Discriminator, Generator, diff_augment, make_schedulers, make_unet
 
 log = logging.getLogger(__name__)
@@ -189,6 +189,7 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "gan", la
     if steps < 1:
         raise BadInputError(f"--steps must be at least 1, got {steps}")
     out = Path(out)
+    require_folder_or_absent(out)
     store, positions = real_images(data_dir, 1 if label == "malignant" else 0, n_real, draw_seed)
     split = load_split(store)
     spec = {"kind": kind, "label": label, "size": size, "batch_size": batch_size, "lr": lr or (2e-4 if kind == "gan" else 3e-4),
@@ -210,7 +211,7 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "gan", la
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "spec.json", spec)
     ids = store.table["id"].to_numpy()[positions]
-    write_text(out / "real_ids.csv", pd.DataFrame({"id": ids}).to_csv(index=False))
+    write_csv(out / "real_ids.csv", pd.DataFrame({"id": ids}))
 
     torch.manual_seed(seed)
     trainer = _Trainer(kind, size, spec["lr"], sample_steps)
@@ -218,9 +219,9 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "gan", la
     g = torch.Generator().manual_seed(seed)
     step, seconds = 0, 0.0
     if (out / "checkpoint.pt").exists():
-        state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+        state = _read_checkpoint(out / "checkpoint.pt")
         trainer.load_state_dict(state["trainer"])
-        step, seconds = state["step"], state["seconds"]
+        step, seconds = int(state["step"]), float(state["seconds"])
         g.set_state(state["rng"])
         torch.set_rng_state(state["torch_rng"])
         log.info("resumed at step %d", step)
@@ -228,9 +229,10 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "gan", la
     (out / "samples").mkdir(exist_ok=True)
 
     def checkpoint() -> None:
+        # tensors and plain values only (RNG states are uint8 tensors): it loads with weights_only=True
         with atomic_path(out / "checkpoint.pt") as tmp:
-            torch.save({"step": step, "seconds": seconds, "trainer": trainer.state_dict(), "rng": g.get_state(),
-                        "torch_rng": torch.get_rng_state()}, tmp)
+            torch.save({"step": int(step), "seconds": float(seconds), "trainer": trainer.state_dict(),
+                        "rng": g.get_state(), "torch_rng": torch.get_rng_state()}, tmp)
 
     stopped_by_budget = False
     start = time.perf_counter() - seconds
@@ -264,6 +266,17 @@ def load_generator(gen_dir: str | Path) -> tuple[_Trainer, dict]:
         raise BadInputError(f"{gen_dir}: not a trained generator (no generator.json); train one with `lesionlab synth train`")
     info = read_json(gen_dir / "generator.json")
     trainer = _Trainer(info["kind"], info["size"], info["lr"], info.get("sample_steps", 50))
-    state = torch.load(gen_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
-    trainer.load_state_dict(state["trainer"])
+    trainer.load_state_dict(_read_checkpoint(gen_dir / "checkpoint.pt")["trainer"])
     return trainer, info
+
+
+CHECKPOINT_KEYS = ("step", "seconds", "trainer", "rng", "torch_rng")
+
+
+def _read_checkpoint(path: Path) -> dict:
+    """A generator checkpoint, loaded safely (tensors and plain values only, see fileio.load_checkpoint)."""
+    state = load_checkpoint(path)
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise BadInputError(f"{path}: not a lesionlab generator checkpoint (no {', '.join(missing)})")
+    return state

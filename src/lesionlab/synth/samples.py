@@ -19,11 +19,12 @@ import torch
 
 from ..data.images import IMAGE_SUFFIXES, DecodeError, decode_resize
 from ..errors import BadInputError, ExistsError, preview
-from ..fileio import write_bytes, write_json, write_text
+from ..fileio import require_folder_or_absent, write_bytes, write_csv, write_json
 from .generator import latents, load_generator, to_uint8
 
 
 def _fresh(out: Path) -> None:
+    require_folder_or_absent(out)
     if out.exists() and any(out.iterdir()):
         raise ExistsError(f"{out}: exists and is not empty; choose a new folder for the synthetic images")
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -57,7 +58,7 @@ def sample(gen_dir: str | Path, n: int, out: str | Path, seed: int = 0, batch: i
                          "generator": info["generator_id"], "generator_step": info["steps"], "source_id": ""})
         if progress:
             progress(start + k, n)
-    write_text(out / "manifest.csv", pd.DataFrame(rows).to_csv(index=False))
+    write_csv(out / "manifest.csv", pd.DataFrame(rows))
     write_json(out / "synthetic.json", {"generator": info["generator_id"], "generator_dir": str(Path(gen_dir).resolve()),
                                         "kind": info["kind"], "steps": info["steps"], "seed": seed, "n": n,
                                         "label": info["label"], "size": info["size"]})
@@ -89,7 +90,7 @@ def import_folder(folder: str | Path, out: str | Path, label: str = "malignant",
         shutil.copyfile(f, out / "images" / name)
         rows.append({"path": f"images/{name}", "label": int(label == "malignant"), "id": f"syn_{generator}_{i:06d}",
                      "synthetic": 1, "generator": generator, "generator_step": "", "source_id": str(f.relative_to(folder))})
-    write_text(out / "manifest.csv", pd.DataFrame(rows).to_csv(index=False))
+    write_csv(out / "manifest.csv", pd.DataFrame(rows))  # generator names and source paths are user text
     write_json(out / "synthetic.json", {"generator": generator, "imported_from": str(folder.resolve()), "n": len(rows),
                                         "label": label})
     return out

@@ -1,0 +1,242 @@
+"""Decisive evidence: 5-fold grouped cross-validation of the notebook baseline and of the levers that
+looked best in docs/results.md, paired on the same out-of-fold (OOF) images; then the fold ensemble,
+with and without d4 test-time augmentation, against a single run on the split's test set.
+
+    python benchmarks/cv.py [--work bench-out] [--size 128] [--folds 5] [--epochs 10]
+                            [--arms baseline,upgraded_cnn,resnet18,augment_medium,sampler_redraw,combination]
+
+Everything that chooses (the combination, configs/recommended.yaml) looks at OOF results only, never
+at test. Folds resume (finished ones are skipped), so an interrupted benchmark picks up where it
+stopped. Writes docs/results.md (section "cv"); writes configs/recommended.yaml only at the full
+protocol's scale (size 128, 5 folds, 10 epochs, every arm) or with --write-recommended, and only
+when the OOF evidence supports a recipe (its paired OOF interval against the baseline lies above 0).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import yaml
+
+from _results import ROOT, git_commit, machine, update_section
+from lesionlab.compare import COMPARE_METRICS, compare_runs
+from lesionlab.config import build_config, load_yaml, to_dict
+from lesionlab.cv import run_cv
+from lesionlab.ensemble import build_ensemble
+from lesionlab.experiment import run_experiment
+from lesionlab.fileio import write_text
+from lesionlab.metrics import bootstrap_ci
+from lesionlab.report import _md_table
+from lesionlab.runs import Run, is_complete_run, oof_arrays
+from seed_protocol import prepared_ham
+
+BASELINE = ROOT / "configs" / "seed" / "simple_cnn_1to2.yaml"
+# the arms that looked best on the 50-malignant test set (docs/results.md, imbalance section)
+ARMS: dict[str, dict] = {
+    "baseline": {},
+    "upgraded_cnn": {"model": "upgraded_cnn"},
+    "resnet18": {"model": "resnet18"},
+    "augment_medium": {"augment": "medium"},
+    "sampler_redraw": {"sampler": "redraw"},
+}
+ARCHITECTURES = ("baseline", "upgraded_cnn", "resnet18")
+TRAINING_LEVERS = ("augment_medium", "sampler_redraw")
+SELECT = "pauc_80"  # ISIC 2024's metric; OOF pAUC was the winners' headline
+DEFAULTS = {"size": 128, "folds": 5, "epochs": 10}
+
+
+def cell(d: dict) -> str:
+    mark = " ↑" if d["lo"] > 0 else (" ↓" if d["hi"] < 0 else "")
+    return f"{d['diff']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]{mark}"
+
+
+def value(m: dict, key: str, digits: int = 3) -> str:
+    ci = m.get("ci95", {}).get(key)
+    return f"{m[key]:.{digits}f}" + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else "")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", default=str(ROOT / "bench-out"))
+    ap.add_argument("--size", type=int, default=DEFAULTS["size"], help="store side in pixels")
+    ap.add_argument("--folds", type=int, default=DEFAULTS["folds"])
+    ap.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="epochs of every arm")
+    ap.add_argument("--arms", default=",".join([*ARMS, "combination"]),
+                    help="comma-separated: " + ", ".join([*ARMS, "combination"]))
+    ap.add_argument("--seed", type=int, default=0, help="training and fold seed")
+    ap.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples of the paired comparisons")
+    ap.add_argument("--bootstrap", type=int, default=2000, help="resamples of each run's own intervals")
+    ap.add_argument("--write-recommended", action="store_true", help="write configs/recommended.yaml even when scaled")
+    args = ap.parse_args()
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = [a for a in arms if a not in ARMS and a != "combination"]
+    if unknown or "baseline" not in arms:
+        raise SystemExit(f"--arms: unknown {unknown}; 'baseline' is required" if unknown else "--arms must include baseline")
+    scaled = (any(getattr(args, k) != v for k, v in DEFAULTS.items())
+              or set(arms) != {*ARMS, "combination"})
+    started = time.time()
+    work = Path(args.work)
+    data = prepared_ham(work, args.size)
+    prep_seconds = time.time() - started
+    root = work / f"cv{args.size}-e{args.epochs}-k{args.folds}"
+    base_values = {k: v for k, v in load_yaml(BASELINE).items() if k != "name"}
+    base_values.update({"epochs": args.epochs, "seed": args.seed, "bootstrap": args.bootstrap, "data": str(data)})
+    timings: dict[str, float] = {}
+    cvs: dict[str, Run] = {}
+    values_of: dict[str, dict] = {}
+
+    def run_arm(name: str, values: dict) -> Run:
+        t = time.time()
+        cfg = build_config({**values, "name": name}, f"arm '{name}'")
+        print(f"[{name}] {args.folds}-fold cv", flush=True)
+        run_cv(cfg, root / name, args.folds, 1, args.seed, echo=lambda s: print("  " + s, flush=True))
+        timings[name] = time.time() - t
+        values_of[name] = values
+        return Run.load(root / name)
+
+    for name in [a for a in arms if a != "combination"]:
+        cvs[name] = run_arm(name, {**base_values, **ARMS[name]})
+
+    def oof_vs_base(name: str) -> dict:
+        return compare_runs([cvs["baseline"]], [cvs[name]], n_boot=args.n_boot)["metrics"]
+
+    paired = {name: oof_vs_base(name) for name in cvs if name != "baseline"}
+
+    # the combination, from OOF only: the best architecture and every training lever that beat the baseline
+    why = []
+    if any(a in cvs for a in ARCHITECTURES[1:]) or any(lever in cvs for lever in TRAINING_LEVERS):
+        archs = [a for a in ARCHITECTURES if a in cvs]
+        best_arch = max(archs, key=lambda a: cvs[a].metrics["oof"][SELECT])
+        why.append(f"architecture: {best_arch} (best OOF {SELECT} among {', '.join(archs)}: "
+                   + ", ".join(f"{a} {cvs[a].metrics['oof'][SELECT]:.4f}" for a in archs) + ")")
+        helpful = [lever for lever in TRAINING_LEVERS if lever in paired and paired[lever][SELECT]["diff"] > 0]
+        why.append("training levers with a higher OOF " + SELECT + " than the baseline: "
+                   + (", ".join(f"{lever} ({paired[lever][SELECT]['diff']:+.4f})" for lever in helpful) or "none"))
+        combo = {**base_values, **ARMS[best_arch]}
+        for lever in helpful:
+            combo.update(ARMS[lever])
+        same = next((n for n, v in values_of.items() if v == combo), None)
+        if same:
+            why.append(f"that combination is the arm '{same}' already run; not trained again")
+        elif "combination" not in arms:
+            why.append("that combination was not trained in this run (not in --arms)")
+        else:
+            cvs["combination"] = run_arm("combination", combo)
+            paired["combination"] = oof_vs_base("combination")
+
+    # test set: a single run of the baseline, its fold ensemble, and the fold ensemble with d4 TTA
+    t = time.time()
+    single_dir = root / "single-baseline"
+    if not is_complete_run(single_dir):
+        print("[single run] baseline trained once on the split's train pool", flush=True)
+        run_experiment(build_config({**base_values, "name": "single baseline"}, "single"), single_dir)
+    single = Run.load(single_dir)
+    ens_d4_dir = root / "ensemble-baseline-d4"
+    if not is_complete_run(ens_d4_dir):
+        print("[ensemble] baseline folds with d4 TTA", flush=True)
+        build_ensemble([root / "baseline"], ens_d4_dir, tta="d4", n_boot=args.bootstrap, seed=args.seed,
+                       name="baseline folds, d4 TTA")
+    ens_d4 = Run.load(ens_d4_dir)
+    timings["single run + d4 ensemble"] = time.time() - t
+    test_cmp = {
+        "fold ensemble vs single run": compare_runs([single], [cvs["baseline"]], n_boot=args.n_boot),
+        "fold ensemble + d4 TTA vs single run": compare_runs([single], [ens_d4], n_boot=args.n_boot),
+        "fold ensemble + d4 TTA vs fold ensemble": compare_runs([cvs["baseline"]], [ens_d4], n_boot=args.n_boot),
+    }
+
+    # recommended: from OOF only; only an arm whose paired OOF interval on SELECT lies above zero
+    candidates = [n for n, p in paired.items() if p[SELECT]["lo"] > 0]
+    chosen = max(candidates, key=lambda n: cvs[n].metrics["oof"][SELECT]) if candidates else None
+    write_rec = chosen is not None and (not scaled or args.write_recommended)
+
+    # per-image vs grouped interval of the baseline's OOF metrics (what grouping changes)
+    _, y, groups, probs, thr = oof_arrays(cvs["baseline"].oof())
+    per_image = bootstrap_ci(y, probs[0], thr[0], n_boot=args.bootstrap, seed=args.seed)
+    grouped = bootstrap_ci(y, probs[0], thr[0], n_boot=args.bootstrap, seed=args.seed, groups=groups)
+    wall = time.time() - started
+
+    # ------------------------------------------------------------ tables
+    base_oof = cvs["baseline"].metrics["oof"]
+    unit = base_oof.get("ci95_unit", "image")
+    header = ["arm", "OOF ROC AUC", "OOF AP", "OOF pAUC80", "OOF F1", "fold-ensemble test AP", "fold-ensemble test pAUC80",
+              "minutes"]
+    rows = [[n, value(r.metrics["oof"], "roc_auc"), value(r.metrics["oof"], "average_precision"),
+             value(r.metrics["oof"], "pauc_80", 4), value(r.metrics["oof"], "f1"),
+             value(r.metrics["test"], "average_precision"), value(r.metrics["test"], "pauc_80", 4),
+             f"{timings.get(n, 0) / 60:.1f}"] for n, r in cvs.items()]
+    c_header = ["arm (B) vs baseline (A), OOF"] + [f"{m}: B - A [95% CI]" for m in COMPARE_METRICS]
+    c_rows = [[n] + [cell(p[m]) for m in COMPARE_METRICS] for n, p in paired.items()]
+    t_header = ["on the test set (B vs A)"] + [f"{m}: B - A [95% CI]" for m in COMPARE_METRICS]
+    t_rows = [[n] + [cell(res["metrics"][m]) for m in COMPARE_METRICS] for n, res in test_cmp.items()]
+    s_header = ["model (test set)", "ROC AUC", "AP", "pAUC80", "F1"]
+    s_rows = [[label, *(value(run.metrics["test"], k, 4 if k == "pauc_80" else 3)
+                        for k in ("roc_auc", "average_precision", "pauc_80", "f1"))]
+              for label, run in (("single run (baseline, trained once)", single),
+                                 (f"fold ensemble ({args.folds} baseline folds)", cvs["baseline"]),
+                                 ("fold ensemble + d4 TTA", ens_d4))]
+    distinguishable = [f"{n} ({m}: {p[m]['diff']:+.4f})" for n, p in paired.items() for m in COMPARE_METRICS
+                       if p[m]["lo"] > 0 or p[m]["hi"] < 0]
+    n_oof = base_oof["n_malignant"], base_oof["n_benign"]
+    test_m = cvs["baseline"].metrics["test"]
+    scale_note = (f"**A scaled run, not the full protocol**: {args.size} px, {args.folds} folds, {args.epochs} epochs, "
+                  f"arms {', '.join(arms)} (the full protocol: 128 px, 5 folds, 10 epochs, every arm incl. resnet18). "
+                  if scaled else "The full protocol. ")
+    lines = [
+        "## Cross-validation, ensembles and TTA (`benchmarks/cv.py`)", "",
+        scale_note + f"HAM10000, the seed protocol's split (val/test 50:1000, grouped by lesion, seed 0); "
+        f"{args.folds}-fold StratifiedGroupKFold over the split's train pool by lesion (fold seed {args.seed}); each fold "
+        f"trains the arm's config with an inner validation part of 50:1000 drawn in whole lesions from the other folds. "
+        f"Baseline = the notebook's simple_cnn at 1:2 (293 malignant, 586 benign) for {args.epochs} epochs. "
+        f"OOF = {n_oof[0]} malignant / {n_oof[1]} benign images ({base_oof.get('n_groups', '?')} lesions), against "
+        f"{test_m['n_malignant']} malignant on the test set. Intervals: 95%, bootstrap resampling whole {unit} groups "
+        f"stratified by whether a group holds a malignant image ({args.bootstrap} resamples per run, {args.n_boot} "
+        f"for paired comparisons). Machine: {machine()}; commit {git_commit()}. Wall time {wall / 60:.1f} min "
+        f"(prepare {prep_seconds / 60:.1f} min).", "",
+        "Command: `python benchmarks/cv.py " + " ".join(
+            f"--{k.replace('_', '-')} {getattr(args, k)}" for k in ("size", "folds", "epochs", "arms", "n_boot", "bootstrap")) + "`", "",
+        "### Each arm: out-of-fold metrics and its fold ensemble on test", "", _md_table(header, rows), "",
+        f"### Paired on the same {sum(n_oof)} OOF images, against the baseline", "",
+        "↑/↓: the paired 95% interval lies above/below zero. Thresholded metrics (F1) use each fold's threshold, "
+        "chosen on its inner validation part.", "", _md_table(c_header, c_rows), "",
+        "Distinguishable from the baseline on OOF: " + (", ".join(distinguishable) or "none") + ".", "",
+        f"What grouping changes (baseline OOF, {args.bootstrap} resamples): AP interval per image "
+        f"[{per_image['average_precision'][0]:.3f}, {per_image['average_precision'][1]:.3f}] vs whole lesions "
+        f"[{grouped['average_precision'][0]:.3f}, {grouped['average_precision'][1]:.3f}]; pAUC80 per image "
+        f"[{per_image['pauc_80'][0]:.4f}, {per_image['pauc_80'][1]:.4f}] vs whole lesions "
+        f"[{grouped['pauc_80'][0]:.4f}, {grouped['pauc_80'][1]:.4f}].", "",
+    ]
+    if why:
+        lines += ["### The combination (chosen on OOF only)", ""] + [f"- {w}" for w in why] + [""]
+    lines += ["### Fold ensemble and TTA on the split's test set (baseline config)", "", _md_table(s_header, s_rows), "",
+              _md_table(t_header, t_rows), "",
+              "### configs/recommended.yaml", ""]
+    if chosen:
+        rec_oof, rec_test = cvs[chosen].metrics["oof"], cvs[chosen].metrics["test"]
+        lines.append(f"Chosen from OOF only: **{chosen}** (OOF {SELECT} {value(rec_oof, SELECT, 4)}, paired OOF "
+                     f"difference {cell(paired[chosen][SELECT])}); OOF AP {value(rec_oof, 'average_precision')}; its fold "
+                     f"ensemble on test: AP {value(rec_test, 'average_precision')}, pAUC80 {value(rec_test, 'pauc_80', 4)}. "
+                     + ("Written to configs/recommended.yaml." if write_rec else
+                        "Not written to configs/recommended.yaml: this is a scaled run (see the first line)."))
+    else:
+        lines.append(f"No arm's paired OOF {SELECT} interval against the baseline lies above zero, so the OOF evidence "
+                     "does not support a recipe; configs/recommended.yaml is left as it was.")
+    if write_rec:
+        values = {k: v for k, v in values_of[chosen].items() if k not in ("data", "bootstrap", "seed")}
+        cfg = build_config({**values, "name": "recommended"}, "recommended")
+        kept = {k: v for k, v in to_dict(cfg).items() if k in {**values, "name": 1} and k != "data"}
+        d = paired[chosen][SELECT]
+        write_text(ROOT / "configs" / "recommended.yaml",
+                   "# The recipe chosen by benchmarks/cv.py on out-of-fold results only (see docs/results.md).\n"
+                   f"# {args.folds}-fold grouped CV on HAM10000 at {args.size} px: OOF {SELECT} vs the notebook baseline "
+                   f"{d['diff']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}] (paired, whole lesions resampled).\n"
+                   "#   lesionlab train configs/recommended.yaml --data DATA_DIR --out RUN_DIR\n"
+                   + yaml.safe_dump(kept, sort_keys=False))
+    lines += ["", "Time per arm: " + ", ".join(f"{n}: {s / 60:.1f} min" for n, s in timings.items())]
+    path = update_section("cv", "\n".join(lines))
+    print("\n".join(lines))
+    print(f"{path}: cv section written" + ("; configs/recommended.yaml written" if write_rec else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""Allowed values of every enumerated parameter, declared once: the config model, the CLI's
+choices and the modules that implement them all read these (no torch import here, so the
+command line starts fast)."""
+from __future__ import annotations
+
+FITS = ("stretch", "crop", "pad")
+FORMATS = ("auto", "manifest", "isic2024", "isic-csv", "folders", "images")
+GROUP_CHOICES = ("auto", "patient_id", "lesion_id", "none")
+POLICIES = ("none", "light", "medium", "heavy")
+SAMPLERS = ("none", "redraw", "balanced")
+LOSSES = ("bce", "focal")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("none", "cosine", "onecycle")
+TTA_MODES = ("none", "flip", "d4")
+ENSEMBLE_MEANS = ("prob", "logit")
+CALIBRATIONS = ("none", "temperature", "isotonic")
+ENGINES = ("lightgbm", "xgboost", "catboost")  # lightgbm is a dependency; the others are optional extras
+FUSIONS = ("stack", "late")  # how a tabular run uses an image model's scores (--image)
+SSL_METHODS = ("simclr", "byol", "dino")  # lesionlab pretrain (engine/ssl.py, on lightly)
