@@ -212,6 +212,7 @@ def test_cv_refuses_a_folder_that_holds_something_else(small_data, tmp_path):
     assert r.exit_code == 2 and "not a cross-validation folder" in r.output
 
 
+@pytest.mark.slow
 def test_a_killed_fold_restarts_cleanly_and_finished_folds_are_not_retrained(small_data, tmp_path, monkeypatch):
     import lesionlab.cv as cv_module
     from lesionlab.config import build_config
@@ -252,6 +253,7 @@ def test_a_killed_fold_restarts_cleanly_and_finished_folds_are_not_retrained(sma
         Run.load(out).metrics["oof"]["n_benign"]
 
 
+@pytest.mark.slow
 def test_compare_pairs_cvs_on_oof_and_refuses_different_folds(cv_dir, small_data, tmp_path):
     other = tmp_path / "cv_lr"
     cli("cv", "--data", small_data, "--out", other, "--folds", "3", *FLAGS, "--lr", "0.001")

@@ -72,6 +72,7 @@ def test_bad_lever_values(small_data, tmp_path, args, message):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_seeds_compare_and_baseline_report(small_data, tmp_path):
     runs = tmp_path / "runs"
     cli("train", "--data", small_data, "--out", runs / "base", *SMALL, "--seeds", "0,1")
@@ -95,6 +96,7 @@ def test_seeds_compare_and_baseline_report(small_data, tmp_path):
     assert "did you mean 'base'" in bad.output
 
 
+@pytest.mark.slow
 def test_compare_refuses_different_test_sets(small_data, tmp_path, sample_manifest):
     from conftest import cli, copy_subset, subset
 

@@ -35,6 +35,7 @@ def _trials(out):
     return optuna.load_study(study_name=name, storage=storage).get_trials()
 
 
+@pytest.mark.slow
 def test_tune_three_trials_writes_the_best_config_and_resumes(small_data, tmp_path):
     search, out = _search(tmp_path), tmp_path / "tune"
     r = cli("tune", search, "--data", small_data, "--out", out, "--trials", 3)
@@ -89,6 +90,7 @@ def test_tune_reads_validation_metrics_only_and_prunes_per_epoch(tmp_path, monke
     assert result["pruned"] == 2 and epochs_run == [1, 1]
 
 
+@pytest.mark.slow
 def test_two_workers_on_one_storage_never_run_the_same_trial(small_data, tmp_path):
     search, out = _search(tmp_path), tmp_path / "tune"
     r = cli("tune", search, "--data", small_data, "--out", out, "--trials", 4, "--workers", 2)
@@ -167,6 +169,7 @@ def test_sqlite_storage_and_a_changed_search_is_refused_on_resume(tmp_path):
         open_study(changed, open_storage(url, tmp_path))
 
 
+@pytest.mark.slow
 def test_objective_cv_reads_the_out_of_fold_metric_only(small_data, tmp_path):
     search = load_search(_search(tmp_path, objective="cv", folds=2,
                                  base={**SEARCH["base"], "n_malignant": 8, "epochs": 1}), str(small_data))
