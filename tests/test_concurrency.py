@@ -185,13 +185,13 @@ def test_two_workers_taking_over_a_dead_claim_one_wins(tmp_path, monkeypatch):
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    alive = sweep._alive
+    alive = sweep.pid_alive
 
     def slow_alive(pid: int) -> bool:  # a slow check widens the window between reading and unlinking
         time.sleep(0.05)
         return alive(pid)
 
-    monkeypatch.setattr(sweep, "_alive", slow_alive)
+    monkeypatch.setattr(sweep, "pid_alive", slow_alive)
     for k in range(5):
         folder = tmp_path / "runs" / f"seed-{k}"
         folder.parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import types
 import typing
 from pathlib import Path
-from typing import Any, Collection, Literal, Optional, Union
+from typing import Any, Collection, Literal, Optional, TypeVar, Union
 
 import annotated_types
 import yaml
@@ -250,12 +250,7 @@ class PretrainConfig(BaseModel):
 
 
 def build_pretrain_config(values: dict, origin: str = "flags") -> PretrainConfig:
-    try:
-        return PretrainConfig(**values)
-    except ValidationError as e:
-        raise _explain(e, origin, tuple(values) if origin == "flags" else (), PretrainConfig) from None
-    except BadInputError as e:
-        raise BadInputError(f"{origin}: {e}") from None
+    return _validated(PretrainConfig, values, origin, tuple(values) if origin == "flags" else ())
 
 
 def _field(loc: tuple, config: type[BaseModel] | None = None) -> tuple[str, Any]:
@@ -391,14 +386,22 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
-def build_config(values: dict, origin: str = "config", flag_keys: Collection[str] = ()) -> ExperimentConfig:
-    """The validated config; flag_keys: the keys that came from flags (named --like-this in errors)."""
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+def _validated(model: type[ConfigT], values: dict, origin: str, flag_keys: Collection[str]) -> ConfigT:
+    """One config model validated, its errors in the one template (_explain); flag_keys: the keys
+    that came from flags (named --like-this in errors)."""
     try:
-        return ExperimentConfig(**values)
+        return model(**values)
     except ValidationError as e:
-        raise _explain(e, origin, flag_keys) from None
+        raise _explain(e, origin, flag_keys, model) from None
     except BadInputError as e:  # raised inside a validator
         raise BadInputError(f"{origin}: {e}") from None
+
+
+def build_config(values: dict, origin: str = "config", flag_keys: Collection[str] = ()) -> ExperimentConfig:
+    return _validated(ExperimentConfig, values, origin, flag_keys)
 
 
 def resolve(config_file: str | Path | None, overrides: dict) -> ExperimentConfig:
@@ -457,9 +460,4 @@ class TabularConfig(BaseModel):
 
 
 def build_tabular_config(values: dict, origin: str = "flags") -> TabularConfig:
-    try:
-        return TabularConfig(**values)
-    except ValidationError as e:
-        raise _explain(e, origin, tuple(values) if origin == "flags" else (), TabularConfig) from None
-    except BadInputError as e:
-        raise BadInputError(f"{origin}: {e}") from None
+    return _validated(TabularConfig, values, origin, tuple(values) if origin == "flags" else ())

@@ -117,6 +117,18 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host still runs (a worker's claim or trial it left can be taken over
+    only when it is dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, but another user's
+    return True
+
+
 def lock_file(folder: Path) -> Path:
     """The lock of `folder`: beside it, so it can be taken before the folder exists."""
     return folder.parent / f".{folder.name}.lock"

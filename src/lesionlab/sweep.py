@@ -29,6 +29,7 @@ from filelock import FileLock, Timeout
 
 from .config import ExperimentConfig, build_config, load_yaml, to_dict
 from .errors import BadInputError, ExistsError, LesionLabError
+from .fileio import pid_alive
 from .runs import Run, is_complete_run
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def _claim(folder: Path) -> bool:
         return _create_claim(claim)
     except (OSError, ValueError):
         return False
-    if host != socket.gethostname() or _alive(int(pid)):
+    if host != socket.gethostname() or pid_alive(int(pid)):
         return False
     return _take_over(claim, holder)
 
@@ -161,16 +162,6 @@ def _take_over(claim: Path, dead_holder: str) -> bool:
         return _create_claim(claim)
     finally:
         lock.release()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def run_sweep(planned: list[PlannedRun], run: Callable[[ExperimentConfig, Path], dict],

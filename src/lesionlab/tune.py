@@ -42,7 +42,7 @@ import yaml
 
 from .config import KEYS, ExperimentConfig, build_config, load_yaml
 from .errors import BadInputError, LesionLabError, closest
-from .fileio import read_json, write_text
+from .fileio import pid_alive, read_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -291,23 +291,13 @@ def _requeue_dead(study) -> int:
     host, n = socket.gethostname(), 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid = t.user_attrs.get("pid")
-        if t.user_attrs.get("host") != host or pid is None or _alive(int(pid)):
+        if t.user_attrs.get("host") != host or pid is None or pid_alive(int(pid)):
             continue
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
         log.warning("trial %d was left running by a dead worker (pid %s); queued again", t.number, pid)
         n += 1
     return n
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # ---------------------------------------------------------------- objectives
