@@ -198,6 +198,18 @@ def test_cv_resumes_with_the_same_config_and_refuses_another(cv_dir, small_data)
     assert r.exit_code == 2 and "folds" in r.output
 
 
+def test_a_cv_made_before_a_config_key_existed_still_resumes(cv_dir, small_data, tmp_path):
+    """Upgrading lesionlab adds config keys (calibrate, tta, ...): a cv started before resumes, the new
+    key counting as its default."""
+    old = tmp_path / "cv"
+    shutil.copytree(cv_dir, old)
+    plan = json.loads((old / "cv_plan.json").read_text())
+    del plan["config"]["calibrate"]
+    (old / "cv_plan.json").write_text(json.dumps(plan))
+    r = cli("cv", "--data", small_data, "--out", old, "--folds", "3", *FLAGS)
+    assert "complete" in r.output
+
+
 @pytest.mark.parametrize("folds,msgs", [("1", ["at least 2"]), ("40", ["lesions", "with a malignant image", "or fewer"])])
 def test_cv_refuses_impossible_fold_counts(small_data, tmp_path, folds, msgs):
     r = cli("cv", "--data", small_data, "--out", tmp_path / "cv", "--folds", folds, *FLAGS, ok=False)

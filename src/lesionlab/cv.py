@@ -72,7 +72,9 @@ class CvPlan:
 
 def _comparable(doc: dict) -> dict:
     out = {k: v for k, v in doc.items() if k not in ("config", "created")}
-    out["config"] = {k: v for k, v in doc["config"].items() if k not in _RESUME_FREE}
+    # a key added to the config after the cv was started (e.g. calibrate) counts as its default, as in sweep
+    config = {**to_dict(ExperimentConfig()), **doc["config"]}
+    out["config"] = {k: v for k, v in config.items() if k not in _RESUME_FREE}
     return out
 
 
