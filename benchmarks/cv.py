@@ -27,7 +27,7 @@ from lesionlab.ensemble import build_ensemble
 from lesionlab.experiment import run_experiment
 from lesionlab.fileio import write_text
 from lesionlab.metrics import bootstrap_ci
-from lesionlab.report import _md_table
+from lesionlab.report import md_table
 from lesionlab.runs import Run, is_complete_run, oof_arrays
 from seed_protocol import prepared_ham
 
@@ -195,10 +195,10 @@ def main() -> None:
         f"(prepare {prep_seconds / 60:.1f} min).", "",
         "Command: `python benchmarks/cv.py " + " ".join(
             f"--{k.replace('_', '-')} {getattr(args, k)}" for k in ("size", "folds", "epochs", "arms", "n_boot", "bootstrap")) + "`", "",
-        "### Each arm: out-of-fold metrics and its fold ensemble on test", "", _md_table(header, rows), "",
+        "### Each arm: out-of-fold metrics and its fold ensemble on test", "", md_table(header, rows, escape=False), "",
         f"### Paired on the same {sum(n_oof)} OOF images, against the baseline", "",
         "↑/↓: the paired 95% interval lies above/below zero. Thresholded metrics (F1) use each fold's threshold, "
-        "chosen on its inner validation part.", "", _md_table(c_header, c_rows), "",
+        "chosen on its inner validation part.", "", md_table(c_header, c_rows, escape=False), "",
         "Distinguishable from the baseline on OOF: " + (", ".join(distinguishable) or "none") + ".", "",
         f"What grouping changes (baseline OOF, {args.bootstrap} resamples): AP interval per image "
         f"[{per_image['average_precision'][0]:.3f}, {per_image['average_precision'][1]:.3f}] vs whole lesions "
@@ -208,8 +208,8 @@ def main() -> None:
     ]
     if why:
         lines += ["### The combination (chosen on OOF only)", ""] + [f"- {w}" for w in why] + [""]
-    lines += ["### Fold ensemble and TTA on the split's test set (baseline config)", "", _md_table(s_header, s_rows), "",
-              _md_table(t_header, t_rows), "",
+    lines += ["### Fold ensemble and TTA on the split's test set (baseline config)", "", md_table(s_header, s_rows, escape=False), "",
+              md_table(t_header, t_rows, escape=False), "",
               "### configs/recommended.yaml", ""]
     if chosen:
         rec_oof, rec_test = cvs[chosen].metrics["oof"], cvs[chosen].metrics["test"]

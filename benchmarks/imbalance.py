@@ -22,7 +22,7 @@ from lesionlab.config import build_config, load_yaml, to_dict
 from lesionlab.experiment import run_experiment
 from lesionlab.fileio import write_text
 from lesionlab.metrics import ThresholdRule, compute_metrics
-from lesionlab.report import _md_table, summarise, summary_cell
+from lesionlab.report import md_table, summarise, summary_cell
 from lesionlab.runs import Run, is_complete_run
 from seed_protocol import prepared_ham
 
@@ -173,18 +173,18 @@ def main() -> None:
              f"the combination ({args.combo_epochs} epochs) chosen on validation only. Seeds {args.seeds}. "
              f"Machine: {machine()}; commit {git_commit()}. Time of the runs: "
              f"{sum(timings.values()) / 3600:.2f} h (this invocation {wall / 3600:.2f} h).", "",
-             "### Each arm (mean ± sd over seeds)", "", _md_table(header, rows), "",
+             "### Each arm (mean ± sd over seeds)", "", md_table(header, rows, escape=False), "",
              "### Paired comparison with the baseline on the same 1,050 test images",
              "", f"Seed-averaged metric on each side, stratified bootstrap ({args.n_boot} resamples); ↑/↓: the 95% "
              "interval lies above/below zero, otherwise it includes zero and the difference is not clear.", "",
-             _md_table(c_header, c_rows), "",
+             md_table(c_header, c_rows, escape=False), "",
              "### How the combination was chosen (validation only)", ""] + [f"- {w}" for w in why] + [
              "", "```yaml", yaml.safe_dump(kept, sort_keys=False).strip(), "```", "",
              f"Goal (test AP and pAUC80 above the baseline with a paired 95% interval above zero): **{verdict}**.", "",
              "### Thresholds and prevalence on the baseline's predictions (no retraining)", "",
              "The threshold is chosen on validation by each rule and applied to test; the last column is the "
              "precision expected at ISIC 2024's prevalence (0.098%) from the test sensitivity and specificity.", "",
-             _md_table(t_header, t_rows), "",
+             md_table(t_header, t_rows, escape=False), "",
              "### Time per arm (all seeds)", "",
              ", ".join(f"{n}: {s / 60:.1f} min" for n, s in timings.items())]
     path = update_section("imbalance", "\n".join(lines))

@@ -18,7 +18,7 @@ from lesionlab.data.sources import read_source
 from lesionlab.data.splits import make_split, save_split, split_path
 from lesionlab.data.store import Store, prepare
 from lesionlab.experiment import run_experiment
-from lesionlab.report import _md_table, build_report, group_runs, notebook_line, summary_rows
+from lesionlab.report import build_report, group_runs, md_table, notebook_line, summary_rows
 from lesionlab.runs import find_runs
 from lesionlab.sweep import plan, run_sweep
 
@@ -60,7 +60,7 @@ def main() -> None:
              f"BCE, checkpoint kept on val loss, threshold 0.5); seeds {args.seeds}. Machine: {machine()}; "
              f"commit {git_commit()}. Summed run time {sum(r.info['wall_seconds'] for r in runs) / 60:.1f} min "
              f"(this invocation {wall / 60:.1f} min).", "",
-             "### Summary (test set; mean ± sd over seeds)", "", _md_table(header, rows), "",
+             "### Summary (test set; mean ± sd over seeds)", "", md_table(header, rows, escape=False), "",
              "### Per experiment, as in the notebook", ""]
     for name, members in groups.items():
         lines.append(f"**{name}**")

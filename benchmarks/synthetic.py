@@ -25,7 +25,7 @@ from lesionlab.data.sources import read_source
 from lesionlab.data.store import prepare
 from lesionlab.experiment import run_experiment
 from lesionlab.fileio import read_json, write_json
-from lesionlab.report import _md_table, summarise, summary_cell
+from lesionlab.report import md_table, summarise, summary_cell
 from lesionlab.runs import is_complete_run
 from lesionlab.synth.check import check
 from lesionlab.synth.generator import train_generator
@@ -147,9 +147,9 @@ def main() -> None:
              "HAM10000's train pool holds 5,192 benign images, so 293 real + 3,000 synthetic malignant images at 1:2 "
              "(6,586 benign, as in the notebook) cannot be drawn; the synthetic arms use every benign image of the pool "
              "(3,293 : 5,192, 1:1.58). They train for enough epochs to see at least twice the images of the arm "
-             "without synthetic data.", "", _md_table(header, rows), "",
+             "without synthetic data.", "", md_table(header, rows, escape=False), "",
              f"Paired comparison on the same 1,050 test images ({args.n_boot} resamples, seed-averaged):", "",
-             _md_table(c_header, c_rows)]
+             md_table(c_header, c_rows, escape=False)]
     update_section("synthetic", "\n".join(lines))
     print("docs/results.md: synthetic section written")
 

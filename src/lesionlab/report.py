@@ -96,10 +96,12 @@ def md_code(text: object) -> str:
     return f"{fence}{pad}{text}{pad}{fence}"
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    """Every cell escaped: experiment and model names come from run folders."""
-    lines = ["| " + " | ".join(md_escape(h) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(md_escape(c) for c in r) + " |" for r in rows]
+def md_table(header: list[str], rows: list[list[str]], escape: bool = True) -> str:
+    """A Markdown table. escape: every cell escaped, since experiment and model names come from run
+    folders; the benchmarks, whose cells are their own numbers and names, pass False (only '|' escaped)."""
+    esc = md_escape if escape else (lambda c: str(c).replace("|", "\\|"))
+    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -263,7 +265,7 @@ def build_report(runs_dir: str | Path, out: str | Path, title: str = "lesionlab 
     md = [MARKER, f"# {md_escape(title)}", "", intro(md_code(runs_dir), md_escape(", ".join(splits))), ""]
     body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(intro(str(runs_dir), ', '.join(splits)))}</p>"]
     _add_overview(md, body, groups, baseline, figures_dir)
-    md += ["## Summary", "", note, "", _md_table(header, rows), ""]
+    md += ["## Summary", "", note, "", md_table(header, rows), ""]
     body += ["<h2 id='summary-title'>Summary</h2>", f"<p>{html.escape(note)}</p>", _html_table(header, rows, "summary")]
     if baseline:
         c_header, c_rows = comparison_rows(groups, baseline, n_boot)
@@ -272,7 +274,7 @@ def build_report(runs_dir: str | Path, out: str | Path, title: str = "lesionlab 
                   "them); with several seeds each side's value is its seed mean. ↑/↓: the interval lies above/below "
                   "zero; otherwise it includes zero and the difference is not clear.")
         md += [f"## Paired comparison against {md_escape(baseline)}", "", c_note.format(md_escape(baseline), n_boot),
-               "", _md_table(c_header, c_rows), ""]
+               "", md_table(c_header, c_rows), ""]
         body += [f"<h2>Paired comparison against {html.escape(baseline)}</h2>",
                  f"<p>{html.escape(c_note.format(baseline, n_boot))}</p>",
                  _html_table(c_header, c_rows)]
@@ -318,7 +320,7 @@ def _other_kind_section(run: Run, name: str, md: list[str], body: list[str], fig
     body += [f"<h3>{title} <small>({html.escape(str(run.path))})</small></h3>",
              "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"]
     if rows:
-        md += ["Per fold:", "", _md_table(header, rows), ""]
+        md += ["Per fold:", "", md_table(header, rows), ""]
         body += ["<p>Per fold:</p>", _html_table(header, rows)]
     body.append("<div class='figs'>")
     for key in keys:
@@ -404,7 +406,7 @@ def _add_calibration(md: list, body: list, groups: "OrderedDict[str, list[Run]]"
             "(after --calibrate, fitted on validation only, and the --prevalence prior shift where given). "
             "A model trained on a 1:K draw and not calibrated reports probabilities at the draw's prevalence, "
             "not at the test set's, and its ECE says so.")
-    md += ["## Calibration", "", note, "", _md_table(header, rows), ""]
+    md += ["## Calibration", "", note, "", md_table(header, rows), ""]
     body += ["<h2>Calibration</h2>", f"<p>{html.escape(note)}</p>", _html_table(header, rows)]
     if curves:
         path = figures_dir / "calibration_test.png"
