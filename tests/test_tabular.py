@@ -245,3 +245,20 @@ def test_a_missing_optional_engine_is_named(monkeypatch):
 
     with pytest.raises(BadInputError, match="'catboost' is not installed.*pip install catboost"):
         get_engine("catboost")
+
+
+def test_metadata_is_read_back_through_the_formula_safe_csv(tmp_path):
+    """rows.csv is written formula-safe: an id such as '=x' and a negative number held as text
+    ('-1.5) read back as the user gave them, so ids match the store's and numbers stay numbers."""
+    from types import SimpleNamespace
+
+    from lesionlab.fileio import write_csv
+    from lesionlab.tabular_run import read_metadata
+
+    rows = pd.DataFrame({"id": ["=x", "b"], "label": ["1", "0"], "locator": ["a.jpg", "b.jpg"], "index": ["0", "1"],
+                         "tbp_lv_x": ["-1.5", "2"], "sex": ["-", "male"]})
+    write_csv(tmp_path / "rows.csv", rows)
+    assert "'=x" in (tmp_path / "rows.csv").read_text() and "'-1.5" in (tmp_path / "rows.csv").read_text()
+    table = read_metadata(SimpleNamespace(root=tmp_path, table=pd.DataFrame({"id": ["=x", "b"]})))
+    assert table["id"].tolist() == ["=x", "b"] and table["sex"].tolist() == ["-", "male"]
+    assert table["tbp_lv_x"].tolist() == [-1.5, 2.0]

@@ -25,6 +25,7 @@ from .data.sources import ISIC2024_COLUMNS, ISIC2024_TEXT_COLUMNS
 from .data.splits import group_keys, load_split
 from .data.store import CORE_COLUMNS, ROWS_FILE, Store
 from .errors import BadInputError
+from .fileio import csv_restore
 from .metrics import ThresholdRule, bootstrap_ci, compute_metrics
 from .runs import RunWriter, check_new_run_folder
 from .runs import format as fmt
@@ -48,8 +49,14 @@ def read_metadata(store: Store) -> pd.DataFrame:
     keep = [c for c in header if c not in CORE_COLUMNS or c in ("id", "patient_id", "lesion_id")]
     dtypes = {c: ("float64" if c in ISIC2024_COLUMNS and c not in ISIC2024_TEXT_COLUMNS and c != "target" else str)
               for c in keep}
-    table = pd.read_csv(path, usecols=keep, dtype=dtypes, keep_default_na=False, na_values={
-        c: [""] for c, t in dtypes.items() if t == "float64"})
+    # read as text and restore the formula-safe cells (fileio.csv_safe) first: ids then match the store's,
+    # and a negative number that a text column held ('-1.5 in rows.csv) reads back as -1.5
+    table = csv_restore(pd.read_csv(path, usecols=keep, dtype=str, keep_default_na=False))
+    for c in [c for c, t in dtypes.items() if t == "float64"]:
+        try:
+            table[c] = pd.to_numeric(table[c].replace("", np.nan))
+        except ValueError as e:
+            raise BadInputError(f"{path}: column {c}: expected numbers, got {e}") from None
     if len(table) != len(store.table) or not (table["id"].to_numpy() == store.table["id"].to_numpy()).all():
         raise BadInputError(f"{path}: its rows differ from the store's table; prepare the data set again")
     return table

@@ -7,11 +7,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
 from ..errors import BadInputError, LeakError, preview
 from . import format as fmt
-from .reader import Run, is_complete_run
+from .reader import Run, is_complete_run, read_table
 
 
 @dataclass
@@ -31,8 +29,7 @@ class EncoderWeights:
                 "quality": self.metrics.get("quality")}
 
     def pretrained_ids(self) -> set[str]:
-        df = pd.read_csv(self.path / fmt.PRETRAIN_IDS, dtype={"id": str}, keep_default_na=False)
-        return set(df["id"])
+        return set(read_table(self.path / fmt.PRETRAIN_IDS)["id"])  # formula-safe ids restored
 
 
 def is_encoder_dir(value: object) -> bool:
