@@ -77,7 +77,7 @@ def image_arm(cv_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def ham_part(args, work: Path) -> list[str]:
-    from lesionlab.tabular.fusion import grouped_paired_bootstrap
+    from lesionlab.metrics import paired_bootstrap
 
     data = Path(args.data) if args.data else ham_store(work)
     runs = work / "fusion-runs"
@@ -129,8 +129,9 @@ def ham_part(args, work: Path) -> list[str]:
                     g = np.asarray(ids)  # test groups: the split's keys are not in predictions.csv; images as groups
                     keys = _test_groups(data, ids)
                     g = keys if keys is not None else g
-                res = grouped_paired_bootstrap(b.loc[ids, "label"].to_numpy(), g, a.loc[ids, "prob"].to_numpy(),
-                                               b.loc[ids, "prob"].to_numpy(), KEYS, n_boot=args.n_boot, seed=0)
+                # ranking metrics only: the 0.5 thresholds are not used
+                res = paired_bootstrap(b.loc[ids, "label"].to_numpy(), a.loc[ids, "prob"].to_numpy(),
+                                       b.loc[ids, "prob"].to_numpy(), 0.5, 0.5, KEYS, n_boot=args.n_boot, seed=0, groups=g)
                 cells = [f"{res[k]['diff']:+.4f} [{res[k]['lo']:+.4f}, {res[k]['hi']:+.4f}]"
                          + (" ↑" if res[k]["lo"] > 0 else (" ↓" if res[k]["hi"] < 0 else "")) for k in KEYS]
                 pairs_lines.append(f"| {name} - image only | {side} ({len(ids)} images) | " + " | ".join(cells) + " |")

@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 
 from lesionlab.errors import BadInputError, LeakError
+from lesionlab.metrics import grouped_resamples, paired_bootstrap
 from lesionlab.tabular import features as feat
-from lesionlab.tabular.fusion import ecdf_rank, grouped_paired_bootstrap, grouped_resamples, rank_average
+from lesionlab.tabular.fusion import ecdf_rank, rank_average
 from lesionlab.tabular.leak_guard import select_columns, single_column_auc
 from lesionlab.tabular.model import grouped_folds
 
@@ -182,8 +183,8 @@ def test_grouped_resamples_keep_groups_whole_and_both_classes():
         sizes = pd.Series(groups).value_counts()
         assert all(drawn[g] % sizes[g] == 0 for g in drawn.index)  # a group comes whole, or several times whole
         assert 0 < y[idx].sum() < len(idx)
-    res = grouped_paired_bootstrap(y, groups, np.array([.9, .8, .1, .2, .3, .2, .7]), np.array([.9, .8, .1, .2, .3, .2, .7]),
-                                   n_boot=20)
+    same = np.array([.9, .8, .1, .2, .3, .2, .7])
+    res = paired_bootstrap(y, same, same, 0.5, 0.5, ("roc_auc",), n_boot=20, groups=groups)
     assert res["roc_auc"]["diff"] == 0 and res["roc_auc"]["lo"] == 0 == res["roc_auc"]["hi"]
 
 
