@@ -4,7 +4,6 @@ cross-validation command writes (oof.csv, predictions.csv, run.json), with a mod
 load_predictor can score images with."""
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -48,6 +47,7 @@ def write_cv_dir(data: Path, out: Path, model_run: Path | None, k: int = 3, seed
                  split_sha256: str | None = None, folds: np.ndarray | None = None) -> dict:
     """A cv run folder of the agreed layout. Scores come from `model_run`'s network (a train run,
     copied to out/model so a test loader can score images with it) unless given."""
+    from lesionlab.data.folds import folds_hash
     from lesionlab.data.splits import group_keys, load_split
     from lesionlab.data.store import Store
     from lesionlab.runs import load_predictor
@@ -74,9 +74,9 @@ def write_cv_dir(data: Path, out: Path, model_run: Path | None, k: int = 3, seed
                                      "prob": probs[pos[s]] if eval_prob is None else eval_prob[s]})
                        for s in ("val", "test")])
     preds.to_csv(out / "predictions.csv", index=False)
-    fold_hash = hashlib.sha256(oof[["id", "fold"]].to_csv(index=False).encode()).hexdigest()
-    info = {"format": {"version": 1, "kind": "cv"}, "name": out.name,
-            "split_sha256": split_sha256 or split.sha256, "folds": {"hash": fold_hash, "k": int(folds.max()) + 1}}
+    # run.json as `lesionlab cv` writes it
+    info = {"format": {"version": 1, "kind": "cv"}, "name": out.name, "split_sha256": split_sha256 or split.sha256,
+            "folds": int(folds.max()) + 1, "fold_sha256": folds_hash(oof["id"], folds)}
     if model_run is not None:  # the cv command's predictor scores with its members: here, one network
         info.update({"members": [{"relpath": "model"}], "mean": "prob", "threshold": 0.5})
     (out / "run.json").write_text(json.dumps(info))

@@ -161,7 +161,7 @@ def test_fused_run_end_to_end_on_tiny_images(isic, cv_model, tmp_path):
 
     # the image model changed under the run (another fold assignment): predict refuses
     doc = json.loads((tmp_path / "cv" / "run.json").read_text())
-    doc["folds"]["hash"] = "another"
+    doc["fold_sha256"] = "another"
     (tmp_path / "cv" / "run.json").write_text(json.dumps(doc))
     r = cli("predict", run, pair, "--out", tmp_path / "q.csv", ok=False)
     assert r.exit_code == 2 and "no longer the one this run was trained with" in r.output

@@ -20,6 +20,7 @@ import pandas as pd
 
 from . import plots
 from .config import TabularConfig
+from .data.folds import folds_hash
 from .data.parallel import cpu_count
 from .data.sources import ISIC2024_COLUMNS, ISIC2024_TEXT_COLUMNS
 from .data.splits import group_keys, load_split
@@ -34,7 +35,7 @@ from .tabular.engines import Params, get_engine
 from .tabular.fusion import rank_average
 from .tabular.image import ImageScores, load_image_scores
 from .tabular.leak_guard import select_columns
-from .tabular.model import assignment_sha256, fit_folds, grouped_folds, predict_average
+from .tabular.model import fit_folds, grouped_folds, predict_average
 from .tabular.predictor import MODEL_DIR, REFERENCE_FILE, SPEC_FILE
 
 log = logging.getLogger(__name__)
@@ -169,7 +170,7 @@ def tabular_run(cfg: TabularConfig, out: str | os.PathLike, echo: Callable[[str]
         "features": {"metadata": selection.columns, "dropped": selection.dropped, "single_column_auc": selection.single_auc,
                      "allowed_columns": selection.allowed, "recipe": spec.recipe, "patient_context": spec.context,
                      "site": spec.site, "n_inputs": len(spec.columns)},
-        "folds": {"k": int(folds.max()) + 1, "source": fold_source, "hash": assignment_sha256(ids["train"], folds),
+        "folds": {"k": int(folds.max()) + 1, "source": fold_source, "hash": folds_hash(ids["train"], folds),
                   "best_iterations": result.best_iterations, "per_fold": result.rows_trained},
         "image": image.record() if image is not None else None,
         "fusion": cfg.fusion if image is not None else None,

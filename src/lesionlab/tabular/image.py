@@ -4,7 +4,7 @@ fold ensemble's probabilities for validation, test and new images.
 The image run is a cv run folder (or an ensemble folder of the same shape):
     oof.csv          id, group, fold, repeat, label, prob  (every train-pool image, out of fold)
     predictions.csv  id, split, label, prob                 (val and test, the fold ensemble)
-    run.json         {"format": {"kind": "cv"}, "split_sha256": ..., "folds": {"hash": ...}}
+    run.json         {"format": {"kind": "cv"}, "split_sha256": ..., "fold_sha256": ...}
 A training image's feature is only ever its out-of-fold score: an in-sample score (from a
 model that saw the image) would tell the tabular model the label.
 """
@@ -43,10 +43,8 @@ class ImageScores:
 
 
 def fold_hash(run: Run) -> str | None:
-    """The image run's fold-assignment fingerprint: {"folds": {"hash": ...}} as agreed, or the
-    cv branch's current {"folds": K, "fold_sha256": ...}."""
-    folds = run.info.get("folds")
-    return folds.get("hash") if isinstance(folds, dict) else run.info.get("fold_sha256")
+    """The image run's fold-assignment fingerprint, as `lesionlab cv` records it (an ensemble has none)."""
+    return run.info.get("fold_sha256")
 
 
 def open_image_run(path: str | Path) -> Run:

@@ -4,7 +4,6 @@ negative-undersampled draw; out-of-fold probabilities for the train pool, and th
 average for everything else."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -14,7 +13,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from ..errors import BadInputError, NotEnoughDataError
+from ..data.folds import make_folds
+from ..errors import NotEnoughDataError
 from .engines import Engine, Params
 
 log = logging.getLogger(__name__)
@@ -23,25 +23,10 @@ INNER_SPLITS = 5  # the inner validation part is one fifth of a fold's training 
 
 
 def grouped_folds(y: np.ndarray, groups: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """Fold number (0..k-1) of every row: whole groups, malignant groups spread over the folds."""
-    if k < 2:
-        raise BadInputError(f"--folds must be at least 2, got {k}")
-    positive_groups = pd.unique(groups[y == 1])
-    if len(positive_groups) < k:
-        raise NotEnoughDataError(f"--folds {k}: the train pool has only {len(positive_groups)} group(s) with a "
-                                 "malignant image; every fold needs at least one")
-    folds = np.full(len(y), -1, dtype=np.int64)
-    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    for f, (_, held) in enumerate(splitter.split(np.zeros(len(y)), y, groups)):
-        folds[held] = f
-    return folds
-
-
-def assignment_sha256(ids, folds) -> str:
-    """A fingerprint of a fold assignment (id -> fold), independent of row order."""
-    frame = pd.DataFrame({"id": np.asarray(ids).astype(str), "fold": np.asarray(folds).astype(int)}).sort_values("id")
-    text = "".join(f"{i}\t{f}\n" for i, f in zip(frame["id"], frame["fold"]))
-    return hashlib.sha256(text.encode()).hexdigest()
+    """Fold number (0..k-1) of every row: the assignment `lesionlab cv` makes (data.folds), so a
+    metadata-only run and a cv of the same fold seed hold out the same groups."""
+    rows = np.arange(len(y))
+    return make_folds(rows, y, groups, rows, k, seed=seed).assign[0]
 
 
 def inner_split(y: np.ndarray, groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
