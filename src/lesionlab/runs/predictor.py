@@ -13,11 +13,12 @@ import numpy as np
 import torch
 
 from ..calibration import apply_calibration
+from ..choices import ENSEMBLE_MEANS
 from ..data.tta import check_mode, tta_logits
 from ..engine.runtime import Runtime, resolve_runtime
 from ..engine.trainer import predict_logits
 from ..errors import BadInputError
-from ..metrics import prior_shift
+from ..metrics import logit, prior_shift
 from ..models import create_model
 from .reader import Run, load_run
 
@@ -99,9 +100,8 @@ def average_probabilities(member_probs: np.ndarray, mean: str = "prob") -> np.nd
     if mean == "prob":
         return p.mean(axis=0)
     if mean == "logit":
-        p = np.clip(p, 1e-12, 1 - 1e-12)
-        return 1 / (1 + np.exp(-np.mean(np.log(p / (1 - p)), axis=0)))
-    raise BadInputError(f"--mean must be prob or logit, got '{mean}'")
+        return 1 / (1 + np.exp(-np.mean(logit(p), axis=0)))
+    raise BadInputError(f"--mean must be one of {', '.join(ENSEMBLE_MEANS)}, got '{mean}'")
 
 
 def _load_tabular_predictor(run: Run, device: str = "auto"):
