@@ -242,6 +242,8 @@ def test_ham_style_manifest_refuses_its_label_columns_and_predict_reads_a_manife
     for col in ("dx", "dx_type", "isic2019_dx", "melanoma", "label_ham_mel_bcc_akiec"):
         assert "label-derived" in info["features"]["dropped"][col], col
     assert not info["features"]["patient_context"] and info["group"] == "lesion_id"
+    metrics = json.loads((run / "metrics.json").read_text())  # intervals resample whole lesions, as in every run kind
+    assert all(metrics[side]["ci95_unit"] == "lesion_id" for side in ("val", "test", "oof"))
     rows = pd.read_csv(small_data / "rows.csv", dtype=str, keep_default_na=False)
     test_ids = set(json.loads((small_data / "split.json").read_text())["assign"]["test"])
     manifest = rows[rows["id"].isin(test_ids)].rename(columns={"locator": "path"}).drop(columns=["index"])

@@ -27,7 +27,7 @@ from .data.splits import group_keys, load_split
 from .data.store import CORE_COLUMNS, ROWS_FILE, Store
 from .errors import BadInputError
 from .fileio import csv_restore
-from .metrics import ThresholdRule, bootstrap_ci, compute_metrics
+from .metrics import ThresholdRule, ci_unit, metrics_with_ci
 from .runs import RunWriter, check_new_run_folder
 from .runs import format as fmt
 from .tabular import features as feat
@@ -67,18 +67,13 @@ def _threads(cfg: TabularConfig) -> int:
     return cfg.num_threads or int(os.environ.get("LESIONLAB_NUM_THREADS", 0)) or cpu_count()
 
 
-def _evaluate(truth: dict, probs: dict, rule: ThresholdRule, n_boot: int, seed: int) -> tuple[float, dict]:
+def _evaluate(truth: dict, probs: dict, keys: dict, unit: str, rule: ThresholdRule, n_boot: int,
+              seed: int) -> tuple[float, dict]:
+    """The threshold chosen on val, then every side's metrics with intervals that resample whole
+    groups (metrics.metrics_with_ci, as for the other run kinds)."""
     threshold = rule.choose(truth["val"], probs["val"])  # never on test
-    metrics = {}
-    for side in ("val", "test", "oof"):
-        p = np.clip(probs[side], 1e-7, 1 - 1e-7)
-        losses = -(truth[side] * np.log(p) + (1 - truth[side]) * np.log(1 - p))  # BCE of the probabilities
-        m = compute_metrics(truth[side], probs[side], threshold, losses)
-        if n_boot:
-            m["ci95"] = bootstrap_ci(truth[side], probs[side], threshold, losses, n_boot=n_boot, seed=seed)
-        m["n_malignant"], m["n_benign"] = int(truth[side].sum()), int((truth[side] == 0).sum())
-        metrics[side] = m
-    return threshold, metrics
+    return threshold, {side: metrics_with_ci(truth[side], probs[side], threshold, n_boot, seed, groups=keys[side],
+                                             unit=unit) for side in ("val", "test", "oof")}
 
 
 def tabular_run(cfg: TabularConfig, out: str | os.PathLike, echo: Callable[[str], None] | None = None) -> dict:
@@ -152,8 +147,9 @@ def tabular_run(cfg: TabularConfig, out: str | os.PathLike, echo: Callable[[str]
 
     rule = ThresholdRule.parse(cfg.threshold)
     truth = {"val": y["val"], "test": y["test"], "oof": y["train"]}
+    side_keys = {"val": keys[pos["val"]], "test": keys[pos["test"]], "oof": groups}
     threshold, metrics = _evaluate(truth, {"val": probs["val"], "test": probs["test"], "oof": probs["train"]},
-                                   rule, cfg.bootstrap, cfg.seed)
+                                   side_keys, ci_unit(group_used), rule, cfg.bootstrap, cfg.seed)
     info = {
         "name": cfg.name or out.name,
         "data": str(Path(cfg.data).resolve()),
