@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import logging
 import sys
+import types
 import typing
 from pathlib import Path
 
 import click
 
 from . import __version__
-from .choices import ENGINES, ENSEMBLE_MEANS, FITS, FORMATS, FUSIONS, GROUP_CHOICES, POLICIES, TTA_MODES
+from .choices import ENSEMBLE_MEANS, FITS, FORMATS, GROUP_CHOICES, POLICIES, TTA_MODES
 from .errors import LesionLabError
 
 PREPARE_FORMATS = tuple(f for f in FORMATS if f != "images")  # loose image files carry no labels
@@ -141,34 +142,52 @@ def split(data_dir: Path, val: str, test: str, seed: int, group: str, name: str,
 _BARE_FLAG_VALUES = {"pretrained": "true", "ema": "0.999"}
 
 
+def _model_options(model_cls, skip: tuple[str, ...] = ()):
+    """One flag per field of a pydantic config model, from its fields and descriptions (a key added
+    there is a flag here with no second list to keep in step). Flags not given stay None (or an
+    empty tuple for a list), and _given leaves them out, so a config file's values stand."""
+
+    def wrap(func):
+        for key, field in reversed(list(model_cls.model_fields.items())):
+            if key in skip:
+                continue
+            if key == "synthetic":  # a mapping in the config, two flags here
+                func = click.option("--synthetic-n", "synthetic_n", type=int, default=None,
+                                    help="how many synthetic images to add (default: all)")(func)
+                func = click.option("--synthetic", "synthetic", default=None,
+                                    help="SYN_DATA_DIR: a prepared data set of synthetic malignant images, added to "
+                                         "the training draw only")(func)
+                continue
+            ann, flag = field.annotation, key.replace("_", "-")
+            args = [a for a in typing.get_args(ann) if a is not type(None)]
+            if typing.get_origin(ann) in (typing.Union, types.UnionType) and len(args) == 1:
+                ann = args[0]  # Optional[X]: a flag of type X, None when not given
+            default = "[]" if field.default_factory is list else field.default
+            help_text = (field.description or "").replace("%%", "%") + f" [config default: {default}]"
+            if ann is bool:  # --key / --no-key
+                func = click.option(f"--{flag}/--no-{flag}", key, default=None, help=help_text)(func)
+                continue
+            if typing.get_origin(ann) is list:  # repeatable
+                func = click.option(f"--{flag}", key, multiple=True, help=help_text + " (repeatable)")(func)
+                continue
+            kind: typing.Any = str
+            if ann is int:
+                kind = int
+            elif ann is float and key not in _BARE_FLAG_VALUES:
+                kind = float
+            elif typing.get_origin(ann) is typing.Literal:
+                kind = click.Choice([str(a) for a in typing.get_args(ann)])
+            extra = {"is_flag": False, "flag_value": _BARE_FLAG_VALUES[key]} if key in _BARE_FLAG_VALUES else {}
+            func = click.option(f"--{flag}", key, type=kind, default=None, help=help_text, **extra)(func)
+        return func
+
+    return wrap
+
+
 def _config_options(func):
-    """One flag per config key, from the config model's fields and descriptions."""
     from .config import ExperimentConfig
 
-    for key, field in reversed(list(ExperimentConfig.model_fields.items())):
-        if key == "synthetic":  # a mapping in the config, two flags here
-            func = click.option("--synthetic-n", "synthetic_n", type=int, default=None,
-                                help="how many synthetic images to add (default: all)")(func)
-            func = click.option("--synthetic", "synthetic", default=None,
-                                help="SYN_DATA_DIR: a prepared data set of synthetic malignant images, added to the "
-                                     "training draw only")(func)
-            continue
-        ann = field.annotation
-        kind: typing.Any = str
-        if ann is int:
-            kind = int
-        elif ann is float and key not in _BARE_FLAG_VALUES:
-            kind = float
-        elif typing.get_origin(ann) is typing.Literal:
-            kind = click.Choice([str(a) for a in typing.get_args(ann)])
-        help_text = (field.description or "").replace("%%", "%") + f" [config default: {field.default}]"
-        if ann is bool:  # --key / --no-key; None when neither is given, so a config file's value stands
-            flag = key.replace("_", "-")
-            func = click.option(f"--{flag}/--no-{flag}", key, default=None, help=help_text)(func)
-            continue
-        extra = {"is_flag": False, "flag_value": _BARE_FLAG_VALUES[key]} if key in _BARE_FLAG_VALUES else {}
-        func = click.option(f"--{key.replace('_', '-')}", key, type=kind, default=None, help=help_text, **extra)(func)
-    return func
+    return _model_options(ExperimentConfig)(func)
 
 
 def _given(values: dict) -> dict:
@@ -179,7 +198,7 @@ def _given(values: dict) -> dict:
             raise click.UsageError("--synthetic-n needs --synthetic SYN_DATA_DIR")
         out["synthetic"] = {"data": syn_data, "n": syn_n}
     for k, v in values.items():
-        if v is None:
+        if v is None or v == ():  # not given (a repeatable flag gives an empty tuple)
             continue
         if k == "n_malignant" and str(v).isdigit():
             v = int(v)
@@ -335,53 +354,23 @@ def ensemble(members: tuple[Path, ...], out: Path, mean: str, tta: str | None, t
 # ---------------------------------------------------------------- tabular
 
 
+def _tabular_options(func):
+    from .config import TabularConfig
+
+    return _model_options(TabularConfig, skip=("data",))(func)
+
+
 @main.command()
 @click.option("--data", "data", required=True, type=click.Path(path_type=Path), help="DATA_DIR (prepared, with a split)")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="RUN_DIR to create")
-@click.option("--features", default="auto", show_default=True,
-              help="auto = every metadata column that is not an id, a path, a group key or derived from the label; "
-                   "or COL,COL,...")
-@click.option("--engine", default="lightgbm", show_default=True, type=click.Choice(ENGINES),
-              help="xgboost and catboost are optional extras (pip install xgboost / catboost)")
-@click.option("--folds", default=None, type=int, help="grouped stratified folds over the train pool [default: 5; "
-              "with --image: the image model's folds]")
-@click.option("--image", "image", default=None, type=click.Path(path_type=Path),
-              help="CV_DIR (or ENS_DIR) of a cross-validated image model: its out-of-fold scores become features")
-@click.option("--fusion", default="stack", show_default=True, type=click.Choice(FUSIONS),
-              help="with --image: stack = image scores as features; late = rank average of image and metadata-only "
-                   "probabilities (the yardstick)")
-@click.option("--neg-ratio", default=None, type=float, help="keep R benign rows per malignant row in each fold's "
-              "training part (negative undersampling) [default: all]")
-@click.option("--allow-column", "allow_column", multiple=True,
-              help="keep NAME although its single-column training AUC exceeds 0.98 (recorded; repeatable)")
-@click.option("--no-recipe", "no_recipe", is_flag=True, help="without the ISIC 2024 recipe and patient statistics")
-@click.option("--threshold", default="val-f1", show_default=True, help="a number, val-f1 or sens:X, chosen on validation")
-@click.option("--bootstrap", default=2000, show_default=True, help="bootstrap resamples for the 95% intervals")
-@click.option("--learning-rate", default=0.05, show_default=True)
-@click.option("--max-rounds", default=2000, show_default=True, help="boosting rounds at most")
-@click.option("--early-stopping", default=100, show_default=True, help="rounds without improvement on the inner "
-              "validation part")
-@click.option("--min-child-samples", default=20, show_default=True, help="fewest rows in a leaf")
-@click.option("--split", default="", help="split name ('' = split.json)")
-@click.option("--name", default="", help="experiment name for the report")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--num-threads", default=0, show_default=True, help="engine threads (0 = one per core)")
-def tabular(data: Path, out: Path, features: str, engine: str, folds: int | None, image: Path | None, fusion: str,
-            neg_ratio: float | None, allow_column: tuple[str, ...], no_recipe: bool, threshold: str, bootstrap: int,
-            learning_rate: float, max_rounds: int, early_stopping: int, min_child_samples: int, split: str, name: str,
-            seed: int, num_threads: int) -> None:
+@_tabular_options
+def tabular(data: Path, out: Path, **flags) -> None:
     """A gradient-boosted model on the metadata columns (optionally fused with an image model) into RUN_DIR."""
     from .config import build_tabular_config
     from .report import notebook_line
     from .tabular_run import tabular_run
 
-    cfg = build_tabular_config({
-        "name": name, "data": str(data), "split": split, "features": features, "allow_column": list(allow_column),
-        "engine": engine, "folds": folds, "image": str(image) if image else None, "fusion": fusion,
-        "neg_ratio": neg_ratio, "recipe": not no_recipe, "threshold": threshold, "bootstrap": bootstrap,
-        "learning_rate": learning_rate, "max_rounds": max_rounds, "early_stopping": early_stopping,
-        "min_child_samples": min_child_samples, "seed": seed,
-        "num_threads": num_threads})
+    cfg = build_tabular_config({"data": str(data), **_given(flags)}, "flags")
     info = tabular_run(cfg, out, echo=lambda s: click.echo(s, err=True))
     m = info["metrics"]
     click.echo(f"{out}: {info['folds']['k']} folds, threshold {info['threshold']:.3g} ({info['threshold_rule']}); "
@@ -688,27 +677,6 @@ def synth_check(source: Path, data_dir: Path, features_run: Path, out: Path | No
 
 
 # ---------------------------------------------------------------- pretrain / tune
-
-
-def _model_options(model_cls, skip: tuple[str, ...] = ()):
-    """One flag per field of a pydantic config model; flags not given stay None (left out)."""
-
-    def wrap(func):
-        for key, field in reversed(list(model_cls.model_fields.items())):
-            if key in skip:
-                continue
-            ann, kind = field.annotation, str
-            if ann is int:
-                kind = int
-            elif ann is float:
-                kind = float
-            elif typing.get_origin(ann) is typing.Literal:
-                kind = click.Choice([str(a) for a in typing.get_args(ann)])
-            help_text = (field.description or "") + f" [default: {field.default}]"
-            func = click.option(f"--{key.replace('_', '-')}", key, type=kind, default=None, help=help_text)(func)
-        return func
-
-    return wrap
 
 
 def _pretrain_epoch_echo(total: int):
