@@ -164,6 +164,31 @@ def test_pretrained_from_a_local_file(tmp_path):
     assert model.fc.out_features == 1  # the ImageNet head is replaced
 
 
+def test_pretrained_file_nested_or_safetensors_loads(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    source = timm.create_model("resnet18")
+    torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}, "epoch": 3}, tmp_path / "n.pth")
+    save_file(source.state_dict(), str(tmp_path / "r18.safetensors"))
+    for name in ("n.pth", "r18.safetensors"):
+        model = create_model("resnet18", pretrained=str(tmp_path / name))
+        assert torch.equal(model.layer4[0].conv1.weight, source.layer4[0].conv1.weight), name
+
+
+def test_pretrained_file_that_would_run_code_is_refused(tmp_path):
+    from test_fileio import plant_hostile_checkpoint
+
+    marker = tmp_path / "ran"
+    plant_hostile_checkpoint(tmp_path / "weights.pth", marker)
+    with pytest.raises(BadInputError, match=r"weights\.pth: holds Python objects that lesionlab does not load"):
+        create_model("resnet18", pretrained=str(tmp_path / "weights.pth"))
+    assert not marker.exists()
+    torch.save({"epoch": 3}, tmp_path / "empty.pth")
+    with pytest.raises(BadInputError, match=r"empty\.pth: expected a state dict of tensors"):
+        create_model("resnet18", pretrained=str(tmp_path / "empty.pth"))
+
+
 def test_pretrained_offline_without_file_is_a_clear_error(monkeypatch):
     from lesionlab.models import timm_models
 

@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 from torch import nn
 
 from ..errors import BadInputError
+from ..fileio import load_checkpoint
 
 # small backbones that train in minutes on a CPU at 128 px; any other timm name works as "timm:NAME"
 BACKBONES = {
@@ -47,6 +48,28 @@ def _hub_offline():
         constants.HF_HUB_OFFLINE = old
 
 
+def _local_weights(path: Path) -> dict:
+    """A weights file's state dict, read without running code: safetensors, or torch's weights-only
+    unpickler (fileio.load_checkpoint). Not timm's own file loader, whose unpickling depends on the
+    timm version. Unwraps the usual {"state_dict": ...} / {"model": ...} checkpoint nesting."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types
+            raise BadInputError(f"--pretrained {path}: not a readable safetensors file ({str(e)[:200]})") from None
+    state = load_checkpoint(path)
+    for key in ("state_dict_ema", "state_dict", "model"):
+        if isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if not state or not all(hasattr(v, "shape") for v in state.values()):
+        raise BadInputError(f"--pretrained {path}: expected a state dict of tensors (a timm/torch checkpoint)")
+    return state
+
+
 def create_timm(name: str, image_size: int = 128, pretrained: bool | str = False, **kwargs) -> nn.Module:
     """A timm model with one output logit. pretrained: False, True (hub) or a path to weights."""
     import timm
@@ -61,9 +84,10 @@ def create_timm(name: str, image_size: int = 128, pretrained: bool | str = False
         path = Path(str(pretrained))
         if not path.is_file():
             raise BadInputError(f"--pretrained {path}: no such weights file")
-        try:
+        state = _local_weights(path)
+        try:  # timm still adapts the state dict (drops the 1000-class head, input channels)
             return timm.create_model(name, pretrained=True, num_classes=1,
-                                     pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+                                     pretrained_cfg_overlay={"state_dict": state}, **kwargs)
         except (RuntimeError, KeyError, ValueError, OSError) as e:
             raise BadInputError(f"--pretrained {path}: not weights for {name} ({str(e)[:300]})") from None
     reachable = _hub_reachable()
