@@ -181,10 +181,3 @@ def test_objective_cv_reads_the_out_of_fold_metric_only(small_data, tmp_path):
     summary = json.loads((folder / "cv.json").read_text())
     assert trial.value == pytest.approx(summary["oof"]["pauc_80"])
     assert build_config({**load_yaml(out / "best.yaml"), "data": str(small_data)}).epochs == 1
-
-
-def test_objective_cv_without_the_cv_module_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "lesionlab.cv", None)
-    search = load_search(_search(tmp_path, objective="cv", folds=3), "data")
-    with pytest.raises(BadInputError, match="objective: cv needs lesionlab's cross-validation"):
-        tune(search, "data", tmp_path / "t", 1)

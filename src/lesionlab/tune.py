@@ -27,7 +27,6 @@ figures (optimisation history, parameter importances).
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import socket
@@ -307,28 +306,10 @@ class _Surplus(Exception):
     """A worker started a trial after others had filled the budget (a race between workers)."""
 
 
-def _cv_runner() -> Callable:
-    try:
-        from .cv import run_cv
-    except ImportError:
-        raise BadInputError("objective: cv needs lesionlab's cross-validation (lesionlab cv), which this build does "
-                            "not have; use objective: inner_val") from None
-    return run_cv
-
-
 def _run_cv(cfg: ExperimentConfig, folder: Path, folds: int, on_epoch: Callable[[dict], None]) -> None:
-    run_cv = _cv_runner()
-    params = inspect.signature(run_cv).parameters
-    kwargs: dict[str, Any] = {}
-    for name in ("k", "folds"):
-        if name in params:
-            kwargs[name] = folds
-            break
-    if "on_epoch" in params:
-        kwargs["on_epoch"] = on_epoch
-    if "echo" in params:
-        kwargs["echo"] = lambda s: log.info("%s", s)
-    run_cv(cfg, folder, **kwargs)
+    from .cv import run_cv  # here: cv imports the training stack, which inner_val trials load themselves
+
+    run_cv(cfg, folder, folds, on_epoch=on_epoch, echo=lambda s: log.info("%s", s))
 
 
 def _oof_metric(folder: Path, metric: str) -> float:
