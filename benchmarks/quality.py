@@ -1,15 +1,16 @@
-"""A model that beats the notebook on images it never saw: the notebook baseline against (a) the best
-from-scratch recipe found by `lesionlab tune`, (b) an SSL-pretrained encoder fine-tuned with that
-recipe, and (c) their seed ensemble with test-time augmentation (the 8 flips/quarter turns); then
-the baseline and each arm again as a K-fold grouped cross-validation, paired on the out-of-fold
-(OOF) images, which is what chooses configs/recommended.yaml.
+"""A model that beats the notebook on images it never saw: the notebook baseline against (a0) the
+search's base recipe (the issue's "first hint"), (a) the best from-scratch recipe found by
+`lesionlab tune`, (b) an SSL-pretrained encoder fine-tuned with that recipe, and (c) their seed
+ensemble with test-time augmentation (the 8 flips/quarter turns); then the baseline and each arm
+again as a K-fold grouped cross-validation, paired on the out-of-fold (OOF) images, which is what
+chooses configs/recommended.yaml.
 
     python benchmarks/quality.py [--work bench-out] [--size 128] [--seeds 0,1,2] [--epochs 40]
         [--baseline-epochs 20] [--trials 40] [--tune-epochs 20] [--tune-keys lr,weight_decay,...]
         [--ssl-method simclr] [--ssl-model upgraded_cnn] [--ssl-epochs 100] [--ssl-batch 256]
         [--cv-folds 5] [--write-recommended]
 
---trials 0 skips the search ((a) is then the search's base recipe, the issue's "first hint");
+--trials 0 skips the search (then (b) and (c) build on (a0));
 --ssl-epochs 0 skips (b); --cv-folds 0 skips the cross-validation.
 
 HAM10000 under the seed protocol (val and test 50:1000 grouped by lesion, split seed 0; 293
@@ -49,6 +50,8 @@ from seed_protocol import prepared_ham
 
 BASELINE = ROOT / "configs" / "seed" / "simple_cnn_1to2.yaml"
 SEARCH = ROOT / "configs" / "search" / "from_scratch.yaml"
+A0, A, B, B0 = ("(a0) the search's base recipe", "(a) tuned from scratch", "(b) SSL + fine-tune",
+                "(b0) same model from scratch")
 METRICS = {"roc_auc": roc_auc, "average_precision": average_precision, "pauc_80": pauc_above_tpr}
 
 
@@ -86,6 +89,11 @@ def cv_arm(name: str, values: dict, data: Path, work: Path, folds: int, seed: in
     return Run.load(work / "cv" / name)
 
 
+def train_minutes(folders: list[Path]) -> float:
+    """Training wall time as each run recorded it (so arms reused from an earlier invocation still count)."""
+    return sum(Run.load(f).info.get("wall_seconds", 0.0) for f in folders) / 60
+
+
 def scaled_search(args, work: Path) -> Path:
     doc = load_yaml(args.search)
     doc["base"] = {**doc.get("base", {}), "epochs": args.tune_epochs, "bootstrap": 0, "n_malignant": args.n_malignant}
@@ -116,7 +124,7 @@ def main() -> None:
     ap.add_argument("--baseline-epochs", type=int, default=20, help="the notebook baseline's epochs")
     ap.add_argument("--epochs", type=int, default=40, help="epochs of arms (a) and (b)")
     ap.add_argument("--search", default=str(SEARCH))
-    ap.add_argument("--trials", type=int, default=40, help="0: no search, (a) is the search's base recipe")
+    ap.add_argument("--trials", type=int, default=40, help="0: no search ((b) builds on (a0))")
     ap.add_argument("--tune-epochs", type=int, default=20, help="epochs of each tune trial")
     ap.add_argument("--tune-keys", default="", help="search only these keys of the space (comma-separated)")
     ap.add_argument("--objective", default="", choices=["", "inner_val", "cv"], help="override the search's objective")
@@ -150,27 +158,31 @@ def main() -> None:
     baseline = train_arm("baseline", base_values, data, qwork, seeds)
     timings["baseline"] = time.time() - t
 
-    # (a) tune a from-scratch recipe (validation only), then train it
-    t = time.time()
+    # (a0) the search's base recipe (the issue's "first hint"), for reference
     search_path = scaled_search(args, qwork)
     search = load_search(search_path, str(data))
-    tuned = None
+    base_recipe = {k: v for k, v in search.base.items() if k != "data"}
+    base_recipe.update(epochs=args.epochs, bootstrap=0)
+    t = time.time()
+    arms = {"baseline": baseline, A0: train_arm("a_base", base_recipe, data, qwork, seeds)}
+    arm_values = {"baseline": base_values, A0: base_recipe}
+    timings["(a0) base recipe"] = time.time() - t
+
+    # (a) tune a from-scratch recipe (validation only), then train it
+    tuned, recipe, a_name = None, base_recipe, A0
     if args.trials:
+        t = time.time()
         tuned = tune(search, str(data), qwork / "tune", args.trials, echo=lambda s: print(s, flush=True))
         if not tuned["best"]:
             raise SystemExit("tune: no trial completed")
-        recipe = {k: v for k, v in load_yaml(qwork / "tune" / "best.yaml").items() if k != "name"}
-    else:
-        recipe = dict(search.base)
-    timings["tune"] = time.time() - t
-    recipe.update(epochs=args.epochs, bootstrap=0)
-    recipe.pop("data", None)
-    a_name = "(a) tuned from scratch" if tuned else "(a) the search's base recipe"
-    t = time.time()
-    arm_a = train_arm("a_tuned" if tuned else "a_base", recipe, data, qwork, seeds)
-    timings["(a) recipe"] = time.time() - t
-    arms = {"baseline": baseline, a_name: arm_a}
-    arm_values = {"baseline": base_values, a_name: recipe}
+        timings["tune"] = time.time() - t
+        recipe = {k: v for k, v in load_yaml(qwork / "tune" / "best.yaml").items() if k not in ("name", "data")}
+        recipe.update(epochs=args.epochs, bootstrap=0)
+        t = time.time()
+        a_name = A
+        arms[A] = train_arm("a_tuned", recipe, data, qwork, seeds)
+        arm_values[A] = recipe
+        timings["(a) tuned recipe"] = time.time() - t
 
     # (b) SSL-pretrained encoder, fine-tuned with the same recipe and epochs
     enc_run, ssl_model = None, args.ssl_model or recipe.get("model", "upgraded_cnn")
@@ -187,12 +199,12 @@ def main() -> None:
         t = time.time()
         ft_values = {**recipe, "model": ssl_model, "pretrained": str(enc), "encoder_lr_mult": args.ft_encoder_lr_mult,
                      "linear_probe_epochs": args.ft_probe_epochs}
-        arms["(b) SSL + fine-tune"] = train_arm("b_ssl_finetuned", ft_values, data, qwork, seeds)
-        arm_values["(b) SSL + fine-tune"] = ft_values
+        arms[B] = train_arm("b_ssl_finetuned", ft_values, data, qwork, seeds)
+        arm_values[B] = ft_values
         if ssl_model != recipe.get("model"):
             b0 = {**recipe, "model": ssl_model}
-            arms["(b0) same model from scratch"] = train_arm("b0_scratch_same_model", b0, data, qwork, seeds)
-            arm_values["(b0) same model from scratch"] = b0
+            arms[B0] = train_arm("b0_scratch_same_model", b0, data, qwork, seeds)
+            arm_values[B0] = b0
         timings["(b) fine-tune"] = time.time() - t
 
     # scores on val and test: seed-averaged logits per arm; (c) = (a) [+ (b)] with TTA
@@ -208,7 +220,7 @@ def main() -> None:
         sides[side] = (store.pixels(pos), table["label"].to_numpy()[pos], groups)
     scores: dict[str, dict] = {name: {side: np.mean([logits(r, sides[side][0], False) for r in runs], axis=0)
                                       for side in sides} for name, runs in arms.items()}
-    c_members = [n for n in (a_name, "(b) SSL + fine-tune") if n in arms]
+    c_members = [n for n in (a_name, B) if n in arms]
     c_name = "(c) ensemble " + "+".join(n.split(")")[0] + ")" for n in c_members) + " of seeds, TTA d4"
     scores[c_name] = {side: np.mean([logits(r, sides[side][0], True) for n in c_members for r in arms[n]], axis=0)
                       for side in sides}
@@ -238,7 +250,7 @@ def main() -> None:
     oof_paired: dict[str, dict] = {}
     if args.cv_folds:
         t = time.time()
-        slug = {"baseline": "baseline", a_name: "a", "(b) SSL + fine-tune": "b", "(b0) same model from scratch": "b0"}
+        slug = {"baseline": "baseline", A0: "a", A: "a_tuned", B: "b", B0: "b0"}
         for name, values in arm_values.items():
             cvs[name] = cv_arm(slug[name], values, data, qwork, args.cv_folds, seeds[0])
         oof_paired = {name: compare_runs([cvs["baseline"]], [run], metrics=tuple(METRICS), n_boot=args.n_boot)["metrics"]
@@ -254,24 +266,24 @@ def main() -> None:
     cmd = "python benchmarks/quality.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
         if v not in ("", None, False) and k not in ("work", "data", "tag") and v != ap.get_default(k))
+    a_text = (f"(a0): the base recipe of `{Path(args.search).name}`, "
+              + ", ".join(f"{k} {v}" for k, v in base_recipe.items() if k not in ("bootstrap", "n_malignant")) + ".")
     if tuned:
         best = tuned["best"]
-        a_text = (f"(a): `lesionlab tune` of `{Path(args.search).name}` "
+        a_text += (f" (a): `lesionlab tune` of `{Path(args.search).name}` "
                   + (f"restricted to {args.tune_keys}, " if args.tune_keys else "")
                   + f"{tuned['trials']} trials of {args.tune_epochs} epochs, objective {search.objective} "
                   f"({search.metric}); best trial {best['number']} (val {search.metric} {best['value']:.4f}): "
                   + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in best["params"].items())
                   + f"; trained {args.epochs} epochs.")
     else:
-        a_text = (f"(a): no search (--trials 0); the base recipe of `{Path(args.search).name}`, "
-                  + ", ".join(f"{k} {v}" for k, v in recipe.items() if k not in ("bootstrap", "n_malignant"))
-                  + ".")
+        a_text += " (a): no search (--trials 0)."
     if enc_run:
         q, q0 = enc_run.metrics["quality"], enc_run.metrics["quality_at_start"]
         b_text = (f" (b): `lesionlab pretrain --method {args.ssl_method} --model {ssl_model} --epochs {args.ssl_epochs} "
                   f"--batch-size {args.ssl_batch}` on the train pool ({enc_run.info['source']['n_images']} images; "
                   f"inner-val kNN ROC AUC {q0['knn_roc_auc']:.3f} before -> {q['knn_roc_auc']:.3f} after, linear probe "
-                  f"{q0['probe_roc_auc']:.3f} -> {q['probe_roc_auc']:.3f}), then the recipe of (a) with "
+                  f"{q0['probe_roc_auc']:.3f} -> {q['probe_roc_auc']:.3f}), then the recipe of " + ("(a)" if tuned else "(a0)") + " with "
                   "`--pretrained ENC_DIR`, same epochs.")
     else:
         b_text = " (b): not run (--ssl-epochs 0)."
@@ -289,12 +301,16 @@ def main() -> None:
         + f" (c): the mean logit of every seed of {' and '.join(n.split(')')[0] + ')' for n in c_members)}, each over "
         "the 8 flips and quarter turns.", "",
         "### Seed stage: validation and test", "",
-        "| arm | val ROC AUC | val pAUC80 | test ROC AUC | test AP | test pAUC80 | test ROC AUC / pAUC80 per seed |",
-        "|---|---|---|---|---|---|---|"]
+        "| arm | val ROC AUC | val pAUC80 | test ROC AUC | test AP | test pAUC80 | test ROC AUC / pAUC80 per seed "
+        "| train min (all seeds) |",
+        "|---|---|---|---|---|---|---|---|"]
     for name, v, te, per_seed in rows:
+        minutes = f"{train_minutes([r.path for r in arms[name]]):.1f}" if name in arms else "-"
         lines.append(f"| {name}{' (chosen on val)' if name == chosen else ''} | {v['roc_auc']:.3f} | {v['pauc_80']:.4f} | "
-                     f"{te['roc_auc']:.3f} | {te['average_precision']:.3f} | {te['pauc_80']:.4f} | {per_seed or '-'} |")
-    lines += ["", "The first four columns score each arm's seed-mean logit; the last is mean ± sd of the single seeds.", "",
+                     f"{te['roc_auc']:.3f} | {te['average_precision']:.3f} | {te['pauc_80']:.4f} | {per_seed or '-'} "
+                     f"| {minutes} |")
+    lines += ["", "Val and test columns score each arm's seed-mean logit; 'per seed' is mean ± sd of the single seeds. "
+              "Train minutes are the runs' own wall times (2 processes sharing the CPU slow both several-fold).", "",
               f"Paired against the baseline on the same {len(y_test)} test images ({int(y_test.sum())} malignant), "
               f"95% intervals from {args.n_boot} resamples of whole lesions; B - baseline:", "",
               "| arm | ROC AUC | AP | pAUC80 |", "|---|---|---|---|"]
@@ -310,19 +326,20 @@ def main() -> None:
                   "folds) is scored once on the test set."
                   + (" The SSL encoder was pretrained on the whole train pool, so it saw each fold's OOF images without "
                      "labels." if enc_run else ""), "",
-                  "| arm | OOF ROC AUC | OOF AP | OOF pAUC80 | fold-ensemble test ROC AUC | fold-ensemble test pAUC80 |",
-                  "|---|---|---|---|---|---|"]
+                  "| arm | OOF ROC AUC | OOF AP | OOF pAUC80 | fold-ensemble test ROC AUC | fold-ensemble test pAUC80 "
+                  "| train min (all folds) |", "|---|---|---|---|---|---|---|"]
         for name, run in cvs.items():
             o, te = run.metrics["oof"], run.metrics["test"]
+            minutes = train_minutes(sorted(p.parent for p in (run.path / "folds").glob("*/run.json")))
             lines.append(f"| {name} | {o['roc_auc']:.3f} | {o['average_precision']:.3f} | {o['pauc_80']:.4f} | "
-                         f"{te['roc_auc']:.3f} | {te['pauc_80']:.4f} |")
+                         f"{te['roc_auc']:.3f} | {te['pauc_80']:.4f} | {minutes:.1f} |")
         lines += ["", "Paired against the baseline's cv on the same OOF images (whole lesions resampled); B - baseline:",
                   "", "| arm | ROC AUC | AP | pAUC80 |", "|---|---|---|---|"]
         for name, d in oof_paired.items():
             lines.append(f"| {name} | {fmt_ci(d, 'roc_auc')} | {fmt_ci(d, 'average_precision')} | {fmt_ci(d, 'pauc_80')} |")
     goal = scores[chosen]
     met = roc_auc(y_test, goal["test"]) >= 0.88 and pauc_above_tpr(y_test, goal["test"]) >= 0.13
-    writes = bool(args.write_recommended and recommended and recommended != "(b) SSL + fine-tune" and not args.data)
+    writes = bool(args.write_recommended and recommended and recommended != B and not args.data)
     lines += ["", f"Chosen on validation in the seed stage (highest val pAUC80): **{chosen}**. The issue's goal (test ROC "
               f"AUC >= 0.88 and pAUC80 >= 0.13) is {'met' if met else 'not met'} by it."]
     if cvs:
