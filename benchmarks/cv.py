@@ -5,11 +5,10 @@ with and without d4 test-time augmentation, against a single run on the split's 
     python benchmarks/cv.py [--work bench-out] [--size 128] [--folds 5] [--epochs 10]
                             [--arms baseline,upgraded_cnn,resnet18,augment_medium,sampler_redraw,combination]
 
-Everything that chooses (the combination, configs/recommended.yaml) looks at OOF results only, never
-at test. Folds resume (finished ones are skipped), so an interrupted benchmark picks up where it
-stopped. Writes docs/results.md (section "cv"); writes configs/recommended.yaml only at the full
-protocol's scale (size 128, 5 folds, 10 epochs, every arm) or with --write-recommended, and only
-when the OOF evidence supports a recipe (its paired OOF interval against the baseline lies above 0).
+Everything that chooses (the combination, the lever it would recommend) looks at OOF results only,
+never at test. Folds resume (finished ones are skipped), so an interrupted benchmark picks up where it
+stopped. Writes docs/results.md (section "cv"). configs/recommended.yaml has one writer,
+benchmarks/quality.py, which puts the candidate recipes against the baseline the same way.
 """
 from __future__ import annotations
 
@@ -17,15 +16,12 @@ import argparse
 import time
 from pathlib import Path
 
-import yaml
-
 from _results import ROOT, git_commit, machine, update_section
 from lesionlab.compare import COMPARE_METRICS, compare_runs
-from lesionlab.config import build_config, load_yaml, to_dict
+from lesionlab.config import build_config, load_yaml
 from lesionlab.cv import run_cv
 from lesionlab.ensemble import build_ensemble
 from lesionlab.experiment import run_experiment
-from lesionlab.fileio import write_text
 from lesionlab.metrics import bootstrap_ci
 from lesionlab.report import md_table
 from lesionlab.runs import Run, is_complete_run, oof_arrays
@@ -67,7 +63,6 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="training and fold seed")
     ap.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples of the paired comparisons")
     ap.add_argument("--bootstrap", type=int, default=2000, help="resamples of each run's own intervals")
-    ap.add_argument("--write-recommended", action="store_true", help="write configs/recommended.yaml even when scaled")
     args = ap.parse_args()
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     unknown = [a for a in arms if a not in ARMS and a != "combination"]
@@ -145,10 +140,9 @@ def main() -> None:
         "fold ensemble + d4 TTA vs fold ensemble": compare_runs([cvs["baseline"]], [ens_d4], n_boot=args.n_boot),
     }
 
-    # recommended: from OOF only; only an arm whose paired OOF interval on SELECT lies above zero
+    # the lever this benchmark would recommend: from OOF only; an arm whose paired OOF interval on SELECT lies above zero
     candidates = [n for n, p in paired.items() if p[SELECT]["lo"] > 0]
     chosen = max(candidates, key=lambda n: cvs[n].metrics["oof"][SELECT]) if candidates else None
-    write_rec = chosen is not None and (not scaled or args.write_recommended)
 
     # per-image vs grouped interval of the baseline's OOF metrics (what grouping changes)
     _, y, groups, probs, thr = oof_arrays(cvs["baseline"].oof())
@@ -210,32 +204,20 @@ def main() -> None:
         lines += ["### The combination (chosen on OOF only)", ""] + [f"- {w}" for w in why] + [""]
     lines += ["### Fold ensemble and TTA on the split's test set (baseline config)", "", md_table(s_header, s_rows, escape=False), "",
               md_table(t_header, t_rows, escape=False), "",
-              "### configs/recommended.yaml", ""]
+              "### Recommended lever", ""]
     if chosen:
         rec_oof, rec_test = cvs[chosen].metrics["oof"], cvs[chosen].metrics["test"]
         lines.append(f"Chosen from OOF only: **{chosen}** (OOF {SELECT} {value(rec_oof, SELECT, 4)}, paired OOF "
                      f"difference {cell(paired[chosen][SELECT])}); OOF AP {value(rec_oof, 'average_precision')}; its fold "
                      f"ensemble on test: AP {value(rec_test, 'average_precision')}, pAUC80 {value(rec_test, 'pauc_80', 4)}. "
-                     + ("Written to configs/recommended.yaml." if write_rec else
-                        "Not written to configs/recommended.yaml: this is a scaled run (see the first line)."))
+                     "configs/recommended.yaml is chosen by benchmarks/quality.py.")
     else:
         lines.append(f"No arm's paired OOF {SELECT} interval against the baseline lies above zero, so the OOF evidence "
-                     "does not support a recipe; configs/recommended.yaml is left as it was.")
-    if write_rec:
-        values = {k: v for k, v in values_of[chosen].items() if k not in ("data", "bootstrap", "seed")}
-        cfg = build_config({**values, "name": "recommended"}, "recommended")
-        kept = {k: v for k, v in to_dict(cfg).items() if k in {**values, "name": 1} and k != "data"}
-        d = paired[chosen][SELECT]
-        write_text(ROOT / "configs" / "recommended.yaml",
-                   "# The recipe chosen by benchmarks/cv.py on out-of-fold results only (see docs/results.md).\n"
-                   f"# {args.folds}-fold grouped CV on HAM10000 at {args.size} px: OOF {SELECT} vs the notebook baseline "
-                   f"{d['diff']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}] (paired, whole lesions resampled).\n"
-                   "#   lesionlab train configs/recommended.yaml --data DATA_DIR --out RUN_DIR\n"
-                   + yaml.safe_dump(kept, sort_keys=False))
+                     "does not support a lever.")
     lines += ["", "Time per arm: " + ", ".join(f"{n}: {s / 60:.1f} min" for n, s in timings.items())]
     path = update_section("cv", "\n".join(lines))
     print("\n".join(lines))
-    print(f"{path}: cv section written" + ("; configs/recommended.yaml written" if write_rec else ""))
+    print(f"{path}: cv section written")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ then a combination chosen on validation, 3 seeds each, with paired comparisons o
 
 Everything is chosen on validation: the combination takes the best architecture and every training
 lever whose mean validation average precision beat the baseline's. Complete runs are skipped, so an
-interrupted benchmark resumes. Writes docs/results.md (section "imbalance") and configs/recommended.yaml.
+interrupted benchmark resumes. Writes docs/results.md (section "imbalance"); configs/recommended.yaml
+has one writer, benchmarks/quality.py, which chooses among recipes on out-of-fold images.
 """
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from _results import ROOT, git_commit, machine, update_section
 from lesionlab.compare import COMPARE_METRICS, compare_runs
 from lesionlab.config import build_config, load_yaml, to_dict
 from lesionlab.experiment import run_experiment
-from lesionlab.fileio import write_text
 from lesionlab.metrics import ThresholdRule, compute_metrics
 from lesionlab.report import md_table, summarise, summary_cell
 from lesionlab.runs import Run, is_complete_run
@@ -154,18 +154,9 @@ def main() -> None:
         t_rows.append([rule_text] + [f"{v[:, k].mean():.{p}f} ± {v[:, k].std(ddof=1):.{p}f}" for k, p in zip(range(5), (3, 3, 3, 3, 4))])
 
     verdict = "held" if combo_result and all(combo_result[m]["lo"] > 0 for m in ("average_precision", "pauc_80")) else "did not hold"
-    recommended = {**combo_values, "name": "recommended"}
-    cfg = build_config({**recommended, "data": ""}, "recommended")
-    kept = {k: v for k, v in to_dict(cfg).items() if k in recommended and k not in ("data",)}
-    header_comment = (
-        "# The recipe found by benchmarks/imbalance.py (chosen on validation only; see docs/results.md).\n"
-        f"# On HAM10000 at 128 px, {len(seeds)} seeds, against the notebook baseline (simple_cnn 1:2): test AP "
-        f"{combo_result['average_precision']['diff']:+.3f} [{combo_result['average_precision']['lo']:+.3f}, "
-        f"{combo_result['average_precision']['hi']:+.3f}], pAUC80 {combo_result['pauc_80']['diff']:+.4f} "
-        f"[{combo_result['pauc_80']['lo']:+.4f}, {combo_result['pauc_80']['hi']:+.4f}] (paired 95% intervals).\n"
-        "#   lesionlab train configs/recommended.yaml --data DATA_DIR --out RUN_DIR\n")
-    write_text(ROOT / "configs" / "recommended.yaml", header_comment + yaml.safe_dump(kept, sort_keys=False))
-
+    combination = {**combo_values, "name": "combination"}
+    cfg = build_config({**combination, "data": ""}, "combination")
+    kept = {k: v for k, v in to_dict(cfg).items() if k in combination and k not in ("data",)}
     lines = ["## Imbalance levers (`benchmarks/imbalance.py`)", "",
              f"HAM10000 at 128 px, the seed protocol's split (val/test 50:1000, grouped by lesion); baseline = the "
              f"notebook's simple_cnn at 1:2 (293 malignant, 586 benign, Adam lr 1e-4, BCE, no augmentation) for "
@@ -188,7 +179,7 @@ def main() -> None:
              "### Time per arm (all seeds)", "",
              ", ".join(f"{n}: {s / 60:.1f} min" for n, s in timings.items())]
     path = update_section("imbalance", "\n".join(lines))
-    print(f"{path}: imbalance section written; configs/recommended.yaml written; goal {verdict}")
+    print(f"{path}: imbalance section written; goal {verdict}")
 
 
 if __name__ == "__main__":
