@@ -90,6 +90,20 @@ def test_tune_reads_validation_metrics_only_and_prunes_per_epoch(tmp_path, monke
     assert result["pruned"] == 2 and epochs_run == [1, 1]
 
 
+def test_a_resumed_study_draws_new_parameters(tmp_path):
+    def fake_train(cfg, folder, on_epoch):
+        return {"metrics": {"val": {"pauc_80": cfg.lr * 10}}}
+
+    search = load_search(_search(tmp_path, space={"lr": SEARCH["space"]["lr"]}), "data")
+    for total in (3, 6):  # a second process resumes the study to 6 trials
+        tune(search, "data", tmp_path / "t", total, train=fake_train)
+    lrs = [t.params["lr"] for t in _trials(tmp_path / "t")]
+    assert len(lrs) == 6 and len(set(lrs)) == 6, lrs
+    fresh = load_search(_search(tmp_path, "again.yaml", space={"lr": SEARCH["space"]["lr"]}), "data")
+    tune(fresh, "data", tmp_path / "t2", 3, train=fake_train)  # a fresh study is still reproducible
+    assert [t.params["lr"] for t in _trials(tmp_path / "t2")] == lrs[:3]
+
+
 @pytest.mark.slow
 def test_two_workers_on_one_storage_never_run_the_same_trial(small_data, tmp_path):
     search, out = _search(tmp_path), tmp_path / "tune"

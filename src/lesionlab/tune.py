@@ -248,11 +248,15 @@ def open_study(search: Search, storage, worker: int = 0, seed: int = 0):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=search.study, storage=storage, direction=search.direction,
+                                pruner=_pruner(search), load_if_exists=True)
+    # The sampler's seed also counts the trials the storage already holds: a seeded sampler starts its
+    # random stream over in every process, so a resumed study would otherwise draw its first trials'
+    # parameters again. A fresh study (0 trials) keeps the plain seed, so it stays reproducible.
+    held = len(study.get_trials(deepcopy=False))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(seed=seed + 7919 * worker, constant_liar=True)
-    study = optuna.create_study(study_name=search.study, storage=storage, direction=search.direction,
-                                sampler=sampler, pruner=_pruner(search), load_if_exists=True)
+        study.sampler = optuna.samplers.TPESampler(seed=seed + 7919 * worker + 104_729 * held, constant_liar=True)
     if study.direction.name.lower() != search.direction:
         raise BadInputError(f"study '{search.study}' in this storage maximises/minimises the other way "
                             f"({study.direction.name.lower()}); use another study name (study: in SEARCH.yaml)")
