@@ -94,6 +94,14 @@ def train_minutes(folders: list[Path]) -> float:
     return sum(Run.load(f).info.get("wall_seconds", 0.0) for f in folders) / 60
 
 
+def distinct_params(tune_dir: Path) -> int:
+    """How many different parameter sets the study's trials tried (a repeat costs a trial and tells nothing)."""
+    import pandas as pd
+
+    table = pd.read_csv(tune_dir / "trials.csv")
+    return len(table[[c for c in table.columns if c.startswith("param_")]].drop_duplicates())
+
+
 def scaled_search(args, work: Path) -> Path:
     doc = load_yaml(args.search)
     doc["base"] = {**doc.get("base", {}), "epochs": args.tune_epochs, "bootstrap": 0, "n_malignant": args.n_malignant}
@@ -256,15 +264,19 @@ def main() -> None:
         oof_paired = {name: compare_runs([cvs["baseline"]], [run], metrics=tuple(METRICS), n_boot=args.n_boot)["metrics"]
                       for name, run in cvs.items() if name != "baseline"}
         timings["cv"] = time.time() - t
+    # configs/recommended.yaml: the best from-scratch arm on OOF pAUC80 whose paired OOF interval lies above zero
+    # (an SSL arm needs its encoder folder, so it cannot be a config file alone: it is reported beside)
     supported = [n for n, p in oof_paired.items() if p["pauc_80"]["lo"] > 0]
-    recommended = max(supported, key=lambda n: cvs[n].metrics["oof"]["pauc_80"]) if supported else None
+    best_oof = max(supported, key=lambda n: cvs[n].metrics["oof"]["pauc_80"]) if supported else None
+    scratch = [n for n in supported if n != B]
+    recommended = max(scratch, key=lambda n: cvs[n].metrics["oof"]["pauc_80"]) if scratch else None
     timings["total"] = time.time() - started
 
     # ---- docs/results.md
     scaled = (args.size != 128 or args.trials < 40 or args.ssl_epochs < 100 or len(seeds) < 3
               or args.epochs < 40 or args.tune_epochs < 20 or args.cv_folds < 5)
     cmd = "python benchmarks/quality.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+        f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
         if v not in ("", None, False) and k not in ("work", "data", "tag") and v != ap.get_default(k))
     a_text = (f"(a0): the base recipe of `{Path(args.search).name}`, "
               + ", ".join(f"{k} {v}" for k, v in base_recipe.items() if k not in ("bootstrap", "n_malignant")) + ".")
@@ -272,7 +284,9 @@ def main() -> None:
         best = tuned["best"]
         a_text += (f" (a): `lesionlab tune` of `{Path(args.search).name}` "
                   + (f"restricted to {args.tune_keys}, " if args.tune_keys else "")
-                  + f"{tuned['trials']} trials of {args.tune_epochs} epochs, objective {search.objective} "
+                  + f"{tuned['trials']} trials of {args.tune_epochs} epochs ({tuned['complete']} complete, "
+                  f"{tuned['pruned']} pruned, {tuned['failed']} failed; {distinct_params(qwork / 'tune')} distinct "
+                  f"parameter sets), objective {search.objective} "
                   f"({search.metric}); best trial {best['number']} (val {search.metric} {best['value']:.4f}): "
                   + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in best["params"].items())
                   + f"; trained {args.epochs} epochs.")
@@ -339,15 +353,17 @@ def main() -> None:
             lines.append(f"| {name} | {fmt_ci(d, 'roc_auc')} | {fmt_ci(d, 'average_precision')} | {fmt_ci(d, 'pauc_80')} |")
     goal = scores[chosen]
     met = roc_auc(y_test, goal["test"]) >= 0.88 and pauc_above_tpr(y_test, goal["test"]) >= 0.13
-    writes = bool(args.write_recommended and recommended and recommended != B and not args.data)
+    writes = bool(args.write_recommended and recommended and not args.data)
     lines += ["", f"Chosen on validation in the seed stage (highest val pAUC80): **{chosen}**. The issue's goal (test ROC "
               f"AUC >= 0.88 and pAUC80 >= 0.13) is {'met' if met else 'not met'} by it."]
     if cvs:
-        lines.append("Chosen on OOF for configs/recommended.yaml (the highest OOF pAUC80 among arms whose paired OOF "
-                     "interval against the baseline lies above zero): "
-                     + (f"**{recommended}**" if recommended else "none (no arm's interval lies above zero)")
+        lines.append("Chosen on OOF for configs/recommended.yaml (the highest OOF pAUC80 among from-scratch arms whose "
+                     "paired OOF interval against the baseline lies above zero): "
+                     + (f"**{recommended}**" if recommended else "none (no such arm)")
                      + ("; written to configs/recommended.yaml." if writes else
-                        "; configs/recommended.yaml is left as it was."))
+                        "; configs/recommended.yaml is left as it was.")
+                     + (f" {B} ranks higher on OOF; it needs its encoder (`lesionlab pretrain`, then `--pretrained "
+                        "ENC_DIR`), so it is the two-step recipe beside the file." if best_oof == B else ""))
     if not args.data:  # a smoke test on other data does not write the results
         update_section("quality", "\n".join(lines))
     print("\n".join(lines))
