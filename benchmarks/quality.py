@@ -256,6 +256,7 @@ def main() -> None:
     # An SSL encoder saw the OOF images without labels (it is pretrained on the whole train pool): said below.
     cvs: dict[str, Run] = {}
     oof_paired: dict[str, dict] = {}
+    oof_steps: dict[tuple[str, str], dict] = {}
     if args.cv_folds:
         t = time.time()
         slug = {"baseline": "baseline", A0: "a", A: "a_tuned", B: "b", B0: "b0"}
@@ -263,6 +264,10 @@ def main() -> None:
             cvs[name] = cv_arm(slug[name], values, data, qwork, args.cv_folds, seeds[0])
         oof_paired = {name: compare_runs([cvs["baseline"]], [run], metrics=tuple(METRICS), n_boot=args.n_boot)["metrics"]
                       for name, run in cvs.items() if name != "baseline"}
+        # what each step adds: the search over its base recipe, SSL over the same recipe from scratch
+        steps = [(A, A0), (B, a_name), (B, B0)]
+        oof_steps = {(b, a): compare_runs([cvs[a]], [cvs[b]], metrics=tuple(METRICS), n_boot=args.n_boot)["metrics"]
+                     for b, a in steps if a in cvs and b in cvs and a != b}
         timings["cv"] = time.time() - t
     # configs/recommended.yaml: the best from-scratch arm on OOF pAUC80 whose paired OOF interval lies above zero
     # (an SSL arm needs its encoder folder, so it cannot be a config file alone: it is reported beside)
@@ -351,6 +356,12 @@ def main() -> None:
                   "", "| arm | ROC AUC | AP | pAUC80 |", "|---|---|---|---|"]
         for name, d in oof_paired.items():
             lines.append(f"| {name} | {fmt_ci(d, 'roc_auc')} | {fmt_ci(d, 'average_precision')} | {fmt_ci(d, 'pauc_80')} |")
+        if oof_steps:
+            lines += ["", "What each step adds, paired on the same OOF images; B - A:", "",
+                      "| B vs A | ROC AUC | AP | pAUC80 |", "|---|---|---|---|"]
+            for (b, a), d in oof_steps.items():
+                lines.append(f"| {b} vs {a} | {fmt_ci(d, 'roc_auc')} | {fmt_ci(d, 'average_precision')} | "
+                             f"{fmt_ci(d, 'pauc_80')} |")
     goal = scores[chosen]
     met = roc_auc(y_test, goal["test"]) >= 0.88 and pauc_above_tpr(y_test, goal["test"]) >= 0.13
     writes = bool(args.write_recommended and recommended and not args.data)
