@@ -302,14 +302,17 @@ def main() -> None:
         b_text = (f" (b): `lesionlab pretrain --method {args.ssl_method} --model {ssl_model} --epochs {args.ssl_epochs} "
                   f"--batch-size {args.ssl_batch}` on the train pool ({enc_run.info['source']['n_images']} images; "
                   f"inner-val kNN ROC AUC {q0['knn_roc_auc']:.3f} before -> {q['knn_roc_auc']:.3f} after, linear probe "
-                  f"{q0['probe_roc_auc']:.3f} -> {q['probe_roc_auc']:.3f}), then the recipe of " + ("(a)" if tuned else "(a0)") + " with "
+                  f"{q0['probe_roc_auc']:.3f} -> {q['probe_roc_auc']:.3f}; {enc_run.info.get('wall_seconds', 0) / 60:.1f} "
+                  "min), then the recipe of " + ("(a)" if tuned else "(a0)") + " with "
                   "`--pretrained ENC_DIR`, same epochs.")
     else:
         b_text = " (b): not run (--ssl-epochs 0)."
     lines = [
         "## Quality: tuned recipe, SSL pretraining, ensemble (`benchmarks/quality.py`)", "",
-        f"Command: `{cmd}` (code {git_commit()}); machine: {machine()}; wall {timings['total'] / 60:.1f} min "
-        f"({', '.join(f'{k} {v / 60:.1f}' for k, v in timings.items() if k != 'total')} min)."
+        f"Command: `{cmd}` (code {git_commit()}); machine: {machine()}; wall of this invocation "
+        f"{timings['total'] / 60:.1f} min ({', '.join(f'{k} {v / 60:.1f}' for k, v in timings.items() if k != 'total')} "
+        "min; what it reused from an earlier invocation counts about 0 here, and the tables give each arm's own "
+        "training minutes)."
         + (" **A scaled run** (a shared 2-core CPU): smaller than the protocol (128 px, 3 seeds, 40 tune trials of "
            "20 epochs, 40-epoch arms, 100 SSL epochs, 5 folds); its numbers say what this budget gives, not what the "
            "recipe can reach." if scaled else ""), "",
