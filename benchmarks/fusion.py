@@ -25,6 +25,7 @@ import pandas as pd
 from _proc import measure
 from _results import ROOT, git_commit, ham10000, machine, update_section
 from lesionlab.metrics import bootstrap_ci, compute_metrics
+from lesionlab.runs import Run
 
 LESIONLAB = [sys.executable, "-m", "lesionlab"]
 KEYS = ("roc_auc", "pauc_80", "average_precision")
@@ -62,18 +63,17 @@ def _arm(oof: pd.DataFrame, preds: pd.DataFrame, threshold: float | None = None)
 
 
 def tabular_arm(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    oof = pd.read_csv(run_dir / "oof.csv", dtype={"id": str, "group": str}).set_index("id")
-    preds = pd.read_csv(run_dir / "predictions.csv", dtype={"id": str}).set_index("id")
-    return oof, preds, json.loads((run_dir / "run.json").read_text())
+    run = Run.load(run_dir)
+    return run.oof().set_index("id"), run.predictions().set_index("id"), run.info
 
 
 def image_arm(cv_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    oof = pd.read_csv(cv_dir / "oof.csv", dtype={"id": str, "group": str})
+    run = Run.load(cv_dir)
+    oof = run.oof()
     prob = oof.groupby("id")["prob"].mean()  # mean over repeats, each out of fold
     first = oof.drop_duplicates("id").set_index("id")
     oof = first.assign(prob=prob.reindex(first.index))
-    preds = pd.read_csv(cv_dir / "predictions.csv", dtype={"id": str}).drop_duplicates("id").set_index("id")
-    return oof, preds
+    return oof, run.predictions().drop_duplicates("id").set_index("id")
 
 
 def ham_part(args, work: Path) -> list[str]:
@@ -153,7 +153,7 @@ def ham_part(args, work: Path) -> list[str]:
         "Metrics with 95% stratified bootstrap intervals over images (OOF = the train pool, each image scored by "
         "the fold model that did not see it):", "", *lines, ""]
     if pairs_lines:
-        cv_info = json.loads((Path(args.image) / "run.json").read_text())
+        cv_info = Run.load(args.image).info
         text += [f"Image-only: the cv run `{args.image}` ({cv_info.get('name')}, {cv_info.get('folds')} folds, "
                  f"{cv_info.get('repeats', 1)} repeat(s); OOF = its oof.csv, test = its fold ensemble). Fusions use its "
                  "OOF scores for the train pool and its fold-ensemble scores for val/test, and its fold assignment.", "",
@@ -230,7 +230,7 @@ def isic_part(args, work: Path) -> list[str]:
     cmd = ["tabular", "--data", data, "--out", out, "--bootstrap", "200"] + (
         ["--neg-ratio", str(args.isic_neg_ratio)] if args.isic_neg_ratio else [])
     run(LESIONLAB + cmd, rows, name="tabular: features + 5-fold training + val/test")
-    info = json.loads((out / "run.json").read_text())
+    info = Run.load(out).info
     preds = base / "predict.csv"
     preds.unlink(missing_ok=True)
     run(LESIONLAB + ["predict", out, raw / "train-metadata.csv", "--out", preds], rows,

@@ -27,6 +27,7 @@ and only when a from-scratch arm's paired OOF pAUC80 interval against the baseli
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from pathlib import Path
 
@@ -44,7 +45,7 @@ from lesionlab.experiment import run_experiment
 from lesionlab.fileio import write_text
 from lesionlab.metrics import average_precision, paired_bootstrap, pauc_above_tpr, roc_auc
 from lesionlab.pretrain import pretrain
-from lesionlab.runs import Run, is_complete_run, load_predictor
+from lesionlab.runs import Run, is_complete_run, load_predictor, read_table
 from lesionlab.tune import load_search, tune
 from seed_protocol import prepared_ham
 
@@ -55,9 +56,14 @@ A0, A, B, B0 = ("(a0) the search's base recipe", "(a) tuned from scratch", "(b) 
 METRICS = {"roc_auc": roc_auc, "average_precision": average_precision, "pauc_80": pauc_above_tpr}
 
 
+@functools.cache
+def predictor(path: Path):
+    return load_predictor(path, device="auto")
+
+
 def logits(run: Run, images: np.ndarray, tta: bool) -> np.ndarray:
-    p = load_predictor(run.path, device="auto")
-    return tta_logits(p.logits, images, "d4" if tta else "none")
+    """One predictor per run, loaded once: (c) scores the same runs again with TTA."""
+    return tta_logits(predictor(run.path).logits, images, "d4" if tta else "none")
 
 
 def grouped_paired(y: np.ndarray, groups: np.ndarray, a: np.ndarray, b: np.ndarray, n_boot: int, seed: int = 0) -> dict:
@@ -96,9 +102,7 @@ def train_minutes(folders: list[Path]) -> float:
 
 def distinct_params(tune_dir: Path) -> int:
     """How many different parameter sets the study's trials tried (a repeat costs a trial and tells nothing)."""
-    import pandas as pd
-
-    table = pd.read_csv(tune_dir / "trials.csv")
+    table = read_table(tune_dir / "trials.csv")
     return len(table[[c for c in table.columns if c.startswith("param_")]].drop_duplicates())
 
 

@@ -83,7 +83,7 @@ def train_run(cfg: ExperimentConfig, out: str | os.PathLike, on_epoch: Callable[
         store = Store.open(cfg.data)
         check_evaluable(load_split(store, cfg.split), store.table)
     spawn(_spawned_run, (to_dict(cfg), str(out), plan), cfg.devices, cfg.device)
-    return {**read_json(out / "run.json"), "metrics": read_json(out / "metrics.json")}
+    return {**read_json(out / fmt.INFO), "metrics": read_json(out / fmt.METRICS)}
 
 
 def _spawned_run(cfg_dict: dict, out: str, plan: "Plan | None", world: World) -> None:

@@ -200,7 +200,7 @@ def _write(w: RunWriter, cfg, spec, engine, result, ids, y, groups, folds, tab, 
     if image is not None:
         oof["prob_image"] = image_prob["train"]
         oof["prob_tabular"] = tab["train"]
-    w.table("oof.csv", oof)
+    w.table(fmt.OOF, oof)
     gain = result.importance
     imp = pd.DataFrame({"feature": list(columns), "gain_mean": gain.mean(0), "gain_sd": gain.std(0),
                         "share": gain.mean(0) / max(gain.mean(0).sum(), 1e-12)}).sort_values("gain_mean", ascending=False)

@@ -20,6 +20,7 @@ from ..engine.trainer import predict_logits
 from ..errors import BadInputError
 from ..metrics import logit, prior_shift
 from ..models import create_model
+from . import format as fmt
 from .reader import Run, load_run
 
 
@@ -143,7 +144,7 @@ def member_path(run: Run, entry: dict) -> Path:
     """A member folder recorded by a cv or ensemble run: relative to the run first (it may have
     moved with it), else the absolute path recorded."""
     for candidate in (run.path / entry.get("relpath", ""), Path(entry.get("path", ""))):
-        if str(candidate) and (candidate / "metrics.json").exists():
+        if str(candidate) and (candidate / fmt.METRICS).exists():
             return candidate
     raise BadInputError(f"{run.path}: member {entry.get('path') or entry.get('relpath')} is not there any more "
                         "(a cv or ensemble run refers to its members' folders; keep them beside it)")

@@ -18,7 +18,8 @@ import pandas as pd
 
 from ..data.splits import Split
 from ..errors import BadInputError, LeakError, preview
-from ..runs import Run, load_run, read_table
+from ..runs import Run, load_run
+from ..runs import format as fmt
 
 IMAGE_KINDS = ("cv", "ensemble")
 
@@ -49,8 +50,8 @@ def fold_hash(run: Run) -> str | None:
 
 def open_image_run(path: str | Path) -> Run:
     run = load_run(path, IMAGE_KINDS)
-    if not (run.path / "oof.csv").exists():
-        raise BadInputError(f"{path}: no oof.csv; --image needs a cross-validated image model (`lesionlab cv`) "
+    if not (run.path / fmt.OOF).exists():
+        raise BadInputError(f"{path}: no {fmt.OOF}; --image needs a cross-validated image model (`lesionlab cv`) "
                             "with out-of-fold scores for every training image")
     return run
 
@@ -65,38 +66,38 @@ def load_image_scores(path: str | Path, split: Split, ids: dict[str, np.ndarray]
                         f"{str(run.info.get('split_sha256'))[:12]}, this data set's {split.path.name} is "
                         f"{split.sha256[:12]}); its scores of val/test images may be in-sample. Cross-validate the "
                         "image model on this split")
-    oof = read_table(run.file("oof.csv"))
+    oof = run.oof()
     need = [c for c in ("id", "fold", "prob") if c not in oof.columns]
     if need:
-        raise BadInputError(f"{run.path / 'oof.csv'}: missing column(s) {', '.join(need)}")
+        raise BadInputError(f"{run.path / fmt.OOF}: missing column(s) {', '.join(need)}")
     if "repeat" not in oof.columns:
         oof["repeat"] = 0
     train_ids = pd.Index(ids["train"].astype(str))
     extra = sorted(set(oof["id"]) - set(train_ids))
     if extra:
-        raise LeakError(f"{run.path / 'oof.csv'}: {len(extra)} scored image(s) are not in this split's train pool "
+        raise LeakError(f"{run.path / fmt.OOF}: {len(extra)} scored image(s) are not in this split's train pool "
                         f"({preview(extra)}): an image model trained on another split or data set")
     missing = train_ids.difference(pd.Index(oof["id"].unique()))
     if len(missing):
-        raise BadInputError(f"{run.path / 'oof.csv'}: {len(missing)} train-pool image(s) have no out-of-fold score "
+        raise BadInputError(f"{run.path / fmt.OOF}: {len(missing)} train-pool image(s) have no out-of-fold score "
                             f"({preview(list(missing))}): an image model trained on another split or data set")
     first = oof[oof["repeat"] == oof["repeat"].min()]
     if first["id"].duplicated().any():
-        raise BadInputError(f"{run.path / 'oof.csv'}: an id appears twice within one repeat")
+        raise BadInputError(f"{run.path / fmt.OOF}: an id appears twice within one repeat")
     folds = first.set_index("id")["fold"].astype(np.int64).reindex(train_ids)
     if "label" in oof.columns:
         lab = first.set_index("id")["label"].astype(np.int64).reindex(train_ids).to_numpy()
         wrong = np.flatnonzero(lab != labels["train"])
         if len(wrong):
-            raise BadInputError(f"{run.path / 'oof.csv'}: labels differ from this data set's for "
+            raise BadInputError(f"{run.path / fmt.OOF}: labels differ from this data set's for "
                                 f"{preview(train_ids[wrong].tolist())}: another data set")
     spread = pd.Series(folds.to_numpy()).groupby(groups).nunique()
     split_groups = spread[spread > 1].index.tolist()
     if split_groups:
-        raise LeakError(f"{run.path / 'oof.csv'}: another fold assignment: {len(split_groups)} group(s) of this "
+        raise LeakError(f"{run.path / fmt.OOF}: another fold assignment: {len(split_groups)} group(s) of this "
                         f"split fall in several folds ({preview(split_groups)}); folds must keep a group whole")
     prob = oof.groupby("id")["prob"].mean().reindex(train_ids)
-    preds = read_table(run.file("predictions.csv"))
+    preds = run.predictions()
     evaluation = preds.drop_duplicates("id").set_index("id")["prob"]
     for side in ("val", "test"):
         absent = pd.Index(ids[side].astype(str)).difference(evaluation.index)
