@@ -709,7 +709,7 @@ def pretrain(data_dir: Path, out: Path, fresh: bool, **flags) -> None:
     from .config import build_pretrain_config
     from .pretrain import pretrain as do_pretrain
 
-    cfg = build_pretrain_config({"data": str(data_dir), **{k: v for k, v in flags.items() if v is not None}}, "flags")
+    cfg = build_pretrain_config({"data": str(data_dir), **_given(flags)}, "flags")
     bar = tqdm(total=0, desc="pretrain", unit="step", file=sys.stderr, dynamic_ncols=True, mininterval=0.5, leave=False)
 
     def step(done: int, total: int) -> None:

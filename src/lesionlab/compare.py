@@ -51,7 +51,7 @@ def _oof_predictions(runs: list[Run], label: str):
         i, yy, g, p, t = oof_arrays(run.oof())
         if ids is None:
             ids, y, groups = i, yy, g
-        elif run.info.get("fold_sha256") != runs[0].info.get("fold_sha256") or not np.array_equal(ids, i):
+        elif not np.array_equal(ids, i):  # compare_cv has already refused different fold assignments
             raise BadInputError(f"{run.path} and {runs[0].path} ({label}) were cross-validated on different folds; "
                                 "their out-of-fold predictions cannot be paired")
         probs += p

@@ -194,9 +194,10 @@ class ExperimentConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> "ExperimentConfig":
         from .models import get_spec
+        from .runs.encoder import is_encoder_dir
 
         if self.pretrained not in (False, "") and not get_spec(self.model).pretrainable \
-                and not (isinstance(self.pretrained, str) and Path(self.pretrained).is_dir()):
+                and not is_encoder_dir(self.pretrained):
             raise ValueError(f"--pretrained: '{self.model}' has no pretrained weights; use a timm backbone "
                              "(see `lesionlab models`), an ENC_DIR made by `lesionlab pretrain`, or pretrained: false")
         if self.loss == "focal" and self.pos_weight is not None:

@@ -263,8 +263,8 @@ def _refused_detail(err: Exception) -> str:
 # mark, which it hides. Cells already starting with quotes before one of these get one more, so
 # that reading back (strip one quote where quotes precede one of these) is the exact inverse.
 FORMULA_START = "=+-@\t\r"
-_NEEDS_QUOTE = re.compile(r"'*[=+\-@\t\r]")
-_QUOTED = re.compile(r"'+[=+\-@\t\r]")
+_NEEDS_QUOTE = re.compile("'*[" + re.escape(FORMULA_START) + "]")
+_QUOTED = re.compile("'+[" + re.escape(FORMULA_START) + "]")
 
 
 def _is_text(column: pd.Series) -> bool:

@@ -275,6 +275,11 @@ def _ranking_samples(y: np.ndarray, prob: np.ndarray, idx) -> dict[str, np.ndarr
     return {k: np.array([f(y[i], prob[i]) for i in idx]) for k, f in funcs.items()}
 
 
+def _as_list(v) -> list[np.ndarray]:
+    """One prediction (1-D) or several of the same images, as a list of float64 arrays."""
+    return [np.asarray(v, dtype=np.float64)] if np.ndim(v) == 1 else [np.asarray(p, dtype=np.float64) for p in v]
+
+
 def paired_bootstrap(y: np.ndarray, probs_a, probs_b, thresholds_a, thresholds_b,
                      metrics=("roc_auc", "average_precision", "pauc_80", "f1"), n_boot: int = 2000, seed: int = 0,
                      level: float = 0.95, groups: np.ndarray | None = None) -> dict[str, dict[str, float]]:
@@ -286,15 +291,12 @@ def paired_bootstrap(y: np.ndarray, probs_a, probs_b, thresholds_a, thresholds_b
     bootstrap_ci). A threshold may be one value per run or, for out-of-fold predictions, an array
     with one value per image.
     """
-    def as_list(v):
-        return [np.asarray(v, dtype=np.float64)] if np.ndim(v) == 1 else [np.asarray(p, dtype=np.float64) for p in v]
-
     def thresholds(t, k):
         if isinstance(t, (list, tuple)):
             return [np.asarray(x, dtype=np.float64) for x in t]
         return [np.asarray(t, dtype=np.float64)] * k
 
-    pa, pb = as_list(probs_a), as_list(probs_b)
+    pa, pb = _as_list(probs_a), _as_list(probs_b)
     ta, tb = thresholds(thresholds_a, len(pa)), thresholds(thresholds_b, len(pb))
     y = np.asarray(y).astype(np.int8)
     idx = resample_indices(y, n_boot, seed, groups)
@@ -389,7 +391,7 @@ def metrics_with_ci(y: np.ndarray, probs, thresholds, n_boot: int = 2000, seed: 
     repeats of a cross-validation): every value is then their mean, and each resample scores all
     of them. A threshold may be one value or one per image."""
     y = np.asarray(y).astype(np.int8)
-    probs = [np.asarray(probs, dtype=np.float64)] if np.ndim(probs) == 1 else [np.asarray(p, dtype=np.float64) for p in probs]
+    probs = _as_list(probs)
     if not isinstance(thresholds, (list, tuple)):
         thresholds = [thresholds] * len(probs)
     losses = [bce_per_sample(y, logit(p)) for p in probs]

@@ -48,12 +48,11 @@ def read_metadata(store: Store) -> pd.DataFrame:
     path = store.root / ROWS_FILE
     header = pd.read_csv(path, nrows=0).columns
     keep = [c for c in header if c not in CORE_COLUMNS or c in ("id", "patient_id", "lesion_id")]
-    dtypes = {c: ("float64" if c in ISIC2024_COLUMNS and c not in ISIC2024_TEXT_COLUMNS and c != "target" else str)
-              for c in keep}
+    numeric = [c for c in keep if c in ISIC2024_COLUMNS and c not in ISIC2024_TEXT_COLUMNS and c != "target"]
     # read as text and restore the formula-safe cells (fileio.csv_safe) first: ids then match the store's,
     # and a negative number that a text column held ('-1.5 in rows.csv) reads back as -1.5
     table = csv_restore(pd.read_csv(path, usecols=keep, dtype=str, keep_default_na=False))
-    for c in [c for c, t in dtypes.items() if t == "float64"]:
+    for c in numeric:
         try:
             table[c] = pd.to_numeric(table[c].replace("", np.nan))
         except ValueError as e:

@@ -19,6 +19,7 @@ from torch import nn
 from ..data.augment import Augmenter
 from ..data.sampling import EpochSampler
 from ..metrics import bce_per_sample, compute_metrics
+from ..models.encoder import is_head_key
 from .distributed import World
 from .losses import TrainingLoss
 from .optim import make_ema, make_optimizer, make_scheduler
@@ -120,7 +121,7 @@ def predict_logits(model: nn.Module, images: np.ndarray | torch.Tensor, rt: Runt
         chunk = torch.from_numpy(np.ascontiguousarray(chunk)) if isinstance(chunk, np.ndarray) else chunk
         with rt.autocast():
             out.append(model(to_input(chunk, rt, mean, std)).reshape(-1).to(torch.float64).cpu())
-    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
+    return torch.cat(out).numpy() if out else np.zeros(0)  # float64 already, chunk by chunk
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -159,7 +160,7 @@ def _param_groups(model: nn.Module, opts: TrainOptions) -> tuple[list, list]:
         return list(model.parameters()), []
     head, encoder = [], []
     for name, p in model.named_parameters():
-        (head if name == opts.head or name.startswith(opts.head + ".") else encoder).append(p)
+        (head if is_head_key(name, opts.head) else encoder).append(p)
     if not head:
         raise ValueError(f"no parameters under the head prefix '{opts.head}'")
     return [{"params": encoder, "lr": opts.lr * opts.encoder_lr_mult}, {"params": head, "lr": opts.lr}], encoder
