@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BadInputError
+from .errors import BadInputError, first_line
 
 META_KEY = "lesionlab"
 INPUT_NAME = "image"
@@ -47,7 +47,7 @@ def _session(path: Path):
         opts.log_severity_level = 3
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types for unreadable models
-        raise BadInputError(f"{path}: not an ONNX model onnxruntime can load ({str(e).splitlines()[0][:300]})") from None
+        raise BadInputError(f"{path}: not an ONNX model onnxruntime can load ({first_line(e)})") from None
 
 
 def read_metadata(session, path: Path) -> dict:

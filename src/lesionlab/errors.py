@@ -40,3 +40,9 @@ def preview(items: Iterable[object], limit: int = 10) -> str:
     items = list(items)
     shown = ", ".join(str(i) for i in items[:limit])
     return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def first_line(exc: BaseException, limit: int | None = 300) -> str:
+    """An exception's first line of text for a one-line message (its type's name when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

@@ -25,6 +25,7 @@ from torch import nn
 
 from .data.images import DEFAULT_MAX_PIXELS, DecodeError, _decode_pil, decode_resize
 from .data.sources import read_source
+from .engine.runtime import Runtime, to_input
 from .errors import BadInputError, ExistsError, closest, preview
 from .fileio import staged_dir, write_csv, write_text
 
@@ -85,10 +86,8 @@ def _quiet_scorecam() -> Iterator[None]:
 
 
 def _normalise(images: np.ndarray, mean, std, device) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float()
-    m = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
-    s = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
-    return ((x - m) / s).contiguous()
+    """The model's float32 input, contiguous NCHW (CAM libraries hook plain layouts)."""
+    return to_input(torch.from_numpy(np.ascontiguousarray(images)), Runtime(device, False, False), mean, std)
 
 
 def cam_maps(model: nn.Module, images: np.ndarray, mean, std, layer: nn.Module, method: str = "gradcam",

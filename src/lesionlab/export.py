@@ -24,7 +24,7 @@ from torch import nn
 from . import __version__
 from .calibration import isotonic_segments
 from .deploy import INPUT_DOC, INPUT_NAME, OUTPUT_DOC, OUTPUT_NAME, load_onnx_predictor, metadata_props
-from .errors import BadInputError, ExistsError, LesionLabError
+from .errors import BadInputError, ExistsError, LesionLabError, first_line
 from .fileio import atomic_path
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ def failing_layer(exc: BaseException, scorer: _Scorer, example: torch.Tensor) ->
 
 def _explain_failure(exc: BaseException, scorer: _Scorer, example: torch.Tensor, fmt: str, name: str) -> BadInputError:
     layer = failing_layer(exc, scorer, example)
-    reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    reason = first_line(exc)
     where = f" in {layer}" if layer else ""
     return BadInputError(f"model '{name}' does not export to {fmt}{where}: {reason}")
 

@@ -37,7 +37,7 @@ from .fileio import atomic_path, load_checkpoint
 from .models import create_model, get_spec
 from .runs import RunWriter, check_new_run_folder
 from .runs import format as fmt
-from .runs.encoder import encoder_checkpoint
+from .runs.encoder import encoder_checkpoint, state_dir
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,6 @@ BANK_MAX = 3000
 STATE = "state.pt"
 # config keys that may change between an interrupted run and its resumption
 _MAY_CHANGE = ("eval_every", "device", "precision", "num_threads")
-
-
-def state_dir(out: Path) -> Path:
-    return out.parent / f".{out.name}.pretrain-state"
 
 
 @dataclass
@@ -187,7 +183,7 @@ def pretrain(cfg: PretrainConfig, out: str | os.PathLike, on_epoch: Callable[[di
     opts = SSLOptions(cfg.method, cfg.epochs, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.warmup_epochs, cfg.seed,
                       0 if spec.fixed_size else cfg.local_views, cfg.temperature)
     n = len(data.positions)
-    trainer = SSLTrainer(model, size, opts, rt, len(_epoch_batches(n, cfg.batch_size, cfg.seed, 0)))
+    trainer = SSLTrainer(model, size, opts, rt, n // cfg.batch_size)  # full batches per epoch (_epoch_batches)
     history, start = _resume(trainer, cfg, out, fresh)
     resumed_from = start if start else None
 

@@ -40,7 +40,7 @@ from typing import Any, Callable
 import yaml
 
 from .config import KEYS, ExperimentConfig, build_config, load_yaml
-from .errors import BadInputError, LesionLabError, closest
+from .errors import BadInputError, LesionLabError, closest, first_line
 from .fileio import pid_alive, read_json, write_text
 
 log = logging.getLogger(__name__)
@@ -232,7 +232,7 @@ def open_storage(url: str | None, tune_dir: Path):
             return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180,
                                               heartbeat_stale_trial_callback=retry)
     except Exception as e:  # sqlalchemy, driver and OS errors come in many types
-        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise BadInputError(f"--storage {url}: cannot be opened ({type(e).__name__}: {reason})") from None
 
 
@@ -482,7 +482,7 @@ def _figures(study, tune_dir: Path) -> dict:
             out[name] = str(path.relative_to(tune_dir))
         except (ValueError, RuntimeError, ZeroDivisionError) as e:  # too few trials, nothing varied, ...
             out[name] = None
-            out[f"{name}_note"] = str(e).splitlines()[0] if str(e) else type(e).__name__
+            out[f"{name}_note"] = first_line(e, limit=None)
             plt.close("all")
     return out
 

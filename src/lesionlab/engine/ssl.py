@@ -74,7 +74,7 @@ class ViewMaker:
 
     def set_epoch(self, epoch: int) -> None:
         for k, a in enumerate(self.augmenters):
-            a.generator.manual_seed(self.seed * 100_003 + epoch * 101 + k)
+            a.set_epoch(self.seed, epoch * 101 + k)
 
     def __call__(self, batch: torch.Tensor) -> list[torch.Tensor]:
         return [a(batch) for a in self.augmenters]

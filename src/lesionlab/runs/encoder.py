@@ -46,11 +46,16 @@ def encoder_checkpoint(model: str, image_size: int, method: str, feature_dim: in
             "format_version": fmt.FORMAT_VERSION}
 
 
+def state_dir(out: Path) -> Path:
+    """Where `lesionlab pretrain` keeps an unfinished pretraining of ENC_DIR `out`, beside it."""
+    return out.parent / f".{out.name}.pretrain-state"
+
+
 def load_encoder(path: str | os.PathLike) -> EncoderWeights:
     path = Path(path)
     if not is_complete_run(path):
         hint = (" (pretraining has not finished: run the same `lesionlab pretrain` command again to resume it)"
-                if any(path.parent.glob(f".{path.name}.pretrain-state")) else "")
+                if state_dir(path).exists() else "")
         raise BadInputError(f"--pretrained {path}: not a complete encoder folder (needs {', '.join(fmt.REQUIRED)} "
                             f"and {fmt.ENCODER}){hint}")
     run = Run.load(path)
