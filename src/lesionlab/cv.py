@@ -24,7 +24,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +44,7 @@ from .metrics import ThresholdRule, ci_unit, metrics_with_ci, parse_prevalence
 from .runs import Run, RunWriter, is_complete_run, load_run, oof_arrays
 from .runs import format as fmt
 from .runs.predictor import average_probabilities
-from .sweep import PlannedRun, run_sweep
+from .sweep import PlannedRun, run_sweep, spawn_local_workers
 
 log = logging.getLogger(__name__)
 
@@ -302,16 +301,7 @@ def start_local_workers(cfg: ExperimentConfig, out: Path, k: int, repeats: int, 
                         workers: int) -> int:
     """`workers` claiming cv processes on this machine, the cores split between them; the plan is
     written first so that they all find it. Returns the worst exit code."""
-    import subprocess
-
-    from .data.parallel import cpu_count
-
     prepare_cv(cfg, out, k, repeats, fold_seed)
-    threads = max(1, cpu_count() // workers)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "LESIONLAB_NUM_THREADS": str(threads)}
-    cmd = [sys.executable, "-m", "lesionlab", "cv", str(out / CV_CONFIG), "--out", str(out), "--folds", str(k),
-           "--repeats", str(repeats), "--claim", "--no-finish"]
-    if fold_seed is not None:
-        cmd += ["--fold-seed", str(fold_seed)]
-    procs = [subprocess.Popen(cmd, env=env) for _ in range(workers)]
-    return max(p.wait() for p in procs)
+    args = ["cv", str(out / CV_CONFIG), "--out", str(out), "--folds", str(k), "--repeats", str(repeats), "--claim",
+            "--no-finish"] + (["--fold-seed", str(fold_seed)] if fold_seed is not None else [])
+    return spawn_local_workers(lambda i: args, workers)

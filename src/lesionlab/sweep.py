@@ -206,9 +206,9 @@ def run_sweep(planned: list[PlannedRun], run: Callable[[ExperimentConfig, Path],
     return {"done": done, "skipped": skipped, "failed": failed, "elsewhere": others}
 
 
-def run_local_workers(sweep_file: Path, workers: int, extra_args: list[str]) -> int:
-    """Start `workers` claiming sweep processes on this machine, splitting the cores between
-    them, and wait for all; returns the worst exit code."""
+def spawn_local_workers(args_of: Callable[[int], list[str]], workers: int) -> int:
+    """`workers` processes `python -m lesionlab ARGS` on this machine (worker i gets args_of(i)),
+    the cores split between them; waits for all and returns the worst exit code."""
     import subprocess
     import sys
 
@@ -216,6 +216,10 @@ def run_local_workers(sweep_file: Path, workers: int, extra_args: list[str]) -> 
 
     threads = max(1, cpu_count() // workers)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "LESIONLAB_NUM_THREADS": str(threads)}
-    cmd = [sys.executable, "-m", "lesionlab", "sweep", str(sweep_file), "--claim", *extra_args]
-    procs = [subprocess.Popen(cmd, env=env) for _ in range(workers)]
+    procs = [subprocess.Popen([sys.executable, "-m", "lesionlab", *args_of(i)], env=env) for i in range(workers)]
     return max(p.wait() for p in procs)
+
+
+def run_local_workers(sweep_file: Path, workers: int, extra_args: list[str]) -> int:
+    """`workers` claiming sweep processes on this machine."""
+    return spawn_local_workers(lambda i: ["sweep", str(sweep_file), "--claim", *extra_args], workers)

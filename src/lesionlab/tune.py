@@ -30,8 +30,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import subprocess
-import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -409,13 +407,10 @@ def tune(search: Search, data: str, tune_dir: str | os.PathLike, n_trials: int, 
 
 def run_local_workers(search_file: Path, workers: int, args: list[str]) -> int:
     """`workers` tune processes on this machine sharing one storage, the cores split between them."""
-    from .data.parallel import cpu_count
+    from .sweep import spawn_local_workers
 
-    threads = max(1, cpu_count() // workers)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "LESIONLAB_NUM_THREADS": str(threads)}
-    procs = [subprocess.Popen([sys.executable, "-m", "lesionlab", "tune", str(search_file), *args,
-                               "--worker-index", str(i), "--no-summary"], env=env) for i in range(workers)]
-    return max(p.wait() for p in procs)
+    return spawn_local_workers(lambda i: ["tune", str(search_file), *args, "--worker-index", str(i), "--no-summary"],
+                               workers)
 
 
 # ---------------------------------------------------------------- results
