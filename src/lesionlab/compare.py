@@ -71,11 +71,7 @@ def compare_runs(runs_a: list[Run], runs_b: list[Run], metrics=COMPARE_METRICS, 
                             "(different data sets or splits); a paired comparison needs the same test set")
     if groups_b is None:
         groups = None  # resample whole groups only where both sides know them
-    unit = _unit(runs_a, groups)
-    result = paired_bootstrap(y, probs_a, probs_b, thr_a, thr_b, metrics, n_boot, seed,
-                              groups=groups if unit != "image" else None)
-    return {"a": [str(r.path) for r in runs_a], "b": [str(r.path) for r in runs_b], "on": "test", "n_test": int(len(y)),
-            "n_boot": n_boot, "unit": unit, "metrics": result}
+    return _paired(runs_a, runs_b, "test", y, groups, probs_a, probs_b, thr_a, thr_b, metrics, n_boot, seed)
 
 
 def compare_cv(runs_a: list[Run], runs_b: list[Run], metrics=COMPARE_METRICS, n_boot: int = 2000, seed: int = 0) -> dict:
@@ -91,10 +87,16 @@ def compare_cv(runs_a: list[Run], runs_b: list[Run], metrics=COMPARE_METRICS, n_
     ids_b, _, _, probs_b, thr_b = _oof_predictions(runs_b, "B")
     if not np.array_equal(ids_a, ids_b):
         raise BadInputError(f"{runs_a[0].path} and {runs_b[0].path}: different out-of-fold images")
+    return _paired(runs_a, runs_b, "oof", y, groups, probs_a, probs_b, thr_a, thr_b, metrics, n_boot, seed)
+
+
+def _paired(runs_a: list[Run], runs_b: list[Run], on: str, y, groups, probs_a, probs_b, thr_a, thr_b, metrics,
+            n_boot: int, seed: int) -> dict:
+    """The paired bootstrap of B - A on aligned predictions, over whole groups where the runs know them."""
     unit = _unit(runs_a, groups)
     result = paired_bootstrap(y, probs_a, probs_b, thr_a, thr_b, metrics, n_boot, seed,
                               groups=groups if unit != "image" else None)
-    return {"a": [str(r.path) for r in runs_a], "b": [str(r.path) for r in runs_b], "on": "oof", "n_test": int(len(y)),
+    return {"a": [str(r.path) for r in runs_a], "b": [str(r.path) for r in runs_b], "on": on, "n_test": int(len(y)),
             "n_boot": n_boot, "unit": unit, "metrics": result}
 
 

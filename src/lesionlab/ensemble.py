@@ -17,7 +17,7 @@ import pandas as pd
 
 from . import plots
 from .choices import ENSEMBLE_MEANS
-from .data.splits import group_keys, load_split
+from .data.splits import group_keys, load_split, split_name
 from .data.store import Store
 from .data.tta import check_mode
 from .errors import BadInputError
@@ -78,10 +78,6 @@ def _check_preprocessing(members: list[tuple[Run, ModelPredictor]]) -> None:
                 f"{shift0 or 'none'} and {run.path} to {(p.prior_shift or {}).get('to') or 'none'}; use one --prevalence")
 
 
-def _split_name(split_file: str) -> str:
-    return "" if split_file == "split.json" else split_file.removeprefix("split-").removesuffix(".json")
-
-
 def build_ensemble(members: list[str | os.PathLike], out: str | os.PathLike, mean: str = "prob", tta: str | None = None,
                    threshold: str | None = None, data: str | os.PathLike | None = None, n_boot: int = 2000, seed: int = 0,
                    name: str = "", device: str = "auto", batch_size: int = 256) -> dict:
@@ -108,7 +104,7 @@ def build_ensemble(members: list[str | os.PathLike], out: str | os.PathLike, mea
     if store.content_hash != first.info["store_hash"]:
         raise BadInputError(f"{store.root}: not the data set the members were trained on (store hash differs); "
                             "pass --data with the right DATA_DIR")
-    split = load_split(store, _split_name(first.info["split_file"]))
+    split = load_split(store, split_name(first.info["split_file"]))
     if split.sha256 != first.info["split_sha256"]:
         raise BadInputError(f"{split.path}: differs from the split the members were judged on; pass --data with the right DATA_DIR")
     table = store.table

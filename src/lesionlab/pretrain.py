@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from .config import PretrainConfig
-from .data.leak_guard import find_copies
+from .data.leak_guard import find_copies, index_references
 from .data.splits import group_keys, load_split
 from .data.store import Store
 from .engine.runtime import MEAN, STD, resolve_runtime
@@ -89,7 +89,7 @@ def _refuse_eval_images(other: Store, store: Store, eval_pos: np.ndarray, origin
     def at(images: np.ndarray) -> np.ndarray:
         return resize_batch(torch.from_numpy(np.ascontiguousarray(images)), size).numpy()
 
-    refs = at(store.pixels(eval_pos))
+    refs = index_references(at(store.pixels(eval_pos)))  # once, not per chunk
     hits = []
     n = len(other.table)
     for start in range(0, n, 2048):

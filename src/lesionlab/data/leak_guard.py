@@ -40,12 +40,16 @@ def exact_hashes(images: np.ndarray) -> list[str]:
     return [hashlib.sha1(np.ascontiguousarray(im).tobytes()).hexdigest() for im in images]
 
 
-def find_copies(candidates: np.ndarray, references: np.ndarray, threshold: float = NEAR_COPY,
+def index_references(references: np.ndarray) -> tuple[np.ndarray, dict]:
+    """The references' signatures and exact hashes, to check many candidate chunks against them."""
+    return signatures(references), {h: j for j, h in enumerate(exact_hashes(references))}
+
+
+def find_copies(candidates: np.ndarray, references: np.ndarray | tuple, threshold: float = NEAR_COPY,
                 batch: int = 1024) -> list[tuple[int, int, float]]:
     """(candidate index, reference index, similarity) for every candidate whose most similar
-    reference is an exact or near copy."""
-    ref_sig = signatures(references)
-    ref_hash = {h: j for j, h in enumerate(exact_hashes(references))}
+    reference is an exact or near copy. `references`: images, or their index_references()."""
+    ref_sig, ref_hash = references if isinstance(references, tuple) else index_references(references)
     hits = []
     for start in range(0, len(candidates), batch):
         chunk = candidates[start:start + batch]

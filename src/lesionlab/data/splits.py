@@ -58,6 +58,11 @@ def split_path(data_dir: Path, name: str = "") -> Path:
     return Path(data_dir) / (f"split-{name}.json" if name else "split.json")
 
 
+def split_name(file_name: str) -> str:
+    """The inverse of split_path: the split name a run recorded by its split file's name."""
+    return "" if file_name == "split.json" else file_name.removeprefix("split-").removesuffix(".json")
+
+
 def group_keys(table: pd.DataFrame, group: str) -> tuple[np.ndarray, str]:
     """One key per row; rows with an empty group value stand alone (keyed by their id)."""
     if group not in GROUP_CHOICES:
