@@ -254,6 +254,12 @@ def build_pretrain_config(values: dict, origin: str = "flags") -> PretrainConfig
     return _validated(PretrainConfig, values, origin, tuple(values) if origin == "flags" else ())
 
 
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The config model a field holds (itself, or inside an Optional/Union), if any."""
+    return next((a for a in (annotation, *typing.get_args(annotation))
+                 if isinstance(a, type) and issubclass(a, BaseModel)), None)
+
+
 def _field(loc: tuple, config: type[BaseModel] | None = None) -> tuple[str, Any]:
     """(dotted key, pydantic FieldInfo or None) of an error location such as ('synthetic', 'n') or
     ('n_malignant', 'int') (a Union's branch tag after the key), in `config` (default ExperimentConfig)."""
@@ -265,8 +271,7 @@ def _field(loc: tuple, config: type[BaseModel] | None = None) -> tuple[str, Any]
             break  # a Union branch, list index, ...: the key is what came before
         parts.append(str(part))
         field = fields[part]
-        model = next((a for a in (field.annotation, *typing.get_args(field.annotation))
-                      if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        model = _nested_model(field.annotation)
     return ".".join(parts), field
 
 
@@ -276,9 +281,8 @@ def _known_keys(loc: tuple, config: type[BaseModel] | None = None) -> tuple[str,
     _, parent = _field(tuple(loc)[:-1], config)
     if parent is None:
         return keys
-    nested = [a for a in (parent.annotation, *typing.get_args(parent.annotation))
-              if isinstance(a, type) and issubclass(a, BaseModel)]
-    return tuple(nested[0].model_fields) if nested else keys
+    nested = _nested_model(parent.annotation)
+    return tuple(nested.model_fields) if nested else keys
 
 
 def _describe(annotation: Any) -> str:
