@@ -10,8 +10,11 @@ Complete runs are skipped, so an interrupted benchmark resumes.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import time
 from pathlib import Path
+
+import pandas as pd
 
 from _results import ROOT, git_commit, ham10000, machine, update_section
 from lesionlab.data.sources import read_source
@@ -23,9 +26,22 @@ from lesionlab.runs import find_runs
 from lesionlab.sweep import plan, run_sweep
 
 
+def _same_images(data: Path, source: Path) -> bool:
+    """Whether a store prepared earlier holds exactly the manifest's images, byte for byte. ../shared is
+    copied afresh onto each machine, which changes the files' times and so the fingerprint that prepare
+    compares; the md5 of every file, kept in the store's table from the manifest, says whether the bytes did."""
+    if not (data / "store.json").exists() or not (data / "rows.csv").exists():
+        return False
+    rows = pd.read_csv(data / "rows.csv", dtype=str, keep_default_na=False)
+    if not {"md5", "locator"} <= set(rows) or len(rows) != len(pd.read_csv(source / "manifest.csv", usecols=["path"])):
+        return False
+    return all(hashlib.md5((source / p).read_bytes()).hexdigest() == m for p, m in zip(rows["locator"], rows["md5"]))
+
+
 def prepared_ham(work: Path, size: int = 128) -> Path:
     data = work / f"ham{size}"
-    prepare(read_source(ham10000()), data, size=size)
+    if not _same_images(data, ham10000()):
+        prepare(read_source(ham10000()), data, size=size)
     store = Store.open(data)
     save_split(make_split(store, (50, 1000), (50, 1000), seed=0), split_path(data))
     return data

@@ -42,6 +42,11 @@ def test_rerun_reuses_and_other_source_refused(tmp_path, manifest, sample_manife
     assert prepare(read_source(manifest), out, size=16)[1] == "reused"
     with pytest.raises(ExistsError, match="another source or size"):
         prepare(read_source(manifest), out, size=20)
+    # the same source whose files changed since (here one file's time): said as such, not "another source"
+    first = manifest.parent / Store.open(out).table["locator"][0]
+    os.utime(first, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns + 10**9))
+    with pytest.raises(ExistsError, match="images of .* changed since it was prepared"):
+        prepare(read_source(manifest), out, size=16)
 
 
 def test_non_empty_folder_refused(tmp_path, manifest):

@@ -106,7 +106,10 @@ def test_undersampling_report_and_compare(isic):
     cli("report", isic["root"] / "runs", "--out", report, "--n-boot", "50")
     md = (report / "report.md").read_text()
     assert "lightgbm on metadata" in md and "importance.png" in md and "out of fold (train pool)" in md
-    r = cli("compare", isic["run"], under, "--n-boot", "50")
+    # two tabular runs on other folds (another seed): not paired out of fold unless asked for the test images
+    r = cli("compare", isic["run"], under, "--n-boot", "50", ok=False)
+    assert r.exit_code == 2 and "different folds" in r.output and "--on test" in r.output
+    r = cli("compare", isic["run"], under, "--n-boot", "50", "--on", "test")
     assert "paired bootstrap on the same 58 test images" in r.output
 
 
@@ -158,6 +161,15 @@ def test_fused_run_end_to_end_on_tiny_images(isic, cv_model, tmp_path):
     got = pd.read_csv(tmp_path / "l.csv", dtype={"id": str}).set_index("id")
     test = lp[lp["split"] == "test"].set_index("id")
     assert np.abs(got.loc[test.index, "prob"].to_numpy() - test["prob"].to_numpy()).max() < 1e-4
+
+    # compare pairs the fused run with its image cv on the same out-of-fold images (same folds, same lesions);
+    # a metadata-only run has folds of its own, so pairing it on OOF is refused by name
+    r = cli("compare", tmp_path / "cv", run, "--n-boot", "50")
+    assert f"same {len(oof)} out-of-fold images" in r.output and "roc_auc" in r.output
+    r = cli("compare", isic["run"], run, "--n-boot", "50", ok=False)
+    assert r.exit_code == 2 and "different folds" in r.output and "--image CV_DIR" in r.output
+    r = cli("compare", cv_model, run, "--n-boot", "50", "--on", "oof", ok=False)
+    assert r.exit_code == 2 and "image-model is a train run without out-of-fold predictions" in r.output
 
     # the image model changed under the run (another fold assignment): predict refuses
     doc = json.loads((tmp_path / "cv" / "run.json").read_text())

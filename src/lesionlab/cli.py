@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .choices import ENSEMBLE_MEANS, FITS, FORMATS, GROUP_CHOICES, POLICIES, TTA_MODES
+from .choices import COMPARE_ON, ENSEMBLE_MEANS, FITS, FORMATS, GROUP_CHOICES, POLICIES, TTA_MODES
 from .errors import LesionLabError
 
 PREPARE_FORMATS = tuple(f for f in FORMATS if f != "images")  # loose image files carry no labels
@@ -454,15 +454,19 @@ def report(runs_dir: Path, out: Path, title: str, baseline: str | None, n_boot: 
 @click.argument("run_b", type=click.Path(path_type=Path))
 @click.option("--n-boot", default=2000, show_default=True, help="bootstrap resamples")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--on", "on", default="auto", show_default=True, type=click.Choice(COMPARE_ON),
+              help="images to pair on: out-of-fold (cv and tabular runs on the same folds) or test; auto = "
+                   "out-of-fold where both sides have it")
 @click.option("--json", "json_out", default=None, type=click.Path(path_type=Path), help="also write the result as JSON")
-def compare(run_a: Path, run_b: Path, n_boot: int, seed: int, json_out: Path | None) -> None:
-    """Paired bootstrap difference B - A on the same test images (ROC AUC, AP, pAUC80, F1).
+def compare(run_a: Path, run_b: Path, n_boot: int, seed: int, on: str, json_out: Path | None) -> None:
+    """Paired bootstrap difference B - A on the same images (ROC AUC, AP, pAUC80, F1): out-of-fold
+    images when both sides are cv or tabular runs on the same folds, else the split's test images.
 
     RUN_A and RUN_B are run folders, or folders of runs of one experiment (its seeds)."""
     from .compare import compare_runs, format_comparison, load_side
     from .fileio import write_json
 
-    res = compare_runs(load_side(run_a), load_side(run_b), n_boot=n_boot, seed=seed)
+    res = compare_runs(load_side(run_a), load_side(run_b), n_boot=n_boot, seed=seed, on=on)
     for line in format_comparison(res, str(run_a), str(run_b)):
         click.echo(line)
     if json_out:

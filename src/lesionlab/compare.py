@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .choices import COMPARE_ON
 from .errors import BadInputError
 from .metrics import ci_unit, paired_bootstrap
 from .runs import Run, find_runs, is_complete_run, oof_arrays
@@ -14,9 +15,13 @@ from .runs import Run, find_runs, is_complete_run, oof_arrays
 COMPARE_METRICS = ("roc_auc", "average_precision", "pauc_80", "f1")
 
 
+# runs with out-of-fold predictions of the whole train pool: two of them are paired on those images
+OOF_KINDS = ("cv", "tabular")
+
+
 def load_side(path: str | Path) -> list[Run]:
-    """A run folder (train, cv or ensemble), or a folder of runs (e.g. the seeds of one experiment)."""
-    runs = find_runs(path, ("train", "cv", "ensemble")) if not is_complete_run(path) else [Run.load(path)]
+    """A run folder (train, cv, ensemble or tabular), or a folder of runs (e.g. the seeds of one experiment)."""
+    runs = find_runs(path, ("train", "cv", "ensemble", "tabular")) if not is_complete_run(path) else [Run.load(path)]
     if not runs:
         raise BadInputError(f"{path}: holds no complete run")
     return runs
@@ -39,7 +44,7 @@ def _test_predictions(runs: list[Run], label: str) -> tuple[np.ndarray, np.ndarr
 
 
 def _unit(runs: list[Run], groups: np.ndarray | None) -> str:
-    rule = runs[0].info.get("group_rule")
+    rule = runs[0].group_rule
     return ci_unit(rule) if groups is not None and rule else "image"
 
 
@@ -60,9 +65,17 @@ def _oof_predictions(runs: list[Run], label: str):
 
 
 def compare_runs(runs_a: list[Run], runs_b: list[Run], metrics=COMPARE_METRICS, n_boot: int = 2000,
-                 seed: int = 0) -> dict:
-    """B - A: on the out-of-fold images when both sides are cross-validations, else on the test images."""
-    if all(r.kind == "cv" for r in runs_a + runs_b):
+                 seed: int = 0, on: str = "auto") -> dict:
+    """B - A on the out-of-fold images or on the test images. 'auto': out-of-fold when both sides have them
+    (cv and tabular runs), else test. Out-of-fold pairs need the same fold assignment on both sides."""
+    if on not in COMPARE_ON:
+        raise BadInputError(f"--on must be one of {', '.join(COMPARE_ON)}, got '{on}'")
+    has_oof = all(r.kind in OOF_KINDS for r in runs_a + runs_b)
+    if on == "oof" and not has_oof:
+        raise BadInputError("--on oof: " + ", ".join(f"{r.path} is a {r.kind} run" for r in runs_a + runs_b
+                                                      if r.kind not in OOF_KINDS)
+                            + f" without out-of-fold predictions (only {' and '.join(OOF_KINDS)} runs have them)")
+    if on != "test" and has_oof:
         return compare_cv(runs_a, runs_b, metrics, n_boot, seed)
     ids_a, y, probs_a, thr_a, groups = _test_predictions(runs_a, "A")
     ids_b, _, probs_b, thr_b, groups_b = _test_predictions(runs_b, "B")
@@ -75,14 +88,14 @@ def compare_runs(runs_a: list[Run], runs_b: list[Run], metrics=COMPARE_METRICS, 
 
 
 def compare_cv(runs_a: list[Run], runs_b: list[Run], metrics=COMPARE_METRICS, n_boot: int = 2000, seed: int = 0) -> dict:
-    """Paired on the same out-of-fold images; refused unless every cv has the same fold assignment."""
-    hashes = {r.info.get("fold_sha256") for r in runs_a + runs_b}
+    """Paired on the same out-of-fold images; refused unless every run has the same fold assignment."""
+    hashes = {r.fold_sha256 for r in runs_a + runs_b}
     if len(hashes) > 1:
-        detail = ", ".join(f"{r.path} ({str(r.info.get('fold_sha256'))[:12]}, {r.info.get('folds')} folds, "
-                           f"fold seed {r.info.get('fold_seed')})" for r in runs_a + runs_b)
-        raise BadInputError("the cross-validations were run on different folds, so their out-of-fold predictions "
-                            f"cannot be paired: {detail}; run both with the same --folds, --repeats and fold seed "
-                            "on the same split")
+        detail = ", ".join(f"{r.path} ({r.kind}, fold hash {str(r.fold_sha256)[:12]})" for r in runs_a + runs_b)
+        raise BadInputError("the runs were cross-validated on different folds, so their out-of-fold predictions "
+                            f"cannot be paired: {detail}; run cv with the same --folds, --repeats and fold seed on "
+                            "the same split (a tabular run takes a cv's folds with --image CV_DIR), or pair them on "
+                            "the test images with --on test")
     ids_a, y, groups, probs_a, thr_a = _oof_predictions(runs_a, "A")
     ids_b, _, _, probs_b, thr_b = _oof_predictions(runs_b, "B")
     if not np.array_equal(ids_a, ids_b):

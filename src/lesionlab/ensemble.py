@@ -12,7 +12,6 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from . import plots
@@ -25,7 +24,7 @@ from .fileio import write_json
 from .metrics import ThresholdRule, ci_unit, metrics_with_ci
 from .runs import Run, RunWriter, find_runs, is_complete_run, load_run
 from .runs import format as fmt
-from .runs.predictor import ModelPredictor, average_probabilities, load_model_predictor, member_path
+from .runs.predictor import EnsemblePredictor, ModelPredictor, average_probabilities, load_model_predictor, member_path
 
 
 def expand_members(paths: list[str | os.PathLike]) -> list[tuple[Run, str | None]]:
@@ -96,9 +95,9 @@ def build_ensemble(members: list[str | os.PathLike], out: str | os.PathLike, mea
     predictors = [load_model_predictor(r, device) for r in runs]
     pairs = list(zip(runs, predictors))
     _check_preprocessing(pairs)
+    ensemble = EnsemblePredictor(predictors, threshold=float("nan"), mean=mean)  # the threshold is chosen on val below
     if tta is not None:
-        for p in predictors:
-            p.set_tta(tta)
+        ensemble.set_tta(tta)
     first = runs[0]
     store = Store.open(data or first.info["data"])
     if store.content_hash != first.info["store_hash"]:
@@ -116,7 +115,7 @@ def build_ensemble(members: list[str | os.PathLike], out: str | os.PathLike, mea
     for side in ("val", "test"):
         pos = split.positions(table, side)
         images = store.pixels(pos)
-        member_scores[side] = np.stack([p.probabilities(images, batch_size) for p in predictors])
+        member_scores[side] = ensemble.member_probabilities(images, batch_size)
         scores[side] = (pos, average_probabilities(member_scores[side], mean))
     rule = ThresholdRule.parse(threshold if threshold is not None else first.config.get("threshold", "0.5"))
     pos_val, prob_val = scores["val"]

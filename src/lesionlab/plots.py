@@ -1,4 +1,5 @@
-"""Figures of a run: confusion matrix and training curves (as in the seed notebook), ROC and PR."""
+"""Figures of a run: confusion matrix and training curves (as in the seed notebook), ROC and PR,
+and the pretraining curves of an encoder. save() is the one way a figure reaches disk (atomically)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,9 +14,10 @@ from .fileio import atomic_path  # noqa: E402
 from .metrics import average_precision, confusion, pauc_above_tpr, pr_curve, roc_auc, roc_curve  # noqa: E402
 
 
-def _save(fig, path: Path) -> None:
+def save(fig, path: Path, dpi: int = 100) -> None:
+    """Write a figure as PNG without leaving half a file, then free it."""
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -32,7 +34,7 @@ def confusion_matrix(y: np.ndarray, prob: np.ndarray, threshold: float, path: Pa
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"{title} (threshold {threshold:.3g})", fontsize=10)
-    _save(fig, path)
+    save(fig, path)
 
 
 def training_curves(history: list[dict], path: Path, best_epoch: int | None = None) -> None:
@@ -47,7 +49,7 @@ def training_curves(history: list[dict], path: Path, best_epoch: int | None = No
         ax.set_xlabel("epoch")
         ax.set_title(label, fontsize=10)
         ax.legend(fontsize=8)
-    _save(fig, path)
+    save(fig, path)
 
 
 def roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> None:
@@ -61,7 +63,7 @@ def roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> None:
     ax.set_ylabel("true positive rate (sensitivity)")
     ax.set_title("ROC (pAUC80: area above the red line)", fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
-    _save(fig, path)
+    save(fig, path)
 
 
 def precision_recall(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> None:
@@ -76,7 +78,7 @@ def precision_recall(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Pat
     ax.set_ylim(0, 1.02)
     ax.set_title("precision-recall (dotted: prevalence)", fontsize=10)
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save(fig, path)
 
 
 def reliability_diagram(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str = "",
@@ -106,7 +108,7 @@ def reliability_diagram(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: 
     hist.set_yscale("log")
     hist.set_xlabel("predicted probability (malignant)")
     hist.set_ylabel("images")
-    _save(fig, path)
+    save(fig, path)
 
 
 def cam_gallery(rows: list[tuple[str, list[tuple[np.ndarray, np.ndarray, str]]]], path: Path, title: str) -> None:
@@ -127,7 +129,7 @@ def cam_gallery(rows: list[tuple[str, list[tuple[np.ndarray, np.ndarray, str]]]]
             axrow[3 * j].text(1.02, -0.04, caption.replace("\n", "  "), fontsize=7, ha="center", va="top",
                               transform=axrow[3 * j].transAxes)
     fig.suptitle(title, fontsize=10)
-    _save(fig, path)
+    save(fig, path)
 
 
 def forest(rows: list[dict], metrics: list[tuple[str, str]], path: Path, baseline: str, title: str = "") -> None:
@@ -159,7 +161,7 @@ def forest(rows: list[dict], metrics: list[tuple[str, str]], path: Path, baselin
     axes[0][0].set_ylim(-0.7, n - 0.3)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    save(fig, path)
 
 
 def feature_importance(names: list[str], gain: np.ndarray, path: Path, top: int = 25) -> None:
@@ -171,4 +173,20 @@ def feature_importance(names: list[str], gain: np.ndarray, path: Path, top: int 
     ax.set_yticks(np.arange(len(names))[::-1], names, fontsize=8)
     ax.set_xlabel(f"share of the top {len(names)} features' gain (mean over folds)")
     ax.set_title("feature importance", fontsize=10)
-    _save(fig, path)
+    save(fig, path)
+
+
+def ssl_curves(history: list[dict], path: Path) -> None:
+    """`lesionlab pretrain`: the SSL loss per epoch, and the encoder's inner-validation kNN and probe scores."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    trained = [r for r in history if r["loss"] is not None]
+    a.plot([r["epoch"] for r in trained], [r["loss"] for r in trained], marker=".")
+    a.set(xlabel="epoch", ylabel="SSL loss", title="pretraining loss")
+    scored = [r for r in history if r.get("knn_roc_auc") is not None]
+    for key in ("knn_roc_auc", "probe_roc_auc"):
+        b.plot([r["epoch"] for r in scored], [r[key] for r in scored], marker="o", label=key.replace("_", " "))
+    b.set(xlabel="epoch", ylabel="inner-val ROC AUC", title="encoder quality")
+    b.legend()
+    fig.tight_layout()
+    save(fig, path, dpi=90)

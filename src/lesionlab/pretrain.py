@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import plots
 from .config import PretrainConfig
 from .data.leak_guard import find_copies, index_references
 from .data.splits import group_keys, load_split
@@ -238,29 +239,7 @@ def _write(cfg: PretrainConfig, out: Path, data: PretrainData, trainer: SSLTrain
                                       rt.channels_last, MEAN, STD), w.path / fmt.ENCODER)
         w.table(fmt.HISTORY, pd.DataFrame(history), float_format=None)
         w.table(fmt.PRETRAIN_IDS, pd.DataFrame({"id": ids}), float_format=None)
-        _curves(history, w.path / fmt.FIGURES_DIR / "pretrain_curves.png")
+        plots.ssl_curves(history, w.path / fmt.FIGURES_DIR / "pretrain_curves.png")
         w.finish(cfg.model_dump(mode="json"), info, metrics)
     shutil.rmtree(state_dir(out), ignore_errors=True)
     return {**info, "metrics": metrics}
-
-
-def _curves(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
-    trained = [r for r in history if r["loss"] is not None]
-    a.plot([r["epoch"] for r in trained], [r["loss"] for r in trained], marker=".")
-    a.set(xlabel="epoch", ylabel="SSL loss", title="pretraining loss")
-    scored = [r for r in history if r.get("knn_roc_auc") is not None]
-    for key in ("knn_roc_auc", "probe_roc_auc"):
-        b.plot([r["epoch"] for r in scored], [r[key] for r in scored], marker="o", label=key.replace("_", " "))
-    b.set(xlabel="epoch", ylabel="inner-val ROC AUC", title="encoder quality")
-    b.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)

@@ -51,10 +51,15 @@ def _fmt(v: float, digits: int = 3) -> str:
 
 
 def summarise(runs: list[Run], metric: str, split: str = "test") -> dict:
-    values = np.array([r.metrics[split][metric] for r in runs], dtype=float)
+    """One metric over the seeds of an experiment: mean, sd, n, the seeds' mean 95% interval (ci, and as
+    lo / hi for the forest plot) and each seed's value; nan where a run lacks the metric."""
+    values = np.array([r.metrics[split].get(metric, np.nan) for r in runs], dtype=float)
     cis = np.array([r.metrics[split].get("ci95", {}).get(metric, [np.nan, np.nan]) for r in runs], dtype=float)
-    return {"mean": float(np.nanmean(values)), "sd": float(np.nanstd(values, ddof=1)) if len(values) > 1 else float("nan"),
-            "n": len(values), "ci": [float(np.nanmean(cis[:, 0])), float(np.nanmean(cis[:, 1]))]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-nan means of runs that lack the metric
+        lo, hi = float(np.nanmean(cis[:, 0])), float(np.nanmean(cis[:, 1]))
+        return {"mean": float(np.nanmean(values)), "sd": float(np.nanstd(values, ddof=1)) if len(values) > 1 else float("nan"),
+                "n": len(values), "ci": [lo, hi], "lo": lo, "hi": hi, "seeds": values.tolist()}
 
 
 def summary_cell(s: dict) -> str:
@@ -348,23 +353,13 @@ def _html_figure(src: Path, caption: str, wide: bool = False) -> str:
             f"alt='{html.escape(caption, quote=True)}'><figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
-def _metric_values(members: list[Run], key: str, split: str = "test") -> dict:
-    """Mean over seeds, the seeds' mean 95% interval and each seed's value (nan where a run lacks it)."""
-    vals = np.array([r.metrics[split].get(key, np.nan) for r in members], dtype=float)
-    cis = np.array([r.metrics[split].get("ci95", {}).get(key, [np.nan, np.nan]) for r in members], dtype=float)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-nan means of runs that lack the metric
-        return {"mean": float(np.nanmean(vals)), "lo": float(np.nanmean(cis[:, 0])), "hi": float(np.nanmean(cis[:, 1])),
-                "seeds": vals.tolist()}
-
-
 def _add_overview(md: list, body: list, groups: "OrderedDict[str, list[Run]]", baseline: str | None,
                   figures_dir: Path) -> None:
     """The forest plot at the top: each experiment's test metrics with their intervals, against the baseline."""
     from . import plots
 
     ref = baseline if baseline in groups else next(iter(groups))
-    rows = [{"name": name, **{k: _metric_values(members, k) for k, _ in OVERVIEW_METRICS}}
+    rows = [{"name": name, **{k: summarise(members, k) for k, _ in OVERVIEW_METRICS}}
             for name, members in groups.items()]
     metrics = [(k, label) for k, label in OVERVIEW_METRICS if any(np.isfinite(r[k]["mean"]) for r in rows)]
     path = figures_dir / "experiments_forest.png"
@@ -390,9 +385,7 @@ def _add_calibration(md: list, body: list, groups: "OrderedDict[str, list[Run]]"
             cal += f", prior shift to {members[0].config['prevalence']}"
         cells = []
         for split, key in (("test", "ece"), ("test", "brier"), ("val", "ece"), ("val", "brier")):
-            v = _metric_values(members, key, split)
-            cells.append(summary_cell({"mean": v["mean"], "sd": float(np.nanstd(v["seeds"], ddof=1)) if len(members) > 1
-                                       else float("nan"), "n": len(members), "ci": [v["lo"], v["hi"]]}))
+            cells.append(summary_cell(summarise(members, key, split)))
         rows.append([name, cal] + cells)
         try:
             preds = [r.predictions("test") for r in members]

@@ -451,12 +451,11 @@ def write_summary(study, search: Search, tune_dir: Path, n_trials: int) -> dict:
 
 
 def _figures(study, tune_dir: Path) -> dict:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import optuna
     from optuna.visualization import matplotlib as ovm
+
+    from . import plots
 
     out, folder = {}, tune_dir / "figures"
     folder.mkdir(exist_ok=True)
@@ -469,11 +468,7 @@ def _figures(study, tune_dir: Path) -> dict:
             fig.set_size_inches(7, 4)
             fig.tight_layout()
             path = folder / f"{name}.png"
-            from .fileio import atomic_path
-
-            with atomic_path(path) as tmp:
-                fig.savefig(tmp, dpi=90, format="png")
-            plt.close(fig)
+            plots.save(fig, path, dpi=90)
             out[name] = str(path.relative_to(tune_dir))
         except (ValueError, RuntimeError, ZeroDivisionError) as e:  # too few trials, nothing varied, ...
             out[name] = None

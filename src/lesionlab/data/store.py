@@ -181,17 +181,20 @@ def _content_hash(rows_sha: str, size: int, fit: str, fingerprint: str) -> str:
     return hashlib.sha256(f"{rows_sha}\0{size}\0{fit}\0{fingerprint}".encode()).hexdigest()
 
 
-def _check_out(out: Path, fingerprint: str, size: int, fit: str) -> str:
+def _check_out(out: Path, fingerprint: str, size: int, fit: str, location: str) -> str:
     """'reuse', 'resume' or 'new'; refuses a folder holding anything else."""
     if (out / STORE_FILE).exists():
         meta = read_json(out / STORE_FILE)
-        if (meta.get("source", {}).get("fingerprint"), meta.get("size"), meta.get("fit")) == (fingerprint, size, fit):
+        held = meta.get("source", {})
+        if (held.get("fingerprint"), meta.get("size"), meta.get("fit")) == (fingerprint, size, fit):
             return "reuse"
-        raise ExistsError(
-            f"{out}: already holds a prepared data set from another source or size "
-            f"(source {meta.get('source', {}).get('location')}, size {meta.get('size')}, fit {meta.get('fit')}); "
-            "choose another --out or delete it first"
-        )
+        if (held.get("location"), meta.get("size"), meta.get("fit")) == (location, size, fit):
+            what = (f"the images of {location} changed since it was prepared (a file was added, removed, resized "
+                    "or rewritten: the names, sizes and modification times differ)")
+        else:
+            what = (f"another source or size (source {held.get('location')}, size {meta.get('size')}, "
+                    f"fit {meta.get('fit')})")
+        raise ExistsError(f"{out}: already holds a prepared data set of {what}; choose another --out or delete it first")
     if (out / PROGRESS_FILE).exists():
         prog = read_json(out / PROGRESS_FILE)
         if (prog.get("fingerprint"), prog.get("size"), prog.get("fit")) == (fingerprint, size, fit):
@@ -242,7 +245,7 @@ def prepare(source: Source, out: str | os.PathLike, size: int = 128, fit: str = 
 def _prepare(source: Source, out: Path, size: int, fit: str, skip_bad: bool, workers: int | None,
              progress: Callable[[int, int], None] | None, max_pixels: int) -> tuple[Path, str]:
     fingerprint = source.fingerprint()
-    state = _check_out(out, fingerprint, size, fit)
+    state = _check_out(out, fingerprint, size, fit, str(source.location))
     if state == "reuse":
         return out, "reused"
     table = source.table.reset_index(drop=True)

@@ -55,6 +55,19 @@ class Run:
         return self.config.get("name") or self.info.get("name") or self.path.name
 
     @property
+    def fold_sha256(self) -> str | None:
+        """The fingerprint of the fold assignment behind the out-of-fold predictions: a cv run records it, a
+        tabular run under folds.hash (the image cv's own when it was given --image CV_DIR)."""
+        if self.kind == "tabular":
+            return (self.info.get("folds") or {}).get("hash")
+        return self.info.get("fold_sha256")
+
+    @property
+    def group_rule(self) -> str | None:
+        """The split's group column (lesion_id, patient_id) that intervals resample whole; None when unknown."""
+        return self.info.get("group_rule") or (self.info.get("group") if self.kind == "tabular" else None)
+
+    @property
     def seed(self) -> int:
         return int(self.config.get("seed", 0))
 
@@ -69,8 +82,11 @@ class Run:
         return df[df["split"] == split].reset_index(drop=True) if split else df
 
     def oof(self) -> pd.DataFrame:
-        """A cv run's out-of-fold predictions: id, group, fold, repeat, label, prob, threshold."""
-        return read_table(self.file(fmt.OOF))
+        """A cv or tabular run's out-of-fold predictions: id, group, fold, repeat, label, prob, threshold."""
+        table = read_table(self.file(fmt.OOF))
+        if "threshold" not in table:  # a tabular run keeps its one threshold, chosen on val, in run.json
+            table["threshold"] = float(self.info.get("threshold", 0.5))
+        return table
 
     def history(self) -> pd.DataFrame:
         return pd.read_csv(self.file(fmt.HISTORY))

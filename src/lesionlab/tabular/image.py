@@ -39,13 +39,8 @@ class ImageScores:
     def record(self) -> dict:
         """What a run keeps to recognise this image model later (predict checks it)."""
         return {"path": str(self.run.path.resolve()), "kind": self.run.kind,
-                "split_sha256": self.run.info.get("split_sha256"), "folds_hash": fold_hash(self.run),
+                "split_sha256": self.run.info.get("split_sha256"), "folds_hash": self.run.fold_sha256,
                 "n_folds": self.n_folds, "repeats": self.repeats}
-
-
-def fold_hash(run: Run) -> str | None:
-    """The image run's fold-assignment fingerprint, as `lesionlab cv` records it (an ensemble has none)."""
-    return run.info.get("fold_sha256")
 
 
 def open_image_run(path: str | Path) -> Run:
@@ -114,7 +109,7 @@ def check_same_image_run(record: dict, where: str) -> Run:
         run = open_image_run(path)
     except BadInputError as e:
         raise BadInputError(f"{where}: the run is fused with the image model at {path}, which cannot be read: {e}") from None
-    if run.info.get("split_sha256") != record.get("split_sha256") or fold_hash(run) != record.get("folds_hash"):
+    if run.info.get("split_sha256") != record.get("split_sha256") or run.fold_sha256 != record.get("folds_hash"):
         raise LeakError(f"{where}: the image model at {path} is no longer the one this run was trained with "
                         "(another split or another fold assignment); train the tabular run again")
     return run
