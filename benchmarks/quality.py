@@ -118,6 +118,18 @@ def operating_points(runs: list[Run]) -> dict[str, str]:
     return out
 
 
+def cv_table(cvs: dict[str, Run]) -> list[str]:
+    """Markdown rows: each cv arm's OOF metrics, its fold ensemble's test metrics and its training minutes."""
+    lines = ["| arm | OOF ROC AUC | OOF AP | OOF pAUC80 | fold-ensemble test ROC AUC | test AP | test pAUC80 "
+             "| train min (all folds) |", "|---|---|---|---|---|---|---|---|"]
+    for name, run in cvs.items():
+        o, te = run.metrics["oof"], run.metrics["test"]
+        minutes = train_minutes(sorted(p.parent for p in (run.path / "folds").glob("*/run.json")))
+        lines.append(f"| {name} | {o['roc_auc']:.3f} | {o['average_precision']:.3f} | {o['pauc_80']:.4f} | "
+                     f"{te['roc_auc']:.3f} | {te['average_precision']:.3f} | {te['pauc_80']:.4f} | {minutes:.1f} |")
+    return lines
+
+
 def fused_arm(cv: Run, fusion: str, data: Path, work: Path) -> Run:
     """The metadata model fused with a cv arm's image scores: `lesionlab tabular --image CV_DIR --fusion F`
     (its folds are the cv's, so it pairs with the cv on the same OOF images)."""
@@ -404,13 +416,7 @@ def main() -> None:
                   "folds) is scored once on the test set."
                   + (" The SSL encoder was pretrained on the whole train pool, so it saw each fold's OOF images without "
                      "labels." if enc_run else ""), "",
-                  "| arm | OOF ROC AUC | OOF AP | OOF pAUC80 | fold-ensemble test ROC AUC | fold-ensemble test pAUC80 "
-                  "| train min (all folds) |", "|---|---|---|---|---|---|---|"]
-        for name, run in cvs.items():
-            o, te = run.metrics["oof"], run.metrics["test"]
-            minutes = train_minutes(sorted(p.parent for p in (run.path / "folds").glob("*/run.json")))
-            lines.append(f"| {name} | {o['roc_auc']:.3f} | {o['average_precision']:.3f} | {o['pauc_80']:.4f} | "
-                         f"{te['roc_auc']:.3f} | {te['pauc_80']:.4f} | {minutes:.1f} |")
+                  *cv_table(cvs)]
         lines += ["", "Paired against the baseline's cv on the same OOF images (whole lesions resampled); B - baseline:",
                   "", "| arm | ROC AUC | AP | pAUC80 |", "|---|---|---|---|"]
         for name, d in oof_paired.items():

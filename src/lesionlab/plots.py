@@ -1,5 +1,6 @@
 """Figures of a run: confusion matrix and training curves (as in the seed notebook), ROC and PR,
-and the pretraining curves of an encoder. save() is the one way a figure reaches disk (atomically)."""
+the pretraining curves of an encoder and the synthetic images' distance check. save() is the one way a
+figure reaches disk (atomically)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -190,3 +191,15 @@ def ssl_curves(history: list[dict], path: Path) -> None:
     b.legend()
     fig.tight_layout()
     save(fig, path, dpi=90)
+
+
+def distance_histogram(syn: np.ndarray, real: np.ndarray, title: str, path: Path) -> None:
+    """`lesionlab synth check`: synthetic images' distances to their nearest real one, beside real-to-real."""
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    bins = np.linspace(0, max(syn.max(), real.max()) * 1.05, 40)
+    ax.hist(real, bins=bins, alpha=0.6, density=True, label="real -> nearest other real")
+    ax.hist(syn, bins=bins, alpha=0.6, density=True, label="synthetic -> nearest real")
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("distance")
+    ax.legend(fontsize=8)
+    save(fig, path)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import plots
 from ..data.images import decode_resize
 from ..data.sources import read_source
 from ..errors import BadInputError
@@ -37,26 +38,6 @@ def _synthetic_images(source: Path, n: int, seed: int) -> tuple[np.ndarray, dict
 
 def _embed(path: Path) -> str:
     return f"<img src='data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}'>"
-
-
-def _histogram(syn: np.ndarray, real: np.ndarray, title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..fileio import atomic_path
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    bins = np.linspace(0, max(syn.max(), real.max()) * 1.05, 40)
-    ax.hist(real, bins=bins, alpha=0.6, density=True, label="real -> nearest other real")
-    ax.hist(syn, bins=bins, alpha=0.6, density=True, label="synthetic -> nearest real")
-    ax.set_title(title, fontsize=10)
-    ax.set_xlabel("distance")
-    ax.legend(fontsize=8)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
 
 
 def check(source: str | Path, data_dir: str | Path, features_run: str | Path, out: str | Path | None = None,
@@ -115,8 +96,8 @@ def check(source: str | Path, data_dir: str | Path, features_run: str | Path, ou
     closest = np.argsort(d_pix)[:k]
     pairs = np.stack([x for i in closest for x in (syn[i], real[nn_pix[i]])])
     write_bytes(figs / "closest_pairs.png", grid_png(pairs, 2))
-    _histogram(d_pix, d_pix_rr, "nearest-neighbour distance, pixels (32x32)", figs / "nn_pixels.png")
-    _histogram(d_feat, d_feat_rr, "nearest-neighbour distance, features", figs / "nn_features.png")
+    plots.distance_histogram(d_pix, d_pix_rr, "nearest-neighbour distance, pixels (32x32)", figs / "nn_pixels.png")
+    plots.distance_histogram(d_feat, d_feat_rr, "nearest-neighbour distance, features", figs / "nn_features.png")
     write_json(out / "check.json", result)
     md = render_markdown(result)
     write_text(out / "check.md", md)
