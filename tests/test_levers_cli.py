@@ -42,11 +42,14 @@ def test_every_lever_in_one_run(small_data, tmp_path):
     assert ((scored["prob_x"] >= m["test"]["threshold"]).astype(int) == scored["decision"]).all()
 
 
-def test_focal_loss_and_balanced_sampler(small_data, tmp_path):
+def test_focal_loss_balanced_sampler_and_mixup(small_data, tmp_path):
     cli("train", "--data", small_data, "--out", tmp_path / "r", *SMALL, "--loss", "focal", "--focal-gamma", "1.5",
-        "--sampler", "balanced", "--ratio", "natural", "--augment", "heavy")
+        "--sampler", "balanced", "--ratio", "natural", "--augment", "heavy", "--mixup", "0.4")
     info = json.loads((tmp_path / "r" / "run.json").read_text())
     assert info["levers"]["sampler"] == "balanced" and info["draw"]["benign"] > info["draw"]["malignant"]
+    assert info["levers"]["mixup"] == 0.4
+    history = pd.read_csv(tmp_path / "r" / "history.csv")
+    assert history["train_loss"].notna().all() and history["train_roc_auc"].between(0, 1).all()
 
 
 @pytest.mark.slow

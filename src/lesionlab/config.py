@@ -84,6 +84,8 @@ class ExperimentConfig(BaseModel):
     focal_alpha: float = Field(0.25, ge=0, le=1, description="focal loss weight of the malignant class")
     focal_gamma: float = Field(2.0, ge=0, description="focal loss focusing exponent")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="label smoothing of the training targets")
+    mixup: float = Field(0.0, ge=0, le=10, description="mixup: blend each training image and its target with another "
+                         "of the batch, weight ~ Beta(alpha, alpha) per image (0 = off; 0.2-0.4 is usual)")
     ema: float = Field(0.0, ge=0, lt=1, description="weight EMA decay (0 = off; --ema alone = 0.999)")
     monitor: Literal["val_loss", "val_f1", "val_roc_auc", "val_average_precision", "val_pauc_80"] = Field(
         "val_loss", description="validation metric that picks the checkpoint kept")

@@ -163,7 +163,7 @@ def _options(cfg: ExperimentConfig, pos_weight: float | None) -> TrainOptions:
         epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, optimizer=cfg.optimizer,
         weight_decay=cfg.weight_decay, scheduler=cfg.scheduler, warmup_epochs=cfg.warmup_epochs, loss=cfg.loss,
         pos_weight=pos_weight, focal_alpha=cfg.focal_alpha, focal_gamma=cfg.focal_gamma,
-        label_smoothing=cfg.label_smoothing, augment=cfg.augment, monitor=cfg.resolved_monitor(),
+        label_smoothing=cfg.label_smoothing, augment=cfg.augment, mixup=cfg.mixup, monitor=cfg.resolved_monitor(),
         patience=cfg.patience if cfg.early_stop else 0, ema=cfg.ema, eval_batch_size=cfg.eval_batch_size,
         measure_compute=cfg.measure_compute, encoder_lr_mult=cfg.encoder_lr_mult,
         linear_probe_epochs=cfg.linear_probe_epochs)
@@ -311,7 +311,7 @@ def _run_info(cfg: ExperimentConfig, out: Path, inp: Inputs, result: TrainResult
         "synthetic": inp.syn.info if inp.syn else None,
         "levers": {"loss": cfg.loss, "pos_weight": pos_weight, "sampler": cfg.sampler, "augment": cfg.augment,
                    "optimizer": cfg.optimizer, "scheduler": cfg.scheduler, "ema": cfg.ema,
-                   "pretrained": cfg.pretrained, "label_smoothing": cfg.label_smoothing,
+                   "pretrained": cfg.pretrained, "label_smoothing": cfg.label_smoothing, "mixup": cfg.mixup,
                    "encoder_lr_mult": cfg.encoder_lr_mult, "linear_probe_epochs": cfg.linear_probe_epochs},
         "epochs_run": len(result.history),
         "stopped_early": result.stopped_early,

@@ -22,6 +22,7 @@ from ..metrics import bce_per_sample, compute_metrics
 from ..models.encoder import is_head_key
 from .distributed import World
 from .losses import TrainingLoss
+from .mixup import Mixup
 from .optim import make_ema, make_optimizer, make_scheduler
 from .runtime import MEAN, STD, Runtime, to_input
 
@@ -44,6 +45,7 @@ class TrainOptions:
     focal_gamma: float = 2.0
     label_smoothing: float = 0.0
     augment: str = "none"
+    mixup: float = 0.0  # Beta(alpha, alpha) weight of mixup (engine/mixup.py); 0 = off
     monitor: str = "val_loss"
     patience: int = 0  # stop after this many epochs without a better `monitor` (0 = never)
     ema: float = 0.0
@@ -189,11 +191,13 @@ def train(model: nn.Module, batches: Batches, val_x: np.ndarray, val_y: np.ndarr
     scheduler = make_scheduler(optimizer, opts.scheduler, steps * opts.epochs, int(round(opts.warmup_epochs * steps)))
     ema = make_ema(model, opts.ema)
     augment = Augmenter(opts.augment, opts.seed)
+    mixup = Mixup(opts.mixup, opts.seed)
     history, best, best_state, best_epoch, stopped = [], None, None, 0, False
     loop_seconds, loop_images = 0.0, 0
     for epoch in range(1, opts.epochs + 1):
         model.train()
         augment.set_epoch(opts.seed, epoch)
+        mixup.set_epoch(opts.seed, epoch)
         position_batches = batches.positions(epoch - 1)
         logits_all, y_all = [], []
         frozen = encoder_params if epoch <= opts.linear_probe_epochs else None
@@ -201,8 +205,10 @@ def train(model: nn.Module, batches: Batches, val_x: np.ndarray, val_y: np.ndarr
         for images, labels in prefetch(batches.load(p) for p in position_batches):
             x = to_input(augment(images), rt)
             y = labels.to(rt.device, non_blocking=True)
-            logits_all.append(_step(net, loss_fn, optimizer, x, y, rt, frozen).detach())
-            y_all.append(y)
+            x, target = mixup(x, y)
+            logits_all.append(_step(net, loss_fn, optimizer, x, target, rt, frozen).detach())
+            # training metrics need hard labels: a mixed image counts as the class of its larger share
+            y_all.append(y if not mixup.active else (target > 0.5).to(y.dtype))
             if scheduler is not None:
                 scheduler.step()
             if ema is not None:
