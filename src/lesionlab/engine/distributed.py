@@ -146,11 +146,22 @@ def check_devices(devices: int, num_nodes: int, device: str) -> None:
 
 def _worker(local_rank: int, local_size: int, port: int, device: str, fn, args) -> None:
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "LESIONLAB_DEVICE": device})
-    world = _join(local_rank, local_size, local_rank, local_size)
+    run_in_world(lambda world: fn(*args, world=world), _join(local_rank, local_size, local_rank, local_size))
+
+
+def run_in_world(fn, world: World, destroy: bool = True):
+    """fn(world), then every process waits at a barrier until all are done; with `destroy`, the group is
+    torn down before the process exits. A process that tore the group down while another still wrote its
+    run folder was seen to abort in gloo's teardown (SIGABRT, "terminate called without an active
+    exception", 1 run in 3 on a 2-core CPU). Under torchrun the group outlives one run (a cv's folds
+    run one after another in the same processes), so it is kept there."""
     try:
-        fn(*args, world=world)
+        result = fn(world)
+        dist.barrier()
+        return result
     finally:
-        dist.destroy_process_group()
+        if destroy:
+            dist.destroy_process_group()
 
 
 def spawn(fn, args: tuple, devices: int, device: str = "auto") -> None:
