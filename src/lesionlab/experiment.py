@@ -25,7 +25,7 @@ from .data.splits import Split, check_evaluable, group_keys, load_split
 from .data.store import Store
 from .data.synthetic import CombinedImages, SyntheticPart, load_synthetic
 from .data.tta import tta_logits
-from .engine.distributed import World, check_devices, from_environment, run_in_world, spawn
+from .engine.distributed import World, check_devices, from_environment, spawn
 from .engine.runtime import MEAN, STD, Runtime, resolve_runtime
 from .engine.trainer import Batches, TrainOptions, TrainResult, predict_sharded, train
 from .errors import BadInputError
@@ -68,8 +68,9 @@ def train_run(cfg: ExperimentConfig, out: str | os.PathLike, on_epoch: Callable[
     out = Path(out)
     world = from_environment()
     if world is not None:
-        return run_in_world(lambda w: run_experiment(cfg, out, on_epoch if w.is_main else None, w, plan), world,
-                            destroy=False)
+        result = run_experiment(cfg, out, on_epoch if world.is_main else None, world, plan)
+        world.barrier()  # leave together: rank 0 has written the run folder (the group stays for a cv's next fold)
+        return result
     if cfg.num_nodes > 1:
         raise BadInputError(
             f"--num-nodes {cfg.num_nodes}: a run over several machines is started by torchrun on every node, e.g. "

@@ -13,8 +13,10 @@ processes before any metric is computed; only rank 0 writes the run folder.
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,6 +50,11 @@ class World:
         out: list = [None] * self.size
         dist.all_gather_object(out, array)
         return out
+
+    def barrier(self) -> None:
+        """Wait until every process gets here (nothing to wait for alone)."""
+        if self.distributed:
+            dist.barrier()
 
     def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
         """DistributedDataParallel with synchronised BatchNorm (or the model itself alone)."""
@@ -146,22 +153,17 @@ def check_devices(devices: int, num_nodes: int, device: str) -> None:
 
 def _worker(local_rank: int, local_size: int, port: int, device: str, fn, args) -> None:
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "LESIONLAB_DEVICE": device})
-    run_in_world(lambda world: fn(*args, world=world), _join(local_rank, local_size, local_rank, local_size))
-
-
-def run_in_world(fn, world: World, destroy: bool = True):
-    """fn(world), then every process waits at a barrier until all are done; with `destroy`, the group is
-    torn down before the process exits. A process that tore the group down while another still wrote its
-    run folder was seen to abort in gloo's teardown (SIGABRT, "terminate called without an active
-    exception", 1 run in 3 on a 2-core CPU). Under torchrun the group outlives one run (a cv's folds
-    run one after another in the same processes), so it is kept there."""
-    try:
-        result = fn(world)
-        dist.barrier()
-        return result
-    finally:
-        if destroy:
-            dist.destroy_process_group()
+    world = _join(local_rank, local_size, local_rank, local_size)
+    fn(*args, world=world)  # an exception goes to the parent through torch.multiprocessing, as it should
+    world.barrier()  # every process has finished its part (rank 0 has written the run folder)
+    # Then leave without the interpreter's teardown: there, gloo's threads and the process group's
+    # destructors were seen to abort a finished worker now and then (SIGABRT, "terminate called without
+    # an active exception", about 1 run in 15 of the 2-process test on a 2-core CPU, before and after a
+    # destroy_process_group), which failed a run whose results were complete. Nothing is left to do.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def spawn(fn, args: tuple, devices: int, device: str = "auto") -> None:
