@@ -97,12 +97,13 @@ def cam_maps(model: nn.Module, images: np.ndarray, mean, std, layer: nn.Module, 
 
     cls = _cam_class(method)
     model.eval()
-    device = next(model.parameters()).device
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype  # a --precision 64 run's model takes float64 input
     out = []
     with cls(model=model, target_layers=[layer]) as cam, (_quiet_scorecam() if method == "scorecam" else contextlib.nullcontext()):
         cam.batch_size = batch_size  # ScoreCAM's masked forward passes per batch
         for start in range(0, len(images), batch_size):
-            x = _normalise(images[start:start + batch_size], mean, std, device)
+            x = _normalise(images[start:start + batch_size], mean, std, device).to(dtype)
             try:
                 maps = cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(1)] * len(x))
             except ValueError as e:
