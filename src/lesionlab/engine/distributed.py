@@ -157,9 +157,9 @@ def _worker(local_rank: int, local_size: int, port: int, device: str, fn, args) 
     fn(*args, world=world)  # an exception goes to the parent through torch.multiprocessing, as it should
     world.barrier()  # every process has finished its part (rank 0 has written the run folder)
     # Then leave without the interpreter's teardown: there, gloo's threads and the process group's
-    # destructors were seen to abort a finished worker now and then (SIGABRT, "terminate called without
-    # an active exception", about 1 run in 15 of the 2-process test on a 2-core CPU, before and after a
-    # destroy_process_group), which failed a run whose results were complete. Nothing is left to do.
+    # destructors were seen to abort a finished worker (SIGABRT, "terminate called without an active
+    # exception") in 3 of 14 runs of the 2-process test on a 2-core CPU, and still in 1 of about 45 with
+    # a barrier before destroy_process_group, failing runs whose results were complete. Nothing is left to do.
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
