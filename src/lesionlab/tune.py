@@ -37,6 +37,7 @@ from typing import Any, Callable
 
 import yaml
 
+from . import plots  # before pyplot is imported anywhere here (optuna's figures too): file-only backend
 from .config import KEYS, ExperimentConfig, build_config, load_yaml
 from .errors import BadInputError, LesionLabError, closest, first_line
 from .fileio import pid_alive, read_json, write_text
@@ -454,8 +455,6 @@ def _figures(study, tune_dir: Path) -> dict:
     import matplotlib.pyplot as plt
     import optuna
     from optuna.visualization import matplotlib as ovm
-
-    from . import plots
 
     out, folder = {}, tune_dir / "figures"
     folder.mkdir(exist_ok=True)
