@@ -156,7 +156,10 @@ def test_fused_run_end_to_end_on_tiny_images(isic, cv_model, tmp_path):
     from lesionlab.tabular.fusion import rank_average
 
     expect = rank_average(lp["prob_image"], lp["prob_tabular"], lo["prob_image"], lo["prob_tabular"])
-    assert np.abs(expect - lp["prob"]).max() < 1e-4
+    # the CSVs hold 6 significant digits: a rounded score can cross a reference score that it was beside,
+    # which moves its mid-rank by at most 1/len(reference) and the average of two ranks by half that
+    gap = np.abs(expect - lp["prob"])
+    assert gap.max() <= 1 / (2 * len(lo)) + 1e-6 and np.median(gap) < 1e-6
     cli("predict", late, pair, "--out", tmp_path / "l.csv", "--workers", "1")
     got = pd.read_csv(tmp_path / "l.csv", dtype={"id": str}).set_index("id")
     test = lp[lp["split"] == "test"].set_index("id")
