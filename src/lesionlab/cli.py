@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 import types
 import typing
 from pathlib import Path
@@ -31,6 +32,15 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except LesionLabError as e:
             _fail(e)
+        except OSError as e:
+            # a read-only or full filesystem met anywhere (not only in fileio's write helpers, which
+            # say so themselves): these errors can only come from writing, so they name where
+            from .fileio import WRITE_ONLY_ERRNOS, unwritable
+
+            err = unwritable(e) if e.errno in WRITE_ONLY_ERRNOS else None
+            if err is None:
+                raise
+            _fail(err)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -41,10 +51,64 @@ def main(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-def _progress_bar(desc: str):
+class _LineProgress:
+    """The part of tqdm's interface used here, written as a plain line every EVERY seconds (and one
+    at the end) instead of a bar: when stderr is a log file or a pipe, tqdm's carriage-return
+    updates would fill it with hundreds of partial lines."""
+
+    EVERY = 5.0
+
+    def __init__(self, desc: str, unit: str, total: int = 0):
+        self.desc, self.unit, self.total, self.n = desc, unit, total or 0, 0
+        self.postfix = ""
+        self._last = time.monotonic()
+        self._shown = ""
+
+    def _line(self) -> str:
+        if self.total:
+            return f"{self.desc}: {self.n}/{self.total} {self.unit} ({100 * self.n / self.total:.0f}%){self.postfix}"
+        return f"{self.desc}: {self.n} {self.unit}{self.postfix}"
+
+    def refresh(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last >= self.EVERY:
+            line = self._line()
+            if line != self._shown and (self.n or self.total):
+                click.echo(line, err=True)
+                self._shown = line
+            self._last = now
+
+    def update(self, k: int = 1) -> None:
+        self.n += k
+        self.refresh()
+
+    def reset(self, total: int | None = None) -> None:
+        self.n, self.total = 0, total or 0
+
+    def set_postfix(self, values: dict, refresh: bool = True) -> None:
+        self.postfix = "  " + "  ".join(f"{k} {v}" for k, v in values.items())
+        if refresh:
+            self.refresh()
+
+    def clear(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.refresh(force=True)
+
+
+def _bar(desc: str, unit: str = "img", total: int = 0, leave: bool = True, mininterval: float = 0.5):
+    """A tqdm bar on a terminal, else a line every few seconds (_LineProgress)."""
+    if not sys.stderr.isatty():
+        return _LineProgress(desc, unit, total)
     from tqdm import tqdm
 
-    bar = tqdm(total=0, desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, mininterval=mininterval,
+                leave=leave)
+
+
+def _progress_bar(desc: str):
+    bar = _bar(desc)
 
     def update(done: int, total: int) -> None:
         bar.total = total
@@ -75,7 +139,7 @@ def _max_pixels_option(func):
 @click.option("--fit", default="stretch", show_default=True, type=click.Choice(FITS),
               help="how non-square images become square")
 @click.option("--skip-bad", is_flag=True, help="drop unreadable or missing images (and say how many)")
-@click.option("--workers", default=0, help="decoding processes (0 = one per core)")
+@click.option("--workers", default=0, type=click.IntRange(min=0), help="decoding processes (0 = one per core)")
 @_max_pixels_option
 def prepare(source: Path, out: Path, size: int, fmt: str, fit: str, skip_bad: bool, workers: int,
             max_pixels: int) -> None:
@@ -294,10 +358,12 @@ def _print_cv(res: dict, out: Path) -> None:
 @click.option("--folds", "n_folds", default=5, show_default=True, help="K: folds over the split's train pool")
 @click.option("--repeats", default=1, show_default=True, help="repeat the K folds with reshuffled assignments")
 @click.option("--fold-seed", default=None, type=int, help="seed of the fold assignment (default: --seed)")
-@click.option("--workers", default=1, show_default=True, help="claiming processes to train folds on this machine")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="claiming processes to train folds on this machine")
 @click.option("--claim", is_flag=True, help="take folds through lock files (workers sharing CV_DIR)")
-@click.option("--task-index", default=None, type=int, help="job array: this task's index; task i trains folds i, i+N, ...")
-@click.option("--task-count", default=None, type=int, help="job array: number of tasks")
+@click.option("--task-index", default=None, type=click.IntRange(min=0),
+              help="job array: this task's index; task i trains folds i, i+N, ...")
+@click.option("--task-count", default=None, type=click.IntRange(min=1), help="job array: number of tasks")
 @click.option("--no-finish", "no_finish", is_flag=True, hidden=True, help="train folds only (a worker)")
 @_config_options
 def cv(config_file: Path | None, out: Path, n_folds: int, repeats: int, fold_seed: int | None, workers: int, claim: bool,
@@ -333,10 +399,11 @@ def cv(config_file: Path | None, out: Path, n_folds: int, repeats: int, fold_see
 @click.option("--threshold", default=None, help="rule for the ensemble's threshold, chosen on val (default: the first member's)")
 @click.option("--data", default=None, type=click.Path(path_type=Path), help="DATA_DIR, if it moved since the members were trained")
 @click.option("--name", default="", help="name in reports (default: ENS_DIR's name)")
-@click.option("--n-boot", default=2000, show_default=True, help="bootstrap resamples for the 95% intervals")
+@click.option("--n-boot", default=2000, show_default=True, type=click.IntRange(min=0),
+              help="bootstrap resamples for the 95% intervals (0 = none)")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--batch-size", default=256, show_default=True)
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1))
 def ensemble(members: tuple[Path, ...], out: Path, mean: str, tta: str | None, threshold: str | None, data: Path | None,
              name: str, n_boot: int, seed: int, device: str, batch_size: int) -> None:
     """Average several runs and/or cv folders (their folds) of one split; judge on its val and test."""
@@ -390,11 +457,14 @@ def tabular(data: Path, out: Path, **flags) -> None:
 @click.option("--out", "out", default=None, help="RUNS_DIR (overrides the file's 'out')")
 @click.option("--epochs", default=None, type=int, help="override every run's epochs")
 @click.option("--dry-run", is_flag=True, help="list the runs and whether each is complete")
-@click.option("--workers", default=1, show_default=True, help="claiming workers to start on this machine")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="claiming workers to start on this machine")
 @click.option("--claim", is_flag=True, help="take runs through claim files, so that several workers (or machines "
               "sharing RUNS_DIR) can share one sweep")
-@click.option("--task-index", default=None, type=int, help="job array: this task's index (e.g. $SLURM_ARRAY_TASK_ID)")
-@click.option("--task-count", default=None, type=int, help="job array: number of tasks; task i takes runs i, i+N, ...")
+@click.option("--task-index", default=None, type=click.IntRange(min=0),
+              help="job array: this task's index (e.g. $SLURM_ARRAY_TASK_ID)")
+@click.option("--task-count", default=None, type=click.IntRange(min=1),
+              help="job array: number of tasks; task i takes runs i, i+N, ...")
 def sweep(sweep_file: Path, data: str | None, out: str | None, epochs: int | None, dry_run: bool, workers: int,
           claim: bool, task_index: int | None, task_count: int | None) -> None:
     """Run a grid of experiments, skipping those already complete.
@@ -440,19 +510,25 @@ def sweep(sweep_file: Path, data: str | None, out: str | None, epochs: int | Non
 @click.option("--title", default="lesionlab report", show_default=True)
 @click.option("--baseline", default=None, help="experiment name to compare every other experiment against "
               "(paired bootstrap on the same test images)")
-@click.option("--n-boot", default=2000, show_default=True, help="bootstrap resamples of the paired comparisons")
+@click.option("--n-boot", default=2000, show_default=True, type=click.IntRange(min=1),
+              help="bootstrap resamples of the paired comparisons")
 def report(runs_dir: Path, out: Path, title: str, baseline: str | None, n_boot: int) -> None:
     """Write report.md and a self-contained report.html for every run under RUNS_DIR."""
     from .report import build_report
 
-    path = build_report(runs_dir, out, title, baseline=baseline, n_boot=n_boot)
+    skipped: list = []
+    path = build_report(runs_dir, out, title, baseline=baseline, n_boot=n_boot, skipped=skipped)
+    if skipped:
+        click.echo(f"report: {len(skipped)} damaged run(s) skipped (named in the report): "
+                   + "; ".join(f"{folder} ({reason})" for folder, reason in skipped[:5])
+                   + (f"; ... ({len(skipped) - 5} more)" if len(skipped) > 5 else ""), err=True)
     click.echo(f"report: {path / 'report.html'} (and report.md)")
 
 
 @main.command()
 @click.argument("run_a", type=click.Path(path_type=Path))
 @click.argument("run_b", type=click.Path(path_type=Path))
-@click.option("--n-boot", default=2000, show_default=True, help="bootstrap resamples")
+@click.option("--n-boot", default=2000, show_default=True, type=click.IntRange(min=1), help="bootstrap resamples")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--on", "on", default="auto", show_default=True, type=click.Choice(COMPARE_ON),
               help="images to pair on: out-of-fold (cv and tabular runs on the same folds) or test; auto = "
@@ -500,8 +576,8 @@ def augment_preview(data_dir: Path, policy: str, out: Path, rows: int, columns: 
               type=click.Choice(FORMATS))
 @click.option("--skip-bad", is_flag=True, help="skip unreadable images instead of stopping")
 @click.option("--overwrite", is_flag=True, help="replace an existing output file")
-@click.option("--workers", default=0, help="decoding processes (0 = one per core)")
-@click.option("--batch-size", default=256, show_default=True)
+@click.option("--workers", default=0, type=click.IntRange(min=0), help="decoding processes (0 = one per core)")
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="auto", show_default=True)
 @_max_pixels_option
 @click.option("--tta", default=None, type=click.Choice(TTA_MODES),
@@ -521,10 +597,14 @@ def predict(run_dir: Path, source: Path, out: Path, fmt: str, skip_bad: bool, ov
                             max_pixels=max_pixels, tta=tta, engine=engine)
     finally:
         bar.close()
+    from .errors import preview
+
     unit = result.get("unit", "image")
     click.echo(f"{out}: {result['n']} {unit}(s) scored at threshold {result['threshold']:.3g}"
-               + (f", {result['skipped']} unreadable skipped" if result["skipped"] else "")
                + f" ({result['img_s']:.0f} {'img' if unit == 'image' else unit}/s)")
+    if result["skipped"]:
+        click.echo(f"{out}: {result['skipped']} unreadable skipped: {preview(result['skipped_ids'], 3)}; all listed "
+                   f"with the reason in {result['skipped_file']}", err=True)
 
 
 @main.command()
@@ -536,8 +616,8 @@ def predict(run_dir: Path, source: Path, out: Path, fmt: str, skip_bad: bool, ov
               "registry's, e.g. relu1 for simple_cnn, features.14 for upgraded_cnn, layer4 for resnet18)")
 @click.option("--format", "fmt", default="auto", show_default=True,
               type=click.Choice(["auto", "images", "manifest", "isic2024", "isic-csv", "folders"]))
-@click.option("--overwrite", is_flag=True, help="replace an existing output folder")
-@click.option("--batch-size", default=16, show_default=True)
+@click.option("--overwrite", is_flag=True, help="replace an earlier explain output in DIR (nothing else is replaced)")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="auto", show_default=True)
 def explain(run_dir: Path, source: Path, out: Path, method: str, target_layer: str | None, fmt: str, overwrite: bool,
             batch_size: int, device: str) -> None:
@@ -549,8 +629,11 @@ def explain(run_dir: Path, source: Path, out: Path, method: str, target_layer: s
         result = do_explain(run_dir, source, out, method, target_layer, fmt, overwrite, batch_size, device, update)
     finally:
         bar.close()
+    from .errors import preview
+
     click.echo(f"{out}: {result['n']} overlay(s) ({method} on {', '.join(sorted(set(result['layers'])))}), "
-               f"index.csv and index.html" + (f"; {len(result['skipped'])} unreadable skipped" if result["skipped"] else ""))
+               f"index.csv and index.html" + (f"; {len(result['skipped'])} unreadable skipped: {preview(result['skipped'], 3)}"
+                                              if result["skipped"] else ""))
 
 
 @main.command("export")
@@ -558,7 +641,8 @@ def explain(run_dir: Path, source: Path, out: Path, method: str, target_layer: s
 @click.option("--format", "fmt", default="onnx", show_default=True, type=click.Choice(["onnx", "torchscript"]))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="FILE to write (.onnx or .pt)")
 @click.option("--overwrite", is_flag=True, help="replace an existing file")
-@click.option("--verify", "n_verify", default=64, show_default=True, help="images checked against the torch model")
+@click.option("--verify", "n_verify", default=64, show_default=True, type=click.IntRange(min=1),
+              help="images checked against the torch model (at least 1: an export is always checked)")
 def export_cmd(run_dir: Path, fmt: str, out: Path, overwrite: bool, n_verify: int) -> None:
     """Export a run (or an ensemble) with its preprocessing and decision rule in one file."""
     from .export import export as do_export
@@ -612,11 +696,9 @@ def synth_train(data_dir: Path, out: Path, label: str, kind: str, size: str, ste
                 sample_every: int, checkpoint_every: int, time_budget: float | None, n_real: int | None,
                 draw_seed: int, sample_steps: int) -> None:
     """Train a generator on the train pool's images of one class (never on val/test); resumes."""
-    from tqdm import tqdm
-
     from .synth.generator import train_generator
 
-    bar = tqdm(total=steps, desc=f"synth {kind}", unit="step", file=sys.stderr, dynamic_ncols=True, mininterval=1)
+    bar = _bar(f"synth {kind}", "step", steps, mininterval=1)
 
     def progress(step: int, total: int, losses: dict) -> None:
         bar.n = step
@@ -708,13 +790,11 @@ def pretrain(data_dir: Path, out: Path, fresh: bool, **flags) -> None:
     """Self-supervised pretraining of a model's encoder on DATA_DIR's train pool (lightly).
 
     Then: lesionlab train ... --pretrained ENC_DIR (or cv). Interrupted? The same command resumes."""
-    from tqdm import tqdm
-
     from .config import build_pretrain_config
     from .pretrain import pretrain as do_pretrain
 
     cfg = build_pretrain_config({"data": str(data_dir), **_given(flags)}, "flags")
-    bar = tqdm(total=0, desc="pretrain", unit="step", file=sys.stderr, dynamic_ncols=True, mininterval=0.5, leave=False)
+    bar = _bar("pretrain", "step", leave=False)
 
     def step(done: int, total: int) -> None:
         if done == 1:
@@ -737,11 +817,12 @@ def pretrain(data_dir: Path, out: Path, fresh: bool, **flags) -> None:
 @click.argument("search_file", type=click.Path(path_type=Path))
 @click.option("--data", required=True, help="DATA_DIR every trial trains on")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="TUNE_DIR (trials, journal, best.yaml)")
-@click.option("--trials", default=20, show_default=True, help="trials in the study in all (counted in the storage, so "
+@click.option("--trials", default=20, show_default=True, type=click.IntRange(min=1), help="trials in the study in all (counted in the storage, so "
               "the same command resumes, and several workers share the budget)")
 @click.option("--storage", default=None, help="where the study lives: journal:PATH (a journal file; default "
               "TUNE_DIR/journal.log) or an RDB URL such as sqlite:///tune.db or postgresql://USER@HOST/DB")
-@click.option("--workers", default=1, show_default=True, help="worker processes on this machine sharing the storage")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="worker processes on this machine sharing the storage")
 @click.option("--seed", default=0, show_default=True, help="seed of the sampler (each worker adds its index)")
 @click.option("--worker-index", default=0, show_default=True, help="this worker's index, distinct per worker when "
               "starting workers on several machines (it varies the sampler's seed)")

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any, Collection, Literal, Optional, TypeVar, Union
 
 import annotated_types
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from .choices import CALIBRATIONS, ENGINES, FUSIONS, LOSSES, OPTIMIZERS, POLICIES, SAMPLERS, SCHEDULERS, SSL_METHODS, TTA_MODES
-from .errors import BadInputError, closest
+from .errors import BadInputError, closest, shown
+from .fileio import read_yaml
 from .metrics import ThresholdRule
 
 
@@ -324,11 +324,10 @@ def _shown(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, str):
-        return f"'{value}'"
+        return shown(value)
     if value is None:
         return "nothing"
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return shown(value)
 
 
 def _flag(key: str) -> str:
@@ -382,12 +381,7 @@ def _explain(err: ValidationError, origin: str, flag_keys: Collection[str] = (),
 
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise BadInputError(f"{path}: config file not found") from None
-    except yaml.YAMLError as e:
-        raise BadInputError(f"{path}: not valid YAML ({e})") from None
+    data = read_yaml(path, "config file") or {}
     if not isinstance(data, dict):
         raise BadInputError(f"{path}: a config must be a mapping of keys to values")
     return data
@@ -458,6 +452,13 @@ class TabularConfig(BaseModel):
     @classmethod
     def _threshold(cls, v: Any) -> str:
         return str(ThresholdRule.parse(v))
+
+    @field_validator("features")
+    @classmethod
+    def _features(cls, v: str) -> str:
+        if not [c for c in v.split(",") if c.strip()]:
+            raise ValueError(f"--features must be auto or column names such as age,sex (COL,COL,...), got {shown(v)}")
+        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> "TabularConfig":

@@ -10,9 +10,11 @@ size and resized back over the original image, undoing the run's fit (stretch, c
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import html
 import logging
 import os
+import re
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable, Iterator
@@ -26,12 +28,14 @@ from torch import nn
 from .data.images import DEFAULT_MAX_PIXELS, DecodeError, _decode_pil, decode_resize
 from .data.sources import read_source
 from .engine.runtime import Runtime, to_input
-from .errors import BadInputError, ExistsError, closest, preview
-from .fileio import staged_dir, write_csv, write_text
+from .errors import BadInputError, ExistsError, check_at_least, closest, preview
+from .fileio import check_free, staged_dir, write_csv, write_text
 
 log = logging.getLogger(__name__)
 
 METHODS = ("gradcam", "gradcam++", "scorecam")
+OUTPUT_FILES = ("index.csv", "index.html", "overlays")
+HTML_TITLE = "<title>lesionlab explain</title>"
 GALLERY_ROWS = (("confident", "most confident malignant"), ("missed", "missed malignant (false negatives)"),
                 ("false_positive", "top false positives"))
 
@@ -161,24 +165,66 @@ def _decode_original(data: bytes) -> np.ndarray:
     return np.asarray(_decode_pil(data, 1 << 16, DEFAULT_MAX_PIXELS))
 
 
+def is_explain_output(folder: Path) -> bool:
+    """Whether `folder` holds an earlier explain output and nothing else (what --overwrite may replace):
+    index.csv, index.html (with explain's title) and overlays/ of PNG files only."""
+    try:
+        names = {p.name for p in folder.iterdir()}
+        if names != set(OUTPUT_FILES) or not (folder / "overlays").is_dir():
+            return False
+        if any(not p.is_file() or p.suffix != ".png" for p in (folder / "overlays").iterdir()):
+            return False
+        with open(folder / "index.html", encoding="utf-8", errors="replace") as f:
+            return HTML_TITLE in f.read(4096)
+    except OSError:
+        return False
+
+
+class OverlayNames:
+    """A file name per id, unique (also where case is ignored), short and made of safe characters: the
+    id itself where it is such a name, else its safe characters cut short and a hash of the whole id
+    ('case 1' -> case_1-3f2a...). index.csv maps each id to its file."""
+
+    MAX_STEM = 80
+
+    def __init__(self):
+        self.used: set[str] = set()
+
+    def __call__(self, image_id: str) -> str:
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", image_id).strip("._")[: self.MAX_STEM] or "image"
+        stem = safe
+        if safe != image_id or safe.lower() in self.used:
+            stem = f"{safe}-{hashlib.sha1(image_id.encode('utf-8', 'surrogateescape')).hexdigest()[:10]}"
+        k = 1
+        while stem.lower() in self.used:  # a hash that collides, or an id that looks like a hashed name
+            k += 1
+            stem = f"{safe}-{hashlib.sha1(f'{image_id}#{k}'.encode('utf-8', 'surrogateescape')).hexdigest()[:10]}"
+        self.used.add(stem.lower())
+        return f"{stem}.png"
+
+
 def explain(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os.PathLike, method: str = "gradcam",
             target_layer: str | None = None, fmt: str = "auto", overwrite: bool = False, batch_size: int = 16,
             device: str = "auto", progress: Callable[[int, int], None] | None = None) -> dict:
     """Overlays (PNG, at each image's own size) for one image, a folder or a manifest, with
-    index.csv and index.html; the folder appears only when complete."""
-    from .runs import load_predictor
+    index.csv and index.html; the folder appears only when complete. `overwrite` replaces an
+    earlier explain output at `out`, and nothing else."""
+    from .runs.predictor import load_image_predictor
 
     _cam_class(method)
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise ExistsError(f"{out}: exists and is not empty; choose another --out or pass --overwrite")
-    predictor = load_predictor(run_dir, device)
+    check_at_least(batch_size, 1, "--batch-size")
+    replace = is_explain_output if overwrite else None
+    if not overwrite and Path(out).is_dir() and is_explain_output(Path(out)):
+        raise ExistsError(f"{out}: exists and holds an earlier explain output; choose another --out or pass --overwrite to replace it")
+    check_free(out, what="explain output", replace=replace)
+    predictor = load_image_predictor(run_dir, device, "explain")
     for member in _members(predictor):  # a missing target layer is refused before any work
         resolve_target_layer(member.model, getattr(member, "model_name", ""), target_layer)
     src = read_source(source, fmt, require_labels=False, metadata=False)
     table = src.table
     rows, bad, layers = [], [], []
-    with staged_dir(out, what="explanations", replace=overwrite) as staging:
+    name_of = OverlayNames()
+    with staged_dir(out, what="explain output", replace=replace) as staging:
         (staging / "overlays").mkdir()
         for start in range(0, len(table), batch_size):
             chunk = table.iloc[start:start + batch_size]
@@ -198,7 +244,7 @@ def explain(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os
             cams, layers = predictor_cams(predictor, x, method, target_layer, batch_size)
             for row, image, cam, prob in zip(kept, originals, cams, probs):
                 h, w = image.shape[:2]
-                name = f"{_safe(str(row['id']))}.png"
+                name = name_of(str(row["id"]))
                 Image.fromarray(overlay(image, cam_to_original(cam, w, h, predictor.fit))).save(staging / "overlays" / name)
                 record = {"id": row["id"], "prob": float(prob), "decision": int(prob >= predictor.threshold),
                           "width": w, "height": h, "overlay": f"overlays/{name}"}
@@ -215,12 +261,6 @@ def explain(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os
     return {"n": len(rows), "skipped": bad, "method": method, "layers": layers, "out": str(out)}
 
 
-def _safe(text: str) -> str:
-    import re
-
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or "image"
-
-
 def _index_html(index: pd.DataFrame, method: str, layers: list[str], run: str, threshold: float) -> str:
     cards = []
     for r in index.itertuples():
@@ -228,7 +268,7 @@ def _index_html(index: pd.DataFrame, method: str, layers: list[str], run: str, t
         cards.append(f"<figure><img src='{html.escape(r.overlay)}' alt='{html.escape(str(r.id))}' loading='lazy'>"
                      f"<figcaption>{html.escape(str(r.id))}: p = {r.prob:.3f}, "
                      f"{'malignant' if r.decision else 'benign'}{label}</figcaption></figure>")
-    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>lesionlab explain</title><style>"
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>{HTML_TITLE}<style>"
             "body{font-family:system-ui,sans-serif;margin:1.5em}.g{display:flex;flex-wrap:wrap;gap:12px}"
             "figure{margin:0;width:260px}img{max-width:100%;height:auto}figcaption{font-size:.8em;color:#444}"
             f"</style></head><body><h1>{html.escape(method)} of {html.escape(run)}</h1>"

@@ -3,9 +3,11 @@ ONNX (onnxruntime, any language) or TorchScript.
 
 The graph takes uint8 RGB images (N, S, S, 3) at the run's size and returns the probability of
 'malignant': normalisation, the network, calibration and the prior shift are all inside it, and
-the rest of what a user needs (size, fit, threshold, ...) is in the file's metadata. An ensemble
-(a predictor with a list of `members`) is exported as the mean of its members' probabilities.
-Every export is checked against the torch predictor on 64 images before it is kept.
+the rest of what a user needs (size, fit, threshold, ...) is in the file's metadata. A run's
+test-time augmentation is in the graph too (its flips and transposes, the logits averaged, as
+data/tta.py). An ensemble (a predictor with a list of `members`) is exported as the mean of its
+members' probabilities, or of their logits for `--mean logit`. Every export is checked against
+the torch predictor on 64 images before it is kept.
 """
 from __future__ import annotations
 
@@ -23,9 +25,10 @@ from torch import nn
 
 from . import __version__
 from .calibration import isotonic_segments
-from .deploy import INPUT_DOC, INPUT_NAME, OUTPUT_DOC, OUTPUT_NAME, load_onnx_predictor, metadata_props
-from .errors import BadInputError, ExistsError, LesionLabError, first_line
-from .fileio import atomic_path
+from .data.tta import n_views
+from .deploy import EXPORT_HINT, INPUT_DOC, INPUT_NAME, OUTPUT_DOC, OUTPUT_NAME, load_onnx_predictor, metadata_props
+from .errors import BadInputError, LesionLabError, check_at_least, first_line
+from .fileio import atomic_path, require_file_out
 
 log = logging.getLogger(__name__)
 
@@ -33,45 +36,86 @@ FORMATS = ("onnx", "torchscript")
 TOLERANCE = 1e-4
 N_VERIFY = 64
 OPSET = 17
+# metrics.logit clips probabilities to [1e-12, 1 - 1e-12]: logits beyond this bound are cut the same way
+LOGIT_BOUND = math.log((1 - 1e-12) / 1e-12)
+COMBINE = {"prob": "mean of the members' probabilities",
+           "logit": "sigmoid of the mean of the members' logits (a geometric mean of the odds)"}
 
 
 class _Member(nn.Module):
-    """One network with its run's preprocessing and decision rule, uint8 NHWC -> probability."""
+    """One network with its run's preprocessing, test-time augmentation and decision rule,
+    uint8 NHWC -> probability."""
 
     def __init__(self, predictor):
         super().__init__()
         self.net = predictor.model
         self.register_buffer("mean", torch.tensor(predictor.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(predictor.std, dtype=torch.float32).view(1, 3, 1, 1) * 255)
+        self.tta = getattr(predictor, "tta", "none") or "none"
+        self.views = n_views(self.tta)
         self.calibration = getattr(predictor, "calibration", None) or {}
         shift = getattr(predictor, "prior_shift", None)
         # the prior shift multiplies the odds by a constant: in logit space, one addition
         self.log_factor = (math.log(shift["to"] / (1 - shift["to"])) - math.log(shift["from"] / (1 - shift["from"]))
                            if shift else 0.0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's logit per image, averaged over the TTA views (data/tta.view: bit 0 of the
+        view's number flips the width, bit 1 the height, bit 2 transposes), all views in one batch."""
+        if self.views == 1:
+            return self.net(x).reshape(-1).float()
+        views = []
+        for k in range(self.views):
+            v = x
+            if k & 1:
+                v = v.flip(3)
+            if k & 2:
+                v = v.flip(2)
+            if k & 4:
+                v = v.transpose(2, 3)
+            views.append(v)
+        return self.net(torch.cat(views)).reshape(self.views, -1).float().mean(0)
+
+    def scores(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probability, logit of that probability) per image; the logit for ensembles of --mean logit."""
         x = (x.permute(0, 3, 1, 2).float() - self.mean) / self.std
-        z = self.net(x).reshape(-1).float()
+        z = self._logits(x)
         method = self.calibration.get("method")
         if method == "isotonic":
             p = isotonic_segments(z, self.calibration["x"], self.calibration["y"])
             if self.log_factor:
                 f = math.exp(self.log_factor)
                 p = p * f / (p * f + (1 - p))
-            return p
+            tiny = 1e-12  # metrics.logit's clip, on each side of the odds (1 - p is exact in float32 near 0)
+            return p, torch.log(p.clamp_min(tiny)) - torch.log((1 - p).clamp_min(tiny))
         if method == "temperature":
             z = z / self.calibration["temperature"] + self.calibration.get("offset", 0.0)
-        return torch.sigmoid(z + self.log_factor)
+        s = z + self.log_factor
+        return torch.sigmoid(s), s.clamp(-LOGIT_BOUND, LOGIT_BOUND)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scores(x)[0]
 
 
 class _Scorer(nn.Module):
-    def __init__(self, members: list):
+    def __init__(self, members: list, combine: str = "prob"):
         super().__init__()
         self.members = nn.ModuleList([_Member(m) for m in members])
+        self.combine = combine
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        probs = [m(image) for m in self.members]
-        return probs[0] if len(probs) == 1 else torch.stack(probs).mean(0)
+        if len(self.members) == 1:
+            return self.members[0](image)
+        if self.combine == "logit":  # runs.predictor.average_probabilities' 'logit' mean
+            return torch.sigmoid(torch.stack([m.scores(image)[1] for m in self.members]).mean(0))
+        return torch.stack([m(image) for m in self.members]).mean(0)
+
+
+def _combine(predictor) -> str:
+    """How an ensemble averages its members: its `mean` ('prob' or 'logit'); a model predictor's
+    `mean` is its normalisation instead."""
+    mean = getattr(predictor, "mean", None)
+    return mean if isinstance(mean, str) and mean in COMBINE else "prob"
 
 
 def _members(predictor) -> list:
@@ -88,16 +132,19 @@ def _members(predictor) -> list:
 def _metadata(predictor, members: list, run_dir: str, fmt: str) -> dict:
     def one(m) -> dict:
         return {"model": getattr(m, "model_name", ""), "prior_shift": getattr(m, "prior_shift", None),
-                "calibration": getattr(m, "calibration", None), "mean": list(m.mean), "std": list(m.std)}
+                "calibration": getattr(m, "calibration", None), "mean": list(m.mean), "std": list(m.std),
+                "tta": getattr(m, "tta", "none") or "none"}
 
     first = one(members[0])
+    ttas = {one(m)["tta"] for m in members}
     meta = {"size": int(predictor.size), "fit": predictor.fit, "threshold": float(predictor.threshold),
             "mean": first["mean"], "std": first["std"], "prior_shift": first["prior_shift"],
             "calibration": first["calibration"], "model": first["model"], "n_members": len(members),
+            "tta": first["tta"] if len(ttas) == 1 else None,  # None: each member's own (in members)
             "version": __version__, "format": fmt, "source_run": str(run_dir), "input": INPUT_DOC, "output": OUTPUT_DOC}
     if len(members) > 1:
         meta["members"] = [one(m) for m in members]
-        meta["combine"] = "mean of the members' probabilities"
+        meta["combine"] = COMBINE[_combine(predictor)]
     return meta
 
 
@@ -173,6 +220,21 @@ def _explain_failure(exc: BaseException, scorer: _Scorer, example: torch.Tensor,
 # ---------------------------------------------------------------- writing and checking
 
 
+def require_exporter(fmt: str) -> None:
+    """ONNX export writes with the onnx package and checks with onnxruntime (the `export` extra):
+    said up front, before a missing package could look like a model that does not export."""
+    if fmt != "onnx":
+        return
+    import importlib
+
+    for package in ("onnx", "onnxruntime"):
+        try:
+            importlib.import_module(package)
+        except ImportError:
+            raise BadInputError(f"export --format onnx needs the {package} package, which is not installed: "
+                                f"{EXPORT_HINT}") from None
+
+
 def _write_onnx(scorer: _Scorer, example: torch.Tensor, path: Path, meta: dict) -> None:
     import onnx
 
@@ -237,6 +299,7 @@ def export_predictor(predictor, fmt: str, out: str | os.PathLike, images: np.nda
     against predictor.probabilities; the file takes its name only when the check passes."""
     if fmt not in FORMATS:
         raise BadInputError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
+    require_exporter(fmt)
     out = Path(out)
     members = _members(predictor)
     from .engine.runtime import resolve_runtime
@@ -246,7 +309,7 @@ def export_predictor(predictor, fmt: str, out: str | os.PathLike, images: np.nda
         m.model.to(memory_format=torch.contiguous_format)
         if hasattr(m, "runtime"):
             m.runtime = resolve_runtime("cpu", "32", "false")
-    scorer = _Scorer(members).eval()
+    scorer = _Scorer(members, _combine(predictor)).eval()
     example = torch.from_numpy(np.ascontiguousarray(images[:2]))
     meta = _metadata(predictor, members, run_dir, fmt)
     name = meta["model"] or type(members[0].model).__name__
@@ -273,11 +336,14 @@ def export_predictor(predictor, fmt: str, out: str | os.PathLike, images: np.nda
 def export(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike, overwrite: bool = False,
            n_verify: int = N_VERIFY) -> dict:
     """`lesionlab export RUN_DIR|ENS_DIR --format onnx|torchscript --out FILE`."""
-    from .runs import load_predictor
+    from .runs.predictor import load_image_predictor
 
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise ExistsError(f"{out}: exists; choose another --out or pass --overwrite")
-    predictor = load_predictor(run_dir, "cpu")
+    require_file_out(out, overwrite)
+    check_at_least(n_verify, 1, "--verify")  # an export is always checked against torch
+    if fmt not in FORMATS:
+        raise BadInputError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
+    require_exporter(fmt)
+    predictor = load_image_predictor(run_dir, "cpu", "export")
     images, note = verification_images(run_dir, int(predictor.size), n_verify)
     return export_predictor(predictor, fmt, out, images, str(run_dir), note)

@@ -8,6 +8,7 @@ and checkpoints are loaded as tensors and plain values only, never as arbitrary 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import glob
 import hashlib
@@ -24,7 +25,80 @@ import pandas as pd
 import yaml
 from filelock import FileLock, Timeout
 
-from .errors import BadInputError, ExistsError, LesionLabError
+from .errors import BadInputError, ExistsError, LesionLabError, first_line
+
+
+# ---------------------------------------------------------------- where writing fails
+
+# errno -> the reason a location cannot be written, in words. EROFS, ENOSPC and EDQUOT can only
+# come from writing; EACCES and EPERM also from reading, so only the write primitives below name them.
+_UNWRITABLE = {errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+               errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
+WRITE_ONLY_ERRNOS = (errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+
+
+def _existing_folder(path: str | os.PathLike) -> Path:
+    """The nearest folder that exists at or above `path`: where the user has to look."""
+    p = Path(os.path.abspath(path))
+    while not p.is_dir() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def unwritable(e: OSError, path: str | os.PathLike | None = None) -> LesionLabError | None:
+    """'cannot write to DIR: read-only file system' for an OSError that says a location cannot be
+    written (None for any other error); DIR is the nearest existing folder of the path it names."""
+    reason = _UNWRITABLE.get(e.errno)
+    where = path if path is not None else e.filename
+    if reason is None or where is None:
+        return None
+    return LesionLabError(f"cannot write to {_existing_folder(os.fsdecode(where))}: {reason}")
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Turn the OSError of a location that cannot be written into unwritable's one-line error."""
+    try:
+        yield
+    except OSError as e:
+        err = unwritable(e, e.filename if e.filename is not None else path)
+        if err is None:
+            raise
+        raise err from None
+
+
+def make_dirs(path: str | os.PathLike) -> Path:
+    """mkdir -p for a new output's folder, with unwritable's error where that is not possible."""
+    path = Path(path)
+    with writing(path):
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# ---------------------------------------------------------------- hidden names beside an output
+
+# A file or folder name may have 255 bytes; the hidden names made beside an output (".NAME.lock",
+# ".NAME.partial-XXXXXXXX", ".NAME.XXXXXXXX.tmp") add up to 25, so a long NAME is shortened in
+# them, to a prefix and a hash of the whole name (the same for every process: locks must agree).
+_HIDDEN_STEM_MAX = 160
+
+
+def hidden_name(name: str, tag: str) -> str:
+    """'.NAME.TAG', NAME shortened (deterministically) when the result could pass 255 bytes."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) > _HIDDEN_STEM_MAX:
+        digest = hashlib.sha1(raw).hexdigest()[:12]
+        name = raw[:_HIDDEN_STEM_MAX - 13].decode("utf-8", "ignore") + "~" + digest
+    return f".{name}.{tag}"
+
+
+def absolute(path: str | os.PathLike) -> Path:
+    """The output path made absolute, so that `--out .` names a folder with a name and a parent
+    (its lock and staging folder go beside it, not into it)."""
+    p = Path(os.path.abspath(path))
+    if not p.name:
+        raise BadInputError(f"{path}: the root folder cannot be an output; name a folder or file below it")
+    return p
 
 
 def _fsync_dir(path: Path) -> None:
@@ -57,9 +131,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     The folder must exist: it is never created here, so that a file meant for a run folder that was
     published or removed meanwhile fails instead of silently re-creating the folder. Callers that
     write a new output create its folder themselves."""
-    path = Path(path)
+    path = absolute(path)
+    if path.is_dir():
+        raise ExistsError(f"{path}: is a folder; name a file to write (lesionlab never replaces a folder by a file)")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with writing(path):
+            fd, tmp = tempfile.mkstemp(prefix=hidden_name(path.name, ""), suffix=".tmp", dir=path.parent)
     except FileNotFoundError:
         raise LesionLabError(f"{path}: cannot be written, its folder {path.parent} does not exist "
                              "(was it moved or removed while lesionlab was writing?)") from None
@@ -67,8 +144,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~process_umask())
-        os.replace(tmp_path, path)
+        with writing(path):
+            os.chmod(tmp_path, 0o666 & ~process_umask())
+            os.replace(tmp_path, path)
         _fsync_dir(path.parent)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -105,8 +183,77 @@ def _json_default(obj: Any) -> Any:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    """A JSON file's value; a damaged one (cut short, not text, not JSON) is named as such."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadInputError(f"{path}: not valid JSON, the file is damaged or not lesionlab's ({first_line(e, 120)})") from None
+
+
+# A YAML alias (*name) stands for the whole value its anchor (&name) marks, so a few hundred bytes of
+# nested aliases can stand for billions of values ("billion laughs"): building, validating or
+# printing such a value takes all the memory there is. Configs use aliases for a few shared blocks,
+# so what aliases add beyond the document's own nodes is limited to this many before any value is built.
+MAX_ALIAS_EXPANSION = 10_000
+
+
+def _expanded_size(node, origin: str) -> tuple[int, int]:
+    """(nodes with every alias expanded, distinct nodes) of a composed YAML document."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+
+    def size(n) -> int:
+        key = id(n)
+        if key in sizes:
+            return sizes[key]
+        if key in on_path:
+            raise BadInputError(f"{origin}: a YAML alias refers to a value that holds it (a loop); write the values out")
+        on_path.add(key)
+        if isinstance(n, yaml.SequenceNode):
+            total = 1 + sum(size(c) for c in n.value)
+        elif isinstance(n, yaml.MappingNode):
+            total = 1 + sum(size(k) + size(v) for k, v in n.value)
+        else:
+            total = 1
+        on_path.discard(key)
+        sizes[key] = total
+        return total
+
+    return size(node), len(sizes)
+
+
+def read_yaml(path: str | os.PathLike, what: str = "YAML file") -> Any:
+    """A YAML file's value (safe types only), refusing a file that is not UTF-8 text and aliases
+    that would expand past MAX_ALIAS_EXPANSION nodes, before any value is built."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise BadInputError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise BadInputError(f"{path}: is a folder, not a {what}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadInputError(f"{path}: not a text file (UTF-8); a {what} is text "
+                            f"(byte {e.start} is 0x{data[e.start]:02x})") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        expanded, distinct = _expanded_size(node, str(path))
+        if expanded - distinct > MAX_ALIAS_EXPANSION:
+            raise BadInputError(f"{path}: its YAML aliases (*name) expand to more than {MAX_ALIAS_EXPANSION:,} values "
+                                f"({expanded:.3g} in all; a 'billion laughs' file?); write the values out instead")
+        return loader.construct_document(node)
+    except yaml.YAMLError as e:
+        raise BadInputError(f"{path}: not valid YAML ({first_line(e, 200)})") from None
+    except RecursionError:
+        raise BadInputError(f"{path}: nested too deeply to be a {what}") from None
+    finally:
+        loader.dispose()
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -131,7 +278,7 @@ def pid_alive(pid: int) -> bool:
 
 def lock_file(folder: Path) -> Path:
     """The lock of `folder`: beside it, so it can be taken before the folder exists."""
-    return folder.parent / f".{folder.name}.lock"
+    return folder.parent / hidden_name(folder.name, "lock")
 
 
 @contextlib.contextmanager
@@ -139,11 +286,12 @@ def exclusive(folder: str | os.PathLike, doing: str = "writing") -> Iterator[Non
     """Hold the exclusive lock of `folder` for the block; if another process holds it, raise at once
     (an ExistsError naming the folder) instead of waiting for it, or worse, writing beside it.
     The lock is the OS's (flock): it goes with its process, so a killed process leaves none."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    folder = absolute(folder)
+    make_dirs(folder.parent)
     lock = FileLock(lock_file(folder))
     try:
-        lock.acquire(blocking=False)
+        with writing(folder.parent):
+            lock.acquire(blocking=False)
     except Timeout:
         raise ExistsError(f"{folder}: another lesionlab process is {doing} this folder right now "
                           f"(it holds {lock_file(folder)}); wait for it to finish or choose another folder") from None
@@ -153,46 +301,59 @@ def exclusive(folder: str | os.PathLike, doing: str = "writing") -> Iterator[Non
         lock.release()
 
 
-def _refuse_taken(final: Path, is_complete: Callable[[Path], bool], what: str) -> None:
+def _refuse_taken(final: Path, is_complete: Callable[[Path], bool], what: str,
+                  replace: Callable[[Path], bool] | None = None) -> None:
+    """Refuse a `final` that holds anything, unless `replace` (the user's --overwrite) recognises
+    it as an earlier output of the same kind, which may then be replaced."""
+    taken = final.exists() and (not final.is_dir() or any(final.iterdir()))
+    if not taken:
+        return
+    if replace is not None:
+        if final.is_dir() and replace(final):
+            return
+        raise ExistsError(f"{final}: is not an earlier {what}; --overwrite replaces only that, so this folder is "
+                          "left as it is; choose another output folder (--out)")
     if is_complete(final):
         raise ExistsError(f"{final}: already holds {what}; choose another output folder (--out); "
                           f"lesionlab never overwrites {what}")
-    if final.exists() and (not final.is_dir() or any(final.iterdir())):
-        raise ExistsError(f"{final}: exists and is not empty; choose a new or empty output folder (--out) for {what}")
+    raise ExistsError(f"{final}: exists and is not empty; choose a new or empty output folder (--out) for {what}")
 
 
 def check_free(final: str | os.PathLike, is_complete: Callable[[Path], bool] = lambda p: False,
-               what: str = "a result") -> None:
+               what: str = "a result", replace: Callable[[Path], bool] | None = None) -> None:
     """Raise the error staged_dir would raise now, without taking the folder (an early check)."""
-    final = Path(final)
+    final = absolute(final)
     with exclusive(final):
-        _refuse_taken(final, is_complete, what)
+        _refuse_taken(final, is_complete, what, replace)
 
 
 @contextlib.contextmanager
 def staged_dir(final: str | os.PathLike, is_complete: Callable[[Path], bool] = lambda p: False,
-               what: str = "a result", replace: bool = False) -> Iterator[Path]:
+               what: str = "a result", replace: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Build a folder aside and publish it whole at `final` when the block succeeds, else leave nothing.
 
     The lock of `final` is held from the first check to the publication, so two processes writing
     the same folder cannot mix their files: the second is refused at once. `final` must be absent or
     an empty folder (`is_complete` names what counts as a finished result, for the message). The
     staging folder is unique to this call (.NAME.partial-XXXXXXXX beside `final`); os.replace
-    publishes it atomically, after checking `final` again. With `replace` (the user's --overwrite)
-    an existing folder at `final` is swapped out only once the new one is complete."""
-    final = Path(final)
+    publishes it atomically, after checking `final` again. `replace` (the user's --overwrite) says
+    whether a folder at `final` is an earlier output of the same kind: only such a folder is
+    replaced, and only once the new one is complete; any other is refused and named."""
+    final = absolute(final)
     with exclusive(final):
-        if not replace:
-            _refuse_taken(final, is_complete, what)
-        for stale in final.parent.glob(f".{glob.escape(final.name)}.partial-*"):  # left by a killed process: we hold the lock
+        _refuse_taken(final, is_complete, what, replace)
+        partial = hidden_name(final.name, "partial-")
+        for stale in final.parent.glob(glob.escape(partial) + "*"):  # left by a killed process: we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+        with writing(final.parent):
+            staging = Path(tempfile.mkdtemp(prefix=partial, dir=final.parent))
         try:
             os.chmod(staging, 0o777 & ~process_umask())
             yield staging
             old = None
-            if replace and final.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{final.name}.replaced-", dir=final.parent))
+            if replace is not None and final.exists():
+                _refuse_taken(final, is_complete, what, replace)  # still an earlier output: we hold the lock
+                old = Path(tempfile.mkdtemp(prefix=hidden_name(final.name, "replaced-"), dir=final.parent))
                 os.replace(final, old / final.name)
             _refuse_taken(final, is_complete, what)
             if final.exists():
@@ -211,6 +372,16 @@ def require_folder_or_absent(path: str | os.PathLike, flag: str = "--out") -> No
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ExistsError(f"{flag} {path}: is an existing file; {flag} names a folder to create (or an empty one)")
+
+
+def require_file_out(path: str | os.PathLike, overwrite: bool, flag: str = "--out") -> None:
+    """Refuse an output file path that names a folder, or an existing file without --overwrite
+    (before any work starts)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ExistsError(f"{path}: is a folder; {flag} names a file to write (lesionlab never replaces a folder by a file)")
+    if path.exists() and not overwrite:
+        raise ExistsError(f"{path}: exists; choose another {flag} or pass --overwrite")
 
 
 # ---------------------------------------------------------------- checkpoints

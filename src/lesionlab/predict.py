@@ -18,8 +18,8 @@ import pandas as pd
 from .data.images import DEFAULT_MAX_PIXELS, DecodeError, decode_resize
 from .data.parallel import cpu_count, map_ordered
 from .data.sources import ImageReader, read_source
-from .errors import BadInputError, ExistsError, preview
-from .fileio import atomic_path, safe_to_csv
+from .errors import BadInputError, check_at_least, preview
+from .fileio import atomic_path, make_dirs, require_file_out, safe_to_csv, write_csv
 
 CHUNK = 512
 
@@ -37,9 +37,18 @@ def _decode_chunk(reader: ImageReader, locators: list[str], size: int, fit: str,
     return out, ok, reasons
 
 
+def skipped_path(out: Path) -> Path:
+    """Where predict --skip-bad lists every image it skipped: beside OUT, e.g. preds.skipped.csv."""
+    return out.with_name(out.name.removesuffix(out.suffix) + ".skipped.csv")
+
+
+def _named(bad: list[tuple[str, str]]) -> list[str]:
+    return [f"{i} ({reason})" for i, reason in bad]
+
+
 def _image_chunks(predictor, src, skip_bad: bool, workers: int | None, batch_size: int,
                   progress: Callable[[int, int], None] | None, max_pixels: int):
-    """(rows of the chunk, which were readable, their probabilities, unreadable 'id (reason)') per chunk."""
+    """(rows of the chunk, which were readable, their probabilities, unreadable (id, reason)) per chunk."""
     table = src.table
     n = len(table)
     missing = set(src.reader.missing(table["locator"].tolist()))
@@ -55,9 +64,9 @@ def _image_chunks(predictor, src, skip_bad: bool, workers: int | None, batch_siz
     done = 0
     for start, (images, ok, reasons) in zip(starts, map_ordered(_decode_chunk, tasks, workers)):
         rows = table.iloc[start:start + len(ok)]
-        bad = [f"{rows['id'].iloc[i]} ({reason})" for i, reason in reasons.items()]
+        bad = [(str(rows['id'].iloc[i]), reason) for i, reason in reasons.items()]
         if bad and not skip_bad:
-            raise BadInputError(f"{src.location}: image(s) could not be read: {preview(bad)} (--skip-bad skips them)")
+            raise BadInputError(f"{src.location}: image(s) could not be read: {preview(_named(bad))} (--skip-bad skips them)")
         yield rows, ok, predictor.probabilities(images[ok], batch_size), bad
         done += len(ok)
         if progress:
@@ -70,10 +79,13 @@ def predict(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os
             max_pixels: int = DEFAULT_MAX_PIXELS, tta: str | None = None, engine: str = "torch") -> dict:
     """Write `id, prob, decision` (+ `label` where the input has labels) for every image (or row, for
     a tabular run); images whose header states more than `max_pixels` pixels are unreadable (never
-    decoded). engine "onnxruntime" scores with a file `lesionlab export` wrote, and imports no torch."""
+    decoded). engine "onnxruntime" scores with a file `lesionlab export` wrote, and imports no torch.
+    With skip_bad, the images skipped are listed with their reasons in OUT's skipped_path."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise ExistsError(f"{out}: exists; choose another --out or pass --overwrite")
+    require_file_out(out, overwrite)
+    if skip_bad:
+        require_file_out(skipped_path(out), overwrite, "--out (its list of skipped images)")
+    check_at_least(batch_size, 1, "--batch-size")
     if max_pixels < 1:
         raise BadInputError(f"--max-pixels must be at least 1, got {max_pixels}")
     if engine == "onnxruntime":
@@ -88,14 +100,31 @@ def predict(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os
         run = load_predictor(run_dir, device, tta)
     else:
         raise BadInputError(f"--engine must be torch or onnxruntime, got '{engine}'")
-    out.parent.mkdir(parents=True, exist_ok=True)  # a new output: atomic_path creates no folders
+    make_dirs(out.parent)  # a new output: atomic_path creates no folders
     if getattr(run, "takes", "images") == "rows":
-        return _predict_rows(run, source, out, fmt, skip_bad, workers, batch_size, device, progress, max_pixels)
+        result = _predict_rows(run, source, out, fmt, skip_bad, workers, batch_size, device, progress, max_pixels)
+    else:
+        result = _predict_images(run, source, out, fmt, skip_bad, workers, batch_size, progress, max_pixels)
+    return {**result, **_list_skipped(out, result.pop("bad"), skip_bad)}
+
+
+def _list_skipped(out: Path, bad: list[tuple[str, str]], skip_bad: bool) -> dict:
+    """Every skipped image and why, in a CSV beside OUT (a stale list of an output it replaced is removed)."""
+    listing = skipped_path(out)
+    if bad:
+        write_csv(listing, pd.DataFrame(bad, columns=["id", "reason"]))
+    elif skip_bad and listing.exists():
+        listing.unlink()  # it listed what the replaced OUT skipped
+    return {"skipped": len(bad), "skipped_ids": [i for i, _ in bad], "skipped_file": str(listing) if bad else None}
+
+
+def _predict_images(run, source, out: Path, fmt: str, skip_bad: bool, workers: int | None, batch_size: int,
+                    progress, max_pixels: int) -> dict:
     src = read_source(source, fmt, require_labels=False, metadata=False)
     table = src.table
     n = len(table)
     has_label = "label" in table.columns
-    bad: list[str] = []
+    bad: list[tuple[str, str]] = []
     started = time.perf_counter()
     with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
         chunks = _image_chunks(run, src, skip_bad, workers, batch_size, progress, max_pixels)
@@ -108,7 +137,7 @@ def predict(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os
                 frame["label"] = kept["label"].to_numpy()
             safe_to_csv(frame, f, header=k == 0, index=False, float_format="%.6g")  # ids: formula-safe
     seconds = time.perf_counter() - started
-    return {"n": n - len(bad), "skipped": len(bad), "seconds": seconds, "img_s": (n - len(bad)) / max(seconds, 1e-9),
+    return {"n": n - len(bad), "bad": bad, "seconds": seconds, "img_s": (n - len(bad)) / max(seconds, 1e-9),
             "threshold": run.threshold, "out": str(out), "unit": "image"}
 
 
@@ -121,7 +150,7 @@ def _predict_rows(run, source, out: Path, fmt: str, skip_bad: bool, workers: int
     table = src.table
     n = len(table)
     image_prob = None
-    bad: list[str] = []
+    bad: list[tuple[str, str]] = []
     if run.fused:
         image_model = run.image_predictor(device)
         keep = np.zeros(n, bool)
@@ -144,5 +173,5 @@ def _predict_rows(run, source, out: Path, fmt: str, skip_bad: bool, workers: int
     if progress and not run.fused:
         progress(n, n)
     seconds = time.perf_counter() - started
-    return {"n": len(frame), "skipped": len(bad), "seconds": seconds, "img_s": len(frame) / max(seconds, 1e-9),
+    return {"n": len(frame), "bad": bad, "seconds": seconds, "img_s": len(frame) / max(seconds, 1e-9),
             "threshold": run.threshold, "out": str(out), "unit": "row"}

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from . import __version__
-from .errors import BadInputError, ExistsError, LesionLabError
+from .errors import BadInputError, ExistsError, LesionLabError, preview
 from .fileio import require_folder_or_absent, write_text
 from .runs import Run, find_runs
 from .runs import format as run_format
@@ -240,11 +240,32 @@ def comparison_rows(groups: "OrderedDict[str, list[Run]]", baseline: str, n_boot
     return header, rows
 
 
+def _unusable(run: Run) -> str | None:
+    """Why a run that loaded cannot be reported (its metrics lack a side), or None."""
+    for side in ("val", "test"):
+        if not isinstance(run.metrics.get(side), dict):
+            return f"{run.path / run_format.METRICS}: no '{side}' metrics; the run folder is damaged"
+    return None
+
+
 def build_report(runs_dir: str | Path, out: str | Path, title: str = "lesionlab report",
-                 baseline: str | None = None, n_boot: int = 2000) -> Path:
-    runs = find_runs(runs_dir, ("train", "cv", "ensemble", "tabular"))
+                 baseline: str | None = None, n_boot: int = 2000,
+                 skipped: list[tuple[Path, str]] | None = None) -> Path:
+    """The report of every run under `runs_dir`. A damaged run folder is left out and named in the
+    report (and added to `skipped` as (folder, reason)), so that one damaged run never hides the rest."""
+    damaged: list[tuple[Path, str]] = []
+    runs = find_runs(runs_dir, ("train", "cv", "ensemble", "tabular"), damaged=damaged)
+    for run in list(runs):
+        problem = _unusable(run)
+        if problem:
+            damaged.append((run.path, problem))
+            runs.remove(run)
+    if skipped is not None:
+        skipped.extend(damaged)
     if not runs:
-        raise BadInputError(f"{runs_dir}: holds no complete run folders")
+        raise BadInputError(f"{runs_dir}: holds no complete run folders"
+                            + (f" that can be read ({len(damaged)} damaged: {preview(str(p) for p, _ in damaged)})"
+                               if damaged else ""))
     out = Path(out)
     require_folder_or_absent(out)
     md_path = out / "report.md"
@@ -269,6 +290,12 @@ def build_report(runs_dir: str | Path, out: str | Path, title: str = "lesionlab 
             "For a cross-validation the test cells are its fold ensemble's; its out-of-fold metrics are in its section.")
     md = [MARKER, f"# {md_escape(title)}", "", intro(md_code(runs_dir), md_escape(", ".join(splits))), ""]
     body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(intro(str(runs_dir), ', '.join(splits)))}</p>"]
+    if damaged:
+        head = f"{len(damaged)} damaged run folder(s) skipped:"
+        md += [head, ""] + [f"- {md_code(p)}: {md_escape(reason)}" for p, reason in damaged] + [""]
+        body += [f"<p>{html.escape(head)}</p><ul>"
+                 + "".join(f"<li><code>{html.escape(str(p))}</code>: {html.escape(reason)}</li>" for p, reason in damaged)
+                 + "</ul>"]
     _add_overview(md, body, groups, baseline, figures_dir)
     md += ["## Summary", "", note, "", md_table(header, rows), ""]
     body += ["<h2 id='summary-title'>Summary</h2>", f"<p>{html.escape(note)}</p>", _html_table(header, rows, "summary")]

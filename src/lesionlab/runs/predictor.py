@@ -169,6 +169,20 @@ PREDICTOR_LOADERS: dict[str, Callable[[Run, str], Predictor]] = {
 }
 
 
+def load_image_predictor(run_dir: str | os.PathLike, device: str = "auto", doing: str = "score") -> Predictor:
+    """The predictor of a run that scores images with torch networks (train, cv, ensemble), for the
+    commands that work on the networks themselves (explain, export); a tabular run has none of its
+    own, which is said with the image model it may be fused with."""
+    predictor = load_predictor(run_dir, device)
+    if getattr(predictor, "takes", "images") == "rows":
+        image = getattr(predictor, "image", None) or {}
+        fused = (f"; it is fused with the image model {image.get('path')}: {doing} that one instead"
+                 if image.get("path") else "")
+        raise BadInputError(f"{run_dir}: a tabular run scores metadata rows and has no image model of its own to "
+                            f"{doing}{fused}")
+    return predictor
+
+
 def load_predictor(run_dir: str | os.PathLike, device: str = "auto", tta: str | None = None) -> Predictor:
     """The predictor of any run kind; `tta` overrides the test-time augmentation the run recorded."""
     path = Path(run_dir)

@@ -5,10 +5,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-from ..errors import BadInputError
-from ..fileio import csv_restore, load_checkpoint, read_json
+from ..errors import BadInputError, LesionLabError
+from ..fileio import csv_restore, load_checkpoint, read_json, read_yaml
 from . import format as fmt
 
 
@@ -28,11 +27,13 @@ class Run:
         path = Path(path)
         if not is_complete_run(path):
             raise BadInputError(f"{path}: not a complete run folder (needs {', '.join(fmt.REQUIRED)})")
-        try:
-            config = yaml.safe_load((path / fmt.CONFIG).read_text()) or {}
-        except yaml.YAMLError as e:
-            raise BadInputError(f"{path / fmt.CONFIG}: not valid YAML ({e})") from None
-        run = cls(path, config, read_json(path / fmt.INFO), read_json(path / fmt.METRICS))
+        config = read_yaml(path / fmt.CONFIG, "run config") or {}
+        info, metrics = read_json(path / fmt.INFO), read_json(path / fmt.METRICS)
+        for name, value in ((fmt.CONFIG, config), (fmt.INFO, info), (fmt.METRICS, metrics)):
+            if not isinstance(value, dict):  # damaged, or not lesionlab's
+                raise BadInputError(f"{path / name}: expected a mapping of keys to values, got a {type(value).__name__}; "
+                                    "the run folder is damaged")
+        run = cls(path, config, info, metrics)
         version = run.format_version
         if version > fmt.FORMAT_VERSION:
             raise BadInputError(f"{path / fmt.INFO}: run format version {version}, but this lesionlab reads up to "
@@ -42,13 +43,24 @@ class Run:
         return run
 
     @property
+    def _format(self) -> dict:
+        block = self.info.get("format", {})
+        if not isinstance(block, dict):
+            raise BadInputError(f"{self.path / fmt.INFO}: its 'format' is not a mapping; the run folder is damaged")
+        return block
+
+    @property
     def format_version(self) -> int:
         # folders written before the format was versioned are version 0: the train layout of version 1
-        return int(self.info.get("format", {}).get("version", 0))
+        version = self._format.get("version", 0)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise BadInputError(f"{self.path / fmt.INFO}: format version {version!r:.40} is not a whole number; "
+                                "the run folder is damaged")
+        return version
 
     @property
     def kind(self) -> str:
-        return self.info.get("format", {}).get("kind", "train")
+        return str(self._format.get("kind", "train"))
 
     @property
     def name(self) -> str:
@@ -126,11 +138,14 @@ def load_run(path: str | Path, kinds: tuple[str, ...] | None = None) -> Run:
     return run
 
 
-def find_runs(root: str | Path, kinds: tuple[str, ...] | None = ("train",)) -> list[Run]:
+def find_runs(root: str | Path, kinds: tuple[str, ...] | None = ("train",),
+              damaged: list[tuple[Path, str]] | None = None) -> list[Run]:
     """Every complete run folder at or below `root` (of the given kinds), in path order.
 
     The folds inside a cv folder are runs of their own, found when `root` is the cv folder's
-    folds/ or one fold; from above, the cv folder stands for them."""
+    folds/ or one fold; from above, the cv folder stands for them. A run folder that cannot be
+    read raises its error, unless `damaged` is given: then it is left out and listed there
+    (folder, reason), for readers that summarise many runs (report)."""
     root = Path(root)
     if not root.exists():
         raise BadInputError(f"{root}: no such folder")
@@ -143,7 +158,14 @@ def find_runs(root: str | Path, kinds: tuple[str, ...] | None = ("train",)) -> l
                 continue
             if any(s in p.parents for s in skip):
                 continue  # inside a cv or ensemble folder already found
-            run = Run.load(p)
+            try:
+                run = Run.load(p)
+            except LesionLabError as e:
+                if damaged is None:
+                    raise
+                damaged.append((p, str(e)))
+                skip.append(p)  # a damaged cv folder's folds are not runs of their own either
+                continue
             if run.kind != "train":
                 skip.append(p)
             found.append(run)
