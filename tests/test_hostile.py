@@ -350,7 +350,7 @@ def _meta_with(onnx_file: Path, **changes) -> str:
 @pytest.mark.parametrize("case,needle", [
     ("bad json", "not valid JSON"), ("a list", "expected a JSON object"), ("no size", "'size'"),
     ("size 64", "'size' 64 does not match the graph's input (32 px)"),
-    ("size 100000", "'size' 100000 does not match the graph's input (32 px)"),
+    ("size 100000", "'size' must be a whole number of pixels from 1 to 8192, got 100000"),
     ("size text", "'size' must be"), ("size true", "'size' must be"),
     ("fit 5", "'fit' must be"), ("fit zoom", "'fit' must be"),
     ("threshold text", "'threshold' must be"), ("threshold 7", "'threshold' must be"),
@@ -432,7 +432,7 @@ def _ro_commands(ro, small_data, run_dir, images, tmp_path, sample_manifest):
     search.write_text(yaml.safe_dump(TUNE_SEARCH))
     return {
         "prepare": ("prepare", manifest, "--out", ro / "data", "--size", "16", "--workers", "1"),
-        "split": ("split", ro / "data-copy", "--name", "x"),
+        "split": ("split", ro / "data-copy", "--name", "x", "--val", "5:20", "--test", "5:20"),
         "train": ("train", "--data", small_data, "--out", ro / "run", *FLAGS),
         "cv": ("cv", "--data", small_data, "--out", ro / "cv", "--folds", "2", *FLAGS),
         "ensemble": ("ensemble", run_dir, "--out", ro / "ens", "--n-boot", "10"),
@@ -660,14 +660,16 @@ def test_an_ensemble_with_tta_and_a_logit_mean_exports(run_dir, tta_run, tmp_pat
 def test_a_stray_word_in_a_numeric_metadata_column_is_counted_not_a_category():
     from lesionlab.tabular.features import build_features, column_kinds, make_spec, not_numbers
 
-    table = pd.DataFrame({"id": [str(i) for i in range(30)],
-                          "age": ["40", "55.5", "abc", "70", "", "35"] * 5, "site": ["arm", "leg", "back"] * 10})
+    ages = [str(20 + i) for i in range(27)] + ["abc", "", "55.5"]
+    table = pd.DataFrame({"id": [str(i) for i in range(30)], "age": ages, "site": ["arm", "leg", "back"] * 10})
     kinds = column_kinds(table, ["age", "site"])
     assert kinds == {"age": "numeric", "site": "categorical"}
-    assert not_numbers(table, kinds) == {"age": {"count": 5, "examples": ["abc"]}}
+    assert not_numbers(table, kinds) == {"age": {"count": 1, "examples": ["abc"]}}
     spec = make_spec(table, ["age", "site"], kinds, image=False, recipe=False, context=False)
     X = build_features(table, spec)
-    assert X["age"].isna().sum() == 10 and X["age"].iloc[1] == 55.5  # the word and the empty cells are missing
+    assert X["age"].isna().sum() == 2 and X["age"].iloc[29] == 55.5  # the word and the empty cell are missing
+    # a column where words are more than a tenth stays text
+    assert column_kinds(table.assign(age=["a", "b", "c", "10"] * 7 + ["1", "2"]), ["age"]) == {"age": "categorical"}
 
 
 def test_tabular_says_how_many_values_of_a_numeric_column_were_not_numbers(small_data, tmp_path):
@@ -679,7 +681,7 @@ def test_tabular_says_how_many_values_of_a_numeric_column_were_not_numbers(small
     manifest.to_csv(tmp_path / "m" / "manifest.csv", index=False)
     data = tmp_path / "data"
     cli("prepare", tmp_path / "m" / "manifest.csv", "--out", data, "--size", "16", "--workers", "1")
-    shutil.copyfile(small_data / "split.json", data / "split.json")
+    cli("split", data, "--val", "10:40", "--test", "10:40")
     r = cli("tabular", "--data", data, "--out", tmp_path / "tab", *TAB_FLAGS)
     assert "age: 1 value(s) not a number ('abc'), read as missing" in r.output
     info = json.loads((tmp_path / "tab" / "run.json").read_text())
@@ -699,9 +701,9 @@ def test_a_transparent_png_is_composited_on_white(mode):
     im = Image.fromarray(rgba, "RGBA")
     if mode == "LA":
         im = im.convert("LA")
-    elif mode == "P":
-        im = Image.fromarray(np.where(rgba[..., 3:] == 255, 30, 0).astype(np.uint8).repeat(3, 2), "RGB").convert("P")
-        im.info["transparency"] = 0
+    elif mode == "P":  # palette index 0 transparent, 1 dark
+        im = Image.fromarray((rgba[..., 3] == 255).astype(np.uint8), "P")
+        im.putpalette([0, 0, 0, 30, 30, 30])
     buf = io.BytesIO()
     im.save(buf, "PNG", **({"transparency": 0} if mode == "P" else {}))
     out = decode_resize(buf.getvalue(), 8)

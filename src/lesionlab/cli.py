@@ -836,7 +836,7 @@ def tune(search_file: Path, data: str, out: Path, trials: int, storage: str | No
     search = load_search(search_file, data)
     echo = lambda s: click.echo(s, err=True)  # noqa: E731
     if workers > 1:
-        study = open_study(search, open_storage(storage, out), 0, seed)  # created once, before the workers race
+        study = open_study(search, open_storage(storage, out, echo), 0, seed)  # created once, before the workers race
         args = ["--data", data, "--out", str(out), "--trials", str(trials), "--seed", str(seed)]
         args += ["--storage", storage] if storage else []
         code = run_local_workers(search_file, workers, args)

@@ -291,7 +291,7 @@ def _encoder(cfg: ExperimentConfig, inp: Inputs) -> EncoderWeights | None:
     check_encoder_fits(enc, cfg.model, inp.store.size)
     # the split's val and test images; cross-validation's out-of-fold images lie in the train pool,
     # which an encoder pretrained there has seen without labels, as any SSL on the pool would
-    check_not_pretrained_on(enc, {side: inp.split.ids(side) for side in ("val", "test")})
+    check_not_pretrained_on(enc, inp.store, inp.split)
     return enc
 
 

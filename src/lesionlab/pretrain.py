@@ -27,7 +27,7 @@ import torch
 
 from . import plots
 from .config import PretrainConfig
-from .data.leak_guard import find_copies, index_references
+from .data.leak_guard import copies_in_store
 from .data.splits import group_keys, load_split
 from .data.store import Store
 from .engine.runtime import MEAN, STD, resolve_runtime
@@ -84,18 +84,7 @@ def _refuse_eval_images(other: Store, store: Store, eval_pos: np.ndarray, origin
     if same:
         raise LeakError(f"--pretrain-data {origin}: holds {len(same)} of the split's val/test images (by id): "
                         f"{preview(same)}; remove them from that data set or pretrain on the train pool")
-    size = min(other.size, store.size)
-    from .engine.ssl import resize_batch
-
-    def at(images: np.ndarray) -> np.ndarray:
-        return resize_batch(torch.from_numpy(np.ascontiguousarray(images)), size).numpy()
-
-    refs = index_references(at(store.pixels(eval_pos)))  # once, not per chunk
-    hits = []
-    n = len(other.table)
-    for start in range(0, n, 2048):
-        rows = np.arange(start, min(n, start + 2048))
-        hits += [(start + i, j, s) for i, j, s in find_copies(at(other.pixels(rows)), refs)]
+    hits = copies_in_store(other, np.arange(len(other.table)), store.pixels(eval_pos))
     if hits:
         oid = other.table["id"].astype(str).to_numpy()
         pairs = [f"{oid[i]} ~ {eval_ids[j]} ({s:.3f})" for i, j, s in hits]

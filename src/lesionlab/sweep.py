@@ -208,14 +208,18 @@ def run_sweep(planned: list[PlannedRun], run: Callable[[ExperimentConfig, Path],
 
 def spawn_local_workers(args_of: Callable[[int], list[str]], workers: int) -> int:
     """`workers` processes `python -m lesionlab ARGS` on this machine (worker i gets args_of(i)),
-    the cores split between them; waits for all and returns the worst exit code."""
+    the cores split between them, each ending with this process; waits for all and returns the
+    worst exit code."""
     import subprocess
     import sys
 
-    from .data.parallel import cpu_count
+    from .data.parallel import PARENT_ENV, cpu_count
 
     threads = max(1, cpu_count() // workers)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "LESIONLAB_NUM_THREADS": str(threads)}
+    # PARENT_ENV: each worker ends with this process (__main__ arms it first thing), so killing the
+    # command never leaves its workers training on
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "LESIONLAB_NUM_THREADS": str(threads),
+           PARENT_ENV: str(os.getpid())}
     procs = [subprocess.Popen([sys.executable, "-m", "lesionlab", *args_of(i)], env=env) for i in range(workers)]
     return max(p.wait() for p in procs)
 

@@ -103,6 +103,9 @@ def tabular_run(cfg: TabularConfig, out: str | os.PathLike, echo: Callable[[str]
     selection = select_columns(train_table[meta_cols], y["train"], kinds, requested, cfg.allow_column)
     say(f"features: {len(selection.columns)} metadata column(s) ({', '.join(selection.columns)})"
         + (f"; dropped {', '.join(f'{c} ({r})' for c, r in selection.dropped.items())}" if selection.dropped else ""))
+    stray = feat.not_numbers(table, {c: kinds[c] for c in selection.columns})
+    if stray:
+        say(f"features: {feat.describe_not_numbers(stray)}")
 
     image: ImageScores | None = None
     if cfg.image:
@@ -125,7 +128,8 @@ def tabular_run(cfg: TabularConfig, out: str | os.PathLike, echo: Callable[[str]
     X = {}
     for side in ("train", *SIDES):
         rows = train_table if side == "train" else table.iloc[pos[side]].reset_index(drop=True)
-        X[side] = feat.build_features(rows, spec, image_prob[side] if stacked else None, where=f"{side} rows")
+        X[side] = feat.build_features(rows, spec, image_prob[side] if stacked else None, where=f"{side} rows",
+                                      say_not_numbers=False)  # said once above
     feature_seconds = time.perf_counter() - t0
     say(f"{len(spec.columns)} model inputs ({len(spec.recipe)} from the ISIC 2024 recipe"
         + (", patient z-scores and counts" if spec.context else ", no patient context (no patient_id)")
@@ -164,6 +168,7 @@ def tabular_run(cfg: TabularConfig, out: str | os.PathLike, echo: Callable[[str]
                    "early_stopping": params.early_stopping, "min_child_samples": params.min_child_samples},
         "features": {"metadata": selection.columns, "dropped": selection.dropped, "single_column_auc": selection.single_auc,
                      "allowed_columns": selection.allowed, "recipe": spec.recipe, "patient_context": spec.context,
+                     "not_numbers": stray,
                      "site": spec.site, "n_inputs": len(spec.columns)},
         "folds": {"k": int(folds.max()) + 1, "source": fold_source, "hash": folds_hash(ids["train"], folds),
                   "best_iterations": result.best_iterations, "per_fold": result.rows_trained},
@@ -205,14 +210,17 @@ def _write(w: RunWriter, cfg, spec, engine, result, ids, y, groups, folds, tab, 
                         "share": gain.mean(0) / max(gain.mean(0).sum(), 1e-12)}).sort_values("gain_mean", ascending=False)
     w.table("importance.csv", imp)
     model_dir = w.subfolder(MODEL_DIR)
-    for f, model in enumerate(result.models):
-        engine.save(model, model_dir / f"fold-{f}{engine.suffix}")
-    from .fileio import write_json
+    from .fileio import sha256_file, write_json
 
+    files = {}
+    for f, model in enumerate(result.models):
+        name = f"fold-{f}{engine.suffix}"
+        engine.save(model, model_dir / name)
+        files[name] = sha256_file(model_dir / name)  # predict checks it: a damaged model file can crash an engine
     write_json(model_dir / SPEC_FILE, {"engine": engine.name, "n_folds": len(result.models), "threshold": threshold,
                                        "fusion": cfg.fusion if image is not None else None,
                                        "image": image.record() if image is not None else None,
-                                       "features": spec.to_dict()})
+                                       "features": spec.to_dict(), "files": files})
     if image is not None and cfg.fusion == "late":
         np.savez(model_dir / REFERENCE_FILE, image=np.sort(image_prob["train"]), tabular=np.sort(tab["train"]))
     truth = {side: y[side] for side in SIDES}

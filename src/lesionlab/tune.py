@@ -27,9 +27,11 @@ figures (optimisation history, parameter importances).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +41,8 @@ import yaml
 
 from . import plots  # before pyplot is imported anywhere here (optuna's figures too): file-only backend
 from .config import KEYS, ExperimentConfig, build_config, load_yaml
-from .errors import BadInputError, LesionLabError, closest, first_line
-from .fileio import pid_alive, read_json, write_text
+from .errors import BadInputError, LesionLabError, closest, first_line, shown
+from .fileio import atomic_path, pid_alive, read_json, write_bytes, write_text
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ TOP_KEYS = ("base", "space", "objective", "metric", "direction", "folds", "pruni
 FIXED = ("data", "split", "name", "device", "devices", "strategy", "num_nodes", "num_threads", "bootstrap",
          "measure_compute")
 JOURNAL = "journal.log"
+RECORD_START = b'{"op_code":'  # how Optuna's journal writes every record (json.dumps, compact separators)
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ def _param(key: str, spec: Any, origin: str) -> Param:
     where = f"{origin}: space.{key}"
     if not isinstance(spec, dict):
         raise BadInputError(f"{where}: expected a mapping such as {{type: float, low: 1e-4, high: 1e-2, log: true}} "
-                            f"or {{type: choice, values: [...]}}, got {spec!r}")
+                            f"or {{type: choice, values: [...]}}, got {shown(spec)}")
     kind = str(spec.get("type", "")).lower()
     if kind not in TYPES:
         raise BadInputError(f"{where}: type must be one of {', '.join(TYPES)}, got '{spec.get('type')}'"
@@ -115,9 +118,9 @@ def _param(key: str, spec: Any, origin: str) -> Param:
     if kind == "choice":
         values = spec.get("values")
         if not isinstance(values, list) or not values:
-            raise BadInputError(f"{where}: a choice needs a non-empty list of values, got {values!r}")
+            raise BadInputError(f"{where}: a choice needs a non-empty list of values, got {shown(values)}")
         if len({repr(v) for v in values}) != len(values):
-            raise BadInputError(f"{where}: values repeat: {values}")
+            raise BadInputError(f"{where}: values repeat: {shown(values)}")
         return Param(key, kind, tuple(values))
     if "low" not in spec or "high" not in spec:
         raise BadInputError(f"{where}: type {kind} needs low and high")
@@ -126,7 +129,7 @@ def _param(key: str, spec: Any, origin: str) -> Param:
         low, high = cast(spec["low"]), cast(spec["high"])
         step = cast(spec["step"]) if spec.get("step") is not None else None
     except (TypeError, ValueError):
-        raise BadInputError(f"{where}: low, high and step must be {kind} numbers, got {spec!r}") from None
+        raise BadInputError(f"{where}: low, high and step must be {kind} numbers, got {shown(spec)}") from None
     if kind == "int" and (low != spec["low"] or high != spec["high"]):
         raise BadInputError(f"{where}: type int needs whole numbers, got low {spec['low']} and high {spec['high']}")
     if not low < high:
@@ -175,14 +178,14 @@ def load_search(path: str | os.PathLike, data: str | None = None) -> Search:
         raise BadInputError(f"{origin}: direction must be maximize or minimize, got '{direction}'")
     folds = doc.get("folds", 5)
     if not isinstance(folds, int) or folds < 2:
-        raise BadInputError(f"{origin}: folds must be an integer of at least 2, got {folds!r}")
+        raise BadInputError(f"{origin}: folds must be an integer of at least 2, got {shown(folds)}")
     pruning = doc.get("pruning", {"n_startup_trials": 3, "n_warmup_steps": 3})
     if pruning is True:
         pruning = {}
     if pruning not in (False, None) and (not isinstance(pruning, dict)
                                          or set(pruning) - {"n_startup_trials", "n_warmup_steps", "interval_steps"}):
         raise BadInputError(f"{origin}: pruning must be false, true or {{n_startup_trials: N, n_warmup_steps: N}}, "
-                            f"got {pruning!r}")
+                            f"got {shown(pruning)}")
     search = Search(path, base, space, objective, metric, direction, folds, pruning or None,
                     str(doc.get("study", "")) or path.stem)
     _check_configs(search, data, origin)
@@ -195,7 +198,7 @@ def _check_configs(search: Search, data: str | None, origin: str) -> None:
     for p in search.space.values():
         ends = list(p.values) if p.type == "choice" else [p.low, p.high]
         for v in ends:
-            build_config({**base, p.key: v}, f"{origin}: space.{p.key} = {v!r}")
+            build_config({**base, p.key: v}, f"{origin}: space.{p.key} = {shown(v)}")
 
 
 def trial_config(search: Search, params: dict, data: str, trial_number: int) -> ExperimentConfig:
@@ -206,19 +209,85 @@ def trial_config(search: Search, params: dict, data: str, trial_number: int) -> 
 # ---------------------------------------------------------------- storage and study
 
 
-def open_storage(url: str | None, tune_dir: Path):
+def _journal_records(data: bytes, name: str) -> tuple[list[bytes], list[bytes]]:
+    """(complete records, pieces of records cut short) of a journal file's bytes; anything that is not
+    a journal record refuses the file (BadInputError), before Optuna appends to it.
+
+    Optuna writes one JSON record per line and reads a file up to its first line that is not one. A
+    record cut short by a crash or a full disk has no newline, so the next append joins it to the
+    line after: such a line is the torn start of a record followed by a whole one."""
+    records, torn = [], []
+    lines = data.split(b"\n")
+    for number, line in enumerate(lines, 1):
+        if not line:
+            continue  # the end of the file after its last newline
+        if _is_record(line):
+            records.append(line)
+            continue
+        if not (line.startswith(RECORD_START) or RECORD_START.startswith(line)):
+            raise BadInputError(f"{name}: not an Optuna journal (line {number} is not a journal record: "
+                                f"{shown(line[:60])}); give the journal file of a study, or a new path")
+        k = line.rfind(RECORD_START)
+        if number == len(lines) or k <= 0 or not _is_record(line[k:]):
+            if number != len(lines):  # a cut record with more after it that is not a record either
+                raise BadInputError(f"{name}: not an Optuna journal (line {number} is damaged: {shown(line[:60])})")
+            torn.append(line)  # the last line, without its newline: cut short
+            continue
+        torn.append(line[:k])
+        records.append(line[k:])
+    return records, torn
+
+
+def _is_record(line: bytes) -> bool:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and "op_code" in record
+
+
+def check_journal(path: Path, name: str, echo: Callable[[str], None]) -> None:
+    """Check a journal file before Optuna opens it: refuse what is not a regular file holding journal
+    records; records cut short are set aside in JOURNAL.torn-TIME, the complete ones kept, and said."""
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise BadInputError(f"{name}: not a regular file; a journal storage is a file that lesionlab (Optuna) writes")
+    lock = JournalFileSymlinkLock(str(path))  # Optuna's own lock of the file: no worker appends meanwhile
+    lock.acquire()
+    try:
+        data = path.read_bytes()
+        records, torn = _journal_records(data, name)
+        if not torn:
+            return
+        aside = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%d-%H%M%S')}")
+        write_bytes(aside, b"\n".join(torn))
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(b"".join(r + b"\n" for r in records))
+    finally:
+        lock.release()
+    echo(f"{path}: {len(torn)} journal record(s) cut short ({sum(map(len, torn))} bytes, e.g. by a crash or a full "
+         f"disk), set aside in {aside}; the study goes on from its {len(records)} complete record(s)")
+
+
+def open_storage(url: str | None, tune_dir: Path, echo: Callable[[str], None] = log.warning):
     """The study's storage: a journal file (default TUNE_DIR/journal.log, or journal:PATH) or an
-    RDB URL. Any storage that cannot be opened is named with the reason."""
+    RDB URL. Any storage that cannot be opened is named with the reason; a journal file is checked
+    first (check_journal)."""
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     if not url or url.startswith("journal:") or url.endswith((".log", ".journal")):
         path = Path(url.removeprefix("journal:").removeprefix("//")) if url else tune_dir / JOURNAL
+        name = f"--storage {url or path}"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            check_journal(path, name, echo)
             return JournalStorage(JournalFileBackend(str(path)))
         except OSError as e:
-            raise BadInputError(f"--storage {url or path}: the journal file cannot be opened ({e})") from None
+            raise BadInputError(f"{name}: the journal file cannot be opened ({e})") from None
     if "://" not in url:
         raise BadInputError(f"--storage {url}: not a storage URL; expected sqlite:///PATH, postgresql://USER@HOST/DB, "
                             "mysql://..., or journal:PATH (a journal file, also on a shared filesystem)")
@@ -395,7 +464,7 @@ def tune(search: Search, data: str, tune_dir: str | os.PathLike, n_trials: int, 
         raise BadInputError(f"--trials must be at least 1, got {n_trials}")
     tune_dir = Path(tune_dir)
     tune_dir.mkdir(parents=True, exist_ok=True)
-    storage = open_storage(storage_url, tune_dir)
+    storage = open_storage(storage_url, tune_dir, echo)
     study = open_study(search, storage, worker, seed)
     _requeue_dead(study)
     objective = make_objective(search, data, tune_dir, n_trials, echo, train)

@@ -126,9 +126,11 @@ def _decode_pil(data: bytes, min_side: int, max_pixels: int) -> Image.Image:
         raise DecodeError(f"not a readable image ({e})") from None
     if im.mode in WIDE_GREY_MODES:
         im = _wide_grey_to_uint8(im)
-    if im.mode in ("RGBA", "LA", "P"):
+    if im.mode in ("RGBA", "LA", "P", "PA") or "transparency" in im.info:
+        # transparent pixels over white: dermoscopic and clinical photographs have light backgrounds,
+        # and black would put dark, lesion-like areas where the image has nothing
         im = im.convert("RGBA")
-        background = Image.new("RGBA", im.size, (0, 0, 0, 255))
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
         im = Image.alpha_composite(background, im)
     return im.convert("RGB")
 

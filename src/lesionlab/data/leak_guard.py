@@ -63,6 +63,28 @@ def find_copies(candidates: np.ndarray, references: np.ndarray | tuple, threshol
     return hits
 
 
+def copies_in_store(store, positions: np.ndarray, references: np.ndarray, chunk: int = 2048) -> list[tuple[int, int, float]]:
+    """(position in `store`, reference index, similarity) for every image of a prepared `store` at table
+    `positions` that is an exact or near copy of one of `references` (uint8 NHWC images of any size);
+    both are compared at the smaller of the two sizes, the references indexed once."""
+    from ..engine.ssl import resize_batch  # here: the decoding workers import this package without torch's training stack
+
+    size = min(store.size, references.shape[1]) if len(references) else store.size
+
+    def at(images: np.ndarray) -> np.ndarray:
+        return resize_batch(torch.from_numpy(np.ascontiguousarray(images)), size).numpy()
+
+    if not len(references) or not len(positions):
+        return []
+    refs = index_references(at(references))
+    positions = np.asarray(positions)
+    hits = []
+    for start in range(0, len(positions), chunk):
+        rows = positions[start:start + chunk]
+        hits += [(int(rows[i]), j, s) for i, j, s in find_copies(at(store.pixels(rows)), refs)]
+    return hits
+
+
 def check_no_leak(candidates: np.ndarray, candidate_ids: list[str], references: np.ndarray,
                   reference_ids: list[str], what: str) -> dict:
     """Raise LeakError naming the pairs if any candidate copies a reference; else a summary."""

@@ -26,15 +26,17 @@ def _worker_init(parent: int) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
-    _exit_with(parent)
+    exit_with_parent(parent)
 
 
 PR_SET_PDEATHSIG = 1
+PARENT_ENV = "LESIONLAB_PARENT_PID"  # set for `python -m lesionlab` workers (sweep.spawn_local_workers)
 
 
-def _exit_with(parent: int) -> None:
-    """End this worker when `parent` dies, even by kill -9: a worker waits for tasks on a pipe whose
-    writing end it shares, so it would otherwise never see its parent go and live on."""
+def exit_with_parent(parent: int) -> None:
+    """End this process when `parent` dies, even by kill -9: a decoding worker waits for tasks on a
+    pipe whose writing end it shares, and a cv, tune or sweep worker trains on its own, so either
+    would otherwise never see its parent go and live on under PID 1."""
     if sys.platform.startswith("linux") and _parent_death_signal():
         if os.getppid() != parent:  # the parent died before the signal was armed
             os._exit(1)

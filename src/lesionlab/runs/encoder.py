@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import BadInputError, LeakError, preview
 from . import format as fmt
 from .reader import Run, is_complete_run, read_table
@@ -85,13 +87,61 @@ def check_encoder_fits(enc: EncoderWeights, model: str, image_size: int) -> None
         raise BadInputError(f"--pretrained {enc.path}: " + "; ".join(problems))
 
 
-def check_not_pretrained_on(enc: EncoderWeights, eval_ids: dict[str, list[str]]) -> None:
-    """Refuse a run whose validation or test images were among the encoder's pretraining images
-    (labels were not used there, but a model must not have seen its evaluation images)."""
+def pretraining_store(enc: EncoderWeights, store):
+    """The prepared data set the encoder's images come from (run.json's source), holding every id of
+    pretrain_ids.csv; `store` (the run's own) where it is that data set by content hash."""
+    from ..data.store import Store
+
+    source = enc.info.get("source") or {}
+    data, digest = source.get("data"), source.get("store_hash")
+    candidates = [store] if digest and store.content_hash == digest else []
+    if data and Path(data).is_dir():
+        try:
+            candidates.append(Store.open(data))
+        except BadInputError:
+            pass
+    ids = enc.pretrained_ids()
+    for candidate in candidates:
+        if ids <= set(candidate.table["id"].astype(str)):
+            return candidate
+    raise BadInputError(f"--pretrained {enc.path}: was pretrained on images of {data or 'a data set it does not name'}, "
+                        "which is not there any more (or no longer holds them); checking that none of them is one of "
+                        "this run's val/test images compares their content, so that data set is needed: put it back "
+                        "at that path")
+
+
+_CHECKED: set[tuple] = set()  # (encoder, data set, split) already checked in this process: cv's folds check once
+
+
+def check_not_pretrained_on(enc: EncoderWeights, store, split) -> None:
+    """Refuse a run whose validation or test images (of `split` of the prepared data set `store`) were
+    among the encoder's pretraining images (labels were not used there, but a model must not have
+    seen its evaluation images): by id, then by content, as `pretrain --pretrain-data` checks, since
+    data sets share images under other ids (ISIC 2019 holds HAM10000's)."""
+    from ..data.leak_guard import copies_in_store
+
+    key = (str(enc.path.resolve()), store.content_hash, split.sha256)
+    if key in _CHECKED:
+        return
     seen = enc.pretrained_ids()
+    eval_pos = {side: split.positions(store.table, side) for side in ("val", "test")}
+    eval_ids = {side: store.table["id"].astype(str).to_numpy()[pos] for side, pos in eval_pos.items()}
     for side, ids in eval_ids.items():
         both = sorted(set(ids) & seen)
         if both:
             raise LeakError(f"--pretrained {enc.path}: {len(both)} of this run's {side} images were among the "
                             f"images it was pretrained on: {preview(both)}; pretrain on this split's train pool "
                             "(lesionlab pretrain DATA_DIR) instead")
+    source = pretraining_store(enc, store)
+    table_ids = source.table["id"].astype(str).to_numpy()
+    positions = np.flatnonzero(np.isin(table_ids, list(seen)))
+    sides = list(eval_pos)
+    references = store.pixels(np.concatenate([eval_pos[s] for s in sides]))
+    labels = [f"{i} ({s})" for s in sides for i in eval_ids[s]]
+    hits = copies_in_store(source, positions, references)
+    if hits:
+        pairs = [f"{table_ids[p]} ~ {labels[j]} (similarity {sim:.3f})" for p, j, sim in hits]
+        raise LeakError(f"--pretrained {enc.path}: {len(hits)} of the images it was pretrained on are copies of this "
+                        f"run's val/test images (same content, other ids): {preview(pairs)}; pretrain without them "
+                        "(on this split's train pool: lesionlab pretrain DATA_DIR)")
+    _CHECKED.add(key)

@@ -54,6 +54,11 @@ class Engine:
     def load(self, path: Path) -> Any:
         raise NotImplementedError  # pragma: no cover
 
+    def check_file(self, path: Path) -> str | None:
+        """What is wrong with a saved model file, seen without the engine reading it (a damaged file can
+        crash an engine's reader outright), or None."""
+        return None
+
     def version(self) -> str:
         return importlib.import_module(self.package).__version__
 
@@ -91,6 +96,17 @@ class LightGBMEngine(Engine):
 
     def save(self, model, path):
         model.save_model(str(path), num_iteration=model.best_iteration or None)
+
+    def check_file(self, path):
+        # LightGBM's text format: "tree" first, the parameters block, then one pandas_categorical line. Its
+        # reader trusts the tree sizes the header gives: a file cut short crashes it (a segmentation fault)
+        with open(path, "rb") as f:
+            data = f.read()
+        lines = data.rstrip(b"\n").rsplit(b"\n", 1)
+        if not data.startswith(b"tree\n") or b"\nend of parameters\n" not in data or not lines[-1].startswith(
+                b"pandas_categorical:"):
+            return "not a whole LightGBM model file (cut short or overwritten)"
+        return None
 
     def load(self, path):
         import lightgbm as lgb
@@ -134,6 +150,16 @@ class XGBoostEngine(Engine):
     def save(self, model, path):
         best = getattr(model, "best_iteration", None)
         (model[: best + 1] if best is not None else model).save_model(str(path))
+
+    def check_file(self, path):
+        import json
+
+        try:
+            with open(path, encoding="utf-8") as f:
+                json.load(f)
+        except (ValueError, UnicodeDecodeError):
+            return "not a whole XGBoost model file (not valid JSON: cut short or overwritten)"
+        return None
 
     def load(self, path):
         import xgboost as xgb

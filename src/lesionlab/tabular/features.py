@@ -7,15 +7,22 @@ other lesions in the same set: the "ugly duckling" idea of the ISIC 2024 solutio
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from ..data.sources import ISIC2024_COLUMNS, ISIC2024_TEXT_COLUMNS
-from ..errors import BadInputError, preview
+from ..errors import BadInputError, shown
+
+log = logging.getLogger(__name__)
 
 EPS = 1e-5  # added to the patient's standard deviation, as in the public recipe
+# A column is numeric when at least this share of its non-empty values are numbers: a few words in a
+# column of numbers are typos or placeholders ('abc', 'unknown'), read as missing and counted; a
+# column where more than a tenth are words is text.
+NUMERIC_SHARE = 0.9
 SITE_COLUMNS = ("anatom_site_general", "localization", "anatom_site_general_challenge")
 
 # ---------------------------------------------------------------- the ISIC 2024 recipe
@@ -129,23 +136,49 @@ def recipe_features(numeric: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------- column kinds
 
 
+def _parsed(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """(the values as numbers, NaN where missing or not a number; mask of non-empty values that are not numbers)."""
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        return values.astype(np.float64), pd.Series(False, index=values.index)
+    text = values.astype("string").str.strip()
+    present = text.notna() & (text != "")
+    parsed = pd.to_numeric(text.where(present), errors="coerce").astype(np.float64)
+    return parsed, (present & parsed.isna()).astype(bool)
+
+
 def column_kinds(table: pd.DataFrame, columns) -> dict[str, str]:
     """'numeric' or 'categorical' per column. ISIC 2024 columns have their documented types;
-    other columns are numeric when every non-empty value is a number."""
+    other columns are numeric when at least NUMERIC_SHARE of their non-empty values are numbers
+    (the rest are read as missing: not_numbers counts them)."""
     kinds = {}
     for c in columns:
         if c in ISIC2024_COLUMNS:
             kinds[c] = "categorical" if c in ISIC2024_TEXT_COLUMNS else "numeric"
             continue
-        values = table[c]
-        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-            kinds[c] = "numeric"
-            continue
-        text = values.astype("string").str.strip()
-        present = text.notna() & (text != "")
-        parsed = pd.to_numeric(text[present], errors="coerce")
-        kinds[c] = "numeric" if present.any() and parsed.notna().all() else "categorical"
+        parsed, words = _parsed(table[c])
+        numbers = int(parsed.notna().sum())
+        kinds[c] = "numeric" if numbers and numbers >= NUMERIC_SHARE * (numbers + int(words.sum())) else "categorical"
     return kinds
+
+
+def not_numbers(table: pd.DataFrame, kinds: dict[str, str], examples: int = 3) -> dict[str, dict]:
+    """{column: {count, examples}} of the non-empty values of numeric columns that are not numbers
+    (read as missing), for the run to say and record."""
+    out = {}
+    for c, kind in kinds.items():
+        if kind != "numeric" or c not in table.columns:
+            continue
+        _, words = _parsed(table[c])
+        if words.any():
+            bad = table[c][words].astype(str).str.strip()
+            out[c] = {"count": int(words.sum()), "examples": list(dict.fromkeys(bad))[:examples]}
+    return out
+
+
+def describe_not_numbers(found: dict[str, dict]) -> str:
+    """'age: 1 value(s) not a number ('abc'), read as missing; ...'."""
+    return "; ".join(f"{c}: {d['count']} value(s) not a number ({', '.join(shown(e, 30) for e in d['examples'])}), "
+                     "read as missing" for c, d in found.items())
 
 
 def categories_of(values: pd.Series) -> list[str]:
@@ -153,18 +186,9 @@ def categories_of(values: pd.Series) -> list[str]:
     return sorted(text[text.notna() & (text != "")].unique().tolist())
 
 
-def _numeric(values: pd.Series, column: str, where: str) -> pd.Series:
-    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-        return values.astype(np.float64)
-    text = values.astype("string").str.strip()
-    present = text.notna() & (text != "")
-    parsed = pd.to_numeric(text.where(present), errors="coerce")
-    bad = present & parsed.isna()
-    if bad.any():
-        rows = [f"row {i + 1}: {text.iloc[i]!r}" for i in np.flatnonzero(bad.to_numpy())]
-        raise BadInputError(f"{where}: column '{column}' must be numeric; {int(bad.sum())} value(s) are not: "
-                            f"{preview(rows)}")
-    return parsed.astype(np.float64)
+def _numeric(values: pd.Series) -> pd.Series:
+    """A numeric column's values as floats; values that are not numbers are missing (not_numbers counts them)."""
+    return _parsed(values)[0]
 
 
 def _categorical(values: pd.Series, categories: list[str]) -> pd.Series:
@@ -267,9 +291,10 @@ def image_context(prob: np.ndarray, patients: np.ndarray | None, index) -> pd.Da
 
 
 def build_features(table: pd.DataFrame, spec: FeatureSpec, image_prob: np.ndarray | None = None,
-                   where: str = "data") -> pd.DataFrame:
+                   where: str = "data", say_not_numbers: bool = True) -> pd.DataFrame:
     """The model's input frame for the rows of `table`, all of which are scored together (patient
-    statistics are computed over them)."""
+    statistics are computed over them). Values of numeric columns that are not numbers are read as
+    missing, and said (a warning) unless the caller says them itself."""
     missing = [c for c in spec.required_columns() if c not in table.columns]
     if missing:
         raise BadInputError(f"{where}: missing column(s) {', '.join(missing)} that the run's features need "
@@ -277,7 +302,11 @@ def build_features(table: pd.DataFrame, spec: FeatureSpec, image_prob: np.ndarra
     if spec.image and image_prob is None:
         raise BadInputError(f"{where}: this run is fused with an image model; image scores are needed")
     index = table.index
-    numeric = pd.DataFrame({c: _numeric(table[c], c, where) for c in spec.numeric_inputs}, index=index)
+    if say_not_numbers:
+        found = not_numbers(table, {c: spec.kinds[c] for c in spec.numeric_inputs})
+        if found:
+            log.warning("%s: %s", where, describe_not_numbers(found))
+    numeric = pd.DataFrame({c: _numeric(table[c]) for c in spec.numeric_inputs}, index=index)
     parts = [numeric]
     cats = pd.DataFrame({c: _categorical(table[c], spec.categories[c]) for c in spec.inputs
                          if spec.kinds[c] == "categorical"}, index=index)
