@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .choices import COMPARE_ON
-from .errors import BadInputError
+from .errors import BadInputError, check_at_least
 from .metrics import ci_unit, paired_bootstrap
 from .runs import Run, find_runs, is_complete_run, oof_arrays
 
@@ -70,6 +70,7 @@ def compare_runs(runs_a: list[Run], runs_b: list[Run], metrics=COMPARE_METRICS, 
     (cv and tabular runs), else test. Out-of-fold pairs need the same fold assignment on both sides."""
     if on not in COMPARE_ON:
         raise BadInputError(f"--on must be one of {', '.join(COMPARE_ON)}, got '{on}'")
+    check_at_least(n_boot, 1, "--n-boot")
     has_oof = all(r.kind in OOF_KINDS for r in runs_a + runs_b)
     if on == "oof" and not has_oof:
         raise BadInputError("--on oof: " + ", ".join(f"{r.path} is a {r.kind} run" for r in runs_a + runs_b

@@ -37,7 +37,7 @@ from .config import ExperimentConfig, to_dict
 from .data.folds import Folds, inner_validation, make_folds
 from .data.splits import group_keys, load_split, parse_counts
 from .data.store import Store
-from .errors import BadInputError, ExistsError, LesionLabError
+from .errors import BadInputError, ExistsError, LesionLabError, check_at_least
 from .experiment import Plan, train_run
 from .fileio import read_json, write_csv, write_json, write_yaml
 from .metrics import ThresholdRule, ci_unit, metrics_with_ci, parse_prevalence
@@ -152,6 +152,9 @@ def run_cv(cfg: ExperimentConfig, out: str | os.PathLike, k: int = 5, repeats: i
            task_count: int = 1, claim: bool = False, finish: bool = True) -> dict:
     """Train every fold that is not complete (this task's share of them), then, once all are,
     write the cv folder's own files. Returns {"complete": bool, "left": [...], "run": run.json + metrics}."""
+    check_at_least(task_count, 1, "--task-count")
+    if not 0 <= task_index < task_count:  # before the plan is written: nothing made for a task that is not one
+        raise BadInputError(f"--task-index must lie in 0..{task_count - 1}, got {task_index}")
     cv = prepare_cv(cfg, out, k, repeats, fold_seed)
     if is_complete_run(cv.out):
         echo(f"{cv.out}: complete, nothing to do")

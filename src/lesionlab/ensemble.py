@@ -19,7 +19,7 @@ from .choices import ENSEMBLE_MEANS
 from .data.splits import group_keys, load_split, split_name
 from .data.store import Store
 from .data.tta import check_mode
-from .errors import BadInputError
+from .errors import BadInputError, check_at_least
 from .fileio import write_json
 from .metrics import ThresholdRule, ci_unit, metrics_with_ci
 from .runs import Run, RunWriter, find_runs, is_complete_run, load_run
@@ -87,6 +87,8 @@ def build_ensemble(members: list[str | os.PathLike], out: str | os.PathLike, mea
         raise BadInputError(f"--mean must be one of {', '.join(ENSEMBLE_MEANS)}, got '{mean}'")
     if tta is not None:
         check_mode(tta)
+    check_at_least(batch_size, 1, "--batch-size")
+    check_at_least(n_boot, 0, "--n-boot")
     if not members:
         raise BadInputError("ensemble: give at least one MEMBER (a run or cv folder)")
     expanded = expand_members(members)

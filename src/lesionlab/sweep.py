@@ -28,8 +28,8 @@ from typing import Callable
 from filelock import FileLock, Timeout
 
 from .config import ExperimentConfig, build_config, load_yaml, to_dict
-from .errors import BadInputError, ExistsError, LesionLabError
-from .fileio import pid_alive
+from .errors import BadInputError, ExistsError, LesionLabError, check_at_least
+from .fileio import hidden_name, pid_alive
 from .runs import Run, is_complete_run
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def same_config(folder: Path, cfg: ExperimentConfig) -> bool:
 
 def _claim_path(folder: Path) -> Path:
     # not .NAME.lock: that is the run folder's own lock, held while a run is written (fileio.staged_dir)
-    return folder.parent / f".{folder.name}.claim"
+    return folder.parent / hidden_name(folder.name, "claim")
 
 
 def _claim(folder: Path) -> bool:
@@ -173,6 +173,7 @@ def run_sweep(planned: list[PlannedRun], run: Callable[[ExperimentConfig, Path],
     claim: take each run through a lock file first, so that any number of workers, on any
     machines sharing the runs folder, can work through one sweep without running anything twice.
     """
+    check_at_least(task_count, 1, "--task-count")
     if not 0 <= task_index < task_count:
         raise BadInputError(f"--task-index must lie in 0..{task_count - 1}, got {task_index}")
     done, skipped, failed, others = [], [], [], []

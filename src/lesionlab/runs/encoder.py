@@ -50,7 +50,9 @@ def encoder_checkpoint(model: str, image_size: int, method: str, feature_dim: in
 
 def state_dir(out: Path) -> Path:
     """Where `lesionlab pretrain` keeps an unfinished pretraining of ENC_DIR `out`, beside it."""
-    return out.parent / f".{out.name}.pretrain-state"
+    from ..fileio import hidden_name
+
+    return out.parent / hidden_name(out.name, "pretrain-state")
 
 
 def load_encoder(path: str | os.PathLike) -> EncoderWeights:
