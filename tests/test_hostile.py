@@ -290,7 +290,9 @@ def test_local_workers_end_with_their_killed_parent(command, small_data, tmp_pat
         search.write_text(yaml.safe_dump({**TUNE_SEARCH, "base": {"epochs": 200, "n_malignant": 10, "num_threads": 1}}))
         args = ["tune", str(search), "--data", str(small_data), "--out", str(tmp_path / "tune"), "--trials", "4",
                 "--workers", "2"]
-    src = Path(__file__).resolve().parents[1] / "src"
+    import lesionlab
+
+    src = Path(lesionlab.__file__).resolve().parents[1]  # the lesionlab under test
     proc = subprocess.Popen([sys.executable, "-m", "lesionlab", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(src)})
     deadline = time.monotonic() + 120
@@ -467,9 +469,9 @@ def test_every_command_says_it_cannot_write_to_a_read_only_location(command, sma
     assert r.exit_code != 0
 
 
-def _make_read_only(root: Path, monkeypatch) -> None:
-    """Make `root` behave as a read-only mount: every write under it fails with EROFS, as on a
-    real one (tests may run as root, which chmod does not stop)."""
+def _make_read_only(root: Path, monkeypatch, code: int = errno.EROFS) -> None:
+    """Make `root` behave as a read-only mount: every write under it fails with EROFS (or `code`), as
+    on a real one (tests may run as root, which chmod does not stop)."""
     prefix = str(root)
 
     def under(path) -> bool:
@@ -485,7 +487,7 @@ def _make_read_only(root: Path, monkeypatch) -> None:
         def wrapped(*args, **kwargs):
             hit = next((a for a in args[:n] if under(a)), None)
             if hit is not None and "dir_fd" not in kwargs and write(*args, **kwargs):
-                raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fsdecode(hit))
+                raise OSError(code, os.strerror(code), os.fsdecode(hit))
             return real(*args, **kwargs)
         return wrapped
 
@@ -503,15 +505,26 @@ def _make_read_only(root: Path, monkeypatch) -> None:
         monkeypatch.setattr(os, name, guard(getattr(os, name), n))
 
 
+def test_a_folder_that_refuses_writes_is_named(run_dir, images, small_data, tmp_path, monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    _make_read_only(locked, monkeypatch, errno.EACCES)  # what chmod 555 gives a user other than root
+    for args in (("predict", run_dir, images, "--out", locked / "p.csv", "--workers", "1"),
+                 ("explain", run_dir, images, "--out", locked / "cams"),
+                 ("train", "--data", small_data, "--out", locked / "run", *FLAGS)):
+        r = cli(*args, ok=False)
+        _one_line_error(r, f"cannot write to {locked}: permission denied")
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through chmod")
-def test_a_folder_without_write_permission_is_named(run_dir, images, tmp_path):
+def test_a_folder_without_write_permission_is_named(run_dir, images, small_data, tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o555)
     try:
         for args in (("predict", run_dir, images, "--out", locked / "p.csv"),
                      ("explain", run_dir, images, "--out", locked / "cams"),
-                     ("train", "--data", "x", "--out", locked / "run")):
+                     ("train", "--data", small_data, "--out", locked / "run", *FLAGS)):
             r = cli(*args, ok=False)
             _one_line_error(r, f"cannot write to {locked}: permission denied")
     finally:

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ..choices import FORMATS
-from ..errors import BadInputError, preview
+from ..errors import BadInputError, preview, shown
 from ..fileio import csv_restore
 from .images import IMAGE_SUFFIXES, read_bytes
 
@@ -209,7 +209,7 @@ def parse_labels(values: pd.Series, path: Path, column: str) -> np.ndarray:
     ok_true, ok_false = text.isin(_TRUE_LABELS), text.isin(_FALSE_LABELS)
     bad = ~(ok_true | ok_false)
     if bad.any():
-        rows = [f"line {i + 2}: {values.iloc[i]!r}" for i in np.flatnonzero(bad.to_numpy())]
+        rows = [f"line {i + 2}: {shown(values.iloc[i])}" for i in np.flatnonzero(bad.to_numpy())]
         raise BadInputError(
             f"{path}: column '{column}' must be 0/1 or benign/malignant; "
             f"{int(bad.sum())} row(s) are not: {preview(rows)}"
