@@ -28,7 +28,7 @@ from .calibration import isotonic_segments
 from .data.tta import n_views
 from .deploy import EXPORT_HINT, INPUT_DOC, INPUT_NAME, OUTPUT_DOC, OUTPUT_NAME, load_onnx_predictor, metadata_props
 from .errors import BadInputError, LesionLabError, check_at_least, first_line
-from .fileio import atomic_path, require_file_out
+from .fileio import atomic_path, make_dirs, require_file_out
 
 log = logging.getLogger(__name__)
 
@@ -346,4 +346,5 @@ def export(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike, overwri
     require_exporter(fmt)
     predictor = load_image_predictor(run_dir, "cpu", "export")
     images, note = verification_images(run_dir, int(predictor.size), n_verify)
+    make_dirs(out.parent)  # a new output: atomic_path creates no folders
     return export_predictor(predictor, fmt, out, images, str(run_dir), note)
