@@ -50,8 +50,10 @@ def unwritable(e: OSError, path: str | os.PathLike | None = None) -> LesionLabEr
     written (None for any other error); DIR is the nearest existing folder of the path it names."""
     reason = _UNWRITABLE.get(e.errno)
     where = path if path is not None else e.filename
-    if reason is None or where is None:
+    if reason is None:
         return None
+    if where is None:  # a write to an open file names none (a disk that filled up meanwhile)
+        return LesionLabError(f"cannot write the output: {reason}")
     return LesionLabError(f"cannot write to {_existing_folder(os.fsdecode(where))}: {reason}")
 
 
