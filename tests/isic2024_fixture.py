@@ -127,3 +127,80 @@ def write_isic2024(folder: Path, n: int = 60, n_patients: int = 12, n_positive: 
                 progress(s + len(batch), n)
     meta.to_csv(folder / f"{prefix}-metadata.csv", index=False)
     return folder
+
+
+# ---------------------------------------------------------------- the ISIC Archive's permissive release
+
+PERMISSIVE = "ISIC_2024_Permissive_Training"
+SUPPLEMENT_COLUMNS = ["isic_id", "attribution", "copyright_license", "lesion_id", "iddx_full", "iddx_1", "iddx_2",
+                      "iddx_3", "iddx_4", "iddx_5", "mel_mitotic_index", "mel_thick_mm", "tbp_lv_dnn_lesion_confidence"]
+_PERMISSIVE_SOURCES = [("Memorial Sloan Kettering Cancer Center", "CC-BY"), ("ACEMID MIA", "CC-0"),
+                       ("Frazer Institute, The University of Queensland, Dermatology Research Centre", "CC-BY")]
+_MALIGNANT_IDDX = [
+    ("Malignant::Malignant epidermal proliferations::Basal cell carcinoma", "Basal cell carcinoma", "", "", ""),
+    ("Malignant::Malignant melanocytic proliferations (Melanoma)::Melanoma in situ::Melanoma in situ, superficial "
+     "spreading", "Melanoma in situ", "Melanoma in situ, superficial spreading", "", ""),
+    ("Malignant::Malignant melanocytic proliferations (Melanoma)::Melanoma Invasive", "Melanoma Invasive", "", "0/mm^2",
+     "0.3"),
+]
+# the Kaggle competition's test-metadata.csv: the training columns without the label and the label-derived ones
+KAGGLE_TEST_COLUMNS = [c for c in ISIC2024_COLUMNS if c not in (
+    "target", "lesion_id", "iddx_full", "iddx_1", "iddx_2", "iddx_3", "iddx_4", "iddx_5", "mel_mitotic_index",
+    "mel_thick_mm", "tbp_lv_dnn_lesion_confidence")]
+
+
+def permissive_tables(n: int, n_positive: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(ground truth, supplement) rows as the ISIC Archive writes them: malignant as the text 1.0 / 0.0,
+    lesion_id filled for every malignant crop and about 8% of benign ones, diagnoses in iddx_*."""
+    rng = np.random.default_rng(seed)
+    ids = [f"ISIC_{i:07d}" for i in np.sort(rng.choice(9_999_999, size=n, replace=False))]
+    target = np.zeros(n, int)
+    target[rng.choice(n, size=min(n_positive, n), replace=False)] = 1
+    truth = pd.DataFrame({"isic_id": ids, "malignant": np.where(target == 1, "1.0", "0.0")})
+    rows = []
+    for i, t in zip(ids, target):
+        who, lic = _PERMISSIVE_SOURCES[int(rng.integers(len(_PERMISSIVE_SOURCES)))]
+        lesion = f"IL_{int(rng.integers(9_999_999)):07d}" if t or rng.uniform() < 0.08 else ""
+        if t:
+            full, third, fourth, mitotic, thick = _MALIGNANT_IDDX[int(rng.integers(len(_MALIGNANT_IDDX)))]
+            second = full.split("::")[1]
+            iddx = [full, "Malignant", second, third, fourth, ""]
+        else:
+            full, mitotic, thick = "Benign", "", ""
+            iddx = ["Benign", "Benign", "", "", "", ""]
+        rows.append([i, who, lic, lesion, *iddx, mitotic, thick, f"{rng.uniform(0, 100):.4f}"])
+    return truth, pd.DataFrame(rows, columns=SUPPLEMENT_COLUMNS)
+
+
+def write_isic2024_permissive(folder: Path, n: int = 60, n_positive: int = 12, seed: int = 0,
+                              size_range: tuple[int, int] = (20, 28)) -> Path:
+    """The release as the ISIC Archive ships it: PREFIX_Input/ISIC_*.jpg (square JPEG crops, with the
+    archive's ATTRIBUTION.txt and LICENSE.txt beside them), PREFIX_GroundTruth.csv, PREFIX_Supplement.csv."""
+    folder = Path(folder)
+    images = folder / f"{PERMISSIVE}_Input"
+    images.mkdir(parents=True, exist_ok=True)
+    truth, supplement = permissive_tables(n, n_positive, seed)
+    targets = (truth["malignant"] == "1.0").astype(int).tolist()
+    for isic_id, data in zip(truth["isic_id"], _crops(seed, 0, targets, size_range, square=True)):
+        (images / f"{isic_id}.jpg").write_bytes(data)
+    (images / "ATTRIBUTION.txt").write_text("ISIC Archive\n")
+    (images / "LICENSE.txt").write_text("CC-BY and CC-0, per image\n")
+    truth.to_csv(folder / f"{PERMISSIVE}_GroundTruth.csv", index=False)
+    supplement.to_csv(folder / f"{PERMISSIVE}_Supplement.csv", index=False)
+    return folder
+
+
+def write_kaggle_test(folder: Path, release: Path, ids: list[str]) -> Path:
+    """The competition's test layout for some crops of a permissive release: test-metadata.csv (its 44
+    columns, in order; the values the release has, the others empty) and test-image.hdf5 (JPEG bytes by id)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    supplement = pd.read_csv(release / f"{PERMISSIVE}_Supplement.csv", dtype=str, keep_default_na=False)
+    supplement = supplement.set_index("isic_id").loc[ids].reset_index()
+    meta = pd.DataFrame({c: supplement[c] if c in supplement.columns else "" for c in KAGGLE_TEST_COLUMNS})
+    meta.to_csv(folder / "test-metadata.csv", index=False)
+    with h5py.File(folder / "test-image.hdf5", "w") as f:
+        for isic_id in sorted(ids):  # the file's own order differs from the metadata's
+            data = (release / f"{PERMISSIVE}_Input" / f"{isic_id}.jpg").read_bytes()
+            f.create_dataset(isic_id, data=np.bytes_(data))
+    return folder

@@ -4,7 +4,9 @@ command line starts fast)."""
 from __future__ import annotations
 
 FITS = ("stretch", "crop", "pad")
-FORMATS = ("auto", "manifest", "isic2024", "isic-csv", "folders", "images")
+FORMATS = ("auto", "manifest", "isic2024", "isic2024-permissive", "isic-csv", "folders", "images")
+# predict also writes the ISIC 2024 Kaggle competition's submission file (isic_id,target) for any input with ISIC ids
+PREDICT_FORMATS = (*FORMATS, "kaggle")
 GROUP_CHOICES = ("auto", "patient_id", "lesion_id", "none")
 POLICIES = ("none", "light", "medium", "heavy")
 SAMPLERS = ("none", "redraw", "balanced")

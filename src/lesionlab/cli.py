@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .choices import COMPARE_ON, ENSEMBLE_MEANS, FITS, FORMATS, GROUP_CHOICES, POLICIES, TTA_MODES
+from .choices import COMPARE_ON, ENSEMBLE_MEANS, FITS, FORMATS, GROUP_CHOICES, POLICIES, PREDICT_FORMATS, TTA_MODES
 from .errors import LesionLabError
 
 PREPARE_FORMATS = tuple(f for f in FORMATS if f != "images")  # loose image files carry no labels
@@ -572,8 +572,9 @@ def augment_preview(data_dir: Path, policy: str, out: Path, rows: int, columns: 
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="CSV to write")
-@click.option("--format", "fmt", default="auto", show_default=True,
-              type=click.Choice(FORMATS))
+@click.option("--format", "fmt", default="auto", show_default=True, type=click.Choice(PREDICT_FORMATS),
+              help="layout of SOURCE; kaggle: SOURCE is any layout with ISIC ids (the competition's test-metadata.csv "
+                   "+ test-image.hdf5) and the CSV is the competition's submission file, isic_id,target")
 @click.option("--skip-bad", is_flag=True, help="skip unreadable images instead of stopping")
 @click.option("--overwrite", is_flag=True, help="replace an existing output file")
 @click.option("--workers", default=0, type=click.IntRange(min=0), help="decoding processes (0 = one per core)")
@@ -586,9 +587,10 @@ def augment_preview(data_dir: Path, policy: str, out: Path, rows: int, columns: 
               help="onnxruntime: RUN_DIR is a MODEL.onnx from `lesionlab export`, scored without torch")
 def predict(run_dir: Path, source: Path, out: Path, fmt: str, skip_bad: bool, overwrite: bool, workers: int,
             batch_size: int, device: str, max_pixels: int, tta: str | None, engine: str) -> None:
-    """Score images (a file, folder, manifest or ISIC 2024 pair) with a train, cv or ensemble run (or an
-    exported model); with a tabular run, the rows of a manifest or an ISIC 2024 pair (their metadata
-    columns, and their images when the run is fused with an image model)."""
+    """Score images (a file, folder, manifest, ISIC 2024 pair or release) with a train, cv or ensemble run
+    (or an exported model); with a tabular run, the rows of a manifest or an ISIC 2024 pair (their metadata
+    columns, and their images when the run is fused with an image model). `--format kaggle` writes the
+    ISIC 2024 competition's submission file."""
     from .predict import predict as do_predict
 
     bar, update = _progress_bar("predict")
@@ -600,7 +602,9 @@ def predict(run_dir: Path, source: Path, out: Path, fmt: str, skip_bad: bool, ov
     from .errors import preview
 
     unit = result.get("unit", "image")
-    click.echo(f"{out}: {result['n']} {unit}(s) scored at threshold {result['threshold']:.3g}"
+    scored = (f"the competition's submission (isic_id,target) of {result['n']} {unit}(s)" if result.get("kaggle")
+              else f"{result['n']} {unit}(s) scored at threshold {result['threshold']:.3g}")
+    click.echo(f"{out}: {scored}"
                + f" ({result['img_s']:.0f} {'img' if unit == 'image' else unit}/s)")
     if result["skipped"]:
         click.echo(f"{out}: {result['skipped']} unreadable skipped: {preview(result['skipped_ids'], 3)}; all listed "

@@ -3,7 +3,8 @@ run, to rows of metadata, with the images scored too when the run is fused with 
 
 Images are decoded and resized exactly as the run's training data (same size and fit), in
 worker processes, a chunk at a time; rows are written as they come, into a file that only
-takes its final name once complete.
+takes its final name once complete. `fmt="kaggle"` writes the ISIC 2024 competition's submission
+file instead: exactly `isic_id,target` (the probability), one row per input image in its order.
 """
 from __future__ import annotations
 
@@ -17,11 +18,14 @@ import pandas as pd
 
 from .data.images import DEFAULT_MAX_PIXELS, DecodeError, decode_resize
 from .data.parallel import cpu_count, map_ordered
-from .data.sources import ImageReader, read_source
+from .data.sources import ISIC_ID, ImageReader, Source, read_source
 from .errors import BadInputError, check_at_least, preview
 from .fileio import atomic_path, make_dirs, require_file_out, safe_to_csv, write_csv
 
 CHUNK = 512
+KAGGLE_COLUMNS = ("isic_id", "target")
+# the submission is ranked by its scorer: enough digits that no two different probabilities tie
+KAGGLE_FLOAT = "%.9g"
 
 
 def _decode_chunk(reader: ImageReader, locators: list[str], size: int, fit: str, max_pixels: int = DEFAULT_MAX_PIXELS):
@@ -47,14 +51,16 @@ def _named(bad: list[tuple[str, str]]) -> list[str]:
 
 
 def _image_chunks(predictor, src, skip_bad: bool, workers: int | None, batch_size: int,
-                  progress: Callable[[int, int], None] | None, max_pixels: int):
+                  progress: Callable[[int, int], None] | None, max_pixels: int, kaggle: bool = False):
     """(rows of the chunk, which were readable, their probabilities, unreadable (id, reason)) per chunk."""
     table = src.table
     n = len(table)
     missing = set(src.reader.missing(table["locator"].tolist()))
+    remedy = "a submission needs every test image" if kaggle else "--skip-bad skips them"
     if missing and not skip_bad:
         ids = table.loc[table["locator"].isin(missing), "id"].tolist()
-        raise BadInputError(f"{src.location}: {len(ids)} of {n} image(s) missing: {preview(ids)} (--skip-bad skips them)")
+        raise BadInputError(f"{src.location}: {len(ids)} of {n} image(s) missing: {preview(ids)} "
+                            f"(looked for {src.reader.where()}; {remedy})")
     workers = max(1, min(workers or cpu_count(), -(-n // CHUNK)))
     if workers > 1:
         src.reader.close()
@@ -66,11 +72,31 @@ def _image_chunks(predictor, src, skip_bad: bool, workers: int | None, batch_siz
         rows = table.iloc[start:start + len(ok)]
         bad = [(str(rows['id'].iloc[i]), reason) for i, reason in reasons.items()]
         if bad and not skip_bad:
-            raise BadInputError(f"{src.location}: image(s) could not be read: {preview(_named(bad))} (--skip-bad skips them)")
+            raise BadInputError(f"{src.location}: image(s) could not be read: {preview(_named(bad))} ({remedy})")
         yield rows, ok, predictor.probabilities(images[ok], batch_size), bad
         done += len(ok)
         if progress:
             progress(done, n)
+
+
+def _require_isic_ids(src: Source) -> None:
+    """A submission names every test image by its isic_id: input whose ids are not ISIC ids is refused."""
+    ids = src.table["id"].astype(str)
+    bad = ids[~ids.str.fullmatch(ISIC_ID.pattern)].tolist()
+    if bad:
+        raise BadInputError(f"--format kaggle: {src.location}: {len(bad)} of {len(ids)} image(s) have no ISIC id (ISIC_ "
+                            f"and digits), which a submission names each image by: {preview(bad)}; give the "
+                            "competition's test folder (test-metadata.csv + test-image.hdf5) or images named by isic_id")
+
+
+def _output(ids, probs: np.ndarray, threshold: float, labels, kaggle: bool) -> tuple[pd.DataFrame, str]:
+    """The rows to write and their float format: `id, prob, decision[, label]`, or the submission's `isic_id, target`."""
+    if kaggle:
+        return pd.DataFrame({KAGGLE_COLUMNS[0]: np.asarray(ids), KAGGLE_COLUMNS[1]: probs}), KAGGLE_FLOAT
+    frame = pd.DataFrame({"id": np.asarray(ids), "prob": probs, "decision": (probs >= threshold).astype(int)})
+    if labels is not None:
+        frame["label"] = np.asarray(labels)
+    return frame, "%.6g"
 
 
 def predict(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os.PathLike, fmt: str = "auto",
@@ -80,9 +106,18 @@ def predict(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os
     """Write `id, prob, decision` (+ `label` where the input has labels) for every image (or row, for
     a tabular run); images whose header states more than `max_pixels` pixels are unreadable (never
     decoded). engine "onnxruntime" scores with a file `lesionlab export` wrote, and imports no torch.
-    With skip_bad, the images skipped are listed with their reasons in OUT's skipped_path."""
+    With skip_bad, the images skipped are listed with their reasons in OUT's skipped_path.
+    fmt "kaggle": the input's layout is detected, and the output is the competition's submission file."""
     out = Path(out)
     require_file_out(out, overwrite)
+    kaggle = fmt == "kaggle"
+    if kaggle:
+        if skip_bad:
+            raise BadInputError("--format kaggle: a submission needs a row for every test image; --skip-bad would "
+                                "leave the unreadable ones out")
+        fmt = "auto"
+        if Path(source).is_dir() and (Path(source) / "test-metadata.csv").is_file():
+            source = Path(source) / "test-metadata.csv"  # the competition's folder also holds train-metadata.csv
     if skip_bad:
         require_file_out(skipped_path(out), overwrite, "--out (its list of skipped images)")
     check_at_least(batch_size, 1, "--batch-size")
@@ -102,10 +137,10 @@ def predict(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os
         raise BadInputError(f"--engine must be torch or onnxruntime, got '{engine}'")
     make_dirs(out.parent)  # a new output: atomic_path creates no folders
     if getattr(run, "takes", "images") == "rows":
-        result = _predict_rows(run, source, out, fmt, skip_bad, workers, batch_size, device, progress, max_pixels)
+        result = _predict_rows(run, source, out, fmt, skip_bad, workers, batch_size, device, progress, max_pixels, kaggle)
     else:
-        result = _predict_images(run, source, out, fmt, skip_bad, workers, batch_size, progress, max_pixels)
-    return {**result, **_list_skipped(out, result.pop("bad"), skip_bad)}
+        result = _predict_images(run, source, out, fmt, skip_bad, workers, batch_size, progress, max_pixels, kaggle)
+    return {**result, **_list_skipped(out, result.pop("bad"), skip_bad), "kaggle": kaggle}
 
 
 def _list_skipped(out: Path, bad: list[tuple[str, str]], skip_bad: bool) -> dict:
@@ -119,34 +154,36 @@ def _list_skipped(out: Path, bad: list[tuple[str, str]], skip_bad: bool) -> dict
 
 
 def _predict_images(run, source, out: Path, fmt: str, skip_bad: bool, workers: int | None, batch_size: int,
-                    progress, max_pixels: int) -> dict:
+                    progress, max_pixels: int, kaggle: bool = False) -> dict:
     src = read_source(source, fmt, require_labels=False, metadata=False)
+    if kaggle:
+        _require_isic_ids(src)
     table = src.table
     n = len(table)
     has_label = "label" in table.columns
     bad: list[tuple[str, str]] = []
     started = time.perf_counter()
     with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
-        chunks = _image_chunks(run, src, skip_bad, workers, batch_size, progress, max_pixels)
+        chunks = _image_chunks(run, src, skip_bad, workers, batch_size, progress, max_pixels, kaggle)
         for k, (rows, ok, probs, chunk_bad) in enumerate(chunks):
             bad += chunk_bad
             kept = rows[ok]
-            frame = pd.DataFrame({"id": kept["id"].to_numpy(), "prob": probs,
-                                  "decision": (probs >= run.threshold).astype(int)})
-            if has_label:
-                frame["label"] = kept["label"].to_numpy()
-            safe_to_csv(frame, f, header=k == 0, index=False, float_format="%.6g")  # ids: formula-safe
+            frame, floats = _output(kept["id"].to_numpy(), probs, run.threshold,
+                                    kept["label"].to_numpy() if has_label else None, kaggle)
+            safe_to_csv(frame, f, header=k == 0, index=False, float_format=floats)  # ids: formula-safe
     seconds = time.perf_counter() - started
     return {"n": n - len(bad), "bad": bad, "seconds": seconds, "img_s": (n - len(bad)) / max(seconds, 1e-9),
             "threshold": run.threshold, "out": str(out), "unit": "image"}
 
 
 def _predict_rows(run, source, out: Path, fmt: str, skip_bad: bool, workers: int | None, batch_size: int,
-                  device: str, progress, max_pixels: int) -> dict:
+                  device: str, progress, max_pixels: int, kaggle: bool = False) -> dict:
     """A tabular run: read INPUT with its metadata, score its images too when the run is fused, then
     score every row at once (patient statistics are over INPUT's patients)."""
     started = time.perf_counter()
     src = read_source(source, fmt, require_labels=False, metadata=True)
+    if kaggle:
+        _require_isic_ids(src)
     table = src.table
     n = len(table)
     image_prob = None
@@ -157,7 +194,7 @@ def _predict_rows(run, source, out: Path, fmt: str, skip_bad: bool, workers: int
         image_prob = np.full(n, np.nan)
         start = 0
         for rows, ok, probs, chunk_bad in _image_chunks(image_model, src, skip_bad, workers, batch_size, progress,
-                                                        max_pixels):
+                                                        max_pixels, kaggle):
             where = start + np.flatnonzero(ok)
             keep[where] = True
             image_prob[where] = probs
@@ -165,11 +202,10 @@ def _predict_rows(run, source, out: Path, fmt: str, skip_bad: bool, workers: int
             start += len(rows)
         table, image_prob = table[keep], image_prob[keep]
     probs = run.probabilities_rows(table, image_prob, where=str(src.location))
-    frame = pd.DataFrame({"id": table["id"].to_numpy(), "prob": probs, "decision": (probs >= run.threshold).astype(int)})
-    if "label" in table.columns:
-        frame["label"] = table["label"].to_numpy()
+    frame, floats = _output(table["id"].to_numpy(), probs, run.threshold,
+                            table["label"].to_numpy() if "label" in table.columns else None, kaggle)
     with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
-        safe_to_csv(frame, f, index=False, float_format="%.6g")  # ids: formula-safe
+        safe_to_csv(frame, f, index=False, float_format=floats)  # ids: formula-safe
     if progress and not run.fused:
         progress(n, n)
     seconds = time.perf_counter() - started

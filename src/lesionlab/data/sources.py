@@ -7,6 +7,9 @@ plus any metadata columns, and an `ImageReader` that turns a locator into file b
 Layouts:
 - manifest:  a CSV with `path,label` (+ optional id, patient_id, lesion_id, source_id, metadata)
 - isic2024:  train-metadata.csv with train-image.hdf5 or train-image/image/*.jpg (SLICE-3D)
+- isic2024-permissive: the ISIC Archive's "ISIC 2024 Permissive Training" release, as downloaded:
+             PREFIX_Input/ (JPEG crops), PREFIX_GroundTruth.csv (isic_id,malignant) and
+             PREFIX_Supplement.csv (attribution, license, lesion_id, diagnoses), joined on isic_id
 - isic-csv:  the ISIC 2019 / 2020 ground-truth CSV beside a JPEG folder
 - folders:   benign/ and malignant/ sub-folders of images
 - images:    one image file or a folder of images, unlabelled (for predict)
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +55,16 @@ ISIC2024_COLUMNS = (
     "copyright_license lesion_id iddx_full iddx_1 iddx_2 iddx_3 iddx_4 iddx_5 mel_mitotic_index "
     "mel_thick_mm tbp_lv_dnn_lesion_confidence"
 ).split()
+# The ISIC Archive names the three downloads of a release by one prefix: PREFIX_Input/,
+# PREFIX_GroundTruth.csv and PREFIX_Supplement.csv
+PERMISSIVE_PREFIX = "ISIC_2024_Permissive_Training"
+PERMISSIVE_PARTS = {
+    "_Input": "the folder of ISIC_*.jpg crops",
+    "_GroundTruth.csv": "isic_id,malignant",
+    "_Supplement.csv": "isic_id, attribution, copyright_license, lesion_id, iddx_*, mel_*",
+}
+# an ISIC Archive image id: what a Kaggle submission names each test image by
+ISIC_ID = re.compile(r"ISIC_\d+")
 # ISIC 2019: these diagnoses are malignant, as ISIC 2024's `target`
 ISIC2019_MALIGNANT = ("MEL", "BCC", "SCC")
 ISIC2019_CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK")
@@ -65,6 +79,10 @@ class ImageReader:
     def missing(self, locators: list[str]) -> list[str]:
         """Locators with no image behind them (cheap check before decoding)."""
         return []
+
+    def where(self) -> str:
+        """Where the images are looked for, for messages ('under FOLDER', 'in FILE.hdf5')."""
+        return ""
 
     def fingerprint(self, locators: list[str]) -> str:
         raise NotImplementedError  # pragma: no cover
@@ -87,6 +105,9 @@ class FileReader(ImageReader):
 
     def missing(self, locators: list[str]) -> list[str]:
         return [loc for loc in locators if not os.path.isfile(self.path(loc))]
+
+    def where(self) -> str:
+        return f"under {self.root}"
 
     def fingerprint(self, locators: list[str]) -> str:
         h = hashlib.sha256()
@@ -137,6 +158,9 @@ class HDF5Reader(ImageReader):
         keys = set(self._open().keys())
         return [loc for loc in locators if loc not in keys]
 
+    def where(self) -> str:
+        return f"in {self.path}"
+
     def fingerprint(self, locators: list[str]) -> str:
         st = os.stat(self.path)
         return hashlib.sha256(f"{self.path}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()
@@ -148,6 +172,7 @@ class Source:
     location: Path
     table: pd.DataFrame
     reader: ImageReader
+    companions: tuple[Path, ...] = ()  # other files the table was read from (their bytes enter the fingerprint)
 
     @property
     def labelled(self) -> bool:
@@ -162,6 +187,8 @@ class Source:
         h = hashlib.sha256(self.format.encode())
         if self.location.is_file():
             h.update(sha256_file(self.location).encode())
+        for path in self.companions:
+            h.update(sha256_file(path).encode())
         core = [c for c in ("id", "label", "locator") if c in self.table]
         h.update(pd.util.hash_pandas_object(self.table[core].astype(str), index=False).values.tobytes())
         h.update(self.reader.fingerprint(self.table["locator"].tolist()).encode())
@@ -330,6 +357,114 @@ def read_isic2024(source: Path, require_labels: bool = True, metadata: bool = Tr
     return Source("isic2024", meta, table, reader)
 
 
+def _permissive_prefix(folder: Path) -> str | None:
+    """The name prefix of an ISIC Archive release of the 2024 kind held (even in part) by `folder`: a
+    PREFIX_GroundTruth.csv whose columns are isic_id and malignant (an ISIC 2019 ground truth has `image`
+    and one-hot diagnoses), a PREFIX_Supplement.csv or an ISIC_2024_*_Input folder."""
+    for p in sorted(folder.glob("*_GroundTruth.csv")):
+        if {"isic_id", "malignant"} <= set(_csv_header(p)):
+            return p.name.removesuffix("_GroundTruth.csv")
+    for p in sorted(folder.glob("ISIC_2024_*_Supplement.csv")):
+        return p.name.removesuffix("_Supplement.csv")
+    for p in sorted(folder.glob("ISIC_2024_*_Input")):
+        if p.is_dir():
+            return p.name.removesuffix("_Input")
+    return None
+
+
+def _permissive_release(source: Path) -> tuple[Path, str]:
+    """(release folder, prefix) for the release folder or its ground-truth CSV."""
+    if source.is_file():
+        if not source.name.endswith("_GroundTruth.csv"):
+            raise BadInputError(f"{source}: expected the release's PREFIX_GroundTruth.csv beside PREFIX_Input/ and "
+                                f"PREFIX_Supplement.csv (e.g. {PERMISSIVE_PREFIX}_GroundTruth.csv), or the folder holding them")
+        return source.parent, source.name.removesuffix("_GroundTruth.csv")
+    prefix = _permissive_prefix(source)
+    if prefix is None:
+        raise BadInputError(f"{source}: no ISIC 2024 permissive release here; expected "
+                            + ", ".join(PERMISSIVE_PREFIX + part for part in PERMISSIVE_PARTS))
+    return source, prefix
+
+
+def _binary_labels(values: pd.Series, ids: pd.Series, path: Path, column: str) -> np.ndarray:
+    """A 0/1 column the ISIC Archive writes as 1.0 / 0.0; anything else is named by id and line."""
+    number = pd.to_numeric(values.astype(str).str.strip(), errors="coerce")
+    bad = np.flatnonzero(~number.isin([0.0, 1.0]).to_numpy())
+    if len(bad):
+        rows = [f"{ids.iloc[i]} (line {i + 2}: {values.iloc[i]!r})" for i in bad]
+        raise BadInputError(f"{path}: column '{column}' must be 1.0 (malignant) or 0.0 (benign); {len(bad)} row(s) "
+                            f"are not: {preview(rows)}")
+    return (number.to_numpy() == 1.0).astype(np.int8)
+
+
+def _images_by_id(folder: Path) -> dict[str, Path]:
+    """Every image under `folder` by its file stem (an isic_id); two files of one stem are refused."""
+    by_id: dict[str, list[Path]] = defaultdict(list)
+    for p in _images_under(folder):
+        by_id[p.stem].append(p)
+    twice = [f"{i} ({', '.join(p.name for p in ps)})" for i, ps in by_id.items() if len(ps) > 1]
+    if twice:
+        raise BadInputError(f"{folder}: {len(twice)} id(s) have more than one image: {preview(twice)}")
+    return {i: ps[0] for i, ps in by_id.items()}
+
+
+def _require_same_ids(ids: pd.Series, other: pd.Series, truth: Path, other_path: Path) -> None:
+    """The Supplement describes exactly the ground truth's images."""
+    known, theirs = set(ids), set(other)
+    foreign = [i for i in other if i not in known]
+    if foreign:
+        raise BadInputError(f"{other_path}: {len(foreign)} id(s) are not in {truth.name}: {preview(foreign)}")
+    lacking = [i for i in ids if i not in theirs]
+    if lacking:
+        raise BadInputError(f"{other_path}: has no row for {len(lacking)} id(s) of {truth.name}: {preview(lacking)}")
+
+
+def read_isic2024_permissive(source: Path, require_labels: bool = True, metadata: bool = True) -> Source:
+    """The ISIC Archive's ISIC 2024 permissive release as downloaded (docs: isic2024-format.md).
+
+    Rows follow the ground truth; the Supplement's columns become the metadata (lesion_id the group
+    column). Ground-truth ids without an image are left to prepare/predict, which name them (and
+    --skip-bad drops them); images without a ground-truth row, and a Supplement of other ids, are refused."""
+    root, prefix = _permissive_release(source)
+    parts = {part: root / (prefix + part) for part in PERMISSIVE_PARTS}
+    absent = [f"{p.name}{'/' if part == '_Input' else ''} ({PERMISSIVE_PARTS[part]})" for part, p in parts.items()
+              if not (p.is_dir() if part == "_Input" else p.is_file())]
+    if absent:
+        present = [p.name for p in parts.values() if p.exists()]
+        raise BadInputError(f"{root}: the release is incomplete: {'; '.join(absent)} missing"
+                            + (f" beside {', '.join(present)}" if present else "")
+                            + "; download every part of the release from the ISIC Archive into this folder")
+    truth, supplement, images = parts["_GroundTruth.csv"], parts["_Supplement.csv"], parts["_Input"]
+
+    gt = _read_csv(truth)
+    _require_columns(gt, ("isic_id", "malignant") if require_labels else ("isic_id",), truth)
+    _check_ids_present(gt["isic_id"], truth, "isic_id")
+    ids = gt["isic_id"].astype(str).str.strip()
+    _check_unique_ids(ids, truth)
+    labels = _binary_labels(gt["malignant"], ids, truth, "malignant") if "malignant" in gt.columns else None
+
+    header = _csv_header(supplement)
+    dtypes = {c: (str if c in ISIC2024_TEXT_COLUMNS or c not in ISIC2024_COLUMNS else "float64") for c in header}
+    usecols = None if metadata else [c for c in header if c in ("isic_id", "lesion_id")]
+    sup = _read_csv(supplement, dtype=dtypes, usecols=usecols)
+    _require_columns(sup, ("isic_id",), supplement)
+    _check_ids_present(sup["isic_id"], supplement, "isic_id")
+    sup_ids = sup["isic_id"].astype(str).str.strip()
+    _check_unique_ids(sup_ids, supplement)
+    _require_same_ids(ids, sup_ids, truth, supplement)
+    order = pd.Series(np.arange(len(sup)), index=sup_ids.to_numpy()).loc[ids.to_numpy()].to_numpy()
+    df = sup.iloc[order].drop(columns=["isic_id"]).reset_index(drop=True).assign(source_id=ids.to_numpy())
+
+    on_disk = _images_by_id(images)
+    known = set(ids)
+    unlisted = sorted(i for i in on_disk if i not in known)
+    if unlisted:
+        raise BadInputError(f"{images}: {len(unlisted)} image(s) have no row in {truth.name}: {preview(unlisted)}")
+    locators = pd.Series([str(on_disk[i].relative_to(root)) if i in on_disk else f"{images.name}/{i}.jpg" for i in ids])
+    table = _standard_table(df, ids, labels, locators, truth, used=set())
+    return Source("isic2024-permissive", truth, table, FileReader(str(root)), companions=(supplement,))
+
+
 def _find_isic_csv(source: Path) -> Path:
     if source.is_file():
         return source
@@ -392,8 +527,10 @@ def read_isic_csv(source: Path, require_labels: bool = True) -> Source:
                 df = df.merge(extra, on="image", how="left")
         used = {"image"}
     else:
+        hint = ("; its isic_id,malignant columns are the ISIC 2024 permissive release's "
+                "(--format isic2024-permissive, or auto)" if {"isic_id", "malignant"} <= set(df.columns) else "")
         raise BadInputError(
-            f"{csv}: not an ISIC 2019/2020 ground-truth file (expected a column 'image' or 'image_name')"
+            f"{csv}: not an ISIC 2019/2020 ground-truth file (expected a column 'image' or 'image_name'){hint}"
         )
     root = csv.parent if source.is_file() else source
     locators = pd.Series(_locate_images(ids.astype(str).tolist(), root, csv))
@@ -445,13 +582,16 @@ def detect_format(source: Path) -> str:
         cols = set(_csv_header(source))
         if "path" in cols:
             return "manifest"
+        if {"isic_id", "malignant"} <= cols and "target" not in cols:
+            return "isic2024-permissive"
         if "isic_id" in cols:
             return "isic2024"
         if cols & {"image", "image_name"}:
             return "isic-csv"
         raise BadInputError(
             f"{source}: cannot tell the layout from its columns ({', '.join(sorted(cols))}); "
-            "expected 'path' (manifest), 'isic_id' (ISIC 2024) or 'image'/'image_name' (ISIC 2019/2020)"
+            "expected 'path' (manifest), 'isic_id' (ISIC 2024), 'isic_id,malignant' (the ISIC 2024 permissive "
+            "release's ground truth) or 'image'/'image_name' (ISIC 2019/2020)"
         )
     if (source / "train-metadata.csv").exists() or (source / "test-metadata.csv").exists():
         return "isic2024"
@@ -460,6 +600,9 @@ def detect_format(source: Path) -> str:
     names = {p.name.lower() for p in source.iterdir() if p.is_dir()}
     if {"benign", "malignant"} <= names:
         return "folders"
+    # before isic-csv: that layout's *GroundTruth*.csv would also match the release's ground truth
+    if _permissive_prefix(source) is not None:
+        return "isic2024-permissive"
     if list(source.glob("*GroundTruth*.csv")) or (source / "train.csv").exists():
         return "isic-csv"
     return "images"
@@ -481,6 +624,8 @@ def read_source(source: str | os.PathLike, fmt: str = "auto", require_labels: bo
         src = read_manifest(path, require_labels, metadata)
     elif fmt == "isic2024":
         src = read_isic2024(source, require_labels, metadata)
+    elif fmt == "isic2024-permissive":
+        src = read_isic2024_permissive(source, require_labels, metadata)
     elif fmt == "isic-csv":
         src = read_isic_csv(source, require_labels)
     elif fmt == "folders":

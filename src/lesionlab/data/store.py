@@ -256,7 +256,7 @@ def _prepare(source: Source, out: Path, size: int, fit: str, skip_bad: bool, wor
     if missing and not skip_bad:
         rows = table.loc[table["locator"].isin(missing), "id"].tolist()
         raise BadInputError(f"{source.location}: {len(rows)} of {n} image(s) missing: {preview(rows)} "
-                            "(--skip-bad drops them)")
+                            f"(looked for {source.reader.where()}; --skip-bad drops them)")
 
     out.mkdir(parents=True, exist_ok=True)
     images_path, progress_path = out / IMAGES_FILE, out / PROGRESS_FILE
