@@ -263,3 +263,38 @@ def test_submission_bad_inputs_write_nothing(runs, kaggle_test, prepared, tmp_pa
     r = cli("predict", run, kaggle_test, "--out", tmp_path / "c.csv", "--format", "kaggle", ok=False)
     assert r.exit_code == 2 and "exists" in r.output
     assert json.loads((run / "run.json").read_text())["format"]["kind"] == "train"
+
+
+# ---------------------------------------------------------------- the demo sample
+
+
+def test_demo_sample_is_the_release_layout_with_its_attribution_and_license():
+    from lesionlab.demo import sample_path
+
+    folder = sample_path("isic2024-permissive")
+    src = read_source(folder)
+    assert src.format == "isic2024-permissive" and len(src.table) == 780 and src.table["label"].sum() == 139
+    images = sorted((folder / INPUT).glob("*.jpg"))
+    assert len(images) == 780
+    sup = pd.read_csv(folder / SUP, dtype=str, keep_default_na=False)
+    assert set(sup["copyright_license"]) <= {"CC-BY", "CC-0"}
+    source, license_text = (folder / "SOURCE.md").read_text(), (folder / "LICENSE.md").read_text()
+    for needed in ("ISIC Archive", "doi:10.1038/s41597-024-03743-w"):
+        assert needed in source and needed in license_text
+    for who in sup["attribution"].unique():
+        assert who in license_text
+    assert "https://creativecommons.org/licenses/by/4.0/" in license_text
+
+
+def test_every_file_of_the_shipped_samples_is_package_data():
+    """Installs from pyproject carry the samples (their images, attribution and license) with the package."""
+    from pathlib import Path, PurePosixPath
+
+    from lesionlab.demo import demo_files
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    root = Path(__file__).resolve().parent.parent
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["lesionlab"]
+    files = [p.relative_to(demo_files().parent).as_posix() for p in demo_files().rglob("*") if p.is_file()]
+    unpackaged = [f for f in files if not any(PurePosixPath(f).match(pat) for pat in patterns)]  # '*' stays in a folder
+    assert not unpackaged, unpackaged[:5]

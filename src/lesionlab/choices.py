@@ -19,4 +19,5 @@ CALIBRATIONS = ("none", "temperature", "isotonic")
 ENGINES = ("lightgbm", "xgboost", "catboost")  # lightgbm is a dependency; the others are optional extras
 FUSIONS = ("stack", "late")  # how a tabular run uses an image model's scores (--image)
 SSL_METHODS = ("simclr", "byol", "dino")  # lesionlab pretrain (engine/ssl.py, on lightly)
+DEMO_SAMPLES = ("isic2024-permissive", "ham10000")  # lesionlab demo --sample; the first is the default
 COMPARE_ON = ("auto", "oof", "test")  # lesionlab compare: out-of-fold images (cv, tabular) or the test images

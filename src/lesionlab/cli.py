@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .choices import COMPARE_ON, ENSEMBLE_MEANS, FITS, FORMATS, GROUP_CHOICES, POLICIES, PREDICT_FORMATS, TTA_MODES
+from .choices import COMPARE_ON, DEMO_SAMPLES, ENSEMBLE_MEANS, FITS, FORMATS, GROUP_CHOICES, POLICIES, PREDICT_FORMATS, TTA_MODES
 from .errors import LesionLabError
 
 PREPARE_FORMATS = tuple(f for f in FORMATS if f != "images")  # loose image files carry no labels
@@ -660,13 +660,17 @@ def export_cmd(run_dir: Path, fmt: str, out: Path, overwrite: bool, n_verify: in
 @main.command()
 @click.option("--out", "out", default="demo-out", show_default=True, type=click.Path(path_type=Path))
 @click.option("--epochs", default=None, type=int, help="override the demo's 8 epochs")
-def demo(out: Path, epochs: int | None) -> None:
-    """Run the whole flow on the sample shipped with lesionlab and write a report."""
+@click.option("--sample", default=DEMO_SAMPLES[0], show_default=True, type=click.Choice(DEMO_SAMPLES),
+              help="the shipped sample: real ISIC 2024 (SLICE-3D) crops, the seed study's kind of image, or HAM10000 "
+                   "dermoscopy")
+def demo(out: Path, epochs: int | None, sample: str) -> None:
+    """Run the whole flow on a sample shipped with lesionlab and write a report."""
     from .demo import run_demo
     from .report import notebook_line
     from .runs import find_runs
 
-    html_path = run_demo(out, epochs, echo=lambda s: click.echo(s, err=True), on_epoch=_epoch_echo(epochs or 8))
+    html_path = run_demo(out, epochs, echo=lambda s: click.echo(s, err=True), on_epoch=_epoch_echo(epochs or 8),
+                         sample=sample)
     for run in find_runs(out / "runs"):
         click.echo(f"{run.name} (seed {run.seed})")
         click.echo("  " + notebook_line("Val", run.metrics["val"]))
