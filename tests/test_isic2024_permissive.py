@@ -259,6 +259,14 @@ def test_submission_bad_inputs_write_nothing(runs, kaggle_test, prepared, tmp_pa
     # the release itself has ISIC ids: its submission covers every crop
     cli("predict", run, prepared["release"], "--out", tmp_path / "c.csv", "--format", "kaggle", "--workers", "1")
     assert len(pd.read_csv(tmp_path / "c.csv")) == 160
+    # the competition's folder holds the train files too: the submission is of its test images
+    both = tmp_path / "competition"
+    shutil.copytree(kaggle_test, both)
+    train = pd.read_csv(both / "test-metadata.csv", dtype=str).iloc[:5].assign(target="0")
+    train.to_csv(both / "train-metadata.csv", index=False)
+    shutil.copyfile(both / "test-image.hdf5", both / "train-image.hdf5")
+    cli("predict", run, both, "--out", tmp_path / "d.csv", "--format", "kaggle", "--workers", "1")
+    assert len(pd.read_csv(tmp_path / "d.csv")) == 30
     # a submission is never written over an existing file
     r = cli("predict", run, kaggle_test, "--out", tmp_path / "c.csv", "--format", "kaggle", ok=False)
     assert r.exit_code == 2 and "exists" in r.output
