@@ -16,8 +16,11 @@ RESULTS = ROOT / "docs" / "results.md"
 HEADER = """# Measured results
 
 Written by the scripts in `benchmarks/` (each rewrites its own section); numbers are what those runs
-printed on the machine named in each section. Development data: HAM10000 (8,787 images, CC BY-NC 4.0,
-Tschandl et al. 2018, doi:10.1038/sdata.2018.161), label 1 = MEL/BCC/SCC as ISIC 2024's target.
+printed on the machine named in each section. Every quality benchmark runs on two data sets
+(`--dataset`), each in its own section, which names it: HAM10000 (8,787 dermoscopic images, CC BY-NC 4.0,
+Tschandl et al. 2018, doi:10.1038/sdata.2018.161; label 1 = MEL/BCC/SCC as ISIC 2024's target) and the ISIC 2024
+permissive release (8,234 real SLICE-3D crops of 3D total-body photography, 235 malignant, CC-BY / CC-0, the ISIC
+Archive, Kurtansky et al. 2024, doi:10.1038/s41597-024-03743-w), the seed notebook's own kind of image.
 """
 
 

@@ -2,12 +2,12 @@
 looked best in docs/results.md, paired on the same out-of-fold (OOF) images; then the fold ensemble,
 with and without d4 test-time augmentation, against a single run on the split's test set.
 
-    python benchmarks/cv.py [--work bench-out] [--size 128] [--folds 5] [--epochs 10]
-                            [--arms baseline,upgraded_cnn,resnet18,augment_medium,sampler_redraw,combination]
+    python benchmarks/cv.py [--dataset ham10000|isic2024-permissive] [--work bench-out] [--size 128] [--folds 5]
+                            [--epochs 10] [--arms baseline,upgraded_cnn,resnet18,augment_medium,sampler_redraw,combination]
 
 Everything that chooses (the combination, the lever it would recommend) looks at OOF results only,
 never at test. Folds resume (finished ones are skipped), so an interrupted benchmark picks up where it
-stopped. Writes docs/results.md (section "cv"). configs/recommended.yaml has one writer,
+stopped. Writes docs/results.md (section "cv", or "cv-DATASET" for another data set than HAM10000). configs/recommended.yaml has one writer,
 benchmarks/quality.py, which puts the candidate recipes against the baseline the same way.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ import argparse
 import time
 from pathlib import Path
 
+from _datasets import DATASETS, add_dataset_option, prepared
 from _results import ROOT, git_commit, machine, update_section
 from lesionlab.compare import COMPARE_METRICS, compare_runs
 from lesionlab.config import build_config, load_yaml
@@ -25,7 +26,6 @@ from lesionlab.experiment import run_experiment
 from lesionlab.metrics import bootstrap_ci
 from lesionlab.report import md_table
 from lesionlab.runs import Run, is_complete_run, oof_arrays
-from seed_protocol import prepared_ham
 
 BASELINE = ROOT / "configs" / "seed" / "simple_cnn_1to2.yaml"
 # the arms that looked best on the 50-malignant test set (docs/results.md, imbalance section)
@@ -55,6 +55,7 @@ def value(m: dict, key: str, digits: int = 3) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default=str(ROOT / "bench-out"))
+    add_dataset_option(ap)
     ap.add_argument("--size", type=int, default=DEFAULTS["size"], help="store side in pixels")
     ap.add_argument("--folds", type=int, default=DEFAULTS["folds"])
     ap.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="epochs of every arm")
@@ -71,12 +72,14 @@ def main() -> None:
     scaled = (any(getattr(args, k) != v for k, v in DEFAULTS.items())
               or set(arms) != {*ARMS, "combination"})
     started = time.time()
-    work = Path(args.work)
-    data = prepared_ham(work, args.size)
+    ds = DATASETS[args.dataset]
+    work = ds.work(Path(args.work))
+    data = prepared(work, ds, args.size)
     prep_seconds = time.time() - started
     root = work / f"cv{args.size}-e{args.epochs}-k{args.folds}"
     base_values = {k: v for k, v in load_yaml(BASELINE).items() if k != "name"}
-    base_values.update({"epochs": args.epochs, "seed": args.seed, "bootstrap": args.bootstrap, "data": str(data)})
+    base_values.update({"epochs": args.epochs, "seed": args.seed, "bootstrap": args.bootstrap, "data": str(data),
+                        "n_malignant": ds.n_malignant})
     timings: dict[str, float] = {}
     cvs: dict[str, Run] = {}
     values_of: dict[str, dict] = {}
@@ -172,22 +175,26 @@ def main() -> None:
     distinguishable = [f"{n} ({m}: {p[m]['diff']:+.4f})" for n, p in paired.items() for m in COMPARE_METRICS
                        if p[m]["lo"] > 0 or p[m]["hi"] < 0]
     n_oof = base_oof["n_malignant"], base_oof["n_benign"]
+    fold_draws = sorted({(r.info["draw"]["malignant"], r.info["draw"]["benign"])
+                         for r in (Run.load(p.parent) for p in (root / "baseline" / "folds").glob("*/run.json"))})
+    draw_text = "each fold's draw " + " or ".join(f"{m}:{b}" for m, b in fold_draws)
     test_m = cvs["baseline"].metrics["test"]
     scale_note = (f"**A scaled run, not the full protocol**: {args.size} px, {args.folds} folds, {args.epochs} epochs, "
                   f"arms {', '.join(arms)} (the full protocol: 128 px, 5 folds, 10 epochs, every arm incl. resnet18). "
                   if scaled else "The full protocol. ")
     lines = [
-        "## Cross-validation, ensembles and TTA (`benchmarks/cv.py`)", "",
-        scale_note + f"HAM10000, the seed protocol's split (val/test 50:1000, grouped by lesion, seed 0); "
-        f"{args.folds}-fold StratifiedGroupKFold over the split's train pool by lesion (fold seed {args.seed}); each fold "
-        f"trains the arm's config with an inner validation part of 50:1000 drawn in whole lesions from the other folds. "
-        f"Baseline = the notebook's simple_cnn at 1:2 (293 malignant, 586 benign) for {args.epochs} epochs. "
-        f"OOF = {n_oof[0]} malignant / {n_oof[1]} benign images ({base_oof.get('n_groups', '?')} lesions), against "
+        f"## Cross-validation, ensembles and TTA on {ds.title} (`benchmarks/cv.py`)", "",
+        scale_note + f"{ds.sentence}, the seed protocol's split ({ds.split_text()}); "
+        f"{args.folds}-fold StratifiedGroupKFold over the split's train pool by the same groups (fold seed {args.seed}); "
+        f"each fold trains the arm's config with an inner validation part of {ds.val[0]}:{ds.val[1]} drawn in whole "
+        f"groups from the other folds. Baseline = the notebook's simple_cnn at 1:2 with draws of {ds.draw} "
+        f"({draw_text}) for {args.epochs} epochs. "
+        f"OOF = {n_oof[0]} malignant / {n_oof[1]} benign images ({base_oof.get('n_groups', '?')} groups), against "
         f"{test_m['n_malignant']} malignant on the test set. Intervals: 95%, bootstrap resampling whole {unit} groups "
         f"stratified by whether a group holds a malignant image ({args.bootstrap} resamples per run, {args.n_boot} "
         f"for paired comparisons). Machine: {machine()}; commit {git_commit()}. Wall time {wall / 60:.1f} min "
         f"(prepare {prep_seconds / 60:.1f} min).", "",
-        "Command: `python benchmarks/cv.py " + " ".join(
+        f"Command: `python benchmarks/cv.py --dataset {args.dataset} " + " ".join(
             f"--{k.replace('_', '-')} {getattr(args, k)}" for k in ("size", "folds", "epochs", "arms", "n_boot", "bootstrap")) + "`", "",
         "### Each arm: out-of-fold metrics and its fold ensemble on test", "", md_table(header, rows, escape=False), "",
         f"### Paired on the same {sum(n_oof)} OOF images, against the baseline", "",
@@ -195,9 +202,9 @@ def main() -> None:
         "chosen on its inner validation part.", "", md_table(c_header, c_rows, escape=False), "",
         "Distinguishable from the baseline on OOF: " + (", ".join(distinguishable) or "none") + ".", "",
         f"What grouping changes (baseline OOF, {args.bootstrap} resamples): AP interval per image "
-        f"[{per_image['average_precision'][0]:.3f}, {per_image['average_precision'][1]:.3f}] vs whole lesions "
+        f"[{per_image['average_precision'][0]:.3f}, {per_image['average_precision'][1]:.3f}] vs whole groups "
         f"[{grouped['average_precision'][0]:.3f}, {grouped['average_precision'][1]:.3f}]; pAUC80 per image "
-        f"[{per_image['pauc_80'][0]:.4f}, {per_image['pauc_80'][1]:.4f}] vs whole lesions "
+        f"[{per_image['pauc_80'][0]:.4f}, {per_image['pauc_80'][1]:.4f}] vs whole groups "
         f"[{grouped['pauc_80'][0]:.4f}, {grouped['pauc_80'][1]:.4f}].", "",
     ]
     if why:
@@ -215,7 +222,7 @@ def main() -> None:
         lines.append(f"No arm's paired OOF {SELECT} interval against the baseline lies above zero, so the OOF evidence "
                      "does not support a lever.")
     lines += ["", "Time per arm: " + ", ".join(f"{n}: {s / 60:.1f} min" for n, s in timings.items())]
-    path = update_section("cv", "\n".join(lines))
+    path = update_section(ds.section("cv"), "\n".join(lines))
     print("\n".join(lines))
     print(f"{path}: cv section written")
 

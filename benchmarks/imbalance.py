@@ -1,11 +1,13 @@
-"""The imbalance toolkit on the development data: the notebook's baseline against each lever alone,
+"""The imbalance toolkit on a data set of `--dataset`: the notebook's baseline against each lever alone,
 then a combination chosen on validation, 3 seeds each, with paired comparisons on the test images.
 
-    python benchmarks/imbalance.py [--work bench-out] [--seeds 0,1,2] [--epochs 10]
+    python benchmarks/imbalance.py [--dataset ham10000|isic2024-permissive] [--work bench-out] [--seeds 0,1,2]
+        [--epochs 10] [--combo-epochs 25] [--size 128]
 
 Everything is chosen on validation: the combination takes the best architecture and every training
 lever whose mean validation average precision beat the baseline's. Complete runs are skipped, so an
-interrupted benchmark resumes. Writes docs/results.md (section "imbalance"); configs/recommended.yaml
+interrupted benchmark resumes. Writes docs/results.md (section "imbalance", or "imbalance-DATASET");
+configs/recommended.yaml
 has one writer, benchmarks/quality.py, which chooses among recipes on out-of-fold images.
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from _datasets import DATASETS, add_dataset_option, prepared
 from _results import ROOT, git_commit, machine, update_section
 from lesionlab.compare import COMPARE_METRICS, compare_runs
 from lesionlab.config import build_config, load_yaml, to_dict
@@ -24,7 +27,6 @@ from lesionlab.experiment import run_experiment
 from lesionlab.metrics import ThresholdRule, compute_metrics
 from lesionlab.report import md_table, summarise, summary_cell
 from lesionlab.runs import Run, is_complete_run
-from seed_protocol import prepared_ham
 
 BASELINE = ROOT / "configs" / "seed" / "simple_cnn_1to2.yaml"
 # each lever alone, on top of the baseline
@@ -63,7 +65,8 @@ def val_mean(runs: list[Run], metric: str = "average_precision") -> float:
     return float(np.mean([r.metrics["val"][metric] for r in runs]))
 
 
-def choose_combination(base: list[Run], arms: dict[str, list[Run]], archs: dict[str, list[Run]], epochs: int) -> tuple[dict, list[str]]:
+def choose_combination(base: list[Run], arms: dict[str, list[Run]], archs: dict[str, list[Run]], epochs: int,
+                       n_malignant: int | str = 293) -> tuple[dict, list[str]]:
     """On validation only: the best architecture and every lever that beat the baseline."""
     why = []
     base_ap = val_mean(base)
@@ -78,6 +81,7 @@ def choose_combination(base: list[Run], arms: dict[str, list[Run]], archs: dict[
     values = dict(load_yaml(BASELINE))
     values.pop("name", None)
     values["epochs"] = epochs
+    values["n_malignant"] = n_malignant
     values["model"] = best_arch[1][0].config["model"]
     for name in helpful:
         values.update(LEVERS[name])
@@ -93,16 +97,21 @@ def choose_combination(base: list[Run], arms: dict[str, list[Run]], archs: dict[
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--work", default=str(ROOT / "bench-out"))
+    add_dataset_option(ap)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--epochs", type=int, default=10, help="epochs of the baseline and of every single-lever arm")
     ap.add_argument("--combo-epochs", type=int, default=25, help="epochs of the combination chosen on validation")
     ap.add_argument("--n-boot", type=int, default=2000)
+    ap.add_argument("--size", type=int, default=128, help="store side in pixels (the protocol's: 128; less for a smoke test)")
     args = ap.parse_args()
-    work, seeds = Path(args.work), [int(s) for s in args.seeds.split(",")]
+    ds = DATASETS[args.dataset]
+    work, seeds = ds.work(Path(args.work)), [int(s) for s in args.seeds.split(",")]
+    if args.size != 128:  # runs of another size are kept apart
+        work = work / f"size{args.size}"
     started = time.time()
-    data = prepared_ham(work)
+    data = prepared(work, ds, args.size)
     base_values = {k: v for k, v in load_yaml(BASELINE).items() if k != "name"}
-    base_values["epochs"] = args.epochs
+    base_values.update(epochs=args.epochs, n_malignant=ds.n_malignant)
 
     timings: dict[str, float] = {}
 
@@ -116,7 +125,7 @@ def main() -> None:
     baseline = timed("baseline", base_values)
     arms = {name: timed(name, {**base_values, **lever}) for name, lever in LEVERS.items()}
     archs = {name: timed(name, {**base_values, **a}) for name, a in ARCHITECTURES.items()}
-    combo_values, why = choose_combination(baseline, arms, archs, args.combo_epochs)
+    combo_values, why = choose_combination(baseline, arms, archs, args.combo_epochs, ds.n_malignant)
     combo = timed("combination", combo_values)
     wall = time.time() - started
 
@@ -157,15 +166,18 @@ def main() -> None:
     combination = {**combo_values, "name": "combination"}
     cfg = build_config({**combination, "data": ""}, "combination")
     kept = {k: v for k, v in to_dict(cfg).items() if k in combination and k not in ("data",)}
-    lines = ["## Imbalance levers (`benchmarks/imbalance.py`)", "",
-             f"HAM10000 at 128 px, the seed protocol's split (val/test 50:1000, grouped by lesion); baseline = the "
-             f"notebook's simple_cnn at 1:2 (293 malignant, 586 benign, Adam lr 1e-4, BCE, no augmentation) for "
-             f"{args.epochs} epochs, checkpoint on val loss; each lever alone on top of it ({args.epochs} epochs); "
+    draw = baseline[0].info["draw"]
+    n_test = sum(ds.test)
+    lines = [f"## Imbalance levers on {ds.title} (`benchmarks/imbalance.py`)", "",
+             (f"**A scaled run**: {args.size} px (the protocol's: 128). " if args.size != 128 else "")
+             + f"{ds.sentence} at {args.size} px, the seed protocol's split ({ds.split_text()}); baseline = the "
+             f"notebook's simple_cnn at 1:2 ({draw['malignant']} malignant, {draw['benign']} benign, Adam lr 1e-4, BCE, "
+             f"no augmentation) for {args.epochs} epochs, checkpoint on val loss; each lever alone on top of it ({args.epochs} epochs); "
              f"the combination ({args.combo_epochs} epochs) chosen on validation only. Seeds {args.seeds}. "
              f"Machine: {machine()}; commit {git_commit()}. Time of the runs: "
              f"{sum(timings.values()) / 3600:.2f} h (this invocation {wall / 3600:.2f} h).", "",
              "### Each arm (mean ± sd over seeds)", "", md_table(header, rows, escape=False), "",
-             "### Paired comparison with the baseline on the same 1,050 test images",
+             f"### Paired comparison with the baseline on the same {n_test:,} test images",
              "", f"Seed-averaged metric on each side, stratified bootstrap ({args.n_boot} resamples); ↑/↓: the 95% "
              "interval lies above/below zero, otherwise it includes zero and the difference is not clear.", "",
              md_table(c_header, c_rows, escape=False), "",
@@ -178,7 +190,7 @@ def main() -> None:
              md_table(t_header, t_rows, escape=False), "",
              "### Time per arm (all seeds)", "",
              ", ".join(f"{n}: {s / 60:.1f} min" for n, s in timings.items())]
-    path = update_section("imbalance", "\n".join(lines))
+    path = update_section(ds.section("imbalance"), "\n".join(lines))
     print(f"{path}: imbalance section written; goal {verdict}")
 
 

@@ -6,7 +6,8 @@ again as a K-fold grouped cross-validation, paired on the out-of-fold (OOF) imag
 chooses configs/recommended.yaml; and (d) each cv arm's image scores fused with the metadata
 (`lesionlab tabular --image CV_DIR`, late and stacked), the whole product's answer beside the image-only one.
 
-    python benchmarks/quality.py [--work bench-out] [--size 128] [--seeds 0,1,2] [--epochs 40]
+    python benchmarks/quality.py [--dataset ham10000|isic2024-permissive] [--work bench-out] [--size 128]
+        [--seeds 0,1,2] [--epochs 40]
         [--baseline-epochs 20] [--trials 40] [--tune-epochs 20] [--tune-keys lr,weight_decay,...]
         [--ssl-method simclr] [--ssl-model upgraded_cnn] [--ssl-epochs 100] [--ssl-batch 256]
         [--cv-folds 5] [--write-recommended]
@@ -15,13 +16,15 @@ chooses configs/recommended.yaml; and (d) each cv arm's image scores fused with 
 --ssl-epochs 0 skips (b); --cv-folds 0 skips the cross-validation and (d).
 
 HAM10000 under the seed protocol (val and test 50:1000 grouped by lesion, split seed 0; 293
-malignant images in every training draw). Nothing is chosen on the test set: the recipe by `tune`
+malignant images in every training draw), or with --dataset isic2024-permissive real ISIC 2024 crops
+(val and test 30:1000, grouped by lesion where filled; every malignant crop of the train pool in a draw). Nothing is chosen on the test set: the recipe by `tune`
 (objective inner_val reads validation metrics only), the arm of the seed stage by its validation
 pAUC80, and the recommended recipe by the paired OOF pAUC80 against the baseline (1,495 malignant
 OOF images instead of 50 on validation). The test set is scored at the end, with paired intervals
-from a bootstrap that resamples whole lesions (stratified by whether a lesion is malignant).
+from a bootstrap that resamples whole groups (lesions; stratified by whether a group holds a malignant image).
 Complete runs, folds, the tune study and the encoder are reused, so an interrupted benchmark resumes.
-Writes docs/results.md (section "quality"); configs/recommended.yaml only with --write-recommended,
+Writes docs/results.md (section "quality", or "quality-DATASET"); configs/recommended.yaml only with
+--write-recommended on HAM10000 (the data set it is chosen on),
 and only when a from-scratch arm's paired OOF pAUC80 interval against the baseline lies above zero
 (an SSL arm needs its encoder, so it cannot be a config file alone).
 """
@@ -35,11 +38,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from _datasets import DATASETS, add_dataset_option, prepared
 from _results import ROOT, git_commit, machine, update_section
 from lesionlab.compare import compare_runs
 from lesionlab.config import build_config, build_pretrain_config, build_tabular_config, load_yaml, to_dict
 from lesionlab.cv import run_cv
-from lesionlab.data.splits import load_split
+from lesionlab.data.splits import group_keys, load_split
 from lesionlab.data.store import Store
 from lesionlab.data.tta import tta_logits
 from lesionlab.experiment import run_experiment
@@ -49,7 +53,6 @@ from lesionlab.pretrain import pretrain
 from lesionlab.runs import Run, is_complete_run, load_predictor, read_table
 from lesionlab.tabular_run import tabular_run
 from lesionlab.tune import load_search, tune
-from seed_protocol import prepared_ham
 
 BASELINE = ROOT / "configs" / "seed" / "simple_cnn_1to2.yaml"
 SEARCH = ROOT / "configs" / "search" / "from_scratch.yaml"
@@ -179,8 +182,10 @@ def fmt_ci(d: dict, m: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default=str(ROOT / "bench-out"))
-    ap.add_argument("--data", default="", help="a prepared data set with a split instead of HAM10000 (e.g. a smoke test)")
-    ap.add_argument("--n-malignant", type=int, default=293, help="malignant images per training draw (the seed protocol)")
+    add_dataset_option(ap)
+    ap.add_argument("--data", default="", help="a prepared data set with a split instead of --dataset's (e.g. a smoke test)")
+    ap.add_argument("--n-malignant", default=None, help="malignant images per training draw, or all (default: the "
+                    "data set's: 293 for HAM10000, all for the permissive release)")
     ap.add_argument("--tag", default="", help="suffix of the work folder, to keep runs of other settings apart")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--seeds", default="0,1,2")
@@ -206,12 +211,20 @@ def main() -> None:
     args = ap.parse_args()
     started = time.time()
     seeds = [int(s) for s in args.seeds.split(",")]
-    work = Path(args.work)
+    ds = DATASETS[args.dataset]
+    if args.n_malignant is None:
+        args.n_malignant = ds.n_malignant
+    elif str(args.n_malignant).isdigit():
+        args.n_malignant = int(args.n_malignant)
+    if args.write_recommended and ds.key != "ham10000":
+        raise SystemExit("--write-recommended: configs/recommended.yaml is chosen on HAM10000; on another data set "
+                         "this benchmark reports, and benchmarks/recipe_check.py checks the recipe there")
+    work = ds.work(Path(args.work))
     qwork = work / (f"quality{args.size}" + (f"-{args.tag}" if args.tag else ""))
     timings: dict[str, float] = {}
 
     t = time.time()
-    data = Path(args.data) if args.data else prepared_ham(work, args.size)
+    data = Path(args.data) if args.data else prepared(work, ds, args.size)
     timings["prepare + split"] = time.time() - t
 
     # baseline: the notebook's SimpleCNN at 1:2
@@ -274,12 +287,13 @@ def main() -> None:
     store = Store.open(data)
     split = load_split(store)
     table = store.table
-    group_col = split.params.get("group_used", "none")
+    # a crop without a lesion_id is its own group (group_keys), not one group with every other such crop
+    group_of, _ = group_keys(table, split.params.get("group_used", "none"))
     t = time.time()
     sides = {}
     for side in ("val", "test"):
         pos = split.positions(table, side)
-        groups = table[group_col].astype(str).to_numpy()[pos] if group_col in table else table["id"].to_numpy()[pos]
+        groups = group_of[pos]
         sides[side] = (store.pixels(pos), table["label"].to_numpy()[pos], groups)
     scores: dict[str, dict] = {name: {side: np.mean([logits(r, sides[side][0], False) for r in runs], axis=0)
                                       for side in sides} for name, runs in arms.items()}
@@ -375,7 +389,7 @@ def main() -> None:
     else:
         b_text = " (b): not run (--ssl-epochs 0)."
     lines = [
-        "## Quality: tuned recipe, SSL pretraining, ensemble (`benchmarks/quality.py`)", "",
+        f"## Quality on {ds.title}: tuned recipe, SSL pretraining, ensemble (`benchmarks/quality.py`)", "",
         f"Command: `{cmd}` (code {git_commit()}); machine: {machine()}; wall of this invocation "
         f"{timings['total'] / 60:.1f} min ({', '.join(f'{k} {v / 60:.1f}' for k, v in timings.items() if k != 'total')} "
         "min; what it reused from an earlier invocation counts about 0 here, and the tables give each arm's own "
@@ -384,7 +398,7 @@ def main() -> None:
            "20 epochs, 40-epoch arms, 100 SSL epochs, 5 folds); its numbers say what this budget gives, not what the "
            "recipe can reach." if scaled else ""), "",
         (f"Data: {data} (its own split), " if args.data else
-         f"HAM10000 at {args.size} px, val and test 50:1000 grouped by lesion (split seed 0), ")
+         f"{ds.sentence} at {args.size} px, {ds.split_text()}, ")
         + f"{args.n_malignant} malignant images in every training draw; seeds {args.seeds}. "
         f"Baseline: configs/seed/simple_cnn_1to2.yaml, {args.baseline_epochs} epochs. " + a_text + b_text
         + f" (c): the mean logit of every seed of {' and '.join(n.split(')')[0] + ')' for n in c_members)}, each over "
@@ -401,7 +415,7 @@ def main() -> None:
     lines += ["", "Val and test columns score each arm's seed-mean logit; 'per seed' is mean ± sd of the single seeds. "
               "Train minutes are the runs' own wall times (2 processes sharing the CPU slow both several-fold).", "",
               f"Paired against the baseline on the same {len(y_test)} test images ({int(y_test.sum())} malignant), "
-              f"95% intervals from {args.n_boot} resamples of whole lesions; B - baseline:", "",
+              f"95% intervals from {args.n_boot} resamples of whole groups ({ds.groups}); B - baseline:", "",
               "| arm | ROC AUC | AP | pAUC80 |", "|---|---|---|---|"]
     for name, d in paired.items():
         lines.append(f"| {name} | {fmt_ci(d, 'roc_auc')} | {fmt_ci(d, 'average_precision')} | {fmt_ci(d, 'pauc_80')} |")
@@ -415,15 +429,16 @@ def main() -> None:
     if cvs:
         base_oof = cvs["baseline"].metrics["oof"]
         lines += ["", f"### OOF stage: {args.cv_folds}-fold grouped cross-validation", "",
-                  f"Each arm's config as `lesionlab cv` over the split's train pool (StratifiedGroupKFold by lesion, fold "
-                  f"seed {seeds[0]}; each fold keeps its own 50:1000 inner validation part from the other folds and draws "
+                  f"Each arm's config as `lesionlab cv` over the split's train pool (StratifiedGroupKFold by the split's "
+                  f"groups, fold seed {seeds[0]}; each fold keeps its own {ds.val[0]}:{ds.val[1]} inner validation part "
+                  "from the other folds and draws "
                   f"{args.n_malignant} malignant images to train on). OOF = {base_oof['n_malignant']} malignant / "
                   f"{base_oof['n_benign']} benign images. The fold ensemble (mean probability of the {args.cv_folds} "
                   "folds) is scored once on the test set."
                   + (" The SSL encoder was pretrained on the whole train pool, so it saw each fold's OOF images without "
                      "labels." if enc_run else ""), "",
                   *cv_table(cvs)]
-        lines += ["", "Paired against the baseline's cv on the same OOF images (whole lesions resampled); B - baseline:",
+        lines += ["", "Paired against the baseline's cv on the same OOF images (whole groups resampled); B - baseline:",
                   "", "| arm | ROC AUC | AP | pAUC80 |", "|---|---|---|---|"]
         for name, d in oof_paired.items():
             lines.append(f"| {name} | {fmt_ci(d, 'roc_auc')} | {fmt_ci(d, 'average_precision')} | {fmt_ci(d, 'pauc_80')} |")
@@ -434,12 +449,12 @@ def main() -> None:
                 lines.append(f"| {b} vs {a} | {fmt_ci(d, 'roc_auc')} | {fmt_ci(d, 'average_precision')} | "
                              f"{fmt_ci(d, 'pauc_80')} |")
     if fused:
-        lines += ["", "### (d) With the metadata: image scores fused with age, sex and site", "",
+        lines += ["", "### (d) With the metadata: image scores fused with the metadata columns", "",
                   "`lesionlab tabular --data DATA --image CV_DIR --fusion late|stack` on each cv arm: LightGBM on the "
-                  "metadata columns (HAM10000: age, sex, localization), on the cv's folds; late = rank average of the "
+                  f"metadata columns ({ds.title}: {ds.metadata}), on the cv's folds; late = rank average of the "
                   "image and metadata-only probabilities, stack = the image score as a feature. OOF scores of the train "
                   "pool, the fold models' mean on test. Paired against the same arm's image-only cv on the OOF images "
-                  "(whole lesions resampled); B - image only:", "",
+                  "(whole groups resampled); B - image only:", "",
                   "| image arm + metadata | OOF ROC AUC | OOF AP | OOF pAUC80 | test ROC AUC | test AP | test pAUC80 "
                   "| Δ OOF ROC AUC | Δ OOF pAUC80 |", "|---|---|---|---|---|---|---|---|---|"]
         for key, run in fused.items():
@@ -449,7 +464,7 @@ def main() -> None:
                          f"{te['average_precision']:.3f} | {te['pauc_80']:.4f} | {fmt_ci(d, 'roc_auc')} | "
                          f"{fmt_ci(d, 'pauc_80')} |")
         lines += ["", f"(d) = {d_key[0]} + metadata ({d_key[1]}), the highest OOF pAUC80; on the test images, paired "
-                  f"against the baseline's seed-mean (lesions resampled): ROC AUC {fmt_ci(d_paired, 'roc_auc')}, AP "
+                  f"against the baseline's seed-mean (groups resampled): ROC AUC {fmt_ci(d_paired, 'roc_auc')}, AP "
                   f"{fmt_ci(d_paired, 'average_precision')}, pAUC80 {fmt_ci(d_paired, 'pauc_80')}."]
     writes = bool(args.write_recommended and recommended and not args.data)
     lines += ["", f"Chosen on validation in the seed stage (highest val pAUC80): **{chosen}**. The issue's goal (test ROC "
@@ -468,7 +483,7 @@ def main() -> None:
                      + (f" {B} ranks higher on OOF; it needs its encoder (`lesionlab pretrain`, then `--pretrained "
                         "ENC_DIR`), so it is the two-step recipe beside the file." if best_oof == B else ""))
     if not args.data:  # a smoke test on other data does not write the results
-        update_section("quality", "\n".join(lines))
+        update_section(ds.section("quality"), "\n".join(lines))
     print("\n".join(lines))
     if writes:
         write_recommended(arm_values[recommended], oof_paired[recommended], args)
