@@ -348,3 +348,11 @@ def test_numbers_as_text_still_read_as_numbers():
 
     cfg = build_config({"epochs": "3", "lr": "1e-3", "n_malignant": "all", "ema": True}, "flags")
     assert (cfg.epochs, cfg.lr, cfg.n_malignant, cfg.ema) == (3, 0.001, "all", 0.999)
+
+
+def test_explain_reads_every_layout_that_predict_reads():
+    from lesionlab.choices import FORMATS
+    from lesionlab.cli import main
+
+    fmt = next(p for p in main.commands["explain"].params if p.name == "fmt")
+    assert tuple(fmt.type.choices) == FORMATS

@@ -619,7 +619,7 @@ def predict(run_dir: Path, source: Path, out: Path, fmt: str, skip_bad: bool, ov
 @click.option("--target-layer", default=None, help="module path of the layer the CAM weighs (default: the model "
               "registry's, e.g. relu1 for simple_cnn, features.14 for upgraded_cnn, layer4 for resnet18)")
 @click.option("--format", "fmt", default="auto", show_default=True,
-              type=click.Choice(["auto", "images", "manifest", "isic2024", "isic-csv", "folders"]))
+              type=click.Choice(FORMATS), help="layout of SOURCE")
 @click.option("--overwrite", is_flag=True, help="replace an earlier explain output in DIR (nothing else is replaced)")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="auto", show_default=True)
