@@ -640,6 +640,58 @@ def explain(run_dir: Path, source: Path, out: Path, method: str, target_layer: s
                                               if result["skipped"] else ""))
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("source", required=False, type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="AUDIT_DIR to create")
+@click.option("--data", default=None, type=click.Path(path_type=Path),
+              help="DATA_DIR of the run's test set, when it is no longer where run.json says")
+@click.option("--format", "fmt", default="auto", show_default=True,
+              type=click.Choice(["auto", "images", "manifest", "isic2024", "isic-csv", "folders"]), help="INPUT's layout")
+@click.option("--frame", default=0.15, show_default=True, type=float, help="the outer frame's width, a share of each side")
+@click.option("--method", default="gradcam", show_default=True, type=click.Choice(["gradcam", "gradcam++", "scorecam"]))
+@click.option("--target-layer", default=None, help="module path of the CAM's layer (default: the model registry's)")
+@click.option("--strata", default=None, help="metadata columns to split the metrics by, comma-separated "
+              "(default: attribution, ISIC 2024's institution, where the data has it)")
+@click.option("--gallery", default=4, show_default=True, type=click.IntRange(min=0),
+              help="images per outcome (TP, FP, FN, TN) in the gallery of the most evidence off the lesion")
+@click.option("--n-boot", default=2000, show_default=True, type=click.IntRange(min=0), help="bootstrap resamples")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--record/--no-record", default=True, show_default=True,
+              help="with the run's test set, record the audit in the run's metrics.json (the one it replaces is kept "
+                   "under audit.previous)")
+@click.option("--overwrite", is_flag=True, help="replace an existing AUDIT_DIR")
+@click.option("--skip-bad", is_flag=True, help="skip unreadable INPUT images instead of stopping")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1), help="CAM batch size")
+@click.option("--device", default="auto", show_default=True)
+def audit(run_dir: Path, source: Path | None, out: Path, data: Path | None, fmt: str, frame: float, method: str,
+          target_layer: str | None, strata: str | None, gallery: int, n_boot: int, seed: int, record: bool,
+          overwrite: bool, skip_bad: bool, batch_size: int, device: str) -> None:
+    """Is the model looking at the lesion? CAM mass in the outer frame and off the lesion, what hiding them
+    does to the probabilities and ROC AUC, and metrics with and without artifacts (and per institution), for
+    a train, cv or ensemble run on its test set (INPUT left out) or on INPUT: an image, folder, manifest or
+    ISIC 2024 pair."""
+    from .audit import AuditSettings
+    from .audit.command import audit_run
+    from .audit.summary import lines
+
+    columns = [c.strip() for c in strata.split(",") if c.strip()] if strata is not None else None
+    settings = AuditSettings(frame=frame, method=method, target_layer=target_layer, n_boot=n_boot, seed=seed,
+                             batch_size=batch_size, gallery=gallery)
+    bar, update = _progress_bar("audit")
+    try:
+        result = audit_run(run_dir, source, out, data=data, fmt=fmt, settings=settings, strata=columns,
+                           record_in_run=record, overwrite=overwrite, device=device, skip_bad=skip_bad, progress=update)
+    finally:
+        bar.close()
+    for line in lines(result["block"]):
+        click.echo(line)
+    where = (f"; recorded in {run_dir / 'metrics.json'} as audit" +
+             (f" (the earlier audit kept under audit.previous)" if result["replaced"] else "")) if result["recorded"] else ""
+    click.echo(f"{out}: audit.json, audit.csv, audit.md, figures/{where}"
+               + (f"; {len(result['skipped'])} unreadable skipped" if result["skipped"] else ""))
+
+
 @main.command("export")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--format", "fmt", default="onnx", show_default=True, type=click.Choice(["onnx", "torchscript"]))

@@ -88,6 +88,20 @@ def compare_runs(runs_a: list[Run], runs_b: list[Run], metrics=COMPARE_METRICS, 
     return _paired(runs_a, runs_b, "test", y, groups, probs_a, probs_b, thr_a, thr_b, metrics, n_boot, seed)
 
 
+def _audits(runs_a: list[Run], runs_b: list[Run], n_boot: int, seed: int) -> dict:
+    """Each side's shortcut audit of the test set (metrics.json's audit block), and, for one run a side whose
+    per-image audit tables hold the same images, B - A paired on them."""
+    from .audit.paired import audit_table, paired_audit
+    from .audit.summary import side
+
+    out = {"a": side(runs_a), "b": side(runs_b)}
+    if len(runs_a) == len(runs_b) == 1:
+        ta, tb = audit_table(runs_a[0]), audit_table(runs_b[0])
+        if ta is not None and tb is not None:
+            out["paired"] = paired_audit(ta, tb, n_boot, seed)
+    return out
+
+
 def compare_cv(runs_a: list[Run], runs_b: list[Run], metrics=COMPARE_METRICS, n_boot: int = 2000, seed: int = 0) -> dict:
     """Paired on the same out-of-fold images; refused unless every run has the same fold assignment."""
     hashes = {r.fold_sha256 for r in runs_a + runs_b}
@@ -111,7 +125,7 @@ def _paired(runs_a: list[Run], runs_b: list[Run], on: str, y, groups, probs_a, p
     result = paired_bootstrap(y, probs_a, probs_b, thr_a, thr_b, metrics, n_boot, seed,
                               groups=groups if unit != "image" else None)
     return {"a": [str(r.path) for r in runs_a], "b": [str(r.path) for r in runs_b], "on": on, "n_test": int(len(y)),
-            "n_boot": n_boot, "unit": unit, "metrics": result}
+            "n_boot": n_boot, "unit": unit, "metrics": result, "audit": _audits(runs_a, runs_b, n_boot, seed)}
 
 
 def verdict(d: dict) -> str:
@@ -132,4 +146,12 @@ def format_comparison(res: dict, name_a: str = "A", name_b: str = "B") -> list[s
              f"{'metric':<18} {'A':>7} {'B':>7} {'B - A':>8}  {'95% interval':<19} verdict"]
     for m, d in res["metrics"].items():
         lines.append(f"{m:<18} {d['a']:7.4f} {d['b']:7.4f} {d['diff']:+8.4f}  [{d['lo']:+.4f}, {d['hi']:+.4f}]  {verdict(d)}")
+    if res.get("audit"):
+        from .audit.summary import paired_text, side_text
+
+        lines += ["shortcut audit of the test set (lesionlab audit; CAM mass over the images each run flags, ROC AUC "
+                  "drop when the outer frame is painted in skin colour; each run's own interval, not paired):",
+                  f"A: {side_text(res['audit']['a'])}", f"B: {side_text(res['audit']['b'])}"]
+        if res["audit"].get("paired"):
+            lines.append("B - A, paired on the same test images: " + paired_text(res["audit"]["paired"]))
     return lines

@@ -115,6 +115,8 @@ class ExperimentConfig(BaseModel):
     num_threads: int = Field(0, ge=0, description="CPU threads for torch (0 = one per core)")
     measure_compute: bool = Field(False, description="after training, time the model's pure compute on the same "
                                   "batches (extra steps on a copy) and record loop/compute in run.json")
+    audit: bool = Field(True, description="after training, audit the test set for shortcuts (lesionlab audit: CAM mass "
+                        "in the frame and off the lesion, occlusion, artifact strata) into metrics.json's audit block")
 
     @field_validator("*", mode="before")
     @classmethod

@@ -365,6 +365,12 @@ def _write_run(w: RunWriter, cfg: ExperimentConfig, inp: Inputs, result: TrainRe
     _figures(w, result, inp.eval_y, ev.probs, ev.threshold)
     if model is not None:
         run_info["cam_gallery"] = _gallery(w, cfg, inp, ev, model)
+        if cfg.audit:
+            audit = _audit(w, cfg, inp, ev, rt, model)
+            if "error" in audit:
+                run_info["audit"] = audit
+            else:
+                ev.metrics["audit"] = audit  # in metrics.json, written last as ever
     w.finish(to_dict(cfg), run_info, ev.metrics)
 
 
@@ -378,6 +384,26 @@ def _gallery(w: RunWriter, cfg: ExperimentConfig, inp: Inputs, ev: Evaluation, m
                              ev.probs["test"], ev.threshold, w.figure_path("cam_gallery"), MEAN, STD)
     except Exception as e:  # noqa: BLE001 - the run's metrics stand without its pictures
         log.warning("CAM gallery left out: %s", e)
+        return {"error": str(e)[:500]}
+
+
+def _audit(w: RunWriter, cfg: ExperimentConfig, inp: Inputs, ev: Evaluation, rt: Runtime, model: torch.nn.Module) -> dict:
+    """The shortcut audit of the test set (lesionlab.audit), through a predictor that scores exactly as the
+    checkpoint's will; a failure leaves the audit out, with the reason in run.json, never the run."""
+    from .audit import AuditSettings
+    from .audit.command import audit_in_run, training_test_set
+    from .runs import ModelPredictor
+
+    try:
+        predictor = ModelPredictor(model.eval(), inp.store.size, inp.store.fit, ev.threshold, rt, MEAN, STD,
+                                   {"from": ev.reference, "to": ev.deploy} if ev.deploy else None, "", cfg.tta,
+                                   ev.calibration, cfg.model)
+        pos = inp.eval_pos["test"]
+        test = training_test_set(inp.store, pos, inp.eval_x["test"], inp.eval_y["test"], inp.groups[pos], inp.group_rule,
+                                 inp.split.sha256)
+        return audit_in_run(w.path, predictor, test, AuditSettings(n_boot=cfg.bootstrap, seed=cfg.seed))
+    except Exception as e:  # noqa: BLE001 - the run's metrics stand without its audit
+        log.warning("shortcut audit left out: %s", e)
         return {"error": str(e)[:500]}
 
 

@@ -203,3 +203,65 @@ def distance_histogram(syn: np.ndarray, real: np.ndarray, title: str, path: Path
     ax.set_xlabel("distance")
     ax.legend(fontsize=8)
     save(fig, path)
+
+
+def audit_summary(boxes: list[tuple[str, dict[str, np.ndarray], float | None]],
+                  scatters: list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]], path: Path, title: str) -> None:
+    """`lesionlab audit`: box plots of per-image CAM shares by outcome (TP, FP, FN, TN), each with the share a
+    uniform map would give as a dashed line; then each occlusion's probabilities against the original ones."""
+    panels = len(boxes) + len(scatters)
+    fig, axes = plt.subplots(1, panels, figsize=(3.9 * panels, 3.6), squeeze=False)
+    for ax, (label, groups, uniform) in zip(axes[0], boxes):
+        names = list(groups)
+        data = [np.asarray(v, dtype=float)[np.isfinite(np.asarray(v, dtype=float))] for v in groups.values()]
+        ax.boxplot([d if len(d) else [np.nan] for d in data], showfliers=True, flierprops={"markersize": 2})
+        ax.set_xticks(range(1, len(names) + 1), [f"{n}\n({len(d)})" for n, d in zip(names, data)], fontsize=8)
+        if uniform is not None:
+            ax.axhline(uniform, color="grey", lw=0.9, ls="--")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(label + ("\n(dashed: a uniform map)" if uniform is not None else ""), fontsize=9)
+    for ax, (label, original, hidden, y) in zip(axes[0][len(boxes):], scatters):
+        if y is None:
+            ax.scatter(original, hidden, s=5, alpha=0.6)
+        else:
+            for value, colour, name in ((0, "tab:blue", "benign"), (1, "tab:red", "malignant")):
+                sel = np.asarray(y) == value
+                ax.scatter(np.asarray(original)[sel], np.asarray(hidden)[sel], s=5, alpha=0.6, color=colour, label=name)
+            ax.legend(fontsize=7, loc="upper left")
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.7, ls=":")
+        ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel="probability (original)", ylabel="probability (hidden)")
+        ax.set_title(label, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    save(fig, path)
+
+
+def image_pair_rows(rows: list[tuple[str, list[tuple[np.ndarray, np.ndarray, str]]]], path: Path, title: str,
+                    min_side: int = 96) -> None:
+    """Rows of (image, overlay, caption) pairs drawn as one strip per row (one axes each, so hundreds of
+    pixels cost what one image does); small images are enlarged by whole pixels to `min_side`."""
+    rows = [(label, items) for label, items in rows if items]
+    side = max(items[0][0].shape[0] for _, items in rows) if rows else 1
+    scale = max(1, -(-min_side // side))
+    gap = max(2, scale * side // 24)
+    pairs = max([len(items) for _, items in rows] + [1])
+    fig, axes = plt.subplots(max(len(rows), 1), 1, figsize=(2.9 * pairs, 2.0 * max(len(rows), 1) + 0.4), squeeze=False)
+    for ax, (label, items) in zip(axes[:, 0], rows):
+        strip = np.full((scale * side, pairs * (2 * scale * side + 3 * gap), 3), 255, np.uint8)
+        for j, (image, over, caption) in enumerate(items):
+            x = j * (2 * scale * side + 3 * gap)
+            for k, picture in enumerate((image, over)):
+                big = np.repeat(np.repeat(np.asarray(picture, np.uint8), scale, axis=0), scale, axis=1)
+                h, w = big.shape[:2]
+                strip[:h, x + k * (scale * side + gap):x + k * (scale * side + gap) + w] = big
+            ax.text(x + scale * side + gap / 2, scale * side + gap, caption.replace("\n", "  "), fontsize=7,
+                    ha="center", va="top")
+        ax.imshow(strip, interpolation="nearest")
+        ax.set_title(label, loc="left", fontsize=9)
+        ax.axis("off")
+    if not rows:
+        axes[0, 0].axis("off")
+        axes[0, 0].text(0.5, 0.5, "none", ha="center", color="grey")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    save(fig, path)

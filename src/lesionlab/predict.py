@@ -28,7 +28,8 @@ KAGGLE_COLUMNS = ("isic_id", "target")
 KAGGLE_FLOAT = "%.9g"
 
 
-def _decode_chunk(reader: ImageReader, locators: list[str], size: int, fit: str, max_pixels: int = DEFAULT_MAX_PIXELS):
+def decode_chunk(reader: ImageReader, locators: list[str], size: int, fit: str, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """(images at the run's size and fit, which were readable, {position: why not}) of some locators."""
     out = np.zeros((len(locators), size, size, 3), np.uint8)
     ok = np.ones(len(locators), bool)
     reasons = {}
@@ -68,7 +69,7 @@ def _image_chunks(predictor, src, skip_bad: bool, workers: int | None, batch_siz
     tasks = ((src.reader, table["locator"].iloc[s:s + CHUNK].tolist(), predictor.size, predictor.fit, max_pixels)
              for s in starts)
     done = 0
-    for start, (images, ok, reasons) in zip(starts, map_ordered(_decode_chunk, tasks, workers)):
+    for start, (images, ok, reasons) in zip(starts, map_ordered(decode_chunk, tasks, workers)):
         rows = table.iloc[start:start + len(ok)]
         bad = [(str(rows['id'].iloc[i]), reason) for i, reason in reasons.items()]
         if bad and not skip_bad:

@@ -311,6 +311,7 @@ def build_report(runs_dir: str | Path, out: str | Path, title: str = "lesionlab 
                  f"<p>{html.escape(c_note.format(baseline, n_boot))}</p>",
                  _html_table(c_header, c_rows)]
     _add_calibration(md, body, groups, figures_dir)
+    _add_audit(md, body, groups)
     for name, members in groups.items():
         md += [f"## {md_escape(name)}", ""]
         body.append(f"<h2>{html.escape(name)}</h2>")
@@ -319,8 +320,9 @@ def build_report(runs_dir: str | Path, out: str | Path, title: str = "lesionlab 
                 _other_kind_section(run, name, md, body, figures_dir)
                 continue
             lines = [notebook_line("Val", run.metrics["val"]), notebook_line("Test", run.metrics["test"])]
-            details = _run_details(run) + [_ci_line(run.metrics["test"])]
-            md_details = _run_details(run, md_escape) + [_ci_line(run.metrics["test"])]  # the last: numbers only
+            details = _run_details(run) + [_ci_line(run.metrics["test"])] + _audit_lines(run)
+            md_details = (_run_details(run, md_escape) + [_ci_line(run.metrics["test"])]  # numbers only
+                          + [md_escape(line) for line in _audit_lines(run)])
             md += [f"### seed {run.seed} ({md_code(run.path)})", "", "\\\n".join(lines), ""]  # numbers only
             md += [f"- {d}" for d in md_details] + [""]
             body += [f"<h3>seed {run.seed} <small>({html.escape(str(run.path))})</small></h3>",
@@ -348,6 +350,7 @@ def _other_kind_section(run: Run, name: str, md: list[str], body: list[str], fig
         title = "ensemble"
         lines, rows, header = _ensemble_lines(run), [], []
         keys = run_format.ENSEMBLE_REPORT_FIGURES
+    lines = lines + _audit_lines(run)
     md += [f"### {title} ({md_code(run.path)})", ""] + [f"- {md_escape(line)}" for line in lines] + [""]
     body += [f"<h3>{title} <small>({html.escape(str(run.path))})</small></h3>",
              "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"]
@@ -364,11 +367,16 @@ def _other_kind_section(run: Run, name: str, md: list[str], body: list[str], fig
         shutil.copyfile(src, dest)
         md.append(f"![{caption}](figures/{dest.name})")
         body.append(_html_figure(src, caption))
+    for fname, caption, src in _audit_figures(run):
+        dest = figures_dir / f"{_slug(name)}_{run.kind}_{fname}"
+        shutil.copyfile(src, dest)
+        md.append(f"![{caption}](figures/{dest.name})")
+        body.append(_html_figure(src, caption, wide=True))
     md.append("")
     body.append("</div>")
 
 
-_WIDE_FIGURES = {run_format.FIGURES[k][0] for k in ("curves", "cam_gallery")}
+_WIDE_FIGURES = {run_format.FIGURES[k][0] for k in ("curves", "cam_gallery", "audit_shares", "audit_gallery")}
 OVERVIEW_METRICS = (("pauc_80", "pAUC80"), ("roc_auc", "ROC AUC"), ("average_precision", "AP"), ("f1", "F1"),
                     ("ece", "ECE (lower is better)"))
 
@@ -445,10 +453,103 @@ def _render_html(title: str, body: str) -> str:
     return env.get_template("report.html.j2").render(title=title, body=Markup(body), version=__version__)
 
 
+def _audit_lines(run: Run) -> list[str]:
+    """The run's shortcut audit (metrics.json's audit block) in words, or why there is none."""
+    from .audit.summary import lines
+
+    block = run.metrics.get("audit")
+    if block:
+        return ["Shortcut audit: " + line for line in lines(block)]
+    error = (run.info.get("audit") or {}).get("error")
+    if error:
+        return [f"Shortcut audit: left out ({error})"]
+    return ["Shortcut audit: not audited (`lesionlab audit RUN --out AUDIT_DIR` records it)"] if run.kind != "tabular" else []
+
+
+def _audit_figures(run: Run) -> list[tuple[str, str, Path]]:
+    """The figures the run's audit block names (in the run folder, or in the AUDIT_DIR of a later audit)."""
+    block = run.metrics.get("audit") or {}
+    found = []
+    for key, path in (block.get("figures") or {}).items():
+        if not path:
+            continue
+        src = Path(path) if Path(path).is_absolute() else run.path / path
+        if src.exists():
+            found.append((run_format.FIGURES[f"audit_{key}"][0], run_format.FIGURES[f"audit_{key}"][1], src))
+    return found
+
+
+def _dig(d: dict | None, *keys):
+    for k in keys:
+        d = d.get(k) if isinstance(d, dict) else None
+    return d
+
+
+def _seed_cell(blocks: list[dict], path: tuple, sign: bool = False) -> str:
+    """A number of the audit blocks (path into each, ending at a dict with `mean`/`drop` and `ci95`, or a number):
+    mean ± sd over several runs, else the value with its 95% interval."""
+    fmt = (lambda x: f"{x:+.3f}") if sign else (lambda x: f"{x:.3f}")
+    found = [_dig(b, *path) for b in blocks]
+    values = [v.get("mean", v.get("drop")) if isinstance(v, dict) else v for v in found]
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        return "n/a"
+    if len(values) > 1:
+        return f"{fmt(float(np.mean(values)))} ± {float(np.std(values, ddof=1)):.3f}"
+    ci = found[0].get("ci95") if isinstance(found[0], dict) else None
+    return fmt(values[0]) + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "")
+
+
+def audit_rows(groups: "OrderedDict[str, list[Run]]") -> tuple[list[str], list[list[str]]]:
+    """One row per experiment: where its CAM's mass lies, what hiding the frame or the skin around the lesion
+    does, how often the lesion mask fell back, and ROC AUC with and without dark corners."""
+    header = ["experiment", "audited runs", "CAM mass on the lesion, flagged images (uniform map)",
+              "CAM mass in the outer frame (uniform)", "ROC AUC drop, frame hidden", "ROC AUC drop, off-lesion hidden",
+              "masks fallen back", "ROC AUC with / without dark corners"]
+    rows = []
+    for name, members in groups.items():
+        if members[0].kind == "tabular":
+            continue  # metadata models have no image to audit
+        blocks = [r.metrics["audit"] for r in members if r.metrics.get("audit")]
+        row = [name, f"{len(blocks)} of {len(members)}"]
+        if not blocks:
+            rows.append(row + ["not audited (`lesionlab audit RUN --out AUDIT_DIR` records it)"] + [""] * (len(header) - 3))
+            continue
+        if all("skipped" not in b["cam"] for b in blocks):
+            row += [f"{_seed_cell(blocks, ('cam', 'on_lesion'))} ({_seed_cell(blocks, ('cam', 'area', 'lesion'))})",
+                    f"{_seed_cell(blocks, ('cam', 'frame'))} ({_seed_cell(blocks, ('cam', 'area', 'frame'))})"]
+        else:
+            row += ["skipped (no CAM layer)", "skipped"]
+        row += [_seed_cell(blocks, ("occlusion", "frame", "roc_auc"), sign=True),
+                _seed_cell(blocks, ("occlusion", "off_lesion", "roc_auc"), sign=True),
+                " / ".join(f"{b['mask_fallback']['n']} of {b['n']}" for b in blocks),
+                f"{_seed_cell(blocks, ('artifacts', 'dark_corners', 'with', 'roc_auc'))} / "
+                f"{_seed_cell(blocks, ('artifacts', 'dark_corners', 'without', 'roc_auc'))} "
+                f"({' / '.join(str(b['artifacts']['dark_corners']['n_with']) for b in blocks)} with)"]
+        rows.append(row)
+    return header, rows
+
+
+def _add_audit(md: list, body: list, groups: "OrderedDict[str, list[Run]]") -> None:
+    """Is each model looking at the lesion? The shortcut audit of the test sets (lesionlab audit)."""
+    header, rows = audit_rows(groups)
+    if not rows:
+        return
+    note = ("Shortcut audit of each run's test set, no annotation needed (lesionlab audit): the share of the Grad-CAM's "
+            "mass on a lesion mask found by Otsu's threshold (its central dark component) and in the outer 15% frame, over "
+            "the images the run flags malignant, beside what a uniform map would give; and how much ROC AUC drops when the "
+            "outer frame, or everything off the lesion, is painted in the image's own skin colour (a model that looks at "
+            "the lesion barely moves). Several seeds: mean ± sd; one run: its 95% interval. Per-run details, artifact "
+            "strata and galleries are in each run's section.")
+    md += ["## Shortcut audit", "", note, "", md_table(header, rows), ""]
+    body += ["<h2>Shortcut audit</h2>", f"<p>{html.escape(note)}</p>", _html_table(header, rows)]
+
+
 def _figures_of(run: Run) -> list[tuple[str, str, Path]]:
-    """(file name, caption, path) of a run's figures, and of its synthetic images' check when it used some."""
+    """(file name, caption, path) of a run's figures (its shortcut audit's too), and of its synthetic images'
+    check when it used some."""
     found = [(run_format.FIGURES[k][0], run_format.FIGURES[k][1], run.figure(k))
-             for k in run_format.REPORT_FIGURES if run.figure(k)]
+             for k in run_format.REPORT_FIGURES if run.figure(k)] + _audit_figures(run)
     syn = run.info.get("synthetic") or {}
     store_json = Path(syn.get("data", "")) / "store.json"
     if syn and store_json.exists():

@@ -71,9 +71,13 @@ class Store:
         table["index"] = table["index"].astype(np.int64)
         return cls(root, meta, table)
 
-    def metadata(self) -> pd.DataFrame:
-        """Every column of the rows, metadata included."""
-        return csv_restore(pd.read_csv(self.root / ROWS_FILE, dtype=str, keep_default_na=False))
+    def metadata(self, columns: list[str] | None = None) -> pd.DataFrame:
+        """Every column of the rows, metadata included (or only `columns`, those of them it has, and id)."""
+        usecols = None
+        if columns is not None:
+            header = pd.read_csv(self.root / ROWS_FILE, nrows=0).columns
+            usecols = [c for c in header if c == "id" or c in columns]
+        return csv_restore(pd.read_csv(self.root / ROWS_FILE, dtype=str, keep_default_na=False, usecols=usecols))
 
     @property
     def size(self) -> int:

@@ -4,7 +4,8 @@ A run folder is a directory of plain files. Every kind has config.yaml, run.json
 metrics.json (written last: its presence marks the folder complete); run.json carries
 {"format": {"version": N, "kind": KIND}} so that readers know what they hold.
 
-    train     one trained model: + predictions.csv, history.csv, train_draw.csv, checkpoint.pt, figures/
+    train     one trained model: + predictions.csv, history.csv, train_draw.csv, checkpoint.pt, figures/, and
+              audit.csv (the shortcut audit of its test set, one row per image; summary in metrics.json's audit)
     cv        K-fold cross-validation: + cv_plan.json and folds.csv (written first: the config and the fold
               assignment a resumed cv must match), folds/K/ (each a train run), oof.csv, cv.json, and
               predictions.csv of the fold ensemble on the split's val and test
@@ -35,6 +36,7 @@ CV_SUMMARY = "cv.json"
 MEMBERS = "members.json"
 ENCODER = "encoder.pt"
 PRETRAIN_IDS = "pretrain_ids.csv"
+AUDIT_TABLE = "audit.csv"
 
 REQUIRED = (CONFIG, INFO, METRICS)
 
@@ -50,6 +52,9 @@ FIGURES = {
     "reliability": ("reliability.png", "reliability diagram (calibration)"),
     "cam_gallery": ("cam_gallery.png", "Grad-CAM gallery of the test set"),
     "importance": ("importance.png", "feature importance (gain)"),
+    # the shortcut audit's (lesionlab.audit); the report shows those its metrics.json audit block names
+    "audit_shares": ("audit_shares.png", "shortcut audit: CAM shares by outcome, occlusions"),
+    "audit_gallery": ("audit_gallery.png", "shortcut audit: most CAM mass off the lesion"),
 }
 REPORT_FIGURES = ("confusion_test", "curves", "roc", "pr", "reliability", "cam_gallery", "importance")
 CV_REPORT_FIGURES = ("oof_roc", "oof_pr", "roc", "pr", "confusion_test")

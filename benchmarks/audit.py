@@ -1,0 +1,189 @@
+"""Shortcut audit of trained runs: is each model looking at the lesion? (`lesionlab audit` on each run's test set)
+
+    python benchmarks/audit.py NAME=RUN_DIR [NAME=RUN_DIR ...] [--against NAME] [--work bench-out]
+        [--n-boot 2000] [--record] [--device auto]
+
+Each RUN_DIR (a train, cv or ensemble folder; e.g. the notebook baseline and configs/recommended.yaml on
+HAM10000 and on ISIC 2024) is audited on its own test set into WORK/audit/NAME; a complete audit of the same
+run found there is reused, so an interrupted benchmark resumes. `--against NAME` pairs every other run of the
+same test set with that one (B - A of the CAM mass on the lesion and of the ROC AUC drop with the frame hidden,
+on the same resampled images): the way to measure a lever that should lower the off-lesion share. `--record`
+also records each audit in its run's metrics.json (by default the runs are left as they are). Nothing here
+chooses anything. Writes docs/results.md (section "audit") with what the numbers say.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from _results import ROOT, git_commit, machine, update_section
+from lesionlab.audit import AuditSettings
+from lesionlab.audit.command import AUDIT_JSON, TABLE, audit_run
+from lesionlab.audit.paired import paired_audit
+from lesionlab.audit.summary import drop_text, paired_text
+from lesionlab.report import md_table
+from lesionlab.runs import load_run, read_table
+
+
+def _parse(pairs: list[str]) -> dict[str, Path]:
+    runs = {}
+    for item in pairs:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"expected NAME=RUN_DIR, got '{item}'")
+        if name in runs:
+            raise SystemExit(f"the name '{name}' is given twice")
+        runs[name] = Path(path)
+    return runs
+
+
+def audit_of(name: str, run_dir: Path, work: Path, settings: AuditSettings, record: bool, device: str) -> tuple[dict, Path]:
+    """(audit.json, folder) of the run: reused when WORK/audit/NAME holds a complete audit of this run."""
+    out = work / "audit" / name
+    doc_path = out / AUDIT_JSON
+    if doc_path.exists():
+        doc = json.loads(doc_path.read_text())
+        if doc.get("run") == str(run_dir.resolve()) and doc["settings"]["n_boot"] == settings.n_boot:
+            print(f"{name}: reusing {out}", flush=True)
+            return doc, out
+    started = time.time()
+    audit_run(run_dir, None, out, settings=settings, record_in_run=record, overwrite=out.exists(), device=device)
+    print(f"{name}: audited in {time.time() - started:.0f} s", flush=True)
+    return json.loads(doc_path.read_text()), out
+
+
+def _ci(d: dict | None, digits: int = 3) -> str:
+    if not d or d.get("mean") is None:
+        return "n/a"
+    ci = d.get("ci95")
+    return f"{d['mean']:.{digits}f}" + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else "")
+
+
+def _lift(doc: dict) -> float | None:
+    cam = doc["cam"]
+    if "skipped" in cam or not cam["area"]["lesion"]:
+        return None
+    return cam["on_lesion"]["mean"] / cam["area"]["lesion"]
+
+
+def row(name: str, doc: dict) -> list[str]:
+    cam, occ = doc["cam"], doc["occlusion"]
+    run = load_run(doc["run"])
+    data = Path(doc["input"].get("data", "?")).name
+    auc = (occ.get("frame") or occ["off_lesion"]).get("roc_auc", {})
+    on = "skipped (no CAM layer)" if "skipped" in cam else f"{_ci(cam['on_lesion'])} ({cam['area']['lesion']:.3f})"
+    frame = "n/a" if "skipped" in cam or not cam.get("frame") else f"{_ci(cam['frame'])} ({cam['area']['frame']:.3f})"
+    art = doc["artifacts"]
+    corners = art["dark_corners"]
+    return [name, data, str(run.config.get("model", run.kind)), f"{doc['n']} ({doc.get('n_malignant', '?')})",
+            f"{auc.get('original', float('nan')):.3f}", on, frame, drop_text(doc, "frame"), drop_text(doc, "off_lesion"),
+            f"{doc['mask_fallback']['n']}", " / ".join(str(art[k]["n_with"]) for k in ("dark_corners", "border_lines", "frame")),
+            f"{corners['with'].get('roc_auc', float('nan')):.3f} / {corners['without'].get('roc_auc', float('nan')):.3f}"]
+
+
+def reading(name: str, doc: dict) -> str:
+    """What one audit says, in a sentence or two (thresholds of the wording are stated in the text)."""
+    parts = []
+    lift = _lift(doc)
+    if lift is None:
+        parts.append("no CAM (its model has no known target layer)")
+    else:
+        on = doc["cam"]["on_lesion"]
+        where = ("looks at the lesion" if lift >= 1.5 else
+                 "looks at the lesion little more than a uniform map would" if lift >= 1.2 else
+                 "looks no more at the lesion than a uniform map")
+        parts.append(f"{where}: {on['mean']:.0%} of the CAM mass of its {on['n']} flagged images lies on the lesion "
+                     f"mask, {lift:.1f} times a uniform map's share")
+    frame = (doc["occlusion"].get("frame") or {}).get("roc_auc")
+    if frame and frame.get("ci95"):
+        lo, hi = frame["ci95"]
+        if lo > 0:
+            parts.append(f"it leans on the image's frame: painting the outer 15% in skin colour costs ROC AUC "
+                         f"{frame['drop']:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+        elif hi < 0:
+            parts.append(f"hiding the frame raises its ROC AUC ({frame['drop']:+.3f} [{lo:+.3f}, {hi:+.3f}]): the frame "
+                         "misleads it")
+        else:
+            parts.append(f"hiding the frame does not clearly change its ranking ({frame['drop']:+.3f} [{lo:+.3f}, {hi:+.3f}])")
+    corners = doc["artifacts"]["dark_corners"]
+    w, wo = corners["with"], corners["without"]
+    if w.get("roc_auc") is not None and wo.get("roc_auc") is not None and w["n"] and wo["n"]:
+        parts.append(f"ROC AUC {w['roc_auc']:.3f} on the {w['n']} images with dark corners against {wo['roc_auc']:.3f} "
+                     "without")
+    return f"- **{name}** " + "; ".join(parts) + "."
+
+
+def institutions(docs: dict[str, dict]) -> list[str]:
+    lines = []
+    for name, doc in docs.items():
+        for column, values in doc.get("strata", {}).items():
+            rows = [[value, str(s["n"]), str(s.get("n_malignant", "?")),
+                     _ci({"mean": s.get("roc_auc"), "ci95": (s.get("ci95") or {}).get("roc_auc")}),
+                     _ci({"mean": s.get("recall"), "ci95": (s.get("ci95") or {}).get("recall")})]
+                    for value, s in values.items()]
+            lines += ["", f"{name}, by {column}:", "",
+                      md_table([column, "test images", "malignant", "ROC AUC [95% CI]", "sensitivity [95% CI]"], rows, False)]
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", help="NAME=RUN_DIR")
+    ap.add_argument("--against", default=None, help="NAME of the run the others are paired with (same test images)")
+    ap.add_argument("--work", default=str(ROOT / "bench-out"))
+    ap.add_argument("--n-boot", type=int, default=2000)
+    ap.add_argument("--record", action="store_true", help="record each audit in its run's metrics.json")
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    runs = _parse(args.runs)
+    if args.against and args.against not in runs:
+        raise SystemExit(f"--against {args.against}: not one of the names given ({', '.join(runs)})")
+    started = time.time()
+    settings = AuditSettings(n_boot=args.n_boot)
+    done = {name: audit_of(name, path, Path(args.work), settings, args.record, args.device) for name, path in runs.items()}
+    docs = {name: doc for name, (doc, _) in done.items()}
+
+    header = ["run", "data", "model", "test images (malignant)", "ROC AUC", "CAM mass on lesion, flagged [95% CI] (uniform)",
+              "CAM mass in frame [95% CI] (uniform)", "ROC AUC drop, frame hidden", "ROC AUC drop, off-lesion hidden",
+              "masks fallen back", "dark corners / lines / frame", "ROC AUC with / without dark corners"]
+    command = "python benchmarks/audit.py " + " ".join(
+        f"{n}={p.relative_to(ROOT) if p.resolve().is_relative_to(ROOT) else p}" for n, p in runs.items()) + (
+        f" --against {args.against}" if args.against else "") + (f" --n-boot {args.n_boot}" if args.n_boot != 2000 else "")
+    lines = ["## Shortcut audit (`benchmarks/audit.py`)", "",
+             f"Command: `{command}` (code {git_commit()}); machine: {machine()}; wall of this invocation "
+             f"{(time.time() - started) / 60:.1f} min (audits reused from an earlier invocation cost nothing here).", "",
+             "Each run's own test set, audited without annotation (`lesionlab audit`, Grad-CAM of the registry's layer): "
+             "the share of the CAM's mass on a lesion mask (Otsu's threshold of the blurred luminance, its central dark "
+             "component; see README) over the images the run flags malignant, and in the outer 15% frame, each beside "
+             "what a uniform map would give; the change in ROC AUC when the frame, or everything off the lesion, is "
+             "painted in the image's own skin colour; how often the mask fell back to the centre; and how many test images "
+             f"show each artifact. Intervals: {args.n_boot} bootstrap resamples of whole lesions (or patients) where the "
+             "data has them.", "", md_table(header, [row(n, d) for n, d in docs.items()], False)]
+    lines += institutions(docs)
+    if args.against:
+        base_table = read_table(done[args.against][1] / TABLE)
+        paired_rows = []
+        for name, (doc, folder) in done.items():
+            if name == args.against:
+                continue
+            p = paired_audit(base_table, read_table(folder / TABLE), args.n_boot)
+            paired_rows.append([name, paired_text(p) if p else "not the same test images (or no CAM): not paired"])
+        lines += ["", f"Paired on the same test images, B - A with A = {args.against}:", "",
+                  md_table(["B", "B - A"], paired_rows, False)]
+    lines += ["", "What it says (wording: *looks at the lesion* when the on-lesion share is at least 1.5 times a uniform "
+              "map's; *leans on the frame* when the interval of the drop lies above zero):", ""]
+    lines += [reading(n, d) for n, d in docs.items()]
+    lines += ["", "A lever to lower the off-lesion share, measured the same way: train it beside the recipe and pass both "
+              "here with `--against RECIPE` (paired on the same test images). The first to try is border masking in "
+              "training: paint a random outer band (or everything outside a random centred circle, as a dermoscope's "
+              "rim) in the image's own skin colour, together with the rotations and crops of `--augment heavy`; a model "
+              "that cannot rely on the frame must look at the lesion, and this audit's frame drop and on-lesion share say "
+              "whether it did."]
+    update_section("audit", "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
