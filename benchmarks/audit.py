@@ -4,8 +4,9 @@
         [--n-boot 2000] [--record] [--device auto]
 
 Each RUN_DIR (a train, cv or ensemble folder; e.g. the notebook baseline and configs/recommended.yaml on
-HAM10000 and on ISIC 2024) is audited on its own test set into WORK/audit/NAME; a complete audit of the same
-run found there is reused, so an interrupted benchmark resumes. `--against NAME` pairs every other run of the
+HAM10000 and on ISIC 2024) is audited on its own test set: the audit its metrics.json records is used when it
+was made with the same settings (every train run audits its test set), else one is made into WORK/audit/NAME,
+where a complete one is reused, so an interrupted benchmark resumes. `--against NAME` pairs every other run of the
 same test set with that one (B - A of the CAM mass on the lesion and of the ROC AUC drop with the frame hidden,
 on the same resampled images): the way to measure a lever that should lower the off-lesion share. `--record`
 also records each audit in its run's metrics.json (by default the runs are left as they are). Nothing here
@@ -39,19 +40,34 @@ def _parse(pairs: list[str]) -> dict[str, Path]:
     return runs
 
 
+def _same_settings(doc: dict, settings: AuditSettings) -> bool:
+    s = doc.get("settings", {})
+    return (s.get("n_boot"), s.get("frame"), s.get("method"), s.get("target_layer")) == (
+        settings.n_boot, settings.frame, settings.method, settings.target_layer)
+
+
 def audit_of(name: str, run_dir: Path, work: Path, settings: AuditSettings, record: bool, device: str) -> tuple[dict, Path]:
-    """(audit.json, folder) of the run: reused when WORK/audit/NAME holds a complete audit of this run."""
+    """(the audit's block, its per-image table) for the run: the audit its metrics.json records when it was made
+    with these settings on its test set (every train run makes one), else a complete one in WORK/audit/NAME, else
+    a new one there."""
+    run = load_run(run_dir)
+    block = run.metrics.get("audit")
+    if block and block.get("input", {}).get("kind") == "test" and _same_settings(block, settings) and block.get("table"):
+        table = Path(block["table"]) if Path(block["table"]).is_absolute() else run.path / block["table"]
+        if table.exists():
+            print(f"{name}: using the audit recorded in {run.path / 'metrics.json'}", flush=True)
+            return {**block, "run": str(run.path.resolve())}, table
     out = work / "audit" / name
     doc_path = out / AUDIT_JSON
     if doc_path.exists():
         doc = json.loads(doc_path.read_text())
-        if doc.get("run") == str(run_dir.resolve()) and doc["settings"]["n_boot"] == settings.n_boot:
+        if doc.get("run") == str(run.path.resolve()) and _same_settings(doc, settings):
             print(f"{name}: reusing {out}", flush=True)
-            return doc, out
+            return doc, out / TABLE
     started = time.time()
     audit_run(run_dir, None, out, settings=settings, record_in_run=record, overwrite=out.exists(), device=device)
     print(f"{name}: audited in {time.time() - started:.0f} s", flush=True)
-    return json.loads(doc_path.read_text()), out
+    return json.loads(doc_path.read_text()), out / TABLE
 
 
 def _ci(d: dict | None, digits: int = 3) -> str:
@@ -80,7 +96,11 @@ def row(name: str, doc: dict) -> list[str]:
     return [name, data, str(run.config.get("model", run.kind)), f"{doc['n']} ({doc.get('n_malignant', '?')})",
             f"{auc.get('original', float('nan')):.3f}", on, frame, drop_text(doc, "frame"), drop_text(doc, "off_lesion"),
             f"{doc['mask_fallback']['n']}", " / ".join(str(art[k]["n_with"]) for k in ("dark_corners", "border_lines", "frame")),
-            f"{corners['with'].get('roc_auc', float('nan')):.3f} / {corners['without'].get('roc_auc', float('nan')):.3f}"]
+            f"{_stratum_auc(corners['with'])} / {_stratum_auc(corners['without'])}"]
+
+
+def _stratum_auc(s: dict) -> str:
+    return _ci({"mean": s.get("roc_auc"), "ci95": (s.get("ci95") or {}).get("roc_auc")}) if s.get("n") else "n/a"
 
 
 def reading(name: str, doc: dict) -> str:
@@ -110,7 +130,7 @@ def reading(name: str, doc: dict) -> str:
     corners = doc["artifacts"]["dark_corners"]
     w, wo = corners["with"], corners["without"]
     if w.get("roc_auc") is not None and wo.get("roc_auc") is not None and w["n"] and wo["n"]:
-        parts.append(f"ROC AUC {w['roc_auc']:.3f} on the {w['n']} images with dark corners against {wo['roc_auc']:.3f} "
+        parts.append(f"ROC AUC {_stratum_auc(w)} on the {w['n']} images with dark corners against {_stratum_auc(wo)} "
                      "without")
     return f"- **{name}** " + "; ".join(parts) + "."
 
@@ -119,8 +139,7 @@ def institutions(docs: dict[str, dict]) -> list[str]:
     lines = []
     for name, doc in docs.items():
         for column, values in doc.get("strata", {}).items():
-            rows = [[value, str(s["n"]), str(s.get("n_malignant", "?")),
-                     _ci({"mean": s.get("roc_auc"), "ci95": (s.get("ci95") or {}).get("roc_auc")}),
+            rows = [[value, str(s["n"]), str(s.get("n_malignant", "?")), _stratum_auc(s),
                      _ci({"mean": s.get("recall"), "ci95": (s.get("ci95") or {}).get("recall")})]
                     for value, s in values.items()]
             lines += ["", f"{name}, by {column}:", "",
@@ -163,17 +182,20 @@ def main() -> None:
              "data has them.", "", md_table(header, [row(n, d) for n, d in docs.items()], False)]
     lines += institutions(docs)
     if args.against:
-        base_table = read_table(done[args.against][1] / TABLE)
+        base_table = read_table(done[args.against][1])
         paired_rows = []
-        for name, (doc, folder) in done.items():
+        for name, (doc, table) in done.items():
             if name == args.against:
                 continue
-            p = paired_audit(base_table, read_table(folder / TABLE), args.n_boot)
+            p = paired_audit(base_table, read_table(table), args.n_boot)
             paired_rows.append([name, paired_text(p) if p else "not the same test images (or no CAM): not paired"])
         lines += ["", f"Paired on the same test images, B - A with A = {args.against}:", "",
                   md_table(["B", "B - A"], paired_rows, False)]
     lines += ["", "What it says (wording: *looks at the lesion* when the on-lesion share is at least 1.5 times a uniform "
-              "map's; *leans on the frame* when the interval of the drop lies above zero):", ""]
+              "map's; *leans on the frame* when the interval of the drop lies above zero). CAM shares compare models "
+              "with comparable layers only: Grad-CAM of a late, coarse layer (upgraded_cnn's `features.14`, a timm "
+              "backbone's last stage) and of simple_cnn's `relu1`, its only convolution, which maps little more than "
+              "what each pixel looks like, are different measures; the occlusion drops compare any models.", ""]
     lines += [reading(n, d) for n, d in docs.items()]
     lines += ["", "A lever to lower the off-lesion share, measured the same way: train it beside the recipe and pass both "
               "here with `--against RECIPE` (paired on the same test images). The first to try is border masking in "

@@ -20,13 +20,13 @@ TRAIN = ["--model", "upgraded_cnn", "--epochs", "8", "--n-malignant", "all", "--
          "--batch-size", "16", "--bootstrap", "100", "--num-threads", "1"]
 
 
-def skin_image(size: int = 64, lesion_radius: float = 0.2, seed: int = 0) -> np.ndarray:
-    """Skin with a dark, round lesion in the middle and a little noise."""
+def skin_image(size: int = 64, lesion_radius: float = 0.2, seed: int = 0, colour=(90, 55, 40)) -> np.ndarray:
+    """Skin with a darker, round lesion in the middle and a little noise."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size]
     img = np.ones((size, size, 3)) * SKIN
     if lesion_radius:
-        img[(yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (lesion_radius * size) ** 2] = [90, 55, 40]
+        img[(yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (lesion_radius * size) ** 2] = colour
     return np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
 
 
@@ -43,12 +43,15 @@ def vignette(img: np.ndarray, radius: float = 0.56) -> np.ndarray:
 
 
 def test_the_lesion_mask_is_the_central_dark_component_not_the_dark_rim():
-    img = vignette(skin_image(64, 0.2))
+    # a light-brown lesion (luminance 120, skin 170) inside a black rim that runs all round and outweighs it:
+    # Otsu over the whole image would split black from the rest, and the largest dark component is the rim
+    img = vignette(skin_image(64, 0.2, colour=(150, 110, 95)), radius=0.48)
+    img[28:36, 28:36] = SKIN  # a bright patch inside the lesion (regression, a globule): still lesion
     frame = regions.frame_mask(64, 64)
     mask, source = regions.lesion_mask(img, frame)
     yy, xx = np.mgrid[0:64, 0:64]
     truth = (yy - 32) ** 2 + (xx - 32) ** 2 < (0.2 * 64) ** 2
-    assert source == "otsu"
+    assert source == "otsu" and mask[28:36, 28:36].all()
     assert (mask & truth).sum() / truth.sum() > 0.95  # the whole lesion
     assert (mask & ~truth).sum() < 0.8 * truth.sum()  # grown by 3% of the side, not out to the rim
     assert not mask[:6, :6].any() and not mask[-6:, -6:].any()  # the black corners are not lesion
@@ -59,11 +62,14 @@ def test_the_lesion_mask_is_the_central_dark_component_not_the_dark_rim():
 def test_masks_that_find_nothing_fall_back_to_the_centre_and_say_why():
     frame = regions.frame_mask(64, 64)
     flat = np.full((64, 64, 3), 180, np.uint8)  # and below, skin with its noise but no lesion: no two tones
+    lit = (skin_image(64, 0) + np.linspace(0, 30, 64)[None, :, None]).astype(np.uint8)  # lit from one side: two
+    # halves 15 levels apart (a 30-level range, but no lesion)
     off_centre = skin_image(64, 0)
     off_centre[11:54, 11:16] = 30  # dark, inside the frame, but not in the central window (rows/columns 16..47)
     speck = skin_image(64, 0)
     speck[31:33, 31:33] = 30  # 4 px of 4096: under 0.5% of the image
-    for img, reason in ((flat, "flat"), (skin_image(64, 0), "flat"), (off_centre, "none_central"), (speck, "speck")):
+    for img, reason in ((flat, "flat"), (skin_image(64, 0), "flat"), (lit, "flat"), (off_centre, "none_central"),
+                        (speck, "speck")):
         mask, source = regions.lesion_mask(img, frame)
         assert source == reason
         assert np.array_equal(mask, regions.centre_disc(64, 64))
@@ -87,11 +93,14 @@ def test_artifact_detectors_on_hand_made_images():
     lined = plain.copy()
     lined[3, :] = [20, 20, 20]  # a drawn line along the top, inside the frame
     banded = plain.copy()
-    banded[:, 1:6] = [110, 50, 160]  # a dark ink band along the left side: its corners are dark, but it is no vignette
+    banded[:, :7] = [110, 50, 160]  # a dark ink band along the left side: its corners are dark, but it is no vignette
     framed = plain.copy()
     framed[:6], framed[-6:], framed[:, :6], framed[:, -6:] = [40, 90, 200], [40, 90, 200], [40, 90, 200], [40, 90, 200]
+    black = vignette(plain, radius=0.4)  # a small optic: near black all round
+    spill = skin_image(64, 0.75)  # a dark lesion that runs off the image on every side: no frame
     found = {}
-    for name, img in (("plain", plain), ("vignette", ringed), ("line", lined), ("band", banded), ("frame", framed)):
+    for name, img in (("plain", plain), ("vignette", ringed), ("line", lined), ("band", banded), ("frame", framed),
+                      ("black", black), ("spill", spill)):
         mask, _ = regions.lesion_mask(img, regions.frame_mask(64, 64))
         found[name] = artifacts.detect(img, regions.skin_colour(img, mask, regions.frame_mask(64, 64)), band)
     assert found["plain"] == {"dark_corners": False, "border_lines": False, "frame": False}
@@ -99,6 +108,8 @@ def test_artifact_detectors_on_hand_made_images():
     assert found["line"] == {"dark_corners": False, "border_lines": True, "frame": False}
     assert found["band"] == {"dark_corners": False, "border_lines": True, "frame": False}
     assert found["frame"]["frame"] and found["frame"]["border_lines"]  # a blue frame, and its straight inner edge
+    assert found["black"] == {"dark_corners": True, "border_lines": False, "frame": True}  # a small optic: both
+    assert not found["spill"]["frame"] and not found["spill"]["dark_corners"]
     assert not artifacts.border_lines(lined, 0)  # no frame band to search
 
 
@@ -264,3 +275,93 @@ def test_compare_and_report_show_the_audit(shortcut_runs, tmp_path):
     assert sorted(p.name for p in (tmp_path / "rep" / "figures").glob("*audit_*")) == [
         "border_seed0_audit_gallery.png", "border_seed0_audit_shares.png",
         "centre_seed0_audit_gallery.png", "centre_seed0_audit_shares.png"]
+
+
+def test_a_model_without_a_cam_layer_is_audited_without_cams(shortcut_runs, tmp_path, monkeypatch):
+    import dataclasses
+
+    from lesionlab import models
+
+    monkeypatch.setitem(models._REGISTRY, "upgraded_cnn", dataclasses.replace(models._REGISTRY["upgraded_cnn"], cam_layer=None))
+    r = cli("audit", shortcut_runs["border"], "--out", tmp_path / "a", "--n-boot", "0", "--no-record")
+    assert "CAM shares skipped (model 'upgraded_cnn' has no known CAM target layer" in r.output
+    doc = json.loads((tmp_path / "a" / "audit.json").read_text())
+    assert "skipped" in doc["cam"] and doc["on_lesion_share"] is None and doc["settings"]["layers"] == []
+    assert doc["frame_auc_drop"] > 0.3  # the occlusion still runs, and still finds the shortcut
+    assert doc["artifacts"]["border_lines"]["n_with"] > 0 and doc["figures"]["gallery"] is None
+    assert pd.read_csv(tmp_path / "a" / "audit.csv")["off_lesion_share"].isna().all()
+    r = cli("audit", shortcut_runs["border"], "--out", tmp_path / "b", "--target-layer", "nope", ok=False)
+    assert "--target-layer nope: model 'upgraded_cnn' has no such layer" in r.output  # named by the user: an error
+
+
+def test_metrics_by_institution_on_the_isic2024_layout(tmp_path):
+    from isic2024_fixture import write_isic2024
+    from lesionlab.data.sources import read_source
+    from lesionlab.data.splits import make_split, save_split, split_path
+    from lesionlab.data.store import Store, prepare
+
+    write_isic2024(tmp_path / "isic", n=90, n_patients=30, n_positive=25, size_range=(40, 60))
+    prepare(read_source(tmp_path / "isic"), tmp_path / "data", size=SIZE, workers=1)
+    store = Store.open(tmp_path / "data")
+    save_split(make_split(store, (5, 10), (8, 20), seed=0), split_path(tmp_path / "data"))
+    cli("train", "--data", tmp_path / "data", "--out", tmp_path / "run", "--epochs", "1", "--n-malignant", "8",
+        "--bootstrap", "20", "--num-threads", "1", "--batch-size", "16")
+    audit = _audit(tmp_path / "run")
+    test = pd.read_csv(tmp_path / "run" / "predictions.csv", dtype={"id": str}).query("split == 'test'")
+    meta = pd.read_csv(tmp_path / "isic" / "train-metadata.csv").set_index("isic_id").loc[test["id"]]
+    by = audit["strata"]["attribution"]
+    assert {k: v["n"] for k, v in by.items()} == meta["attribution"].value_counts().to_dict()
+    assert {k: v["n_malignant"] for k, v in by.items()} == meta.groupby("attribution")["target"].sum().to_dict()
+    assert audit["settings"]["ci95_unit"] == "patient_id"
+    assert all("roc_auc" in v and "ci95" in v for v in by.values())
+    r = cli("audit", tmp_path / "run", "--out", tmp_path / "a", "--strata", "attribution,sex", "--n-boot", "0",
+            "--gallery", "0", "--no-record")
+    assert "## By sex" in (tmp_path / "a" / "audit.md").read_text()
+    r = cli("audit", tmp_path / "run", "--out", tmp_path / "b", "--strata", "atribution", ok=False)
+    assert r.exit_code == 2 and "--strata atribution: " in r.output and "(did you mean 'attribution'?)" in r.output
+
+
+def test_summary_numbers_by_hand_and_against_scikit_learn():
+    from sklearn.metrics import roc_auc_score
+
+    from lesionlab.audit.measure import AuditSettings, summarise
+
+    rng = np.random.default_rng(0)
+    n = 40
+    y = np.r_[np.ones(15, int), np.zeros(25, int)]
+    prob = np.clip(0.35 * y + rng.uniform(0, 0.65, n), 0, 1)
+    decision = (prob >= 0.5).astype(int)
+    off = np.where(decision == 1, 0.2, 0.9)  # flagged images look at the lesion, the others (noise) do not
+    off[-1] = np.nan  # an empty map
+    table = pd.DataFrame({"id": [f"i{k}" for k in range(n)], "label": y, "prob": prob, "decision": decision,
+                          "outcome": np.select([(y == 1) & (decision == 1), (y == 0) & (decision == 1), y == 1],
+                                               ["TP", "FP", "FN"], "TN"),
+                          "lesion_area": np.where(decision == 1, 0.3, 0.1), "mask": ["otsu"] * (n - 2) + ["flat", "speck"],
+                          "prob_frame_hidden": np.clip(prob - 0.3 * y * rng.uniform(0, 1, n), 0, 1),
+                          "prob_off_lesion_hidden": prob, "frame_share": 1 - off, "off_lesion_share": off,
+                          "dark_corners": np.arange(n) % 4 == 0, "border_lines": False, "frame": False})
+    block = summarise(table, 0.5, AuditSettings(n_boot=200), ["features.14"], None, 64, [], "image")
+    flagged = decision == 1
+    assert block["cam"]["on_lesion"]["over"] == "flagged" and block["cam"]["on_lesion"]["n"] == flagged.sum()
+    assert block["on_lesion_share"] == pytest.approx(0.8)  # not diluted by the unflagged images' noise
+    assert block["cam"]["area"]["lesion"] == pytest.approx(0.3)  # a uniform map over the same images
+    lo, hi = block["cam"]["on_lesion"]["ci95"]
+    assert lo <= 0.8 <= hi
+    frame = block["occlusion"]["frame"]["roc_auc"]
+    assert frame["original"] == pytest.approx(roc_auc_score(y, prob))
+    assert frame["hidden"] == pytest.approx(roc_auc_score(y, table["prob_frame_hidden"]))
+    assert block["frame_auc_drop"] == pytest.approx(roc_auc_score(y, prob) - roc_auc_score(y, table["prob_frame_hidden"]))
+    assert frame["ci95"][0] <= frame["drop"] <= frame["ci95"][1]
+    assert block["occlusion"]["off_lesion"]["mean_abs_change"] == 0 and block["occlusion"]["off_lesion"]["decisions_changed"] == 0
+    corners = block["artifacts"]["dark_corners"]
+    sel = np.arange(n) % 4 == 0
+    assert corners["n_with"] == sel.sum() and corners["with"]["roc_auc"] == pytest.approx(roc_auc_score(y[sel], prob[sel]))
+    assert corners["without"]["roc_auc"] == pytest.approx(roc_auc_score(y[~sel], prob[~sel]))
+    assert block["mask_fallback"] == {"n": 2, "share": 0.05, "by_reason": {"flat": 1, "none_central": 0, "speck": 1}}
+    tp = block["by_outcome"]["TP"]
+    assert tp["n"] == ((y == 1) & flagged).sum() and tp["off_lesion_share"]["median"] == pytest.approx(0.2)
+    # no flagged image with a map: the headline falls back to every image, and says so
+    table["decision"] = 0
+    block = summarise(table, 0.5, AuditSettings(n_boot=0), ["features.14"], None, 64, [], "image")
+    assert block["cam"]["on_lesion"]["over"] == "all" and any("over all images" in note for note in block["notes"])
+    assert block["on_lesion_share"] == pytest.approx(np.nanmean(1 - off))

@@ -232,7 +232,7 @@ def audit_summary(boxes: list[tuple[str, dict[str, np.ndarray], float | None]],
         ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel="probability (original)", ylabel="probability (hidden)")
         ax.set_title(label, fontsize=9)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.subplots_adjust(wspace=0.3, top=0.8)  # fixed spacing: tight_layout would draw the figure once more
     save(fig, path)
 
 

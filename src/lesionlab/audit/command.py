@@ -70,6 +70,8 @@ def _test_description(store, split_sha256: str | None, ids: np.ndarray) -> dict:
 
 
 def _store_strata(store, ids: np.ndarray, strata: list[str] | None) -> dict[str, np.ndarray]:
+    if strata is not None:
+        _strata(pd.DataFrame(columns=store.columns), strata, str(store.root))  # a missing column, named with the known
     wanted = list(strata) if strata is not None else list(STRATA_AUTO)
     meta = store.metadata(wanted).drop_duplicates("id").set_index("id").reindex(ids).fillna("").reset_index()
     return _strata(meta, strata, str(store.root))

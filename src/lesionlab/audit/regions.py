@@ -42,7 +42,7 @@ _LUMA = np.array([0.299, 0.587, 0.114])
 
 
 def luminance(image: np.ndarray) -> np.ndarray:
-    """(H, W) float luminance of a uint8 RGB image (ITU-R BT.601 weights, as PIL's 'L')."""
+    """Float luminance of uint8 RGB pixels, (..., 3) -> (...) (ITU-R BT.601 weights, as PIL's 'L')."""
     return np.asarray(image, dtype=np.float64) @ _LUMA
 
 
@@ -130,17 +130,15 @@ def lesion_mask(image: np.ndarray, frame: np.ndarray | None) -> tuple[np.ndarray
 
 
 def skin_colour(image: np.ndarray, lesion: np.ndarray, frame: np.ndarray | None) -> np.ndarray:
-    """The image's own skin colour (uint8 RGB): the median of the pixels outside the lesion and inside
-    the frame, leaving out dark ones (hairs, a dermoscope rim) below half their median luminance."""
+    """The image's own skin colour (uint8 RGB): the per-channel median of the pixels outside the lesion and
+    inside the frame (a median, so hairs and a rim reaching inside count for nothing); outside the lesion
+    anywhere when that leaves under 1% of the image, the whole image when even that does."""
     candidates = ~lesion & (~frame if frame is not None else True)
     if candidates.sum() < 0.01 * lesion.size:
         candidates = ~lesion
     if candidates.sum() < 0.01 * lesion.size:
         candidates = np.ones_like(lesion)
-    pixels = image[candidates].astype(np.float64)
-    lum = pixels @ _LUMA
-    keep = lum >= 0.5 * np.median(lum)
-    return np.median(pixels[keep] if keep.any() else pixels, axis=0).round().astype(np.uint8)
+    return np.median(image[candidates], axis=0).round().astype(np.uint8)
 
 
 def occlude(image: np.ndarray, region: np.ndarray, colour: np.ndarray) -> np.ndarray:

@@ -73,11 +73,13 @@ class Store:
 
     def metadata(self, columns: list[str] | None = None) -> pd.DataFrame:
         """Every column of the rows, metadata included (or only `columns`, those of them it has, and id)."""
-        usecols = None
-        if columns is not None:
-            header = pd.read_csv(self.root / ROWS_FILE, nrows=0).columns
-            usecols = [c for c in header if c == "id" or c in columns]
+        usecols = None if columns is None else [c for c in self.columns if c == "id" or c in columns]
         return csv_restore(pd.read_csv(self.root / ROWS_FILE, dtype=str, keep_default_na=False, usecols=usecols))
+
+    @property
+    def columns(self) -> list[str]:
+        """The names of every column of the rows (read from the header only)."""
+        return list(pd.read_csv(self.root / ROWS_FILE, nrows=0).columns)
 
     @property
     def size(self) -> int:
