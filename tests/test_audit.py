@@ -233,7 +233,7 @@ def test_audit_command_writes_its_folder_and_records_honestly(shortcut_runs, tmp
                           ([tmp_path / "a5", "--frame", "0.6"], "--frame must be a share of the side in (0, 0.5)")):
         r = cli("audit", run, "--out", *args, ok=False)
         assert r.exit_code == 2 and message in r.output
-    assert not (tmp_path / "a5").exists() and not (run / "x").exists()
+    assert not (tmp_path / "a5").exists() and not (run / "x").exists() and not list(run.glob(".x*"))
 
 
 def test_a_re_audit_keeps_the_trail_of_what_it_replaced(tmp_path):

@@ -203,14 +203,14 @@ def audit_run(run_dir: str | os.PathLike, source: str | os.PathLike | None, out:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ExistsError(f"--out {out}: is an existing file; --out names a folder to create")
-    if not overwrite:
-        check_free(out, what="an audit")
     run = load_run(run_dir)
     if run.kind not in IMAGE_KINDS:
         raise BadInputError(f"{run.path}: a {run.kind} run folder; the audit looks at what an image model sees "
                             f"(a {', '.join(IMAGE_KINDS[:-1])} or {IMAGE_KINDS[-1]} run)")
-    if Path(out).resolve() == run.path.resolve() or run.path.resolve() in Path(out).resolve().parents:
+    if out.resolve() == run.path.resolve() or run.path.resolve() in out.resolve().parents:
         raise BadInputError(f"--out {out}: inside the run folder {run.path}; choose a folder outside it")
+    if not overwrite:
+        check_free(out, what="an audit")
     predictor = load_predictor(run.path, device)
     if source is None:
         given = run_test_set(run, predictor.size, data, strata)
