@@ -1,16 +1,17 @@
 """Shortcut audit of trained runs: is each model looking at the lesion? (`lesionlab audit` on each run's test set)
 
-    python benchmarks/audit.py NAME=RUN_DIR [NAME=RUN_DIR ...] [--against NAME] [--work bench-out]
+    python benchmarks/audit.py NAME=RUN_DIR [NAME=RUN_DIR ...] [--against NAME ...] [--work bench-out]
         [--n-boot 2000] [--record] [--device auto]
 
 Each RUN_DIR (a train, cv or ensemble folder; e.g. the notebook baseline and configs/recommended.yaml on
 HAM10000 and on ISIC 2024) is audited on its own test set: the audit its metrics.json records is used when it
 was made with the same settings (every train run audits its test set), else one is made into WORK/audit/NAME,
-where a complete one is reused, so an interrupted benchmark resumes. `--against NAME` pairs every other run of the
-same test set with that one (B - A of the CAM mass on the lesion and of the ROC AUC drop with the frame hidden,
-on the same resampled images): the way to measure a lever that should lower the off-lesion share. `--record`
-also records each audit in its run's metrics.json (by default the runs are left as they are). Nothing here
-chooses anything. Writes docs/results.md (section "audit") with what the numbers say.
+where a complete one is reused, so an interrupted benchmark resumes. `--against NAME` (repeatable: one per
+data set) pairs every other run of the same test set with that one (B - A of the CAM mass on the lesion and
+of the ROC AUC drop with the frame hidden, on the same resampled images): the way to measure a lever that
+should lower the off-lesion share. `--record` also records each new audit in its run's metrics.json (by
+default the runs are left as they are). Nothing here chooses anything. Writes docs/results.md (section
+"audit") with what the numbers say.
 """
 from __future__ import annotations
 
@@ -150,15 +151,17 @@ def institutions(docs: dict[str, dict]) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", help="NAME=RUN_DIR")
-    ap.add_argument("--against", default=None, help="NAME of the run the others are paired with (same test images)")
+    ap.add_argument("--against", action="append", default=[],
+                    help="NAME of a run the others of its test set are paired with (repeatable: one per data set)")
     ap.add_argument("--work", default=str(ROOT / "bench-out"))
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--record", action="store_true", help="record each audit in its run's metrics.json")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     runs = _parse(args.runs)
-    if args.against and args.against not in runs:
-        raise SystemExit(f"--against {args.against}: not one of the names given ({', '.join(runs)})")
+    for name in args.against:
+        if name not in runs:
+            raise SystemExit(f"--against {name}: not one of the names given ({', '.join(runs)})")
     started = time.time()
     settings = AuditSettings(n_boot=args.n_boot)
     done = {name: audit_of(name, path, Path(args.work), settings, args.record, args.device) for name, path in runs.items()}
@@ -168,8 +171,8 @@ def main() -> None:
               "CAM mass in frame [95% CI] (uniform)", "ROC AUC drop, frame hidden", "ROC AUC drop, off-lesion hidden",
               "masks fallen back", "dark corners / lines / frame", "ROC AUC with / without dark corners"]
     command = "python benchmarks/audit.py " + " ".join(
-        f"{n}={p.relative_to(ROOT) if p.resolve().is_relative_to(ROOT) else p}" for n, p in runs.items()) + (
-        f" --against {args.against}" if args.against else "") + (f" --n-boot {args.n_boot}" if args.n_boot != 2000 else "")
+        f"{n}={p.resolve().relative_to(ROOT) if p.resolve().is_relative_to(ROOT) else p}" for n, p in runs.items()) + "".join(
+        f" --against {a}" for a in args.against) + (f" --n-boot {args.n_boot}" if args.n_boot != 2000 else "")
     lines = ["## Shortcut audit (`benchmarks/audit.py`)", "",
              f"Command: `{command}` (code {git_commit()}); machine: {machine()}; wall of this invocation "
              f"{(time.time() - started) / 60:.1f} min (audits reused from an earlier invocation cost nothing here).", "",
@@ -182,15 +185,17 @@ def main() -> None:
              "data has them.", "", md_table(header, [row(n, d) for n, d in docs.items()], False)]
     lines += institutions(docs)
     if args.against:
-        base_table = read_table(done[args.against][1])
+        bases = {name: read_table(done[name][1]) for name in args.against}
         paired_rows = []
         for name, (doc, table) in done.items():
-            if name == args.against:
+            if name in bases:
                 continue
-            p = paired_audit(base_table, read_table(table), args.n_boot)
-            paired_rows.append([name, paired_text(p) if p else "not the same test images (or no CAM): not paired"])
-        lines += ["", f"Paired on the same test images, B - A with A = {args.against}:", "",
-                  md_table(["B", "B - A"], paired_rows, False)]
+            b = read_table(table)
+            found = next(((a, p) for a, base in bases.items() if (p := paired_audit(base, b, args.n_boot))), None)
+            paired_rows.append([name, found[0], paired_text(found[1])] if found else
+                               [name, "-", "no run given with --against has its test images (or a CAM): not paired"])
+        lines += ["", "Paired on the same test images (B - A, whole groups resampled where the data has them):", "",
+                  md_table(["B", "A", "B - A"], paired_rows, False)]
     lines += ["", "What it says (wording: *looks at the lesion* when the on-lesion share is at least 1.5 times a uniform "
               "map's; *leans on the frame* when the interval of the drop lies above zero). CAM shares compare models "
               "with comparable layers only: Grad-CAM of a late, coarse layer (upgraded_cnn's `features.14`, a timm "

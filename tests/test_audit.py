@@ -164,7 +164,8 @@ def shortcut_runs(tmp_path_factory) -> dict[str, Path]:
     for where in ("border", "centre"):
         root = tmp_path_factory.mktemp(where)
         data = synthetic_data(root, where)
-        cli("train", "--data", data, "--out", root / "run", "--name", where, *TRAIN)
+        r = cli("train", "--data", data, "--out", root / "run", "--name", where, *TRAIN)
+        assert "Shortcut audit (test): CAM mass on the lesion" in r.output
         runs[where] = root / "run"
     return runs
 

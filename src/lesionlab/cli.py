@@ -289,6 +289,10 @@ def _print_result(info: dict, out: Path) -> None:
                f"({info['threshold_rule']}); {s['train_img_s']:.0f} img/s training{compute}", err=True)
     click.echo(notebook_line("Val", m["val"]))
     click.echo(notebook_line("Test", m["test"]))
+    if m.get("audit"):
+        from .audit.summary import headline
+
+        click.echo(f"Shortcut audit (test): {headline(m['audit'])}")
 
 
 def _parse_seeds(text: str) -> list[int]:
