@@ -220,6 +220,8 @@ def test_audit_command_writes_its_folder_and_records_honestly(shortcut_runs, tmp
     doc = json.loads((tmp_path / "a2" / "audit.json").read_text())
     assert doc["frame_auc_drop"] is None and doc["occlusion"]["frame"] is None
     assert any("32 px are too small for a 1% frame" in n for n in doc["notes"])
+    cli("audit", run, "--out", tmp_path / "a2", "--overwrite", "--n-boot", "0", "--gallery", "0", "--no-record")
+    assert json.loads((tmp_path / "a2" / "audit.json").read_text())["settings"]["frame"] == 0.15  # an audit replaced
     images = tmp_path / "imgs"
     images.mkdir()
     for i in range(3):
@@ -230,7 +232,9 @@ def test_audit_command_writes_its_folder_and_records_honestly(shortcut_runs, tmp
     assert any("no labels" in n for n in doc["notes"]) and set(doc["by_outcome"]) == {"positive", "negative"}
     assert _audit(run) == after
     # refused: an existing folder, a folder inside the run, a bad frame
-    for args, message in (([tmp_path / "a1"], "exists and is not empty"), ([run / "x"], "inside the run folder"),
+    for args, message in (([tmp_path / "a1"], "holds an earlier audit; choose another --out or pass --overwrite"),
+                          ([tmp_path / "imgs", "--overwrite"], "is not an earlier audit; --overwrite replaces only that"),
+                          ([run / "x"], "inside the run folder"),
                           ([tmp_path / "a5", "--frame", "0.6"], "--frame must be a share of the side in (0, 0.5)")):
         r = cli("audit", run, "--out", *args, ok=False)
         assert r.exit_code == 2 and message in r.output

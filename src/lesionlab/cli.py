@@ -664,7 +664,7 @@ def explain(run_dir: Path, source: Path, out: Path, method: str, target_layer: s
 @click.option("--record/--no-record", default=True, show_default=True,
               help="with the run's test set, record the audit in the run's metrics.json (the one it replaces is kept "
                    "under audit.previous)")
-@click.option("--overwrite", is_flag=True, help="replace an existing AUDIT_DIR")
+@click.option("--overwrite", is_flag=True, help="replace an earlier audit in AUDIT_DIR (nothing else is replaced)")
 @click.option("--skip-bad", is_flag=True, help="skip unreadable INPUT images instead of stopping")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1), help="CAM batch size")
 @click.option("--device", default="auto", show_default=True)

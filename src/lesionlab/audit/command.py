@@ -27,7 +27,7 @@ import pandas as pd
 
 from .. import __version__
 from ..errors import BadInputError, ExistsError, LesionLabError, closest, preview
-from ..fileio import check_free, exclusive, read_json, staged_dir, write_csv, write_json, write_text
+from ..fileio import absolute, check_free, exclusive, read_json, staged_dir, write_csv, write_json, write_text
 from ..runs import format as fmt
 from . import figures
 from .measure import Audit, AuditSettings, audit_images
@@ -191,34 +191,42 @@ def record(run_path: Path, block: dict) -> dict:
     return block
 
 
+def is_audit_output(path: Path) -> bool:
+    """An earlier AUDIT_DIR (the only folder --overwrite replaces)."""
+    return (Path(path) / AUDIT_JSON).is_file()
+
+
 def audit_run(run_dir: str | os.PathLike, source: str | os.PathLike | None, out: str | os.PathLike, *,
               data: str | os.PathLike | None = None, fmt: str = "auto", settings: AuditSettings | None = None,
               strata: list[str] | None = None, record_in_run: bool = True, overwrite: bool = False,
               device: str = "auto", skip_bad: bool = False, progress: Callable[[int, int], None] | None = None) -> dict:
     """Audit a train, cv or ensemble run on its test set (source None) or on other images; write AUDIT_DIR;
     with the test set, record the block in the run's metrics.json (unless record_in_run is False)."""
-    from ..runs import load_predictor, load_run
+    from ..runs import load_run
+    from ..runs.predictor import load_image_predictor
 
     settings = (settings or AuditSettings()).check()
-    out = Path(out)
+    out = absolute(out)
     if out.exists() and not out.is_dir():
         raise ExistsError(f"--out {out}: is an existing file; --out names a folder to create")
     run = load_run(run_dir)
     if run.kind not in IMAGE_KINDS:
         raise BadInputError(f"{run.path}: a {run.kind} run folder; the audit looks at what an image model sees "
                             f"(a {', '.join(IMAGE_KINDS[:-1])} or {IMAGE_KINDS[-1]} run)")
-    if out.resolve() == run.path.resolve() or run.path.resolve() in out.resolve().parents:
+    if out == run.path.resolve() or run.path.resolve() in out.resolve().parents:
         raise BadInputError(f"--out {out}: inside the run folder {run.path}; choose a folder outside it")
-    if not overwrite:
-        check_free(out, what="an audit")
-    predictor = load_predictor(run.path, device)
+    replace = is_audit_output if overwrite else None
+    if not overwrite and out.is_dir() and is_audit_output(out):
+        raise ExistsError(f"{out}: holds an earlier audit; choose another --out or pass --overwrite to replace it")
+    check_free(out, what="audit", replace=replace)
+    predictor = load_image_predictor(run.path, device, "audit")
     if source is None:
         given = run_test_set(run, predictor.size, data, strata)
     else:
         given = read_input(source, predictor.size, predictor.fit, fmt, skip_bad, strata)
     audit = audit_images(predictor, given.images, given.ids, given.labels, given.groups, given.unit, given.strata,
                          settings, progress)
-    with staged_dir(out, what="an audit", replace=overwrite) as staging:
+    with staged_dir(out, what="audit", replace=replace) as staging:
         parts = write_parts(staging, audit, given.images, predictor, settings)
         doc = {**audit.block, "run": str(run.path.resolve()), "run_kind": run.kind, "input": given.description,
                "skipped_unreadable": given.skipped, **parts}
