@@ -650,8 +650,7 @@ def explain(run_dir: Path, source: Path, out: Path, method: str, target_layer: s
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="AUDIT_DIR to create")
 @click.option("--data", default=None, type=click.Path(path_type=Path),
               help="DATA_DIR of the run's test set, when it is no longer where run.json says")
-@click.option("--format", "fmt", default="auto", show_default=True,
-              type=click.Choice(["auto", "images", "manifest", "isic2024", "isic-csv", "folders"]), help="INPUT's layout")
+@click.option("--format", "fmt", default="auto", show_default=True, type=click.Choice(FORMATS), help="INPUT's layout")
 @click.option("--frame", default=0.15, show_default=True, type=float, help="the outer frame's width, a share of each side")
 @click.option("--method", default="gradcam", show_default=True, type=click.Choice(["gradcam", "gradcam++", "scorecam"]))
 @click.option("--target-layer", default=None, help="module path of the CAM's layer (default: the model registry's)")
