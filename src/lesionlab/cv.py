@@ -38,7 +38,7 @@ from .data.folds import Folds, inner_validation, make_folds
 from .data.splits import group_keys, load_split, parse_counts
 from .data.store import Store
 from .errors import BadInputError, ExistsError, LesionLabError, check_at_least
-from .experiment import Plan, train_run
+from .experiment import Plan, check_input_size, train_run
 from .fileio import read_json, write_csv, write_json, write_yaml
 from .metrics import ThresholdRule, ci_unit, metrics_with_ci, parse_prevalence
 from .runs import Run, RunWriter, is_complete_run, load_run, oof_arrays
@@ -113,6 +113,7 @@ def prepare_cv(cfg: ExperimentConfig, out: str | os.PathLike, k: int = 5, repeat
     out = Path(out)
     fold_seed = cfg.seed if fold_seed is None else fold_seed
     store = Store.open(cfg.data)
+    check_input_size(cfg, store.size)  # once here, not in every fold
     split = load_split(store, cfg.split)
     table = store.table
     rule = split.params.get("group_used", "none")

@@ -5,7 +5,8 @@ returns the probability of 'malignant' with everything the run decided inside it
 calibration, prior shift); the model's metadata_props say how to feed it and where to decide:
 
     lesionlab            JSON with all of the below (what this module reads)
-    lesionlab.size, lesionlab.fit, lesionlab.mean, lesionlab.std, lesionlab.threshold,
+    lesionlab.size, lesionlab.fit, lesionlab.mean, lesionlab.std, lesionlab.input_size (the model's side:
+    the graph enlarges the images itself), lesionlab.interpolation, lesionlab.threshold,
     lesionlab.prior_shift, lesionlab.calibration, lesionlab.version, lesionlab.input, lesionlab.output
 
 This module must import nothing that imports torch: `predict --engine onnxruntime` runs where

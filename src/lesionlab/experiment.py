@@ -23,19 +23,22 @@ from .data.parallel import cpu_count
 from .data.sampling import EpochSampler, draw_training_set
 from .data.splits import Split, check_evaluable, group_keys, load_split
 from .data.store import Store
+from .data.extra import ExtraPart, load_extra
 from .data.synthetic import CombinedImages, SyntheticPart, load_synthetic
 from .data.tta import tta_logits
 from .engine.distributed import World, check_devices, from_environment, spawn
-from .engine.runtime import MEAN, STD, Runtime, resolve_runtime
+from .engine.runtime import IMAGENET, Preprocessing, Runtime, resolve_runtime
 from .engine.trainer import Batches, TrainOptions, TrainResult, predict_sharded, train
 from .errors import BadInputError
 from .fileio import read_json
 from .metrics import ThresholdRule, bce_per_sample, bootstrap_ci, ci_unit, compute_metrics, parse_prevalence, prior_shift
 from .models import create_model, get_spec
-from .models.encoder import head_name, load_encoder_state
+from .models.encoder import head_name, is_timm, load_encoder_state
+from .models.timm_models import pretrained_source, zero_classifier
 from .runs import RunWriter, check_new_run_folder, model_checkpoint
 from .runs import format as fmt
 from .runs.encoder import EncoderWeights, check_encoder_fits, check_not_pretrained_on, is_encoder_dir, load_encoder
+from .runs.finetune import RunWeights, check_not_trained_on, check_run_fits, is_train_run, load_run_state, load_run_weights
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +118,8 @@ class Inputs:
     real_labels: np.ndarray
     real_pool: np.ndarray
     real_draw: np.ndarray
-    labels: np.ndarray       # real labels, then one per synthetic image
-    draw: np.ndarray         # positions of the training draw (synthetic ones past the real rows)
+    labels: np.ndarray       # real labels, then one per synthetic image, then one per extra image
+    draw: np.ndarray         # positions of the training draw (synthetic, then extra ones past the real rows)
     images: CombinedImages
     sampler: EpochSampler
     syn: SyntheticPart | None
@@ -125,6 +128,23 @@ class Inputs:
     eval_y: dict[str, np.ndarray]
     group_rule: str = "none"
     groups: np.ndarray | None = None  # group key of every table row (patient, else lesion, else image)
+    extra: ExtraPart | None = None    # --extra-data: another data set's images, in the training draw only
+
+    def eval_ids(self) -> list[str]:
+        """Every image the run evaluates on (validation, test, out-of-fold), in eval_images() order."""
+        return [str(i) for pos in self.eval_pos.values() for i in self.ids[pos]]
+
+    def eval_images(self) -> np.ndarray:
+        return np.concatenate(list(self.eval_x.values()))
+
+
+def check_input_size(cfg: ExperimentConfig, store_size: int) -> int:
+    """The model's input side: --input-size, or the data set's; enlarging only (prepare shrinks, with
+    an antialiasing filter)."""
+    if cfg.input_size and cfg.input_size < store_size:
+        raise BadInputError(f"--input-size {cfg.input_size}: smaller than the data set's {store_size} px images; "
+                            f"prepare the data at --size {cfg.input_size} instead (input_size only enlarges)")
+    return cfg.input_size or store_size
 
 
 def _inputs(cfg: ExperimentConfig, world: World, plan: Plan | None = None) -> Inputs:
@@ -149,15 +169,25 @@ def _inputs(cfg: ExperimentConfig, world: World, plan: Plan | None = None) -> In
         syn = load_synthetic(cfg.synthetic.data, cfg.synthetic.n, store, set(ids[both]),
                              np.concatenate(list(eval_x.values())), ids[both].tolist(), cfg.seed)
     n_syn = len(syn) if syn else 0
+    extra = None
+    if cfg.extra_data:
+        both = np.concatenate(list(eval_pos.values()))
+        extra = load_extra(cfg.extra_data, cfg.extra_ratio, cfg.extra_n_malignant, store, ids[both].tolist(),
+                           np.concatenate(list(eval_x.values())), cfg.seed)
+    n_extra = len(extra) if extra else 0
     real_draw = draw_training_set(real_labels, real_pool, cfg.ratio, cfg.n_malignant, cfg.seed, extra_malignant=n_syn)
-    # synthetic images sit past the real rows: position len(table) + k is the k-th synthetic image
+    # synthetic images sit past the real rows: position len(table) + k is the k-th synthetic image; the extra
+    # data set's draw comes after them (its own ratio: it does not count towards --ratio)
     syn_pos = len(table) + np.arange(n_syn)
-    labels = np.r_[real_labels, np.ones(n_syn, real_labels.dtype)]
-    draw = np.r_[real_draw, syn_pos]
-    sampler = EpochSampler(cfg.sampler, labels, draw, np.r_[real_pool, syn_pos], cfg.seed, world.rank, world.size)
-    return Inputs(store, split, ids, real_labels, real_pool, real_draw, labels, draw, CombinedImages(store, syn),
+    extra_pos = len(table) + n_syn + np.arange(n_extra)
+    labels = np.r_[real_labels, np.ones(n_syn, real_labels.dtype),
+                   extra.labels.astype(real_labels.dtype) if extra else np.zeros(0, real_labels.dtype)]
+    draw = np.r_[real_draw, syn_pos, extra_pos]
+    sampler = EpochSampler(cfg.sampler, labels, draw, np.r_[real_pool, syn_pos], cfg.seed, world.rank, world.size,
+                           fixed=extra_pos)
+    return Inputs(store, split, ids, real_labels, real_pool, real_draw, labels, draw, CombinedImages(store, syn, extra),
                   sampler, syn, eval_pos, eval_x, {side: real_labels[pos] for side, pos in eval_pos.items()},
-                  group_rule, groups)
+                  group_rule, groups, extra)
 
 
 def _options(cfg: ExperimentConfig, pos_weight: float | None) -> TrainOptions:
@@ -168,16 +198,31 @@ def _options(cfg: ExperimentConfig, pos_weight: float | None) -> TrainOptions:
         label_smoothing=cfg.label_smoothing, augment=cfg.augment, mixup=cfg.mixup, monitor=cfg.resolved_monitor(),
         patience=cfg.patience if cfg.early_stop else 0, ema=cfg.ema, eval_batch_size=cfg.eval_batch_size,
         measure_compute=cfg.measure_compute, encoder_lr_mult=cfg.encoder_lr_mult,
-        linear_probe_epochs=cfg.linear_probe_epochs)
+        linear_probe_epochs=cfg.linear_probe_epochs, layer_decay=cfg.layer_decay, batchnorm=cfg.batchnorm)
 
 
-def _runtime(cfg: ExperimentConfig, world: World) -> Runtime:
+def _runtime(cfg: ExperimentConfig, world: World, side: int) -> tuple[Runtime, dict]:
+    """The device, threads, precision and memory format; `auto` precision and channels_last are the
+    fastest on this machine for this model, side and batch (engine/autotune.py: measured once, cached).
+    With several processes the first process chooses and every process takes its choice."""
+    from .engine import autotune
+
     cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
     device = f"cuda:{world.local_rank}" if world.distributed and cuda else cfg.device
     # a sweep worker beside others gets its share of the cores through LESIONLAB_NUM_THREADS
     threads = cfg.num_threads or int(os.environ.get("LESIONLAB_NUM_THREADS", 0)) or max(1, cpu_count() // world.local_size)
-    return resolve_runtime(device, cfg.precision, cfg.channels_last,
-                           model_prefers_channels_last=get_spec(cfg.model).channels_last, num_threads=threads)
+    rt = resolve_runtime(device, cfg.precision, cfg.channels_last,
+                         model_prefers_channels_last=get_spec(cfg.model).channels_last, num_threads=threads)
+    if cfg.precision == "64" or "auto" not in (cfg.precision, cfg.channels_last):
+        return rt, {"measured": False, "reason": "given" if cfg.precision != "64" else "--precision 64"}
+    choice = None
+    if world.is_main:
+        choice = autotune.choose(cfg.model, lambda: create_model(cfg.model, image_size=side), rt.device, side,
+                                 cfg.batch_size // world.size, cfg.precision, cfg.channels_last)
+    if world.distributed:
+        choice = world.gather(choice)[0]
+    bf16, channels_last, info = choice
+    return replace(rt, bf16=bf16, channels_last=channels_last), info
 
 
 @dataclass
@@ -253,46 +298,92 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike,
     n_mal, n_ben = int(inp.labels[inp.draw].sum()), int((inp.labels[inp.draw] == 0).sum())
     pos_weight = n_ben / n_mal if cfg.pos_weight == "auto" else cfg.pos_weight
     opts = _options(cfg, pos_weight)
-    enc = _encoder(cfg, inp)
+    side = check_input_size(cfg, inp.store.size)
+    start = _start(cfg, inp, side)
     writer = RunWriter(out, "train") if world.is_main else None
     with writer or contextlib.nullcontext():
         _seed_everything(cfg.seed)
-        model = create_model(cfg.model, image_size=inp.store.size, pretrained=False if enc else cfg.pretrained)
-        if enc is not None:  # the encoder's weights; the head stays as initialised
-            load_encoder_state(model, enc.state_dict, f"--pretrained {enc.path}")
-        if cfg.encoder_lr_mult != 1 or cfg.linear_probe_epochs:
+        model, pre, weights = _build_model(cfg, start, side, inp.store.size)
+        opts = replace(opts, preprocess=pre)
+        if cfg.encoder_lr_mult != 1 or cfg.linear_probe_epochs or cfg.layer_decay != 1:
             opts = replace(opts, head=head_name(model))
-        rt = _runtime(cfg, world)
+        rt, autotuned = _runtime(cfg, world, side)
         batches = Batches(inp.images.pixels, inp.labels, inp.sampler, cfg.batch_size // world.size)
         setup_seconds = time.time() - started
         result = train(model, batches, inp.eval_x["val"], inp.eval_y["val"], rt, opts, on_epoch, world)
         model.load_state_dict(result.best_state)
         # test-time augmentation (--tta) for the final scores only; per-epoch validation stays plain
-        logits = {side: tta_logits(lambda x: predict_sharded(model, x, rt, cfg.eval_batch_size, world), inp.eval_x[side],
-                                   cfg.tta) for side in inp.eval_pos}
+        logits = {s: tta_logits(lambda x: predict_sharded(model, x, rt, cfg.eval_batch_size, world, pre), inp.eval_x[s],
+                                cfg.tta) for s in inp.eval_pos}
         if writer is None:
             return {}
         ev = evaluate(cfg, logits, inp.eval_y, inp.sampler.train_prevalence, pos_weight,
-                      {side: inp.groups[pos] for side, pos in inp.eval_pos.items()}, inp.group_rule)
+                      {s: inp.groups[pos] for s, pos in inp.eval_pos.items()}, inp.group_rule)
         run_info = _run_info(cfg, out, inp, result, ev, opts, rt, world, pos_weight, setup_seconds, started)
-        run_info["encoder"] = enc.describe() if enc is not None else None
+        run_info["encoder"] = start.encoder.describe() if start.encoder is not None else None
+        run_info["weights"] = weights
+        run_info["preprocessing"] = pre.to_dict()
+        run_info["runtime"]["autotune"] = autotuned
         if plan is not None:
             run_info["plan"] = plan.info
-        _write_run(writer, cfg, inp, result, ev, rt, run_info, model)
+        _write_run(writer, cfg, inp, result, ev, rt, run_info, model, pre)
     return {**run_info, "metrics": ev.metrics}
 
 
-def _encoder(cfg: ExperimentConfig, inp: Inputs) -> EncoderWeights | None:
-    """--pretrained ENC_DIR: the encoder, checked against this run's model, input size and
-    evaluation images; None for any other --pretrained value."""
-    if not is_encoder_dir(cfg.pretrained):
-        return None
-    enc = load_encoder(cfg.pretrained)
-    check_encoder_fits(enc, cfg.model, inp.store.size)
-    # the split's val and test images; cross-validation's out-of-fold images lie in the train pool,
-    # which an encoder pretrained there has seen without labels, as any SSL on the pool would
-    check_not_pretrained_on(enc, inp.store, inp.split)
-    return enc
+@dataclass
+class Start:
+    """What the model starts from (--pretrained): scratch, imagenet (weights found by the model
+    registry), encoder (ENC_DIR) or run (RUN_DIR); the checks that need no model are done."""
+
+    kind: str
+    encoder: EncoderWeights | None = None
+    run: RunWeights | None = None
+    guard: dict | None = None  # what the leak check of a RUN_DIR covered
+
+
+def _start(cfg: ExperimentConfig, inp: Inputs, side: int) -> Start:
+    value = cfg.pretrained
+    if value is False or value in (None, ""):
+        return Start("scratch")
+    if is_train_run(value):
+        rw = load_run_weights(value)
+        check_run_fits(rw, cfg.model, side, get_spec(cfg.model).fixed_size)
+        # every image this run scores: validation, test and, in a cv fold, the held-out fold
+        return Start("run", run=rw, guard=check_not_trained_on(rw, inp.eval_ids(), inp.eval_images(),
+                                                                  inp.store.content_hash))
+    if is_encoder_dir(value):
+        enc = load_encoder(value)
+        check_encoder_fits(enc, cfg.model, side)
+        # the split's val and test images; cross-validation's out-of-fold images lie in the train pool,
+        # which an encoder pretrained there has seen without labels, as any SSL on the pool would
+        check_not_pretrained_on(enc, inp.store, inp.split)
+        return Start("encoder", encoder=enc)
+    return Start("imagenet")
+
+
+def _build_model(cfg: ExperimentConfig, start: Start, side: int, store_size: int) -> tuple[torch.nn.Module, Preprocessing, dict]:
+    """The model with its starting weights, the preprocessing that comes with them (a pretrained
+    backbone's own normalisation and interpolation) at this run's input size, and what run.json
+    records about the weights (which file and its sha256 for ImageNet weights)."""
+    model = create_model(cfg.model, image_size=side, pretrained=cfg.pretrained if start.kind == "imagenet" else False)
+    weights: dict = {"kind": start.kind}
+    pre = IMAGENET
+    if start.encoder is not None:  # the encoder's weights; the head stays as initialised
+        load_encoder_state(model, start.encoder.state_dict, f"--pretrained {start.encoder.path}")
+        pre = start.encoder.preprocessing
+        weights["source"] = {"encoder": str(start.encoder.path.resolve())}
+    elif start.run is not None:
+        load_run_state(model, start.run, cfg.pretrained_head)
+        pre = start.run.preprocessing
+        weights["source"] = start.run.describe(cfg.pretrained_head)
+        weights["leak_check"] = start.guard
+    elif start.kind == "imagenet":
+        found = pretrained_source(model)
+        pre = found["preprocessing"]
+        weights.update(source=found["source"], trained_at=found["trained_at"])
+    if (start.encoder is not None or (start.run is not None and cfg.pretrained_head == "fresh")) and is_timm(model):
+        zero_classifier(model)  # a new head on pretrained features, as create_timm starts ImageNet ones
+    return model, replace(pre, input_size=side if side != store_size else 0), weights
 
 
 def _run_info(cfg: ExperimentConfig, out: Path, inp: Inputs, result: TrainResult, ev: Evaluation, opts: TrainOptions,
@@ -307,14 +398,17 @@ def _run_info(cfg: ExperimentConfig, out: Path, inp: Inputs, result: TrainResult
         "split_file": inp.split.path.name,
         "split_sha256": inp.split.sha256,
         "draw": {"malignant": int(labels[draw].sum()), "benign": int((labels[draw] == 0).sum()),
-                 "synthetic": len(inp.syn) if inp.syn else 0,
+                 "synthetic": len(inp.syn) if inp.syn else 0, "extra": len(inp.extra) if inp.extra else 0,
                  "pool_malignant": int(inp.real_labels[inp.real_pool].sum()),
                  "pool_benign": int((inp.real_labels[inp.real_pool] == 0).sum())},
         "synthetic": inp.syn.info if inp.syn else None,
+        "extra_data": inp.extra.info if inp.extra else None,
         "levers": {"loss": cfg.loss, "pos_weight": pos_weight, "sampler": cfg.sampler, "augment": cfg.augment,
                    "optimizer": cfg.optimizer, "scheduler": cfg.scheduler, "ema": cfg.ema,
                    "pretrained": cfg.pretrained, "label_smoothing": cfg.label_smoothing, "mixup": cfg.mixup,
-                   "encoder_lr_mult": cfg.encoder_lr_mult, "linear_probe_epochs": cfg.linear_probe_epochs},
+                   "encoder_lr_mult": cfg.encoder_lr_mult, "linear_probe_epochs": cfg.linear_probe_epochs,
+                   "layer_decay": cfg.layer_decay, "batchnorm": cfg.batchnorm, "input_size": cfg.input_size,
+                   "pretrained_head": cfg.pretrained_head, "extra_data": cfg.extra_data},
         "epochs_run": len(result.history),
         "stopped_early": result.stopped_early,
         "best_epoch": result.best_epoch,
@@ -345,7 +439,7 @@ def _speed(result: TrainResult, world: World) -> dict:
 
 
 def _write_run(w: RunWriter, cfg: ExperimentConfig, inp: Inputs, result: TrainResult, ev: Evaluation, rt: Runtime,
-               run_info: dict, model: torch.nn.Module | None = None) -> None:
+               run_info: dict, model: torch.nn.Module | None = None, pre: Preprocessing = IMAGENET) -> None:
     preds = pd.concat([pd.DataFrame({"id": inp.ids[pos], "split": side, "label": inp.eval_y[side],
                                      "prob": ev.probs[side],
                                      **({"prob_model": ev.raw[side]} if ev.deploy or ev.calibration else {}),
@@ -353,20 +447,23 @@ def _write_run(w: RunWriter, cfg: ExperimentConfig, inp: Inputs, result: TrainRe
                        for side, pos in inp.eval_pos.items()])
     w.table(fmt.PREDICTIONS, preds)
     syn_ids = inp.syn.store.table["id"].to_numpy()[inp.syn.rows] if inp.syn else np.array([], dtype=object)
-    n_syn = len(syn_ids)
-    drawn = pd.DataFrame({"id": np.r_[inp.ids[inp.real_draw], syn_ids], "label": inp.labels[inp.draw],
-                          "synthetic": np.r_[np.zeros(len(inp.real_draw), int), np.ones(n_syn, int)]})
+    extra_ids = inp.extra.ids if inp.extra else np.array([], dtype=object)
+    n_real, n_syn, n_extra = len(inp.real_draw), len(syn_ids), len(extra_ids)
+    drawn = pd.DataFrame({"id": np.r_[inp.ids[inp.real_draw], syn_ids, extra_ids], "label": inp.labels[inp.draw],
+                          "synthetic": np.r_[np.zeros(n_real, int), np.ones(n_syn, int), np.zeros(n_extra, int)],
+                          "extra": np.r_[np.zeros(n_real + n_syn, int), np.ones(n_extra, int)]})
     w.table(fmt.TRAIN_DRAW, drawn, float_format=None)
     w.table(fmt.HISTORY, pd.DataFrame(result.history), float_format=None)
     w.checkpoint(model_checkpoint(
         cfg.model, inp.store.size, inp.store.fit, result.best_state, ev.threshold, str(ev.rule),
-        {"from": ev.reference, "to": ev.deploy} if ev.deploy else None, rt.channels_last, MEAN, STD,
+        {"from": ev.reference, "to": ev.deploy} if ev.deploy else None, rt.channels_last, pre.mean, pre.std,
+        input_size=pre.input_size, interpolation=pre.interpolation,
         best_epoch=result.best_epoch, tta=cfg.tta, calibration=ev.calibration))
     _figures(w, result, inp.eval_y, ev.probs, ev.threshold)
     if model is not None:
-        run_info["cam_gallery"] = _gallery(w, cfg, inp, ev, model)
+        run_info["cam_gallery"] = _gallery(w, cfg, inp, ev, model, pre)
         if cfg.audit:
-            audit = _audit(w, cfg, inp, ev, rt, model)
+            audit = _audit(w, cfg, inp, ev, rt, model, pre)
             if "error" in audit:
                 run_info["audit"] = audit
             else:
@@ -374,20 +471,23 @@ def _write_run(w: RunWriter, cfg: ExperimentConfig, inp: Inputs, result: TrainRe
     w.finish(to_dict(cfg), run_info, ev.metrics)
 
 
-def _gallery(w: RunWriter, cfg: ExperimentConfig, inp: Inputs, ev: Evaluation, model: torch.nn.Module) -> dict:
+def _gallery(w: RunWriter, cfg: ExperimentConfig, inp: Inputs, ev: Evaluation, model: torch.nn.Module,
+             pre: Preprocessing = IMAGENET) -> dict:
     """The test set's CAM gallery for the report; a model without a known CAM layer (or any
     failure of the CAM) leaves the gallery out, with the reason in run.json, never the run."""
     from .explain import write_gallery
 
     try:
         return write_gallery(model, cfg.model, inp.eval_x["test"], inp.ids[inp.eval_pos["test"]], inp.eval_y["test"],
-                             ev.probs["test"], ev.threshold, w.figure_path("cam_gallery"), MEAN, STD)
+                             ev.probs["test"], ev.threshold, w.figure_path("cam_gallery"), pre.mean, pre.std,
+                             input_size=pre.input_size, interpolation=pre.interpolation)
     except Exception as e:  # noqa: BLE001 - the run's metrics stand without its pictures
         log.warning("CAM gallery left out: %s", e)
         return {"error": str(e)[:500]}
 
 
-def _audit(w: RunWriter, cfg: ExperimentConfig, inp: Inputs, ev: Evaluation, rt: Runtime, model: torch.nn.Module) -> dict:
+def _audit(w: RunWriter, cfg: ExperimentConfig, inp: Inputs, ev: Evaluation, rt: Runtime, model: torch.nn.Module,
+           pre: Preprocessing = IMAGENET) -> dict:
     """The shortcut audit of the test set (lesionlab.audit), through a predictor that scores exactly as the
     checkpoint's will; a failure leaves the audit out, with the reason in run.json, never the run."""
     from .audit import AuditSettings
@@ -395,9 +495,9 @@ def _audit(w: RunWriter, cfg: ExperimentConfig, inp: Inputs, ev: Evaluation, rt:
     from .runs import ModelPredictor
 
     try:
-        predictor = ModelPredictor(model.eval(), inp.store.size, inp.store.fit, ev.threshold, rt, MEAN, STD,
+        predictor = ModelPredictor(model.eval(), inp.store.size, inp.store.fit, ev.threshold, rt, pre.mean, pre.std,
                                    {"from": ev.reference, "to": ev.deploy} if ev.deploy else None, "", cfg.tta,
-                                   ev.calibration, cfg.model)
+                                   ev.calibration, cfg.model, pre.input_size, pre.interpolation)
         pos = inp.eval_pos["test"]
         test = training_test_set(inp.store, pos, inp.eval_x["test"], inp.eval_y["test"], inp.groups[pos], inp.group_rule,
                                  inp.split.sha256)

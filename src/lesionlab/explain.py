@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -89,14 +90,26 @@ def _quiet_scorecam() -> Iterator[None]:
         score_cam.tqdm = saved
 
 
-def _normalise(images: np.ndarray, mean, std, device) -> torch.Tensor:
-    """The model's float32 input, contiguous NCHW (CAM libraries hook plain layouts)."""
-    return to_input(torch.from_numpy(np.ascontiguousarray(images)), Runtime(device, False, False), mean, std)
+def _normalise(images: np.ndarray, mean, std, device, size: int = 0, interpolation: str = "bilinear") -> torch.Tensor:
+    """The model's float32 input, contiguous NCHW (CAM libraries hook plain layouts), enlarged to
+    `size` first when the run trained at another input size."""
+    return to_input(torch.from_numpy(np.ascontiguousarray(images)), Runtime(device, False, False), mean, std,
+                    size, interpolation)
+
+
+def _to_side(maps: np.ndarray, side: int) -> np.ndarray:
+    """CAMs computed at the model's input size, back at the images' size."""
+    if maps.shape[-1] == side:
+        return maps
+    t = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32)).unsqueeze(1)
+    return F.interpolate(t, size=(side, side), mode="bilinear", align_corners=False).squeeze(1).clamp(0, 1).numpy()
 
 
 def cam_maps(model: nn.Module, images: np.ndarray, mean, std, layer: nn.Module, method: str = "gradcam",
-             layer_name: str = "", batch_size: int = 16) -> np.ndarray:
-    """(N, S, S) maps in [0, 1] for uint8 (N, S, S, 3) images: the evidence for 'malignant'."""
+             layer_name: str = "", batch_size: int = 16, input_size: int = 0,
+             interpolation: str = "bilinear") -> np.ndarray:
+    """(N, S, S) maps in [0, 1] for uint8 (N, S, S, 3) images: the evidence for 'malignant'. A model
+    that takes another input size (input_size) sees the images enlarged, and its maps come back at S."""
     from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 
     cls = _cam_class(method)
@@ -107,7 +120,7 @@ def cam_maps(model: nn.Module, images: np.ndarray, mean, std, layer: nn.Module, 
     with cls(model=model, target_layers=[layer]) as cam, (_quiet_scorecam() if method == "scorecam" else contextlib.nullcontext()):
         cam.batch_size = batch_size  # ScoreCAM's masked forward passes per batch
         for start in range(0, len(images), batch_size):
-            x = _normalise(images[start:start + batch_size], mean, std, device).to(dtype)
+            x = _normalise(images[start:start + batch_size], mean, std, device, input_size, interpolation).to(dtype)
             try:
                 maps = cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(1)] * len(x))
             except ValueError as e:
@@ -115,7 +128,7 @@ def cam_maps(model: nn.Module, images: np.ndarray, mean, std, layer: nn.Module, 
                     raise BadInputError(f"--target-layer {layer_name}: its output is not a (N, C, H, W) feature map; "
                                         "choose a convolutional layer or stage") from None
                 raise
-            out.append(np.asarray(maps, dtype=np.float32))
+            out.append(_to_side(np.asarray(maps, dtype=np.float32), images.shape[1]))
     return np.concatenate(out) if out else np.zeros((0,) + images.shape[1:3], np.float32)
 
 
@@ -130,7 +143,8 @@ def predictor_cams(predictor, images: np.ndarray, method: str = "gradcam", targe
     maps, layers = [], []
     for member in _members(predictor):
         name, layer = resolve_target_layer(member.model, getattr(member, "model_name", ""), target_layer)
-        maps.append(cam_maps(member.model, images, member.mean, member.std, layer, method, name, batch_size))
+        maps.append(cam_maps(member.model, images, member.mean, member.std, layer, method, name, batch_size,
+                             getattr(member, "input_size", 0), getattr(member, "interpolation", "bilinear")))
         layers.append(name)
     return np.mean(maps, axis=0), layers
 
@@ -294,14 +308,15 @@ def gallery_picks(y: np.ndarray, prob: np.ndarray, threshold: float, k: int = 4)
 
 def write_gallery(model: nn.Module, model_name: str, images: np.ndarray, ids: np.ndarray, y: np.ndarray,
                   prob: np.ndarray, threshold: float, path: Path, mean, std, method: str = "gradcam",
-                  k: int = 4) -> dict:
+                  k: int = 4, input_size: int = 0, interpolation: str = "bilinear") -> dict:
     """The gallery figure of a run's test set; returns what it shows (ids per row, layer)."""
     from . import plots
 
     picks = gallery_picks(y, prob, threshold, k)
     name, layer = resolve_target_layer(model, model_name)
     order = np.concatenate(list(picks.values())).astype(int)
-    maps = cam_maps(model, images[order], mean, std, layer, method, name) if len(order) else np.zeros((0, 1, 1))
+    maps = (cam_maps(model, images[order], mean, std, layer, method, name, input_size=input_size,
+                     interpolation=interpolation) if len(order) else np.zeros((0, 1, 1)))
     by_pos = dict(zip(order.tolist(), maps))
     rows = []
     for key, title in GALLERY_ROWS:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
@@ -53,6 +54,10 @@ class _Member(nn.Module):
         self.register_buffer("std", torch.tensor(predictor.std, dtype=torch.float32).view(1, 3, 1, 1) * 255)
         self.tta = getattr(predictor, "tta", "none") or "none"
         self.views = n_views(self.tta)
+        # a run that enlarged its images for the model (input_size): the same resize inside the graph
+        input_size = int(getattr(predictor, "input_size", 0) or 0)
+        self.input_size = input_size if input_size and input_size != int(predictor.size) else 0
+        self.interpolation = getattr(predictor, "interpolation", "bilinear")
         self.calibration = getattr(predictor, "calibration", None) or {}
         shift = getattr(predictor, "prior_shift", None)
         # the prior shift multiplies the odds by a constant: in logit space, one addition
@@ -78,7 +83,11 @@ class _Member(nn.Module):
 
     def scores(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(probability, logit of that probability) per image; the logit for ensembles of --mean logit."""
-        x = (x.permute(0, 3, 1, 2).float() - self.mean) / self.std
+        x = x.permute(0, 3, 1, 2).float()
+        if self.input_size:  # as engine.runtime.resize_input, written out so that tracing sees no shape test
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode=self.interpolation,
+                              align_corners=False).clamp(0, 255)
+        x = (x - self.mean) / self.std
         z = self._logits(x)
         method = self.calibration.get("method")
         if method == "isotonic":
@@ -133,12 +142,14 @@ def _metadata(predictor, members: list, run_dir: str, fmt: str) -> dict:
     def one(m) -> dict:
         return {"model": getattr(m, "model_name", ""), "prior_shift": getattr(m, "prior_shift", None),
                 "calibration": getattr(m, "calibration", None), "mean": list(m.mean), "std": list(m.std),
-                "tta": getattr(m, "tta", "none") or "none"}
+                "tta": getattr(m, "tta", "none") or "none", "input_size": int(getattr(m, "input_size", 0) or 0),
+                "interpolation": getattr(m, "interpolation", "bilinear")}
 
     first = one(members[0])
     ttas = {one(m)["tta"] for m in members}
     meta = {"size": int(predictor.size), "fit": predictor.fit, "threshold": float(predictor.threshold),
-            "mean": first["mean"], "std": first["std"], "prior_shift": first["prior_shift"],
+            "mean": first["mean"], "std": first["std"], "input_size": first["input_size"],
+            "interpolation": first["interpolation"], "prior_shift": first["prior_shift"],
             "calibration": first["calibration"], "model": first["model"], "n_members": len(members),
             "tta": first["tta"] if len(ttas) == 1 else None,  # None: each member's own (in members)
             "version": __version__, "format": fmt, "source_run": str(run_dir), "input": INPUT_DOC, "output": OUTPUT_DOC}

@@ -30,12 +30,13 @@ from .config import PretrainConfig
 from .data.leak_guard import copies_in_store
 from .data.splits import group_keys, load_split
 from .data.store import Store
-from .engine.runtime import MEAN, STD, resolve_runtime
+from .engine.runtime import IMAGENET, resolve_runtime
 from .engine.ssl import SSLOptions, SSLTrainer, quality
 from .engine.trainer import prefetch
 from .errors import BadInputError, LeakError, preview
 from .fileio import atomic_path, load_checkpoint
 from .models import create_model, get_spec
+from .models.timm_models import pretrained_source
 from .runs import RunWriter, check_new_run_folder
 from .runs import format as fmt
 from .runs.encoder import encoder_checkpoint, state_dir
@@ -169,11 +170,15 @@ def pretrain(cfg: PretrainConfig, out: str | os.PathLike, on_epoch: Callable[[di
     threads = cfg.num_threads or int(os.environ.get("LESIONLAB_NUM_THREADS", 0))
     rt = resolve_runtime(cfg.device, cfg.precision, "auto", spec.channels_last, threads)
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, image_size=size)
+    model = create_model(cfg.model, image_size=size, pretrained=cfg.pretrained)
+    # continued pretraining from ImageNet weights keeps the backbone's own normalisation
+    found = pretrained_source(model)
+    pre = found["preprocessing"] if found else IMAGENET
+    weights = {"kind": "imagenet", "source": found["source"], "trained_at": found["trained_at"]} if found else {"kind": "scratch"}
     opts = SSLOptions(cfg.method, cfg.epochs, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.warmup_epochs, cfg.seed,
                       0 if spec.fixed_size else cfg.local_views, cfg.temperature)
     n = len(data.positions)
-    trainer = SSLTrainer(model, size, opts, rt, n // cfg.batch_size)  # full batches per epoch (_epoch_batches)
+    trainer = SSLTrainer(model, size, opts, rt, n // cfg.batch_size, pre)  # full batches per epoch (_epoch_batches)
     history, start = _resume(trainer, cfg, out, fresh)
     resumed_from = start if start else None
 
@@ -185,7 +190,7 @@ def pretrain(cfg: PretrainConfig, out: str | os.PathLike, on_epoch: Callable[[di
     every = cfg.eval_every or max(1, cfg.epochs // 5)
 
     def score() -> dict:
-        return quality(trainer.encoder, bank_x, bank_y, val_x, val_y, rt, size, cfg.knn_k, cfg.seed)
+        return quality(trainer.encoder, bank_x, bank_y, val_x, val_y, rt, size, cfg.knn_k, cfg.seed, pre)
 
     if start == 0:
         history = [{"epoch": 0, "loss": None, "lr": None, "seconds": 0.0, "img_s": None, **score()}]
@@ -201,11 +206,11 @@ def pretrain(cfg: PretrainConfig, out: str | os.PathLike, on_epoch: Callable[[di
         _save_state(trainer, cfg, out, history)
         if on_epoch:
             on_epoch(row)
-    return _write(cfg, out, data, trainer, history, size, rt, resumed_from, started)
+    return _write(cfg, out, data, trainer, history, size, rt, resumed_from, started, weights)
 
 
 def _write(cfg: PretrainConfig, out: Path, data: PretrainData, trainer: SSLTrainer, history: list[dict], size: int,
-           rt, resumed_from: int | None, started: float) -> dict:
+           rt, resumed_from: int | None, started: float, weights: dict | None = None) -> dict:
     scored = [r for r in history if r.get("knn_roc_auc") is not None]
     keys = ("knn_roc_auc", "knn_pauc_80", "probe_roc_auc", "probe_pauc_80")
     metrics = {"quality": {k: scored[-1][k] for k in keys}, "quality_at_start": {k: scored[0][k] for k in keys},
@@ -214,7 +219,8 @@ def _write(cfg: PretrainConfig, out: Path, data: PretrainData, trainer: SSLTrain
     trained = [r for r in history if r["epoch"] > 0]
     info = {
         "method": cfg.method, "model": cfg.model, "image_size": size, "feature_dim": trainer.encoder.dim,
-        **data.split_info, "source": data.source,
+        **data.split_info, "source": data.source, "weights": weights or {"kind": "scratch"},
+        "preprocessing": trainer.pre.to_dict(),
         "inner_val": {"images": int(len(data.inner_val)), "bank_images": int(min(len(data.bank), BANK_MAX)),
                       "share_of_groups": cfg.inner_val},
         "epochs_run": trainer.epochs_done, "steps": trainer.step, "resumed_from_epoch": resumed_from,
@@ -225,7 +231,8 @@ def _write(cfg: PretrainConfig, out: Path, data: PretrainData, trainer: SSLTrain
     ids = data.images.table["id"].astype(str).to_numpy()[data.positions]
     with RunWriter(out, "encoder") as w:
         torch.save(encoder_checkpoint(cfg.model, size, cfg.method, trainer.encoder.dim, trainer.encoder_state(),
-                                      rt.channels_last, MEAN, STD), w.path / fmt.ENCODER)
+                                      rt.channels_last, trainer.pre.mean, trainer.pre.std, trainer.pre.interpolation),
+                   w.path / fmt.ENCODER)
         w.table(fmt.HISTORY, pd.DataFrame(history), float_format=None)
         w.table(fmt.PRETRAIN_IDS, pd.DataFrame({"id": ids}), float_format=None)
         plots.ssl_curves(history, w.path / fmt.FIGURES_DIR / "pretrain_curves.png")

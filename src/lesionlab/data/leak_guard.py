@@ -85,12 +85,14 @@ def copies_in_store(store, positions: np.ndarray, references: np.ndarray, chunk:
     return hits
 
 
-def check_no_leak(candidates: np.ndarray, candidate_ids: list[str], references: np.ndarray,
-                  reference_ids: list[str], what: str) -> dict:
-    """Raise LeakError naming the pairs if any candidate copies a reference; else a summary."""
+def check_no_leak(candidates: np.ndarray, candidate_ids: list[str], references: np.ndarray | tuple,
+                  reference_ids: list[str], what: str, kind: str = "synthetic") -> dict:
+    """Raise LeakError naming the pairs if any candidate copies a reference; else a summary.
+    `references`: images, or their index_references(); `kind` names the candidates in the message."""
     hits = find_copies(candidates, references)
     if hits:
         pairs = [f"{candidate_ids[i]} ~ {reference_ids[j]} (similarity {s:.3f})" for i, j, s in hits]
-        raise LeakError(f"{len(hits)} synthetic image(s) are copies of {what} images: {preview(pairs)}; "
-                        "remove them from the synthetic set (a model must never train on its evaluation images)")
-    return {"checked": len(candidates), "against": len(references), "near_copy_threshold": NEAR_COPY, "copies": 0}
+        raise LeakError(f"{len(hits)} {kind} image(s) are copies of {what} images: {preview(pairs)}; "
+                        f"remove them from the {kind} set (a model must never train on its evaluation images)")
+    against = len(references[0]) if isinstance(references, tuple) else len(references)
+    return {"checked": len(candidates), "against": against, "near_copy_threshold": NEAR_COPY, "copies": 0}

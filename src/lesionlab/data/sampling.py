@@ -68,12 +68,15 @@ class EpochSampler:
     balanced: as many images as the draw holds, drawn with replacement so that malignant and benign
               are equally likely (class-weighted sampling; most useful with ratio natural).
 
+    `fixed` positions of the draw (an extra data set's) are in every epoch as they are: redraw
+    replaces only the other benign images, from `pool`.
+
     Every process computes the same epoch order from (seed, epoch) and takes a disjoint shard of
     it, padded by wrapping so that all processes run the same number of steps (as DDP needs).
     """
 
     def __init__(self, kind: str, labels: np.ndarray, draw: np.ndarray, pool: np.ndarray, seed: int,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, fixed: np.ndarray | None = None):
         if kind not in SAMPLERS:
             from ..errors import closest
 
@@ -82,6 +85,7 @@ class EpochSampler:
         self.draw = np.asarray(draw)
         self.malignant = self.draw[labels[self.draw] == 1]
         self.benign_drawn = self.draw[labels[self.draw] == 0]
+        self.benign_fixed = np.intersect1d(self.benign_drawn, np.asarray(fixed if fixed is not None else [], dtype=int))
         pool = np.asarray(pool)
         self.benign_pool = pool[labels[pool] == 0]
         if kind == "balanced" and (len(self.malignant) == 0 or len(self.benign_drawn) == 0):
@@ -95,8 +99,8 @@ class EpochSampler:
         """Store positions of the whole epoch (all processes), shuffled."""
         rng = np.random.default_rng([self.seed, epoch])
         if self.kind == "redraw":
-            benign = rng.choice(self.benign_pool, size=len(self.benign_drawn), replace=False)
-            order = np.r_[self.malignant, benign]
+            benign = rng.choice(self.benign_pool, size=len(self.benign_drawn) - len(self.benign_fixed), replace=False)
+            order = np.r_[self.malignant, benign, self.benign_fixed]
         elif self.kind == "balanced":
             is_mal = rng.random(len(self.draw)) < 0.5
             order = np.where(is_mal, rng.choice(self.malignant, size=len(self.draw)),

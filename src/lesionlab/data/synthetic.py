@@ -55,19 +55,25 @@ def load_synthetic(data: str | Path, n: int | None, main: Store, eval_ids: set[s
 
 
 class CombinedImages:
-    """pixels(positions) over the real store's rows, then the synthetic part's."""
+    """pixels(positions) over the real store's rows, then each added part's (synthetic images, an
+    extra data set's draw), in the order given: part k's i-th image sits at len(main) + (sizes of the
+    parts before k) + i."""
 
-    def __init__(self, main: Store, synthetic: SyntheticPart | None):
-        self.main, self.synthetic, self.offset = main, synthetic, len(main.table)
+    def __init__(self, main: Store, *parts):
+        self.main, self.offset = main, len(main.table)
+        self.parts = [p for p in parts if p is not None]
+        self.starts = self.offset + np.cumsum([0] + [len(p) for p in self.parts])
 
     def pixels(self, positions: np.ndarray) -> np.ndarray:
         positions = np.asarray(positions)
-        if self.synthetic is None:
+        if not self.parts:
             return self.main.pixels(positions)
-        real = positions < self.offset
         out = np.empty((len(positions), self.main.size, self.main.size, 3), np.uint8)
+        real = positions < self.offset
         if real.any():
             out[real] = self.main.pixels(positions[real])
-        if (~real).any():
-            out[~real] = self.synthetic.store.pixels(self.synthetic.rows[positions[~real] - self.offset])
+        for part, start, end in zip(self.parts, self.starts[:-1], self.starts[1:]):
+            mine = (positions >= start) & (positions < end)
+            if mine.any():
+                out[mine] = part.store.pixels(part.rows[positions[mine] - start])
         return out

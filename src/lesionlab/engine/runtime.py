@@ -8,12 +8,56 @@ import sys
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import BadInputError
 
-# ImageNet statistics: the seed study normalised its inputs, and pretrained backbones expect these
+# ImageNet statistics: the seed study normalised its inputs, and most pretrained backbones expect these
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a run turns the store's uint8 images into the model's input: resized to `input_size`
+    (0 = the store's size, no resize) with `interpolation`, then normalised with `mean` and `std`.
+    A pretrained backbone brings its own (its pretrained config's), recorded in the checkpoint so
+    that predict, explain and export apply exactly what training applied."""
+
+    mean: tuple = MEAN
+    std: tuple = STD
+    interpolation: str = "bilinear"
+    input_size: int = 0
+    source: str = "ImageNet statistics (lesionlab's default)"
+
+    def __post_init__(self):
+        if self.interpolation not in INTERPOLATIONS:
+            raise BadInputError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got '{self.interpolation}'")
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+
+    def side(self, store_size: int) -> int:
+        """The model's input side for images of `store_size`."""
+        return int(self.input_size or store_size)
+
+    def to_dict(self) -> dict:
+        return {"mean": list(self.mean), "std": list(self.std), "interpolation": self.interpolation,
+                "input_size": int(self.input_size), "source": self.source}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "Preprocessing":
+        """From a checkpoint or encoder file; files written before these keys existed used ImageNet
+        statistics at the store's size."""
+        d = d or {}
+        return cls(tuple(d.get("mean", MEAN)), tuple(d.get("std", STD)), str(d.get("interpolation", "bilinear")),
+                   int(d.get("input_size", 0) or 0), str(d.get("source", cls.source)))
+
+    def to_input(self, batch_uint8_nhwc: torch.Tensor, rt: "Runtime") -> torch.Tensor:
+        return to_input(batch_uint8_nhwc, rt, self.mean, self.std, self.input_size, self.interpolation)
+
+
+IMAGENET = Preprocessing()
 
 
 @dataclass(frozen=True)
@@ -97,13 +141,26 @@ def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last
     return Runtime(dev, bf16, cl, torch.float64 if precision == "64" else torch.float32)
 
 
-def to_input(batch_uint8_nhwc: torch.Tensor, rt: Runtime, mean: tuple = MEAN, std: tuple = STD) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> normalised float (N, 3, H, W) on the device.
+def resize_input(x: torch.Tensor, size: int, interpolation: str = "bilinear") -> torch.Tensor:
+    """Float (N, 3, H, W) pixel values (0-255) to size x size, clamped to the pixel range as an
+    image library's resize would be (bicubic overshoots at edges). Enlarging only: shrinking is done
+    at prepare time, with an antialiased filter (refused earlier, by the config check)."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode=interpolation, align_corners=False).clamp_(0, 255)
+
+
+def to_input(batch_uint8_nhwc: torch.Tensor, rt: Runtime, mean: tuple = MEAN, std: tuple = STD,
+             size: int = 0, interpolation: str = "bilinear") -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> normalised float (N, 3, H, W) on the device, resized to `size` first
+    when it is given and differs from the images' (Preprocessing.input_size).
 
     NHWC memory already is channels_last, so no copy is made when the model wants that format.
     """
     x = batch_uint8_nhwc.to(rt.device, non_blocking=True).permute(0, 3, 1, 2).to(rt.dtype)
+    if size:
+        x = resize_input(x, size, interpolation)
     m = torch.tensor(mean, device=rt.device, dtype=rt.dtype).view(1, 3, 1, 1) * 255
     s = torch.tensor(std, device=rt.device, dtype=rt.dtype).view(1, 3, 1, 1) * 255
     x = x.sub_(m).div_(s)
-    return x if rt.channels_last else x.contiguous()
+    return x.contiguous(memory_format=torch.channels_last) if rt.channels_last else x.contiguous()

@@ -29,7 +29,7 @@ from ..data.augment import Augmenter, Policy
 from ..errors import BadInputError, closest
 from ..models.encoder import Encoder
 from .optim import make_optimizer, make_scheduler
-from .runtime import Runtime, to_input
+from .runtime import IMAGENET, Preprocessing, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -217,11 +217,12 @@ class SSLTrainer:
     """One method on one encoder: epochs of (views -> loss -> AdamW step with a cosine schedule),
     with a state dict of plain types and tensors for checkpoints and resume."""
 
-    def __init__(self, model: nn.Module, image_size: int, opts: SSLOptions, rt: Runtime, steps_per_epoch: int):
+    def __init__(self, model: nn.Module, image_size: int, opts: SSLOptions, rt: Runtime, steps_per_epoch: int,
+                 pre: Preprocessing = IMAGENET):
         if steps_per_epoch < 1:
             raise BadInputError(f"--batch-size {opts.batch_size}: more than the pretraining images; "
                                 "not one full batch per epoch")
-        self.opts, self.rt, self.size = opts, rt, image_size
+        self.opts, self.rt, self.size, self.pre = opts, rt, image_size, pre  # pre: the backbone's normalisation
         model.to(rt.device)
         self.encoder = Encoder(model, image_size)
         self.method = build_method(self.encoder, opts).to(rt.device)
@@ -240,7 +241,7 @@ class SSLTrainer:
     def _inputs(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
         out = []
         for k, v in enumerate(views):
-            x = to_input(v, self.rt)
+            x = self.pre.to_input(v, self.rt)
             if k >= self.views.n_global:  # local views at half the size
                 x = F.interpolate(x, scale_factor=0.5, mode="bilinear", antialias=True, align_corners=False)
                 if self.rt.channels_last:
@@ -303,7 +304,8 @@ class SSLTrainer:
 
 
 @torch.inference_mode()
-def embed(encoder: nn.Module, images: np.ndarray, rt: Runtime, size: int, batch_size: int = 256) -> np.ndarray:
+def embed(encoder: nn.Module, images: np.ndarray, rt: Runtime, size: int, batch_size: int = 256,
+          pre: Preprocessing = IMAGENET) -> np.ndarray:
     """L2-normalised features of uint8 (N, H, W, 3) images, in eval mode."""
     was_training = encoder.training
     encoder.eval()
@@ -312,7 +314,7 @@ def embed(encoder: nn.Module, images: np.ndarray, rt: Runtime, size: int, batch_
         for start in range(0, len(images), batch_size):
             chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size]))
             with rt.autocast():
-                f = encoder(to_input(resize_batch(chunk, size), rt)).float()
+                f = encoder(pre.to_input(resize_batch(chunk, size), rt)).float()
             out.append(F.normalize(f, dim=1).cpu())
     finally:
         encoder.train(was_training)
@@ -340,12 +342,12 @@ def probe_scores(bank: np.ndarray, bank_y: np.ndarray, query: np.ndarray, seed: 
 
 
 def quality(encoder: nn.Module, bank_x: np.ndarray, bank_y: np.ndarray, query_x: np.ndarray, query_y: np.ndarray,
-            rt: Runtime, size: int, k: int = 20, seed: int = 0) -> dict:
+            rt: Runtime, size: int, k: int = 20, seed: int = 0, pre: Preprocessing = IMAGENET) -> dict:
     """kNN and linear-probe ROC AUC and pAUC80 on an inner validation part (train-pool images
     held out from pretraining): the encoder's quality figure."""
     from ..metrics import pauc_above_tpr, roc_auc
 
-    bank, query = embed(encoder, bank_x, rt, size), embed(encoder, query_x, rt, size)
+    bank, query = embed(encoder, bank_x, rt, size, pre=pre), embed(encoder, query_x, rt, size, pre=pre)
     out = {}
     for name, scores in (("knn", knn_scores(bank, bank_y, query, k)), ("probe", probe_scores(bank, bank_y, query, seed))):
         out[f"{name}_roc_auc"] = float(roc_auc(query_y, scores))

@@ -24,7 +24,7 @@ from .distributed import World
 from .losses import TrainingLoss
 from .mixup import Mixup
 from .optim import make_ema, make_optimizer, make_scheduler
-from .runtime import MEAN, STD, Runtime, to_input
+from .runtime import IMAGENET, Preprocessing, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,12 @@ class TrainOptions:
     ema: float = 0.0
     eval_batch_size: int = 256
     measure_compute: bool = False  # extra steps on a copy of the model after training (benchmarks)
-    head: str = ""  # state-dict prefix of the classifier head: needed by the two options below
+    head: str = ""  # state-dict prefix of the classifier head: needed by the three options below
     encoder_lr_mult: float = 1.0  # the encoder's (all but the head's) learning rate as a multiple of lr
     linear_probe_epochs: int = 0  # first epochs in which only the head's weights change
+    layer_decay: float = 1.0  # each layer group below the head at this factor of the one above (1 = off)
+    batchnorm: str = "train"  # frozen: BatchNorm statistics and affine weights stay as loaded
+    preprocess: Preprocessing = IMAGENET  # input size, interpolation and normalisation of the model's input
 
 
 @dataclass
@@ -114,15 +117,15 @@ def prefetch(items: Iterable, depth: int = 3) -> Iterator:
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, images: np.ndarray | torch.Tensor, rt: Runtime,
-                   batch_size: int = 256, mean: tuple = MEAN, std: tuple = STD) -> np.ndarray:
-    """Logits for uint8 (N, H, W, 3) images, in eval mode."""
+                   batch_size: int = 256, pre: Preprocessing = IMAGENET) -> np.ndarray:
+    """Logits for uint8 (N, H, W, 3) images, in eval mode, preprocessed by `pre`."""
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
         chunk = torch.from_numpy(np.ascontiguousarray(chunk)) if isinstance(chunk, np.ndarray) else chunk
         with rt.autocast():
-            out.append(model(to_input(chunk, rt, mean, std)).reshape(-1).to(torch.float64).cpu())
+            out.append(model(pre.to_input(chunk, rt)).reshape(-1).to(torch.float64).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0)  # float64 already, chunk by chunk
 
 
@@ -130,12 +133,13 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def predict_sharded(model: nn.Module, images: np.ndarray, rt: Runtime, batch_size: int, world: World) -> np.ndarray:
+def predict_sharded(model: nn.Module, images: np.ndarray, rt: Runtime, batch_size: int, world: World,
+                    pre: Preprocessing = IMAGENET) -> np.ndarray:
     """Each process predicts its share of `images`; every process gets all logits, in order."""
     if not world.distributed:
-        return predict_logits(model, images, rt, batch_size)
+        return predict_logits(model, images, rt, batch_size, pre)
     mine = np.arange(world.rank, len(images), world.size)
-    parts = world.gather(predict_logits(model, images[mine], rt, batch_size))
+    parts = world.gather(predict_logits(model, images[mine], rt, batch_size, pre))
     out = np.empty(len(images))
     for r, part in enumerate(parts):
         out[r::world.size] = part
@@ -155,17 +159,52 @@ def _step(model, loss_fn, optimizer, x, y, rt, frozen: list | None = None) -> to
     return logits
 
 
+def layer_ids(model: nn.Module) -> dict[str, int]:
+    """Parameter name -> layer group, 0 nearest the input: timm's own grouping (stem, each block, ...,
+    head) where the model declares one, else each module that holds weights, in order."""
+    if hasattr(model, "group_matcher"):
+        from timm.models import group_parameters
+
+        return group_parameters(model, model.group_matcher(coarse=False), reverse=True)
+    owners = [name for name, module in model.named_modules() if any(True for _ in module.parameters(recurse=False))]
+    rank = {name: i for i, name in enumerate(owners)}
+    return {name: rank[name.rpartition(".")[0]] for name, _ in model.named_parameters()}
+
+
+def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def freeze_batchnorm(model: nn.Module) -> None:
+    """Running statistics fixed (eval mode; call again after model.train()) and affine weights untrained."""
+    for m in batchnorm_layers(model):
+        m.eval()
+        for p in m.parameters(recurse=False):
+            p.requires_grad_(False)
+
+
 def _param_groups(model: nn.Module, opts: TrainOptions) -> tuple[list, list]:
     """(optimizer parameter groups, encoder parameters): encoder and head apart when an option
-    treats them differently, else one group."""
-    if not opts.head or (opts.encoder_lr_mult == 1 and not opts.linear_probe_epochs):
-        return list(model.parameters()), []
-    head, encoder = [], []
-    for name, p in model.named_parameters():
-        (head if is_head_key(name, opts.head) else encoder).append(p)
+    treats them differently (the head's group last), else one group. With layer decay each layer
+    group of the encoder gets lr * encoder_lr_mult * layer_decay ** (its distance from the head)."""
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not opts.head or (opts.encoder_lr_mult == 1 and not opts.linear_probe_epochs and opts.layer_decay == 1):
+        return [p for _, p in trainable], []
+    head = [p for n, p in trainable if is_head_key(n, opts.head)]
+    encoder = [(n, p) for n, p in trainable if not is_head_key(n, opts.head)]
     if not head:
         raise ValueError(f"no parameters under the head prefix '{opts.head}'")
-    return [{"params": encoder, "lr": opts.lr * opts.encoder_lr_mult}, {"params": head, "lr": opts.lr}], encoder
+    base = opts.lr * opts.encoder_lr_mult
+    if opts.layer_decay == 1:
+        groups = [{"params": [p for _, p in encoder], "lr": base}]
+    else:
+        ids = layer_ids(model)
+        top = max(ids.values())
+        by_layer: dict[int, list] = {}
+        for n, p in encoder:
+            by_layer.setdefault(ids.get(n, top), []).append(p)
+        groups = [{"params": ps, "lr": base * opts.layer_decay ** (top - i)} for i, ps in sorted(by_layer.items())]
+    return groups + [{"params": head, "lr": opts.lr}], [p for _, p in encoder]
 
 
 def _improved(value: float, best: float | None, monitor: str) -> bool:
@@ -180,6 +219,9 @@ def train(model: nn.Module, batches: Batches, val_x: np.ndarray, val_y: np.ndarr
     processes, `batches` yields this process's shard and every metric uses gathered predictions."""
     world = world or World()
     model.to(rt.device, dtype=rt.dtype)
+    frozen_bn = opts.batchnorm == "frozen"
+    if frozen_bn:
+        freeze_batchnorm(model)  # before the optimizer and DDP see which parameters train
     if rt.channels_last:
         model.to(memory_format=torch.channels_last)
     net = world.wrap(model, rt.device)
@@ -196,6 +238,8 @@ def train(model: nn.Module, batches: Batches, val_x: np.ndarray, val_y: np.ndarr
     loop_seconds, loop_images = 0.0, 0
     for epoch in range(1, opts.epochs + 1):
         model.train()
+        if frozen_bn:
+            freeze_batchnorm(model)
         augment.set_epoch(opts.seed, epoch)
         mixup.set_epoch(opts.seed, epoch)
         position_batches = batches.positions(epoch - 1)
@@ -203,7 +247,7 @@ def train(model: nn.Module, batches: Batches, val_x: np.ndarray, val_y: np.ndarr
         frozen = encoder_params if epoch <= opts.linear_probe_epochs else None
         t0 = time.perf_counter()
         for images, labels in prefetch(batches.load(p) for p in position_batches):
-            x = to_input(augment(images), rt)
+            x = opts.preprocess.to_input(augment(images), rt)
             y = labels.to(rt.device, non_blocking=True)
             x, target = mixup(x, y)
             logits_all.append(_step(net, loss_fn, optimizer, x, target, rt, frozen).detach())
@@ -224,7 +268,7 @@ def train(model: nn.Module, batches: Batches, val_x: np.ndarray, val_y: np.ndarr
         tr_y = np.concatenate(world.gather(torch.cat(y_all).cpu().numpy()))
         train_m = compute_metrics(tr_y, _sigmoid(tr_logits), 0.5, bce_per_sample(tr_y, tr_logits))
         judged = ema.module if ema is not None else model
-        v_logits = predict_sharded(judged, val_x, rt, opts.eval_batch_size, world)
+        v_logits = predict_sharded(judged, val_x, rt, opts.eval_batch_size, world, opts.preprocess)
         val_m = compute_metrics(val_y, _sigmoid(v_logits), 0.5, bce_per_sample(val_y, v_logits))
         row = {"epoch": epoch, "seconds": round(seconds, 3), "train_img_s": round(world.size * n_seen / seconds, 2),
                "lr": optimizer.param_groups[-1]["lr"]}  # the head's (the base lr)
@@ -244,20 +288,23 @@ def train(model: nn.Module, batches: Batches, val_x: np.ndarray, val_y: np.ndarr
     compute = None
     if opts.measure_compute:
         compute = measure_compute(model, lambda params: make_optimizer(params, opts.optimizer, opts.lr, opts.weight_decay),
-                                  loss_fn, batches, rt)
+                                  loss_fn, batches, rt, pre=opts.preprocess, frozen_batchnorm=frozen_bn)
     return TrainResult(best_state, best_epoch, history, loop_images / max(loop_seconds, 1e-9), compute, stopped)
 
 
 def measure_compute(model: nn.Module, new_optimizer: Callable, loss_fn: nn.Module, batches: Batches,
-                    rt: Runtime, n_batches: int = 20, warmup: int = 3) -> float:
-    """img/s of forward + backward + optimizer step alone, on training batches already normalised
+                    rt: Runtime, n_batches: int = 20, warmup: int = 3, pre: Preprocessing = IMAGENET,
+                    frozen_batchnorm: bool = False) -> float:
+    """img/s of forward + backward + optimizer step alone, on training batches already preprocessed
     and on the device; run on copies so the trained model is untouched."""
     model = copy.deepcopy(model).train()
-    opt = new_optimizer(model.parameters())
+    if frozen_batchnorm:
+        freeze_batchnorm(model)
+    opt = new_optimizer([p for p in model.parameters() if p.requires_grad])
     ready = []
     for p in batches.positions(0)[: n_batches + warmup]:
         images, labels = batches.load(p)
-        ready.append((to_input(images, rt), labels.to(rt.device)))
+        ready.append((pre.to_input(images, rt), labels.to(rt.device)))
     seconds, images_done = 0.0, 0
     for k, (x, y) in enumerate(ready):
         if rt.device.type == "cuda":

@@ -15,7 +15,7 @@ from ..errors import BadInputError
 from .timm_models import timm_features, timm_head_name
 
 
-def _is_timm(model: nn.Module) -> bool:
+def is_timm(model: nn.Module) -> bool:
     return hasattr(model, "forward_head") and hasattr(model, "pretrained_cfg")
 
 
@@ -23,7 +23,7 @@ def head_name(model: nn.Module) -> str:
     """State-dict prefix of the classifier head (its keys are `<prefix>.weight`, ...)."""
     if hasattr(model, "head_name"):
         return str(model.head_name)
-    if _is_timm(model):
+    if is_timm(model):
         return timm_head_name(model)
     raise BadInputError(f"{type(model).__name__}: no encoder/head split is defined for this model family")
 
@@ -31,7 +31,7 @@ def head_name(model: nn.Module) -> str:
 def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if hasattr(model, "forward_features") and hasattr(model, "head_name"):
         return model.forward_features(x)
-    if _is_timm(model):
+    if is_timm(model):
         return timm_features(model, x)
     raise BadInputError(f"{type(model).__name__}: no encoder/head split is defined for this model family")
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..engine.runtime import IMAGENET, Preprocessing
 from ..errors import BadInputError, LeakError, preview
 from . import format as fmt
 from .reader import Run, is_complete_run, read_table
@@ -24,6 +25,7 @@ class EncoderWeights:
     state_dict: dict
     info: dict
     metrics: dict
+    preprocessing: Preprocessing = IMAGENET  # the normalisation it was pretrained with (its backbone's own)
 
     def describe(self) -> dict:
         return {"path": str(self.path.resolve()), "method": self.method, "model": self.model,
@@ -41,11 +43,11 @@ def is_encoder_dir(value: object) -> bool:
 
 
 def encoder_checkpoint(model: str, image_size: int, method: str, feature_dim: int, state_dict: dict,
-                       channels_last: bool, mean: tuple, std: tuple) -> dict:
+                       channels_last: bool, mean: tuple, std: tuple, interpolation: str = "bilinear") -> dict:
     """encoder.pt: plain types and tensors only (loads with weights_only=True)."""
     return {"model": model, "image_size": int(image_size), "method": method, "feature_dim": int(feature_dim),
             "state_dict": state_dict, "channels_last": bool(channels_last), "mean": list(mean), "std": list(std),
-            "format_version": fmt.FORMAT_VERSION}
+            "interpolation": interpolation, "format_version": fmt.FORMAT_VERSION}
 
 
 def state_dir(out: Path) -> Path:
@@ -70,8 +72,9 @@ def load_encoder(path: str | os.PathLike) -> EncoderWeights:
 
     ckpt = load_checkpoint(run.file(fmt.ENCODER))
     try:
+        pre = Preprocessing.from_dict({**ckpt, "input_size": 0, "source": f"the encoder --pretrained {path}"})
         return EncoderWeights(path, ckpt["model"], int(ckpt["image_size"]), ckpt["method"], int(ckpt["feature_dim"]),
-                              ckpt["state_dict"], run.info, run.metrics)
+                              ckpt["state_dict"], run.info, run.metrics, pre)
     except KeyError as e:
         raise BadInputError(f"{path / fmt.ENCODER}: no '{e.args[0]}' entry; not a lesionlab encoder") from None
 

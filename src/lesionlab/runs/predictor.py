@@ -15,7 +15,7 @@ import torch
 from ..calibration import apply_calibration
 from ..choices import ENSEMBLE_MEANS
 from ..data.tta import check_mode, tta_logits
-from ..engine.runtime import Runtime, resolve_runtime
+from ..engine.runtime import Preprocessing, Runtime, resolve_runtime
 from ..engine.trainer import predict_logits
 from ..errors import BadInputError
 from ..metrics import logit, prior_shift
@@ -48,10 +48,16 @@ class ModelPredictor:
     tta: str = "none"  # test-time augmentation: none, flip or d4 (data/tta.py)
     calibration: dict | None = None  # a map fitted on validation (lesionlab.calibration), applied before the shift
     model_name: str = ""  # the registry name (explain looks up the model's CAM target layer by it)
+    input_size: int = 0  # the model's input side when the run enlarged its images (0 = `size`)
+    interpolation: str = "bilinear"  # how they were enlarged
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing(self.mean, self.std, self.interpolation, self.input_size)
 
     def logits(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        return tta_logits(lambda x: predict_logits(self.model, x, self.runtime, batch_size, self.mean, self.std),
-                          images, self.tta)
+        pre = self.preprocessing
+        return tta_logits(lambda x: predict_logits(self.model, x, self.runtime, batch_size, pre), images, self.tta)
 
     def set_tta(self, mode: str) -> None:
         self.tta = check_mode(mode)
@@ -59,6 +65,7 @@ class ModelPredictor:
     def describe(self) -> dict:
         """The preprocessing and decision rule it applies (recorded by ensembles)."""
         return {"size": self.size, "fit": self.fit, "mean": list(self.mean), "std": list(self.std), "tta": self.tta,
+                "input_size": self.input_size, "interpolation": self.interpolation,
                 "prior_shift": self.prior_shift, "threshold": self.threshold}
 
     def to_probabilities(self, logits: np.ndarray) -> np.ndarray:
@@ -75,7 +82,9 @@ def load_model_predictor(run: Run, device: str = "auto") -> ModelPredictor:
     ckpt = run.checkpoint()
     path = run.path / "checkpoint.pt"
     try:
-        model = create_model(ckpt["model"], image_size=ckpt["image_size"], **ckpt.get("model_kwargs", {}))
+        # checkpoints written before input_size existed: the model took the store's size
+        pre = Preprocessing.from_dict(ckpt)
+        model = create_model(ckpt["model"], image_size=pre.side(int(ckpt["image_size"])), **ckpt.get("model_kwargs", {}))
         model.load_state_dict(ckpt["state_dict"])
     except KeyError as e:
         raise BadInputError(f"{path}: no '{e.args[0]}' entry; not a lesionlab model checkpoint") from None
@@ -85,13 +94,10 @@ def load_model_predictor(run: Run, device: str = "auto") -> ModelPredictor:
     model.to(rt.device)
     if rt.channels_last:
         model.to(memory_format=torch.channels_last)
-    from ..engine.runtime import MEAN, STD
-
-    # checkpoints of format version 0 did not record the normalisation: it was always ImageNet's
-    mean, std = tuple(ckpt.get("mean", MEAN)), tuple(ckpt.get("std", STD))
-    return ModelPredictor(model.eval(), int(ckpt["image_size"]), ckpt["fit"], float(ckpt["threshold"]), rt, mean, std,
-                          ckpt.get("prior_shift"), str(run.path), check_mode(ckpt.get("tta", "none")),
-                          ckpt.get("calibration"), str(ckpt["model"]))
+    # checkpoints of format version 0 did not record the normalisation: it was always ImageNet's (from_dict)
+    return ModelPredictor(model.eval(), int(ckpt["image_size"]), ckpt["fit"], float(ckpt["threshold"]), rt, pre.mean,
+                          pre.std, ckpt.get("prior_shift"), str(run.path), check_mode(ckpt.get("tta", "none")),
+                          ckpt.get("calibration"), str(ckpt["model"]), pre.input_size, pre.interpolation)
 
 
 def average_probabilities(member_probs: np.ndarray, mean: str = "prob") -> np.ndarray:

@@ -114,8 +114,12 @@ class RunWriter:
 
 def model_checkpoint(model: str, image_size: int, fit: str, state_dict: dict, threshold: float, threshold_rule: str,
                      prior_shift: dict | None, channels_last: bool, mean: tuple, std: tuple,
-                     model_kwargs: dict | None = None, **extra: Any) -> dict:
-    """What a predictor needs to score new images exactly as the run scored its test set."""
+                     model_kwargs: dict | None = None, input_size: int = 0, interpolation: str = "bilinear",
+                     **extra: Any) -> dict:
+    """What a predictor needs to score new images exactly as the run scored its test set: images
+    decoded at `image_size` with `fit`, enlarged to `input_size` (0 = not) with `interpolation`,
+    normalised with `mean` and `std`."""
     return {"model": model, "model_kwargs": model_kwargs or {}, "image_size": int(image_size), "fit": fit,
-            "mean": list(mean), "std": list(std), "state_dict": state_dict, "threshold": float(threshold),
+            "mean": list(mean), "std": list(std), "input_size": int(input_size), "interpolation": interpolation,
+            "state_dict": state_dict, "threshold": float(threshold),
             "threshold_rule": threshold_rule, "prior_shift": prior_shift, "channels_last": bool(channels_last), **extra}

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..engine.runtime import resolve_runtime, to_input
+from ..engine.runtime import resolve_runtime
 
 
 class Features:
@@ -32,7 +32,7 @@ class Features:
         out = []
         for start in range(0, len(images), batch):
             x = torch.from_numpy(resize(images[start:start + batch], self.run.size))
-            self.run.model(to_input(x, self.rt, self.run.mean, self.run.std))
+            self.run.model(self.run.preprocessing.to_input(x, self.rt))
             out.append(self._captured.float().reshape(len(x), -1).numpy())
         return np.concatenate(out).astype(np.float64)
 
