@@ -63,3 +63,12 @@ def small_data(tmp_path_factory, sample_manifest) -> Path:
     store = Store.open(data)
     save_split(make_split(store, (10, 40), (10, 40), seed=0), split_path(data))
     return data
+
+
+def pytest_configure(config):
+    """Training runs cache their measured precision/memory-format choice (engine/autotune.py): keep the
+    suite's measurements out of the user's cache folder."""
+    import os
+    import tempfile
+
+    os.environ.setdefault("LESIONLAB_CACHE_DIR", tempfile.mkdtemp(prefix="lesionlab-test-cache-"))

@@ -149,6 +149,7 @@ def check_input_size(cfg: ExperimentConfig, store_size: int) -> int:
 
 def _inputs(cfg: ExperimentConfig, world: World, plan: Plan | None = None) -> Inputs:
     store = Store.open(cfg.data)
+    check_input_size(cfg, store.size)
     split = load_split(store, cfg.split)
     table = store.table
     check_evaluable(split, table)  # before any work: else the run fails after training
@@ -173,7 +174,7 @@ def _inputs(cfg: ExperimentConfig, world: World, plan: Plan | None = None) -> In
     if cfg.extra_data:
         both = np.concatenate(list(eval_pos.values()))
         extra = load_extra(cfg.extra_data, cfg.extra_ratio, cfg.extra_n_malignant, store, ids[both].tolist(),
-                           np.concatenate(list(eval_x.values())), cfg.seed)
+                           np.concatenate(list(eval_x.values())), cfg.seed, group_rule, groups[both])
     n_extra = len(extra) if extra else 0
     real_draw = draw_training_set(real_labels, real_pool, cfg.ratio, cfg.n_malignant, cfg.seed, extra_malignant=n_syn)
     # synthetic images sit past the real rows: position len(table) + k is the k-th synthetic image; the extra

@@ -48,9 +48,11 @@ def _draw(extra: Store, ratio: str, n_malignant: int | str, seed: int, data: str
 
 
 def load_extra(data: str | Path, ratio: str, n_malignant: int | str, main: Store, eval_ids: list[str],
-               eval_images: np.ndarray, seed: int) -> ExtraPart:
+               eval_images: np.ndarray, seed: int, group_rule: str = "none", eval_groups: np.ndarray | None = None) -> ExtraPart:
     """The extra data set's draw, refused when it is the run's own data set, has another image size,
-    or holds any of the evaluation images (`eval_ids`, `eval_images`: every image the run scores)."""
+    or holds any of the evaluation images (`eval_ids`, `eval_images`: every image the run scores), or
+    another image of their patients or lesions (`eval_groups`, keys by the split's `group_rule`,
+    where the extra data set has that column)."""
     extra = Store.open(data)
     if extra.content_hash == main.content_hash:
         raise LeakError(f"--extra-data {data}: is the run's own data set, whose validation and test images would be "
@@ -63,6 +65,14 @@ def load_extra(data: str | Path, ratio: str, n_malignant: int | str, main: Store
     if same:
         raise LeakError(f"--extra-data {data}: {len(same)} of its image ids are among the images this run evaluates on "
                         f"(validation, test or out-of-fold): {preview(same)}; remove them from that data set")
+    if group_rule != "none" and group_rule in table and eval_groups is not None:
+        from .splits import group_keys
+
+        keys = group_keys(table, group_rule)[0]
+        shared = sorted(set(keys[np.char.find(keys.astype(str), "id:") != 0]) & set(eval_groups))
+        if shared:
+            raise LeakError(f"--extra-data {data}: holds images of {len(shared)} {group_rule.removesuffix('_id')}(s) this "
+                            f"run evaluates on: {preview(shared)}; remove them from that data set")
     rows = _draw(extra, ratio, n_malignant, seed, str(data))
     refs = index_references(eval_images)
     ids = table["id"].astype(str).to_numpy()

