@@ -295,7 +295,7 @@ def test_an_extra_data_set_holding_copies_of_val_or_test_images_is_refused(small
     rows = pd.concat([rows, benign[benign["label"] == "1"].head(4), benign[benign["label"] == "0"].head(4)])
     # the same images under new names and lesion ids, re-encoded: found by content
     copies = _extra_with(rows, tmp_path / "renamed", True, SAMPLE)
-    cfg = build_config({"data": str(small_data), "extra_data": str(copies), "epochs": 1, "bootstrap": 0})
+    cfg = build_config({"data": str(small_data), "extra_data": str(copies), "epochs": 1, "bootstrap": 0, "n_malignant": 10})
     with pytest.raises(LeakError, match=r"--extra-data .*renamed/data: 3 extra image\(s\) are copies of this run's "
                        r"validation, test or out-of-fold images: .*copy_0 ~ " + test_ids[0]):
         run_experiment(cfg, tmp_path / "r1")
@@ -375,3 +375,25 @@ def test_measure_times_real_training_steps():
 
     img_s = autotune.measure(lambda: create_model("upgraded_cnn", image_size=32), torch.device("cpu"), 32, 4, False, True)
     assert 0 < img_s < 1e6
+
+
+# ---------------------------------------------------------------- SSL continued from ImageNet weights
+
+
+def test_continued_pretraining_keeps_the_backbones_preprocessing(offline, small_data, tmp_path):
+    _lite0_installed()
+    enc = tmp_path / "enc"
+    cli("pretrain", small_data, "--out", enc, "--model", "tf_efficientnet_lite0", "--pretrained", "--epochs", 1,
+        "--batch-size", 32, "--method", "simclr", "--precision", "32")
+    info = Run.load(enc).info
+    assert info["weights"]["source"]["sha256"] == LITE0_FILE_SHA and info["preprocessing"]["mean"] == [0.5] * 3
+    stored = torch.load(enc / "encoder.pt", weights_only=True)
+    assert stored["mean"] == stored["std"] == [0.5] * 3 and stored["interpolation"] == "bicubic"
+    # train --pretrained ENC_DIR starts from it with the same preprocessing
+    from lesionlab.experiment import Start, _build_model
+    from lesionlab.runs.encoder import load_encoder
+
+    cfg = build_config({"model": "tf_efficientnet_lite0", "pretrained": str(enc)})
+    model, pre, weights = _build_model(cfg, Start("encoder", encoder=load_encoder(enc)), 32, 32)
+    assert pre.mean == pre.std == (0.5,) * 3 and pre.interpolation == "bicubic" and weights["kind"] == "encoder"
+    assert torch.equal(model.conv_stem.weight, stored["state_dict"]["conv_stem.weight"]) and not model.classifier.weight.any()
