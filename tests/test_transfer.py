@@ -210,6 +210,21 @@ def test_frozen_batchnorm_keeps_the_loaded_statistics_and_weights(offline, small
     assert not torch.equal(trained["conv_stem.weight"], start["conv_stem.weight"])
 
 
+def test_a_head_only_warm_up_holds_a_timm_body(offline, small_data, tmp_path):
+    _lite0_installed()
+    cfg = build_config({"data": str(small_data), "model": "tf_efficientnet_lite0", "pretrained": True,
+                        "linear_probe_epochs": 1, "batchnorm": "frozen", "epochs": 1, "n_malignant": 10, "ratio": "1:1",
+                        "batch_size": 10, "bootstrap": 0, "lr": 1e-2, "precision": "32", "channels_last": "false"})
+    run_experiment(cfg, tmp_path / "run")
+    trained = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["state_dict"]
+    start = create_model("tf_efficientnet_lite0", pretrained=True).state_dict()
+    for k, v in start.items():
+        if k.startswith("classifier."):
+            assert trained[k].any(), k  # the head learned (it started at zero)
+        else:
+            assert torch.equal(trained[k], v), k  # the body, statistics included (frozen), as loaded
+
+
 # ---------------------------------------------------------------- an extra data set
 
 

@@ -19,11 +19,11 @@ import torch
 from . import plots
 from .calibration import apply_calibration, check_two_classes, fit_calibration
 from .config import ExperimentConfig, to_dict
+from .data.extra import ExtraPart, load_extra
 from .data.parallel import cpu_count
 from .data.sampling import EpochSampler, draw_training_set
 from .data.splits import Split, check_evaluable, group_keys, load_split
 from .data.store import Store
-from .data.extra import ExtraPart, load_extra
 from .data.synthetic import CombinedImages, SyntheticPart, load_synthetic
 from .data.tta import tta_logits
 from .engine.distributed import World, check_devices, from_environment, spawn

