@@ -231,6 +231,12 @@ class ExperimentConfig(BaseModel):
                              "(see `lesionlab models`), an ENC_DIR made by `lesionlab pretrain`, or pretrained: false")
         if self.loss == "focal" and self.pos_weight is not None:
             raise ValueError("--pos-weight applies to --loss bce; focal loss weights the classes with --focal-alpha")
+        if not self.extra_data and (self.extra_ratio != "natural" or self.extra_n_malignant != "all"):
+            raise ValueError("--extra-ratio and --extra-n-malignant say what to draw from --extra-data DATA_DIR; "
+                             "give it, or leave them out")
+        if self.pretrained_head == "fresh" and not is_encoder_dir(self.pretrained):
+            raise ValueError("--pretrained-head fresh applies to --pretrained RUN_DIR (a finished train run); "
+                             f"--pretrained is {self.pretrained!r}")
         return self
 
     def resolved_monitor(self) -> str:

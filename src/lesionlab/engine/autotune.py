@@ -109,31 +109,43 @@ def choose(model: str, build: "callable", device: torch.device, side: int, batch
         return options[0][0], options[0][1], {"measured": False, "reason": "nothing to choose"}
     key = cache_key(device, model, side, batch_size)
     path = cache_dir() / CACHE_FILE
-    cached = {}
-    with contextlib.suppress(Exception):  # an unreadable cache is measured again, never an error
-        cached = read_json(path)
     wanted = [f"{'bf16' if p else 'fp32'}{' + channels_last' if c else ''}" for p, c in options]
-    entry = cached.get(key)
-    if entry and all(name in entry.get("img_s", {}) for name in wanted):
-        speeds = entry["img_s"]
-        from_cache = True
-    else:
+
+    def cached() -> dict | None:
+        with contextlib.suppress(Exception):  # an unreadable cache is measured again, never an error
+            entry = read_json(path).get(key) or {}
+            if all(name in entry.get("img_s", {}) for name in wanted):
+                return entry["img_s"]
+        return None
+
+    def measured() -> dict:
         t0 = time.perf_counter()
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the run's seeds stay as they are
-            speeds = {name: round(measure(build, device, side, batch_size, p, c), 1)
-                      for name, (p, c) in zip(wanted, options)}
+            speeds = {name: round(measure(build, device, side, batch_size, p, c), 1) for name, (p, c) in zip(wanted, options)}
         log.info("measured training img/s of %s at %d px in %.1f s: %s", model, side, time.perf_counter() - t0, speeds)
-        from_cache = False
-        with contextlib.suppress(OSError):  # a read-only home: the choice still stands for this run
+        return speeds
+
+    speeds, from_cache = cached(), True
+    if speeds is None:
+        try:
             from filelock import FileLock
 
             path.parent.mkdir(parents=True, exist_ok=True)
-            with FileLock(str(path) + ".lock", timeout=60):
-                with contextlib.suppress(Exception):
-                    cached = read_json(path)
-                cached[key] = {"img_s": {**(cached.get(key) or {}).get("img_s", {}), **speeds},
-                               "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
-                write_json(path, cached)
+            # held while measuring: processes starting together (cv workers) measure once, not side by side
+            with FileLock(str(path) + ".lock", timeout=600):
+                speeds = cached()
+                if speeds is None:
+                    speeds, from_cache = measured(), False
+                    table = {}
+                    with contextlib.suppress(Exception):
+                        table = read_json(path)
+                    table[key] = {"img_s": {**(table.get(key) or {}).get("img_s", {}), **speeds},
+                                  "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+                    with contextlib.suppress(OSError):
+                        write_json(path, table)
+        except OSError:  # no cache folder (a read-only home): measured for this run only
+            if speeds is None:
+                speeds, from_cache = measured(), False
     best = max(wanted, key=lambda name: speeds[name])
     p, c = options[wanted.index(best)]
     return p, c, {"measured": True, "from_cache": from_cache, "cache": str(path), "img_s": {n: speeds[n] for n in wanted},

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import BadInputError, closest
 from .seed_cnns import SimpleCNN, UpgradedCNN
-from .timm_models import BACKBONES, create_timm, timm_cam_layer
+from .timm_models import BACKBONES, create_timm, imagenet_backbone, timm_cam_layer  # noqa: F401 - imagenet_backbone: API
 
 
 @dataclass(frozen=True)
