@@ -51,7 +51,7 @@ def test_run_folder_contents(pipeline):
     import hashlib
 
     assert info["split_sha256"] == hashlib.sha256(split_bytes).hexdigest()
-    assert info["draw"] == {"malignant": 20, "benign": 40, "synthetic": 0, "pool_malignant": 40,
+    assert info["draw"] == {"malignant": 20, "benign": 40, "synthetic": 0, "extra": 0, "pool_malignant": 40,
                             "pool_benign": info["draw"]["pool_benign"]}
     assert info["format"] == {"version": 1, "kind": "train"}
     assert info["speed"]["train_img_s"] > 0 and info["speed"]["compute_img_s"] > 0  # asked for by --measure-compute
