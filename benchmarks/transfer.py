@@ -5,7 +5,8 @@ on the other data sets' test images (trained on one source, judged on another).
 
     python benchmarks/transfer.py --data ham10000=DATA_DIR --data isic2024=DATA_DIR [--work bench-out]
         [--folds 5] [--trials 20] [--tune-epochs 10] [--epochs 20] [--naive-epochs 10] [--ssl-epochs 10]
-        [--input-sizes 0,160,224] [--n-malignant 293] [--extra-n-malignant 293] [--tag T] [--write-recommended]
+        [--input-sizes 0,160,224] [--n-malignant 293] [--n-malignant-of isic2024=all] [--extra-n-malignant 293]
+        [--tag T] [--write-recommended] [--print-only]
 
 Each DATA_DIR is a prepared data set with its split (`lesionlab prepare`, `lesionlab split`), all at one image
 size; NAME is how the results name it (ham10000 and isic2024 carry the issue's goals). Arms, each `lesionlab cv`
@@ -22,7 +23,8 @@ with the same folds on each data set:
                   ImageNet) on the train pool, then the tuned recipe from that encoder
 
 The draw (ratio, malignant images, sampler) and threshold rule of every lite0 arm are the scratch recipe's, so
-arms differ in the model and how it is trained. configs/recommended.yaml: among the config-only candidates (naive,
+arms differ in the model and how it is trained; a data set with few malignant images (ISIC 2024 permissive: 235)
+takes its own count with --n-malignant-of NAME=N|all, since each fold's train pool must hold them. configs/recommended.yaml: among the config-only candidates (naive,
 each tuned recipe) those whose paired OOF pAUC80 interval against scratch lies above zero on every data set; of
 those the highest mean OOF pAUC80; written only with --write-recommended. The test sets are scored once, at the
 end (fold ensembles), and judged against the goals; nothing is chosen on them.
@@ -163,6 +165,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="training and fold seed")
     ap.add_argument("--n-malignant", type=int, default=0, help="malignant images per training draw (0 = the scratch "
                     "recipe's)")
+    ap.add_argument("--n-malignant-of", action="append", default=[], metavar="NAME=N|all",
+                    help="another number for one data set (a small one: each fold's train pool must hold them)")
     ap.add_argument("--epochs", type=int, default=20, help="epochs of the tuned lite0 arms (early stopping inside)")
     ap.add_argument("--naive-epochs", type=int, default=10)
     ap.add_argument("--trials", type=int, default=20, help="tune trials per data set")
@@ -203,12 +207,19 @@ def main() -> None:
     scratch["bootstrap"] = 0
     protocol = {k: scratch[k] for k in PROTOCOL if k in scratch}
     naive = {**NAIVE, **protocol, "epochs": args.naive_epochs, "bootstrap": 0}
+    # the draw of each data set: the protocol's, with its own malignant count where given
+    own: dict[str, dict] = {name: dict(protocol) for name in datasets}
+    for item in args.n_malignant_of:
+        name, _, n = item.partition("=")
+        if name not in datasets or not n:
+            ap.error(f"--n-malignant-of {item}: expected NAME=N|all with NAME one of {', '.join(datasets)}")
+        own[name]["n_malignant"] = n if n == "all" else int(n)
 
     # the searches, one per data set, on validation only
     tuned, studies = {}, {}
     for name, data in datasets.items():
         t = time.time()
-        tuned[name], studies[name] = tuned_recipe(args, name, data, work, protocol)
+        tuned[name], studies[name] = tuned_recipe(args, name, data, work, own[name])
         timings[f"tune {name}"] = time.time() - t
 
     # every arm as a cv on every data set
@@ -223,9 +234,10 @@ def main() -> None:
         if args.extra_n_malignant:
             # one extra source per other data set (the first two given, then the rest in later arms)
             for other in others:
+                available = Store.open(datasets[other]).meta["counts"]["malignant"]
                 arms[f"lite0 + extra {other}"] = {**tuned[name], "extra_data": str(datasets[other]),
                                                   "extra_ratio": protocol.get("ratio", "natural"),
-                                                  "extra_n_malignant": args.extra_n_malignant}
+                                                  "extra_n_malignant": min(args.extra_n_malignant, available)}
         if args.ssl_epochs:
             t = time.time()
             enc = encoder(args, name, data, work, int(tuned[name].get("input_size", 0) or 0))
@@ -233,6 +245,7 @@ def main() -> None:
             arms["lite0 + SSL"] = {**tuned[name], "pretrained": str(enc)}
         seen: dict[str, str] = {}
         for arm, values in arms.items():
+            values = {**values, **own[name]}  # every arm draws as the data set's protocol says
             key = json.dumps(values, sort_keys=True, default=str)
             if key in seen:  # e.g. two searches that found the same recipe: one cv, named twice
                 cvs[name][arm], arm_values[name][arm] = cvs[name][seen[key]], values
@@ -278,7 +291,9 @@ def main() -> None:
                  f"{n} ({Store.open(p).meta['counts']['malignant']} malignant / {Store.open(p).meta['counts']['benign']} "
                  f"benign)" for n, p in datasets.items()) + f". {args.folds}-fold grouped cv of each split's train pool, "
              f"fold seed {args.seed}. Protocol of every arm (the scratch recipe's): "
-             + ", ".join(f"{k} {v}" for k, v in protocol.items()) + ". Scratch: "
+             + ", ".join(f"{k} {v}" for k, v in protocol.items())
+             + "".join(f"; on {n}: n_malignant {own[n]['n_malignant']}" for n in datasets
+                       if own[n].get("n_malignant") != protocol.get("n_malignant")) + ". Scratch: "
              f"`{Path(args.scratch).name}`, {scratch.get('epochs')} epochs. Naive: {LITE0} from ImageNet (the "
              f"package's weights, mean = std = 0.5, bicubic), AdamW lr 3e-4 on all layers, {args.naive_epochs} epochs, "
              "augment medium.", ""]
