@@ -24,9 +24,10 @@ with the same folds on each data set:
 
 The draw (ratio, malignant images, sampler) and threshold rule of every lite0 arm are the scratch recipe's, so
 arms differ in the model and how it is trained; a data set with few malignant images (ISIC 2024 permissive: 235)
-takes its own count with --n-malignant-of NAME=N|all, since each fold's train pool must hold them. configs/recommended.yaml: among the config-only candidates (naive,
-each tuned recipe) those whose paired OOF pAUC80 interval against scratch lies above zero on every data set; of
-those the highest mean OOF pAUC80; written only with --write-recommended. The test sets are scored once, at the
+takes its own count with --n-malignant-of NAME=N|all, since each fold's train pool must hold them.
+configs/recommended.yaml: among the config-only candidates (naive, each tuned recipe) those whose paired OOF
+pAUC80 interval against scratch lies above zero on every data set; of those the highest mean OOF pAUC80; written
+only with --write-recommended. The test sets are scored once, at the
 end (fold ensembles), and judged against the goals; nothing is chosen on them.
 
 Everything resumes: complete cv folds, the tune studies, encoders and cross-source scores are reused, so an

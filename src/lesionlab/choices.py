@@ -21,3 +21,4 @@ FUSIONS = ("stack", "late")  # how a tabular run uses an image model's scores (-
 SSL_METHODS = ("simclr", "byol", "dino")  # lesionlab pretrain (engine/ssl.py, on lightly)
 DEMO_SAMPLES = ("isic2024-permissive", "ham10000")  # lesionlab demo --sample; the first is the default
 COMPARE_ON = ("auto", "oof", "test")  # lesionlab compare: out-of-fold images (cv, tabular) or the test images
+INTERPOLATIONS = ("bilinear", "bicubic")  # how --input-size enlarges the store's images (engine/runtime.py)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .choices import FITS, TTA_MODES
+from .choices import FITS, INTERPOLATIONS, TTA_MODES
 from .errors import BadInputError, first_line, shown
 
 META_KEY = "lesionlab"
@@ -101,6 +101,12 @@ def check_metadata(meta: object, graph_size: int, path: Path) -> dict:
             raise refuse(key, "a list of 3 numbers")
     if meta.get("tta") is not None and meta["tta"] not in TTA_MODES:
         raise refuse("tta", "one of " + ", ".join(TTA_MODES))
+    input_size = meta.get("input_size")  # the graph enlarges its input to this side itself (0: it does not)
+    if input_size is not None and (isinstance(input_size, bool) or not isinstance(input_size, int)
+                                   or not 0 <= input_size <= MAX_SIZE):
+        raise refuse("input_size", f"a whole number of pixels from 0 to {MAX_SIZE}")
+    if meta.get("interpolation") is not None and meta["interpolation"] not in INTERPOLATIONS:
+        raise refuse("interpolation", "one of " + ", ".join(INTERPOLATIONS))
     members = meta.get("n_members")
     if members is not None and (isinstance(members, bool) or not isinstance(members, int) or members < 1):
         raise refuse("n_members", "a whole number of at least 1")

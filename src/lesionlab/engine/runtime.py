@@ -10,12 +10,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..choices import INTERPOLATIONS
 from ..errors import BadInputError
 
 # ImageNet statistics: the seed study normalised its inputs, and most pretrained backbones expect these
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
-INTERPOLATIONS = ("bilinear", "bicubic")
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,12 @@ class Preprocessing:
     def __post_init__(self):
         if self.interpolation not in INTERPOLATIONS:
             raise BadInputError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got '{self.interpolation}'")
+        if isinstance(self.input_size, bool) or not isinstance(self.input_size, int) or not 0 <= self.input_size <= 8192:
+            raise BadInputError(f"input_size must be a whole number of pixels from 0 to 8192, got {self.input_size!r}")
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if len(self.mean) != 3 or len(self.std) != 3 or not all(v > 0 for v in self.std):
+            raise BadInputError(f"mean and std must be 3 numbers each (std > 0), got {list(self.mean)} and {list(self.std)}")
 
     def side(self, store_size: int) -> int:
         """The model's input side for images of `store_size`."""

@@ -77,7 +77,8 @@ SOURCE_ATTR = "lesionlab_weights"
 
 def _cfg_preprocessing(model: nn.Module, source: str, trained_at: int | None = None):
     """The preprocessing of timm's pretrained config for this architecture (mean, std, interpolation)."""
-    from ..engine.runtime import INTERPOLATIONS, Preprocessing
+    from ..choices import INTERPOLATIONS
+    from ..engine.runtime import Preprocessing
 
     cfg = getattr(model, "pretrained_cfg", None) or {}
     interpolation = cfg.get("interpolation", "bilinear")

@@ -17,7 +17,7 @@ from ..choices import ENSEMBLE_MEANS
 from ..data.tta import check_mode, tta_logits
 from ..engine.runtime import Preprocessing, Runtime, resolve_runtime
 from ..engine.trainer import predict_logits
-from ..errors import BadInputError
+from ..errors import BadInputError, first_line
 from ..metrics import logit, prior_shift
 from ..models import create_model
 from . import format as fmt
@@ -84,6 +84,9 @@ def load_model_predictor(run: Run, device: str = "auto") -> ModelPredictor:
     try:
         # checkpoints written before input_size existed: the model took the store's size
         pre = Preprocessing.from_dict(ckpt)
+    except (BadInputError, TypeError, ValueError) as e:  # a damaged preprocessing entry
+        raise BadInputError(f"{path}: its preprocessing entries are not valid ({first_line(e)})") from None
+    try:
         model = create_model(ckpt["model"], image_size=pre.side(int(ckpt["image_size"])), **ckpt.get("model_kwargs", {}))
         model.load_state_dict(ckpt["state_dict"])
     except KeyError as e:
