@@ -31,7 +31,8 @@ only with --write-recommended. The test sets are scored once, at the
 end (fold ensembles), and judged against the goals; nothing is chosen on them.
 
 Everything resumes: complete cv folds, the tune studies, encoders and cross-source scores are reused, so an
-interrupted benchmark continues where it stopped. Scale it with the flags (--folds 2 --trials 2 --tune-epochs 1
+interrupted benchmark continues where it stopped; other settings need another --tag (a cv folder refuses a
+changed config). Scale it with the flags (--folds 2 --trials 2 --tune-epochs 1
 --epochs 1 --naive-epochs 1 --ssl-epochs 1 --n-malignant 20 is a smoke test). Writes docs/results.md (section
 "transfer"; with --tag T, "transfer-T"); --print-only writes nothing there (a smoke test).
 """
@@ -48,6 +49,7 @@ import yaml
 from _results import ROOT, git_commit, machine, update_section
 from lesionlab.compare import compare_runs
 from lesionlab.config import build_config, build_pretrain_config, load_yaml, to_dict
+from lesionlab.data.sampling import parse_ratio
 from lesionlab.data.splits import group_keys, load_split
 from lesionlab.data.store import Store
 from lesionlab.fileio import write_json, write_text
@@ -235,10 +237,12 @@ def main() -> None:
         if args.extra_n_malignant:
             # one extra source per other data set (the first two given, then the rest in later arms)
             for other in others:
-                available = Store.open(datasets[other]).meta["counts"]["malignant"]
+                # as many as asked, at most what the other data set holds at the recipe's ratio
+                counts, k = Store.open(datasets[other]).meta["counts"], parse_ratio(protocol.get("ratio", "natural"))
+                most = min(counts["malignant"], int(counts["benign"] // k) if k else counts["malignant"])
                 arms[f"lite0 + extra {other}"] = {**tuned[name], "extra_data": str(datasets[other]),
                                                   "extra_ratio": protocol.get("ratio", "natural"),
-                                                  "extra_n_malignant": min(args.extra_n_malignant, available)}
+                                                  "extra_n_malignant": min(args.extra_n_malignant, most)}
         if args.ssl_epochs:
             t = time.time()
             enc = encoder(args, name, data, work, int(tuned[name].get("input_size", 0) or 0))
@@ -311,9 +315,12 @@ def main() -> None:
                      f"--batch-size {args.ssl_batch}` on each train pool (it sees each fold's OOF images without labels), "
                      "then the recipe tuned on that data set.")
     if args.extra_n_malignant:
-        lines.append(f"Extra source: the recipe tuned on the data set, with {args.extra_n_malignant} malignant images of "
-                     f"the other data set at the same ratio added to every training draw (never to validation, test or "
-                     "OOF; checked by id, lesion and content).")
+        drawn = "; ".join(f"on {name}: {v['extra_n_malignant']} malignant of {arm.removeprefix('lite0 + extra ')}"
+                          for name, arms in arm_values.items() for arm, v in arms.items() if arm.startswith("lite0 + extra"))
+        lines.append(f"Extra source: the recipe tuned on the data set, with malignant images of the other data set at "
+                     f"the same ratio added to every training draw ({drawn}; --extra-n-malignant "
+                     f"{args.extra_n_malignant} at most, fewer where the other data set holds fewer at that ratio), never "
+                     "to validation, test or OOF; checked by id, lesion and content.")
     for name, runs in cvs.items():
         o = runs["scratch"].metrics["oof"]
         same = "; ".join(f"'{arm}' is the same config as '{first}' (one cv)" for (d, arm), first in same_as.items()
