@@ -741,9 +741,14 @@ def synth() -> None:
 @synth.command("train")
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="GEN_DIR")
-@click.option("--label", default="malignant", show_default=True, type=click.Choice(["malignant", "benign"]))
-@click.option("--kind", default="gan", show_default=True, type=click.Choice(["gan", "ddpm"]),
-              help="gan: DCGAN with DiffAugment; ddpm: diffusers UNet2DModel with DDPM/DDIM")
+@click.option("--kind", default="projected", show_default=True, type=click.Choice(["projected", "gan", "ddpm"]),
+              help="projected: Projected GAN (frozen ImageNet EfficientNet-Lite0 discriminator features, FastGAN "
+                   "generator, DiffAugment); gan: DCGAN with DiffAugment; ddpm: diffusers UNet2DModel with DDPM/DDIM")
+@click.option("--classes", default=None, type=click.Choice(["both", "one"]),
+              help="both: class-conditional on the whole train pool (projected only; the default there); one: only "
+                   "--label's images (the default of gan and ddpm)")
+@click.option("--label", default="malignant", show_default=True, type=click.Choice(["malignant", "benign"]),
+              help="the class to learn (--classes one) or to estimate FID on")
 @click.option("--size", default=64, show_default=True, type=click.Choice(["32", "64", "128"]), help="pixels")
 @click.option("--steps", default=4000, show_default=True, help="training steps (more continues a finished generator)")
 @click.option("--batch-size", default=32, show_default=True)
@@ -755,27 +760,44 @@ def synth() -> None:
               "takes (e.g. 293 = the notebook's draw; default: the whole train pool of the class)")
 @click.option("--draw-seed", default=0, show_default=True, help="the seed of that training draw")
 @click.option("--sample-steps", default=50, show_default=True, help="ddpm: DDIM steps per sample")
-def synth_train(data_dir: Path, out: Path, label: str, kind: str, size: str, steps: int, batch_size: int, seed: int,
-                sample_every: int, checkpoint_every: int, time_budget: float | None, n_real: int | None,
-                draw_seed: int, sample_steps: int) -> None:
-    """Train a generator on the train pool's images of one class (never on val/test); resumes."""
+@click.option("--d-res", default=96, show_default=True,
+              help="projected: pixels at which the discriminator's frozen network sees each image (the paper: 224)")
+@click.option("--fid-every", default=500, show_default=True, help="steps between FID estimates (0: none)")
+@click.option("--fid-features", default="random", show_default=True,
+              help="network of the FID estimate: random (a never-trained VGG-11) or RUN_DIR of a trained classifier")
+@click.option("--fid-n", default=500, show_default=True, help="images a side in the FID estimate (a fixed subset)")
+def synth_train(data_dir: Path, out: Path, kind: str, classes: str | None, label: str, size: str, steps: int,
+                batch_size: int, seed: int, sample_every: int, checkpoint_every: int, time_budget: float | None,
+                n_real: int | None, draw_seed: int, sample_steps: int, d_res: int, fid_every: int, fid_features: str,
+                fid_n: int) -> None:
+    """Train a generator on the train pool (never on val/test); resumes where it stopped."""
     from .synth.generator import train_generator
 
     bar = _bar(f"synth {kind}", "step", steps, mininterval=1)
+    shown: dict = {}
 
     def progress(step: int, total: int, losses: dict) -> None:
+        if "fid" in losses:  # a line of its own, above a terminal's bar
+            line = f"step {step}: FID estimate {losses['fid']:.2f} ({fid_n} {label} images a side, {fid_features} features)"
+            if hasattr(bar, "write"):
+                bar.write(line, file=sys.stderr)
+            else:
+                click.echo(line, err=True)
+        shown.update(losses)
         bar.n = step
-        bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
+        bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items()}, refresh=False)
         bar.refresh()
 
     try:
         info = train_generator(data_dir, out, kind, label, int(size), steps, batch_size, None, seed, sample_every,
                                checkpoint_every, time_budget * 60 if time_budget else None, progress, n_real, draw_seed,
-                               sample_steps)
+                               sample_steps, classes, d_res, fid_every, fid_features, fid_n)
     finally:
         bar.close()
-    click.echo(f"{out}: {info['generator_id']}, {info['steps']} steps on {info['n_real']} real {label} images in "
-               f"{info['train_seconds'] / 60:.1f} min" + (" (stopped by the time budget)" if info["stopped_by_time_budget"] else ""))
+    learned = ", ".join(f"{k} {v}" for k, v in info["n_real_per_class"].items())
+    click.echo(f"{out}: {info['generator_id']}, {info['steps']} steps on real images ({learned}) in "
+               f"{info['train_seconds'] / 60:.1f} min" + (" (stopped by the time budget)" if info["stopped_by_time_budget"] else "")
+               + (f"; FID estimate {info['fid_estimate']['last']:.2f}" if info.get("fid_estimate") else ""))
 
 
 @synth.command("sample")
@@ -783,13 +805,15 @@ def synth_train(data_dir: Path, out: Path, label: str, kind: str, size: str, ste
 @click.option("--n", "n", default=3000, show_default=True)
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="SYN_DIR")
 @click.option("--seed", default=0, show_default=True)
-def synth_sample(gen_dir: Path, n: int, out: Path, seed: int) -> None:
+@click.option("--label", default="malignant", show_default=True, type=click.Choice(["malignant", "benign"]),
+              help="the class to sample (one the generator learned)")
+def synth_sample(gen_dir: Path, n: int, out: Path, seed: int, label: str) -> None:
     """Sample N images and a manifest (synthetic=1) that `prepare` reads."""
     from .synth.samples import sample
 
     bar, update = _progress_bar("sample")
     try:
-        sample(gen_dir, n, out, seed, progress=update)
+        sample(gen_dir, n, out, seed, progress=update, label=label)
     finally:
         bar.close()
     click.echo(f"{out}: {n} images; next: lesionlab prepare {out} --out SYN_DATA_DIR --size 128")
@@ -811,16 +835,22 @@ def synth_import(folder: Path, out: Path, label: str, generator: str) -> None:
 @synth.command("check")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path), help="DATA_DIR with the real images")
-@click.option("--features", "features_run", required=True, type=click.Path(path_type=Path),
-              help="RUN_DIR of a trained lesionlab classifier whose penultimate layer gives the features")
+@click.option("--features", "features_run", required=True, multiple=True,
+              help="a feature network, repeatable: RUN_DIR of a trained lesionlab classifier (its penultimate layer), "
+                   "random (a never-trained VGG-11) or lite0-imagenet (the projected discriminator's own network, "
+                   "flagged as flattering); the first one also measures copies in feature space")
 @click.option("--out", "out", default=None, type=click.Path(path_type=Path), help="default: SOURCE/check")
 @click.option("--n", "n", default=1000, show_default=True, help="synthetic images to compare")
 @click.option("--seed", default=0, show_default=True)
-def synth_check(source: Path, data_dir: Path, features_run: Path, out: Path | None, n: int, seed: int) -> None:
-    """FID/KID, precision/recall, density/coverage and memorisation of GEN_DIR or SYN_DIR."""
+@click.option("--label", default=None, type=click.Choice(["malignant", "benign"]),
+              help="the class to check (default: malignant when the generator learned it)")
+def synth_check(source: Path, data_dir: Path, features_run: tuple[str, ...], out: Path | None, n: int, seed: int,
+                label: str | None) -> None:
+    """FID/KID, precision/recall, density/coverage (each named by its feature network) and memorisation of
+    GEN_DIR or SYN_DIR."""
     from .synth.check import check, render_markdown
 
-    result = check(source, data_dir, features_run, out, n, seed)
+    result = check(source, data_dir, list(features_run), out, n, seed, label)
     click.echo(render_markdown(result))
     click.echo(f"check: {(Path(out) if out else source / 'check') / 'check.html'}")
 

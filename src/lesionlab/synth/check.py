@@ -1,6 +1,11 @@
 """`lesionlab synth check`: quality and memorisation of a generator or a synthetic folder against
 the real training images of its class; writes check.json, check.md, a self-contained check.html
-and figures."""
+and figures.
+
+Every quality number names the feature network that measured it (features.py): one network the
+generator never saw is the least a reader should accept, two of different kinds (a lesion classifier
+and the never-trained random network, say) are what the output asks for, and the projected
+discriminator's own ImageNet network is shown only flagged as flattering."""
 from __future__ import annotations
 
 import base64
@@ -13,26 +18,32 @@ import pandas as pd
 from .. import plots
 from ..data.images import decode_resize
 from ..data.sources import read_source
+from ..data.store import Store
 from ..errors import BadInputError
 from ..fileio import csv_restore, read_json, write_bytes, write_json, write_text
 from . import quality
-from .generator import grid_png, latents, load_generator, real_images, to_uint8
+from .features import feature_network
+from .generator import CLASS_NAMES, generate_batch, grid_png, load_generator, real_images
 
 
-def _synthetic_images(source: Path, n: int, seed: int) -> tuple[np.ndarray, dict]:
+def _synthetic_images(source: Path, n: int, seed: int, label: str | None, data_size: int) -> tuple[np.ndarray, dict]:
     if (source / "generator.json").exists():
         trainer, info = load_generator(source)
-        images = np.concatenate([to_uint8(trainer.generate(latents(info["kind"], min(64, n - s), info["size"], 10_000 + seed + s)))
+        label = label or ("malignant" if "malignant" in info.get("classes", [info["label"]]) else info["label"])
+        images = np.concatenate([generate_batch(trainer, info, min(64, n - s), 10_000 + seed + s, label, source)
                                  for s in range(0, n, 64)])
-        return images, {"source": "generator", "generator": info["generator_id"], "size": info["size"], "label": info["label"]}
+        return images, {"source": "generator", "generator": info["generator_id"], "kind": info["kind"],
+                        "size": info["size"], "label": label, "data": info.get("data")}
     if (source / "manifest.csv").exists():
         meta = read_json(source / "synthetic.json") if (source / "synthetic.json").exists() else {}
-        size = int(meta.get("size", 64))
+        size = int(meta.get("size", data_size))  # imported images: compared at the data set's size
         src = read_source(source / "manifest.csv")
         rows = src.table.sample(n=min(n, len(src.table)), random_state=seed) if len(src.table) > n else src.table
         images = np.stack([decode_resize(src.reader.read(loc), size) for loc in rows["locator"]])
-        return images, {"source": "folder", "generator": meta.get("generator", "?"), "size": size,
-                        "label": meta.get("label", "malignant")}
+        if label and label != meta.get("label", "malignant"):
+            raise BadInputError(f"{source}: holds {meta.get('label', 'malignant')} images, not {label}")
+        return images, {"source": "folder", "generator": meta.get("generator", "?"), "kind": meta.get("kind", "?"),
+                        "size": size, "label": meta.get("label", "malignant")}
     raise BadInputError(f"{source}: neither a generator folder (generator.json) nor a synthetic folder (manifest.csv)")
 
 
@@ -40,44 +51,76 @@ def _embed(path: Path) -> str:
     return f"<img src='data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}'>"
 
 
-def check(source: str | Path, data_dir: str | Path, features_run: str | Path, out: str | Path | None = None,
-          n: int = 1000, seed: int = 0) -> dict:
+def _measures(net, syn: np.ndarray, real: np.ndarray, syn_m: np.ndarray, half_a: np.ndarray, half_b: np.ndarray,
+              seed: int, kind: str) -> dict:
+    f_syn, f_real = net(syn), net(real)
+    kid_syn = quality.kid(f_syn[syn_m], f_real[half_a], seed=seed)
+    kid_real = quality.kid(f_real[half_b], f_real[half_a], seed=seed)
+    # the discriminator of a projected generator judged exactly these ImageNet features
+    seen = bool(getattr(net, "seen_by_projected", False) and kind == "projected")
+    return {"network": net.name, "seen_by_generator": seen,
+            "fid": {"synthetic_vs_real": quality.fid(f_syn[syn_m], f_real[half_a]),
+                    "real_half_vs_real_half": quality.fid(f_real[half_b], f_real[half_a]), "n_each": int(len(half_b)),
+                    # every synthetic image against every real one: the usual FID (not size-matched to the yardstick)
+                    "synthetic_all_vs_real_all": quality.fid(f_syn, f_real)},
+            "kid": {"synthetic_vs_real": list(kid_syn), "real_half_vs_real_half": list(kid_real)},
+            "manifold_k5": quality.manifold_scores(f_real, f_syn), "_f": (f_syn, f_real)}
+
+
+def check(source: str | Path, data_dir: str | Path, features_run, out: str | Path | None = None,
+          n: int = 1000, seed: int = 0, label: str | None = None) -> dict:
+    """features_run: one --features value or several (train run folders or built-in names); the
+    first is the primary network (feature-space memorisation and the top-level numbers)."""
     source = Path(source)
     out = Path(out) if out else source / "check"
-    syn, meta = _synthetic_images(source, n, seed)
-    label = 1 if meta["label"] == "malignant" else 0
-    store, positions = real_images(data_dir, label)
+    specs = [features_run] if isinstance(features_run, (str, Path)) else list(features_run)
+    if not specs:
+        raise BadInputError("--features: give at least one feature network (a train run folder, or random)")
+    if label is not None and label not in CLASS_NAMES:
+        raise BadInputError(f"--label must be malignant or benign, got '{label}'")
+    nets = [feature_network(s) for s in specs]  # a bad --features fails before any sampling
+    syn, meta = _synthetic_images(source, n, seed, label, Store.open(data_dir).size)
+    store, positions = real_images(data_dir, CLASS_NAMES.index(meta["label"]))
+    if store.size < meta["size"]:
+        raise BadInputError(f"--data {data_dir}: prepared at {store.size} px, smaller than the {meta['size']} px synthetic "
+                            f"images; compare against a data set prepared at {meta['size']} px or more (real images "
+                            "enlarged to the synthetic size would be blurred, not real)")
     if (source / "real_ids.csv").exists():  # exactly the images the generator learned from
         ids = set(csv_restore(pd.read_csv(source / "real_ids.csv", dtype=str, keep_default_na=False))["id"])
-        positions = positions[np.isin(store.table["id"].to_numpy()[positions], list(ids))]
+        learned = np.isin(store.table["id"].to_numpy()[positions], list(ids))
+        if not learned.any():
+            raise BadInputError(f"--data {data_dir}: holds none of the {meta['label']} images the generator learned from "
+                                f"(it was trained on {meta.get('data') or 'another data set'}); check it against that one")
+        positions = positions[learned]
     # compare at the synthetic images' resolution: real images pass through the same size
     real = quality.resize(store.pixels(positions), meta["size"])
-    feats = quality.Features(features_run)
-    f_syn, f_real = feats(syn), feats(real)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(real))
     half_a, half_b = order[: len(real) // 2], order[len(real) // 2:]
     m = len(half_b)
     syn_m = rng.choice(len(syn), size=min(m, len(syn)), replace=False)
-    kid_syn, kid_syn_sd = quality.kid(f_syn[syn_m], f_real[half_a], seed=seed)
-    kid_real, kid_real_sd = quality.kid(f_real[half_b], f_real[half_a], seed=seed)
-    scores = quality.manifold_scores(f_real, f_syn)
+    measured = [_measures(net, syn, real, syn_m, half_a, half_b, seed, meta["kind"]) for net in nets]
+    f_syn, f_real = measured[0].pop("_f")
+    for r in measured[1:]:
+        r.pop("_f")
+    independent = [r["network"] for r in measured if not r["seen_by_generator"]]
     p_syn, p_real = quality.pixels(syn), quality.pixels(real)
     d_pix, nn_pix = quality.nearest(p_syn, p_real)
     d_pix_rr, _ = quality.nearest(p_real, p_real, exclude_self=True)
     d_feat, nn_feat = quality.nearest(f_syn, f_real)
     d_feat_rr, _ = quality.nearest(f_real, f_real, exclude_self=True)
     pix_cut, feat_cut = float(np.quantile(d_pix_rr, 0.01)), float(np.quantile(d_feat_rr, 0.01))
+    first = measured[0]
     result = {
-        "synthetic": {**meta, "n": int(len(syn)), "path": str(source)},
+        "synthetic": {**{k: v for k, v in meta.items() if k != "data"}, "n": int(len(syn)), "path": str(source)},
         "real": {"data": str(data_dir), "n": int(len(real)), "label": meta["label"]},
-        "feature_extractor": feats.name,
-        "fid": {"synthetic_vs_real": quality.fid(f_syn[syn_m], f_real[half_a]),
-                "real_half_vs_real_half": quality.fid(f_real[half_b], f_real[half_a]), "n_each": int(m)},
-        "kid": {"synthetic_vs_real": [kid_syn, kid_syn_sd], "real_half_vs_real_half": [kid_real, kid_real_sd]},
-        "manifold_k5": scores,
+        "feature_extractor": first["network"],
+        "fid": first["fid"], "kid": first["kid"], "manifold_k5": first["manifold_k5"],
+        "feature_networks": measured,
+        "independent_networks": len(independent),
         "memorisation": {
             "pixel_space": "32x32 RGB in [0, 1], L2",
+            "feature_space": first["network"],
             "pixel_nn_quantiles_synthetic": np.quantile(d_pix, [0.01, 0.05, 0.5]).tolist(),
             "pixel_nn_quantiles_real": np.quantile(d_pix_rr, [0.01, 0.05, 0.5]).tolist(),
             "feature_nn_quantiles_synthetic": np.quantile(d_feat, [0.01, 0.05, 0.5]).tolist(),
@@ -113,30 +156,53 @@ def check(source: str | Path, data_dir: str | Path, features_run: str | Path, ou
     return result
 
 
+def _network_note(r: dict) -> str:
+    k = r.get("independent_networks", 1)
+    seen = [n["network"] for n in r.get("feature_networks", []) if n["seen_by_generator"]]
+    note = (f"Measured with {k} feature network(s) the generator never saw"
+            + (f"; the numbers of {', '.join(seen)} flatter it (its discriminator judged those very features, "
+               "Kynkäänniemi et al. 2023) and are shown for reference only" if seen else "") + ".")
+    if k < 2:
+        note += (" One independent network is a single point of view: add a second --features (e.g. `random`, a "
+                 "never-trained network, beside a classifier run) before trusting these numbers.")
+    return note
+
+
 def render_markdown(r: dict) -> str:
     from ..report import md_code, md_escape  # names and paths are user text: literal in Markdown
 
     mem = r["memorisation"]
-    return "\n".join([
+    networks = r.get("feature_networks") or [{"network": r["feature_extractor"], "seen_by_generator": False,
+                                              "fid": r["fid"], "kid": r["kid"], "manifold_k5": r["manifold_k5"]}]
+    lines = [
         f"# Synthetic images: {md_escape(r['synthetic']['generator'])} ({r['synthetic']['n']} images at "
         f"{r['synthetic']['size']} px)",
         "",
         f"Real reference: {r['real']['n']} {md_escape(r['real']['label'])} training images of "
         f"{md_code(r['real']['data'])} (at the same size).",
-        f"Feature extractor: {md_escape(r['feature_extractor'])}.",
+        _network_note(r),
         "",
-        "| measure | synthetic vs real | real half vs real half (yardstick) |",
-        "|---|---|---|",
-        f"| FID ({r['fid']['n_each']} images a side) | {r['fid']['synthetic_vs_real']:.2f} | {r['fid']['real_half_vs_real_half']:.2f} |",
-        f"| KID x 1000 | {1000 * r['kid']['synthetic_vs_real'][0]:.2f} ± {1000 * r['kid']['synthetic_vs_real'][1]:.2f} | "
-        f"{1000 * r['kid']['real_half_vs_real_half'][0]:.2f} ± {1000 * r['kid']['real_half_vs_real_half'][1]:.2f} |",
+        "| feature network | FID (yardstick: real half vs half) | FID, all synthetic vs all real | KID x 1000 (yardstick) "
+        "| precision | recall | density | coverage |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for net in networks:
+        ms, f, k = net["manifold_k5"], net["fid"], net["kid"]
+        flag = " (seen by the generator: flatters it)" if net["seen_by_generator"] else ""
+        lines.append(f"| {md_escape(net['network'])}{flag} | {f['synthetic_vs_real']:.2f} ({f['real_half_vs_real_half']:.2f}) "
+                     f"| {f.get('synthetic_all_vs_real_all', float('nan')):.2f} | {1000 * k['synthetic_vs_real'][0]:.2f} ± {1000 * k['synthetic_vs_real'][1]:.2f} "
+                     f"({1000 * k['real_half_vs_real_half'][0]:.2f} ± {1000 * k['real_half_vs_real_half'][1]:.2f}) "
+                     f"| {ms['precision']:.3f} | {ms['recall']:.3f} | {ms['density']:.3f} | {ms['coverage']:.3f} |")
+    lines += [
         "",
-        "Precision {precision:.3f}, recall {recall:.3f}, density {density:.3f}, coverage {coverage:.3f} (k = 5 nearest "
-        "neighbours, feature space).".format(**r["manifold_k5"]),
+        f"FID beside its yardstick with {networks[0]['fid']['n_each']} images a side (half the real images against the "
+        "other half, and as many synthetic ones against the first half); precision/recall (Kynkäänniemi et al. 2019) and "
+        "density/coverage (Naeem et al. 2020) with k = 5 nearest neighbours in each network's feature space.",
         "",
         f"Memorisation: near copies {100 * mem['near_copies_pixel']:.1f}% in pixel space, "
         f"{100 * mem['near_copies_feature']:.1f}% in feature space ({mem['near_copy_rule']}). "
         f"Median nearest-real distance, pixels: synthetic {mem['pixel_nn_quantiles_synthetic'][2]:.3f} vs real "
         f"{mem['pixel_nn_quantiles_real'][2]:.3f}; features: synthetic {mem['feature_nn_quantiles_synthetic'][2]:.3f} "
         f"vs real {mem['feature_nn_quantiles_real'][2]:.3f}.",
-    ]) + "\n"
+    ]
+    return "\n".join(lines) + "\n"

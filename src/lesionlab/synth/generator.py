@@ -1,11 +1,17 @@
-"""Train a generator on one class of the train pool, with checkpoints, sample grids and resume;
-sample from it into a folder that `prepare` reads like any other source.
+"""Train a generator on the train pool (one class, or both for a class-conditional one), with
+checkpoints, sample grids, a running FID estimate and resume; sample from it into a folder that
+`prepare` reads like any other source.
+
+Families (--kind): projected (default; a Projected GAN with a FastGAN generator, see projected.py:
+the one that learns enough in an hour of a 2-core CPU), gan and ddpm (kept for comparison, one
+class only; see nets.py).
 
 GEN_DIR/
-  spec.json        what is being trained (kind, size, data set and split hashes, steps)
+  spec.json        what is being trained (kind, classes, size, data set and split hashes, steps)
   checkpoint.pt    the latest state, written atomically every `checkpoint_every` steps
   samples/         a grid of the same 16 latent draws every `sample_every` steps
-  real_ids.csv     the real images it learned from (for the memorisation check)
+  progress.csv     step, minutes, losses and the FID estimate every `fid_every` steps
+  real_ids.csv     the real images it learned from, with their labels (for the memorisation check)
   generator.json   written last: the generator is complete
 """
 from __future__ import annotations
@@ -28,16 +34,21 @@ from ..data.splits import load_split
 from ..data.store import Store
 from ..errors import BadInputError, ExistsError, NotEnoughDataError
 from ..fileio import atomic_path, load_checkpoint, read_json, require_folder_or_absent, write_bytes, write_csv, write_json
-from .nets import KINDS, Z_DIM, Discriminator, Generator, diff_augment, make_schedulers, make_unet
+from . import quality
+from .nets import Z_DIM, Discriminator, Generator, diff_augment, make_schedulers, make_unet
 
 log = logging.getLogger(__name__)
 MIN_IMAGES = 16
+KINDS = ("projected", "gan", "ddpm")
+CLASS_NAMES = ("benign", "malignant")  # label 0, label 1
 
 
-def real_images(data_dir: str | Path, label: int, n_real: int | None = None, seed: int = 0) -> tuple[Store, np.ndarray]:
+def real_images(data_dir: str | Path, label: int, n_real: int | None = None, seed: int = 0,
+                only_ids: list[str] | None = None) -> tuple[Store, np.ndarray]:
     """Train-pool positions of one class: never a validation or test image, never a synthetic one.
     n_real: only the images a training draw of n_real images of this class takes with this seed
-    (the same ones `train --n-malignant n_real --seed seed` uses)."""
+    (the same ones `train --n-malignant n_real --seed seed` uses). only_ids: only these pool images
+    (e.g. the training part of a cv fold); an id outside the train pool is refused."""
     store = Store.open(data_dir)
     split = load_split(store)
     table = store.table
@@ -46,6 +57,12 @@ def real_images(data_dir: str | Path, label: int, n_real: int | None = None, see
     keep = pool[table["label"].to_numpy()[pool] == label]
     if "synthetic" in table:
         keep = keep[table["synthetic"].to_numpy()[keep].astype(str) != "1"]
+    if only_ids is not None:
+        outside = sorted(set(only_ids) - set(table["id"].to_numpy()[pool]))
+        if outside:
+            raise BadInputError(f"{data_dir}: {len(outside)} of the ids to learn from are not in the split's train pool "
+                                f"(e.g. {outside[0]})")
+        keep = keep[np.isin(table["id"].to_numpy()[keep], list(only_ids))]
     leaked = set(table["id"].to_numpy()[keep]) & held_out
     if leaked:  # cannot happen with a verified split; checked because a leak here is silent
         raise BadInputError(f"{data_dir}: {len(leaked)} evaluation image(s) in the generator's training set")
@@ -115,7 +132,7 @@ class _Trainer:
 
         self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(0.999), use_buffers=True)
 
-    def step(self, real: torch.Tensor) -> dict[str, float]:
+    def step(self, real: torch.Tensor, c: torch.Tensor | None = None) -> dict[str, float]:
         n = real.shape[0]
         if self.kind == "gan":
             z = torch.randn(n, Z_DIM)
@@ -141,7 +158,7 @@ class _Trainer:
         return {"loss": loss.item()}
 
     @torch.no_grad()
-    def generate(self, z: torch.Tensor) -> torch.Tensor:
+    def generate(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """Images in [-1, 1] from latents z (GAN: (n, Z_DIM); DDPM: the initial noise (n, 3, s, s))."""
         model = self.ema.module
         model.eval()
@@ -159,7 +176,7 @@ class _Trainer:
             state.update({"d": self.d.state_dict(), "opt_d": self.opt_d.state_dict()})
         return state
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, for_training: bool = False) -> None:
         self.net.load_state_dict(state["net"])
         self.ema.load_state_dict(state["ema"])
         self.opt_g.load_state_dict(state["opt_g"])
@@ -170,32 +187,94 @@ class _Trainer:
 
 def latents(kind: str, n: int, size: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
+    if kind == "projected":
+        from .projected import Z_DIM as PZ
+
+        return torch.randn(n, PZ, generator=g)
     return torch.randn(n, Z_DIM, generator=g) if kind == "gan" else torch.randn(n, 3, size, size, generator=g)
 
 
-def train_generator(data_dir: str | Path, out: str | Path, kind: str = "gan", label: str = "malignant",
+def make_trainer(spec: dict, pretrained: bool = True):
+    if spec["kind"] == "projected":
+        from .projected import ProjectedTrainer
+
+        return ProjectedTrainer(spec["size"], len(spec["classes"]), spec["lr"], spec["d_res"], pretrained)
+    return _Trainer(spec["kind"], spec["size"], spec["lr"], spec.get("sample_steps", 50))
+
+
+def class_index(info: dict, label: str, gen_dir: str | Path) -> int:
+    """The generator's class index of `label`; refused when it never learned that class."""
+    classes = info.get("classes", [info["label"]])
+    if label not in classes:
+        raise BadInputError(f"{gen_dir}: was trained on {' and '.join(classes)} images only; it cannot sample "
+                            f"'{label}' (train a generator with --classes both for that)")
+    return classes.index(label)
+
+
+def generate_batch(trainer, info: dict, n: int, seed: int, label: str = "malignant", gen_dir: str | Path = "") -> np.ndarray:
+    """n uint8 images of one class, the same for the same seed: latents and every other random draw
+    of the generator (noise injection) come from that seed."""
+    z = latents(info["kind"], n, info["size"], seed)
+    c = torch.full((n,), class_index(info, label, gen_dir), dtype=torch.long)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return to_uint8(trainer.generate(z, c))
+
+
+def _diff(old: dict, new: dict) -> str:
+    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return "; ".join(f"{k} {old.get(k)!r} (asked {new.get(k)!r})" for k in keys)
+
+
+def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projected", label: str = "malignant",
                     size: int = 64, steps: int = 2000, batch_size: int = 32, lr: float | None = None, seed: int = 0,
                     sample_every: int = 500, checkpoint_every: int = 250, time_budget: float | None = None,
                     progress: Callable[[int, int, dict], None] | None = None, n_real: int | None = None,
-                    draw_seed: int = 0, sample_steps: int = 50) -> dict:
+                    draw_seed: int = 0, sample_steps: int = 50, classes: str | None = None, d_res: int = 96,
+                    fid_every: int = 500, fid_features: str = "random", fid_n: int = 500,
+                    only_ids: list[str] | None = None, pretrained: bool = True) -> dict:
     """Train (or resume) a generator; returns generator.json's content. `time_budget` (seconds)
-    stops early at a checkpoint when the budget is spent, recording how far it got."""
+    stops early at a checkpoint when the budget is spent, recording how far it got.
+
+    classes: "both" (class-conditional on the whole train pool; projected only) or "one" (only
+    `label`'s images); default both for projected, one for the others. only_ids: learn only from
+    these train-pool images (e.g. a cv fold's training part). fid_every: steps between FID
+    estimates on a fixed subset (0: none), measured with `fid_features` (a --features value)."""
     if kind not in KINDS:
         raise BadInputError(f"--kind must be one of {', '.join(KINDS)}, got '{kind}'")
-    if label not in ("malignant", "benign"):
+    if label not in CLASS_NAMES:
         raise BadInputError(f"--label must be malignant or benign, got '{label}'")
     if size not in (32, 64, 128):
         raise BadInputError(f"--size must be 32, 64 or 128, got {size}")
     if steps < 1:
         raise BadInputError(f"--steps must be at least 1, got {steps}")
+    classes = classes or ("both" if kind == "projected" else "one")
+    if classes not in ("both", "one"):
+        raise BadInputError(f"--classes must be both or one, got '{classes}'")
+    if classes == "both" and kind != "projected":
+        raise BadInputError(f"--classes both: only --kind projected is class-conditional; {kind} learns one class")
+    if kind == "projected" and not 32 <= d_res <= 256:
+        raise BadInputError(f"--d-res must be between 32 and 256 pixels, got {d_res}")
+    names = list(CLASS_NAMES) if classes == "both" else [label]
     out = Path(out)
     require_folder_or_absent(out)
-    store, positions = real_images(data_dir, 1 if label == "malignant" else 0, n_real, draw_seed)
+    parts = [real_images(data_dir, CLASS_NAMES.index(name), n_real if name == label else None, draw_seed, only_ids)
+             for name in names]
+    store = parts[0][0]
     split = load_split(store)
-    spec = {"kind": kind, "label": label, "size": size, "batch_size": batch_size, "lr": lr or (2e-4 if kind == "gan" else 3e-4),
-            "seed": seed, "n_real_asked": n_real, "draw_seed": draw_seed, "sample_steps": sample_steps,
-            "data": str(Path(data_dir).resolve()), "store_hash": store.content_hash,
-            "split_sha256": split.sha256, "n_real": int(len(positions))}
+    spec = {"kind": kind, "label": label, "classes": names, "size": size, "batch_size": batch_size,
+            "lr": lr or (2e-4 if kind in ("gan", "projected") else 3e-4), "seed": seed, "n_real_asked": n_real,
+            "draw_seed": draw_seed, "sample_steps": sample_steps, "data": str(Path(data_dir).resolve()),
+            "store_hash": store.content_hash, "split_sha256": split.sha256,
+            "n_real": int(len(parts[names.index(label)][1]) if label in names else 0),
+            "n_real_per_class": {name: int(len(p)) for name, (_, p) in zip(names, parts)},
+            "only_ids_sha256": hashlib.sha256("\n".join(sorted(only_ids)).encode()).hexdigest() if only_ids else None}
+    if kind == "projected":
+        from ..models.weights import LITE0
+
+        spec.update({"d_res": d_res, "feature_network": f"{LITE0.model}, ImageNet weights of {LITE0.distribution} "
+                     f"(sha256 {LITE0.sha256[:12]}), frozen" if pretrained
+                     else f"{LITE0.model}, random init, frozen (tests only)"})
     done_file = out / "generator.json"
     if done_file.exists():
         info = read_json(done_file)
@@ -205,59 +284,102 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "gan", la
     if (out / "spec.json").exists():
         old = read_json(out / "spec.json")
         if old != spec:
-            raise ExistsError(f"{out}: holds a generator of another kind, data or settings; choose another --out")
+            raise ExistsError(f"{out}: holds a generator of another kind, data or settings ({_diff(old, spec)}); "
+                              "choose another --out")
     elif out.exists() and any(out.iterdir()):
         raise ExistsError(f"{out}: exists and is not a generator folder; choose a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "spec.json", spec)
-    ids = store.table["id"].to_numpy()[positions]
-    write_csv(out / "real_ids.csv", pd.DataFrame({"id": ids}))
+    positions = np.concatenate([p for _, p in parts])
+    class_of = np.concatenate([np.full(len(p), i) for i, (_, p) in enumerate(parts)])
+    write_csv(out / "real_ids.csv", pd.DataFrame({"id": store.table["id"].to_numpy()[positions],
+                                                  "label": store.table["label"].to_numpy()[positions]}))
 
     torch.manual_seed(seed)
-    trainer = _Trainer(kind, size, spec["lr"], sample_steps)
-    real = _as_float(store.pixels(positions), size)
+    trainer = make_trainer(spec, pretrained)
+    real = torch.from_numpy(quality.resize(store.pixels(positions), size))  # uint8 NHWC at the generator's size
+    by_class = [torch.from_numpy(np.flatnonzero(class_of == i)) for i in range(len(names))]
     g = torch.Generator().manual_seed(seed)
     step, seconds = 0, 0.0
+    history: list[dict] = []
     if (out / "checkpoint.pt").exists():
         state = _read_checkpoint(out / "checkpoint.pt")
-        trainer.load_state_dict(state["trainer"])
+        trainer.load_state_dict(state["trainer"], for_training=True)
         step, seconds = int(state["step"]), float(state["seconds"])
         g.set_state(state["rng"])
         torch.set_rng_state(state["torch_rng"])
+        if (out / "progress.csv").exists():
+            history = [r for r in pd.read_csv(out / "progress.csv").to_dict("records") if r["step"] <= step]
         log.info("resumed at step %d", step)
     fixed = latents(kind, 16, size, seed + 1)
+    fixed_c = torch.arange(16) % len(names)  # the grid shows every class it learns, in turn
     (out / "samples").mkdir(exist_ok=True)
+    fid = _FidEstimate(fid_features, real[by_class[names.index(label)]] if label in names else real, fid_n, seed) \
+        if fid_every else None
 
     def checkpoint() -> None:
         # tensors and plain values only (RNG states are uint8 tensors): it loads with weights_only=True
         with atomic_path(out / "checkpoint.pt") as tmp:
             torch.save({"step": int(step), "seconds": float(seconds), "trainer": trainer.state_dict(),
                         "rng": g.get_state(), "torch_rng": torch.get_rng_state()}, tmp)
+        if history:
+            write_csv(out / "progress.csv", pd.DataFrame(history))
 
     stopped_by_budget = False
     start = time.perf_counter() - seconds
     while step < steps:
-        idx = torch.randint(0, len(real), (batch_size,), generator=g)
-        losses = trainer.step(_symmetries(real[idx], g))
+        # class-balanced batches: the rare class is seen as often as the common one
+        c = torch.randint(0, len(names), (batch_size,), generator=g)
+        idx = torch.stack([by_class[k][torch.randint(0, len(by_class[k]), (1,), generator=g)][0] for k in c.tolist()])
+        batch = _symmetries(_as_float(real[idx].numpy(), size), g)
+        losses = trainer.step(batch, c)
         step += 1
         seconds = time.perf_counter() - start
+        if fid and (step % fid_every == 0 or step == steps):
+            measured = time.perf_counter()
+            images = generate_batch(trainer, spec, fid.n, 10_000 + seed, label if label in names else names[0], out)
+            losses = {**losses, "fid": fid(images)}
+            history.append({"step": step, "minutes": round(seconds / 60, 2), **{k: round(v, 4) for k, v in losses.items()}})
+            start += time.perf_counter() - measured  # the estimate's own time is not training time
         if progress:
             progress(step, steps, losses)
         if step % sample_every == 0 or step == steps:
-            write_bytes(out / "samples" / f"step-{step:06d}.png", grid_png(to_uint8(trainer.generate(fixed)), 8))
+            with torch.random.fork_rng(devices=[]):  # the grid leaves the training's random stream as it was
+                torch.manual_seed(seed + 1)
+                grid = to_uint8(trainer.generate(fixed, fixed_c))
+            write_bytes(out / "samples" / f"step-{step:06d}.png", grid_png(grid, 8))
         if step % checkpoint_every == 0 or step == steps:
             checkpoint()
         if time_budget and seconds > time_budget and step % checkpoint_every == 0:
             stopped_by_budget = True
             break
     checkpoint()
-    real_grid = to_uint8(real[torch.randperm(len(real), generator=g)[:16]])
+    real_grid = real[torch.randperm(len(real), generator=g)[:16]].numpy()
     write_bytes(out / "samples" / "real.png", grid_png(real_grid, 8))
     info = {**spec, "steps": step, "steps_asked": steps, "stopped_by_time_budget": stopped_by_budget,
             "train_seconds": round(seconds, 1), "lesionlab_version": __version__,
+            "fid_estimate": ({"features": fid.name, "n": fid.n, "last": history[-1]["fid"] if history else None}
+                             if fid else None),
             "generator_id": f"{kind}-{hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]}-s{step}"}
     write_json(done_file, info)
     return info
+
+
+class _FidEstimate:
+    """A cheap FID during training: `n` images of the class against a fixed subset of as many real
+    ones (drawn once with the run's seed), in a feature space the generator never trains against."""
+
+    def __init__(self, features: str, real: torch.Tensor, n: int, seed: int):
+        from .features import feature_network
+
+        self.net = feature_network(features)
+        self.name = self.net.name
+        pick = np.sort(np.random.default_rng(seed).choice(len(real), size=min(n, len(real)), replace=False))
+        self.n = len(pick)
+        self.real = self.net(real[torch.from_numpy(pick)].numpy())
+
+    def __call__(self, images: np.ndarray) -> float:
+        return round(quality.fid(self.net(images), self.real), 3)
 
 
 def load_generator(gen_dir: str | Path) -> tuple[_Trainer, dict]:
@@ -265,7 +387,7 @@ def load_generator(gen_dir: str | Path) -> tuple[_Trainer, dict]:
     if not (gen_dir / "generator.json").exists():
         raise BadInputError(f"{gen_dir}: not a trained generator (no generator.json); train one with `lesionlab synth train`")
     info = read_json(gen_dir / "generator.json")
-    trainer = _Trainer(info["kind"], info["size"], info["lr"], info.get("sample_steps", 50))
+    trainer = make_trainer(info)
     trainer.load_state_dict(_read_checkpoint(gen_dir / "checkpoint.pt")["trainer"])
     return trainer, info
 

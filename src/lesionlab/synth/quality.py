@@ -7,35 +7,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..engine.runtime import resolve_runtime
-
-
-class Features:
-    """Penultimate-layer features of a trained lesionlab classifier (the input of its last Linear)."""
-
-    def __init__(self, run_dir):
-        from ..runs import ModelPredictor, load_predictor
-
-        self.run = load_predictor(run_dir, device="cpu")
-        if not isinstance(self.run, ModelPredictor):
-            from ..errors import BadInputError
-
-            raise BadInputError(f"--features {run_dir}: needs a train run folder (one network), not an ensemble")
-        self.name = f"{run_dir} ({type(self.run.model).__name__}, penultimate layer)"
-        last = [m for m in self.run.model.modules() if isinstance(m, torch.nn.Linear)][-1]
-        self._captured = None
-        last.register_forward_hook(lambda mod, inp, out: setattr(self, "_captured", inp[0].detach()))
-        self.rt = resolve_runtime("cpu", "32", "true" if self.run.runtime.channels_last else "false")
-
-    @torch.no_grad()
-    def __call__(self, images: np.ndarray, batch: int = 128) -> np.ndarray:
-        out = []
-        for start in range(0, len(images), batch):
-            x = torch.from_numpy(resize(images[start:start + batch], self.run.size))
-            self.run.model(self.run.preprocessing.to_input(x, self.rt))
-            out.append(self._captured.float().reshape(len(x), -1).numpy())
-        return np.concatenate(out).astype(np.float64)
-
 
 def resize(images: np.ndarray, size: int) -> np.ndarray:
     """uint8 NHWC to size x size (area when shrinking, bilinear when enlarging)."""

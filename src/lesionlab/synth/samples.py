@@ -15,12 +15,11 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..data.images import IMAGE_SUFFIXES, DecodeError, decode_resize
 from ..errors import BadInputError, ExistsError, preview
 from ..fileio import require_folder_or_absent, write_bytes, write_csv, write_json
-from .generator import latents, load_generator, to_uint8
+from .generator import CLASS_NAMES, class_index, generate_batch, load_generator
 
 
 def _fresh(out: Path) -> None:
@@ -39,29 +38,32 @@ def _png(image: np.ndarray) -> bytes:
 
 
 def sample(gen_dir: str | Path, n: int, out: str | Path, seed: int = 0, batch: int = 64,
-           progress: Callable[[int, int], None] | None = None) -> Path:
+           progress: Callable[[int, int], None] | None = None, label: str = "malignant") -> Path:
+    """n images of class `label` (one the generator learned); the same seed gives the same images."""
     if n < 1:
         raise BadInputError(f"--n must be at least 1, got {n}")
+    if label not in CLASS_NAMES:
+        raise BadInputError(f"--label must be malignant or benign, got '{label}'")
     out = Path(out)
     trainer, info = load_generator(gen_dir)
+    class_index(info, label, gen_dir)  # refused before anything is written
     _fresh(out)
-    label = 1 if info["label"] == "malignant" else 0
+    y = CLASS_NAMES.index(label)
     rows = []
-    torch.manual_seed(seed)
     for start in range(0, n, batch):
         k = min(batch, n - start)
-        z = latents(info["kind"], k, info["size"], seed * 1_000_003 + start)
-        for i, image in enumerate(to_uint8(trainer.generate(z))):
-            name = f"{info['generator_id']}_seed{seed}_{start + i:06d}"
+        for i, image in enumerate(generate_batch(trainer, info, k, seed * 1_000_003 + start, label, gen_dir)):
+            name = f"{info['generator_id']}{'' if y else '_benign'}_seed{seed}_{start + i:06d}"
             write_bytes(out / "images" / f"{name}.png", _png(image))
-            rows.append({"path": f"images/{name}.png", "label": label, "id": f"syn_{name}", "synthetic": 1,
+            rows.append({"path": f"images/{name}.png", "label": y, "id": f"syn_{name}", "synthetic": 1,
                          "generator": info["generator_id"], "generator_step": info["steps"], "source_id": ""})
         if progress:
             progress(start + k, n)
     write_csv(out / "manifest.csv", pd.DataFrame(rows))
     write_json(out / "synthetic.json", {"generator": info["generator_id"], "generator_dir": str(Path(gen_dir).resolve()),
                                         "kind": info["kind"], "steps": info["steps"], "seed": seed, "n": n,
-                                        "label": info["label"], "size": info["size"]})
+                                        "label": label, "size": info["size"],
+                                        "classes": info.get("classes", [info["label"]])})
     return out
 
 

@@ -1,0 +1,190 @@
+"""The projected generator (Projected GAN + FastGAN): training, resume, seeded sampling, the frozen
+feature network, DiffAugment on both sides, and the bad inputs around it; synth check on two copies
+of one set. Tiny images (32 px) and a few steps; the feature network is randomly initialised here
+(pretrained=False): these tests check the machinery, not ImageNet weights."""
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from conftest import cli
+from lesionlab.data.splits import load_split
+from lesionlab.data.store import Store
+from lesionlab.errors import BadInputError, ExistsError
+from lesionlab.synth import projected
+from lesionlab.synth.generator import load_generator, train_generator
+from lesionlab.synth.samples import sample
+
+TINY = dict(kind="projected", size=32, batch_size=8, d_res=32, fid_every=0, sample_every=100, pretrained=False)
+
+
+@pytest.fixture(scope="module")
+def projected_gen(small_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("proj") / "g"
+    train_generator(small_data, out, steps=3, checkpoint_every=3, **TINY)
+    return out
+
+
+def test_projected_trains_on_both_classes_of_the_pool_only(projected_gen, small_data):
+    info = json.loads((projected_gen / "generator.json").read_text())
+    assert info["kind"] == "projected" and info["classes"] == ["benign", "malignant"] and info["steps"] == 3
+    store = Store.open(small_data)
+    split = load_split(store)
+    used = pd.read_csv(projected_gen / "real_ids.csv", dtype=str)
+    assert not set(used["id"]) & (set(split.ids("val")) | set(split.ids("test")))
+    assert set(used["label"]) == {"0", "1"}
+    assert info["n_real_per_class"] == {"benign": int((used["label"] == "0").sum()),
+                                        "malignant": int((used["label"] == "1").sum())}
+
+
+def test_interrupted_projected_training_resumes_where_it_stopped(small_data, tmp_path):
+    """Stopped after 2 steps and resumed to 4, it ends exactly where 4 uninterrupted steps end."""
+    first = train_generator(small_data, tmp_path / "a", steps=4, checkpoint_every=2, time_budget=1e-9, **TINY)
+    assert first["stopped_by_time_budget"] and first["steps"] == 2
+    resumed = train_generator(small_data, tmp_path / "a", steps=4, checkpoint_every=2, **TINY)
+    assert resumed["steps"] == 4 and not resumed["stopped_by_time_budget"]
+    train_generator(small_data, tmp_path / "b", steps=4, checkpoint_every=2, **TINY)
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["trainer"]
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["trainer"]
+    for part in ("ema", "d"):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+
+
+def test_sampling_is_deterministic_by_seed(projected_gen, tmp_path):
+    def images(folder):
+        return np.stack([np.asarray(Image.open(p)) for p in sorted((folder / "images").iterdir())])
+
+    sample(projected_gen, 6, tmp_path / "s0", seed=0, batch=4)
+    sample(projected_gen, 6, tmp_path / "s0again", seed=0, batch=4)
+    sample(projected_gen, 6, tmp_path / "s1", seed=1, batch=4)
+    assert np.array_equal(images(tmp_path / "s0"), images(tmp_path / "s0again"))
+    assert not np.array_equal(images(tmp_path / "s0"), images(tmp_path / "s1"))
+    cli("synth", "sample", projected_gen, "--n", "3", "--out", tmp_path / "ben", "--label", "benign")
+    assert (pd.read_csv(tmp_path / "ben" / "manifest.csv")["label"] == 0).all()
+
+
+def test_feature_network_is_frozen_and_only_the_heads_learn():
+    torch.manual_seed(0)
+    trainer = projected.ProjectedTrainer(32, 2, 2e-4, 32, pretrained=False)
+    real, c = torch.rand(8, 3, 32, 32) * 2 - 1, torch.randint(0, 2, (8,))
+    trainer.step(real, c)  # builds the discriminator
+    before = {k: v.clone() for k, v in trainer.d.state_dict().items()}
+    trainer.step(real, c)
+    after = trainer.d.state_dict()
+    features = [k for k in before if k.startswith("features.")]
+    heads = [k for k in before if k.startswith("heads.") and k.endswith("weight_orig")]
+    assert features and heads
+    assert all(torch.equal(before[k], after[k]) for k in features)  # weights and BatchNorm statistics alike
+    assert any(not torch.equal(before[k], after[k]) for k in heads)
+    assert not any(p.requires_grad for p in trainer.d.features.parameters())
+    assert not trainer.d.features.training  # eval mode even while the discriminator trains
+
+
+def test_diffaugment_sees_real_and_generated_batches(monkeypatch):
+    torch.manual_seed(0)
+    trainer = projected.ProjectedTrainer(32, 2, 2e-4, 32, pretrained=False)
+    seen = []
+    monkeypatch.setattr(projected, "augment", lambda x: seen.append(x.detach().clone()) or projected.diff_augment(x))
+    generated = []
+    trainer.g.register_forward_hook(lambda mod, inp, out: generated.append(out.detach().clone()))
+    real, c = torch.rand(8, 3, 32, 32) * 2 - 1, torch.randint(0, 2, (8,))
+    trainer.step(real, c)
+    assert len(generated) == 1 and len(seen) == 3  # D on real, D on generated, G through D
+    assert sum(torch.equal(x, real) for x in seen) == 1
+    assert sum(torch.equal(x, generated[0]) for x in seen) == 2
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    assert not torch.equal(projected.augment(x), x)
+
+
+def test_generator_folder_of_another_size_or_class_set_is_refused(projected_gen, small_data, tmp_path):
+    import shutil
+
+    gen = tmp_path / "g"
+    shutil.copytree(projected_gen, gen)
+    with pytest.raises(ExistsError, match=r"size 32 \(asked 64\)"):
+        train_generator(small_data, gen, steps=5, **{**TINY, "size": 64})
+    with pytest.raises(ExistsError, match=r"classes \['benign', 'malignant'\] \(asked \['malignant'\]\)"):
+        train_generator(small_data, gen, steps=5, classes="one", **TINY)
+
+
+def test_sampling_a_class_the_generator_never_learned_is_refused(small_data, tmp_path):
+    train_generator(small_data, tmp_path / "mal", steps=1, classes="one", **TINY)
+    r = cli("synth", "sample", tmp_path / "mal", "--n", "2", "--out", tmp_path / "s", "--label", "benign", ok=False)
+    assert r.exit_code == 2 and "trained on malignant images only; it cannot sample 'benign'" in r.output
+    assert not (tmp_path / "s").exists()
+    with pytest.raises(BadInputError, match="only --kind projected is class-conditional"):
+        train_generator(small_data, tmp_path / "gan", kind="gan", size=32, steps=1, classes="both")
+
+
+def test_check_against_a_data_set_of_another_size_is_refused(small_data, tmp_path):
+    train_generator(small_data, tmp_path / "g64", steps=1, **{**TINY, "size": 64})
+    r = cli("synth", "check", tmp_path / "g64", "--data", small_data, "--features", "random", "--n", "8", ok=False)
+    assert r.exit_code == 2 and "prepared at 32 px, smaller than the 64 px synthetic images" in r.output
+
+
+def test_check_of_two_copies_of_one_set(small_data, tmp_path):
+    """The real malignant pool images, imported as a synthetic folder: FID about 0, recall and
+    coverage 1, in each feature network; the output names each network."""
+    from lesionlab.synth.generator import real_images
+
+    store, pos = real_images(small_data, 1)
+    folder = tmp_path / "copies"
+    folder.mkdir()
+    for k, im in enumerate(store.pixels(pos)):
+        Image.fromarray(im).save(folder / f"{k:04d}.png")
+    cli("synth", "import", folder, "--out", tmp_path / "syn")
+    r = cli("synth", "check", tmp_path / "syn", "--data", small_data, "--features", "random", "--features", "random",
+            "--n", str(len(pos)), "--out", tmp_path / "chk")
+    result = json.loads((tmp_path / "chk" / "check.json").read_text())
+    assert result["synthetic"]["n"] == result["real"]["n"] == len(pos)
+    for net in result["feature_networks"]:
+        assert net["fid"]["synthetic_all_vs_real_all"] == pytest.approx(0, abs=1e-6)
+        assert net["manifold_k5"]["recall"] == 1.0 and net["manifold_k5"]["coverage"] == 1.0
+        assert net["manifold_k5"]["precision"] == 1.0 and "VGG-11, random init" in net["network"]
+    assert result["independent_networks"] == 2 and "never saw" in r.output
+    assert result["memorisation"]["near_copies_pixel"] == 1.0  # every image is a copy of a real one
+
+
+def test_leak_guard_catches_smooth_copies_of_evaluation_images(small_data, tmp_path):
+    """Copies a generator might make of validation images: smooth (a quarter of the side, enlarged
+    again), colour-shifted, with noise. Neither the same bytes nor ids; the texture signature alone
+    lets several through, the shape signature stops them all, and training refuses them by name."""
+    from lesionlab.data.leak_guard import NEAR_COPY, find_copies, signatures
+    from lesionlab.data.sources import read_source
+    from lesionlab.data.splits import make_split, save_split, split_path
+    from lesionlab.data.store import prepare
+
+    data = tmp_path / "data64"  # the guard's thresholds were measured at 64 px and more
+    prepare(read_source(small_data.parent / "raw" / "manifest.csv"), data, size=64, workers=1)
+    store = Store.open(data)
+    save_split(make_split(store, (10, 40), (10, 40), seed=0), split_path(data))
+    split = load_split(store)
+    val_ids = split.ids("val")[:8]
+    originals = np.stack([store.pixels(np.flatnonzero(store.table["id"] == v))[0] for v in val_ids])
+    rng = np.random.default_rng(0)
+    raw = tmp_path / "raw"
+    (raw / "images").mkdir(parents=True)
+    copies = []
+    for k, im in enumerate(originals):
+        smooth = Image.fromarray(im).resize((16, 16), Image.BOX).resize((64, 64), Image.BICUBIC)
+        copy = (np.asarray(smooth) * [1.04, 0.98, 1.0] + 4 + rng.normal(0, 3, im.shape)).clip(0, 255).astype(np.uint8)
+        Image.fromarray(copy).save(raw / "images" / f"c{k}.png")
+        copies.append(copy)
+    copies = np.stack(copies)
+    texture = (signatures(copies) * signatures(originals)).sum(1)
+    assert (texture < NEAR_COPY).sum() >= 3  # what the texture signature alone would miss
+    hits = find_copies(copies, originals)
+    assert sorted(i for i, _, _ in hits) == list(range(8)) and all(i == j for i, j, _ in hits)
+    pd.DataFrame([{"path": f"images/c{k}.png", "label": 1, "id": f"gen{k}", "synthetic": 1}
+                  for k in range(8)]).to_csv(raw / "manifest.csv", index=False)
+    cli("prepare", raw, "--out", tmp_path / "near", "--size", "64")
+    r = cli("train", "--data", data, "--out", tmp_path / "r", "--epochs", "1", "--n-malignant", "20",
+            "--synthetic", tmp_path / "near", ok=False)
+    assert r.exit_code == 2 and "8 synthetic image(s) are copies of validation or test images" in r.output
+    assert f"gen0 ~ {val_ids[0]}" in r.output and not (tmp_path / "r").exists()
