@@ -15,6 +15,8 @@ Each fold trains as `train` does with the same config, on the other folds only: 
 and an inner validation part (checkpoint, early stop, threshold) both come from them. The inner
 part is drawn as `split` draws its validation set, in whole groups with the split's validation
 counts, so a fold chooses its checkpoint and threshold on a set like the one `train` uses.
+Synthetic images join each fold's training draw only; `{fold}` in synthetic.data gives each fold its
+own set (fold_config).
 Folds are trained through the sweep's machinery: finished folds are skipped, an interrupted one
 restarts from scratch, and several workers or job-array tasks can share one CV_DIR.
 """
@@ -148,6 +150,17 @@ def prepare_cv(cfg: ExperimentConfig, out: str | os.PathLike, k: int = 5, repeat
     return CvPlan(out, cfg, folds, doc, plans)
 
 
+def fold_config(cfg: ExperimentConfig, plan: Plan) -> ExperimentConfig:
+    """The config a fold trains with: `{fold}` in synthetic.data names that fold's own synthetic images
+    (made without its held-out images, e.g. by a generator trained on the fold's training part only:
+    one trained on the whole pool has seen every held-out image)."""
+    if not (cfg.synthetic and "{fold}" in cfg.synthetic.data):
+        return cfg
+    name = fold_name(plan.info["repeat"], plan.info["fold"], plan.info["repeats"])
+    return cfg.model_copy(update={"synthetic": cfg.synthetic.model_copy(
+        update={"data": cfg.synthetic.data.replace("{fold}", name)})})
+
+
 def run_cv(cfg: ExperimentConfig, out: str | os.PathLike, k: int = 5, repeats: int = 1, fold_seed: int | None = None,
            on_epoch: Callable[[dict], None] | None = None, echo: Callable[[str], None] = print, task_index: int = 0,
            task_count: int = 1, claim: bool = False, finish: bool = True) -> dict:
@@ -161,7 +174,8 @@ def run_cv(cfg: ExperimentConfig, out: str | os.PathLike, k: int = 5, repeats: i
         echo(f"{cv.out}: complete, nothing to do")
         return _result(cv.out)
     planned = [PlannedRun(folder, cv.cfg) for folder in cv.plans]
-    result = run_sweep(planned, lambda c, folder: train_run(c, folder, on_epoch, plan=cv.plans[folder]), echo,
+    result = run_sweep(planned, lambda c, folder: train_run(fold_config(c, cv.plans[folder]), folder, on_epoch,
+                                                            plan=cv.plans[folder]), echo,
                        task_index, task_count, claim)
     if result["failed"]:
         detail = "; ".join(f"{f.name}: {e}" for f, e in result["failed"])
