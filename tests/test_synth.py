@@ -25,7 +25,7 @@ SMALL = ["--epochs", "1", "--batch-size", "16", "--n-malignant", "20", "--bootst
 @pytest.fixture(scope="module")
 def generator(small_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("gen") / "g"
-    cli("synth", "train", small_data, "--out", out, "--size", "32", "--steps", "6", "--sample-every", "3",
+    cli("synth", "train", small_data, "--out", out, "--kind", "gan", "--size", "32", "--steps", "6", "--sample-every", "3",
         "--checkpoint-every", "3")
     return out
 
@@ -45,16 +45,16 @@ def test_generator_learns_only_from_the_train_pool(generator, small_data):
 
 def test_interrupted_training_resumes(small_data, tmp_path):
     out = tmp_path / "g"
-    first = train_generator(small_data, out, size=32, steps=8, checkpoint_every=2, time_budget=1e-9)
+    first = train_generator(small_data, out, kind="gan", size=32, steps=8, checkpoint_every=2, time_budget=1e-9)
     assert first["stopped_by_time_budget"] and first["steps"] == 2
     state = torch.load(out / "checkpoint.pt", weights_only=True)  # tensors and plain values only
     assert state["step"] == 2
-    second = train_generator(small_data, out, size=32, steps=5, checkpoint_every=2)
+    second = train_generator(small_data, out, kind="gan", size=32, steps=5, checkpoint_every=2)
     assert second["steps"] == 5 and not second["stopped_by_time_budget"]
     with pytest.raises(ExistsError, match="already holds a generator trained for 5 steps"):
-        train_generator(small_data, out, size=32, steps=5)
+        train_generator(small_data, out, kind="gan", size=32, steps=5)
     with pytest.raises(ExistsError, match="another kind"):
-        train_generator(small_data, out, size=64, steps=9)
+        train_generator(small_data, out, kind="gan", size=64, steps=9)
 
 
 @pytest.mark.parametrize("command", ["sample", "check", "train"])
@@ -68,7 +68,7 @@ def test_generator_checkpoint_that_would_run_code_is_refused(generator, small_da
     plant_hostile_checkpoint(gen / "checkpoint.pt", marker)
     args = {"sample": ["sample", gen, "--n", "2", "--out", tmp_path / "s"],
             "check": ["check", gen, "--data", small_data, "--features", tmp_path / "no-run"],
-            "train": ["train", small_data, "--out", gen, "--size", "32", "--steps", "9"]}[command]
+            "train": ["train", small_data, "--out", gen, "--kind", "gan", "--size", "32", "--steps", "9"]}[command]
     r = cli("synth", *args, ok=False)
     assert r.exit_code == 2 and "checkpoint.pt: holds Python objects that lesionlab does not load" in r.output, r.output
     assert "may be unsafe" in r.output and not marker.exists()

@@ -78,8 +78,8 @@ def check(source: str | Path, data_dir: str | Path, features_run, out: str | Pat
         raise BadInputError("--features: give at least one feature network (a train run folder, or random)")
     if label is not None and label not in CLASS_NAMES:
         raise BadInputError(f"--label must be malignant or benign, got '{label}'")
-    nets = [feature_network(s) for s in specs]  # a bad --features fails before any sampling
     syn, meta = _synthetic_images(source, n, seed, label, Store.open(data_dir).size)
+    nets = [feature_network(s) for s in specs]
     store, positions = real_images(data_dir, CLASS_NAMES.index(meta["label"]))
     if store.size < meta["size"]:
         raise BadInputError(f"--data {data_dir}: prepared at {store.size} px, smaller than the {meta['size']} px synthetic "

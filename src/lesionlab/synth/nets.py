@@ -1,4 +1,5 @@
-"""Generator families, each a few hundred real images' worth of capacity.
+"""The first generator families, kept for comparison (the default, `projected`, is in projected.py);
+each a few hundred real images' worth of capacity.
 
 gan:  a DCGAN-style generator and a spectral-norm discriminator trained with hinge loss and
       DiffAugment (Zhao et al. 2020: the same differentiable augmentation on real and fake images,
@@ -14,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import spectral_norm
 
-KINDS = ("gan", "ddpm")
 Z_DIM = 128
 
 

@@ -208,7 +208,8 @@ class FeatureProjector(nn.Module):
 
 
 def _d_channels(res: int) -> int:
-    return {4: 256, 8: 256, 16: 128, 32: 64, 64: 64}[max(4, 2 ** round(math.log2(res)))]
+    """Head widths by map side: half the paper's, since the heads are most of a CPU step's work."""
+    return {4: 128, 8: 128, 16: 64, 32: 64, 64: 64}[min(64, max(4, 2 ** round(math.log2(res))))]
 
 
 class ScaleHead(nn.Module):
@@ -322,10 +323,15 @@ class ProjectedTrainer:
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
+        heads = [p for p in self.d.parameters() if p.requires_grad]
+        for p in heads:  # the generator's step needs gradients through the heads, not of their weights
+            p.requires_grad_(False)
         loss_g = -self.d(fake, c).mean()
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
+        for p in heads:
+            p.requires_grad_(True)
         self.images_seen += n
         self._update_ema(n)
         return {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
