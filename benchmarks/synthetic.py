@@ -157,6 +157,9 @@ def main() -> None:
     store = Store.open(data)
     ids = store.table["id"].astype(str).to_numpy()
     min_benign = min(p.info["counts"]["train_pool"]["benign"] for p in plan.plans.values())
+    # a small data set (e.g. ISIC 2024's permissive crops) may hold fewer malignant images in a fold's pool than
+    # a recipe's draw: then every arm draws as many as the smallest fold's pool holds
+    min_malignant = min(p.info["counts"]["train_pool"]["malignant"] for p in plan.plans.values())
     if counts:
         for folder, fold_plan in plan.plans.items():
             fold = folder.name
@@ -166,9 +169,8 @@ def main() -> None:
     recipes = {"simple_cnn 1:2": base_values, "recommended": _values(RECOMMENDED)}
     cvs, settings = {}, {}
     for recipe, values in recipes.items():
-        values = {**values, "epochs": max(1, round(values["epochs"] * args.epochs_scale)), "bootstrap": 0}
-        if args.smoke:
-            values["n_malignant"] = 10
+        values = {**values, "epochs": max(1, round(values["epochs"] * args.epochs_scale)), "bootstrap": 0,
+                  "n_malignant": min(int(values["n_malignant"]), min_malignant, 10 if args.smoke else min_malignant)}
         for n in [0] + counts:
             name = recipe if n == 0 else f"{recipe} + {n} synthetic"
             arm = draw_settings(values, n, min_benign)
@@ -223,7 +225,8 @@ def main() -> None:
              "join its training draws only. With synthetic images a recipe keeps its ratio (real + synthetic malignant "
              f"against benign) where every fold's pool holds the benign images for it (the smallest holds {min_benign}), "
              "else takes every benign image of the fold's pool; its epochs shrink so that it sees about as many images "
-             "as without.", "",
+             f"as without. Real malignant images a draw: the recipe's, at most the {min_malignant} of the smallest "
+             "fold's pool.", "",
              "| arm | draw | epochs | OOF ROC AUC | OOF AP | OOF pAUC80 | fold-ensemble test ROC AUC | test F1 |",
              "|---|---|---|---|---|---|---|---|"]
     for name, run in cvs.items():
