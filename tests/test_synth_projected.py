@@ -41,6 +41,7 @@ def test_projected_trains_on_both_classes_of_the_pool_only(projected_gen, small_
                                         "malignant": int((used["label"] == "1").sum())}
 
 
+@pytest.mark.slow
 def test_interrupted_projected_training_resumes_where_it_stopped(small_data, tmp_path):
     """Stopped after 2 steps and resumed to 4, it ends exactly where 4 uninterrupted steps end."""
     first = train_generator(small_data, tmp_path / "a", steps=4, checkpoint_every=2, time_budget=1e-9, **TINY)
@@ -128,6 +129,7 @@ def test_check_against_a_data_set_of_another_size_is_refused(small_data, tmp_pat
     assert r.exit_code == 2 and "prepared at 32 px, smaller than the 64 px synthetic images" in r.output
 
 
+@pytest.mark.slow
 def test_check_of_two_copies_of_one_set(small_data, tmp_path):
     """The real malignant pool images, imported as a synthetic folder: FID about 0, recall and
     coverage 1, in each feature network; the output names each network."""
