@@ -221,7 +221,7 @@ def main() -> None:
              + (f", {work / 'check-gan' / 'check.html'}" if "gan" in gens else "") + ".", "",
              "### The notebook's experiment as cross-validation, paired on out-of-fold images", "",
              f"{args.folds}-fold grouped cv of the train pool (fold seed {args.fold_seed}); each fold's synthetic images "
-             f"come from its own generator ({fold_min:g} CPU minutes, trained on that fold's training part only) and "
+             f"come from its own generator (up to {fold_min:g} CPU minutes, trained on that fold's training part only) and "
              "join its training draws only. With synthetic images a recipe keeps its ratio (real + synthetic malignant "
              f"against benign) where every fold's pool holds the benign images for it (the smallest holds {min_benign}), "
              "else takes every benign image of the fold's pool; its epochs shrink so that it sees about as many images "
