@@ -16,7 +16,9 @@ class borrows skin, hair and lighting from the common one.
 
 Written for lesionlab from the papers and their reference code (autonomousvision/projected-gan,
 odegeasslbc/FastGAN-pytorch, mit-han-lab/data-efficient-gans), smaller for a CPU: narrower
-channels, heads that stop at 4x4, and the feature network fed at `d_res` pixels instead of 224.
+channels, heads that stop at 4x4, and the feature network fed at `d_res` pixels instead of 224. A
+training step at batch 32 and 64 px, by torch's FLOP counter: 98 GFLOP at d_res 96 (the default), 68
+at 64, 341 at the paper's 224; the heads at the paper's widths made the 64-px step 113.
 """
 from __future__ import annotations
 
