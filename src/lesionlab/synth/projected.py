@@ -18,7 +18,7 @@ Written for lesionlab from the papers and their reference code (autonomousvision
 odegeasslbc/FastGAN-pytorch, mit-han-lab/data-efficient-gans), smaller for a CPU: narrower
 channels, heads that stop at 4x4, and the feature network fed at `d_res` pixels instead of 224. A
 training step at batch 32 and 64 px, by torch's FLOP counter: 98 GFLOP at d_res 96 (the default), 68
-at 64, 341 at the paper's 224; the heads at the paper's widths made the 64-px step 113.
+at 64, 341 at the paper's 224 (heads twice as wide made the 64-px step 113).
 """
 from __future__ import annotations
 
@@ -210,7 +210,7 @@ class FeatureProjector(nn.Module):
 
 
 def _d_channels(res: int) -> int:
-    """Head widths by map side: half the paper's, since the heads are most of a CPU step's work."""
+    """Head widths by map side: a quarter of the paper's, since the heads were most of a CPU step's work."""
     return {4: 128, 8: 128, 16: 64, 32: 64, 64: 64}[min(64, max(4, 2 ** round(math.log2(res))))]
 
 
