@@ -210,7 +210,7 @@ class FeatureProjector(nn.Module):
 
 
 def _d_channels(res: int) -> int:
-    """Head widths by map side: a quarter of the paper's, since the heads were most of a CPU step's work."""
+    """Head widths by map side: a quarter of the paper's at 4 to 16 px, half at 32 (the heads were most of a CPU step's work)."""
     return {4: 128, 8: 128, 16: 64, 32: 64, 64: 64}[min(64, max(4, 2 ** round(math.log2(res))))]
 
 
