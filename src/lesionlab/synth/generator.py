@@ -270,11 +270,10 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
             "n_real_per_class": {name: int(len(p)) for name, (_, p) in zip(names, parts)},
             "only_ids_sha256": hashlib.sha256("\n".join(sorted(only_ids)).encode()).hexdigest() if only_ids else None}
     if kind == "projected":
-        from ..models.weights import LITE0
+        from .projected import FEATURE_NETWORK
 
-        spec.update({"d_res": d_res, "feature_network": f"{LITE0.model}, ImageNet weights of {LITE0.distribution} "
-                     f"(sha256 {LITE0.sha256[:12]}), frozen" if pretrained
-                     else f"{LITE0.model}, random init, frozen (tests only)"})
+        spec.update({"d_res": d_res, "feature_network": f"{FEATURE_NETWORK}, ImageNet weights, frozen" if pretrained
+                     else f"{FEATURE_NETWORK}, random init, frozen (tests only)"})
     done_file = out / "generator.json"
     if done_file.exists():
         info = read_json(done_file)
@@ -358,6 +357,7 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
     write_bytes(out / "samples" / "real.png", grid_png(real_grid, 8))
     info = {**spec, "steps": step, "steps_asked": steps, "stopped_by_time_budget": stopped_by_budget,
             "train_seconds": round(seconds, 1), "lesionlab_version": __version__,
+            "feature_weights": getattr(trainer, "weights_origin", None) or None,
             "fid_estimate": ({"features": fid.name, "n": fid.n, "last": history[-1]["fid"] if history else None}
                              if fid else None),
             "generator_id": f"{kind}-{hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]}-s{step}"}

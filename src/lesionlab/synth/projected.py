@@ -32,6 +32,7 @@ from torch.nn.utils import spectral_norm
 from .nets import diff_augment
 
 Z_DIM = 64  # the Projected GAN's FastGAN configuration
+FEATURE_NETWORK = "tf_efficientnet_lite0"  # timm's name; models.weights holds its offline ImageNet weights
 # the feature network's stages: (first block, end block) of timm's EfficientNet, as the paper taps it
 # (stem + blocks 0-1: stride 4; block 2: stride 8; blocks 3-4: stride 16; blocks 5-6: stride 32)
 STAGES = ((0, 2), (2, 3), (3, 5), (5, 7))
@@ -271,12 +272,12 @@ def imagenet_lite0(pretrained: bool = True) -> tuple[nn.Module, dict]:
     initialised one (tests of the machinery only). Returns the network and where its weights came from."""
     import timm
 
+    net = timm.create_model(FEATURE_NETWORK, pretrained=False)
+    if not pretrained:
+        return net, {"weights": "random init (tests only)"}
     from ..errors import BadInputError
     from ..models.weights import LITE0, no_weights_message, package_file, package_state
 
-    net = timm.create_model(LITE0.model, pretrained=False)
-    if not pretrained:
-        return net, {"weights": "random init (tests only)"}
     path = package_file(LITE0)
     if path is None:
         raise BadInputError("--kind projected: " + no_weights_message(LITE0.model, "its discriminator judges the "
