@@ -1,7 +1,8 @@
 """The notebook's "+3000 synthetic malignant images", answered with evidence on one prepared data set.
 
-    python benchmarks/synthetic.py --data DATA_DIR --name NAME [--work bench-out] [--gen-min 60]
-        [--gan-min 26] [--folds 5] [--epochs-scale 1] [--n-synthetic 1000,3000] [--n-boot 2000]
+    python benchmarks/synthetic.py [--dataset ham10000|isic2024-permissive] [--size 64] [--work bench-out]
+        [--gen-min 60] [--gan-min 26] [--folds 5] [--epochs-scale 1] [--n-synthetic 1000,3000] [--n-boot 2000]
+    python benchmarks/synthetic.py --data DATA_DIR --name NAME ...   (any prepared data set with a split)
 
 1. Quality: the projected generator (Projected GAN + FastGAN, class-conditional on both classes of
    the split's train pool) trained for --gen-min CPU minutes; 3,000 malignant samples checked against
@@ -16,7 +17,8 @@
    one; synthetic images join training draws only (never inner validation, OOF or test).
 
 Everything is resumable: finished generators (generator.json), samples, prepared sets and cv folds are
-reused by the same command. Writes docs/results.md (section "synthetic-NAME"). The smallest run, to
+reused by the same command. Writes docs/results.md (section "synthetic", "synthetic-isic2024-permissive" or
+"synthetic-NAME"). The smallest run, to
 check the script: --smoke (2 folds, 1 epoch, generators of 4 steps, 20 and 40 synthetic images).
 """
 from __future__ import annotations
@@ -27,7 +29,7 @@ import shutil
 import time
 from pathlib import Path
 
-from _datasets import DATASETS, add_dataset_option, pool_counts, prepared
+from _datasets import DATASETS, add_dataset_option, prepared
 from _results import ROOT, git_commit, machine, update_section
 from lesionlab.compare import compare_runs
 from lesionlab.config import build_config, load_yaml
@@ -96,8 +98,10 @@ def draw_settings(values: dict, n_syn: int, min_benign: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True, help="a prepared data set with a split (the classifier's size)")
-    ap.add_argument("--name", required=True, help="the data set's name in the section title (e.g. ham10000)")
+    add_dataset_option(ap)
+    ap.add_argument("--size", type=int, default=64, help="pixels of the --dataset store the classifiers train on")
+    ap.add_argument("--data", default="", help="instead of --dataset: a prepared data set with a split")
+    ap.add_argument("--name", default="", help="with --data: the data set's name in the section title")
     ap.add_argument("--work", default=str(ROOT / "bench-out"))
     ap.add_argument("--gen-size", type=int, default=64, help="the generator's pixels")
     ap.add_argument("--gen-min", type=float, default=60.0, help="CPU minutes of the quality generator")
@@ -116,8 +120,16 @@ def main() -> None:
     if args.smoke:
         args.folds, args.epochs_scale, args.n_check, args.n_boot, args.n_synthetic = 2, 0.0, 64, 50, "20,40"
     started = time.time()
-    data = Path(args.data).resolve()
-    work = Path(args.work) / f"synthetic-{args.name}"
+    if args.data:
+        if not args.name:
+            raise SystemExit("--data needs --name (the data set's name in the section title)")
+        data, section = Path(args.data).resolve(), f"synthetic-{args.name}"
+        work = Path(args.work) / section
+    else:
+        ds = DATASETS[args.dataset]
+        args.name, section = ds.key, ds.section("synthetic")
+        data = prepared(ds.work(Path(args.work)), ds, args.size).resolve()
+        work = ds.work(Path(args.work)) / f"synthetic{args.size}"
     work.mkdir(parents=True, exist_ok=True)
     size = Store.open(data).size
     fold_min = args.fold_gen_min if args.fold_gen_min is not None else args.gen_min
@@ -194,7 +206,9 @@ def main() -> None:
     first = p["feature_networks"][0]["manifold_k5"]
     goal_met = all(first[k] >= v for k, v in GOAL.items()) and p["memorisation"]["near_copies_pixel"] == 0
     lines = [f"## Synthetic malignant images on {args.name} (`benchmarks/synthetic.py`)", "",
-             f"Command: `python benchmarks/synthetic.py --data {args.data} --name {args.name} --gen-min {args.gen_min:g} "
+             f"Command: `python benchmarks/synthetic.py "
+             f"{f'--data {args.data} --name {args.name}' if args.data else f'--dataset {args.name} --size {args.size}'} "
+             f"--gen-min {args.gen_min:g} "
              f"--fold-gen-min {fold_min:g} --gan-min {args.gan_min:g} --folds {args.folds} --epochs-scale "
              f"{args.epochs_scale:g} --n-synthetic {','.join(map(str, counts))}{' --smoke' if args.smoke else ''}` "
              f"(code {git_commit()}); machine: {machine()}; wall of this invocation "
@@ -245,9 +259,9 @@ def main() -> None:
             lines.append(f"| {recipe} | {n} | " + " | ".join(
                 f"{d[m]['diff']:+.3f} [{d[m]['lo']:+.3f}, {d[m]['hi']:+.3f}]"
                 + (" ↑" if d[m]["lo"] > 0 else " ↓" if d[m]["hi"] < 0 else "") for m in PAIRED) + " |")
-    update_section(f"synthetic-{args.name}", "\n".join(lines))
+    update_section(section, "\n".join(lines))
     print("\n".join(lines))
-    print(f"docs/results.md: section synthetic-{args.name} written")
+    print(f"docs/results.md: section {section} written")
 
 
 if __name__ == "__main__":
