@@ -1,15 +1,20 @@
 """`lesionlab tabular` end to end on a small ISIC 2024 stand-in: the run folder, predict reproducing
 the run's own test probabilities, fused runs with a hand-written cv folder, and the bad inputs."""
+import dataclasses
 import hashlib
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+import lesionlab
 from conftest import cli
 from lesionlab.metrics import ThresholdRule, compute_metrics
-from lesionlab.runs.predictor import PREDICTOR_LOADERS
+from lesionlab.runs import kinds
 from tabular_fixtures import isic_raw, make_test_pair, write_cv_dir
 
 FAST = ["--bootstrap", "50", "--num-threads", "1", "--max-rounds", "200", "--early-stopping", "20",
@@ -37,6 +42,21 @@ def cv_model(isic):
     cli("train", "--data", isic["data"], "--out", model, "--epochs", "1", "--batch-size", "16", "--n-malignant", "10",
         "--bootstrap", "0", "--num-threads", "1")
     return model
+
+
+def test_tabular_kind_found_without_importing_its_package(isic):
+    """The tabular kind is declared in tabular/ (runs/ imports no feature package): a process that has
+    imported only lesionlab.runs still reads a tabular folder, learns it scores rows and loads its predictor."""
+    code = ("import sys\n"
+            "from lesionlab.runs import load_predictor, load_run\n"
+            "assert not any(m.startswith('lesionlab.tabular') for m in sys.modules), 'runs/ imported tabular'\n"
+            f"run = load_run({str(isic['run'])!r})\n"
+            "assert run.declared.takes == 'rows' and run.declared.has_oof, run.declared\n"
+            "print(type(load_predictor(run)).__name__)\n")
+    src = Path(lesionlab.__file__).parents[1]  # the package under test, in a fresh process
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": str(src)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "TabularPredictor"
 
 
 def test_metadata_only_run_folder(isic):
@@ -198,7 +218,7 @@ def test_training_image_features_are_out_of_fold_only(isic, cv_model, tmp_path, 
         def probabilities(self, images, batch_size=256):
             return np.array([label_of[hashlib.sha1(im.tobytes()).hexdigest()] for im in images])
 
-    monkeypatch.setitem(PREDICTOR_LOADERS, "cv", lambda run, device="auto": Oracle())
+    monkeypatch.setitem(kinds._REGISTRY, "cv", dataclasses.replace(kinds.run_kind("cv"), loader=lambda run, device="auto": Oracle()))
     split = isic["split"]["assign"]
     n_train = len(store.table) - sum(len(v) for v in split.values())
     noise = np.random.default_rng(5).uniform(size=n_train)

@@ -11,17 +11,20 @@ from .choices import COMPARE_ON
 from .errors import BadInputError, check_at_least
 from .metrics import ci_unit, paired_bootstrap
 from .runs import Run, find_runs, is_complete_run, oof_arrays
+from .runs.kinds import kind_names, run_kind, scoring_kind_names
 
 COMPARE_METRICS = ("roc_auc", "average_precision", "pauc_80", "f1")
 
 
-# runs with out-of-fold predictions of the whole train pool: two of them are paired on those images
-OOF_KINDS = ("cv", "tabular")
+def oof_kinds() -> tuple[str, ...]:
+    """The kinds with out-of-fold predictions of the whole train pool: two of them are paired on those images."""
+    return tuple(n for n in kind_names() if run_kind(n).has_oof)
 
 
 def load_side(path: str | Path) -> list[Run]:
-    """A run folder (train, cv, ensemble or tabular), or a folder of runs (e.g. the seeds of one experiment)."""
-    runs = find_runs(path, ("train", "cv", "ensemble", "tabular")) if not is_complete_run(path) else [Run.load(path)]
+    """A run folder of a kind that scores (train, cv, ensemble, tabular), or a folder of runs (e.g. the seeds of
+    one experiment)."""
+    runs = find_runs(path, scoring_kind_names()) if not is_complete_run(path) else [Run.load(path)]
     if not runs:
         raise BadInputError(f"{path}: holds no complete run")
     return runs
@@ -71,11 +74,11 @@ def compare_runs(runs_a: list[Run], runs_b: list[Run], metrics=COMPARE_METRICS, 
     if on not in COMPARE_ON:
         raise BadInputError(f"--on must be one of {', '.join(COMPARE_ON)}, got '{on}'")
     check_at_least(n_boot, 1, "--n-boot")
-    has_oof = all(r.kind in OOF_KINDS for r in runs_a + runs_b)
+    has_oof = all(r.declared.has_oof for r in runs_a + runs_b)
     if on == "oof" and not has_oof:
         raise BadInputError("--on oof: " + ", ".join(f"{r.path} is a {r.kind} run" for r in runs_a + runs_b
-                                                      if r.kind not in OOF_KINDS)
-                            + f" without out-of-fold predictions (only {' and '.join(OOF_KINDS)} runs have them)")
+                                                      if not r.declared.has_oof)
+                            + f" without out-of-fold predictions (only {' and '.join(oof_kinds())} runs have them)")
     if on != "test" and has_oof:
         return compare_cv(runs_a, runs_b, metrics, n_boot, seed)
     ids_a, y, probs_a, thr_a, groups = _test_predictions(runs_a, "A")

@@ -130,14 +130,17 @@ def predict(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os
         from .deploy import load_onnx_predictor
 
         run = load_onnx_predictor(run_dir)
+        takes = "images"  # an exported graph scores images
     elif engine == "torch":
-        from .runs import load_predictor  # here: the onnxruntime path never imports torch
+        from .runs import load_predictor, load_run  # here: the onnxruntime path never imports torch
 
-        run = load_predictor(run_dir, device, tta)
+        folder = load_run(run_dir)
+        takes = folder.declared.takes  # what its kind scores (runs/kinds.py)
+        run = load_predictor(folder, device, tta)
     else:
         raise BadInputError(f"--engine must be torch or onnxruntime, got '{engine}'")
     make_dirs(out.parent)  # a new output: atomic_path creates no folders
-    if getattr(run, "takes", "images") == "rows":
+    if takes == "rows":
         result = _predict_rows(run, source, out, fmt, skip_bad, workers, batch_size, device, progress, max_pixels, kaggle)
     else:
         result = _predict_images(run, source, out, fmt, skip_bad, workers, batch_size, progress, max_pixels, kaggle)

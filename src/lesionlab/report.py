@@ -21,6 +21,7 @@ from .errors import BadInputError, ExistsError, LesionLabError, preview
 from .fileio import require_folder_or_absent, write_text
 from .runs import Run, find_runs
 from .runs import format as run_format
+from .runs.kinds import scoring_kind_names
 
 MARKER = "<!-- lesionlab report -->"
 SUMMARY_METRICS = ("f1", "precision", "recall", "average_precision", "pauc_80", "roc_auc", "balanced_accuracy")
@@ -254,7 +255,7 @@ def build_report(runs_dir: str | Path, out: str | Path, title: str = "lesionlab 
     """The report of every run under `runs_dir`. A damaged run folder is left out and named in the
     report (and added to `skipped` as (folder, reason)), so that one damaged run never hides the rest."""
     damaged: list[tuple[Path, str]] = []
-    runs = find_runs(runs_dir, ("train", "cv", "ensemble", "tabular"), damaged=damaged)
+    runs = find_runs(runs_dir, scoring_kind_names(), damaged=damaged)
     for run in list(runs):
         problem = _unusable(run)
         if problem:
@@ -345,11 +346,10 @@ def _other_kind_section(run: Run, name: str, md: list[str], body: list[str], fig
     if run.kind == "cv":
         title = "cross-validation"
         lines, rows, header = _cv_parts(run)
-        keys = run_format.CV_REPORT_FIGURES
     else:
         title = "ensemble"
         lines, rows, header = _ensemble_lines(run), [], []
-        keys = run_format.ENSEMBLE_REPORT_FIGURES
+    keys = run.declared.report_figures
     lines = lines + _audit_lines(run)
     md += [f"### {title} ({md_code(run.path)})", ""] + [f"- {md_escape(line)}" for line in lines] + [""]
     body += [f"<h3>{title} <small>({html.escape(str(run.path))})</small></h3>",
@@ -549,7 +549,7 @@ def _figures_of(run: Run) -> list[tuple[str, str, Path]]:
     """(file name, caption, path) of a run's figures (its shortcut audit's too), and of its synthetic images'
     check when it used some."""
     found = [(run_format.FIGURES[k][0], run_format.FIGURES[k][1], run.figure(k))
-             for k in run_format.REPORT_FIGURES if run.figure(k)] + _audit_figures(run)
+             for k in run.declared.report_figures if run.figure(k)] + _audit_figures(run)
     syn = run.info.get("synthetic") or {}
     store_json = Path(syn.get("data", "")) / "store.json"
     if syn and store_json.exists():

@@ -36,7 +36,7 @@ from .tabular.fusion import rank_average
 from .tabular.image import ImageScores, load_image_scores
 from .tabular.leak_guard import select_columns
 from .tabular.model import fit_folds, grouped_folds, predict_average
-from .tabular.predictor import MODEL_DIR, REFERENCE_FILE, SPEC_FILE
+from .tabular.predictor import IMPORTANCE, MODEL_DIR, REFERENCE_FILE, SPEC_FILE
 
 log = logging.getLogger(__name__)
 SIDES = ("val", "test")
@@ -208,7 +208,7 @@ def _write(w: RunWriter, cfg, spec, engine, result, ids, y, groups, folds, tab, 
     gain = result.importance
     imp = pd.DataFrame({"feature": list(columns), "gain_mean": gain.mean(0), "gain_sd": gain.std(0),
                         "share": gain.mean(0) / max(gain.mean(0).sum(), 1e-12)}).sort_values("gain_mean", ascending=False)
-    w.table("importance.csv", imp)
+    w.table(IMPORTANCE, imp)
     model_dir = w.subfolder(MODEL_DIR)
     from .fileio import sha256_file, write_json
 

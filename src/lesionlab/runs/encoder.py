@@ -12,6 +12,7 @@ import numpy as np
 from ..engine.runtime import IMAGENET, Preprocessing
 from ..errors import BadInputError, LeakError, preview
 from . import format as fmt
+from .kinds import RunKind, register_kind
 from .reader import Run, is_complete_run, read_table
 
 
@@ -150,3 +151,7 @@ def check_not_pretrained_on(enc: EncoderWeights, store, split) -> None:
                         f"run's val/test images (same content, other ids): {preview(pairs)}; pretrain without them "
                         "(on this split's train pool: lesionlab pretrain DATA_DIR)")
     _CHECKED.add(key)
+
+
+# an encoder scores nothing itself: `train --pretrained ENC_DIR` starts a network from it
+register_kind(RunKind("encoder", takes=None, loader=None, files=(fmt.ENCODER, fmt.HISTORY, fmt.PRETRAIN_IDS)))

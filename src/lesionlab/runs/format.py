@@ -14,11 +14,13 @@ metrics.json (written last: its presence marks the folder complete); run.json ca
               oof.csv (train pool, out of fold), importance.csv, model/ (fold models + model.json), figures/
     encoder   a self-supervised pretrained encoder (lesionlab pretrain): + encoder.pt, history.csv,
               pretrain_ids.csv (the images it was pretrained on); `train --pretrained ENC_DIR` loads it
+
+Each kind is declared in the registry (kinds.py) by the module it lives in, with its files, report
+figures, predictor loader and what that scores (images or rows).
 """
 from __future__ import annotations
 
 FORMAT_VERSION = 1
-KINDS = ("train", "cv", "ensemble", "tabular", "encoder")
 
 CONFIG = "config.yaml"
 INFO = "run.json"
@@ -62,6 +64,5 @@ ENSEMBLE_REPORT_FIGURES = ("roc", "pr", "confusion_test")
 
 
 def format_block(kind: str) -> dict:
-    if kind not in KINDS:
-        raise ValueError(f"unknown run kind '{kind}'; known: {', '.join(KINDS)}")
+    """run.json's "format" entry (the writer checks the kind is declared, kinds.py)."""
     return {"version": FORMAT_VERSION, "kind": kind}

@@ -1,7 +1,8 @@
 """Scoring new images with any kind of run folder: `load_predictor(RUN_DIR)`.
 
 predict, synth check (features), explain and export all start here, so a new run kind is a
-new loader in PREDICTOR_LOADERS, not a new reader in every command."""
+loader registered with its kind (kinds.py) where the kind lives, not a new reader in every command.
+The train, cv and ensemble kinds are declared at the end of this module."""
 from __future__ import annotations
 
 import os
@@ -21,6 +22,7 @@ from ..errors import BadInputError, first_line
 from ..metrics import logit, prior_shift
 from ..models import create_model
 from . import format as fmt
+from .kinds import RunKind, register_kind, scoring_kind_names
 from .reader import Run, load_run
 
 
@@ -114,12 +116,6 @@ def average_probabilities(member_probs: np.ndarray, mean: str = "prob") -> np.nd
     raise BadInputError(f"--mean must be one of {', '.join(ENSEMBLE_MEANS)}, got '{mean}'")
 
 
-def _load_tabular_predictor(run: Run, device: str = "auto"):
-    from ..tabular.predictor import load_tabular_predictor
-
-    return load_tabular_predictor(run, device)
-
-
 @dataclass
 class EnsemblePredictor:
     """Several predictors of the same preprocessing; their probabilities averaged (a cv folder's
@@ -170,38 +166,44 @@ def load_ensemble_predictor(run: Run, device: str = "auto") -> EnsemblePredictor
     return ens
 
 
-PREDICTOR_LOADERS: dict[str, Callable[[Run, str], Predictor]] = {
-    "train": load_model_predictor,
-    "cv": load_ensemble_predictor,        # a cv folder scores with its fold ensemble
-    "ensemble": load_ensemble_predictor,
-    "tabular": _load_tabular_predictor,   # takes rows (metadata), not images: takes = "rows", probabilities_rows()
-}
-
-
 def load_image_predictor(run_dir: str | os.PathLike, device: str = "auto", doing: str = "score") -> Predictor:
     """The predictor of a run that scores images with torch networks (train, cv, ensemble), for the
-    commands that work on the networks themselves (explain, export); a tabular run has none of its
-    own, which is said with the image model it may be fused with."""
-    predictor = load_predictor(run_dir, device)
-    if getattr(predictor, "takes", "images") == "rows":
-        image = getattr(predictor, "image", None) or {}
+    commands that work on the networks themselves (explain, export); a run that scores rows has none
+    of its own, which is said with the image model it may be fused with."""
+    run = load_run(run_dir)
+    kind = run.declared
+    if kind.takes == "rows":
+        image = run.info.get("image")
         fused = (f"; it is fused with the image model {image.get('path')}: {doing} that one instead"
-                 if image.get("path") else "")
-        raise BadInputError(f"{run_dir}: a tabular run scores metadata rows and has no image model of its own to "
+                 if isinstance(image, dict) and image.get("path") else "")
+        raise BadInputError(f"{run_dir}: a {kind.name} run scores metadata rows and has no image model of its own to "
                             f"{doing}{fused}")
-    return predictor
+    return load_predictor(run, device)
 
 
-def load_predictor(run_dir: str | os.PathLike, device: str = "auto", tta: str | None = None) -> Predictor:
-    """The predictor of any run kind; `tta` overrides the test-time augmentation the run recorded."""
-    path = Path(run_dir)
-    run = load_run(path)
-    loader = PREDICTOR_LOADERS.get(run.kind)
+def load_predictor(run_dir: str | os.PathLike | Run, device: str = "auto", tta: str | None = None) -> Predictor:
+    """The predictor of any run kind (a folder, or a Run already read); `tta` overrides the test-time
+    augmentation the run recorded."""
+    run = run_dir if isinstance(run_dir, Run) else load_run(run_dir)
+    path = run.path
+    loader = run.declared.loader
     if loader is None:
-        raise BadInputError(f"{path}: a {run.kind} run folder cannot score anything; use a train, cv, ensemble or tabular run")
+        raise BadInputError(f"{path}: a {run.kind} run folder cannot score anything; use a "
+                            f"{', '.join(scoring_kind_names()[:-1])} or {scoring_kind_names()[-1]} run")
     predictor = loader(run, device)
     if tta is not None:
         if not hasattr(predictor, "set_tta"):
             raise BadInputError(f"{path}: --tta applies to image models; a {run.kind} run does not take it")
         predictor.set_tta(tta)
     return predictor
+
+
+# the kinds that score images with torch networks; each kind's files are listed in format.py's docstring
+register_kind(RunKind("train", takes="images", loader=load_model_predictor,
+                      files=(fmt.PREDICTIONS, fmt.HISTORY, fmt.TRAIN_DRAW, fmt.CHECKPOINT, fmt.FIGURES_DIR),
+                      report_figures=fmt.REPORT_FIGURES))
+register_kind(RunKind("cv", takes="images", loader=load_ensemble_predictor,  # a cv folder scores with its fold ensemble
+                      files=(fmt.CV_PLAN, fmt.FOLDS_TABLE, fmt.FOLDS_DIR, fmt.OOF, fmt.CV_SUMMARY, fmt.PREDICTIONS),
+                      report_figures=fmt.CV_REPORT_FIGURES))
+register_kind(RunKind("ensemble", takes="images", loader=load_ensemble_predictor, files=(fmt.MEMBERS, fmt.PREDICTIONS),
+                      report_figures=fmt.ENSEMBLE_REPORT_FIGURES))

@@ -9,6 +9,7 @@ import pandas as pd
 from ..errors import BadInputError, LesionLabError
 from ..fileio import csv_restore, load_checkpoint, read_json, read_yaml
 from . import format as fmt
+from .kinds import RunKind, find_kind, kind_names
 
 
 def is_complete_run(path: Path | str) -> bool:
@@ -38,8 +39,8 @@ class Run:
         if version > fmt.FORMAT_VERSION:
             raise BadInputError(f"{path / fmt.INFO}: run format version {version}, but this lesionlab reads up to "
                                 f"{fmt.FORMAT_VERSION}; upgrade lesionlab to read it")
-        if run.kind not in fmt.KINDS:
-            raise BadInputError(f"{path / fmt.INFO}: unknown run kind '{run.kind}'; known: {', '.join(fmt.KINDS)}")
+        if find_kind(run.kind) is None:
+            raise BadInputError(f"{path / fmt.INFO}: unknown run kind '{run.kind}'; known: {', '.join(kind_names())}")
         return run
 
     @property
@@ -63,21 +64,36 @@ class Run:
         return str(self._format.get("kind", "train"))
 
     @property
+    def declared(self) -> RunKind:
+        """Its kind's declaration (kinds.py): what the folder holds and scores."""
+        kind = find_kind(self.kind)
+        if kind is None:
+            raise BadInputError(f"{self.path / fmt.INFO}: unknown run kind '{self.kind}'; known: {', '.join(kind_names())}")
+        return kind
+
+    def _info_at(self, keys: tuple[str, ...]):
+        value = self.info
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        return value
+
+    @property
     def name(self) -> str:
         return self.config.get("name") or self.info.get("name") or self.path.name
 
     @property
     def fold_sha256(self) -> str | None:
-        """The fingerprint of the fold assignment behind the out-of-fold predictions: a cv run records it, a
-        tabular run under folds.hash (the image cv's own when it was given --image CV_DIR)."""
-        if self.kind == "tabular":
-            return (self.info.get("folds") or {}).get("hash")
-        return self.info.get("fold_sha256")
+        """The fingerprint of the fold assignment behind the out-of-fold predictions, where its kind's
+        declaration says run.json keeps it (RunKind.fold_hash)."""
+        return self._info_at(self.declared.fold_hash)
 
     @property
     def group_rule(self) -> str | None:
         """The split's group column (lesion_id, patient_id) that intervals resample whole; None when unknown."""
-        return self.info.get("group_rule") or (self.info.get("group") if self.kind == "tabular" else None)
+        for key in self.declared.group_keys:
+            if self.info.get(key):
+                return self.info[key]
+        return None
 
     @property
     def seed(self) -> int:

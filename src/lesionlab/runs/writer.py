@@ -15,6 +15,7 @@ from .. import __version__
 from ..errors import ExistsError
 from ..fileio import check_free, exclusive, staged_dir, write_csv, write_json, write_yaml
 from . import format as fmt
+from .kinds import run_kind
 from .reader import is_complete_run
 
 
@@ -34,7 +35,7 @@ class RunWriter:
         run's own files are staged aside and moved in at the end, metrics.json last, so the folder
         still counts as complete only once everything is there."""
         self.out = Path(out)
-        self.kind = kind
+        self.kind = run_kind(kind).name  # a kind no module declares is refused before anything is written
         self.format = fmt.format_block(kind)
         self.into_existing = into_existing
         self.staging: Path | None = None

@@ -1,6 +1,6 @@
 """A tabular run folder scoring new rows: features rebuilt from the rows given together (patient
 statistics over their patients), the fold models averaged, and for a fused run the image model's
-scores of the same rows fused in as at training."""
+scores of the same rows fused in as at training. The "tabular" run kind is declared here (end)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,6 +13,9 @@ import pandas as pd
 from ..choices import ENGINES, FUSIONS
 from ..errors import BadInputError, first_line, shown
 from ..fileio import read_json, sha256_file
+from ..runs import format as fmt
+from ..runs.kinds import RunKind, register_kind
+from ..runs.reader import Run
 from .engines import Engine, get_engine
 from .features import FeatureSpec, build_features
 from .fusion import rank_average
@@ -21,11 +24,12 @@ from .model import predict_average
 MODEL_DIR = "model"
 SPEC_FILE = "model.json"
 REFERENCE_FILE = "late_fusion_reference.npz"
+IMPORTANCE = "importance.csv"
 
 
 @dataclass
 class TabularPredictor:
-    """Scores rows (a table with the run's metadata columns), not images: predict branches on `takes`."""
+    """Scores rows (a table with the run's metadata columns), not images: its kind takes "rows"."""
 
     path: Path
     spec: FeatureSpec
@@ -35,7 +39,6 @@ class TabularPredictor:
     fusion: str | None
     image: dict | None                  # the image run's record, for fused runs
     reference: dict | None = None       # late fusion: the train pool's out-of-fold scores
-    takes: str = "rows"
 
     @property
     def fused(self) -> bool:
@@ -117,7 +120,7 @@ def _load_model(engine: Engine, path: Path, digest: str | None, run: Path) -> An
                             "damaged; train the tabular run again") from None
 
 
-def load_tabular_predictor(run, device: str = "auto") -> TabularPredictor:
+def load_tabular_predictor(run: Run, device: str = "auto") -> TabularPredictor:
     folder = run.path / MODEL_DIR
     spec_path = run.file(f"{MODEL_DIR}/{SPEC_FILE}")
     doc = _model_doc(spec_path)
@@ -135,3 +138,9 @@ def load_tabular_predictor(run, device: str = "auto") -> TabularPredictor:
             raise BadInputError(f"{path}: not readable ({first_line(e, 100)}); the run folder is damaged") from None
     return TabularPredictor(run.path, _feature_spec(doc, spec_path), engine, models, float(doc["threshold"]),
                             doc.get("fusion"), doc.get("image"), reference)
+
+
+# scores rows (metadata), not images; its fold hash is the folds' (the image cv's own with --image CV_DIR)
+register_kind(RunKind("tabular", takes="rows", loader=load_tabular_predictor,
+                      files=(fmt.PREDICTIONS, fmt.OOF, IMPORTANCE, MODEL_DIR, fmt.FIGURES_DIR),
+                      report_figures=fmt.REPORT_FIGURES, fold_hash=("folds", "hash"), group_keys=("group_rule", "group")))
