@@ -1,17 +1,22 @@
-"""The guards in fileio: CSV cells a spreadsheet would run as formulas, and checkpoints that
-would run code when unpickled."""
+"""The guards in fileio: CSV cells a spreadsheet would run as formulas, checkpoints that
+would run code when unpickled, and the one lock helper every lock goes through."""
 import io
 import os
 import pickle
 import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+import lesionlab
 from lesionlab.errors import BadInputError
-from lesionlab.fileio import csv_restore, csv_safe, load_checkpoint, safe_to_csv, write_csv
+from lesionlab.fileio import csv_restore, csv_safe, held_lock, load_checkpoint, safe_to_csv, write_csv
 
 HOSTILE = ["=cmd|' /C calc'!A0", "-5", "@SUM(1)", "+1+1", "\tTAB", "\rCR", "'=quoted already", "''-twice"]
 HARMLESS = ["ISIC_0001", "'plain quote", "a-b=c", "", "5"]
@@ -80,3 +85,29 @@ def test_checkpoint_of_tensors_loads_and_junk_is_named(tmp_path):
         load_checkpoint(tmp_path / "junk.pt")
     with pytest.raises(BadInputError, match=r"missing\.pt: checkpoint not found"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_held_lock_waits_refuses_and_goes_with_its_process(tmp_path):
+    """Another process's lock: not held with wait=0 or after a short wait, and the block is told so;
+    the holder killed (no release), it is free at once; within one process it is taken and given back."""
+    path = tmp_path / "x.lock"
+    src = Path(lesionlab.__file__).parents[1]  # the package under test, in a fresh process
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom lesionlab.fileio import held_lock\n"
+                               f"with held_lock({str(path)!r}) as held:\n    print(held, flush=True)\n    time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True, env={"PYTHONPATH": str(src)})
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        ran = []
+        with held_lock(path, wait=0) as held:
+            ran.append(held)
+        t0 = time.monotonic()
+        with held_lock(path, wait=0.3) as held:
+            ran.append(held)
+        assert ran == [False, False] and time.monotonic() - t0 >= 0.3
+    finally:
+        holder.kill()
+        holder.wait()
+    with held_lock(path, wait=5) as held:
+        assert held
+    with held_lock(path, wait=0) as held:  # released at the end of the block above
+        assert held

@@ -23,7 +23,6 @@ restarts from scratch, and several workers or job-array tasks can share one CV_D
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import time
@@ -41,7 +40,7 @@ from .data.splits import group_keys, load_split, parse_counts
 from .data.store import Store
 from .errors import BadInputError, ExistsError, LesionLabError, check_at_least
 from .experiment import Plan, check_input_size, train_run
-from .fileio import read_json, write_csv, write_json, write_yaml
+from .fileio import held_lock, read_json, write_csv, write_json, write_yaml
 from .metrics import ThresholdRule, ci_unit, metrics_with_ci, parse_prevalence
 from .runs import Run, RunWriter, is_complete_run, load_run, oof_arrays
 from .runs import format as fmt
@@ -192,19 +191,9 @@ def _result(out: Path) -> dict:
     return {"complete": True, "left": [], "run": {**run.info, "metrics": run.metrics}}
 
 
-@contextlib.contextmanager
-def _exclusive(path: Path):
-    """One finisher at a time (workers and job-array tasks may all see the last fold finish)."""
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def finish_cv(cv: CvPlan, echo: Callable[[str], None] = print) -> dict:
-    with _exclusive(cv.out / ".finish.lock"):
+    # one finisher at a time, the others wait for it (workers and job-array tasks may all see the last fold finish)
+    with held_lock(cv.out / ".finish.lock"):
         if is_complete_run(cv.out):
             return _result(cv.out)
         _assemble(cv)

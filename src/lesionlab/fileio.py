@@ -284,23 +284,39 @@ def lock_file(folder: Path) -> Path:
 
 
 @contextlib.contextmanager
-def exclusive(folder: str | os.PathLike, doing: str = "writing") -> Iterator[None]:
-    """Hold the exclusive lock of `folder` for the block; if another process holds it, raise at once
-    (an ExistsError naming the folder) instead of waiting for it, or worse, writing beside it.
-    The lock is the OS's (flock): it goes with its process, so a killed process leaves none."""
-    folder = absolute(folder)
-    make_dirs(folder.parent)
-    lock = FileLock(lock_file(folder))
+def held_lock(path: str | os.PathLike, wait: float | None = None) -> Iterator[bool]:
+    """Every lock lesionlab takes: the OS's exclusive lock (flock, through filelock) on the lock file
+    `path`, held for the block. It goes with its process, so a killed process leaves none.
+
+    wait: seconds to wait for another process to release it (None: as long as it takes; 0: not at
+    all). Yields True once held, or False when another process still holds it after `wait`: the
+    block then runs without it, and decides what to do (refuse, leave the work to the holder).
+    A lock file that cannot be created raises its OSError."""
+    lock = FileLock(os.fspath(path), timeout=-1 if wait is None else wait)
     try:
-        with writing(folder.parent):
-            lock.acquire(blocking=False)
+        lock.acquire()
     except Timeout:
-        raise ExistsError(f"{folder}: another lesionlab process is {doing} this folder right now "
-                          f"(it holds {lock_file(folder)}); wait for it to finish or choose another folder") from None
+        yield False
+        return
     try:
-        yield
+        yield True
     finally:
         lock.release()
+
+
+@contextlib.contextmanager
+def exclusive(folder: str | os.PathLike, doing: str = "writing") -> Iterator[None]:
+    """Hold the exclusive lock of `folder` for the block; if another process holds it, raise at once
+    (an ExistsError naming the folder) instead of waiting for it, or worse, writing beside it."""
+    folder = absolute(folder)
+    make_dirs(folder.parent)
+    with contextlib.ExitStack() as stack:
+        with writing(folder.parent):
+            held = stack.enter_context(held_lock(lock_file(folder), wait=0))
+        if not held:
+            raise ExistsError(f"{folder}: another lesionlab process is {doing} this folder right now "
+                              f"(it holds {lock_file(folder)}); wait for it to finish or choose another folder")
+        yield
 
 
 def _refuse_taken(final: Path, is_complete: Callable[[Path], bool], what: str,

@@ -25,11 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from filelock import FileLock, Timeout
-
 from .config import ExperimentConfig, build_config, load_yaml, to_dict
 from .errors import BadInputError, ExistsError, LesionLabError, check_at_least
-from .fileio import hidden_name, pid_alive
+from .fileio import held_lock, hidden_name, pid_alive
 from .runs import Run, is_complete_run
 
 log = logging.getLogger(__name__)
@@ -107,7 +105,11 @@ def same_config(folder: Path, cfg: ExperimentConfig) -> bool:
 
 
 def _claim_path(folder: Path) -> Path:
-    # not .NAME.lock: that is the run folder's own lock, held while a run is written (fileio.staged_dir)
+    # not .NAME.lock: that is the run folder's own lock, held while a run is written (fileio.staged_dir).
+    # A claim is not a lock (fileio.held_lock) but an entry of a work queue shared across machines: it
+    # must outlive the worker's process (a failed run stays claimed until a new sweep), name its holder
+    # (host and pid, so a dead one of this host is taken over), and be atomic on network filesystems,
+    # where O_EXCL creation is and flock is not across machines.
     return folder.parent / hidden_name(folder.name, "claim")
 
 
@@ -145,12 +147,9 @@ def _take_over(claim: Path, dead_holder: str) -> bool:
     atomic: two workers that both read the dead claim would both unlink (the second one the first
     one's new claim) and both run. So the take-over holds a lock, and goes ahead only if the claim
     still is the dead worker's; a worker that finds the lock held leaves the run to its holder."""
-    lock = FileLock(claim.parent / f"{claim.name}.takeover")
-    try:
-        lock.acquire(blocking=False)
-    except Timeout:
-        return False
-    try:
+    with held_lock(claim.parent / f"{claim.name}.takeover", wait=0) as held:
+        if not held:
+            return False
         try:
             current = claim.read_text()
         except FileNotFoundError:
@@ -160,8 +159,6 @@ def _take_over(claim: Path, dead_holder: str) -> bool:
                 return False  # someone took it over between our read and our lock
             claim.unlink()
         return _create_claim(claim)
-    finally:
-        lock.release()
 
 
 def run_sweep(planned: list[PlannedRun], run: Callable[[ExperimentConfig, Path], dict],

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..fileio import read_json, write_json
+from ..fileio import held_lock, read_json, write_json
 from .runtime import Runtime, cpu_has_native_bf16, cpu_name
 
 log = logging.getLogger(__name__)
@@ -128,14 +128,14 @@ def choose(model: str, build: "callable", device: torch.device, side: int, batch
     speeds, from_cache = cached(), True
     if speeds is None:
         try:
-            from filelock import FileLock
-
             path.parent.mkdir(parents=True, exist_ok=True)
-            # held while measuring: processes starting together (cv workers) measure once, not side by side
-            with FileLock(str(path) + ".lock", timeout=600):
+            # held while measuring: processes starting together (cv workers) measure once, not side by side;
+            # after 10 minutes of waiting this process measures for itself
+            with held_lock(str(path) + ".lock", wait=600) as held:
                 speeds = cached()
                 if speeds is None:
                     speeds, from_cache = measured(), False
+                if held and not from_cache:  # only the lock's holder writes the cache
                     table = {}
                     with contextlib.suppress(Exception):
                         table = read_json(path)
