@@ -1,24 +1,39 @@
 """Allowed values of every enumerated parameter, declared once: the config model, the CLI's
 choices and the modules that implement them all read these (no torch import here, so the
-command line starts fast)."""
+command line starts fast).
+
+Those a config field takes are declared as Literal types (what a type checker and pydantic read) and
+their tuples derived from them, so that each list of values is still written once."""
 from __future__ import annotations
+
+from typing import Literal, get_args
 
 FITS = ("stretch", "crop", "pad")
 FORMATS = ("auto", "manifest", "isic2024", "isic2024-permissive", "isic-csv", "folders", "images")
 # predict also writes the ISIC 2024 Kaggle competition's submission file (isic_id,target) for any input with ISIC ids
 PREDICT_FORMATS = (*FORMATS, "kaggle")
 GROUP_CHOICES = ("auto", "patient_id", "lesion_id", "none")
-POLICIES = ("none", "light", "medium", "heavy")
-SAMPLERS = ("none", "redraw", "balanced")
-LOSSES = ("bce", "focal")
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULERS = ("none", "cosine", "onecycle")
-TTA_MODES = ("none", "flip", "d4")
+PolicyName = Literal["none", "light", "medium", "heavy"]
+POLICIES: tuple[str, ...] = get_args(PolicyName)
+SamplerName = Literal["none", "redraw", "balanced"]
+SAMPLERS: tuple[str, ...] = get_args(SamplerName)
+LossName = Literal["bce", "focal"]
+LOSSES: tuple[str, ...] = get_args(LossName)
+OptimizerName = Literal["adam", "adamw", "sgd"]
+OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
+SchedulerName = Literal["none", "cosine", "onecycle"]
+SCHEDULERS: tuple[str, ...] = get_args(SchedulerName)
+TtaMode = Literal["none", "flip", "d4"]
+TTA_MODES: tuple[str, ...] = get_args(TtaMode)
 ENSEMBLE_MEANS = ("prob", "logit")
-CALIBRATIONS = ("none", "temperature", "isotonic")
-ENGINES = ("lightgbm", "xgboost", "catboost")  # lightgbm is a dependency; the others are optional extras
-FUSIONS = ("stack", "late")  # how a tabular run uses an image model's scores (--image)
-SSL_METHODS = ("simclr", "byol", "dino")  # lesionlab pretrain (engine/ssl.py, on lightly)
+CalibrationName = Literal["none", "temperature", "isotonic"]
+CALIBRATIONS: tuple[str, ...] = get_args(CalibrationName)
+EngineName = Literal["lightgbm", "xgboost", "catboost"]  # lightgbm is a dependency; the others are optional extras
+ENGINES: tuple[str, ...] = get_args(EngineName)
+FusionName = Literal["stack", "late"]  # how a tabular run uses an image model's scores (--image)
+FUSIONS: tuple[str, ...] = get_args(FusionName)
+SslMethod = Literal["simclr", "byol", "dino"]  # lesionlab pretrain (engine/ssl.py, on lightly)
+SSL_METHODS: tuple[str, ...] = get_args(SslMethod)
 DEMO_SAMPLES = ("isic2024-permissive", "ham10000")  # lesionlab demo --sample; the first is the default
 COMPARE_ON = ("auto", "oof", "test")  # lesionlab compare: out-of-fold images (cv, tabular) or the test images
 INTERPOLATIONS = ("bilinear", "bicubic")  # how --input-size enlarges the store's images (engine/runtime.py)

@@ -895,8 +895,13 @@ def pretrain(data_dir: Path, out: Path, fresh: bool, **flags) -> None:
         bar.update(1)
 
     echo = _pretrain_epoch_echo(cfg.epochs)
+
+    def epoch_done(row: dict) -> None:
+        bar.clear()
+        echo(row)
+
     try:
-        info = do_pretrain(cfg, out, on_epoch=lambda row: (bar.clear(), echo(row)), on_step=step, fresh=fresh)
+        info = do_pretrain(cfg, out, on_epoch=epoch_done, on_step=step, fresh=fresh)
     finally:
         bar.close()
     q, q0 = info["metrics"]["quality"], info["metrics"]["quality_at_start"]

@@ -4,6 +4,7 @@ Where the images have groups (patient or lesion), whole groups are resampled."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +44,8 @@ def _test_predictions(runs: list[Run], label: str) -> tuple[np.ndarray, np.ndarr
                                 "runs can only be compared on the same test set")
         probs.append(p["prob"].to_numpy())
         thresholds.append(float(run.metrics["test"]["threshold"]))
+    if ids is None or y is None:
+        raise BadInputError(f"{label}: no runs to compare")
     return ids, y, probs, thresholds, groups
 
 
@@ -97,7 +100,7 @@ def _audits(runs_a: list[Run], runs_b: list[Run], n_boot: int, seed: int) -> dic
     from .audit.paired import audit_table, paired_audit
     from .audit.summary import side
 
-    out = {"a": side(runs_a), "b": side(runs_b)}
+    out: dict[str, Any] = {"a": side(runs_a), "b": side(runs_b)}
     if len(runs_a) == len(runs_b) == 1:
         ta, tb = audit_table(runs_a[0]), audit_table(runs_b[0])
         if ta is not None and tb is not None:

@@ -1,8 +1,8 @@
 """The experiment config: one validated object, read from YAML and/or flags, saved with the run.
 
 Every key is also a CLI flag (`batch_size` -> `--batch-size`); an unknown key is refused with
-the closest known one. Allowed values come from the modules that implement them (one list each),
-and the CLI takes its choices from here.
+the closest known one. Allowed values come from choices.py (one list each), which the CLI and the
+modules that implement them read too.
 """
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from typing import Any, Collection, Literal, Optional, TypeVar, Union
 
 import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic_core import ErrorDetails, PydanticCustomError
 
-from .choices import CALIBRATIONS, ENGINES, FUSIONS, LOSSES, OPTIMIZERS, POLICIES, SAMPLERS, SCHEDULERS, SSL_METHODS, TTA_MODES
+from .choices import (CalibrationName, EngineName, FusionName, LossName, OptimizerName, PolicyName, SamplerName, SchedulerName,
+                      SslMethod, TtaMode)
 from .errors import BadInputError, closest, shown
 from .fileio import read_yaml
 from .metrics import ThresholdRule
@@ -32,8 +33,9 @@ def _is_number_type(annotation: Any) -> bool:
 def _refuse_bool_for_number(model: type[BaseModel], v: Any, info: ValidationInfo, allowed: tuple[str, ...] = ()) -> Any:
     """pydantic reads `epochs: true` as 1 epoch; a boolean where a number belongs is a mistake
     (numeric strings, as flags give them, are still read as numbers)."""
-    if isinstance(v, bool) and info.field_name not in allowed and \
-            _is_number_type(model.model_fields[info.field_name].annotation):
+    name = info.field_name  # always set in a field validator
+    if isinstance(v, bool) and name is not None and name not in allowed and \
+            _is_number_type(model.model_fields[name].annotation):
         raise PydanticCustomError("bool_not_number", "a boolean is not a number")
     return v
 
@@ -90,17 +92,17 @@ class ExperimentConfig(BaseModel):
                              "(all its images, up to --extra-n-malignant malignant ones)")
     extra_n_malignant: Union[int, Literal["all"]] = Field("all", description="malignant images drawn from --extra-data, "
                                                           "or all")
-    sampler: Literal[SAMPLERS] = Field(
+    sampler: SamplerName = Field(
         "none", description="none = the fixed draw; redraw = fresh benign images each epoch; balanced = class-weighted")
-    augment: Literal[POLICIES] = Field("none", description="augmentation policy (training only)")
+    augment: PolicyName = Field("none", description="augmentation policy (training only)")
     epochs: int = Field(20, ge=1, description="training epochs (at most, with early stopping)")
     batch_size: int = Field(32, ge=2, description="training batch size")
     lr: float = Field(1e-4, gt=0, description="learning rate")
-    optimizer: Literal[OPTIMIZERS] = Field("adam", description="optimizer")
+    optimizer: OptimizerName = Field("adam", description="optimizer")
     weight_decay: float = Field(0.0, ge=0, description="weight decay")
-    scheduler: Literal[SCHEDULERS] = Field("none", description="learning-rate schedule, stepped per batch")
+    scheduler: SchedulerName = Field("none", description="learning-rate schedule, stepped per batch")
     warmup_epochs: float = Field(0.0, ge=0, description="linear learning-rate warm-up, in epochs")
-    loss: Literal[LOSSES] = Field("bce", description="training loss (val/test losses are always plain BCE)")
+    loss: LossName = Field("bce", description="training loss (val/test losses are always plain BCE)")
     pos_weight: Union[float, Literal["auto"], None] = Field(
         None, description="BCE weight of malignant images: a number, or auto = benign/malignant of the training draw")
     focal_alpha: float = Field(0.25, ge=0, le=1, description="focal loss weight of the malignant class")
@@ -117,10 +119,10 @@ class ExperimentConfig(BaseModel):
     threshold: str = Field("0.5", description="decision threshold: a number, val-f1 or sens:X, chosen on validation")
     prevalence: Optional[str] = Field(None, description="deployment prevalence (0.00098, 0.098%% or 50:1000): "
                                       "probabilities are prior-shifted to it and the expected precision there is reported")
-    tta: Literal[TTA_MODES] = Field(
+    tta: TtaMode = Field(
         "none", description="test-time augmentation of the final val/test (and out-of-fold) scores and of predict: "
         "none, flip (4 flips) or d4 (8 flips and quarter turns); logits averaged")
-    calibrate: Literal[CALIBRATIONS] = Field(
+    calibrate: CalibrationName = Field(
         "none", description="calibrate probabilities on validation only (temperature scaling or isotonic regression); "
         "applied before the --prevalence prior shift, and by predict and export")
     seed: int = Field(0, description="seed of the draw, initialisation, batch order and augmentation")
@@ -209,7 +211,7 @@ class ExperimentConfig(BaseModel):
         try:
             parse_ratio(str(v))
         except BadInputError as e:
-            raise BadInputError(str(e).replace("--ratio", _flag(info.field_name), 1)) from None
+            raise BadInputError(str(e).replace("--ratio", _flag(info.field_name or "ratio"), 1)) from None
         return str(v).strip().lower()
 
     @field_validator("model")
@@ -256,7 +258,7 @@ class PretrainConfig(BaseModel):
     split: str = Field("", description="split name ('' = split.json)")
     pretrain_data: str = Field("", description="another prepared data set to pretrain on instead (all its images, "
                                "labels unused; refused if it holds any of the split's val or test images)")
-    method: Literal[SSL_METHODS] = Field("simclr", description="self-supervised method (lightly)")
+    method: SslMethod = Field("simclr", description="self-supervised method (lightly)")
     model: str = Field("upgraded_cnn", description="registry model whose encoder (all but the head) is pretrained")
     pretrained: Union[bool, str] = Field(False, description="start from ImageNet weights (timm backbones: true or a "
                                          "weights file PATH, found as for train), i.e. continued pretraining")
@@ -383,7 +385,7 @@ def _flag(key: str) -> str:
     return "--" + {"synthetic.data": "synthetic", "synthetic.n": "synthetic-n"}.get(key, key).replace("_", "-")
 
 
-def _explain_key(key: str, field: Any, errors: list[dict], where: str, config: type[BaseModel] | None = None) -> str:
+def _explain_key(key: str, field: Any, errors: list[ErrorDetails], where: str, config: type[BaseModel] | None = None) -> str:
     """One message for all of a key's errors (a Union gives one per branch): the key, what it
     expects and what it got."""
     first = errors[0]
@@ -408,7 +410,7 @@ def _explain(err: ValidationError, origin: str, flag_keys: Collection[str] = (),
              config: type[BaseModel] | None = None) -> BadInputError:
     """Every pydantic error, whatever its type, as 'KEY: expected X, got Y', KEY in the form the
     user wrote it: --flag-name for flags, config key 'name' in ORIGIN for a file."""
-    by_key: dict[str, tuple[Any, list[dict]]] = {}
+    by_key: dict[str, tuple[Any, list[ErrorDetails]]] = {}
     for e in err.errors():
         key, field = _field(tuple(e["loc"]), config)
         if e["type"] == "extra_forbidden":
@@ -477,12 +479,12 @@ class TabularConfig(BaseModel):
     features: str = Field("auto", description="auto = every usable metadata column, or COL,COL,...")
     allow_column: list[str] = Field(default_factory=list, description="columns kept although their single-column "
                                     "training AUC exceeds 0.98 (recorded in the run)")
-    engine: Literal[ENGINES] = Field("lightgbm", description="gradient-boosting library")
+    engine: EngineName = Field("lightgbm", description="gradient-boosting library")
     folds: Optional[int] = Field(None, ge=2, description="grouped stratified folds over the train pool (default 5; "
                                  "with --image: the image model's folds)")
     image: Optional[str] = Field(None, description="CV_DIR (or ENS_DIR) of an image model: its out-of-fold scores "
                                  "become features")
-    fusion: Literal[FUSIONS] = Field("stack", description="with --image: stack = image scores as features; late = "
+    fusion: FusionName = Field("stack", description="with --image: stack = image scores as features; late = "
                                      "rank average of image and metadata-only probabilities")
     neg_ratio: Optional[float] = Field(None, gt=0, description="benign rows per malignant row in each fold's "
                                        "training part (negative undersampling; default: all)")

@@ -19,6 +19,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -130,7 +131,7 @@ def read_metadata(session, path: Path) -> dict:
 class OnnxPredictor:
     """The Predictor interface (size, fit, threshold, probabilities) over an exported model."""
 
-    session: object
+    session: Any  # an onnxruntime.InferenceSession (onnxruntime is imported only where it is used)
     size: int
     fit: str
     threshold: float

@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -126,8 +126,8 @@ class Inputs:
     eval_pos: dict[str, np.ndarray]
     eval_x: dict[str, np.ndarray]
     eval_y: dict[str, np.ndarray]
-    group_rule: str = "none"
-    groups: np.ndarray | None = None  # group key of every table row (patient, else lesion, else image)
+    group_rule: str
+    groups: np.ndarray  # group key of every table row (patient, else lesion, else image)
     extra: ExtraPart | None = None    # --extra-data: another data set's images, in the training draw only
 
     def eval_ids(self) -> list[str]:
@@ -216,12 +216,13 @@ def _runtime(cfg: ExperimentConfig, world: World, side: int) -> tuple[Runtime, d
                          model_prefers_channels_last=get_spec(cfg.model).channels_last, num_threads=threads)
     if cfg.precision == "64" or "auto" not in (cfg.precision, cfg.channels_last):
         return rt, {"measured": False, "reason": "given" if cfg.precision != "64" else "--precision 64"}
-    choice = None
+    choice: tuple[bool, bool, dict] | None = None
     if world.is_main:
         choice = autotune.choose(cfg.model, lambda: create_model(cfg.model, image_size=side), rt.device, side,
                                  cfg.batch_size // world.size, cfg.precision, cfg.channels_last)
     if world.distributed:
         choice = world.gather(choice)[0]
+    assert choice is not None  # the main process chose, and every process has its choice
     bf16, channels_last, info = choice
     return replace(rt, bf16=bf16, channels_last=channels_last), info
 
@@ -268,14 +269,14 @@ def evaluate(cfg: ExperimentConfig, logits: dict[str, np.ndarray], truth: dict[s
     grouped = groups is not None and group_rule != "none"
     for side in truth:
         losses = bce_per_sample(truth[side], logits[side])
-        m = compute_metrics(truth[side], probs[side], threshold, losses, deploy)
-        side_groups = groups[side] if grouped else None
+        m: dict[str, Any] = compute_metrics(truth[side], probs[side], threshold, losses, deploy)
+        side_groups = groups[side] if grouped and groups is not None else None
         if cfg.bootstrap:
             m["ci95"] = bootstrap_ci(truth[side], probs[side], threshold, losses, cfg.bootstrap, seed=cfg.seed,
                                      prevalence=deploy, groups=side_groups)
             m["ci95_unit"] = ci_unit(group_rule if grouped else None)
         m["n_malignant"], m["n_benign"] = int(truth[side].sum()), int((truth[side] == 0).sum())
-        if grouped:
+        if side_groups is not None:
             m["n_groups"] = int(len(np.unique(side_groups)))
         metrics[side] = m
     return Evaluation(logits, raw, probs, rule, threshold, trained_at, deploy, metrics, cal)
@@ -380,6 +381,7 @@ def _build_model(cfg: ExperimentConfig, start: Start, side: int, store_size: int
         weights["leak_check"] = start.guard
     elif start.kind == "imagenet":
         found = pretrained_source(model)
+        assert found is not None  # create_model with ImageNet weights records where they came from
         pre = found["preprocessing"]
         weights.update(source=found["source"], trained_at=found["trained_at"])
     if (start.encoder is not None or (start.run is not None and cfg.pretrained_head == "fresh")) and is_timm(model):

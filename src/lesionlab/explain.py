@@ -157,7 +157,7 @@ def cam_to_original(cam: np.ndarray, width: int, height: int, fit: str) -> np.nd
         nw, nh = max(1, round(width * scale)), max(1, round(height * scale))
         top, left = (size - nh) // 2, (size - nw) // 2
         cam = cam[top:top + nh, left:left + nw]
-    resized = lambda c, w, h: np.asarray(Image.fromarray(c.astype(np.float32), mode="F").resize((w, h), Image.BILINEAR))  # noqa: E731
+    resized = lambda c, w, h: np.asarray(Image.fromarray(c.astype(np.float32), mode="F").resize((w, h), Image.Resampling.BILINEAR))  # noqa: E731
     if fit == "crop":
         side = min(width, height)
         full = np.zeros((height, width), np.float32)
@@ -236,7 +236,9 @@ def explain(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os
         resolve_target_layer(member.model, getattr(member, "model_name", ""), target_layer)
     src = read_source(source, fmt, require_labels=False, metadata=False)
     table = src.table
-    rows, bad, layers = [], [], []
+    rows: list[dict] = []
+    bad: list[str] = []
+    layers: list[str] = []
     name_of = OverlayNames()
     with staged_dir(out, what="explain output", replace=replace) as staging:
         (staging / "overlays").mkdir()

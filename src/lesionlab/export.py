@@ -18,6 +18,7 @@ import os
 import re
 import warnings
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -46,6 +47,10 @@ COMBINE = {"prob": "mean of the members' probabilities",
 class _Member(nn.Module):
     """One network with its run's preprocessing, test-time augmentation and decision rule,
     uint8 NHWC -> probability."""
+
+    net: nn.Module
+    mean: torch.Tensor  # buffers: (1, 3, 1, 1), on the 0-255 scale
+    std: torch.Tensor
 
     def __init__(self, predictor):
         super().__init__()
@@ -116,7 +121,7 @@ class _Scorer(nn.Module):
         if len(self.members) == 1:
             return self.members[0](image)
         if self.combine == "logit":  # runs.predictor.average_probabilities' 'logit' mean
-            return torch.sigmoid(torch.stack([m.scores(image)[1] for m in self.members]).mean(0))
+            return torch.sigmoid(torch.stack([cast(_Member, m).scores(image)[1] for m in self.members]).mean(0))
         return torch.stack([m(image) for m in self.members]).mean(0)
 
 
@@ -188,7 +193,7 @@ def _member_layer(path: str, scorer: _Scorer) -> str:
     if layer is None:
         return f"the preprocessing or decision rule{where}"
     try:
-        kind = type(scorer.members[idx].net.get_submodule(layer)).__name__
+        kind = type(cast(_Member, scorer.members[idx]).net.get_submodule(layer)).__name__
     except AttributeError:
         kind = "?"
     return f"layer '{layer or '(the model itself)'}' ({kind}){where}"

@@ -48,7 +48,7 @@ def _existing_folder(path: str | os.PathLike) -> Path:
 def unwritable(e: OSError, path: str | os.PathLike | None = None) -> LesionLabError | None:
     """'cannot write to DIR: read-only file system' for an OSError that says a location cannot be
     written (None for any other error); DIR is the nearest existing folder of the path it names."""
-    reason = _UNWRITABLE.get(e.errno)
+    reason = _UNWRITABLE.get(e.errno) if e.errno is not None else None
     where = path if path is not None else e.filename
     if reason is None:
         return None
@@ -518,4 +518,4 @@ def _has_carriage_return(df: pd.DataFrame) -> bool:
 def write_csv(path: str | os.PathLike, df: pd.DataFrame, **to_csv: Any) -> None:
     """Write `df` atomically as CSV, formula-like text neutralised (see `safe_to_csv`)."""
     to_csv.setdefault("index", False)
-    write_text(path, safe_to_csv(df, **to_csv))
+    write_text(path, str(safe_to_csv(df, **to_csv)))  # no target: the text itself

@@ -403,6 +403,6 @@ def metrics_with_ci(y: np.ndarray, probs, thresholds, n_boot: int = 2000, seed: 
                                       groups=groups if grouped else None)
         m["ci95_unit"] = unit if grouped else "image"
     m["n_malignant"], m["n_benign"] = int(y.sum()), int((y == 0).sum())
-    if grouped:
+    if grouped and groups is not None:
         m["n_groups"] = int(len(np.unique(groups)))
     return m

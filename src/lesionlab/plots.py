@@ -196,7 +196,7 @@ def ssl_curves(history: list[dict], path: Path) -> None:
 def distance_histogram(syn: np.ndarray, real: np.ndarray, title: str, path: Path) -> None:
     """`lesionlab synth check`: synthetic images' distances to their nearest real one, beside real-to-real."""
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    bins = np.linspace(0, max(syn.max(), real.max()) * 1.05, 40)
+    bins = np.linspace(0, max(syn.max(), real.max()) * 1.05, 40).tolist()
     ax.hist(real, bins=bins, alpha=0.6, density=True, label="real -> nearest other real")
     ax.hist(syn, bins=bins, alpha=0.6, density=True, label="synthetic -> nearest real")
     ax.set_title(title, fontsize=10)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -124,6 +124,8 @@ def predict(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os
     check_at_least(batch_size, 1, "--batch-size")
     if max_pixels < 1:
         raise BadInputError(f"--max-pixels must be at least 1, got {max_pixels}")
+    run: Any  # an image predictor (torch or onnxruntime), or a rows kind's (runs/kinds.py)
+    takes: str | None
     if engine == "onnxruntime":
         if tta not in (None, "none"):
             raise BadInputError(f"--tta {tta}: not available with --engine onnxruntime (the exported graph scores one view)")

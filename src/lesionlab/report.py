@@ -12,7 +12,7 @@ import time
 import warnings
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -393,9 +393,9 @@ def _add_overview(md: list, body: list, groups: "OrderedDict[str, list[Run]]", b
     """The forest plot at the top: each experiment's test metrics with their intervals, against the baseline."""
     from . import plots
 
-    ref = baseline if baseline in groups else next(iter(groups))
-    rows = [{"name": name, **{k: summarise(members, k) for k, _ in OVERVIEW_METRICS}}
-            for name, members in groups.items()]
+    ref = baseline if baseline is not None and baseline in groups else next(iter(groups))
+    rows: list[dict[str, Any]] = [{"name": name, **{k: summarise(members, k) for k, _ in OVERVIEW_METRICS}}
+                                  for name, members in groups.items()]
     metrics = [(k, label) for k, label in OVERVIEW_METRICS if any(np.isfinite(r[k]["mean"]) for r in rows)]
     path = figures_dir / "experiments_forest.png"
     plots.forest(rows, metrics, path, ref, "test metrics with 95% intervals; band: " + ref)
@@ -491,13 +491,13 @@ def _seed_cell(blocks: list[dict], path: tuple, sign: bool = False) -> str:
     fmt = (lambda x: f"{x:+.3f}") if sign else (lambda x: f"{x:.3f}")
     found = [_dig(b, *path) for b in blocks]
     values = [v.get("mean", v.get("drop")) if isinstance(v, dict) else v for v in found]
-    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not values:
+    numbers = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not numbers:
         return "n/a"
-    if len(values) > 1:
-        return f"{fmt(float(np.mean(values)))} ± {float(np.std(values, ddof=1)):.3f}"
+    if len(numbers) > 1:
+        return f"{fmt(float(np.mean(numbers)))} ± {float(np.std(numbers, ddof=1)):.3f}"
     ci = found[0].get("ci95") if isinstance(found[0], dict) else None
-    return fmt(values[0]) + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "")
+    return fmt(numbers[0]) + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "")
 
 
 def audit_rows(groups: "OrderedDict[str, list[Run]]") -> tuple[list[str], list[list[str]]]:
@@ -548,8 +548,8 @@ def _add_audit(md: list, body: list, groups: "OrderedDict[str, list[Run]]") -> N
 def _figures_of(run: Run) -> list[tuple[str, str, Path]]:
     """(file name, caption, path) of a run's figures (its shortcut audit's too), and of its synthetic images'
     check when it used some."""
-    found = [(run_format.FIGURES[k][0], run_format.FIGURES[k][1], run.figure(k))
-             for k in run.declared.report_figures if run.figure(k)] + _audit_figures(run)
+    found = [(run_format.FIGURES[k][0], run_format.FIGURES[k][1], path)
+             for k in run.declared.report_figures if (path := run.figure(k)) is not None] + _audit_figures(run)
     syn = run.info.get("synthetic") or {}
     store_json = Path(syn.get("data", "")) / "store.json"
     if syn and store_json.exists():

@@ -119,7 +119,7 @@ def tabular_run(cfg: TabularConfig, out: str | os.PathLike, echo: Callable[[str]
         folds = grouped_folds(y["train"], groups, cfg.folds or 5, cfg.seed)
         fold_source = f"StratifiedGroupKFold by {group_used}, seed {cfg.seed}"
     stacked = image is not None and cfg.fusion == "stack"
-    image_prob = None
+    image_prob: dict[str, np.ndarray] = {}  # side -> the image model's scores, with --image
     if image is not None:
         image_prob = {"train": image.oof.reindex(ids["train"]).to_numpy()}  # out of fold only
         image_prob.update({side: image.evaluation.reindex(ids[side]).to_numpy() for side in SIDES})

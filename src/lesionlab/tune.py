@@ -35,7 +35,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import yaml
 
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 TYPES = ("choice", "int", "float")
 OBJECTIVES = ("inner_val", "cv")
+Direction = Literal["minimize", "maximize"]
 METRICS = ("pauc_80", "roc_auc", "average_precision", "f1", "balanced_accuracy", "loss")
 TOP_KEYS = ("base", "space", "objective", "metric", "direction", "folds", "pruning", "study")
 # keys a search may not vary: where the data are and how the run is executed
@@ -70,6 +71,7 @@ class Param:
     def suggest(self, trial) -> Any:
         if self.type == "choice":
             return trial.suggest_categorical(self.key, list(self.values))
+        assert self.low is not None and self.high is not None  # a numeric range is parsed with both bounds
         if self.type == "int":
             return trial.suggest_int(self.key, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
         return trial.suggest_float(self.key, float(self.low), float(self.high), step=self.step, log=self.log)
@@ -88,7 +90,7 @@ class Search:
     space: dict[str, Param]
     objective: str = "inner_val"
     metric: str = "pauc_80"
-    direction: str = "maximize"
+    direction: Direction = "maximize"
     folds: int = 5
     pruning: dict | None = field(default_factory=lambda: {"n_startup_trials": 3, "n_warmup_steps": 3})
     study: str = ""
@@ -173,9 +175,10 @@ def load_search(path: str | os.PathLike, data: str | None = None) -> Search:
     metric = str(doc.get("metric", "pauc_80")).removeprefix("val_")
     if metric not in METRICS:
         raise BadInputError(f"{origin}: metric must be one of {', '.join(METRICS)}, got '{metric}'{closest(metric, METRICS)}")
-    direction = str(doc.get("direction", "minimize" if metric == "loss" else "maximize"))
-    if direction not in ("maximize", "minimize"):
-        raise BadInputError(f"{origin}: direction must be maximize or minimize, got '{direction}'")
+    given = str(doc.get("direction", "minimize" if metric == "loss" else "maximize"))
+    if given not in ("maximize", "minimize"):
+        raise BadInputError(f"{origin}: direction must be maximize or minimize, got '{given}'")
+    direction: Direction = "maximize" if given == "maximize" else "minimize"
     folds = doc.get("folds", 5)
     if not isinstance(folds, int) or folds < 2:
         raise BadInputError(f"{origin}: folds must be an integer of at least 2, got {shown(folds)}")
@@ -401,7 +404,10 @@ def make_objective(search: Search, data: str, tune_dir: Path, n_trials: int,
     from optuna.trial import TrialState
 
     if train is None:
-        from .experiment import run_experiment as train
+        from .experiment import run_experiment
+
+        train = run_experiment
+    run_trial: Callable = train  # (cfg, folder, on_epoch) -> result
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("host", socket.gethostname())
@@ -423,10 +429,10 @@ def make_objective(search: Search, data: str, tune_dir: Path, n_trials: int,
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"epoch {row['epoch']}: val {search.metric} {row[key]:.4f}")
 
-            result = train(cfg, folder, on_epoch)
+            result = run_trial(cfg, folder, on_epoch)
             value = float(result["metrics"]["val"][search.metric])  # the validation metric only
         else:
-            fold = {"index": 0, "last_epoch": 0, "best": None}
+            fold: dict[str, Any] = {"index": 0, "last_epoch": 0, "best": None}
 
             def on_epoch(row: dict) -> None:  # prune per fold: report each finished fold's best val value
                 if int(row["epoch"]) <= fold["last_epoch"] and fold["best"] is not None:
@@ -525,13 +531,14 @@ def _figures(study, tune_dir: Path) -> dict:
     import optuna
     from optuna.visualization import matplotlib as ovm
 
-    out, folder = {}, tune_dir / "figures"
+    out: dict[str, str | None] = {}
+    folder = tune_dir / "figures"
     folder.mkdir(exist_ok=True)
     for name, plot in (("history", ovm.plot_optimization_history), ("importances", ovm.plot_param_importances)):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                ax = plot(study)
+                ax: Any = plot(study)  # one Axes, or an array of them
             fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
             fig.set_size_inches(7, 4)
             fig.tight_layout()

@@ -46,8 +46,8 @@ def gallery_figure(audit: Audit, images: np.ndarray, predictor, settings: AuditS
     share = table["off_lesion_share"].to_numpy(dtype=np.float64)
     picks = {}
     for outcome in audit.block["by_outcome"]:
-        rows = np.flatnonzero((table["outcome"] == outcome).to_numpy() & np.isfinite(share))
-        picks[outcome] = rows[np.argsort(-share[rows], kind="stable")][:settings.gallery]
+        found = np.flatnonzero((table["outcome"] == outcome).to_numpy() & np.isfinite(share))
+        picks[outcome] = found[np.argsort(-share[found], kind="stable")][:settings.gallery]
     order = np.concatenate(list(picks.values())).astype(int)
     if not len(order):
         return None

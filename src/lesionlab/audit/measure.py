@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -175,7 +175,7 @@ def _mean_ci(values: np.ndarray, over: np.ndarray, y: np.ndarray, groups, n_boot
     finite = np.isfinite(values)
     if not finite.any():
         return {"mean": float("nan"), "ci95": [float("nan")] * 2, "n": 0}
-    out = {"mean": float(values[finite].mean()), "n": int(finite.sum())}
+    out: dict[str, Any] = {"mean": float(values[finite].mean()), "n": int(finite.sum())}
     if n_boot:
         idx = resample_indices(y, n_boot, seed, groups)
         with warnings.catch_warnings():
@@ -191,9 +191,9 @@ def _both_classes(y: np.ndarray | None) -> bool:
 
 def _occlusion(y, prob, hidden, threshold: float, groups, settings: AuditSettings) -> dict:
     change = hidden - prob
-    out = {"mean_change": float(np.mean(change)), "mean_abs_change": float(np.mean(np.abs(change))),
-           "p95_abs_change": float(np.quantile(np.abs(change), 0.95)), "max_abs_change": float(np.max(np.abs(change))),
-           "decisions_changed": int(np.sum((prob >= threshold) != (hidden >= threshold)))}
+    out: dict[str, Any] = {"mean_change": float(np.mean(change)), "mean_abs_change": float(np.mean(np.abs(change))),
+                           "p95_abs_change": float(np.quantile(np.abs(change), 0.95)), "max_abs_change": float(np.max(np.abs(change))),
+                           "decisions_changed": int(np.sum((prob >= threshold) != (hidden >= threshold)))}
     if y is not None:
         for label, name in ((1, "malignant"), (0, "benign")):
             out[f"mean_change_{name}"] = float(np.mean(change[y == label])) if (y == label).any() else float("nan")
@@ -314,5 +314,5 @@ def summarise(table: pd.DataFrame, threshold: float, settings: AuditSettings, la
     }
 
 
-def _subset(y, prob, groups, sel):
+def _subset(y, prob, groups, sel) -> tuple[Any, Any, Any]:
     return (y[sel] if y is not None else None, prob[sel], groups[sel] if groups is not None else None)

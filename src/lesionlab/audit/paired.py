@@ -2,6 +2,8 @@
 lean less on the frame? (e.g. a lever such as an augmentation that masks borders, against the baseline)."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -36,11 +38,11 @@ def paired_audit(a: pd.DataFrame, b: pd.DataFrame, n_boot: int = 2000, seed: int
     y = a["label"].to_numpy().astype(int)
     groups = a["group"].astype(str).to_numpy() if "group" in a else None
     idx = resample_indices(y, n_boot, seed, groups) if n_boot else []
-    out = {"n": int(len(a)), "n_boot": n_boot, "unit": "group" if groups is not None else "image"}
+    out: dict[str, Any] = {"n": int(len(a)), "n_boot": n_boot, "unit": "group" if groups is not None else "image"}
     for key, value in (("on_lesion_share", lambda t, r=slice(None): _on_lesion(t, r)),
                        ("frame_auc_drop", lambda t, r=slice(None): _frame_drop(y, t, r))):
         va, vb = value(a), value(b)
-        d = {"a": va, "b": vb, "diff": vb - va}
+        d: dict[str, Any] = {"a": va, "b": vb, "diff": vb - va}
         if n_boot:
             diffs = np.array([value(b, i) - value(a, i) for i in idx])
             diffs = diffs[np.isfinite(diffs)]

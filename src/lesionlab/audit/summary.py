@@ -55,7 +55,7 @@ def provenance(block: dict) -> str:
     rec = block.get("recorded") or {}
     s = block.get("settings", {})
     where = {"train": "by train, on its test set", "audit": "by `lesionlab audit`, on the run's test set"}.get(
-        rec.get("by"), rec.get("by", "?"))
+        str(rec.get("by")), rec.get("by", "?"))
     prev = f"; {len(block['previous'])} earlier audit(s) kept under audit.previous" if block.get("previous") else ""
     return (f"recorded {where} ({rec.get('at', '?')}, lesionlab {rec.get('version', '?')}); {block.get('n')} images, "
             f"{s.get('method')} on {', '.join(s.get('layers') or []) or 'no layer'}, frame {s.get('frame', 0):.0%} of each "

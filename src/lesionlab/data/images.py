@@ -159,10 +159,10 @@ def decode_resize(data: bytes, size: int, fit: str = "stretch", max_pixels: int 
         scale = size / max(w, h)
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
         canvas = Image.new("RGB", (size, size))
-        canvas.paste(im.resize((nw, nh), Image.BILINEAR), ((size - nw) // 2, (size - nh) // 2))
+        canvas.paste(im.resize((nw, nh), Image.Resampling.BILINEAR), ((size - nw) // 2, (size - nh) // 2))
         return np.asarray(canvas, dtype=np.uint8)
     if im.size != (size, size):
-        im = im.resize((size, size), Image.BILINEAR)
+        im = im.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(im, dtype=np.uint8)
 
 

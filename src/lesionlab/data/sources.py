@@ -22,6 +22,7 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -125,7 +126,7 @@ class HDF5Reader(ImageReader):
     """ISIC 2024's train-image.hdf5: one scalar bytes dataset per isic_id holding a JPEG file."""
 
     path: str
-    _file: object = field(default=None, repr=False, compare=False)
+    _file: Any = field(default=None, repr=False, compare=False)  # the h5py.File, once opened
 
     def __getstate__(self):  # an open h5py file cannot cross a process boundary
         return {"path": self.path, "_file": None}

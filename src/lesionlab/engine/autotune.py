@@ -20,6 +20,7 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -67,7 +68,7 @@ def candidates(device: torch.device, precision: str, channels_last: str) -> list
     return [(p, c) for p in precisions for c in layouts]
 
 
-def measure(build: "callable", device: torch.device, side: int, batch_size: int, bf16: bool, channels_last: bool) -> float:
+def measure(build: Callable[[], nn.Module], device: torch.device, side: int, batch_size: int, bf16: bool, channels_last: bool) -> float:
     """Training img/s of a fresh model on one random batch: the best of TIMED_STEPS steps after
     WARMUP_STEPS (the best, not the mean: on a shared machine other work only ever slows a step)."""
     from .optim import make_optimizer
@@ -100,7 +101,7 @@ def measure(build: "callable", device: torch.device, side: int, batch_size: int,
     return batch_size / best
 
 
-def choose(model: str, build: "callable", device: torch.device, side: int, batch_size: int, precision: str,
+def choose(model: str, build: Callable[[], nn.Module], device: torch.device, side: int, batch_size: int, precision: str,
            channels_last: str) -> tuple[bool, bool, dict]:
     """(bf16, channels_last, what was measured): from the cache when this machine measured the same
     model, side and batch before, else measured now and cached."""

@@ -18,6 +18,7 @@ import os
 import socket
 import sys
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -25,6 +26,8 @@ import torch.distributed as dist
 from torch import nn
 
 from ..errors import BadInputError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -43,8 +46,8 @@ class World:
     def distributed(self) -> bool:
         return self.size > 1
 
-    def gather(self, array: np.ndarray) -> list[np.ndarray]:
-        """Every process's array, in rank order, on every process."""
+    def gather(self, array: T) -> list[T]:
+        """Every process's array (or any picklable value), in rank order, on every process."""
         if not self.distributed:
             return [array]
         out: list = [None] * self.size
@@ -94,12 +97,15 @@ class _CpuSyncBatchNorm(nn.BatchNorm2d):
         mean = first[:-1] / total
         centred = xs - mean.view(1, -1, 1, 1)
         var = all_reduce((centred * centred).sum((0, 2, 3)), group=self.group) / total
+        running_mean, running_var, seen = self.running_mean, self.running_var, self.num_batches_tracked
         with torch.no_grad():
-            self.num_batches_tracked += 1
-            m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-            self.running_mean.mul_(1 - m).add_(mean.detach().to(self.running_mean.dtype) * m)
-            unbiased = var.detach() * (total / (total - 1))
-            self.running_var.mul_(1 - m).add_(unbiased.to(self.running_var.dtype) * m)
+            # as BatchNorm2d: a layer built with track_running_stats=False keeps no running statistics
+            if running_mean is not None and running_var is not None and seen is not None:
+                seen.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(seen)
+                running_mean.mul_(1 - m).add_(mean.detach().to(running_mean.dtype) * m)
+                unbiased = var.detach() * (total / (total - 1))
+                running_var.mul_(1 - m).add_(unbiased.to(running_var.dtype) * m)
         y = centred * torch.rsqrt(var.view(1, -1, 1, 1) + self.eps)
         if self.affine:
             y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)

@@ -32,6 +32,8 @@ class TrainingLoss(nn.Module):
         self.kind, self.alpha, self.gamma, self.smoothing = kind, focal_alpha, focal_gamma, label_smoothing
         self.register_buffer("pos_weight", torch.tensor(pos_weight) if pos_weight is not None else None)
 
+    pos_weight: torch.Tensor | None  # a buffer (moves with the module)
+
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         soft = target * (1 - self.smoothing) + 0.5 * self.smoothing if self.smoothing else target
         if self.kind == "bce":

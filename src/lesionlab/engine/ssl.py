@@ -14,6 +14,7 @@ rotation and vertical flips too (a lesion has no up); hue jitter is a per-channe
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -37,14 +38,13 @@ METHODS = SSL_METHODS
 
 # SimCLRTransform with cj_strength 0.5 (lightly's advice for small images): colour jitter with
 # chance 0.8, greyscale 0.2, blur 0.5, random resized crop, flips
-_BASE = dict(flips=True, rotate=180, scale=(1.0, 2.2), shift=0.08, shear=5, brightness=0.4, contrast=0.4,
-             saturation=0.4, tint=0.1, jitter_p=0.8, grayscale_p=0.2)
-SIMCLR_VIEW = Policy(**_BASE, blur_p=0.5)
+SIMCLR_VIEW = Policy(flips=True, rotate=180, scale=(1.0, 2.2), shift=0.08, shear=5, brightness=0.4, contrast=0.4,
+                     saturation=0.4, tint=0.1, jitter_p=0.8, grayscale_p=0.2, blur_p=0.5)
 # BYOLTransform / DINOTransform: the first view always blurred, the second rarely and sometimes solarised
-VIEW_1 = Policy(**_BASE, blur_p=1.0)
-VIEW_2 = Policy(**_BASE, blur_p=0.1, solarize_p=0.2)
+VIEW_1 = dataclasses.replace(SIMCLR_VIEW, blur_p=1.0)
+VIEW_2 = dataclasses.replace(SIMCLR_VIEW, blur_p=0.1, solarize_p=0.2)
 # DINO's local views: small crops (5-20% of the image), shown at half the size
-LOCAL_VIEW = Policy(**{**_BASE, "scale": (2.2, 4.5)}, blur_p=0.5)
+LOCAL_VIEW = dataclasses.replace(SIMCLR_VIEW, scale=(2.2, 4.5))
 
 
 def check_method(method: str) -> str:
@@ -204,7 +204,7 @@ class SSLOptions:
     temperature: float = 0.2  # SimCLR only
 
 
-def build_method(encoder: Encoder, opts: SSLOptions) -> nn.Module:
+def build_method(encoder: Encoder, opts: SSLOptions) -> SimCLR | BYOL | DINO:
     check_method(opts.method)
     if opts.method == "simclr":
         return SimCLR(encoder, temperature=opts.temperature)

@@ -10,7 +10,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, cast
 
 import numpy as np
 import torch
@@ -165,7 +165,7 @@ def layer_ids(model: nn.Module) -> dict[str, int]:
     if hasattr(model, "group_matcher"):
         from timm.models import group_parameters
 
-        return group_parameters(model, model.group_matcher(coarse=False), reverse=True)
+        return group_parameters(model, cast(Any, model).group_matcher(coarse=False), reverse=True)  # timm's own method
     owners = [name for name, module in model.named_modules() if any(True for _ in module.parameters(recurse=False))]
     rank = {name: i for i, name in enumerate(owners)}
     return {name: rank[name.rpartition(".")[0]] for name, _ in model.named_parameters()}
@@ -289,6 +289,7 @@ def train(model: nn.Module, batches: Batches, val_x: np.ndarray, val_y: np.ndarr
     if opts.measure_compute:
         compute = measure_compute(model, lambda params: make_optimizer(params, opts.optimizer, opts.lr, opts.weight_decay),
                                   loss_fn, batches, rt, pre=opts.preprocess, frozen_batchnorm=frozen_bn)
+    assert best_state is not None  # the first epoch is always the best so far (epochs >= 1)
     return TrainResult(best_state, best_epoch, history, loop_images / max(loop_seconds, 1e-9), compute, stopped)
 
 

@@ -8,6 +8,8 @@ the same architecture with the head left as initialised.
 """
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 from torch import nn
 
@@ -30,7 +32,7 @@ def head_name(model: nn.Module) -> str:
 
 def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if hasattr(model, "forward_features") and hasattr(model, "head_name"):
-        return model.forward_features(x)
+        return cast(Any, model).forward_features(x)  # the model family's own method (hasattr above)
     if is_timm(model):
         return timm_features(model, x)
     raise BadInputError(f"{type(model).__name__}: no encoder/head split is defined for this model family")

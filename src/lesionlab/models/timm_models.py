@@ -5,6 +5,7 @@ import contextlib
 import os
 import socket
 from pathlib import Path
+from typing import Any, cast
 from urllib.parse import urlparse
 
 from torch import nn
@@ -168,6 +169,7 @@ def imagenet_backbone(name: str = "tf_efficientnet_lite0", pretrained: bool | st
     kwargs.setdefault("num_classes", 0)
     model = create_timm(name, pretrained=pretrained or True, **kwargs)
     found = pretrained_source(model)
+    assert found is not None  # create_timm records where its pretrained weights came from
     return model, found["preprocessing"], found["source"]
 
 
@@ -208,10 +210,10 @@ def create_timm(name: str, image_size: int = 128, pretrained: bool | str = False
     from .weights import no_weights_message, package_file, package_for
 
     package = package_for(name)
-    path = package_file(package) if package is not None else None
-    if path is None:
+    package_path = package_file(package) if package is not None else None
+    if package is None or package_path is None:
         raise BadInputError(no_weights_message(name, where))
-    return _from_package(name, package, path, **kwargs)
+    return _from_package(name, package, package_path, **kwargs)
 
 
 def timm_cam_layer(model: nn.Module) -> str | None:
@@ -227,7 +229,7 @@ def timm_cam_layer(model: nn.Module) -> str | None:
 def timm_head_name(model: nn.Module) -> str:
     """The state-dict prefix of a timm model's classifier ('fc', 'classifier', 'head.fc', ...)."""
     name = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
-    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    classifier = cast(Any, model).get_classifier() if hasattr(model, "get_classifier") else None  # timm's own method
     modules = dict(model.named_modules())
     if name and name in modules:
         return name
@@ -239,4 +241,5 @@ def timm_head_name(model: nn.Module) -> str:
 
 def timm_features(model: nn.Module, x):
     """(N, D): the pooled features that feed the classifier (timm's pre-logits)."""
-    return model.forward_head(model.forward_features(x), pre_logits=True)
+    timm_model = cast(Any, model)  # timm's own methods (nn.Module types its attributes Tensor | Module)
+    return timm_model.forward_head(timm_model.forward_features(x), pre_logits=True)

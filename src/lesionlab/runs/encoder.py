@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeGuard
 
 import numpy as np
 
@@ -37,7 +38,7 @@ class EncoderWeights:
         return set(read_table(self.path / fmt.PRETRAIN_IDS)["id"])  # formula-safe ids restored
 
 
-def is_encoder_dir(value: object) -> bool:
+def is_encoder_dir(value: object) -> TypeGuard[str | os.PathLike]:
     """True when --pretrained names a folder: an ENC_DIR (weights files are files); what the folder
     holds is checked by load_encoder, which explains what is wrong with it."""
     return isinstance(value, (str, os.PathLike)) and not isinstance(value, bool) and Path(value).is_dir()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeGuard
 
 import numpy as np
 from torch import nn
@@ -34,7 +35,7 @@ class RunWeights:
                 "weights": (self.run.info.get("weights") or {}).get("source")}
 
 
-def is_train_run(value: object) -> bool:
+def is_train_run(value: object) -> TypeGuard[str | os.PathLike]:
     """True when --pretrained names a complete train run folder (not an encoder)."""
     if not isinstance(value, (str, os.PathLike)) or isinstance(value, bool) or not Path(value).is_dir():
         return False
@@ -101,7 +102,7 @@ def check_not_trained_on(rw: RunWeights, eval_ids: list[str], eval_images: np.nd
 
     data = rw.run.config.get("data") or rw.run.info.get("data")
     try:
-        store = Store.open(data)
+        store = Store.open(str(data))
     except Exception:  # noqa: BLE001 - moved or deleted: the id check above stands, and says so
         return {**checked, "content": f"not checked: its data set {data} could not be read"}
     if store.content_hash != rw.run.info.get("store_hash"):

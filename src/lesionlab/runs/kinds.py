@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from . import format as fmt
 
 if TYPE_CHECKING:
-    from .predictor import Predictor
     from .reader import Run
 
 # the modules that declare run kinds; a new kind's module is added here so that its folders load
@@ -40,7 +39,7 @@ class RunKind:
 
     name: str
     takes: Takes | None
-    loader: Callable[[Run, str], Predictor] | None
+    loader: Callable[[Run, str], Any] | None  # an image kind's gives a predictor.Predictor, a rows kind's its own
     files: tuple[str, ...] = ()
     report_figures: tuple[str, ...] = ()
     fold_hash: tuple[str, ...] = ("fold_sha256",)

@@ -1,8 +1,10 @@
 """Reading run folders back: one class for every reader (report, compare, predict, sweep, synth)."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -12,7 +14,7 @@ from . import format as fmt
 from .kinds import RunKind, find_kind, kind_names
 
 
-def is_complete_run(path: Path | str) -> bool:
+def is_complete_run(path: str | os.PathLike) -> bool:
     return all((Path(path) / f).exists() for f in fmt.REQUIRED)
 
 
@@ -24,7 +26,7 @@ class Run:
     metrics: dict
 
     @classmethod
-    def load(cls, path: str | Path) -> "Run":
+    def load(cls, path: str | os.PathLike) -> "Run":
         path = Path(path)
         if not is_complete_run(path):
             raise BadInputError(f"{path}: not a complete run folder (needs {', '.join(fmt.REQUIRED)})")
@@ -71,8 +73,8 @@ class Run:
             raise BadInputError(f"{self.path / fmt.INFO}: unknown run kind '{self.kind}'; known: {', '.join(kind_names())}")
         return kind
 
-    def _info_at(self, keys: tuple[str, ...]):
-        value = self.info
+    def _info_at(self, keys: tuple[str, ...]) -> Any:
+        value: Any = self.info
         for key in keys:
             value = value.get(key) if isinstance(value, dict) else None
         return value
@@ -147,7 +149,7 @@ def oof_arrays(oof: pd.DataFrame) -> tuple:
             [p["prob"].to_numpy(dtype=float) for p in per], [p["threshold"].to_numpy(dtype=float) for p in per])
 
 
-def load_run(path: str | Path, kinds: tuple[str, ...] | None = None) -> Run:
+def load_run(path: str | os.PathLike, kinds: tuple[str, ...] | None = None) -> Run:
     run = Run.load(path)
     if kinds and run.kind not in kinds:
         raise BadInputError(f"{path}: a {run.kind} run folder; expected {' or '.join(kinds)}")
@@ -165,10 +167,11 @@ def find_runs(root: str | Path, kinds: tuple[str, ...] | None = ("train",),
     root = Path(root)
     if not root.exists():
         raise BadInputError(f"{root}: no such folder")
+    found: list[Run] = []
     if is_complete_run(root):
-        found = [Run.load(root)]
+        found.append(Run.load(root))
     else:
-        found, skip = [], []
+        skip: list[Path] = []
         for p in sorted(p.parent for p in root.rglob(fmt.METRICS)):
             if not is_complete_run(p) or any(part.startswith(".") for part in p.relative_to(root).parts):
                 continue

@@ -61,12 +61,12 @@ class RunWriter:
             with self._stack:
                 if exc_type is None and self._finished:
                     self._move_in()
-                else:
+                elif self.staging is not None:
                     shutil.rmtree(self.staging, ignore_errors=True)
         elif exc_type is None and not self._finished:
             self._stack.__exit__(RuntimeError, RuntimeError("unfinished"), None)  # staged_dir removes its staging folder
         else:
-            return self._stack.__exit__(exc_type, exc, tb)
+            return bool(self._stack.__exit__(exc_type, exc, tb))
         if exc_type is None and not self._finished:
             raise RuntimeError(f"{self.out}: RunWriter left without finish(); nothing was published")
         return False

@@ -17,6 +17,7 @@ and says whether the generator ever saw it. Built in:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ class RandomFeatures:
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.net = timm.create_model("vgg11", pretrained=False, num_classes=0).features.eval()
+            self.net = cast(torch.nn.Module, timm.create_model("vgg11", pretrained=False, num_classes=0).features).eval()
         self.name = f"random: VGG-11, random init (seed {seed}), never trained; global average of the last conv block"
 
     @torch.no_grad()
@@ -82,12 +83,13 @@ class ClassifierFeatures:
         from ..engine.runtime import resolve_runtime
         from ..runs import ModelPredictor, load_predictor
 
-        self.run = load_predictor(run_dir, device="cpu")
-        if not isinstance(self.run, ModelPredictor):
+        predictor = load_predictor(run_dir, device="cpu")
+        if not isinstance(predictor, ModelPredictor):
             raise BadInputError(f"--features {run_dir}: needs a train run folder (one network), not an ensemble")
+        self.run = predictor
         self.name = f"{run_dir} ({type(self.run.model).__name__}, penultimate layer)"
         last = [m for m in self.run.model.modules() if isinstance(m, torch.nn.Linear)][-1]
-        self._captured = None
+        self._captured: torch.Tensor | None = None
         last.register_forward_hook(lambda mod, inp, out: setattr(self, "_captured", inp[0].detach()))
         self.rt = resolve_runtime("cpu", "32", "true" if self.run.runtime.channels_last else "false")
 
@@ -99,6 +101,7 @@ class ClassifierFeatures:
         for start in range(0, len(images), batch):
             x = torch.from_numpy(resize(images[start:start + batch], self.run.size))
             self.run.model(self.run.preprocessing.to_input(x, self.rt))
+            assert self._captured is not None  # set by the forward hook
             out.append(self._captured.float().reshape(len(x), -1).numpy())
         return np.concatenate(out).astype(np.float64)
 

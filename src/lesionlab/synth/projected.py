@@ -23,6 +23,7 @@ at 64, 341 at the paper's 224 (heads twice as wide made the 64-px step 113).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -83,7 +84,7 @@ class UpBlock(nn.Module):
         super().__init__()
         self.conv1 = _sn_conv(cin, cout * 2, 3, 1, 1, bias=False)
         self.bn1 = ClassBatchNorm(cout * 2, embed_dim)
-        self.double = double
+        self.two_convs = double  # not `double`: that is nn.Module's cast to float64
         if double:
             self.noise1, self.noise2 = NoiseInjection(), NoiseInjection()
             self.conv2 = _sn_conv(cout, cout * 2, 3, 1, 1, bias=False)
@@ -92,10 +93,10 @@ class UpBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         x = self.conv1(F.interpolate(x, scale_factor=2, mode="nearest"))
-        if self.double:
+        if self.two_convs:
             x = self.noise1(x)
         x = self.glu(self.bn1(x, e))
-        if self.double:
+        if self.two_convs:
             x = self.glu(self.bn2(self.noise2(self.conv2(x)), e))
         return x
 
@@ -170,7 +171,7 @@ class FeatureProjector(nn.Module):
     and cross-scale (CSM) mixing. Nothing here ever trains: requires_grad is off and the module
     stays in eval mode (its BatchNorm statistics are the ImageNet ones), whatever train() is asked."""
 
-    def __init__(self, backbone: nn.Module, d_res: int, seed: int = 0):
+    def __init__(self, backbone: Any, d_res: int, seed: int = 0):  # timm's EfficientNet (conv_stem, bn1, blocks)
         super().__init__()
         self.d_res = d_res
         stem = nn.Sequential(backbone.conv_stem, backbone.bn1)
@@ -203,10 +204,9 @@ class FeatureProjector(nn.Module):
         if x.shape[-1] != self.d_res:
             x = F.interpolate(x, size=(self.d_res, self.d_res), mode="bilinear", align_corners=False)
         mixed = [ccm(f) for ccm, f in zip(self.ccm, self._stages(x))]
-        fused = [None] * 4
-        fused[3] = self.csm[3](mixed[3])
-        for i in (2, 1, 0):
-            fused[i] = self.csm[i](mixed[i], fused[i + 1])
+        fused = [self.csm[3](mixed[3])]
+        for i in (2, 1, 0):  # coarse to fine: each scale mixed with the one below it (fused[0] so far)
+            fused.insert(0, self.csm[i](mixed[i], fused[0]))
         return fused
 
 
@@ -301,35 +301,37 @@ class ProjectedTrainer:
         self.size, self.n_classes, self.d_res = size, n_classes, d_res
         self.g = FastGenerator(size, n_classes)
         self.ema = copy.deepcopy(self.g).eval().requires_grad_(False)
-        self.d = None  # built on the first training step: sampling never needs the feature network
+        self.d: ProjectedDiscriminator | None = None  # built on the first training step: sampling never needs the feature network
         self.lr, self.pretrained = lr, pretrained
         self.opt_g = torch.optim.Adam(self.g.parameters(), lr=lr, betas=(0.0, 0.99), eps=1e-8)
-        self.opt_d = None
+        self.opt_d: torch.optim.Adam | None = None
         self.images_seen = 0
         self.weights_origin: dict = {}
 
-    def _build_d(self) -> None:
-        if self.d is None:
+    def _discriminator(self) -> tuple[ProjectedDiscriminator, torch.optim.Adam]:
+        """The discriminator and its optimiser, built on first use."""
+        if self.d is None or self.opt_d is None:
             backbone, self.weights_origin = imagenet_lite0(self.pretrained)
             self.d = ProjectedDiscriminator(backbone, self.d_res, self.n_classes)
             self.opt_d = torch.optim.Adam([p for p in self.d.parameters() if p.requires_grad], lr=self.lr,
                                           betas=(0.0, 0.99), eps=1e-8)
+        return self.d, self.opt_d
 
     def step(self, real: torch.Tensor, c: torch.Tensor) -> dict[str, float]:
-        self._build_d()
+        d, opt_d = self._discriminator()
         n = real.shape[0]
         self.g.train()
-        self.d.train()
+        d.train()
         z = torch.randn(n, self.g.z_dim)
         fake = self.g(z, c)
-        loss_d = F.relu(1 - self.d(real, c)).mean() + F.relu(1 + self.d(fake.detach(), c)).mean()
-        self.opt_d.zero_grad(set_to_none=True)
+        loss_d = F.relu(1 - d(real, c)).mean() + F.relu(1 + d(fake.detach(), c)).mean()
+        opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
-        self.opt_d.step()
-        heads = [p for p in self.d.parameters() if p.requires_grad]
+        opt_d.step()
+        heads = [p for p in d.parameters() if p.requires_grad]
         for p in heads:  # the generator's step needs gradients through the heads, not of their weights
             p.requires_grad_(False)
-        loss_g = -self.d(fake, c).mean()
+        loss_g = -d(fake, c).mean()
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
@@ -357,7 +359,7 @@ class ProjectedTrainer:
     def state_dict(self) -> dict:
         state = {"g": self.g.state_dict(), "ema": self.ema.state_dict(), "opt_g": self.opt_g.state_dict(),
                  "images_seen": int(self.images_seen)}
-        if self.d is not None:
+        if self.d is not None and self.opt_d is not None:
             state.update({"d": self.d.trainable_state(), "opt_d": self.opt_d.state_dict()})
         return state
 
@@ -367,8 +369,8 @@ class ProjectedTrainer:
         self.opt_g.load_state_dict(state["opt_g"])
         self.images_seen = int(state["images_seen"])
         if for_training and "d" in state:
-            self._build_d()
-            missing, unexpected = self.d.load_state_dict(state["d"], strict=False)
+            d, opt_d = self._discriminator()
+            missing, unexpected = d.load_state_dict(state["d"], strict=False)
             if unexpected or any(not k.startswith("features.") for k in missing):
                 raise ValueError(f"discriminator state does not match: {unexpected or missing}")
-            self.opt_d.load_state_dict(state["opt_d"])
+            opt_d.load_state_dict(state["opt_d"])

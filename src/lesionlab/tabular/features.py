@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -39,7 +40,7 @@ def _sq(*cols):
     return lambda d: np.sqrt(sum(d[c] ** 2 for c in cols))
 
 
-RECIPE: tuple[tuple[str, tuple[str, ...], object], ...] = (
+RECIPE: tuple[tuple[str, tuple[str, ...], Callable[[pd.DataFrame], Any]], ...] = (
     ("lesion_size_ratio", ("tbp_lv_minorAxisMM", "clin_size_long_diam_mm"),
      lambda d: d.tbp_lv_minorAxisMM / d.clin_size_long_diam_mm),
     ("lesion_shape_index", ("tbp_lv_areaMM2", "tbp_lv_perimeterMM"),
@@ -321,6 +322,7 @@ def build_features(table: pd.DataFrame, spec: FeatureSpec, image_prob: np.ndarra
         engineered = pd.concat(parts, axis=1)
         parts.append(patient_context(engineered, patients, table[spec.site] if spec.site else None))
     if spec.image:
+        assert image_prob is not None  # refused above when missing
         parts.append(image_context(image_prob, patients, index))
     frame = pd.concat(parts + [cats], axis=1)
     if spec.columns:

@@ -49,6 +49,8 @@ class TabularPredictor:
         from ..runs.predictor import load_predictor
         from .image import check_same_image_run
 
+        if self.image is None:
+            raise BadInputError(f"{self.path}: not fused with an image model; it scores metadata rows alone")
         run = check_same_image_run(self.image, str(self.path))
         return load_predictor(run.path, device)
 
@@ -61,6 +63,7 @@ class TabularPredictor:
         X = build_features(table, self.spec, image_prob if stacked else None, where=where)
         tab = predict_average(self.engine, self.models, X)
         if self.fused and self.fusion == "late":
+            assert image_prob is not None and self.reference is not None  # refused above; loaded with a late-fusion run
             return rank_average(image_prob, tab, self.reference["image"], self.reference["tabular"])
         return tab
 
