@@ -2,6 +2,7 @@
 layouts lesionlab reads, plus small generated ISIC 2024 files."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -24,6 +25,18 @@ def cli(*args, ok: bool = True):
     if ok:
         assert result.exit_code == 0, result.output
     return result
+
+
+def undeclared_record_keys(folder: Path) -> list[str]:
+    """The keys a run folder's run.json and metrics.json hold that runs/records.py does not declare
+    (a writer that added one without declaring it)."""
+    from lesionlab.runs.records import RunInfo, RunMetrics
+
+    found = []
+    for name, record in (("run.json", RunInfo), ("metrics.json", RunMetrics)):
+        declared = record.__required_keys__ | record.__optional_keys__
+        found += [f"{name}: {key}" for key in json.loads((Path(folder) / name).read_text()) if key not in declared]
+    return found
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from conftest import cli
+from conftest import cli, undeclared_record_keys
 from lesionlab.data.folds import inner_validation, make_folds
 from lesionlab.data.tta import n_views, tta_logits, view
 from lesionlab.errors import BadInputError, NotEnoughDataError
@@ -177,6 +177,11 @@ def test_cv_folder_holds_folds_oof_and_the_fold_ensemble(cv_dir, small_data):
     assert set(run.predictions("val")["id"]) == set(split.ids("val"))
 
 
+def test_cv_folder_and_its_folds_hold_only_declared_record_keys(cv_dir):
+    folds = sorted(p.parent for p in (cv_dir / "folds").rglob("metrics.json"))
+    assert folds and [k for folder in [cv_dir, *folds] for k in undeclared_record_keys(folder)] == []
+
+
 def test_predict_with_a_cv_folder_is_its_fold_ensemble(cv_dir, small_data):
     from lesionlab.data.store import Store
 
@@ -296,6 +301,7 @@ def test_ensemble_probabilities_are_the_mean_of_the_members(two_runs, cv_dir, sm
     cli("ensemble", a, b, "--out", ens, "--n-boot", "20")
     run = Run.load(ens)
     assert run.kind == "ensemble" and run.info["n_members"] == 2
+    assert undeclared_record_keys(ens) == []
     for side in ("val", "test"):
         got = run.predictions(side).sort_values("id")
         members = [Run.load(m).predictions(side).sort_values("id") for m in (a, b)]

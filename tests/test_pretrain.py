@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import cli
+from conftest import cli, undeclared_record_keys
 from lesionlab.config import build_config, build_pretrain_config
 from lesionlab.data.splits import load_split
 from lesionlab.data.store import Store
@@ -90,6 +90,10 @@ def test_pretrain_writes_an_encoder_folder_from_the_train_pool_only(encoder_dir,
     q = run.metrics["quality"]
     assert 0 <= q["knn_roc_auc"] <= 1 and 0 <= q["probe_pauc_80"] <= 0.2
     assert (encoder_dir / "figures" / "pretrain_curves.png").exists()
+
+
+def test_encoder_folder_holds_only_declared_record_keys(encoder_dir):
+    assert undeclared_record_keys(encoder_dir) == []
 
 
 def test_an_interrupted_pretraining_resumes_where_it_stopped(small_data, tmp_path, encoder_dir):

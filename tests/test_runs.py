@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import cli
+from conftest import cli, undeclared_record_keys
 from lesionlab.errors import BadInputError
 from lesionlab.runs import FORMAT_VERSION, Run, find_runs, load_predictor
 
@@ -27,6 +27,10 @@ def test_run_json_names_its_format_and_compute_is_measured_only_when_asked(run_d
     assert info["speed"]["compute_img_s"] is None and info["speed"]["loop_vs_compute"] is None
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert ckpt["model_kwargs"] == {} and ckpt["mean"] == pytest.approx([0.485, 0.456, 0.406])
+
+
+def test_run_json_and_metrics_json_hold_only_declared_keys(run_dir):
+    assert undeclared_record_keys(run_dir) == []
 
 
 def test_predictor_reproduces_the_runs_own_test_probabilities(run_dir, small_data):

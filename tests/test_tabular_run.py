@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 import lesionlab
-from conftest import cli
+from conftest import cli, undeclared_record_keys
 from lesionlab.metrics import ThresholdRule, compute_metrics
 from lesionlab.runs import kinds
 from tabular_fixtures import isic_raw, make_test_pair, write_cv_dir
@@ -57,6 +57,10 @@ def test_tabular_kind_found_without_importing_its_package(isic):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": str(src)})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "TabularPredictor"
+
+
+def test_tabular_folder_holds_only_declared_record_keys(isic):
+    assert undeclared_record_keys(isic["run"]) == []
 
 
 def test_metadata_only_run_folder(isic):

@@ -44,6 +44,7 @@ from .fileio import held_lock, read_json, write_csv, write_json, write_yaml
 from .metrics import ThresholdRule, ci_unit, metrics_with_ci, parse_prevalence
 from .runs import Run, RunWriter, is_complete_run, load_run, oof_arrays
 from .runs import format as fmt
+from .runs.records import RunInfo
 from .runs.predictor import average_probabilities
 from .sweep import PlannedRun, run_sweep, spawn_local_workers
 
@@ -293,14 +294,15 @@ def _assemble(cv: CvPlan) -> None:
         plots.confusion_matrix(ens["test"]["label"].to_numpy(), ens["test"]["prob"].to_numpy(), threshold,
                                w.figure_path("confusion_test"), "test, fold ensemble")
         first = runs[0]
-        info = {"name": cfg.name, "data": str(Path(cfg.data).resolve()), "store_hash": first.info["store_hash"],
+        info: RunInfo = {"name": cfg.name, "data": str(Path(cfg.data).resolve()), "store_hash": first.info["store_hash"],
                 "split_file": first.info["split_file"], "split_sha256": first.info["split_sha256"],
-                **{k: summary[k] for k in ("folds", "repeats", "fold_seed", "fold_sha256", "group_rule", "tta")},
+                "folds": cv.folds.k, "repeats": cv.folds.repeats, "fold_seed": cv.doc["fold_seed"],
+                "fold_sha256": cv.folds.sha256, "group_rule": rule, "tta": cfg.tta,  # as in cv.json
                 "inner_validation": INNER_RULE, "members": members, "mean": "prob",
                 "threshold_rule": str(threshold_rule), "threshold": threshold,
                 "draw": first.info["draw"], "monitor": first.info.get("monitor"),
                 "runtime": first.info.get("runtime"),
-                "wall_seconds": round(sum(r.info.get("wall_seconds", 0) for r in runs) + time.time() - started, 1)}
+                "wall_seconds": round(sum(r.info.get("wall_seconds") or 0 for r in runs) + time.time() - started, 1)}
         w.finish(to_dict(cfg), info, {"oof": oof_m, "val": ens_m["val"], "test": ens_m["test"]})
 
 

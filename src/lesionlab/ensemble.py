@@ -24,6 +24,7 @@ from .fileio import write_json
 from .metrics import ThresholdRule, ci_unit, metrics_with_ci
 from .runs import Run, RunWriter, find_runs, is_complete_run, load_run
 from .runs import format as fmt
+from .runs.records import RunInfo, metrics_record
 from .runs.predictor import EnsemblePredictor, ModelPredictor, average_probabilities, load_model_predictor, member_path
 
 
@@ -129,7 +130,7 @@ def build_ensemble(members: list[str | os.PathLike], out: str | os.PathLike, mea
         entries.append({"path": str(run.path.resolve()), "relpath": os.path.relpath(run.path.resolve(), out.resolve()),
                         "kind": run.kind, "cv": cv_dir, "name": run.name, "model": run.config.get("model"),
                         "preprocessing": p.describe()})
-    info = {"name": name or out.name, "data": str(Path(store.root).resolve()), "store_hash": store.content_hash,
+    info: RunInfo = {"name": name or out.name, "data": str(Path(store.root).resolve()), "store_hash": store.content_hash,
             "split_file": split.path.name, "split_sha256": split.sha256, "group_rule": rule_name,
             "members": entries, "n_members": len(entries), "mean": mean, "tta_override": tta,
             "threshold_rule": str(rule), "threshold": thr,
@@ -150,5 +151,5 @@ def build_ensemble(members: list[str | os.PathLike], out: str | os.PathLike, mea
         plots.precision_recall(curves, w.figure_path("pr"))
         plots.confusion_matrix(labels[scores["test"][0]], scores["test"][1], thr, w.figure_path("confusion_test"),
                                "test, ensemble")
-        w.finish(config, info, metrics)
+        w.finish(config, info, metrics_record(metrics))
     return {**info, "metrics": metrics}

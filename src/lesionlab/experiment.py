@@ -38,6 +38,7 @@ from .models.timm_models import pretrained_source, zero_classifier
 from .runs import RunWriter, check_new_run_folder, model_checkpoint
 from .runs import format as fmt
 from .runs.encoder import EncoderWeights, check_encoder_fits, check_not_pretrained_on, is_encoder_dir, load_encoder
+from .runs.records import RunInfo, SideMetrics, metrics_record
 from .runs.finetune import RunWeights, check_not_trained_on, check_run_fits, is_train_run, load_run_state, load_run_weights
 
 log = logging.getLogger(__name__)
@@ -236,7 +237,7 @@ class Evaluation:
     threshold: float
     trained_at: float
     deploy: float | None
-    metrics: dict
+    metrics: dict[str, SideMetrics]
     calibration: dict | None = None  # the map fitted on validation (--calibrate)
 
     @property
@@ -265,7 +266,7 @@ def evaluate(cfg: ExperimentConfig, logits: dict[str, np.ndarray], truth: dict[s
     probs = {k: prior_shift(v, reference, deploy) for k, v in calibrated.items()} if deploy else calibrated
     rule = ThresholdRule.parse(cfg.threshold)
     threshold = rule.choose(truth["val"], probs["val"])  # never on test
-    metrics = {}
+    metrics: dict[str, SideMetrics] = {}
     grouped = groups is not None and group_rule != "none"
     for side in truth:
         losses = bce_per_sample(truth[side], logits[side])
@@ -325,7 +326,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike,
         run_info["encoder"] = start.encoder.describe() if start.encoder is not None else None
         run_info["weights"] = weights
         run_info["preprocessing"] = pre.to_dict()
-        run_info["runtime"]["autotune"] = autotuned
+        run_info["runtime"] = {**(run_info.get("runtime") or {}), "autotune": autotuned}
         if plan is not None:
             run_info["plan"] = plan.info
         _write_run(writer, cfg, inp, result, ev, rt, run_info, model, pre)
@@ -390,7 +391,7 @@ def _build_model(cfg: ExperimentConfig, start: Start, side: int, store_size: int
 
 
 def _run_info(cfg: ExperimentConfig, out: Path, inp: Inputs, result: TrainResult, ev: Evaluation, opts: TrainOptions,
-              rt: Runtime, world: World, pos_weight: float | None, setup_seconds: float, started: float) -> dict:
+              rt: Runtime, world: World, pos_weight: float | None, setup_seconds: float, started: float) -> RunInfo:
     labels, draw = inp.labels, inp.draw
     calibration_note = ("focal loss and label smoothing change calibration; the prior shift assumes BCE-calibrated "
                         "probabilities") if ev.deploy and not ev.calibration and (cfg.loss == "focal" or cfg.label_smoothing) else ""
@@ -442,7 +443,7 @@ def _speed(result: TrainResult, world: World) -> dict:
 
 
 def _write_run(w: RunWriter, cfg: ExperimentConfig, inp: Inputs, result: TrainResult, ev: Evaluation, rt: Runtime,
-               run_info: dict, model: torch.nn.Module | None = None, pre: Preprocessing = IMAGENET) -> None:
+               run_info: RunInfo, model: torch.nn.Module | None = None, pre: Preprocessing = IMAGENET) -> None:
     preds = pd.concat([pd.DataFrame({"id": inp.ids[pos], "split": side, "label": inp.eval_y[side],
                                      "prob": ev.probs[side],
                                      **({"prob_model": ev.raw[side]} if ev.deploy or ev.calibration else {}),
@@ -471,7 +472,7 @@ def _write_run(w: RunWriter, cfg: ExperimentConfig, inp: Inputs, result: TrainRe
                 run_info["audit"] = audit
             else:
                 ev.metrics["audit"] = audit  # in metrics.json, written last as ever
-    w.finish(to_dict(cfg), run_info, ev.metrics)
+    w.finish(to_dict(cfg), run_info, metrics_record(ev.metrics))
 
 
 def _gallery(w: RunWriter, cfg: ExperimentConfig, inp: Inputs, ev: Evaluation, model: torch.nn.Module,

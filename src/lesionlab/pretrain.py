@@ -39,6 +39,7 @@ from .models import create_model, get_spec
 from .models.timm_models import pretrained_source
 from .runs import RunWriter, check_new_run_folder
 from .runs import format as fmt
+from .runs.records import RunInfo, RunMetrics, SplitRecord
 from .runs.encoder import encoder_checkpoint, state_dir
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class PretrainData:
     bank: np.ndarray         # DATA_DIR positions: kNN/probe bank (train pool minus inner val)
     inner_val: np.ndarray    # DATA_DIR positions held out from pretraining to score the encoder
     store: Store
-    split_info: dict
+    split_info: SplitRecord
 
 
 def _inner_split(table: pd.DataFrame, pool: np.ndarray, group: str, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -106,7 +107,7 @@ def gather(cfg: PretrainConfig) -> PretrainData:
     if labels[inner].min(initial=1) == labels[inner].max(initial=0):
         raise BadInputError(f"--inner-val {cfg.inner_val}: the held-out part of the train pool ({len(inner)} images) "
                             "lacks one class; raise --inner-val")
-    split_info = {"data": str(Path(cfg.data).resolve()), "store_hash": store.content_hash,
+    split_info: SplitRecord = {"data": str(Path(cfg.data).resolve()), "store_hash": store.content_hash,
                   "split_file": split.path.name, "split_sha256": split.sha256}
     if cfg.pretrain_data:
         other = Store.open(cfg.pretrain_data)
@@ -213,11 +214,11 @@ def _write(cfg: PretrainConfig, out: Path, data: PretrainData, trainer: SSLTrain
            rt, resumed_from: int | None, started: float, weights: dict | None = None) -> dict:
     scored = [r for r in history if r.get("knn_roc_auc") is not None]
     keys = ("knn_roc_auc", "knn_pauc_80", "probe_roc_auc", "probe_pauc_80")
-    metrics = {"quality": {k: scored[-1][k] for k in keys}, "quality_at_start": {k: scored[0][k] for k in keys},
+    metrics: RunMetrics = {"quality": {k: scored[-1][k] for k in keys}, "quality_at_start": {k: scored[0][k] for k in keys},
                "loss": history[-1]["loss"], "inner_val": {"images": int(len(data.inner_val)),
                                                          "malignant": int(data.store.table["label"].to_numpy()[data.inner_val].sum())}}
     trained = [r for r in history if r["epoch"] > 0]
-    info = {
+    info: RunInfo = {
         "method": cfg.method, "model": cfg.model, "image_size": size, "feature_dim": trainer.encoder.dim,
         **data.split_info, "source": data.source, "weights": weights or {"kind": "scratch"},
         "preprocessing": trainer.pre.to_dict(),

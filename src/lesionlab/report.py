@@ -47,15 +47,15 @@ def group_runs(runs: list[Run]) -> "OrderedDict[str, list[Run]]":
     return groups
 
 
-def _fmt(v: float, digits: int = 3) -> str:
+def _fmt(v: float | None, digits: int = 3) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
 def summarise(runs: list[Run], metric: str, split: str = "test") -> dict:
     """One metric over the seeds of an experiment: mean, sd, n, the seeds' mean 95% interval (ci, and as
     lo / hi for the forest plot) and each seed's value; nan where a run lacks the metric."""
-    values = np.array([r.metrics[split].get(metric, np.nan) for r in runs], dtype=float)
-    cis = np.array([r.metrics[split].get("ci95", {}).get(metric, [np.nan, np.nan]) for r in runs], dtype=float)
+    values = np.array([r.side(split).get(metric, np.nan) for r in runs], dtype=float)
+    cis = np.array([r.side(split).get("ci95", {}).get(metric, [np.nan, np.nan]) for r in runs], dtype=float)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-nan means of runs that lack the metric
         lo, hi = float(np.nanmean(cis[:, 0])), float(np.nanmean(cis[:, 1]))
@@ -124,7 +124,8 @@ def _model_name(run: Run) -> str:
 
 def _tabular_details(run: Run, esc: Callable[[object], str] = str) -> list[str]:
     c, i = run.config, run.info
-    f, folds = i.get("features", {}), i.get("folds", {})
+    f, folds = i.get("features", {}), i.get("folds")
+    folds = folds if isinstance(folds, dict) else {}  # a tabular run's folds record
     oof = run.metrics.get("oof", {})
     columns = ", ".join(esc(x) for x in f.get("metadata", []))
     return [
@@ -155,7 +156,7 @@ def _run_details(run: Run, esc: Callable[[object], str] = str) -> list[str]:
         f"(best on {esc(i.get('monitor'))}: epoch {esc(i.get('best_epoch'))}), threshold {i.get('threshold'):.3g} "
         f"({esc(i.get('threshold_rule'))}), seed {esc(c.get('seed'))}",
         f"training {speed.get('train_img_s', float('nan')):.1f} img/s{compute} on "
-        f"{esc(i.get('runtime', {}).get('device_name', '?'))}; wall {i.get('wall_seconds', float('nan')):.0f} s",
+        f"{esc((i.get('runtime') or {}).get('device_name', '?'))}; wall {i.get('wall_seconds', float('nan')):.0f} s",
         f"test-time augmentation: {esc(c.get('tta', 'none'))}",
     ]
 

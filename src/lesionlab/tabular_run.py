@@ -30,6 +30,7 @@ from .fileio import csv_restore
 from .metrics import ThresholdRule, ci_unit, metrics_with_ci
 from .runs import RunWriter, check_new_run_folder
 from .runs import format as fmt
+from .runs.records import RunInfo, metrics_record
 from .tabular import features as feat
 from .tabular.engines import Params, get_engine
 from .tabular.fusion import rank_average
@@ -153,7 +154,7 @@ def tabular_run(cfg: TabularConfig, out: str | os.PathLike, echo: Callable[[str]
     side_keys = {"val": keys[pos["val"]], "test": keys[pos["test"]], "oof": groups}
     threshold, metrics = _evaluate(truth, {"val": probs["val"], "test": probs["test"], "oof": probs["train"]},
                                    side_keys, ci_unit(group_used), rule, cfg.bootstrap, cfg.seed)
-    info = {
+    info: RunInfo = {
         "name": cfg.name or out.name,
         "data": str(Path(cfg.data).resolve()),
         "store_hash": store.content_hash,
@@ -185,7 +186,7 @@ def tabular_run(cfg: TabularConfig, out: str | os.PathLike, echo: Callable[[str]
         _write(w, cfg, spec, engine, result, ids, y, groups, folds, tab, probs, image_prob, threshold,
                image, X["train"].columns)
         info["wall_seconds"] = round(time.time() - started, 1)
-        w.finish(cfg.model_dump(mode="json"), info, metrics)
+        w.finish(cfg.model_dump(mode="json"), info, metrics_record(metrics))
     return {**info, "metrics": metrics}
 
 

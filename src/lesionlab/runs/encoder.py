@@ -14,6 +14,7 @@ from ..engine.runtime import IMAGENET, Preprocessing
 from ..errors import BadInputError, LeakError, preview
 from . import format as fmt
 from .kinds import RunKind, register_kind
+from .records import RunInfo, RunMetrics
 from .reader import Run, is_complete_run, read_table
 
 
@@ -25,8 +26,8 @@ class EncoderWeights:
     method: str
     feature_dim: int
     state_dict: dict
-    info: dict
-    metrics: dict
+    info: RunInfo
+    metrics: RunMetrics
     preprocessing: Preprocessing = IMAGENET  # the normalisation it was pretrained with (its backbone's own)
 
     def describe(self) -> dict:

@@ -20,6 +20,11 @@ figures, predictor loader and what that scores (images or rows).
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .records import FormatBlock
+
 FORMAT_VERSION = 1
 
 CONFIG = "config.yaml"
@@ -63,6 +68,6 @@ CV_REPORT_FIGURES = ("oof_roc", "oof_pr", "roc", "pr", "confusion_test")
 ENSEMBLE_REPORT_FIGURES = ("roc", "pr", "confusion_test")
 
 
-def format_block(kind: str) -> dict:
+def format_block(kind: str) -> FormatBlock:
     """run.json's "format" entry (the writer checks the kind is declared, kinds.py)."""
     return {"version": FORMAT_VERSION, "kind": kind}

@@ -161,8 +161,9 @@ def load_ensemble_predictor(run: Run, device: str = "auto") -> EnsemblePredictor
         raise BadInputError(f"{run.path}: run.json lists no members")
     predictors = [load_model_predictor(load_run(member_path(run, m), ("train",)), device) for m in members]
     ens = EnsemblePredictor(predictors, float(run.info["threshold"]), run.info.get("mean", "prob"), str(run.path))
-    if run.info.get("tta_override"):
-        ens.set_tta(run.info["tta_override"])
+    override = run.info.get("tta_override")
+    if override:
+        ens.set_tta(override)
     return ens
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, cast
 
 import pandas as pd
 
@@ -12,6 +12,7 @@ from ..errors import BadInputError, LesionLabError
 from ..fileio import csv_restore, load_checkpoint, read_json, read_yaml
 from . import format as fmt
 from .kinds import RunKind, find_kind, kind_names
+from .records import RunInfo, RunMetrics, SideMetrics
 
 
 def is_complete_run(path: str | os.PathLike) -> bool:
@@ -22,8 +23,8 @@ def is_complete_run(path: str | os.PathLike) -> bool:
 class Run:
     path: Path
     config: dict
-    info: dict
-    metrics: dict
+    info: RunInfo        # as read: checked to be a mapping, its keys by whoever uses them
+    metrics: RunMetrics
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Run":
@@ -36,7 +37,7 @@ class Run:
             if not isinstance(value, dict):  # damaged, or not lesionlab's
                 raise BadInputError(f"{path / name}: expected a mapping of keys to values, got a {type(value).__name__}; "
                                     "the run folder is damaged")
-        run = cls(path, config, info, metrics)
+        run = cls(path, config, cast(RunInfo, info), cast(RunMetrics, metrics))  # mappings (checked above)
         version = run.format_version
         if version > fmt.FORMAT_VERSION:
             raise BadInputError(f"{path / fmt.INFO}: run format version {version}, but this lesionlab reads up to "
@@ -46,7 +47,7 @@ class Run:
         return run
 
     @property
-    def _format(self) -> dict:
+    def _format(self) -> Mapping[str, Any]:
         block = self.info.get("format", {})
         if not isinstance(block, dict):
             raise BadInputError(f"{self.path / fmt.INFO}: its 'format' is not a mapping; the run folder is damaged")
@@ -79,6 +80,11 @@ class Run:
             value = value.get(key) if isinstance(value, dict) else None
         return value
 
+    def side(self, split: str) -> SideMetrics:
+        """metrics.json's metrics of one side (val, test, oof, ...); KeyError when the run has none."""
+        sides: Mapping[str, Any] = self.metrics
+        return sides[split]
+
     @property
     def name(self) -> str:
         return self.config.get("name") or self.info.get("name") or self.path.name
@@ -93,8 +99,9 @@ class Run:
     def group_rule(self) -> str | None:
         """The split's group column (lesion_id, patient_id) that intervals resample whole; None when unknown."""
         for key in self.declared.group_keys:
-            if self.info.get(key):
-                return self.info[key]
+            value = self._info_at((key,))
+            if value:
+                return value
         return None
 
     @property

@@ -16,6 +16,7 @@ from ..errors import ExistsError
 from ..fileio import check_free, exclusive, staged_dir, write_csv, write_json, write_yaml
 from . import format as fmt
 from .kinds import run_kind
+from .records import RunInfo, RunMetrics
 from .reader import is_complete_run
 
 
@@ -106,9 +107,10 @@ class RunWriter:
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
-    def finish(self, config: dict, info: dict, metrics: dict[str, Any]) -> None:
+    def finish(self, config: dict, info: RunInfo, metrics: RunMetrics) -> None:
         write_yaml(self.path / fmt.CONFIG, config)
-        write_json(self.path / fmt.INFO, {"format": self.format, "lesionlab_version": __version__, **info})
+        stamped: RunInfo = {"format": self.format, "lesionlab_version": __version__, **info}
+        write_json(self.path / fmt.INFO, stamped)
         write_json(self.path / fmt.METRICS, metrics)  # last: its presence marks the run complete
         self._finished = True
 
