@@ -79,7 +79,8 @@ def main() -> None:
         f" --{k} {v}" for k, v in (("seeds", args.seeds), ("epochs", args.epochs), ("size", args.size))
         if v is not None and v != ap.get_default(k))
     lines = [f"## Seed protocol on {ds.title} (`benchmarks/seed_protocol.py`)", "",
-             ("**A scaled run, not the protocol** (128 px, 3 seeds, the configs' epochs). " if scaled else "")
+             ("**A scaled run, not the whole protocol** (which is 128 px, seeds 0,1,2 and the configs' epochs). " if scaled
+              else "")
              + f"{ds.sentence} at {args.size}x{args.size}, {ds.split_text()}; training draws of {ds.draw}; configs/seed "
              f"({planned[0].config.epochs} epochs, Adam lr 1e-4, BCE, checkpoint kept on val loss, threshold 0.5); "
              f"seeds {args.seeds}. Command: `{command}`. Machine: {machine()}; commit {git_commit()}. Summed run time "
