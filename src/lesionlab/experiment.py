@@ -245,6 +245,11 @@ class Evaluation:
         """The prevalence the (calibrated) probabilities refer to: where the prior shift starts."""
         return self.calibration["prevalence"] if self.calibration else self.trained_at
 
+    @property
+    def prior_shift(self) -> dict | None:
+        """The checkpoint's prior shift (reference to deployment prevalence), None without a deployment one."""
+        return {"from": self.reference, "to": self.deploy} if self.deploy else None
+
 
 def evaluate(cfg: ExperimentConfig, logits: dict[str, np.ndarray], truth: dict[str, np.ndarray],
              train_prevalence: float, pos_weight: float | None, groups: dict[str, np.ndarray] | None = None,
@@ -460,7 +465,7 @@ def _write_run(w: RunWriter, cfg: ExperimentConfig, inp: Inputs, result: TrainRe
     w.table(fmt.HISTORY, pd.DataFrame(result.history), float_format=None)
     w.checkpoint(model_checkpoint(
         cfg.model, inp.store.size, inp.store.fit, result.best_state, ev.threshold, str(ev.rule),
-        {"from": ev.reference, "to": ev.deploy} if ev.deploy else None, rt.channels_last, pre.mean, pre.std,
+        ev.prior_shift, rt.channels_last, pre.mean, pre.std,
         input_size=pre.input_size, interpolation=pre.interpolation,
         best_epoch=result.best_epoch, tta=cfg.tta, calibration=ev.calibration))
     _figures(w, result, inp.eval_y, ev.probs, ev.threshold)
@@ -500,7 +505,7 @@ def _audit(w: RunWriter, cfg: ExperimentConfig, inp: Inputs, ev: Evaluation, rt:
 
     try:
         predictor = ModelPredictor(model.eval(), inp.store.size, inp.store.fit, ev.threshold, rt, pre.mean, pre.std,
-                                   {"from": ev.reference, "to": ev.deploy} if ev.deploy else None, "", cfg.tta,
+                                   ev.prior_shift, "", cfg.tta,
                                    ev.calibration, cfg.model, pre.input_size, pre.interpolation)
         pos = inp.eval_pos["test"]
         test = training_test_set(inp.store, pos, inp.eval_x["test"], inp.eval_y["test"], inp.groups[pos], inp.group_rule,
