@@ -25,7 +25,7 @@ from lesionlab.audit import AuditSettings
 from lesionlab.audit.command import AUDIT_JSON, TABLE, audit_run
 from lesionlab.audit.paired import paired_audit
 from lesionlab.audit.summary import drop_text, paired_text
-from lesionlab.report import md_table
+from lesionlab.workflows.report import md_table
 from lesionlab.runs import load_run, read_table
 
 

@@ -18,13 +18,13 @@ from pathlib import Path
 
 from _datasets import DATASETS, add_dataset_option, prepared
 from _results import ROOT, git_commit, machine, update_section
-from lesionlab.compare import COMPARE_METRICS, compare_runs
+from lesionlab.workflows.compare import COMPARE_METRICS, compare_runs
 from lesionlab.config import build_config, load_yaml
-from lesionlab.cv import run_cv
-from lesionlab.ensemble import build_ensemble
-from lesionlab.experiment import run_experiment
+from lesionlab.workflows.cv import run_cv
+from lesionlab.workflows.ensemble import build_ensemble
+from lesionlab.workflows.train import train_process
 from lesionlab.metrics import bootstrap_ci
-from lesionlab.report import md_table
+from lesionlab.workflows.report import md_table
 from lesionlab.runs import Run, is_complete_run, oof_arrays
 
 BASELINE = ROOT / "configs" / "seed" / "simple_cnn_1to2.yaml"
@@ -128,7 +128,7 @@ def main() -> None:
     single_dir = root / "single-baseline"
     if not is_complete_run(single_dir):
         print("[single run] baseline trained once on the split's train pool", flush=True)
-        run_experiment(build_config({**base_values, "name": "single baseline"}, "single"), single_dir)
+        train_process(build_config({**base_values, "name": "single baseline"}, "single"), single_dir)
     single = Run.load(single_dir)
     ens_d4_dir = root / "ensemble-baseline-d4"
     if not is_complete_run(ens_d4_dir):

@@ -189,8 +189,8 @@ def features_only(data: str) -> None:
     from lesionlab.data.splits import load_split
     from lesionlab.data.store import Store
     from lesionlab.tabular import features as feat
-    from lesionlab.tabular.leak_guard import select_columns
-    from lesionlab.tabular_run import read_metadata
+    from lesionlab.tabular.column_guard import select_columns
+    from lesionlab.tabular.command import read_metadata
 
     t0 = time.perf_counter()
     store = Store.open(data)

@@ -21,11 +21,11 @@ import yaml
 
 from _datasets import DATASETS, add_dataset_option, prepared
 from _results import ROOT, git_commit, machine, update_section
-from lesionlab.compare import COMPARE_METRICS, compare_runs
+from lesionlab.workflows.compare import COMPARE_METRICS, compare_runs
 from lesionlab.config import build_config, load_yaml, to_dict
-from lesionlab.experiment import run_experiment
+from lesionlab.workflows.train import train_process
 from lesionlab.metrics import ThresholdRule, compute_metrics
-from lesionlab.report import md_table, summarise, summary_cell
+from lesionlab.workflows.report import md_table, summarise, summary_cell
 from lesionlab.runs import Run, is_complete_run
 
 BASELINE = ROOT / "configs" / "seed" / "simple_cnn_1to2.yaml"
@@ -56,7 +56,7 @@ def run_arm(name: str, values: dict, data: Path, work: Path, seeds: list[int]) -
         folder = work / "imbalance-runs" / name.replace(" ", "_").replace("(", "").replace(")", "").replace(",", "") / f"seed-{seed}"
         if not is_complete_run(folder):
             print(f"[{name}] seed {seed}", flush=True)
-            run_experiment(cfg, folder)
+            train_process(cfg, folder)
         runs.append(Run.load(folder))
     return runs
 

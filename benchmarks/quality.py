@@ -40,19 +40,19 @@ import yaml
 
 from _datasets import DATASETS, add_dataset_option, prepared
 from _results import ROOT, git_commit, machine, update_section
-from lesionlab.compare import compare_runs
+from lesionlab.workflows.compare import compare_runs
 from lesionlab.config import build_config, build_pretrain_config, build_tabular_config, load_yaml, to_dict
-from lesionlab.cv import run_cv
+from lesionlab.workflows.cv import run_cv
 from lesionlab.data.splits import group_keys, load_split
 from lesionlab.data.store import Store
 from lesionlab.data.tta import tta_logits
-from lesionlab.experiment import run_experiment
+from lesionlab.workflows.train import train_process
 from lesionlab.fileio import write_text
 from lesionlab.metrics import ThresholdRule, average_precision, compute_metrics, paired_bootstrap, pauc_above_tpr, roc_auc
-from lesionlab.pretrain import pretrain
+from lesionlab.workflows.pretrain import pretrain
 from lesionlab.runs import Run, is_complete_run, load_predictor, read_table
-from lesionlab.tabular_run import tabular_run
-from lesionlab.tune import load_search, tune
+from lesionlab.tabular.command import tabular_run
+from lesionlab.workflows.tune import load_search, tune
 
 BASELINE = ROOT / "configs" / "seed" / "simple_cnn_1to2.yaml"
 SEARCH = ROOT / "configs" / "search" / "from_scratch.yaml"
@@ -95,7 +95,7 @@ def train_arm(name: str, values: dict, data: Path, work: Path, seeds: list[int])
         if not is_complete_run(folder):
             t = time.time()
             print(f"[{name}] seed {seed}", flush=True)
-            run_experiment(build_config({**values, "name": name, "data": str(data), "seed": seed}, name), folder)
+            train_process(build_config({**values, "name": name, "data": str(data), "seed": seed}, name), folder)
             print(f"[{name}] seed {seed} done in {time.time() - t:.0f} s", flush=True)
         runs.append(Run.load(folder))
     return runs

@@ -21,10 +21,10 @@ import numpy as np
 
 from _datasets import DATASETS, add_dataset_option, prepared
 from _results import ROOT, git_commit, machine, update_section
-from lesionlab.experiment import run_experiment
-from lesionlab.report import build_report, group_runs, md_table, notebook_line, summary_rows
+from lesionlab.workflows.train import train_process
+from lesionlab.workflows.report import build_report, group_runs, md_table, notebook_line, summary_rows
 from lesionlab.runs import find_runs
-from lesionlab.sweep import plan, run_sweep
+from lesionlab.workflows.sweep import read_sweep, run_sweep
 
 # the notebook's own test lines (ISIC 2024 crops, one run each, 293 malignant per draw, val/test 50:1000):
 # F1, precision, recall
@@ -64,9 +64,9 @@ def main() -> None:
     overrides = {"measure_compute": True, "n_malignant": ds.n_malignant, **({"epochs": args.epochs} if args.epochs else {})}
     seeds = [int(s) for s in args.seeds.split(",")]
     runs_dir = work / ("seed-runs" if args.size == 128 else f"seed-runs{args.size}")
-    planned = [p for p in plan(sweep_file, data=str(data), out=str(runs_dir), overrides=overrides)
+    planned = [p for p in read_sweep(sweep_file, data=str(data), out=str(runs_dir), overrides=overrides)
                if p.config.seed in seeds]
-    result = run_sweep(planned, lambda cfg, folder: run_experiment(cfg, folder))
+    result = run_sweep(planned, lambda cfg, folder: train_process(cfg, folder))
     if result["failed"]:
         raise SystemExit(f"failed runs: {result['failed']}")
     wall = time.time() - t0

@@ -31,12 +31,12 @@ from pathlib import Path
 
 from _datasets import DATASETS, add_dataset_option, prepared
 from _results import ROOT, git_commit, machine, update_section
-from lesionlab.compare import compare_runs
+from lesionlab.workflows.compare import compare_runs
 from lesionlab.config import build_config, load_yaml
-from lesionlab.cv import prepare_cv
+from lesionlab.workflows.cv import prepare_cv
 from lesionlab.data.sources import read_source
 from lesionlab.data.store import Store, prepare
-from lesionlab.experiment import run_experiment
+from lesionlab.workflows.train import train_process
 from lesionlab.fileio import read_json, write_json
 from lesionlab.runs import is_complete_run
 from lesionlab.synth.check import check
@@ -142,7 +142,7 @@ def main() -> None:
         values = _values(ROOT / "configs" / "seed" / "upgraded_cnn_1to2.yaml")
         if args.smoke:
             values.update(epochs=1, n_malignant=20)
-        run_experiment(build_config({**values, "data": str(data), "bootstrap": 0}, "features"), features)
+        train_process(build_config({**values, "data": str(data), "bootstrap": 0}, "features"), features)
     networks = [str(features), "random", "lite0-imagenet"]
 
     # 1. quality: the projected generator on the whole pool, and the earlier DCGAN beside it

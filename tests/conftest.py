@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lesionlab.demo import demo_files
+from lesionlab.workflows.demo import demo_files
 
 SAMPLE = demo_files() / "ham10000_sample"
 

@@ -160,7 +160,7 @@ def test_calibration_refuses_a_one_class_validation_set(small_data, tmp_path):
 def test_a_sweep_still_recognises_runs_made_before_the_calibrate_key(tmp_path):
     from lesionlab.config import build_config, to_dict
     from lesionlab.runs import RunWriter
-    from lesionlab.sweep import same_config
+    from lesionlab.workflows.sweep import same_config
 
     cfg = build_config({"data": "d"})
     with RunWriter(tmp_path / "r", "train") as w:

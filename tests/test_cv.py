@@ -231,20 +231,20 @@ def test_cv_refuses_a_folder_that_holds_something_else(small_data, tmp_path):
 
 @pytest.mark.slow
 def test_a_killed_fold_restarts_cleanly_and_finished_folds_are_not_retrained(small_data, tmp_path, monkeypatch):
-    import lesionlab.cv as cv_module
+    import lesionlab.workflows.cv as cv_module
     from lesionlab.config import build_config
 
     cfg = build_config({"data": str(small_data), "epochs": 1, "batch_size": 16, "n_malignant": 10, "bootstrap": 20,
                         "num_threads": 1})
     out = tmp_path / "cv"
-    real, trained = cv_module.train_run, []
+    real, trained = cv_module.train, []
 
     def killed_at_fold_1(c, folder, on_epoch=None, plan=None):
         def die(row):
             raise KeyboardInterrupt  # as a kill in the middle of the fold
         return real(c, folder, die if folder.name == "1" else None, plan)
 
-    monkeypatch.setattr(cv_module, "train_run", killed_at_fold_1)
+    monkeypatch.setattr(cv_module, "train", killed_at_fold_1)
     with pytest.raises(KeyboardInterrupt):
         cv_module.run_cv(cfg, out, 3, echo=lambda s: None)
     assert (out / "folds" / "0" / "metrics.json").exists() and not (out / "folds" / "1").exists()
@@ -257,7 +257,7 @@ def test_a_killed_fold_restarts_cleanly_and_finished_folds_are_not_retrained(sma
         trained.append(folder.name)
         return real(c, folder, None, plan)
 
-    monkeypatch.setattr(cv_module, "train_run", counting)
+    monkeypatch.setattr(cv_module, "train", counting)
     # resumed as a job array of two tasks: task 1 takes fold 1, task 0 folds 0 (complete) and 2, then finishes
     res = cv_module.run_cv(cfg, out, 3, echo=lambda s: None, task_index=1, task_count=2)
     assert trained == ["1"] and not res["complete"] and res["left"] == [str(out / "folds" / "2")]

@@ -33,7 +33,7 @@ from lesionlab.engine.distributed import World, _CpuSyncBatchNorm, spawn
 from lesionlab.engine.losses import TrainingLoss
 from lesionlab.engine.runtime import Runtime, to_input
 from lesionlab.engine.trainer import Batches, _step
-from lesionlab.experiment import _inputs
+from lesionlab.workflows.train import _inputs
 from lesionlab.models import create_model
 
 # a draw of 16 malignant + 32 benign = 48 images: 3 global batches of 16, 8 per process with 2
@@ -274,7 +274,7 @@ def _runs_in(folder: Path) -> list[str]:
 def test_a_dead_workers_lock_is_taken_over(small_data, tmp_path):
     import socket
 
-    from lesionlab.sweep import _claim, _claim_path
+    from lesionlab.workflows.sweep import _claim, _claim_path
 
     folder = tmp_path / "runs" / "x" / "seed-0"
     lock = _claim_path(folder)

@@ -12,7 +12,7 @@ from torch import nn
 from conftest import SAMPLE, cli
 from lesionlab.engine.runtime import resolve_runtime
 from lesionlab.errors import BadInputError
-from lesionlab.explain import cam_to_original, gallery_picks, predictor_cams, resolve_target_layer
+from lesionlab.workflows.explain import cam_to_original, gallery_picks, predictor_cams, resolve_target_layer
 from lesionlab.runs import ModelPredictor
 
 FLAGS = ["--epochs", "1", "--batch-size", "16", "--n-malignant", "10", "--bootstrap", "20", "--num-threads", "1"]

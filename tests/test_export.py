@@ -16,7 +16,7 @@ from torch import nn
 from conftest import SAMPLE, cli
 from lesionlab.engine.runtime import resolve_runtime
 from lesionlab.errors import BadInputError
-from lesionlab.export import export_predictor
+from lesionlab.workflows.export import export_predictor
 from lesionlab.runs import ModelPredictor, load_predictor
 
 FLAGS = ["--epochs", "1", "--batch-size", "16", "--n-malignant", "10", "--bootstrap", "20", "--num-threads", "1"]
@@ -210,7 +210,7 @@ def test_onnxruntime_engine_refuses_a_run_folder_and_a_foreign_model(run_dir, tm
 
 
 def test_traced_scopes_name_the_layer():
-    from lesionlab.export import _scope_to_path
+    from lesionlab.workflows.export import _scope_to_path
 
     assert _scope_to_path("__module.members.0/__module.members.0.net/__module.members.0.net.features.3") == \
         "members.0.net.features.3"

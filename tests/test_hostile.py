@@ -156,7 +156,7 @@ def _fake_train(cfg, folder, on_epoch):
 
 
 def _tune_search(tmp_path):
-    from lesionlab.tune import load_search
+    from lesionlab.workflows.tune import load_search
 
     path = tmp_path / "search.yaml"
     path.write_text(yaml.safe_dump(TUNE_SEARCH))
@@ -166,7 +166,7 @@ def _tune_search(tmp_path):
 def test_a_journal_with_a_torn_last_line_is_recovered_and_stays_readable(tmp_path):
     import optuna
 
-    from lesionlab.tune import open_storage, tune
+    from lesionlab.workflows.tune import open_storage, tune
 
     search, out = _tune_search(tmp_path), tmp_path / "t"
     tune(search, "data", out, 2, train=_fake_train)
@@ -189,7 +189,7 @@ def test_a_journal_with_a_torn_last_line_is_recovered_and_stays_readable(tmp_pat
                                      b'{"op_code": 0, "worker_id": "w"}\nnot json\n{"op_code": 1}\n'])
 def test_a_file_that_is_not_a_journal_is_refused_before_anything_is_written(tmp_path, content):
     from lesionlab.errors import BadInputError
-    from lesionlab.tune import tune
+    from lesionlab.workflows.tune import tune
 
     journal = tmp_path / "j.log"
     journal.write_bytes(content)
@@ -200,7 +200,7 @@ def test_a_file_that_is_not_a_journal_is_refused_before_anything_is_written(tmp_
 
 def test_a_journal_that_is_not_a_regular_file_is_refused(tmp_path):
     from lesionlab.errors import BadInputError
-    from lesionlab.tune import open_storage
+    from lesionlab.workflows.tune import open_storage
 
     with pytest.raises(BadInputError, match="--storage journal:/dev/null: not a regular file"):
         open_storage("journal:/dev/null", tmp_path)
@@ -632,7 +632,7 @@ def _random_images(n=16, size=32, seed=0):
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_a_tta_run_exports_with_its_views_in_the_graph(tta_run, tmp_path, fmt):
-    from lesionlab.export import _exported_probabilities
+    from lesionlab.workflows.export import _exported_probabilities
     from lesionlab.runs import load_predictor
 
     if fmt == "onnx":
@@ -651,7 +651,7 @@ def test_a_tta_run_exports_with_its_views_in_the_graph(tta_run, tmp_path, fmt):
 
 def test_an_ensemble_with_tta_and_a_logit_mean_exports(run_dir, tta_run, tmp_path):
     pytest.importorskip("onnxruntime")
-    from lesionlab.export import _exported_probabilities
+    from lesionlab.workflows.export import _exported_probabilities
     from lesionlab.runs import load_predictor
 
     ens = tmp_path / "ens"

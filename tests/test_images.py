@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from lesionlab.data.images import DecodeError, TooManyPixelsError, decode_resize
-from lesionlab.demo import demo_files
+from lesionlab.workflows.demo import demo_files
 
 SAMPLE = demo_files() / "ham10000_sample"
 

@@ -167,7 +167,7 @@ def prepared(tmp_path_factory):
 def test_label_derived_columns_are_never_features(prepared, tmp_path):
     from lesionlab.data.splits import load_split
     from lesionlab.tabular import features as feat
-    from lesionlab.tabular.leak_guard import select_columns
+    from lesionlab.tabular.column_guard import select_columns
 
     store = Store.open(prepared["data"])
     table = store.metadata()
@@ -277,7 +277,7 @@ def test_submission_bad_inputs_write_nothing(runs, kaggle_test, prepared, tmp_pa
 
 
 def test_demo_sample_is_the_release_layout_with_its_attribution_and_license():
-    from lesionlab.demo import sample_path
+    from lesionlab.workflows.demo import sample_path
 
     folder = sample_path("isic2024-permissive")
     src = read_source(folder)
@@ -298,7 +298,7 @@ def test_every_file_of_the_shipped_samples_is_package_data():
     """Installs from pyproject carry the samples (their images, attribution and license) with the package."""
     from pathlib import Path, PurePosixPath
 
-    from lesionlab.demo import demo_files
+    from lesionlab.workflows.demo import demo_files
 
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     root = Path(__file__).resolve().parent.parent

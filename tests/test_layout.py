@@ -107,3 +107,21 @@ def test_runs_imports_no_package_built_on_it():
     above = {"lesionlab.tabular", "lesionlab.audit", "lesionlab.synth"}
     wrong = sorted((m, d) for m in core for d in graph[m] if any(d == a or d.startswith(a + ".") for a in above))
     assert not wrong, wrong
+
+
+SHARED = ("data", "models", "engine", "runs", "errors", "choices", "fileio", "metrics", "calibration", "plots", "config")
+
+
+def test_shared_parts_import_no_command_workflow():
+    # workflows/ (one module per command) and cli.py sit on top: the shared parts below them never reach up
+    graph = import_graph()
+    shared = {m for m in graph if _part(m) in SHARED}
+    wrong = sorted((m, d) for m in shared for d in graph[m]
+                   if d == "lesionlab.cli" or d == "lesionlab.workflows" or d.startswith("lesionlab.workflows."))
+    assert not wrong, wrong
+
+
+def test_no_command_workflow_left_at_the_top_of_the_package():
+    top = {p.stem for p in PACKAGE.glob("*.py")}
+    workflows = {p.stem for p in (PACKAGE / "workflows").glob("*.py")} - {"__init__"}
+    assert not top & workflows, top & workflows

@@ -13,13 +13,13 @@ from lesionlab.data.store import Store
 from lesionlab.engine.runtime import resolve_runtime
 from lesionlab.engine.ssl import METHODS, SSLOptions, SSLTrainer, knn_scores
 from lesionlab.errors import BadInputError, LeakError
-from lesionlab.experiment import run_experiment
+from lesionlab.workflows.train import train_process
 from lesionlab.fileio import load_checkpoint
 from lesionlab.models import create_model
 from lesionlab.models.encoder import encoder_state, head_name, is_head_key, load_encoder_state
-from lesionlab.pretrain import pretrain, state_dir
+from lesionlab.workflows.pretrain import pretrain, state_dir
 from lesionlab.runs import Run
-from lesionlab.runs.encoder import EncoderWeights, check_encoder_fits, load_encoder
+from lesionlab.runs.encoder_run import EncoderWeights, check_encoder_fits, load_encoder
 
 
 def _cfg(data, **kw):
@@ -209,7 +209,7 @@ def test_linear_probe_epochs_hold_the_encoder_weights(encoder_dir, small_data, t
     cfg = build_config({"data": str(small_data), "model": "upgraded_cnn", "pretrained": str(encoder_dir),
                         "epochs": 1, "linear_probe_epochs": 1, "bootstrap": 0, "lr": 1e-2,
                         "n_malignant": 30})
-    run_experiment(cfg, tmp_path / "probe")
+    train_process(cfg, tmp_path / "probe")
     trained = load_checkpoint(tmp_path / "probe" / "checkpoint.pt")["state_dict"]
     enc = load_encoder(encoder_dir).state_dict
     params = {n for n, _ in create_model("upgraded_cnn", image_size=32).named_parameters()}

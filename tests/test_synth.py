@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from conftest import cli
-from lesionlab.data.leak_guard import find_copies
+from lesionlab.data.copy_guard import find_copies
 from lesionlab.data.splits import load_split
 from lesionlab.data.store import Store
 from lesionlab.errors import ExistsError, NotEnoughDataError

@@ -157,7 +157,7 @@ def test_leak_guard_catches_smooth_copies_of_evaluation_images(small_data, tmp_p
     """Copies a generator might make of validation images: smooth (a quarter of the side, enlarged
     again), colour-shifted, with noise. Neither the same bytes nor ids; the texture signature alone
     lets several through, the shape signature stops them all, and training refuses them by name."""
-    from lesionlab.data.leak_guard import NEAR_COPY, find_copies, signatures
+    from lesionlab.data.copy_guard import NEAR_COPY, find_copies, signatures
     from lesionlab.data.sources import read_source
     from lesionlab.data.splits import make_split, save_split, split_path
     from lesionlab.data.store import prepare
@@ -194,13 +194,13 @@ def test_leak_guard_catches_smooth_copies_of_evaluation_images(small_data, tmp_p
 
 def test_cv_gives_each_fold_its_own_synthetic_set():
     from lesionlab.config import build_config
-    from lesionlab.cv import fold_config
-    from lesionlab.experiment import Plan
+    from lesionlab.workflows.cv import fold_config
+    from lesionlab.workflows.train import FoldPlan
 
     cfg = build_config({"data": "d", "synthetic": {"data": "syn/fold{fold}", "n": 5}}, "test")
-    plan = Plan(np.arange(3), np.arange(1), {}, {"repeat": 0, "fold": 3, "repeats": 1})
+    plan = FoldPlan(np.arange(3), np.arange(1), {}, {"repeat": 0, "fold": 3, "repeats": 1})
     assert fold_config(cfg, plan).synthetic.data == "syn/fold3"
-    plan2 = Plan(np.arange(3), np.arange(1), {}, {"repeat": 1, "fold": 0, "repeats": 2})
+    plan2 = FoldPlan(np.arange(3), np.arange(1), {}, {"repeat": 1, "fold": 0, "repeats": 2})
     assert fold_config(cfg, plan2).synthetic.data == "syn/foldr1-0"
     same = build_config({"data": "d", "synthetic": {"data": "syn", "n": 5}}, "test")
     assert fold_config(same, plan) is same

@@ -10,7 +10,7 @@ from lesionlab.errors import BadInputError, LeakError
 from lesionlab.metrics import grouped_resamples, paired_bootstrap
 from lesionlab.tabular import features as feat
 from lesionlab.tabular.fusion import ecdf_rank, rank_average
-from lesionlab.tabular.leak_guard import select_columns, single_column_auc
+from lesionlab.tabular.column_guard import select_columns, single_column_auc
 from lesionlab.tabular.model import grouped_folds
 
 
@@ -256,7 +256,7 @@ def test_metadata_is_read_back_through_the_formula_safe_csv(tmp_path):
     from types import SimpleNamespace
 
     from lesionlab.fileio import write_csv
-    from lesionlab.tabular_run import read_metadata
+    from lesionlab.tabular.command import read_metadata
 
     rows = pd.DataFrame({"id": ["=x", "b"], "label": ["1", "0"], "locator": ["a.jpg", "b.jpg"], "index": ["0", "1"],
                          "tbp_lv_x": ["-1.5", "2"], "sex": ["-", "male"]})

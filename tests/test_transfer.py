@@ -15,7 +15,7 @@ from lesionlab.config import build_config
 from lesionlab.data.sources import read_source
 from lesionlab.data.store import Store, prepare
 from lesionlab.errors import BadInputError, LeakError
-from lesionlab.experiment import run_experiment
+from lesionlab.workflows.train import train_process
 from lesionlab.models import create_model
 from lesionlab.models import weights as W
 from lesionlab.models.timm_models import imagenet_backbone, pretrained_source
@@ -162,13 +162,13 @@ def test_the_backbones_preprocessing_goes_from_train_to_predict_and_export(lite0
     assert np.abs(wrong.probabilities(store.pixels(pos)) - got).max() > 1e-3
     # the exported graph enlarges and normalises inside it; its metadata says so
     cli("export", lite0_run, "--format", "onnx", "--out", tmp_path / "m.onnx")
-    from lesionlab.deploy import load_onnx_predictor
+    from lesionlab.workflows.onnx_predictor import load_onnx_predictor
 
     onnx = load_onnx_predictor(tmp_path / "m.onnx")
     assert onnx.meta["input_size"] == 48 and onnx.meta["interpolation"] == "bicubic" and onnx.meta["mean"] == [0.5] * 3
     np.testing.assert_allclose(onnx.probabilities(store.pixels(pos)), got, atol=1e-4)
     # explain: maps computed on the enlarged input come back at the images' size
-    from lesionlab.explain import predictor_cams
+    from lesionlab.workflows.explain import predictor_cams
 
     maps, layers = predictor_cams(predictor, store.pixels(pos[:2]))
     assert maps.shape == (2, 32, 32) and layers == ["blocks.6"]
@@ -200,7 +200,7 @@ def test_frozen_batchnorm_keeps_the_loaded_statistics_and_weights(offline, small
     cfg = build_config({"data": str(small_data), "model": "tf_efficientnet_lite0", "pretrained": True,
                         "batchnorm": "frozen", "epochs": 1, "n_malignant": 10, "ratio": "1:1", "batch_size": 10,
                         "bootstrap": 0, "lr": 1e-2, "precision": "32", "channels_last": "false"})
-    run_experiment(cfg, tmp_path / "run")
+    train_process(cfg, tmp_path / "run")
     trained = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["state_dict"]
     start = create_model("tf_efficientnet_lite0", pretrained=True).state_dict()
     bn = [k for k in start if ".bn" in k or k.startswith("bn")]
@@ -215,7 +215,7 @@ def test_a_head_only_warm_up_holds_a_timm_body(offline, small_data, tmp_path):
     cfg = build_config({"data": str(small_data), "model": "tf_efficientnet_lite0", "pretrained": True,
                         "linear_probe_epochs": 1, "batchnorm": "frozen", "epochs": 1, "n_malignant": 10, "ratio": "1:1",
                         "batch_size": 10, "bootstrap": 0, "lr": 1e-2, "precision": "32", "channels_last": "false"})
-    run_experiment(cfg, tmp_path / "run")
+    train_process(cfg, tmp_path / "run")
     trained = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["state_dict"]
     start = create_model("tf_efficientnet_lite0", pretrained=True).state_dict()
     for k, v in start.items():
@@ -313,11 +313,11 @@ def test_an_extra_data_set_holding_copies_of_val_or_test_images_is_refused(small
     cfg = build_config({"data": str(small_data), "extra_data": str(copies), "epochs": 1, "bootstrap": 0, "n_malignant": 10})
     with pytest.raises(LeakError, match=r"--extra-data .*renamed/data: 3 extra image\(s\) are copies of this run's "
                        r"validation, test or out-of-fold images: .*copy_0 ~ " + test_ids[0]):
-        run_experiment(cfg, tmp_path / "r1")
+        train_process(cfg, tmp_path / "r1")
     # under their own ids: refused by id before any image is read
     same = _extra_with(rows, tmp_path / "same", False, SAMPLE)
     with pytest.raises(LeakError, match=r"3 of its image ids are among the images this run evaluates on"):
-        run_experiment(cfg.model_copy(update={"extra_data": str(same)}), tmp_path / "r2")
+        train_process(cfg.model_copy(update={"extra_data": str(same)}), tmp_path / "r2")
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
 
 
@@ -337,7 +337,7 @@ def test_fine_tuning_from_a_finished_run(small_data, extra_data, tmp_path):
     for head in ("keep", "fresh"):
         cfg = build_config({"data": str(small_data), "model": "upgraded_cnn", "pretrained": str(first),
                             "pretrained_head": head, "epochs": 1, "n_malignant": 10, "bootstrap": 0, "lr": 1e-12})
-        info = run_experiment(cfg, tmp_path / f"second-{head}")
+        info = train_process(cfg, tmp_path / f"second-{head}")
         got = torch.load(tmp_path / f"second-{head}" / "checkpoint.pt", weights_only=True)["state_dict"]
         assert info["weights"]["kind"] == "run" and info["weights"]["source"]["head"] == head
         assert info["weights"]["leak_check"]["by"] == "id and content"
@@ -405,8 +405,8 @@ def test_continued_pretraining_keeps_the_backbones_preprocessing(offline, small_
     stored = torch.load(enc / "encoder.pt", weights_only=True)
     assert stored["mean"] == stored["std"] == [0.5] * 3 and stored["interpolation"] == "bicubic"
     # train --pretrained ENC_DIR starts from it with the same preprocessing
-    from lesionlab.experiment import Start, _build_model
-    from lesionlab.runs.encoder import load_encoder
+    from lesionlab.workflows.train import Start, _build_model
+    from lesionlab.runs.encoder_run import load_encoder
 
     cfg = build_config({"model": "tf_efficientnet_lite0", "pretrained": str(enc)})
     model, pre, weights = _build_model(cfg, Start("encoder", encoder=load_encoder(enc)), 32, 32)

@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from conftest import cli
 from lesionlab.config import build_config, load_yaml
 from lesionlab.errors import BadInputError
-from lesionlab.tune import load_search, open_storage, open_study, tune
+from lesionlab.workflows.tune import load_search, open_storage, open_study, tune
 
 SEARCH = {
     "base": {"model": "upgraded_cnn", "n_malignant": 30, "epochs": 2, "batch_size": 16},
@@ -69,7 +69,7 @@ class _NoTest(dict):
 
 
 def test_tune_reads_validation_metrics_only_and_prunes_per_epoch(tmp_path, monkeypatch):
-    import lesionlab.tune as tune_mod
+    import lesionlab.workflows.tune as tune_mod
 
     epochs_run = []
 

@@ -271,13 +271,13 @@ def _given(values: dict) -> dict:
 
 
 def _epoch_echo(total: int):
-    from .experiment import epoch_line
+    from .workflows.train import epoch_line
 
     return lambda row: click.echo(epoch_line(row, total), err=True)
 
 
 def _print_result(info: dict, out: Path) -> None:
-    from .report import notebook_line
+    from .workflows.report import notebook_line
 
     if not info:  # a torchrun process other than rank 0: rank 0 reports
         return
@@ -314,12 +314,12 @@ def _parse_seeds(text: str) -> list[int]:
 def train(config_file: Path | None, out: Path, seeds: str | None, **flags) -> None:
     """Train one experiment (CONFIG.yaml and/or flags) into RUN_DIR."""
     from .config import resolve
-    from .experiment import train_run
+    from .workflows.train import train as do_train
     from .runs import is_complete_run
 
     cfg = resolve(config_file, _given(flags))
     if not seeds:
-        info = train_run(cfg, out, on_epoch=_epoch_echo(cfg.epochs))
+        info = do_train(cfg, out, on_epoch=_epoch_echo(cfg.epochs))
         _print_result(info, out)
         return
     if not cfg.name:
@@ -330,7 +330,7 @@ def train(config_file: Path | None, out: Path, seeds: str | None, **flags) -> No
             click.echo(f"{folder}: complete, skipped", err=True)
             continue
         click.echo(f"{folder}: seed {seed}", err=True)
-        info = train_run(cfg.model_copy(update={"seed": seed}), folder, on_epoch=_epoch_echo(cfg.epochs))
+        info = do_train(cfg.model_copy(update={"seed": seed}), folder, on_epoch=_epoch_echo(cfg.epochs))
         _print_result(info, folder)
 
 
@@ -378,7 +378,7 @@ def cv(config_file: Path | None, out: Path, n_folds: int, repeats: int, fold_see
     them); CV_DIR gets out-of-fold predictions and metrics, and the fold ensemble's val and test
     metrics. A finished fold is never retrained, so the same command resumes."""
     from .config import resolve
-    from .cv import run_cv, start_local_workers
+    from .workflows.cv import run_cv, start_local_workers
 
     cfg = resolve(config_file, _given(flags))
     if task_count is None and task_index is not None:
@@ -411,7 +411,7 @@ def cv(config_file: Path | None, out: Path, n_folds: int, repeats: int, fold_see
 def ensemble(members: tuple[Path, ...], out: Path, mean: str, tta: str | None, threshold: str | None, data: Path | None,
              name: str, n_boot: int, seed: int, device: str, batch_size: int) -> None:
     """Average several runs and/or cv folders (their folds) of one split; judge on its val and test."""
-    from .ensemble import build_ensemble
+    from .workflows.ensemble import build_ensemble
 
     info = build_ensemble(list(members), out, mean, tta, threshold, data, n_boot, seed, name, device, batch_size)
     m = info["metrics"]
@@ -438,8 +438,8 @@ def _tabular_options(func):
 def tabular(data: Path, out: Path, **flags) -> None:
     """A gradient-boosted model on the metadata columns (optionally fused with an image model) into RUN_DIR."""
     from .config import build_tabular_config
-    from .report import notebook_line
-    from .tabular_run import tabular_run
+    from .workflows.report import notebook_line
+    from .tabular.command import tabular_run
 
     cfg = build_tabular_config({"data": str(data), **_given(flags)}, "flags")
     info = tabular_run(cfg, out, echo=lambda s: click.echo(s, err=True))
@@ -476,11 +476,11 @@ def sweep(sweep_file: Path, data: str | None, out: str | None, epochs: int | Non
     Several workers: `--workers K` here, or a job array on a cluster with one task per run
     (`--task-index $SLURM_ARRAY_TASK_ID --task-count N`), or any number of `--claim` workers on
     machines that share RUNS_DIR."""
-    from .experiment import train_run
+    from .workflows.train import train as do_train
     from .runs import is_complete_run
-    from .sweep import plan, run_local_workers, run_sweep
+    from .workflows.sweep import read_sweep, run_local_workers, run_sweep
 
-    planned = plan(sweep_file, data, out, {"epochs": epochs} if epochs else None)
+    planned = read_sweep(sweep_file, data, out, {"epochs": epochs} if epochs else None)
     if dry_run:
         for p in planned:
             click.echo(f"{'complete' if is_complete_run(p.folder) else 'to run  '}  {p.folder}")
@@ -496,7 +496,7 @@ def sweep(sweep_file: Path, data: str | None, out: str | None, epochs: int | Non
         raise click.UsageError("--task-index needs --task-count")
 
     def run(cfg, folder):
-        info = train_run(cfg, folder, on_epoch=_epoch_echo(cfg.epochs))
+        info = do_train(cfg, folder, on_epoch=_epoch_echo(cfg.epochs))
         _print_result(info, folder)
 
     result = run_sweep(planned, run, echo=lambda s: click.echo(s, err=True), task_index=task_index or 0,
@@ -518,7 +518,7 @@ def sweep(sweep_file: Path, data: str | None, out: str | None, epochs: int | Non
               help="bootstrap resamples of the paired comparisons")
 def report(runs_dir: Path, out: Path, title: str, baseline: str | None, n_boot: int) -> None:
     """Write report.md and a self-contained report.html for every run under RUNS_DIR."""
-    from .report import build_report
+    from .workflows.report import build_report
 
     skipped: list = []
     path = build_report(runs_dir, out, title, baseline=baseline, n_boot=n_boot, skipped=skipped)
@@ -543,7 +543,7 @@ def compare(run_a: Path, run_b: Path, n_boot: int, seed: int, on: str, json_out:
     images when both sides are cv or tabular runs on the same folds, else the split's test images.
 
     RUN_A and RUN_B are run folders, or folders of runs of one experiment (its seeds)."""
-    from .compare import compare_runs, format_comparison, load_side
+    from .workflows.compare import compare_runs, format_comparison, load_side
     from .fileio import write_json
 
     res = compare_runs(load_side(run_a), load_side(run_b), n_boot=n_boot, seed=seed, on=on)
@@ -595,7 +595,7 @@ def predict(run_dir: Path, source: Path, out: Path, fmt: str, skip_bad: bool, ov
     (or an exported model); with a tabular run, the rows of a manifest or an ISIC 2024 pair (their metadata
     columns, and their images when the run is fused with an image model). `--format kaggle` writes the
     ISIC 2024 competition's submission file."""
-    from .predict import predict as do_predict
+    from .workflows.predict import predict as do_predict
 
     bar, update = _progress_bar("predict")
     try:
@@ -630,7 +630,7 @@ def predict(run_dir: Path, source: Path, out: Path, fmt: str, skip_bad: bool, ov
 def explain(run_dir: Path, source: Path, out: Path, method: str, target_layer: str | None, fmt: str, overwrite: bool,
             batch_size: int, device: str) -> None:
     """Class-activation overlays (where the model sees malignancy) for an image, a folder or a manifest."""
-    from .explain import explain as do_explain
+    from .workflows.explain import explain as do_explain
 
     bar, update = _progress_bar("explain")
     try:
@@ -704,7 +704,7 @@ def audit(run_dir: Path, source: Path | None, out: Path, data: Path | None, fmt:
               help="images checked against the torch model (at least 1: an export is always checked)")
 def export_cmd(run_dir: Path, fmt: str, out: Path, overwrite: bool, n_verify: int) -> None:
     """Export a run (or an ensemble) with its preprocessing and decision rule in one file."""
-    from .export import export as do_export
+    from .workflows.export import export as do_export
 
     r = do_export(run_dir, fmt, out, overwrite, n_verify)
     click.echo(f"{out}: {fmt}, {r['bytes'] / 1e6:.1f} MB; input uint8 (N, {r['metadata']['size']}, "
@@ -720,8 +720,8 @@ def export_cmd(run_dir: Path, fmt: str, out: Path, overwrite: bool, n_verify: in
                    "dermoscopy")
 def demo(out: Path, epochs: int | None, sample: str) -> None:
     """Run the whole flow on a sample shipped with lesionlab and write a report."""
-    from .demo import run_demo
-    from .report import notebook_line
+    from .workflows.demo import run_demo
+    from .workflows.report import notebook_line
     from .runs import find_runs
 
     html_path = run_demo(out, epochs, echo=lambda s: click.echo(s, err=True), on_epoch=_epoch_echo(epochs or 8),
@@ -884,7 +884,7 @@ def pretrain(data_dir: Path, out: Path, fresh: bool, **flags) -> None:
 
     Then: lesionlab train ... --pretrained ENC_DIR (or cv). Interrupted? The same command resumes."""
     from .config import build_pretrain_config
-    from .pretrain import pretrain as do_pretrain
+    from .workflows.pretrain import pretrain as do_pretrain
 
     cfg = build_pretrain_config({"data": str(data_dir), **_given(flags)}, "flags")
     bar = _bar("pretrain", "step", leave=False)
@@ -928,8 +928,8 @@ def pretrain(data_dir: Path, out: Path, fresh: bool, **flags) -> None:
 def tune(search_file: Path, data: str, out: Path, trials: int, storage: str | None, workers: int, seed: int,
          worker_index: int, no_summary: bool) -> None:
     """Search config keys with Optuna (SEARCH.yaml: base, space, objective, metric); best trial -> TUNE_DIR/best.yaml."""
-    from .tune import load_search, open_storage, open_study, run_local_workers, write_summary
-    from .tune import tune as do_tune
+    from .workflows.tune import load_search, open_storage, open_study, run_local_workers, write_summary
+    from .workflows.tune import tune as do_tune
 
     search = load_search(search_file, data)
     echo = lambda s: click.echo(s, err=True)  # noqa: E731

@@ -225,7 +225,7 @@ class ExperimentConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> "ExperimentConfig":
         from .models import get_spec
-        from .runs.encoder import is_encoder_dir
+        from .runs.encoder_run import is_encoder_dir
 
         if self.pretrained not in (False, "") and not get_spec(self.model).pretrainable \
                 and not is_encoder_dir(self.pretrained):

@@ -122,7 +122,7 @@ def read_input(source: str | os.PathLike, size: int, fit: str, fmt: str = "auto"
     labels, groups (patient, else lesion) and metadata columns where the input has them."""
     from ..data.sources import read_source
     from ..data.splits import group_keys
-    from ..predict import decode_chunk
+    from ..workflows.predict import decode_chunk
 
     src = read_source(source, fmt, require_labels=False, metadata=True)
     table = src.table
@@ -244,7 +244,7 @@ def audit_run(run_dir: str | os.PathLike, source: str | os.PathLike | None, out:
 
 
 def markdown(doc: dict, run: str) -> str:
-    from ..report import md_code, md_escape, md_table
+    from ..workflows.report import md_code, md_escape, md_table
     from . import summary
 
     where = ("the run's test set" if doc["input"]["kind"] == "test"

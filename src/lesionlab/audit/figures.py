@@ -38,7 +38,7 @@ def shares_figure(audit: Audit, path: Path) -> Path:
 def gallery_figure(audit: Audit, images: np.ndarray, predictor, settings: AuditSettings, path: Path) -> Path | None:
     """Per outcome, the `settings.gallery` images with the largest CAM share off the lesion, each beside its
     overlay with the lesion mask's outline in white; None when there are no CAMs."""
-    from ..explain import overlay, predictor_cams
+    from ..workflows.explain import overlay, predictor_cams
 
     table = audit.table
     if "skipped" in audit.block["cam"] or not settings.gallery:

@@ -39,7 +39,7 @@ class AuditSettings:
     chunk: int = 256                    # images measured at a time (bounds memory)
 
     def check(self) -> "AuditSettings":
-        from ..explain import METHODS
+        from ..workflows.explain import METHODS
 
         if not 0 < self.frame < 0.5:
             raise BadInputError(f"--frame must be a share of the side in (0, 0.5), got {self.frame}")
@@ -64,7 +64,7 @@ class Audit:
 def cam_availability(predictor, images: np.ndarray, settings: AuditSettings) -> tuple[list[str], str | None]:
     """(layers, None) when CAMs can be computed, else ([], why): a model without a known target layer
     is measured without CAMs. A layer the user named that does not work is an error, not a skip."""
-    from ..explain import predictor_cams
+    from ..workflows.explain import predictor_cams
 
     try:
         return predictor_cams(predictor, images[:1], settings.method, settings.target_layer, 1)[1], None
@@ -78,7 +78,7 @@ def measure_chunk(predictor, images: np.ndarray, settings: AuditSettings, cam: b
     """Per image: its probability, lesion mask (area, source), artifacts, the probabilities with the frame
     and with everything off the lesion painted in its skin colour, and (with `cam`) the shares of the
     CAM's mass in the frame and off the lesion."""
-    from ..explain import predictor_cams
+    from ..workflows.explain import predictor_cams
 
     n, h, w = images.shape[:3]
     frame = regions.frame_mask(h, w, settings.frame)

@@ -2,7 +2,7 @@
 
 Its images join the training draw only: they are never validation, test or out-of-fold images,
 since those sides are positions of the run's own store. Before training it is checked like the
-synthetic images are (data/leak_guard.py): its ids and its images' content against every image
+synthetic images are (data/copy_guard.py): its ids and its images' content against every image
 the run evaluates on, so a copy of an evaluation image under another name, or re-encoded, stops
 the run and is named.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInputError, LeakError, NotEnoughDataError, preview
-from .leak_guard import check_no_leak, index_references
+from .copy_guard import check_no_leak, index_references
 from .sampling import draw_training_set
 from .store import Store
 
@@ -89,5 +89,5 @@ def load_extra(data: str | Path, ratio: str, n_malignant: int | str, main: Store
             "n_malignant": int(labels.sum()), "n_benign": int((labels == 0).sum()),
             "available": {"malignant": int(table["label"].sum()), "benign": int((table["label"] == 0).sum())},
             "guard": {"checked": int(len(rows)), "against": int(len(eval_ids)), "copies": 0,
-                      "by": "id and content (data/leak_guard.py)"}}
+                      "by": "id and content (data/copy_guard.py)"}}
     return ExtraPart(extra, rows, info)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInputError, LeakError, NotEnoughDataError, preview
-from .leak_guard import check_no_leak
+from .copy_guard import check_no_leak
 from .store import Store
 
 

@@ -213,8 +213,8 @@ def _improved(value: float, best: float | None, monitor: str) -> bool:
     return value < best if monitor == "val_loss" else value > best
 
 
-def train(model: nn.Module, batches: Batches, val_x: np.ndarray, val_y: np.ndarray, rt: Runtime,
-          opts: TrainOptions, on_epoch: Callable[[dict], None] | None = None, world: World | None = None) -> TrainResult:
+def fit(model: nn.Module, batches: Batches, val_x: np.ndarray, val_y: np.ndarray, rt: Runtime,
+        opts: TrainOptions, on_epoch: Callable[[dict], None] | None = None, world: World | None = None) -> TrainResult:
     """Train; keep the state best on `opts.monitor` (the EMA weights when EMA is on). With several
     processes, `batches` yields this process's shard and every metric uses gathered predictions."""
     world = world or World()

@@ -97,7 +97,7 @@ def check_not_trained_on(rw: RunWeights, eval_ids: list[str], eval_images: np.nd
     checked = {"by": "id", "drawn": int(len(drawn))}
     if rw.run.info.get("store_hash") == store_hash:
         return checked  # the same data set: its ids are its images
-    from ..data.leak_guard import copies_in_store
+    from ..data.copy_guard import copies_in_store
     from ..data.store import Store
 
     data = rw.run.config.get("data") or rw.run.info.get("data")

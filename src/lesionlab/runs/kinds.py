@@ -3,7 +3,7 @@ timm's models register themselves), and every reader asks here what a kind holds
 
     register_kind(RunKind("tabular", takes="rows", loader=load_tabular_predictor, files=(...)))
 
-The core kinds (train, cv, ensemble in predictor.py, encoder in encoder.py) and the packages built
+The core kinds (train, cv, ensemble in predictor.py, encoder in encoder_run.py) and the packages built
 on the run format (tabular/) register themselves on import. runs/ imports none of those packages:
 a folder of a kind not registered yet (its package not imported in this process) makes the first
 look-up import the modules named in KIND_MODULES, by name, once."""
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 # the modules that declare run kinds; a new kind's module is added here so that its folders load
 # in a process that has not imported it
-KIND_MODULES = ("lesionlab.runs.predictor", "lesionlab.runs.encoder", "lesionlab.tabular.predictor")
+KIND_MODULES = ("lesionlab.runs.predictor", "lesionlab.runs.encoder_run", "lesionlab.tabular.predictor")
 
 Takes = Literal["images", "rows"]
 

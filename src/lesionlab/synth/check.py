@@ -169,7 +169,7 @@ def _network_note(r: dict) -> str:
 
 
 def render_markdown(r: dict) -> str:
-    from ..report import md_code, md_escape  # names and paths are user text: literal in Markdown
+    from ..workflows.report import md_code, md_escape  # names and paths are user text: literal in Markdown
 
     mem = r["memorisation"]
     networks = r.get("feature_networks") or [{"network": r["feature_extractor"], "seen_by_generator": False,

@@ -16,30 +16,30 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import plots
-from .calibration import apply_calibration, check_two_classes, fit_calibration
-from .config import ExperimentConfig, to_dict
-from .data.extra import ExtraPart, load_extra
-from .data.parallel import cpu_count
-from .data.sampling import EpochSampler, draw_training_set
-from .data.splits import Split, check_evaluable, group_keys, load_split
-from .data.store import Store
-from .data.synthetic import CombinedImages, SyntheticPart, load_synthetic
-from .data.tta import tta_logits
-from .engine.distributed import World, check_devices, from_environment, spawn
-from .engine.runtime import IMAGENET, Preprocessing, Runtime, resolve_runtime
-from .engine.trainer import Batches, TrainOptions, TrainResult, predict_sharded, train
-from .errors import BadInputError
-from .fileio import read_json
-from .metrics import ThresholdRule, bce_per_sample, bootstrap_ci, ci_unit, compute_metrics, parse_prevalence, prior_shift
-from .models import create_model, get_spec
-from .models.encoder import head_name, is_timm, load_encoder_state
-from .models.timm_models import pretrained_source, zero_classifier
-from .runs import RunWriter, check_new_run_folder, model_checkpoint
-from .runs import format as fmt
-from .runs.encoder import EncoderWeights, check_encoder_fits, check_not_pretrained_on, is_encoder_dir, load_encoder
-from .runs.records import RunInfo, SideMetrics, metrics_record
-from .runs.finetune import RunWeights, check_not_trained_on, check_run_fits, is_train_run, load_run_state, load_run_weights
+from .. import plots
+from ..calibration import apply_calibration, check_two_classes, fit_calibration
+from ..config import ExperimentConfig, to_dict
+from ..data.extra import ExtraPart, load_extra
+from ..data.parallel import cpu_count
+from ..data.sampling import EpochSampler, draw_training_set
+from ..data.splits import Split, check_evaluable, group_keys, load_split
+from ..data.store import Store
+from ..data.synthetic import CombinedImages, SyntheticPart, load_synthetic
+from ..data.tta import tta_logits
+from ..engine.distributed import World, check_devices, from_environment, spawn
+from ..engine.runtime import IMAGENET, Preprocessing, Runtime, resolve_runtime
+from ..engine.trainer import Batches, TrainOptions, TrainResult, fit, predict_sharded
+from ..errors import BadInputError
+from ..fileio import read_json
+from ..metrics import ThresholdRule, bce_per_sample, bootstrap_ci, ci_unit, compute_metrics, parse_prevalence, prior_shift
+from ..models import create_model, get_spec
+from ..models.encoder import head_name, is_timm, load_encoder_state
+from ..models.timm_models import pretrained_source, zero_classifier
+from ..runs import RunWriter, check_new_run_folder, model_checkpoint
+from ..runs import format as fmt
+from ..runs.encoder_run import EncoderWeights, check_encoder_fits, check_not_pretrained_on, is_encoder_dir, load_encoder
+from ..runs.records import RunInfo, SideMetrics, metrics_record
+from ..runs.finetune import RunWeights, check_not_trained_on, check_run_fits, is_train_run, load_run_state, load_run_weights
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +64,15 @@ def _print_epochs(total: int) -> Callable[[dict], None]:
     return lambda row: print(epoch_line(row, total), file=sys.stderr, flush=True)
 
 
-def train_run(cfg: ExperimentConfig, out: str | os.PathLike, on_epoch: Callable[[dict], None] | None = None,
-              plan: "Plan | None" = None) -> dict:
+def train(cfg: ExperimentConfig, out: str | os.PathLike, on_epoch: Callable[[dict], None] | None = None,
+          plan: "FoldPlan | None" = None) -> dict:
     """One experiment on one process, on the processes of this machine (--devices), or as one
     process of a torchrun launch; returns run.json's content with the metrics. `plan` replaces the
     split's sides (a cross-validation fold)."""
     out = Path(out)
     world = from_environment()
     if world is not None:
-        result = run_experiment(cfg, out, on_epoch if world.is_main else None, world, plan)
+        result = train_process(cfg, out, on_epoch if world.is_main else None, world, plan)
         world.barrier()  # leave together: rank 0 has written the run folder (the group stays for a cv's next fold)
         return result
     if cfg.num_nodes > 1:
@@ -81,7 +81,7 @@ def train_run(cfg: ExperimentConfig, out: str | os.PathLike, on_epoch: Callable[
             f"torchrun --nnodes {cfg.num_nodes} --nproc-per-node {cfg.devices} --rdzv-backend c10d "
             f"--rdzv-endpoint HOST:29500 -m lesionlab train ... (see README, Distributed training)")
     if cfg.devices == 1:
-        return run_experiment(cfg, out, on_epoch, plan=plan)
+        return train_process(cfg, out, on_epoch, plan=plan)
     check_devices(cfg.devices, cfg.num_nodes, cfg.device)
     _check_batch(cfg.batch_size, cfg.devices)
     check_new_run_folder(out)  # refuse an existing run now, before any process starts
@@ -92,13 +92,13 @@ def train_run(cfg: ExperimentConfig, out: str | os.PathLike, on_epoch: Callable[
     return {**read_json(out / fmt.INFO), "metrics": read_json(out / fmt.METRICS)}
 
 
-def _spawned_run(cfg_dict: dict, out: str, plan: "Plan | None", world: World) -> None:
+def _spawned_run(cfg_dict: dict, out: str, plan: "FoldPlan | None", world: World) -> None:
     cfg = ExperimentConfig(**cfg_dict)
-    run_experiment(cfg, Path(out), _print_epochs(cfg.epochs) if world.is_main else None, world, plan)
+    train_process(cfg, Path(out), _print_epochs(cfg.epochs) if world.is_main else None, world, plan)
 
 
 @dataclass(frozen=True)
-class Plan:
+class FoldPlan:
     """Table positions that replace the split's sides, for a cross-validation fold: the training
     draw comes from `pool`; `val` picks the checkpoint, early stop and threshold; `scored` sides
     (e.g. the held-out fold, the split's val and test) are only scored. Recorded in run.json."""
@@ -148,7 +148,7 @@ def check_input_size(cfg: ExperimentConfig, store_size: int) -> int:
     return cfg.input_size or store_size
 
 
-def _inputs(cfg: ExperimentConfig, world: World, plan: Plan | None = None) -> Inputs:
+def _inputs(cfg: ExperimentConfig, world: World, plan: FoldPlan | None = None) -> Inputs:
     store = Store.open(cfg.data)
     check_input_size(cfg, store.size)
     split = load_split(store, cfg.split)
@@ -207,7 +207,7 @@ def _runtime(cfg: ExperimentConfig, world: World, side: int) -> tuple[Runtime, d
     """The device, threads, precision and memory format; `auto` precision and channels_last are the
     fastest on this machine for this model, side and batch (engine/autotune.py: measured once, cached).
     With several processes the first process chooses and every process takes its choice."""
-    from .engine import autotune
+    from ..engine import autotune
 
     cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
     device = f"cuda:{world.local_rank}" if world.distributed and cuda else cfg.device
@@ -288,9 +288,9 @@ def evaluate(cfg: ExperimentConfig, logits: dict[str, np.ndarray], truth: dict[s
     return Evaluation(logits, raw, probs, rule, threshold, trained_at, deploy, metrics, cal)
 
 
-def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike,
-                   on_epoch: Callable[[dict], None] | None = None, world: World | None = None,
-                   plan: Plan | None = None) -> dict:
+def train_process(cfg: ExperimentConfig, out: str | os.PathLike,
+                  on_epoch: Callable[[dict], None] | None = None, world: World | None = None,
+                  plan: FoldPlan | None = None) -> dict:
     """Train and evaluate one experiment into the run folder `out`; return run.json's content.
     With several processes each trains its shard; only rank 0 writes (the others return {}).
     `plan` replaces the split's train pool, validation and test sides (a cross-validation fold)."""
@@ -318,7 +318,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike,
         rt, autotuned = _runtime(cfg, world, side)
         batches = Batches(inp.images.pixels, inp.labels, inp.sampler, cfg.batch_size // world.size)
         setup_seconds = time.time() - started
-        result = train(model, batches, inp.eval_x["val"], inp.eval_y["val"], rt, opts, on_epoch, world)
+        result = fit(model, batches, inp.eval_x["val"], inp.eval_y["val"], rt, opts, on_epoch, world)
         model.load_state_dict(result.best_state)
         # test-time augmentation (--tta) for the final scores only; per-epoch validation stays plain
         logits = {s: tta_logits(lambda x: predict_sharded(model, x, rt, cfg.eval_batch_size, world, pre), inp.eval_x[s],
@@ -499,9 +499,9 @@ def _audit(w: RunWriter, cfg: ExperimentConfig, inp: Inputs, ev: Evaluation, rt:
            pre: Preprocessing = IMAGENET) -> dict:
     """The shortcut audit of the test set (lesionlab.audit), through a predictor that scores exactly as the
     checkpoint's will; a failure leaves the audit out, with the reason in run.json, never the run."""
-    from .audit import AuditSettings
-    from .audit.command import audit_in_run, training_test_set
-    from .runs import ModelPredictor
+    from ..audit import AuditSettings
+    from ..audit.command import audit_in_run, training_test_set
+    from ..runs import ModelPredictor
 
     try:
         predictor = ModelPredictor(model.eval(), inp.store.size, inp.store.fit, ev.threshold, rt, pre.mean, pre.std,

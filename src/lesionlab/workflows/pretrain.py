@@ -25,22 +25,22 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import plots
-from .config import PretrainConfig
-from .data.leak_guard import copies_in_store
-from .data.splits import group_keys, load_split
-from .data.store import Store
-from .engine.runtime import IMAGENET, resolve_runtime
-from .engine.ssl import SSLOptions, SSLTrainer, quality
-from .engine.trainer import prefetch
-from .errors import BadInputError, LeakError, preview
-from .fileio import atomic_path, load_checkpoint
-from .models import create_model, get_spec
-from .models.timm_models import pretrained_source
-from .runs import RunWriter, check_new_run_folder
-from .runs import format as fmt
-from .runs.records import RunInfo, RunMetrics, SplitRecord
-from .runs.encoder import encoder_checkpoint, state_dir
+from .. import plots
+from ..config import PretrainConfig
+from ..data.copy_guard import copies_in_store
+from ..data.splits import group_keys, load_split
+from ..data.store import Store
+from ..engine.runtime import IMAGENET, resolve_runtime
+from ..engine.ssl import SSLOptions, SSLTrainer, quality
+from ..engine.trainer import prefetch
+from ..errors import BadInputError, LeakError, preview
+from ..fileio import atomic_path, load_checkpoint
+from ..models import create_model, get_spec
+from ..models.timm_models import pretrained_source
+from ..runs import RunWriter, check_new_run_folder
+from ..runs import format as fmt
+from ..runs.records import RunInfo, RunMetrics, SplitRecord
+from ..runs.encoder_run import encoder_checkpoint, state_dir
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from .choices import FITS, INTERPOLATIONS, TTA_MODES
-from .errors import BadInputError, first_line, shown
+from ..choices import FITS, INTERPOLATIONS, TTA_MODES
+from ..errors import BadInputError, first_line, shown
 
 META_KEY = "lesionlab"
 INPUT_NAME = "image"

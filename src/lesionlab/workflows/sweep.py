@@ -25,17 +25,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .config import ExperimentConfig, build_config, load_yaml, to_dict
-from .errors import BadInputError, ExistsError, LesionLabError, check_at_least
-from .fileio import held_lock, hidden_name, pid_alive
-from .runs import Run, is_complete_run
+from ..config import ExperimentConfig, build_config, load_yaml, to_dict
+from ..errors import BadInputError, ExistsError, LesionLabError, check_at_least
+from ..fileio import held_lock, hidden_name, pid_alive
+from ..runs import Run, is_complete_run
 
 log = logging.getLogger(__name__)
 SWEEP_KEYS = ("out", "data", "base", "experiments", "grid")
 
 
 @dataclass
-class PlannedRun:
+class SweepRun:
     folder: Path
     config: ExperimentConfig
 
@@ -44,13 +44,13 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", str(text).replace(":", "to")).strip("_")
 
 
-def plan(sweep_file: str | Path, data: str | None = None, out: str | None = None,
-         overrides: dict | None = None) -> list[PlannedRun]:
+def read_sweep(sweep_file: str | Path, data: str | None = None, out: str | None = None,
+               overrides: dict | None = None) -> list[SweepRun]:
     sweep_file = Path(sweep_file)
     spec = load_yaml(sweep_file)
     unknown = [k for k in spec if k not in SWEEP_KEYS]
     if unknown:
-        from .errors import closest
+        from ..errors import closest
 
         raise BadInputError(f"{sweep_file}: unknown key '{unknown[0]}'{closest(unknown[0], SWEEP_KEYS)}; "
                             f"known: {', '.join(SWEEP_KEYS)}")
@@ -87,7 +87,7 @@ def plan(sweep_file: str | Path, data: str | None = None, out: str | None = None
             merged["name"] = name
             cfg = build_config(merged, origin)
             leaf = "_".join(f"{k}-{_slug(v)}" for k, v in axes.items()) or "run"
-            planned.append(PlannedRun(runs_dir / _slug(name) / leaf, cfg))
+            planned.append(SweepRun(runs_dir / _slug(name) / leaf, cfg))
     folders = [p.folder for p in planned]
     dup = {f for f in folders if folders.count(f) > 1}
     if dup:
@@ -161,7 +161,7 @@ def _take_over(claim: Path, dead_holder: str) -> bool:
         return _create_claim(claim)
 
 
-def run_sweep(planned: list[PlannedRun], run: Callable[[ExperimentConfig, Path], dict],
+def run_sweep(planned: list[SweepRun], run: Callable[[ExperimentConfig, Path], dict],
               echo: Callable[[str], None] = print, task_index: int = 0, task_count: int = 1,
               claim: bool = False) -> dict:
     """Run every planned run that is not complete; a failure is reported and the sweep goes on.
@@ -211,7 +211,7 @@ def spawn_local_workers(args_of: Callable[[int], list[str]], workers: int) -> in
     import subprocess
     import sys
 
-    from .data.parallel import PARENT_ENV, cpu_count
+    from ..data.parallel import PARENT_ENV, cpu_count
 
     threads = max(1, cpu_count() // workers)
     # PARENT_ENV: each worker ends with this process (__main__ arms it first thing), so killing the

@@ -26,11 +26,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .data.images import DEFAULT_MAX_PIXELS, DecodeError, _decode_pil, decode_resize
-from .data.sources import read_source
-from .engine.runtime import Runtime, to_input
-from .errors import BadInputError, ExistsError, check_at_least, closest, preview
-from .fileio import check_free, staged_dir, write_csv, write_text
+from ..data.images import DEFAULT_MAX_PIXELS, DecodeError, _decode_pil, decode_resize
+from ..data.sources import read_source
+from ..engine.runtime import Runtime, to_input
+from ..errors import BadInputError, ExistsError, check_at_least, closest, preview
+from ..fileio import check_free, staged_dir, write_csv, write_text
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def resolve_target_layer(model: nn.Module, model_name: str, override: str | None
     """(dotted name, module) of the layer whose activations the CAM weighs."""
     name = override
     if not name:
-        from .models import get_spec
+        from ..models import get_spec
 
         try:
             name = get_spec(model_name).cam_layer_of(model) if model_name else None
@@ -223,7 +223,7 @@ def explain(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os
     """Overlays (PNG, at each image's own size) for one image, a folder or a manifest, with
     index.csv and index.html; the folder appears only when complete. `overwrite` replaces an
     earlier explain output at `out`, and nothing else."""
-    from .runs.predictor import load_image_predictor
+    from ..runs.predictor import load_image_predictor
 
     _cam_class(method)
     check_at_least(batch_size, 1, "--batch-size")
@@ -312,7 +312,7 @@ def write_gallery(model: nn.Module, model_name: str, images: np.ndarray, ids: np
                   prob: np.ndarray, threshold: float, path: Path, mean, std, method: str = "gradcam",
                   k: int = 4, input_size: int = 0, interpolation: str = "bilinear") -> dict:
     """The gallery figure of a run's test set; returns what it shows (ids per row, layer)."""
-    from . import plots
+    from .. import plots
 
     picks = gallery_picks(y, prob, threshold, k)
     name, layer = resolve_target_layer(model, model_name)

@@ -16,12 +16,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import __version__
-from .errors import BadInputError, ExistsError, LesionLabError, preview
-from .fileio import require_folder_or_absent, write_text
-from .runs import Run, find_runs
-from .runs import format as run_format
-from .runs.kinds import scoring_kind_names
+from .. import __version__
+from ..errors import BadInputError, ExistsError, LesionLabError, preview
+from ..fileio import require_folder_or_absent, write_text
+from ..runs import Run, find_runs
+from ..runs import format as run_format
+from ..runs.kinds import scoring_kind_names
 
 MARKER = "<!-- lesionlab report -->"
 SUMMARY_METRICS = ("f1", "precision", "recall", "average_precision", "pauc_80", "roc_auc", "balanced_accuracy")
@@ -217,7 +217,7 @@ def comparison_rows(groups: "OrderedDict[str, list[Run]]", baseline: str, n_boot
     from .compare import COMPARE_METRICS, compare_runs
 
     if baseline not in groups:
-        from .errors import closest
+        from ..errors import closest
 
         raise BadInputError(f"--baseline '{baseline}' is not an experiment here{closest(baseline, groups)}; "
                             f"experiments: {', '.join(groups)}")
@@ -392,7 +392,7 @@ def _html_figure(src: Path, caption: str, wide: bool = False) -> str:
 def _add_overview(md: list, body: list, groups: "OrderedDict[str, list[Run]]", baseline: str | None,
                   figures_dir: Path) -> None:
     """The forest plot at the top: each experiment's test metrics with their intervals, against the baseline."""
-    from . import plots
+    from .. import plots
 
     ref = baseline if baseline is not None and baseline in groups else next(iter(groups))
     rows: list[dict[str, Any]] = [{"name": name, **{k: summarise(members, k) for k, _ in OVERVIEW_METRICS}}
@@ -409,7 +409,7 @@ def _add_overview(md: list, body: list, groups: "OrderedDict[str, list[Run]]", b
 
 def _add_calibration(md: list, body: list, groups: "OrderedDict[str, list[Run]]", figures_dir: Path) -> None:
     """Do the probabilities mean what they say? ECE and Brier per experiment, one reliability figure."""
-    from . import plots
+    from .. import plots
 
     header = ["experiment", "calibration", "test ECE", "test Brier", "val ECE", "val Brier"]
     rows, curves = [], {}
@@ -456,7 +456,7 @@ def _render_html(title: str, body: str) -> str:
 
 def _audit_lines(run: Run) -> list[str]:
     """The run's shortcut audit (metrics.json's audit block) in words, or why there is none."""
-    from .audit.summary import lines
+    from ..audit.summary import lines
 
     block = run.metrics.get("audit")
     if block:

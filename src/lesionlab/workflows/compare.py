@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from .choices import COMPARE_ON
-from .errors import BadInputError, check_at_least
-from .metrics import ci_unit, paired_bootstrap
-from .runs import Run, find_runs, is_complete_run, oof_arrays
-from .runs.kinds import kind_names, run_kind, scoring_kind_names
+from ..choices import COMPARE_ON
+from ..errors import BadInputError, check_at_least
+from ..metrics import ci_unit, paired_bootstrap
+from ..runs import Run, find_runs, is_complete_run, oof_arrays
+from ..runs.kinds import kind_names, run_kind, scoring_kind_names
 
 COMPARE_METRICS = ("roc_auc", "average_precision", "pauc_80", "f1")
 
@@ -97,8 +97,8 @@ def compare_runs(runs_a: list[Run], runs_b: list[Run], metrics=COMPARE_METRICS, 
 def _audits(runs_a: list[Run], runs_b: list[Run], n_boot: int, seed: int) -> dict:
     """Each side's shortcut audit of the test set (metrics.json's audit block), and, for one run a side whose
     per-image audit tables hold the same images, B - A paired on them."""
-    from .audit.paired import audit_table, paired_audit
-    from .audit.summary import side
+    from ..audit.paired import audit_table, paired_audit
+    from ..audit.summary import side
 
     out: dict[str, Any] = {"a": side(runs_a), "b": side(runs_b)}
     if len(runs_a) == len(runs_b) == 1:
@@ -153,7 +153,7 @@ def format_comparison(res: dict, name_a: str = "A", name_b: str = "B") -> list[s
     for m, d in res["metrics"].items():
         lines.append(f"{m:<18} {d['a']:7.4f} {d['b']:7.4f} {d['diff']:+8.4f}  [{d['lo']:+.4f}, {d['hi']:+.4f}]  {verdict(d)}")
     if res.get("audit"):
-        from .audit.summary import paired_text, side_text
+        from ..audit.summary import paired_text, side_text
 
         lines += ["shortcut audit of the test set (lesionlab audit; CAM mass over the images each run flags, ROC AUC "
                   "drop when the outer frame is painted in skin colour; each run's own interval, not paired):",

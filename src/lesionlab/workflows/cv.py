@@ -33,20 +33,20 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from . import plots
-from .config import ExperimentConfig, to_dict
-from .data.folds import Folds, inner_validation, make_folds
-from .data.splits import group_keys, load_split, parse_counts
-from .data.store import Store
-from .errors import BadInputError, ExistsError, LesionLabError, check_at_least
-from .experiment import Plan, check_input_size, train_run
-from .fileio import held_lock, read_json, write_csv, write_json, write_yaml
-from .metrics import ThresholdRule, ci_unit, metrics_with_ci, parse_prevalence
-from .runs import Run, RunWriter, is_complete_run, load_run, oof_arrays
-from .runs import format as fmt
-from .runs.records import RunInfo
-from .runs.predictor import average_probabilities
-from .sweep import PlannedRun, run_sweep, spawn_local_workers
+from .. import plots
+from ..config import ExperimentConfig, to_dict
+from ..data.folds import Folds, inner_validation, make_folds
+from ..data.splits import group_keys, load_split, parse_counts
+from ..data.store import Store
+from ..errors import BadInputError, ExistsError, LesionLabError, check_at_least
+from .train import FoldPlan, check_input_size, train
+from ..fileio import held_lock, read_json, write_csv, write_json, write_yaml
+from ..metrics import ThresholdRule, ci_unit, metrics_with_ci, parse_prevalence
+from ..runs import Run, RunWriter, is_complete_run, load_run, oof_arrays
+from ..runs import format as fmt
+from ..runs.records import RunInfo
+from ..runs.predictor import average_probabilities
+from .sweep import SweepRun, run_sweep, spawn_local_workers
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class CvPlan:
     cfg: ExperimentConfig
     folds: Folds
     doc: dict
-    plans: dict[Path, Plan]  # fold folder -> its positions
+    plans: dict[Path, FoldPlan]  # fold folder -> its positions
 
 
 def _comparable(doc: dict) -> dict:
@@ -133,7 +133,7 @@ def prepare_cv(cfg: ExperimentConfig, out: str | os.PathLike, k: int = 5, repeat
            "group_rule": rule, "inner_validation": {"rule": INNER_RULE, "counts": split.params["val"]}}
     doc = _check_or_write_plan(out, doc, cfg, folds)
     sides = {"split_val": split.positions(table, "val"), "test": split.positions(table, "test")}
-    plans: dict[Path, Plan] = {}
+    plans: dict[Path, FoldPlan] = {}
     for r in range(repeats):
         for f in range(k):
             others = folds.others(r, f)
@@ -146,11 +146,11 @@ def prepare_cv(cfg: ExperimentConfig, out: str | os.PathLike, k: int = 5, repeat
                     "counts": {name: {"malignant": int(labels[p].sum()), "benign": int((labels[p] == 0).sum())}
                                for name, p in (("held_out", held), ("inner_val", val), ("set_aside", aside),
                                                ("train_pool", pool))}}
-            plans[out / fmt.FOLDS_DIR / fold_name(r, f, repeats)] = Plan(pool, val, {"oof": held, **sides}, info)
+            plans[out / fmt.FOLDS_DIR / fold_name(r, f, repeats)] = FoldPlan(pool, val, {"oof": held, **sides}, info)
     return CvPlan(out, cfg, folds, doc, plans)
 
 
-def fold_config(cfg: ExperimentConfig, plan: Plan) -> ExperimentConfig:
+def fold_config(cfg: ExperimentConfig, plan: FoldPlan) -> ExperimentConfig:
     """The config a fold trains with: `{fold}` in synthetic.data names that fold's own synthetic images
     (made without its held-out images, e.g. by a generator trained on the fold's training part only:
     one trained on the whole pool has seen every held-out image)."""
@@ -173,8 +173,8 @@ def run_cv(cfg: ExperimentConfig, out: str | os.PathLike, k: int = 5, repeats: i
     if is_complete_run(cv.out):
         echo(f"{cv.out}: complete, nothing to do")
         return _result(cv.out)
-    planned = [PlannedRun(folder, cv.cfg) for folder in cv.plans]
-    result = run_sweep(planned, lambda c, folder: train_run(fold_config(c, cv.plans[folder]), folder, on_epoch,
+    planned = [SweepRun(folder, cv.cfg) for folder in cv.plans]
+    result = run_sweep(planned, lambda c, folder: train(fold_config(c, cv.plans[folder]), folder, on_epoch,
                                                             plan=cv.plans[folder]), echo,
                        task_index, task_count, claim)
     if result["failed"]:

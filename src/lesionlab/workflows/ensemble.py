@@ -14,18 +14,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import plots
-from .choices import ENSEMBLE_MEANS
-from .data.splits import group_keys, load_split, split_name
-from .data.store import Store
-from .data.tta import check_mode
-from .errors import BadInputError, check_at_least
-from .fileio import write_json
-from .metrics import ThresholdRule, ci_unit, metrics_with_ci
-from .runs import Run, RunWriter, find_runs, is_complete_run, load_run
-from .runs import format as fmt
-from .runs.records import RunInfo, metrics_record
-from .runs.predictor import EnsemblePredictor, ModelPredictor, average_probabilities, load_model_predictor, member_path
+from .. import plots
+from ..choices import ENSEMBLE_MEANS
+from ..data.splits import group_keys, load_split, split_name
+from ..data.store import Store
+from ..data.tta import check_mode
+from ..errors import BadInputError, check_at_least
+from ..fileio import write_json
+from ..metrics import ThresholdRule, ci_unit, metrics_with_ci
+from ..runs import Run, RunWriter, find_runs, is_complete_run, load_run
+from ..runs import format as fmt
+from ..runs.records import RunInfo, metrics_record
+from ..runs.predictor import EnsemblePredictor, ModelPredictor, average_probabilities, load_model_predictor, member_path
 
 
 def expand_members(paths: list[str | os.PathLike]) -> list[tuple[Run, str | None]]:

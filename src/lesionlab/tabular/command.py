@@ -18,26 +18,26 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from . import plots
-from .config import TabularConfig
-from .data.folds import folds_hash
-from .data.parallel import cpu_count
-from .data.sources import ISIC2024_COLUMNS, ISIC2024_TEXT_COLUMNS
-from .data.splits import group_keys, load_split
-from .data.store import CORE_COLUMNS, ROWS_FILE, Store
-from .errors import BadInputError
-from .fileio import csv_restore
-from .metrics import ThresholdRule, ci_unit, metrics_with_ci
-from .runs import RunWriter, check_new_run_folder
-from .runs import format as fmt
-from .runs.records import RunInfo, metrics_record
-from .tabular import features as feat
-from .tabular.engines import Params, get_engine
-from .tabular.fusion import rank_average
-from .tabular.image import ImageScores, load_image_scores
-from .tabular.leak_guard import select_columns
-from .tabular.model import fit_folds, grouped_folds, predict_average
-from .tabular.predictor import IMPORTANCE, MODEL_DIR, REFERENCE_FILE, SPEC_FILE
+from .. import plots
+from ..config import TabularConfig
+from ..data.folds import folds_hash
+from ..data.parallel import cpu_count
+from ..data.sources import ISIC2024_COLUMNS, ISIC2024_TEXT_COLUMNS
+from ..data.splits import group_keys, load_split
+from ..data.store import CORE_COLUMNS, ROWS_FILE, Store
+from ..errors import BadInputError
+from ..fileio import csv_restore
+from ..metrics import ThresholdRule, ci_unit, metrics_with_ci
+from ..runs import RunWriter, check_new_run_folder
+from ..runs import format as fmt
+from ..runs.records import RunInfo, metrics_record
+from . import features as feat
+from .engines import Params, get_engine
+from .fusion import rank_average
+from .image import ImageScores, load_image_scores
+from .column_guard import select_columns
+from .model import fit_folds, grouped_folds, predict_average
+from .predictor import IMPORTANCE, MODEL_DIR, REFERENCE_FILE, SPEC_FILE
 
 log = logging.getLogger(__name__)
 SIDES = ("val", "test")
@@ -211,7 +211,7 @@ def _write(w: RunWriter, cfg, spec, engine, result, ids, y, groups, folds, tab, 
                         "share": gain.mean(0) / max(gain.mean(0).sum(), 1e-12)}).sort_values("gain_mean", ascending=False)
     w.table(IMPORTANCE, imp)
     model_dir = w.subfolder(MODEL_DIR)
-    from .fileio import sha256_file, write_json
+    from ..fileio import sha256_file, write_json
 
     files = {}
     for f, model in enumerate(result.models):

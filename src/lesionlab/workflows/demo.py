@@ -8,14 +8,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
-from .choices import DEMO_SAMPLES
-from .data.sources import read_source
-from .data.splits import make_split, save_split, split_path
-from .data.store import Store, prepare
-from .errors import BadInputError, LesionLabError
-from .experiment import run_experiment
+from ..choices import DEMO_SAMPLES
+from ..data.sources import read_source
+from ..data.splits import make_split, save_split, split_path
+from ..data.store import Store, prepare
+from ..errors import BadInputError, LesionLabError
+from .train import train_process
 from .report import build_report
-from .sweep import plan, run_sweep
+from .sweep import read_sweep, run_sweep
 
 DEMO_VAL = (20, 200)
 DEMO_TEST = (20, 200)
@@ -56,9 +56,9 @@ def run_demo(out: str | Path, epochs: int | None = None, echo: Callable[[str], N
     c = doc["counts"]
     echo(f"split: val {DEMO_VAL[0]}:{DEMO_VAL[1]}, test {DEMO_TEST[0]}:{DEMO_TEST[1]}, grouped by "
          f"{doc['params']['group_used']}; train pool {c['train']['malignant']}:{c['train']['benign']}")
-    planned = plan(demo_files() / "demo_sweep.yaml", data=str(data), out=str(out / "runs"),
+    planned = read_sweep(demo_files() / "demo_sweep.yaml", data=str(data), out=str(out / "runs"),
                    overrides={"epochs": epochs} if epochs else None)
-    result = run_sweep(planned, lambda cfg, folder: run_experiment(cfg, folder, on_epoch), echo)
+    result = run_sweep(planned, lambda cfg, folder: train_process(cfg, folder, on_epoch), echo)
     if result["failed"]:
         raise LesionLabError("demo runs failed: " + "; ".join(f"{f}: {e}" for f, e in result["failed"]))
     report = build_report(out / "runs", out / "report",

@@ -16,11 +16,11 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from .data.images import DEFAULT_MAX_PIXELS, DecodeError, decode_resize
-from .data.parallel import cpu_count, map_ordered
-from .data.sources import ISIC_ID, ImageReader, Source, read_source
-from .errors import BadInputError, check_at_least, preview
-from .fileio import atomic_path, make_dirs, require_file_out, safe_to_csv, write_csv
+from ..data.images import DEFAULT_MAX_PIXELS, DecodeError, decode_resize
+from ..data.parallel import cpu_count, map_ordered
+from ..data.sources import ISIC_ID, ImageReader, Source, read_source
+from ..errors import BadInputError, check_at_least, preview
+from ..fileio import atomic_path, make_dirs, require_file_out, safe_to_csv, write_csv
 
 CHUNK = 512
 KAGGLE_COLUMNS = ("isic_id", "target")
@@ -129,12 +129,12 @@ def predict(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os
     if engine == "onnxruntime":
         if tta not in (None, "none"):
             raise BadInputError(f"--tta {tta}: not available with --engine onnxruntime (the exported graph scores one view)")
-        from .deploy import load_onnx_predictor
+        from .onnx_predictor import load_onnx_predictor
 
         run = load_onnx_predictor(run_dir)
         takes = "images"  # an exported graph scores images
     elif engine == "torch":
-        from .runs import load_predictor, load_run  # here: the onnxruntime path never imports torch
+        from ..runs import load_predictor, load_run  # here: the onnxruntime path never imports torch
 
         folder = load_run(run_dir)
         takes = folder.declared.takes  # what its kind scores (runs/kinds.py)

@@ -39,10 +39,10 @@ from typing import Any, Callable, Literal
 
 import yaml
 
-from . import plots  # before pyplot is imported anywhere here (optuna's figures too): file-only backend
-from .config import KEYS, ExperimentConfig, build_config, load_yaml
-from .errors import BadInputError, LesionLabError, closest, first_line, shown
-from .fileio import atomic_path, pid_alive, read_json, write_bytes, write_text
+from .. import plots  # before pyplot is imported anywhere here (optuna's figures too): file-only backend
+from ..config import KEYS, ExperimentConfig, build_config, load_yaml
+from ..errors import BadInputError, LesionLabError, closest, first_line, shown
+from ..fileio import atomic_path, pid_alive, read_json, write_bytes, write_text
 
 log = logging.getLogger(__name__)
 
@@ -398,15 +398,15 @@ def _oof_metric(folder: Path, metric: str) -> float:
 def make_objective(search: Search, data: str, tune_dir: Path, n_trials: int,
                    echo: Callable[[str], None] = lambda s: None, train: Callable | None = None):
     """The function Optuna calls per trial. `train(cfg, folder, on_epoch)` runs one experiment
-    (default: experiment.run_experiment) and returns its result; only result["metrics"]["val"]
+    (default: train.train_process) and returns its result; only result["metrics"]["val"]
     is read."""
     import optuna
     from optuna.trial import TrialState
 
     if train is None:
-        from .experiment import run_experiment
+        from .train import train_process
 
-        train = run_experiment
+        train = train_process
     run_trial: Callable = train  # (cfg, folder, on_epoch) -> result
 
     def objective(trial: optuna.Trial) -> float:
@@ -497,7 +497,7 @@ def write_summary(study, search: Search, tune_dir: Path, n_trials: int) -> dict:
     import pandas as pd
     from optuna.trial import TrialState
 
-    from .fileio import write_csv
+    from ..fileio import write_csv
 
     trials = study.get_trials(deepcopy=False)
     rows = [{"number": t.number, "state": t.state.name, "value": t.value,

@@ -126,7 +126,7 @@ def check_not_pretrained_on(enc: EncoderWeights, store, split) -> None:
     among the encoder's pretraining images (labels were not used there, but a model must not have
     seen its evaluation images): by id, then by content, as `pretrain --pretrain-data` checks, since
     data sets share images under other ids (ISIC 2019 holds HAM10000's)."""
-    from ..data.leak_guard import copies_in_store
+    from ..data.copy_guard import copies_in_store
 
     key = (str(enc.path.resolve()), store.content_hash, split.sha256)
     if key in _CHECKED:

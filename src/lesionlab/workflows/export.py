@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__
-from .calibration import isotonic_segments
-from .data.tta import n_views
-from .deploy import EXPORT_HINT, INPUT_DOC, INPUT_NAME, OUTPUT_DOC, OUTPUT_NAME, load_onnx_predictor, metadata_props
-from .errors import BadInputError, LesionLabError, check_at_least, first_line
-from .fileio import atomic_path, make_dirs, require_file_out
+from .. import __version__
+from ..calibration import isotonic_segments
+from ..data.tta import n_views
+from .onnx_predictor import EXPORT_HINT, INPUT_DOC, INPUT_NAME, OUTPUT_DOC, OUTPUT_NAME, load_onnx_predictor, metadata_props
+from ..errors import BadInputError, LesionLabError, check_at_least, first_line
+from ..fileio import atomic_path, make_dirs, require_file_out
 
 log = logging.getLogger(__name__)
 
@@ -287,9 +287,9 @@ def verification_images(run_dir: str | os.PathLike, size: int, n: int = N_VERIFY
     """n images of the run's data set when it can be found (test images first, then validation,
     then the train pool), else n seeded random images."""
     try:
-        from .data.splits import load_split
-        from .data.store import Store
-        from .runs import load_run
+        from ..data.splits import load_split
+        from ..data.store import Store
+        from ..runs import load_run
 
         run = load_run(run_dir)
         store = Store.open(run.config["data"])
@@ -318,7 +318,7 @@ def export_predictor(predictor, fmt: str, out: str | os.PathLike, images: np.nda
     require_exporter(fmt)
     out = Path(out)
     members = _members(predictor)
-    from .engine.runtime import resolve_runtime
+    from ..engine.runtime import resolve_runtime
 
     for m in members:  # the reference is fp32 on the CPU, as the exported graph computes
         m.model.float().eval().to("cpu")
@@ -352,7 +352,7 @@ def export_predictor(predictor, fmt: str, out: str | os.PathLike, images: np.nda
 def export(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike, overwrite: bool = False,
            n_verify: int = N_VERIFY) -> dict:
     """`lesionlab export RUN_DIR|ENS_DIR --format onnx|torchscript --out FILE`."""
-    from .runs.predictor import load_image_predictor
+    from ..runs.predictor import load_image_predictor
 
     out = Path(out)
     require_file_out(out, overwrite)
