@@ -85,3 +85,42 @@ def pytest_configure(config):
     import tempfile
 
     os.environ.setdefault("LESIONLAB_CACHE_DIR", tempfile.mkdtemp(prefix="lesionlab-test-cache-"))
+
+
+# runs that tests in several files read (each made once per session; none of them changes these folders)
+RUN_FLAGS = ["--epochs", "1", "--batch-size", "16", "--n-malignant", "10", "--bootstrap", "20", "--num-threads", "1"]
+
+
+@pytest.fixture(scope="session")
+def cv_dir(small_data, tmp_path_factory):
+    """A 3-fold cv folder of small_data."""
+    out = tmp_path_factory.mktemp("cv") / "cv"
+    cli("cv", "--data", small_data, "--out", out, "--folds", "3", *RUN_FLAGS)
+    return out
+
+
+@pytest.fixture(scope="session")
+def two_runs(small_data, tmp_path_factory):
+    """Two train runs of small_data, seeds 0 and 1 (ensemble members)."""
+    root = tmp_path_factory.mktemp("members")
+    for seed in (0, 1):
+        cli("train", "--data", small_data, "--out", root / f"s{seed}", *RUN_FLAGS, "--seed", seed)
+    return root / "s0", root / "s1"
+
+
+TRAIN_FLAGS = ["--epochs", "2", "--batch-size", "16", "--n-malignant", "20", "--bootstrap", "100", "--eval-batch-size", "64"]
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory, sample_manifest):
+    """raw images -> prepare -> split -> train -> report, once for the session."""
+    root = tmp_path_factory.mktemp("e2e")
+    manifest = copy_subset(subset(sample_manifest, 60, 200, seed=1), root / "raw")
+    data, run, report = root / "data", root / "runs" / "a", root / "report"
+    r_prep = cli("prepare", manifest.parent, "--out", data, "--size", "32")
+    r_split = cli("split", data, "--val", "10:40", "--test", "10:40", "--seed", "1")
+    r_train = cli("train", "--data", data, "--out", run, "--ratio", "1:2", "--threshold", "val-f1", "--measure-compute",
+                  *TRAIN_FLAGS)
+    r_report = cli("report", root / "runs", "--out", report)
+    return {"root": root, "manifest": manifest, "data": data, "run": run, "report": report,
+            "out": {"prepare": r_prep.output, "split": r_split.output, "train": r_train.output, "report": r_report.output}}

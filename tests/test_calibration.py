@@ -155,15 +155,3 @@ def test_calibration_refuses_a_one_class_validation_set(small_data, tmp_path):
     r = cli("split", small_data, "--val", "0:40", "--test", "10:40", "--name", "oneclass", ok=False)
     assert r.exit_code == 2 and "validation set has 0 malignant" in r.output
     assert not (small_data / "split-oneclass.json").exists()
-
-
-def test_a_sweep_still_recognises_runs_made_before_the_calibrate_key(tmp_path):
-    from lesionlab.config import build_config, to_dict
-    from lesionlab.runs import RunWriter
-    from lesionlab.workflows.sweep import same_config
-
-    cfg = build_config({"data": "d"})
-    with RunWriter(tmp_path / "r", "train") as w:
-        w.finish({k: v for k, v in to_dict(cfg).items() if k != "calibrate"}, {}, {"val": {}, "test": {}})
-    assert same_config(tmp_path / "r", cfg)
-    assert not same_config(tmp_path / "r", cfg.model_copy(update={"calibrate": "temperature"}))

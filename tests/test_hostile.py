@@ -28,6 +28,12 @@ TAB_FLAGS = ["--features", "age,sex,localization", "--bootstrap", "20", "--num-t
              "--early-stopping", "10", "--min-child-samples", "5", "--folds", "3"]
 
 
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+TUNE_SEARCH = {"base": {"model": "simple_cnn", "epochs": 1},
+               "space": {"lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True}},
+               "objective": "inner_val", "metric": "pauc_80", "pruning": False}
+
+
 @pytest.fixture(scope="module")
 def run_dir(small_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("hostile") / "r"
@@ -115,98 +121,6 @@ def test_explain_overlay_names_are_unique_short_and_safe_per_id(run_dir, sample_
         name = Path(row["overlay"]).name
         assert len(name.encode()) <= 120 and re.fullmatch(r"[A-Za-z0-9_.-]+", name), name
         assert Image.open(out / row["overlay"]).size == (40 + 4 * k, 30 + 2 * k) == (row["width"], row["height"])
-
-
-# ------------------------------------------------------------------ 3. an encoder that saw the test images
-
-
-def test_an_encoder_pretrained_on_the_test_images_under_other_ids_is_refused(small_data, tmp_path):
-    from lesionlab.data.store import Store
-
-    raw = small_data.parent / "raw"
-    manifest = pd.read_csv(raw / "manifest.csv", dtype=str, keep_default_na=False)
-    renamed = manifest.assign(id=[f"other_{i}" for i in range(len(manifest))],
-                              lesion_id=[f"L{i}" for i in range(len(manifest))])
-    renamed["path"] = [str(raw / p) for p in manifest["path"]]  # the same image files
-    (tmp_path / "other").mkdir()
-    renamed.to_csv(tmp_path / "other" / "manifest.csv", index=False)
-    other = tmp_path / "other-data"
-    cli("prepare", tmp_path / "other" / "manifest.csv", "--out", other, "--size", "32", "--workers", "1")
-    cli("split", other, "--val", "3:10", "--test", "3:10")
-    enc = tmp_path / "enc"
-    cli("pretrain", other, "--out", enc, "--epochs", "1", "--batch-size", "32", "--inner-val", "0.3",
-        "--local-views", "1", "--num-threads", "2")
-    assert not set(pd.read_csv(enc / "pretrain_ids.csv")["id"]) & set(Store.open(small_data).table["id"])
-    r = cli("train", "--data", small_data, "--out", tmp_path / "run", "--model", "upgraded_cnn", "--pretrained", enc,
-            *FLAGS, ok=False)
-    _one_line_error(r, f"--pretrained {enc}", "copies of this run's val/test images")
-    assert not (tmp_path / "run").exists()
-
-
-# ------------------------------------------------------------------ 4. tune's journal
-
-
-TUNE_SEARCH = {"base": {"model": "simple_cnn", "epochs": 1},
-               "space": {"lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True}},
-               "objective": "inner_val", "metric": "pauc_80", "pruning": False}
-
-
-def _fake_train(cfg, folder, on_epoch):
-    return {"metrics": {"val": {"pauc_80": cfg.lr * 10}}}
-
-
-def _tune_search(tmp_path):
-    from lesionlab.workflows.tune import load_search
-
-    path = tmp_path / "search.yaml"
-    path.write_text(yaml.safe_dump(TUNE_SEARCH))
-    return load_search(path, "data")
-
-
-def test_a_journal_with_a_torn_last_line_is_recovered_and_stays_readable(tmp_path):
-    import optuna
-
-    from lesionlab.workflows.tune import open_storage, tune
-
-    search, out = _tune_search(tmp_path), tmp_path / "t"
-    tune(search, "data", out, 2, train=_fake_train)
-    journal = out / "journal.log"
-    whole = journal.read_bytes()
-    journal.write_bytes(whole[:-30])  # the last record cut short: a crash or a full disk mid-write
-    said = []
-    tune(search, "data", out, 3, train=_fake_train, echo=said.append)
-    assert any("cut short" in s and "set aside" in s for s in said), said
-    kept = [p for p in out.iterdir() if p.name.startswith("journal.log.torn")]
-    assert len(kept) == 1 and kept[0].read_bytes() == whole[len(whole.rstrip(b"\n").rsplit(b"\n", 1)[0]) + 1:-30]
-    storage = open_storage(None, out)  # readable after the resume, and it holds the new trial
-    trials = optuna.load_study(study_name=search.study, storage=storage).get_trials()
-    assert len(trials) == 3
-    for line in journal.read_bytes().splitlines():
-        json.loads(line)
-
-
-@pytest.mark.parametrize("content", [b"hello, this is not a journal\n", bytes(range(256)) * 8,
-                                     b'{"op_code": 0, "worker_id": "w"}\nnot json\n{"op_code": 1}\n'])
-def test_a_file_that_is_not_a_journal_is_refused_before_anything_is_written(tmp_path, content):
-    from lesionlab.errors import BadInputError
-    from lesionlab.workflows.tune import tune
-
-    journal = tmp_path / "j.log"
-    journal.write_bytes(content)
-    with pytest.raises(BadInputError, match=f"--storage journal:{journal}: not an Optuna journal"):
-        tune(_tune_search(tmp_path), "data", tmp_path / "t", 1, storage_url=f"journal:{journal}", train=_fake_train)
-    assert journal.read_bytes() == content
-
-
-def test_a_journal_that_is_not_a_regular_file_is_refused(tmp_path):
-    from lesionlab.errors import BadInputError
-    from lesionlab.workflows.tune import open_storage
-
-    with pytest.raises(BadInputError, match="--storage journal:/dev/null: not a regular file"):
-        open_storage("journal:/dev/null", tmp_path)
-    (tmp_path / "dir.log").mkdir()
-    with pytest.raises(BadInputError, match="not a regular file"):
-        open_storage(f"journal:{tmp_path / 'dir.log'}", tmp_path)
 
 
 # ------------------------------------------------------------------ 5. YAML alias bombs, whole values in messages
@@ -422,9 +336,6 @@ def test_report_skips_and_names_a_damaged_run(run_dir, tmp_path):
 # ------------------------------------------------------------------ 10. read-only locations
 
 
-_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-
-
 def _ro_commands(ro, small_data, run_dir, images, tmp_path, sample_manifest):
     manifest = copy_subset(subset(sample_manifest, 3, 6), tmp_path / "raw")
     sweep = tmp_path / "sweep.yaml"
@@ -632,8 +543,8 @@ def _random_images(n=16, size=32, seed=0):
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_a_tta_run_exports_with_its_views_in_the_graph(tta_run, tmp_path, fmt):
-    from lesionlab.workflows.export import _exported_probabilities
     from lesionlab.runs import load_predictor
+    from lesionlab.workflows.export import _exported_probabilities
 
     if fmt == "onnx":
         pytest.importorskip("onnxruntime")
@@ -651,8 +562,8 @@ def test_a_tta_run_exports_with_its_views_in_the_graph(tta_run, tmp_path, fmt):
 
 def test_an_ensemble_with_tta_and_a_logit_mean_exports(run_dir, tta_run, tmp_path):
     pytest.importorskip("onnxruntime")
-    from lesionlab.workflows.export import _exported_probabilities
     from lesionlab.runs import load_predictor
+    from lesionlab.workflows.export import _exported_probabilities
 
     ens = tmp_path / "ens"
     cli("ensemble", run_dir, tta_run, "--out", ens, "--tta", "flip", "--mean", "logit", "--n-boot", "10")
@@ -668,21 +579,6 @@ def test_an_ensemble_with_tta_and_a_logit_mean_exports(run_dir, tta_run, tmp_pat
 
 
 # ------------------------------------------------------------------ metadata columns, transparency, skips, onnx, progress
-
-
-def test_a_stray_word_in_a_numeric_metadata_column_is_counted_not_a_category():
-    from lesionlab.tabular.features import build_features, column_kinds, make_spec, not_numbers
-
-    ages = [str(20 + i) for i in range(27)] + ["abc", "", "55.5"]
-    table = pd.DataFrame({"id": [str(i) for i in range(30)], "age": ages, "site": ["arm", "leg", "back"] * 10})
-    kinds = column_kinds(table, ["age", "site"])
-    assert kinds == {"age": "numeric", "site": "categorical"}
-    assert not_numbers(table, kinds) == {"age": {"count": 1, "examples": ["abc"]}}
-    spec = make_spec(table, ["age", "site"], kinds, image=False, recipe=False, context=False)
-    X = build_features(table, spec)
-    assert X["age"].isna().sum() == 2 and X["age"].iloc[29] == 55.5  # the word and the empty cell are missing
-    # a column where words are more than a tenth stays text
-    assert column_kinds(table.assign(age=["a", "b", "c", "10"] * 7 + ["1", "2"]), ["age"]) == {"age": "categorical"}
 
 
 def test_tabular_says_how_many_values_of_a_numeric_column_were_not_numbers(small_data, tmp_path):
@@ -701,29 +597,6 @@ def test_tabular_says_how_many_values_of_a_numeric_column_were_not_numbers(small
     assert info["features"]["not_numbers"] == {"age": {"count": 1, "examples": ["abc"]}}
     spec = json.loads((tmp_path / "tab" / "model" / "model.json").read_text())["features"]
     assert spec["kinds"]["age"] == "numeric"
-
-
-@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
-def test_a_transparent_png_is_composited_on_white(mode):
-    from lesionlab.data.images import decode_resize
-
-    rgba = np.zeros((8, 8, 4), np.uint8)
-    rgba[..., :3] = 30  # dark everywhere, opaque only in the middle, half transparent in one corner
-    rgba[2:6, 2:6, 3] = 255
-    rgba[0, 7, 3] = 128
-    im = Image.fromarray(rgba, "RGBA")
-    if mode == "LA":
-        im = im.convert("LA")
-    elif mode == "P":  # palette index 0 transparent, 1 dark
-        im = Image.fromarray((rgba[..., 3] == 255).astype(np.uint8), "P")
-        im.putpalette([0, 0, 0, 30, 30, 30])
-    buf = io.BytesIO()
-    im.save(buf, "PNG", **({"transparency": 0} if mode == "P" else {}))
-    out = decode_resize(buf.getvalue(), 8)
-    assert (out[0, 0] == 255).all()  # transparent: white, not black
-    assert (out[3, 3] == 30).all()  # opaque: as it is
-    if mode != "P":
-        assert 130 <= out[0, 7, 0] <= 145  # half transparent: halfway between the colour and white
 
 
 def test_predict_skip_bad_names_what_it_skipped(run_dir, images, tmp_path):

@@ -125,3 +125,10 @@ def test_no_command_workflow_left_at_the_top_of_the_package():
     top = {p.stem for p in PACKAGE.glob("*.py")}
     workflows = {p.stem for p in (PACKAGE / "workflows").glob("*.py")} - {"__init__"}
     assert not top & workflows, top & workflows
+
+
+def test_tests_mirror_the_package():
+    # tests/<part>/test_<module>.py: every folder of tests names a part of the package
+    tests = Path(__file__).parent
+    folders = {p.parent.name for p in tests.glob("*/test_*.py")}
+    assert folders and all((PACKAGE / f).is_dir() for f in folders), sorted(f for f in folders if not (PACKAGE / f).is_dir())

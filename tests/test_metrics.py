@@ -12,6 +12,8 @@ from lesionlab.metrics import (
     compute_metrics,
     paired_bootstrap,
     pauc_above_tpr,
+    precision_at_prevalence,
+    prior_shift,
     roc_auc,
     roc_curve,
 )
@@ -155,3 +157,37 @@ def test_threshold_rules():
     for bad in ("sens:1.2", "sens:0", "abc", "1.5"):
         with pytest.raises(BadInputError, match="--threshold"):
             ThresholdRule.parse(bad)
+
+
+def test_grouped_interval_is_wider_when_a_lesion_has_several_near_identical_images():
+    rng = np.random.default_rng(0)
+    n_lesions, per = 150, 6
+    y_lesion = (rng.random(n_lesions) < 0.25).astype(int)
+    score_lesion = rng.normal(0, 1, n_lesions) + 1.0 * y_lesion
+    y = np.repeat(y_lesion, per)
+    s = np.repeat(score_lesion, per) + rng.normal(0, 0.01, n_lesions * per)  # near-identical images
+    groups = np.repeat(np.arange(n_lesions), per).astype(str)
+    flat = bootstrap_ci(y, s, 0.5, n_boot=400, seed=0)
+    grouped = bootstrap_ci(y, s, 0.5, n_boot=400, seed=0, groups=groups)
+    for k in ("roc_auc", "average_precision", "pauc_80", "f1"):
+        assert grouped[k][1] - grouped[k][0] > 1.5 * (flat[k][1] - flat[k][0]), k
+    # singleton groups are the per-image bootstrap again (in distribution)
+    single = bootstrap_ci(y, s, 0.5, n_boot=400, seed=0, groups=np.arange(len(y)).astype(str))
+    assert abs((single["roc_auc"][1] - single["roc_auc"][0]) - (flat["roc_auc"][1] - flat["roc_auc"][0])) < 0.01
+    d_flat = paired_bootstrap(y, s, s + rng.normal(0, 0.3, len(s)), 0.5, 0.5, ("roc_auc",), n_boot=300)
+    d_grp = paired_bootstrap(y, s, s + rng.normal(0, 0.3, len(s)), 0.5, 0.5, ("roc_auc",), n_boot=300, groups=groups)
+    assert d_grp["roc_auc"]["hi"] - d_grp["roc_auc"]["lo"] > d_flat["roc_auc"]["hi"] - d_flat["roc_auc"]["lo"]
+
+
+def test_prior_shift_by_hand():
+    # trained at 1/3 malignant, deployed at 1/21: odds scale by (1/20) / (1/2) = 0.1
+    p = np.array([0.5, 0.9])
+    shifted = prior_shift(p, 1 / 3, 1 / 21)
+    assert shifted[0] == pytest.approx(0.1 / 1.1) and shifted[1] == pytest.approx(0.9 / (0.9 + 1.0))
+    assert np.allclose(prior_shift(shifted, 1 / 21, 1 / 3), p)
+
+
+def test_expected_precision_at_prevalence():
+    # sensitivity 0.8, specificity 0.9 at 5%: 0.04 / (0.04 + 0.095)
+    assert precision_at_prevalence(0.8, 0.9, 0.05) == pytest.approx(0.04 / 0.135)
+    assert precision_at_prevalence(0.8, 0.9, 0.00098) < 0.01

@@ -32,10 +32,10 @@ from ..runs import RunWriter, check_new_run_folder
 from ..runs import format as fmt
 from ..runs.records import RunInfo, metrics_record
 from . import features as feat
+from .column_guard import select_columns
 from .engines import Params, get_engine
 from .fusion import rank_average
 from .image import ImageScores, load_image_scores
-from .column_guard import select_columns
 from .model import fit_folds, grouped_folds, predict_average
 from .predictor import IMPORTANCE, MODEL_DIR, REFERENCE_FILE, SPEC_FILE
 

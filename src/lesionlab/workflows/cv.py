@@ -39,14 +39,14 @@ from ..data.folds import Folds, inner_validation, make_folds
 from ..data.splits import group_keys, load_split, parse_counts
 from ..data.store import Store
 from ..errors import BadInputError, ExistsError, LesionLabError, check_at_least
-from .train import FoldPlan, check_input_size, train
 from ..fileio import held_lock, read_json, write_csv, write_json, write_yaml
 from ..metrics import ThresholdRule, ci_unit, metrics_with_ci, parse_prevalence
 from ..runs import Run, RunWriter, is_complete_run, load_run, oof_arrays
 from ..runs import format as fmt
-from ..runs.records import RunInfo
 from ..runs.predictor import average_probabilities
+from ..runs.records import RunInfo
 from .sweep import SweepRun, run_sweep, spawn_local_workers
+from .train import FoldPlan, check_input_size, train
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from ..data.sources import read_source
 from ..data.splits import make_split, save_split, split_path
 from ..data.store import Store, prepare
 from ..errors import BadInputError, LesionLabError
-from .train import train_process
 from .report import build_report
 from .sweep import read_sweep, run_sweep
+from .train import train_process
 
 DEMO_VAL = (20, 200)
 DEMO_TEST = (20, 200)

@@ -24,8 +24,8 @@ from ..fileio import write_json
 from ..metrics import ThresholdRule, ci_unit, metrics_with_ci
 from ..runs import Run, RunWriter, find_runs, is_complete_run, load_run
 from ..runs import format as fmt
-from ..runs.records import RunInfo, metrics_record
 from ..runs.predictor import EnsemblePredictor, ModelPredictor, average_probabilities, load_model_predictor, member_path
+from ..runs.records import RunInfo, metrics_record
 
 
 def expand_members(paths: list[str | os.PathLike]) -> list[tuple[Run, str | None]]:

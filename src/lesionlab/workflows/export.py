@@ -28,9 +28,9 @@ from torch import nn
 from .. import __version__
 from ..calibration import isotonic_segments
 from ..data.tta import n_views
-from .onnx_predictor import EXPORT_HINT, INPUT_DOC, INPUT_NAME, OUTPUT_DOC, OUTPUT_NAME, load_onnx_predictor, metadata_props
 from ..errors import BadInputError, LesionLabError, check_at_least, first_line
 from ..fileio import atomic_path, make_dirs, require_file_out
+from .onnx_predictor import EXPORT_HINT, INPUT_DOC, INPUT_NAME, OUTPUT_DOC, OUTPUT_NAME, load_onnx_predictor, metadata_props
 
 log = logging.getLogger(__name__)
 

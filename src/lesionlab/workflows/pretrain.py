@@ -39,8 +39,8 @@ from ..models import create_model, get_spec
 from ..models.timm_models import pretrained_source
 from ..runs import RunWriter, check_new_run_folder
 from ..runs import format as fmt
-from ..runs.records import RunInfo, RunMetrics, SplitRecord
 from ..runs.encoder_run import encoder_checkpoint, state_dir
+from ..runs.records import RunInfo, RunMetrics, SplitRecord
 
 log = logging.getLogger(__name__)
 

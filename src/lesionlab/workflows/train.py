@@ -38,8 +38,8 @@ from ..models.timm_models import pretrained_source, zero_classifier
 from ..runs import RunWriter, check_new_run_folder, model_checkpoint
 from ..runs import format as fmt
 from ..runs.encoder_run import EncoderWeights, check_encoder_fits, check_not_pretrained_on, is_encoder_dir, load_encoder
-from ..runs.records import RunInfo, SideMetrics, metrics_record
 from ..runs.finetune import RunWeights, check_not_trained_on, check_run_fits, is_train_run, load_run_state, load_run_weights
+from ..runs.records import RunInfo, SideMetrics, metrics_record
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from torch import nn
 from conftest import SAMPLE, cli
 from lesionlab.engine.runtime import resolve_runtime
 from lesionlab.errors import BadInputError
-from lesionlab.workflows.explain import cam_to_original, gallery_picks, predictor_cams, resolve_target_layer
 from lesionlab.runs import ModelPredictor
+from lesionlab.workflows.explain import cam_to_original, gallery_picks, predictor_cams, resolve_target_layer
 
 FLAGS = ["--epochs", "1", "--batch-size", "16", "--n-malignant", "10", "--bootstrap", "20", "--num-threads", "1"]
 
@@ -161,3 +161,11 @@ def test_every_run_has_a_test_set_gallery(run_dir):
     assert all(test.loc[i, "label"] == 1 and test.loc[i, "prob"] < info["threshold"] for i in g["missed"])
     assert all(test.loc[i, "label"] == 0 and test.loc[i, "prob"] >= info["threshold"] for i in g["false_positive"])
     assert (run_dir / "figures" / "cam_gallery.png").stat().st_size > 10_000
+
+
+def test_explain_reads_every_layout_that_predict_reads():
+    from lesionlab.choices import FORMATS
+    from lesionlab.cli import main
+
+    fmt = next(p for p in main.commands["explain"].params if p.name == "fmt")
+    assert tuple(fmt.type.choices) == FORMATS

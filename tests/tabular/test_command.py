@@ -295,3 +295,20 @@ def test_ham_style_manifest_refuses_its_label_columns_and_predict_reads_a_manife
     manifest.drop(columns=["localization"]).to_csv(tmp_path / "m2.csv", index=False)
     r = cli("predict", run, tmp_path / "m2.csv", "--out", tmp_path / "q.csv", ok=False)
     assert r.exit_code == 2 and "missing column(s) localization" in r.output
+
+
+def test_metadata_is_read_back_through_the_formula_safe_csv(tmp_path):
+    """rows.csv is written formula-safe: an id such as '=x' and a negative number held as text
+    ('-1.5) read back as the user gave them, so ids match the store's and numbers stay numbers."""
+    from types import SimpleNamespace
+
+    from lesionlab.fileio import write_csv
+    from lesionlab.tabular.command import read_metadata
+
+    rows = pd.DataFrame({"id": ["=x", "b"], "label": ["1", "0"], "locator": ["a.jpg", "b.jpg"], "index": ["0", "1"],
+                         "tbp_lv_x": ["-1.5", "2"], "sex": ["-", "male"]})
+    write_csv(tmp_path / "rows.csv", rows)
+    assert "'=x" in (tmp_path / "rows.csv").read_text() and "'-1.5" in (tmp_path / "rows.csv").read_text()
+    table = read_metadata(SimpleNamespace(root=tmp_path, table=pd.DataFrame({"id": ["=x", "b"]})))
+    assert table["id"].tolist() == ["=x", "b"] and table["sex"].tolist() == ["-", "male"]
+    assert table["tbp_lv_x"].tolist() == [-1.5, 2.0]

@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import cli
 
 FLAGS = ["--epochs", "1", "--batch-size", "16", "--n-malignant", "10", "--bootstrap", "20", "--num-threads", "1"]
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "check_report.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "check_report.py"
 CHROMIUM = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (Debian: apt-get install chromium); "
                                     "the browser check of the report needs it")
@@ -83,3 +84,60 @@ def test_the_browser_check_says_when_chromium_is_missing(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "r.html"), "--chromium", "no-such-browser"],
                           capture_output=True, text=True, timeout=60, env={"PATH": "/nonexistent"})
     assert proc.returncode == 2 and "no Chromium found" in proc.stderr
+
+
+def test_report_shows_cv_and_ensemble_sections(cv_dir, two_runs, tmp_path):
+    root = tmp_path / "runs"
+    root.mkdir()
+    shutil.copytree(cv_dir, root / "cv")
+    cli("ensemble", root / "cv", "--out", root / "ens", "--tta", "flip", "--n-boot", "20")
+    cli("report", root, "--out", tmp_path / "rep", "--baseline", "cv")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "### cross-validation" in md and "Per fold:" in md and "Out-of-fold 95% bootstrap intervals" in md
+    assert "whole lesion\\_id groups" in md and "### ensemble" in md and "test-time augmentation flip" in md
+    assert "figures/cv_cv_oof_roc.png" in md and (tmp_path / "rep" / "figures" / "cv_cv_oof_roc.png").exists()
+    assert "| ens | 1 | test (lesion\\_id)" in md  # cells are Markdown-escaped
+
+
+def test_report(pipeline):
+    md = (pipeline["report"] / "report.md").read_text()
+    html = (pipeline["report"] / "report.html").read_text()
+    assert "## Summary" in md and "Test Loss:" in md and "![training curves]" in md
+    assert html.count("data:image/png;base64,") >= 4 and "<table>" in html
+    assert "src='figures/" not in html  # self-contained
+    for img in (pipeline["report"] / "figures").iterdir():
+        assert img.stat().st_size > 1000
+
+
+def test_report_never_writes_over_a_users_folder(pipeline, tmp_path):
+    (tmp_path / "mine" / "figures").mkdir(parents=True)
+    (tmp_path / "mine" / "figures" / "plot.png").write_bytes(b"mine")
+    r = cli("report", pipeline["root"] / "runs", "--out", tmp_path / "mine", ok=False)
+    assert r.exit_code == 2 and "did not write" in r.output
+    assert (tmp_path / "mine" / "figures" / "plot.png").read_bytes() == b"mine"
+    cli("report", pipeline["root"] / "runs", "--out", pipeline["report"])  # its own folder: rebuilt
+
+
+def test_report_escapes_names_and_paths(pipeline, tmp_path):
+    hostile = "<script>alert(1)</script> | *bold* _it_ [link](http://x) `tick` ![img](y)"
+    run = tmp_path / "runs" / "run `x` [y]"
+    shutil.copytree(pipeline["run"], run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg.update(name=hostile, model="cnn|evil")
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    cli("report", tmp_path / "runs", "--out", tmp_path / "rep", "--title", "# T <b>")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    html = (tmp_path / "rep" / "report.html").read_text()
+    for text in (md, html):  # no markup of the user's survives, in either
+        assert "<script>" not in text and "<b>" not in text
+    assert "[link](" not in md and "`tick`" not in md and " *bold* " not in md and " _it_ " not in md
+    assert "# \\# T \\<b\\>" in md
+    assert "## \\<script\\>alert(1)\\</script\\> \\| \\*bold\\* \\_it\\_ \\[link\\](http://x) \\`tick\\` \\!\\[img\\](y)" in md
+    lines = md.splitlines()
+    header = next(line for line in lines if line.startswith("| experiment |"))
+    row = next(line for line in lines if line.startswith("| \\<script"))
+    assert row.replace("\\|", "").count("|") == header.count("|")  # the name's | does not add a column
+    import re
+
+    assert re.search(r"### seed 0 \(``[^`]*/run `x` \[y\]``\)", md)  # the path as code, fenced past its backticks
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html

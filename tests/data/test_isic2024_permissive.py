@@ -301,7 +301,7 @@ def test_every_file_of_the_shipped_samples_is_package_data():
     from lesionlab.workflows.demo import demo_files
 
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["lesionlab"]
     files = [p.relative_to(demo_files().parent).as_posix() for p in demo_files().rglob("*") if p.is_file()]
     unpackaged = [f for f in files if not any(PurePosixPath(f).match(pat) for pat in patterns)]  # '*' stays in a folder

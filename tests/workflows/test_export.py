@@ -16,11 +16,30 @@ from torch import nn
 from conftest import SAMPLE, cli
 from lesionlab.engine.runtime import resolve_runtime
 from lesionlab.errors import BadInputError
-from lesionlab.workflows.export import export_predictor
 from lesionlab.runs import ModelPredictor, load_predictor
+from lesionlab.workflows.export import export_predictor
 
 FLAGS = ["--epochs", "1", "--batch-size", "16", "--n-malignant", "10", "--bootstrap", "20", "--num-threads", "1"]
 onnxruntime = pytest.importorskip("onnxruntime")
+
+
+NO_TORCH = textwrap.dedent("""
+    import sys
+
+    class NoTorch:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "torchvision", "timm", "pytorch_grad_cam"):
+                raise ImportError(f"{name} is blocked: this path must run without torch")
+
+    sys.meta_path.insert(0, NoTorch())
+    from lesionlab.cli import main
+
+    try:
+        main(sys.argv[1:], standalone_mode=False)
+    finally:
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "timm"))
+        print("TORCH_MODULES", loaded)
+""")
 
 
 @pytest.fixture(scope="module")
@@ -152,25 +171,6 @@ def test_an_export_that_disagrees_with_torch_is_not_written(run_dir, tmp_path):
     assert not (tmp_path / "x.onnx").exists()
 
 
-NO_TORCH = textwrap.dedent("""
-    import sys
-
-    class NoTorch:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("torch", "torchvision", "timm", "pytorch_grad_cam"):
-                raise ImportError(f"{name} is blocked: this path must run without torch")
-
-    sys.meta_path.insert(0, NoTorch())
-    from lesionlab.cli import main
-
-    try:
-        main(sys.argv[1:], standalone_mode=False)
-    finally:
-        loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "timm"))
-        print("TORCH_MODULES", loaded)
-""")
-
-
 def test_predict_with_onnxruntime_imports_no_torch(onnx_file, run_dir, tmp_path, sample_manifest):
     import pandas as pd
 
@@ -181,7 +181,7 @@ def test_predict_with_onnxruntime_imports_no_torch(onnx_file, run_dir, tmp_path,
     out = tmp_path / "preds.csv"
     script = tmp_path / "no_torch.py"
     script.write_text(NO_TORCH)
-    src = Path(__file__).resolve().parents[1] / "src"
+    src = Path(__file__).resolve().parents[2] / "src"
     env = {**os.environ, "PYTHONPATH": str(src)}
     proc = subprocess.run([sys.executable, str(script), "predict", str(onnx_file), str(folder), "--out", str(out),
                            "--engine", "onnxruntime", "--workers", "1"], capture_output=True, text=True, env=env,

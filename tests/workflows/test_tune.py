@@ -22,6 +22,11 @@ SEARCH = {
 }
 
 
+TUNE_SEARCH = {"base": {"model": "simple_cnn", "epochs": 1},
+               "space": {"lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True}},
+               "objective": "inner_val", "metric": "pauc_80", "pruning": False}
+
+
 def _search(tmp_path, name="search.yaml", **changes):
     doc = {**SEARCH, **changes}
     path = tmp_path / name
@@ -195,3 +200,61 @@ def test_objective_cv_reads_the_out_of_fold_metric_only(small_data, tmp_path):
     summary = json.loads((folder / "cv.json").read_text())
     assert trial.value == pytest.approx(summary["oof"]["pauc_80"])
     assert build_config({**load_yaml(out / "best.yaml"), "data": str(small_data)}).epochs == 1
+
+
+def _fake_train(cfg, folder, on_epoch):
+    return {"metrics": {"val": {"pauc_80": cfg.lr * 10}}}
+
+
+def _tune_search(tmp_path):
+    from lesionlab.workflows.tune import load_search
+
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(TUNE_SEARCH))
+    return load_search(path, "data")
+
+
+def test_a_journal_with_a_torn_last_line_is_recovered_and_stays_readable(tmp_path):
+    import optuna
+
+    from lesionlab.workflows.tune import open_storage, tune
+
+    search, out = _tune_search(tmp_path), tmp_path / "t"
+    tune(search, "data", out, 2, train=_fake_train)
+    journal = out / "journal.log"
+    whole = journal.read_bytes()
+    journal.write_bytes(whole[:-30])  # the last record cut short: a crash or a full disk mid-write
+    said = []
+    tune(search, "data", out, 3, train=_fake_train, echo=said.append)
+    assert any("cut short" in s and "set aside" in s for s in said), said
+    kept = [p for p in out.iterdir() if p.name.startswith("journal.log.torn")]
+    assert len(kept) == 1 and kept[0].read_bytes() == whole[len(whole.rstrip(b"\n").rsplit(b"\n", 1)[0]) + 1:-30]
+    storage = open_storage(None, out)  # readable after the resume, and it holds the new trial
+    trials = optuna.load_study(study_name=search.study, storage=storage).get_trials()
+    assert len(trials) == 3
+    for line in journal.read_bytes().splitlines():
+        json.loads(line)
+
+
+@pytest.mark.parametrize("content", [b"hello, this is not a journal\n", bytes(range(256)) * 8,
+                                     b'{"op_code": 0, "worker_id": "w"}\nnot json\n{"op_code": 1}\n'])
+def test_a_file_that_is_not_a_journal_is_refused_before_anything_is_written(tmp_path, content):
+    from lesionlab.errors import BadInputError
+    from lesionlab.workflows.tune import tune
+
+    journal = tmp_path / "j.log"
+    journal.write_bytes(content)
+    with pytest.raises(BadInputError, match=f"--storage journal:{journal}: not an Optuna journal"):
+        tune(_tune_search(tmp_path), "data", tmp_path / "t", 1, storage_url=f"journal:{journal}", train=_fake_train)
+    assert journal.read_bytes() == content
+
+
+def test_a_journal_that_is_not_a_regular_file_is_refused(tmp_path):
+    from lesionlab.errors import BadInputError
+    from lesionlab.workflows.tune import open_storage
+
+    with pytest.raises(BadInputError, match="--storage journal:/dev/null: not a regular file"):
+        open_storage("journal:/dev/null", tmp_path)
+    (tmp_path / "dir.log").mkdir()
+    with pytest.raises(BadInputError, match="not a regular file"):
+        open_storage(f"journal:{tmp_path / 'dir.log'}", tmp_path)

@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 from torch import nn
 
 from conftest import cli
@@ -33,8 +32,8 @@ from lesionlab.engine.distributed import World, _CpuSyncBatchNorm, spawn
 from lesionlab.engine.losses import TrainingLoss
 from lesionlab.engine.runtime import Runtime, to_input
 from lesionlab.engine.trainer import Batches, _step
-from lesionlab.workflows.train import _inputs
 from lesionlab.models import create_model
+from lesionlab.workflows.train import _inputs
 
 # a draw of 16 malignant + 32 benign = 48 images: 3 global batches of 16, 8 per process with 2
 DDP_FLAGS = ["--epochs", "2", "--batch-size", "16", "--n-malignant", "16", "--bootstrap", "50", "--num-threads", "1",
@@ -56,6 +55,11 @@ U = {torch.float64: 2.0 ** -53, torch.float32: 2.0 ** -24, torch.bfloat16: 2.0 *
 # hides: probabilities within 1e-6), parameters differed by 3.7e-5.
 PARAM_TOL = 1e-7
 PROB_TOL = 1e-6
+
+
+GRAD_TOL = {"64": 1e4 * U[torch.float64], "32": 1e4 * U[torch.float32], "bf16": 6 * U[torch.bfloat16]}
+ZERO_GRADIENT = {"conv1.bias"}
+PRECISIONS = {"64": (torch.float64, False), "32": (torch.float32, False), "bf16": (torch.float32, True)}
 
 
 def _same_run(a: Path, b: Path) -> None:
@@ -114,10 +118,7 @@ def test_torchrun_launch_matches_too(small_data, tmp_path):
 # ~6 rounded outputs flipped, the gradient moves by <= 6 * 2^-8 relative. Bugs are far outside: with BN
 # unsynchronised the gradients differed by 3e-2 to 6e-1 relative in every precision, and a gradient
 # summed instead of averaged differs by 1 (it is twice as large).
-GRAD_TOL = {"64": 1e4 * U[torch.float64], "32": 1e4 * U[torch.float32], "bf16": 6 * U[torch.bfloat16]}
 # a bias feeding BatchNorm: its true gradient is 0, its computed one rounding (the reason for the above)
-ZERO_GRADIENT = {"conv1.bias"}
-PRECISIONS = {"64": (torch.float64, False), "32": (torch.float32, False), "bf16": (torch.float32, True)}
 
 
 def _first_step_gradients(data: str, out: str, world: World | None = None) -> None:
@@ -241,46 +242,3 @@ def test_devices_beyond_the_machine_and_uneven_batches(small_data, tmp_path):
                 "--batch-size", "15", ok=False)
         assert "must divide evenly" in r.output
     assert not (tmp_path / "r").exists()
-
-
-@pytest.mark.slow
-def test_sweep_with_two_local_workers_runs_everything_once(small_data, tmp_path):
-    sweep = tmp_path / "sweep.yaml"
-    sweep.write_text(yaml.safe_dump({
-        "out": str(tmp_path / "runs"), "base": {"epochs": 1, "n_malignant": 10, "batch_size": 16, "bootstrap": 20},
-        "experiments": [{"name": "a", "ratio": "1:1"}, {"name": "b", "ratio": "1:2"}], "grid": {"seed": [0, 1]}}))
-    r = cli("sweep", sweep, "--data", small_data, "--workers", "2")
-    assert "4 of 4 runs complete" in r.output
-    runs = sorted(p.parent for p in (tmp_path / "runs").rglob("metrics.json"))
-    assert len(runs) == 4 and not list((tmp_path / "runs").rglob(".*.claim"))  # every claim released
-
-
-@pytest.mark.slow
-def test_job_array_tasks_partition_the_sweep(small_data, tmp_path):
-    sweep = tmp_path / "sweep.yaml"
-    sweep.write_text(yaml.safe_dump({
-        "out": str(tmp_path / "runs"), "base": {"epochs": 1, "n_malignant": 10, "batch_size": 16, "bootstrap": 20},
-        "experiments": [{"name": "a", "ratio": "1:1"}], "grid": {"seed": [0, 1, 2]}}))
-    cli("sweep", sweep, "--data", small_data, "--task-index", "1", "--task-count", "2")
-    assert _runs_in(tmp_path / "runs" / "a") == ["seed-1"]
-    cli("sweep", sweep, "--data", small_data, "--task-index", "0", "--task-count", "2", "--claim")
-    assert _runs_in(tmp_path / "runs" / "a") == ["seed-0", "seed-1", "seed-2"]
-
-
-def _runs_in(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))  # not the locks beside
-
-
-def test_a_dead_workers_lock_is_taken_over(small_data, tmp_path):
-    import socket
-
-    from lesionlab.workflows.sweep import _claim, _claim_path
-
-    folder = tmp_path / "runs" / "x" / "seed-0"
-    lock = _claim_path(folder)
-    lock.parent.mkdir(parents=True)
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    lock.write_text(f"{socket.gethostname()} {dead.pid} 0\n")
-    assert _claim(folder)  # the pid is gone: the run is free again
-    assert not _claim(folder)  # now it is ours, so nobody else gets it

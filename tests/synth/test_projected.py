@@ -2,7 +2,6 @@
 feature network, DiffAugment on both sides, and the bad inputs around it; synth check on two copies
 of one set. Tiny images (32 px) and a few steps; the feature network is randomly initialised here
 (pretrained=False): these tests check the machinery, not ImageNet weights."""
-import io
 import json
 
 import numpy as np
@@ -16,7 +15,7 @@ from lesionlab.data.splits import load_split
 from lesionlab.data.store import Store
 from lesionlab.errors import BadInputError, ExistsError
 from lesionlab.synth import projected
-from lesionlab.synth.generator import load_generator, train_generator
+from lesionlab.synth.generator import train_generator
 from lesionlab.synth.samples import sample
 
 TINY = dict(kind="projected", size=32, batch_size=8, d_res=32, fid_every=0, sample_every=100, pretrained=False)

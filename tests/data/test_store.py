@@ -1,16 +1,23 @@
 import errno
 import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import cli, copy_subset, subset
+from conftest import SAMPLE, cli, copy_subset, subset
 from lesionlab.data import store as store_mod
 from lesionlab.data.images import decode_resize
 from lesionlab.data.sources import read_source
 from lesionlab.data.store import Store, prepare
 from lesionlab.errors import BadInputError, ExistsError, LesionLabError
+from processes import lesionlab_env, start_lesionlab, wait_for
 
 
 @pytest.fixture
@@ -156,7 +163,7 @@ def _add_rows(manifest, rows: list[tuple[str, bytes]]) -> None:
 
 
 def test_decompression_bombs_are_named_and_skippable(tmp_path, manifest):
-    from test_images import jpeg_claiming, png_claiming
+    from hostile_files import jpeg_claiming, png_claiming
 
     _add_rows(manifest, [("PNG_BOMB.png", png_claiming(100_000, 100_000)),
                          ("JPEG_BOMB.jpg", jpeg_claiming(60_000, 60_000))])
@@ -186,3 +193,74 @@ def test_out_naming_an_existing_file_is_refused(tmp_path, manifest):
     assert (tmp_path / "data.csv").read_text() == "mine"
     with pytest.raises(ExistsError, match="is an existing file"):
         prepare(read_source(manifest), tmp_path / "data.csv", size=16)
+
+
+def test_second_prepare_into_a_busy_folder_is_refused(tmp_path):
+    """Before: the second (another --size) re-created images.npy under the first one's memory map,
+    and the first died of SIGBUS."""
+    out = tmp_path / "data"
+    first = start_lesionlab("prepare", SAMPLE, "--out", out, "--size", "64", "--workers", "1")
+    wait_for(lambda: (out / ".prepare-progress.json").exists(), first)  # it holds the lock and has allocated
+    # paused, so that the second surely runs while the first is mid-way (it decodes in ~2 s otherwise)
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        second = subprocess.run([sys.executable, "-m", "lesionlab", "prepare", SAMPLE, "--out", out, "--size", "32"],
+                                env=lesionlab_env(), capture_output=True, text=True, timeout=120)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    assert second.returncode == 2, second.stderr[-2000:]
+    assert f"{out}: another lesionlab process is preparing this folder" in second.stderr
+    assert first.wait(timeout=300) == 0, first.communicate()[1][-2000:]
+    assert Store.open(out).images.shape == (780, 64, 64, 3)
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                kids.append(int(entry.name))
+    return kids
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited; only its parent (now init) has yet to reap it
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_killed_prepare_takes_its_workers_along(tmp_path):
+    proc = start_lesionlab("prepare", SAMPLE, "--out", tmp_path / "data", "--size", "64", "--workers", "2")
+    workers = wait_for(lambda: _children(proc.pid), proc)
+    proc.kill()  # SIGKILL: no handler, no clean-up in the parent
+    proc.wait()
+    deadline = time.monotonic() + 5
+    while any(_running(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = [w for w in workers if _running(w)]
+    for w in left:  # do not leave them behind for the rest of the suite
+        os.kill(w, signal.SIGKILL)
+    assert not left, f"decoding workers {left} outlived their killed prepare"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "fewer rows"])
+def test_damaged_store_refused_at_open(small_data, tmp_path, damage):
+    data = tmp_path / "data"
+    shutil.copytree(small_data, data)
+    images = data / "images.npy"
+    if damage == "truncate":
+        with open(images, "r+b") as f:
+            f.truncate(images.stat().st_size // 2)
+    else:
+        np.save(images, np.zeros((10, 32, 32, 3), np.uint8))
+    with pytest.raises(BadInputError, match=rf"{images}: .*run `lesionlab prepare SOURCE --out {data}` again"):
+        Store.open(data)
+    r = cli("train", "--data", data, "--out", tmp_path / "run", "--epochs", "1", "--n-malignant", "10", ok=False)
+    assert r.exit_code == 2 and f"{images}:" in r.output, r.output

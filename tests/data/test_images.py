@@ -1,11 +1,10 @@
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from hostile_files import jpeg_claiming, png_claiming
 from lesionlab.data.images import DecodeError, TooManyPixelsError, decode_resize
 from lesionlab.workflows.demo import demo_files
 
@@ -65,24 +64,6 @@ def test_bad_bytes(data):
 # ---------------------------------------------------------------- hostile headers and wide greyscale
 
 
-def png_claiming(width: int, height: int) -> bytes:
-    """A PNG whose header states width x height RGB pixels, with almost no pixel data: a few
-    hundred bytes that would take width * height * 3 bytes of memory to decode."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-
-
-def jpeg_claiming(width: int, height: int) -> bytes:
-    """A real 16x16 JPEG with its frame header (SOF0) patched to state width x height."""
-    data = bytearray(_encode(np.full((16, 16, 3), 90, np.uint8), "JPEG"))
-    sof = data.index(b"\xff\xc0")
-    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
-    return bytes(data)
-
-
 @pytest.mark.parametrize("data", [png_claiming(100_000, 100_000), jpeg_claiming(60_000, 60_000)], ids=["png", "jpeg"])
 def test_decompression_bomb_is_a_decode_error_before_decoding(data):
     with pytest.raises(DecodeError, match=r"pixels is over the limit of 178,956,970.*--max-pixels"):
@@ -129,3 +110,26 @@ def test_wide_greyscale_scaled_by_its_range(mode, fmt, high, dtype):
     out = decode_resize(buf.getvalue(), 64)[..., 0].astype(int)
     assert out.min() <= 5 and out.max() >= 250, (out.min(), out.max())
     assert (np.diff(out, axis=1) >= 0).all()  # still a left-to-right gradient
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_a_transparent_png_is_composited_on_white(mode):
+    from lesionlab.data.images import decode_resize
+
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., :3] = 30  # dark everywhere, opaque only in the middle, half transparent in one corner
+    rgba[2:6, 2:6, 3] = 255
+    rgba[0, 7, 3] = 128
+    im = Image.fromarray(rgba, "RGBA")
+    if mode == "LA":
+        im = im.convert("LA")
+    elif mode == "P":  # palette index 0 transparent, 1 dark
+        im = Image.fromarray((rgba[..., 3] == 255).astype(np.uint8), "P")
+        im.putpalette([0, 0, 0, 30, 30, 30])
+    buf = io.BytesIO()
+    im.save(buf, "PNG", **({"transparency": 0} if mode == "P" else {}))
+    out = decode_resize(buf.getvalue(), 8)
+    assert (out[0, 0] == 255).all()  # transparent: white, not black
+    assert (out[3, 3] == 30).all()  # opaque: as it is
+    if mode != "P":
+        assert 130 <= out[0, 7, 0] <= 145  # half transparent: halfway between the colour and white

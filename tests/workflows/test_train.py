@@ -3,25 +3,36 @@ backbone's preprocessing from training to predict/explain/export, the transfer l
 data set in the training draw only, fine-tuning from a finished run, and the measured runtime choice."""
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from conftest import cli, copy_subset, subset
 from lesionlab.config import build_config
 from lesionlab.data.sources import read_source
 from lesionlab.data.store import Store, prepare
 from lesionlab.errors import BadInputError, LeakError
-from lesionlab.workflows.train import train_process
+from lesionlab.fileio import exclusive
+from lesionlab.metrics import compute_metrics
 from lesionlab.models import create_model
 from lesionlab.models import weights as W
 from lesionlab.models.timm_models import imagenet_backbone, pretrained_source
-from lesionlab.runs import Run, load_predictor
+from lesionlab.runs import Run, is_complete_run, load_predictor
+from lesionlab.workflows.train import train_process
+from processes import start_lesionlab
+
+FLAGS = ["--epochs", "1", "--batch-size", "16", "--n-malignant", "10", "--bootstrap", "20", "--num-threads", "1"]
 
 LITE0_FILE_SHA = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+
+
+TRAIN = ["--epochs", "3", "--batch-size", "16", "--n-malignant", "16", "--bootstrap", "200", "--num-threads", "1"]
+SMALL = ["--epochs", "2", "--batch-size", "16", "--n-malignant", "20", "--bootstrap", "100", "--eval-batch-size", "64"]
 
 
 @pytest.fixture
@@ -359,39 +370,6 @@ def test_fine_tuning_from_a_finished_run(small_data, extra_data, tmp_path):
 # ---------------------------------------------------------------- --precision auto, measured
 
 
-def test_the_runtime_choice_is_measured_once_and_cached(tmp_path, monkeypatch):
-    from lesionlab.engine import autotune
-
-    monkeypatch.setenv("LESIONLAB_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(autotune, "cpu_has_native_bf16", lambda: True)
-    timed = []
-    speeds = {(False, False): 50.0, (False, True): 80.0, (True, False): 70.0, (True, True): 90.0}
-
-    def fake_measure(build, device, side, batch, bf16, cl):
-        timed.append((bf16, cl))
-        return speeds[(bf16, cl)]
-
-    monkeypatch.setattr(autotune, "measure", fake_measure)
-    cpu = torch.device("cpu")
-    bf16, cl, info = autotune.choose("resnet18", None, cpu, 64, 32, "auto", "auto")
-    assert (bf16, cl) == (True, True) and len(timed) == 4 and not info["from_cache"]
-    assert autotune.choose("resnet18", None, cpu, 64, 32, "auto", "auto")[2]["from_cache"] and len(timed) == 4
-    # a given setting is not varied; another size is measured anew; without native bf16 only fp32 is tried
-    assert autotune.choose("resnet18", None, cpu, 64, 32, "32", "auto")[:2] == (False, True)
-    autotune.choose("resnet18", None, cpu, 96, 32, "auto", "auto")
-    assert len(timed) == 8
-    monkeypatch.setattr(autotune, "cpu_has_native_bf16", lambda: False)
-    assert autotune.candidates(cpu, "auto", "auto") == [(False, False), (False, True)]
-    assert json.loads((tmp_path / autotune.CACHE_FILE).read_text())  # in the cache folder given
-
-
-def test_measure_times_real_training_steps():
-    from lesionlab.engine import autotune
-
-    img_s = autotune.measure(lambda: create_model("upgraded_cnn", image_size=32), torch.device("cpu"), 32, 4, False, True)
-    assert 0 < img_s < 1e6
-
-
 # ---------------------------------------------------------------- SSL continued from ImageNet weights
 
 
@@ -405,10 +383,125 @@ def test_continued_pretraining_keeps_the_backbones_preprocessing(offline, small_
     stored = torch.load(enc / "encoder.pt", weights_only=True)
     assert stored["mean"] == stored["std"] == [0.5] * 3 and stored["interpolation"] == "bicubic"
     # train --pretrained ENC_DIR starts from it with the same preprocessing
-    from lesionlab.workflows.train import Start, _build_model
     from lesionlab.runs.encoder_run import load_encoder
+    from lesionlab.workflows.train import Start, _build_model
 
     cfg = build_config({"model": "tf_efficientnet_lite0", "pretrained": str(enc)})
     model, pre, weights = _build_model(cfg, Start("encoder", encoder=load_encoder(enc)), 32, 32)
     assert pre.mean == pre.std == (0.5,) * 3 and pre.interpolation == "bicubic" and weights["kind"] == "encoder"
     assert torch.equal(model.conv_stem.weight, stored["state_dict"]["conv_stem.weight"]) and not model.classifier.weight.any()
+
+
+def test_train_records_the_bootstrap_unit_and_tta(two_runs, small_data, tmp_path):
+    a, _ = two_runs
+    m = Run.load(a).metrics
+    assert m["test"]["ci95_unit"] == "lesion_id" and m["test"]["n_groups"] >= 1
+    assert "group" in Run.load(a).predictions().columns
+    out = tmp_path / "tta"
+    cli("train", "--data", small_data, "--out", out, *FLAGS, "--tta", "flip")
+    run = Run.load(out)
+    assert run.info["tta"] == "flip" and run.config["tta"] == "flip"
+    assert load_predictor(out, device="cpu").tta == "flip"
+    assert os.path.exists(out / "metrics.json")
+
+
+def test_train_refused_while_another_process_writes_the_run(small_data, tmp_path):
+    out = tmp_path / "run"
+    with exclusive(out):  # as another process's train would hold it
+        r = cli("train", "--data", small_data, "--out", out, "--epochs", "1", "--n-malignant", "10", ok=False)
+    assert r.exit_code == 2 and f"{out}: another lesionlab process is writing this folder" in r.output, r.output
+    assert not out.exists() and not list(tmp_path.glob(".run.partial*"))
+
+
+@pytest.mark.slow
+def test_two_trains_into_one_folder_publish_one_whole_run(small_data, tmp_path):
+    """Started together with different seeds: one publishes, the other is refused with a clear error,
+    and the run is one process's alone (before: a shared staging folder, removed and re-created by
+    each, could publish a mix of both runs' files, or crash the second at publication)."""
+    out = tmp_path / "run"
+    procs = {seed: start_lesionlab("train", "--data", small_data, "--out", out, *TRAIN, "--seed", seed) for seed in (0, 1)}
+    done = {seed: (p.wait(timeout=300), *p.communicate()) for seed, p in procs.items()}
+    codes = sorted(code for code, _, _ in done.values())
+    assert codes == [0, 2], {s: (c, err[-1500:]) for s, (c, _, err) in done.items()}
+    winner = next(s for s, (code, _, _) in done.items() if code == 0)
+    loser_err = done[1 - winner][2]
+    assert (f"{out}: another lesionlab process is writing this folder" in loser_err
+            or f"{out}: already holds a run" in loser_err), loser_err[-1500:]  # if it came after the publication
+    assert "Traceback" not in loser_err
+    assert is_complete_run(out) and not list(tmp_path.glob(".run.partial*"))
+    config = (out / "config.yaml").read_text()
+    assert f"seed: {winner}\n" in config
+    info = json.loads((out / "run.json").read_text())
+    assert info["epochs_run"] == len(pd.read_csv(out / "history.csv")) == 3
+    metrics = json.loads((out / "metrics.json").read_text())
+    preds = pd.read_csv(out / "predictions.csv")
+    for side in ("val", "test"):
+        p = preds[preds["split"] == side]
+        again = compute_metrics(p["label"].to_numpy(), p["prob"].to_numpy(), metrics[side]["threshold"])
+        for k in ("accuracy", "f1", "roc_auc", "average_precision", "pauc_80"):
+            assert again[k] == pytest.approx(metrics[side][k], abs=1e-4), (side, k)
+
+
+@pytest.mark.slow
+def test_every_lever_in_one_run(small_data, tmp_path):
+    run = tmp_path / "r"
+    cli("train", "--data", small_data, "--out", run, *SMALL, "--epochs", "3", "--augment", "medium",
+        "--sampler", "redraw", "--pos-weight", "auto", "--optimizer", "adamw", "--weight-decay", "0.01",
+        "--scheduler", "cosine", "--warmup-epochs", "0.5", "--ema", "--early-stop", "pauc_80", "--patience", "2",
+        "--label-smoothing", "0.05", "--threshold", "sens:0.9", "--prevalence", "50:1000", "--model", "upgraded_cnn")
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert (cfg["augment"], cfg["sampler"], cfg["pos_weight"], cfg["ema"], cfg["early_stop"]) == \
+        ("medium", "redraw", "auto", 0.999, "val_pauc_80")
+    info = json.loads((run / "run.json").read_text())
+    assert info["levers"]["pos_weight"] == pytest.approx(2.0)  # benign / malignant of the 1:2 draw
+    assert info["monitor"] == "val_pauc_80" and info["threshold_rule"] == "sens:0.9"
+    # trained at 1/3 malignant with pos_weight 2 -> calibrated to 1/2; shifted to 50/1050
+    assert info["prevalence"]["trained_at"] == pytest.approx(0.5)
+    assert info["prevalence"]["deployment"] == pytest.approx(50 / 1050)
+    preds = pd.read_csv(run / "predictions.csv")
+    assert {"prob", "prob_model"} <= set(preds.columns)
+    assert (preds["prob"] <= preds["prob_model"] + 1e-9).all()  # a lower prevalence lowers every probability
+    m = json.loads((run / "metrics.json").read_text())
+    assert 0 <= m["test"]["precision_at_prevalence"] <= 1 and "precision_at_prevalence" in m["test"]["ci95"]
+    assert m["val"]["recall"] >= 0.9  # the threshold met the target sensitivity on validation
+    history = pd.read_csv(run / "history.csv")
+    assert history["lr"].iloc[-1] < 1e-4  # cosine decay
+    # predict applies the same prior shift and threshold to new images
+    manifest = json.loads((small_data / "store.json").read_text())["source"]["location"]
+    cli("predict", run, manifest, "--out", tmp_path / "p.csv")
+    scored = pd.read_csv(tmp_path / "p.csv").merge(preds, on="id")
+    assert len(scored) == 100 and (scored["prob_x"] - scored["prob_y"]).abs().max() < 1e-4
+    assert ((scored["prob_x"] >= m["test"]["threshold"]).astype(int) == scored["decision"]).all()
+
+
+def test_focal_loss_balanced_sampler_and_mixup(small_data, tmp_path):
+    cli("train", "--data", small_data, "--out", tmp_path / "r", *SMALL, "--loss", "focal", "--focal-gamma", "1.5",
+        "--sampler", "balanced", "--ratio", "natural", "--augment", "heavy", "--mixup", "0.4")
+    info = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert info["levers"]["sampler"] == "balanced" and info["draw"]["benign"] > info["draw"]["malignant"]
+    assert info["levers"]["mixup"] == 0.4
+    history = pd.read_csv(tmp_path / "r" / "history.csv")
+    assert history["train_loss"].notna().all() and history["train_roc_auc"].between(0, 1).all()
+
+
+@pytest.mark.slow
+def test_timm_backbone_trains(small_data, tmp_path):
+    cli("train", "--data", small_data, "--out", tmp_path / "r", *SMALL, "--epochs", "1", "--model", "resnet18")
+    assert (tmp_path / "r" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--augment", "extreme"], "'extreme' is not one of 'none', 'light', 'medium', 'heavy'"),
+    (["--sampler", "oversample"], "is not one of 'none', 'redraw', 'balanced'"),
+    (["--focal-gamma", "-1"], "--focal-gamma: expected a number >= 0, got -1.0"),  # a flag is named as a flag
+    (["--pos-weight", "0"], "--pos-weight must be > 0"),
+    (["--pos-weight", "-2"], "--pos-weight must be > 0"),
+    (["--threshold", "sens:1.0"], "target sensitivity must lie in (0, 1)"),
+    (["--early-stop", "accuracy"], "--early-stop must be one of pauc_80"),
+    (["--pretrained"], "'simple_cnn' has no pretrained weights"),
+    (["--loss", "focal", "--pos-weight", "2"], "focal loss weights the classes with --focal-alpha"),
+])
+def test_bad_lever_values(small_data, tmp_path, args, message):
+    r = cli("train", "--data", small_data, "--out", tmp_path / "r", "--epochs", "1", *args, ok=False)
+    assert r.exit_code == 2 and message in r.output, r.output
+    assert not (tmp_path / "r").exists()

@@ -13,13 +13,15 @@ from lesionlab.data.store import Store
 from lesionlab.engine.runtime import resolve_runtime
 from lesionlab.engine.ssl import METHODS, SSLOptions, SSLTrainer, knn_scores
 from lesionlab.errors import BadInputError, LeakError
-from lesionlab.workflows.train import train_process
 from lesionlab.fileio import load_checkpoint
 from lesionlab.models import create_model
 from lesionlab.models.encoder import encoder_state, head_name, is_head_key, load_encoder_state
-from lesionlab.workflows.pretrain import pretrain, state_dir
 from lesionlab.runs import Run
 from lesionlab.runs.encoder_run import EncoderWeights, check_encoder_fits, load_encoder
+from lesionlab.workflows.pretrain import pretrain, state_dir
+from lesionlab.workflows.train import train_process
+
+FLAGS = ["--epochs", "1", "--batch-size", "16", "--n-malignant", "10", "--bootstrap", "20", "--num-threads", "1"]
 
 
 def _cfg(data, **kw):
@@ -236,3 +238,33 @@ def test_config_accepts_an_encoder_dir_for_any_model(encoder_dir):
     with pytest.raises(BadInputError, match="has no pretrained weights"):
         build_config({"model": "simple_cnn", "pretrained": "/nonexistent/enc"})
     shutil.rmtree(state_dir(encoder_dir), ignore_errors=True)
+
+
+def test_an_encoder_pretrained_on_the_test_images_under_other_ids_is_refused(small_data, tmp_path):
+    from lesionlab.data.store import Store
+
+    raw = small_data.parent / "raw"
+    manifest = pd.read_csv(raw / "manifest.csv", dtype=str, keep_default_na=False)
+    renamed = manifest.assign(id=[f"other_{i}" for i in range(len(manifest))],
+                              lesion_id=[f"L{i}" for i in range(len(manifest))])
+    renamed["path"] = [str(raw / p) for p in manifest["path"]]  # the same image files
+    (tmp_path / "other").mkdir()
+    renamed.to_csv(tmp_path / "other" / "manifest.csv", index=False)
+    other = tmp_path / "other-data"
+    cli("prepare", tmp_path / "other" / "manifest.csv", "--out", other, "--size", "32", "--workers", "1")
+    cli("split", other, "--val", "3:10", "--test", "3:10")
+    enc = tmp_path / "enc"
+    cli("pretrain", other, "--out", enc, "--epochs", "1", "--batch-size", "32", "--inner-val", "0.3",
+        "--local-views", "1", "--num-threads", "2")
+    assert not set(pd.read_csv(enc / "pretrain_ids.csv")["id"]) & set(Store.open(small_data).table["id"])
+    r = cli("train", "--data", small_data, "--out", tmp_path / "run", "--model", "upgraded_cnn", "--pretrained", enc,
+            *FLAGS, ok=False)
+    _one_line_error(r, f"--pretrained {enc}", "copies of this run's val/test images")
+    assert not (tmp_path / "run").exists()
+
+
+def _one_line_error(r, *needles: str) -> None:
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output, r.output
+    for n in needles:
+        assert n in r.output, r.output

@@ -1,0 +1,65 @@
+"""`lesionlab compare`: paired comparisons of two runs (on their test set, or on the out-of-fold predictions of
+two cvs) and what it refuses."""
+import json
+
+import pytest
+
+from conftest import cli
+from lesionlab.runs import read_table
+
+FLAGS = ["--epochs", "1", "--batch-size", "16", "--n-malignant", "10", "--bootstrap", "20", "--num-threads", "1"]
+
+
+SMALL = ["--epochs", "2", "--batch-size", "16", "--n-malignant", "20", "--bootstrap", "100", "--eval-batch-size", "64"]
+
+
+@pytest.mark.slow
+def test_compare_pairs_cvs_on_oof_and_refuses_different_folds(cv_dir, small_data, tmp_path):
+    other = tmp_path / "cv_lr"
+    cli("cv", "--data", small_data, "--out", other, "--folds", "3", *FLAGS, "--lr", "0.001")
+    r = cli("compare", cv_dir, other, "--n-boot", "50")
+    assert "out-of-fold images" in r.output and "lesion_id" in r.output
+    n_pool = len(read_table(cv_dir / "oof.csv"))
+    assert f"same {n_pool} out-of-fold" in r.output
+    moved = tmp_path / "cv_seed"
+    cli("cv", "--data", small_data, "--out", moved, "--folds", "3", *FLAGS, "--fold-seed", "7")
+    r = cli("compare", cv_dir, moved, "--n-boot", "50", ok=False)
+    assert r.exit_code == 2 and "different folds" in r.output
+
+
+@pytest.mark.slow
+def test_seeds_compare_and_baseline_report(small_data, tmp_path):
+    runs = tmp_path / "runs"
+    cli("train", "--data", small_data, "--out", runs / "base", *SMALL, "--seeds", "0,1")
+    cli("train", "--data", small_data, "--out", runs / "aug", *SMALL, "--seeds", "0,1", "--augment", "light")
+    assert (runs / "base" / "seed-1" / "metrics.json").exists()
+    again = cli("train", "--data", small_data, "--out", runs / "base", *SMALL, "--seeds", "0,1")
+    assert "complete, skipped" in again.output
+    r = cli("compare", runs / "base", runs / "aug", "--n-boot", "200", "--json", tmp_path / "c.json")
+    lines = r.output.splitlines()
+    assert any(ln.startswith("average_precision") for ln in lines) and any(ln.startswith("pauc_80") for ln in lines)
+    res = json.loads((tmp_path / "c.json").read_text())
+    for m in ("roc_auc", "average_precision", "pauc_80", "f1"):
+        d = res["metrics"][m]
+        assert d["lo"] <= d["diff"] <= d["hi"]
+        expected = ("includes zero" if d["lo"] <= 0 <= d["hi"] else "above zero" if d["lo"] > 0 else "below zero")
+        assert any(ln.startswith(m) and expected in ln for ln in lines)
+    cli("report", runs, "--out", tmp_path / "rep", "--baseline", "base", "--n-boot", "100")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Paired comparison against base" in md and "| aug | 2 |" in md
+    bad = cli("report", runs, "--out", tmp_path / "rep2", "--baseline", "bas", ok=False)
+    assert "did you mean 'base'" in bad.output
+
+
+@pytest.mark.slow
+def test_compare_refuses_different_test_sets(small_data, tmp_path, sample_manifest):
+    from conftest import cli, copy_subset, subset
+
+    cli("train", "--data", small_data, "--out", tmp_path / "a", *SMALL, "--epochs", "1")
+    other = tmp_path / "other"
+    copy_subset(subset(sample_manifest, 60, 200, seed=7), other / "raw")
+    cli("prepare", other / "raw", "--out", other / "data", "--size", "32")
+    cli("split", other / "data", "--val", "10:40", "--test", "10:40")
+    cli("train", "--data", other / "data", "--out", tmp_path / "b", *SMALL, "--epochs", "1")
+    r = cli("compare", tmp_path / "a", tmp_path / "b", ok=False)
+    assert r.exit_code == 2 and "same test set" in r.output
