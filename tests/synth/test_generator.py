@@ -176,6 +176,3 @@ def test_check_writes_every_measure(generator, small_data, tmp_path, sample_mani
     for f in ("samples_vs_real.png", "closest_pairs.png", "nn_pixels.png", "nn_features.png"):
         assert (tmp_path / "chk" / "figures" / f).stat().st_size > 500
     assert "data:image/png;base64," in (tmp_path / "chk" / "check.html").read_text()
-
-
-# ---------------------------------------------------------------- the measures themselves

@@ -189,17 +189,3 @@ def test_leak_guard_catches_smooth_copies_of_evaluation_images(small_data, tmp_p
             "--synthetic", tmp_path / "near", ok=False)
     assert r.exit_code == 2 and "8 synthetic image(s) are copies of validation or test images" in r.output
     assert f"gen0 ~ {val_ids[0]}" in r.output and not (tmp_path / "r").exists()
-
-
-def test_cv_gives_each_fold_its_own_synthetic_set():
-    from lesionlab.config import build_config
-    from lesionlab.workflows.cv import fold_config
-    from lesionlab.workflows.train import FoldPlan
-
-    cfg = build_config({"data": "d", "synthetic": {"data": "syn/fold{fold}", "n": 5}}, "test")
-    plan = FoldPlan(np.arange(3), np.arange(1), {}, {"repeat": 0, "fold": 3, "repeats": 1})
-    assert fold_config(cfg, plan).synthetic.data == "syn/fold3"
-    plan2 = FoldPlan(np.arange(3), np.arange(1), {}, {"repeat": 1, "fold": 0, "repeats": 2})
-    assert fold_config(cfg, plan2).synthetic.data == "syn/foldr1-0"
-    same = build_config({"data": "d", "synthetic": {"data": "syn", "n": 5}}, "test")
-    assert fold_config(same, plan) is same

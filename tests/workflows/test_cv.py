@@ -152,3 +152,17 @@ def test_a_killed_fold_restarts_cleanly_and_finished_folds_are_not_retrained(sma
     assert not stale.exists() and Run.load(out).kind == "cv"
     assert len(read_table(out / "oof.csv")) == Run.load(out).metrics["oof"]["n_malignant"] + \
         Run.load(out).metrics["oof"]["n_benign"]
+
+
+def test_cv_gives_each_fold_its_own_synthetic_set():
+    from lesionlab.config import build_config
+    from lesionlab.workflows.cv import fold_config
+    from lesionlab.workflows.train import FoldPlan
+
+    cfg = build_config({"data": "d", "synthetic": {"data": "syn/fold{fold}", "n": 5}}, "test")
+    plan = FoldPlan(np.arange(3), np.arange(1), {}, {"repeat": 0, "fold": 3, "repeats": 1})
+    assert fold_config(cfg, plan).synthetic.data == "syn/fold3"
+    plan2 = FoldPlan(np.arange(3), np.arange(1), {}, {"repeat": 1, "fold": 0, "repeats": 2})
+    assert fold_config(cfg, plan2).synthetic.data == "syn/foldr1-0"
+    same = build_config({"data": "d", "synthetic": {"data": "syn", "n": 5}}, "test")
+    assert fold_config(same, plan) is same
