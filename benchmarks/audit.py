@@ -20,11 +20,11 @@ import json
 import time
 from pathlib import Path
 
-from _results import ROOT, git_commit, machine, update_section
 from lesionlab.audit import AuditSettings
 from lesionlab.audit.command import AUDIT_JSON, TABLE, audit_run
 from lesionlab.audit.paired import paired_audit
 from lesionlab.audit.summary import drop_text, paired_text
+from lesionlab.benchmarking.results import ROOT, git_commit, machine, update_section
 from lesionlab.workflows.report import md_table
 from lesionlab.runs import load_run, read_table
 

@@ -16,8 +16,9 @@ import argparse
 import time
 from pathlib import Path
 
-from _datasets import DATASETS, add_dataset_option, prepared
-from _results import ROOT, git_commit, machine, update_section
+from lesionlab.benchmarking.arms import BASELINE
+from lesionlab.benchmarking.datasets import DATASETS, add_dataset_option, prepared
+from lesionlab.benchmarking.results import ROOT, git_commit, machine, update_section
 from lesionlab.workflows.compare import COMPARE_METRICS, compare_runs
 from lesionlab.config import build_config, load_yaml
 from lesionlab.workflows.cv import run_cv
@@ -27,7 +28,6 @@ from lesionlab.metrics import bootstrap_ci
 from lesionlab.workflows.report import md_table
 from lesionlab.runs import Run, is_complete_run, oof_arrays
 
-BASELINE = ROOT / "configs" / "seed" / "simple_cnn_1to2.yaml"
 # the arms that looked best on the 50-malignant test set (docs/results.md, imbalance section)
 ARMS: dict[str, dict] = {
     "baseline": {},

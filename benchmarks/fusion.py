@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from _proc import measure
-from _results import ROOT, git_commit, ham10000, machine, update_section
+from lesionlab.benchmarking.process import measure
+from lesionlab.benchmarking.results import ROOT, git_commit, ham10000, machine, update_section
 from lesionlab.metrics import bootstrap_ci, compute_metrics
 from lesionlab.runs import Run
 

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from _datasets import DATASETS, add_dataset_option, prepared
-from _results import ROOT, git_commit, machine, update_section
+from lesionlab.benchmarking.arms import BASELINE
+from lesionlab.benchmarking.datasets import DATASETS, add_dataset_option, prepared
+from lesionlab.benchmarking.results import ROOT, git_commit, machine, update_section
 from lesionlab.workflows.compare import COMPARE_METRICS, compare_runs
 from lesionlab.config import build_config, load_yaml, to_dict
 from lesionlab.workflows.train import train_process
@@ -28,7 +29,6 @@ from lesionlab.metrics import ThresholdRule, compute_metrics
 from lesionlab.workflows.report import md_table, summarise, summary_cell
 from lesionlab.runs import Run, is_complete_run
 
-BASELINE = ROOT / "configs" / "seed" / "simple_cnn_1to2.yaml"
 # each lever alone, on top of the baseline
 LEVERS: dict[str, dict] = {
     "pos_weight auto": {"pos_weight": "auto"},

@@ -11,12 +11,11 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "tests"))  # the test-data writer lives with the tests, outside the package
+from lesionlab.data.parallel import cpu_count
 
+# the writer of the official layout is test data: it lives with the tests, outside the package
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from isic2024_fixture import write_isic2024  # noqa: E402
-from lesionlab.data.parallel import cpu_count  # noqa: E402
 
 
 def main() -> None:

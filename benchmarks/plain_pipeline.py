@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -22,9 +21,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-from lesionlab.metrics import average_precision, roc_auc  # noqa: E402
-from lesionlab.models.seed_cnns import SimpleCNN, UpgradedCNN  # noqa: E402
+from lesionlab.metrics import average_precision, roc_auc
+from lesionlab.models.seed_cnns import SimpleCNN, UpgradedCNN
 
 
 class LesionDataset(Dataset):

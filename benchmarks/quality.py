@@ -17,9 +17,9 @@ chooses configs/recommended.yaml; and (d) each cv arm's image scores fused with 
 
 HAM10000 under the seed protocol (val and test 50:1000 grouped by lesion, split seed 0; 293
 malignant images in every training draw), or with --dataset isic2024-permissive real ISIC 2024 crops
-(val and test 30:1000, grouped by lesion where filled; every malignant crop of the train pool in a draw). Nothing is chosen on the test set: the recipe by `tune`
-(objective inner_val reads validation metrics only), the arm of the seed stage by its validation
-pAUC80, and the recommended recipe by the paired OOF pAUC80 against the baseline (1,495 malignant
+(val and test 30:1000, grouped by lesion where filled; every malignant crop of the train pool in a draw).
+Nothing is chosen on the test set: the recipe by `tune` (objective inner_val reads validation metrics only),
+the arm of the seed stage by its validation pAUC80, and the recommended recipe by the paired OOF pAUC80 against the baseline (1,495 malignant
 OOF images instead of 50 on validation). The test set is scored at the end, with paired intervals
 from a bootstrap that resamples whole groups (lesions; stratified by whether a group holds a malignant image).
 Complete runs, folds, the tune study and the encoder are reused, so an interrupted benchmark resumes.
@@ -33,32 +33,30 @@ from __future__ import annotations
 import argparse
 import functools
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from _datasets import DATASETS, add_dataset_option, prepared
-from _results import ROOT, git_commit, machine, update_section
+from lesionlab.benchmarking.arms import BASELINE, METRICS, cv_arm, cv_table, fmt_ci, train_arm, train_minutes
+from lesionlab.benchmarking.datasets import DATASETS, Dataset, add_dataset_option, prepared
+from lesionlab.benchmarking.results import ROOT, git_commit, machine, update_section
 from lesionlab.workflows.compare import compare_runs
 from lesionlab.config import build_config, build_pretrain_config, build_tabular_config, load_yaml, to_dict
-from lesionlab.workflows.cv import run_cv
 from lesionlab.data.splits import group_keys, load_split
 from lesionlab.data.store import Store
 from lesionlab.data.tta import tta_logits
-from lesionlab.workflows.train import train_process
 from lesionlab.fileio import write_text
-from lesionlab.metrics import ThresholdRule, average_precision, compute_metrics, paired_bootstrap, pauc_above_tpr, roc_auc
+from lesionlab.metrics import ThresholdRule, compute_metrics, paired_bootstrap, pauc_above_tpr, roc_auc
 from lesionlab.workflows.pretrain import pretrain
 from lesionlab.runs import Run, is_complete_run, load_predictor, read_table
 from lesionlab.tabular.command import tabular_run
-from lesionlab.workflows.tune import load_search, tune
+from lesionlab.workflows.tune import Search, load_search, tune
 
-BASELINE = ROOT / "configs" / "seed" / "simple_cnn_1to2.yaml"
 SEARCH = ROOT / "configs" / "search" / "from_scratch.yaml"
 A0, A, B, B0 = ("(a0) the search's base recipe", "(a) tuned from scratch", "(b) SSL + fine-tune",
                 "(b0) same model from scratch")
-METRICS = {"roc_auc": roc_auc, "average_precision": average_precision, "pauc_80": pauc_above_tpr}
 # The written recipe's threshold rule. A recipe that trains on a 1:K draw learns the prior 1/(K+1), not the
 # validation or deployment prevalence, so a fixed 0.5 can flag no image at all (seed 0 of the tuned arm did, on
 # val and test); max F1 on the user's own validation set is the operating point the notebook reports.
@@ -88,29 +86,6 @@ def grouped_paired(y: np.ndarray, groups: np.ndarray, a: np.ndarray, b: np.ndarr
     return paired_bootstrap(y, a, b, 0.5, 0.5, tuple(METRICS), n_boot, seed, groups=groups)
 
 
-def train_arm(name: str, values: dict, data: Path, work: Path, seeds: list[int]) -> list[Run]:
-    runs = []
-    for seed in seeds:
-        folder = work / "runs" / name / f"seed-{seed}"
-        if not is_complete_run(folder):
-            t = time.time()
-            print(f"[{name}] seed {seed}", flush=True)
-            train_process(build_config({**values, "name": name, "data": str(data), "seed": seed}, name), folder)
-            print(f"[{name}] seed {seed} done in {time.time() - t:.0f} s", flush=True)
-        runs.append(Run.load(folder))
-    return runs
-
-
-def cv_arm(name: str, values: dict, data: Path, work: Path, folds: int, seed: int) -> Run:
-    """The arm as a `folds`-fold grouped cv of the train pool (fold seed `seed`); finished folds are reused."""
-    t = time.time()
-    print(f"[cv {name}] {folds} folds", flush=True)
-    cfg = build_config({**values, "name": f"cv {name}", "data": str(data), "seed": seed}, f"cv arm '{name}'")
-    run_cv(cfg, work / "cv" / name, folds, 1, seed, echo=lambda s: print("  " + s, flush=True))
-    print(f"[cv {name}] done in {time.time() - t:.0f} s", flush=True)
-    return Run.load(work / "cv" / name)
-
-
 def operating_points(runs: list[Run]) -> dict[str, str]:
     """Test F1 (precision / recall) per threshold rule, each threshold chosen on the run's own validation
     predictions: mean ± sd over seeds. The rule is fixed beforehand (RECIPE_THRESHOLD); this only shows it."""
@@ -127,18 +102,6 @@ def operating_points(runs: list[Run]) -> dict[str, str]:
     return out
 
 
-def cv_table(cvs: dict[str, Run]) -> list[str]:
-    """Markdown rows: each cv arm's OOF metrics, its fold ensemble's test metrics and its training minutes."""
-    lines = ["| arm | OOF ROC AUC | OOF AP | OOF pAUC80 | fold-ensemble test ROC AUC | test AP | test pAUC80 "
-             "| train min (all folds) |", "|---|---|---|---|---|---|---|---|"]
-    for name, run in cvs.items():
-        o, te = run.metrics["oof"], run.metrics["test"]
-        minutes = train_minutes(sorted(p.parent for p in (run.path / "folds").glob("*/run.json")))
-        lines.append(f"| {name} | {o['roc_auc']:.3f} | {o['average_precision']:.3f} | {o['pauc_80']:.4f} | "
-                     f"{te['roc_auc']:.3f} | {te['average_precision']:.3f} | {te['pauc_80']:.4f} | {minutes:.1f} |")
-    return lines
-
-
 def fused_arm(cv: Run, fusion: str, data: Path, work: Path) -> Run:
     """The metadata model fused with a cv arm's image scores: `lesionlab tabular --image CV_DIR --fusion F`
     (its folds are the cv's, so it pairs with the cv on the same OOF images)."""
@@ -147,11 +110,6 @@ def fused_arm(cv: Run, fusion: str, data: Path, work: Path) -> Run:
         tabular_run(build_tabular_config({"name": f"{cv.path.name} + metadata ({fusion})", "data": str(data),
                                           "image": str(cv.path), "fusion": fusion, "bootstrap": 0}, "quality (d)"), out)
     return Run.load(out)
-
-
-def train_minutes(folders: list[Path]) -> float:
-    """Training wall time as each run recorded it (so arms reused from an earlier invocation still count)."""
-    return sum(Run.load(f).info.get("wall_seconds", 0.0) for f in folders) / 60
 
 
 def distinct_params(tune_dir: Path) -> int:
@@ -174,12 +132,7 @@ def scaled_search(args, work: Path) -> Path:
     return path
 
 
-def fmt_ci(d: dict, m: str) -> str:
-    x = d[m]
-    return f"{x['diff']:+.3f} [{x['lo']:+.3f}, {x['hi']:+.3f}]"
-
-
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default=str(ROOT / "bench-out"))
     add_dataset_option(ap)
@@ -208,63 +161,74 @@ def main() -> None:
     ap.add_argument("--cv-folds", type=int, default=5, help="folds of the OOF stage; 0 skips it")
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--write-recommended", action="store_true")
-    args = ap.parse_args()
-    started = time.time()
-    seeds = [int(s) for s in args.seeds.split(",")]
-    ds = DATASETS[args.dataset]
-    if args.n_malignant is None:
-        args.n_malignant = ds.n_malignant
-    elif str(args.n_malignant).isdigit():
-        args.n_malignant = int(args.n_malignant)
-    if args.write_recommended and ds.key != "ham10000":
-        raise SystemExit("--write-recommended: configs/recommended.yaml is chosen on HAM10000; on another data set "
-                         "this benchmark reports, and benchmarks/recipe_check.py checks the recipe there")
-    work = ds.work(Path(args.work))
-    qwork = work / (f"quality{args.size}" + (f"-{args.tag}" if args.tag else ""))
-    timings: dict[str, float] = {}
+    return ap
 
-    t = time.time()
-    data = Path(args.data) if args.data else prepared(work, ds, args.size)
-    timings["prepare + split"] = time.time() - t
 
+@dataclass
+class Bench:
+    """What every step reads: the arguments, the data set and where its runs go."""
+    args: argparse.Namespace
+    ds: Dataset
+    data: Path
+    work: Path                 # this invocation's folder of runs (WORK/qualitySIZE[-TAG])
+    seeds: list[int]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class SeedStage:
+    """The arms trained on every seed, each with the config values it was trained with."""
+    arms: dict[str, list[Run]]
+    values: dict[str, dict]
+    base_recipe: dict
+    recipe: dict               # (a)'s tuned recipe, or (a0)'s without a search
+    a_name: str
+    search: Search
+    tuned: dict | None
+    enc_run: Run | None
+    ssl_model: str
+
+
+def seed_stage(b: Bench) -> SeedStage:
+    """The baseline, (a0), (a) after the search, and (b) on an SSL-pretrained encoder, each over every seed."""
+    args, data, work, seeds, timings = b.args, b.data, b.work, b.seeds, b.timings
     # baseline: the notebook's SimpleCNN at 1:2
     t = time.time()
     base_values = {k: v for k, v in load_yaml(BASELINE).items() if k != "name"}
     base_values.update(epochs=args.baseline_epochs, bootstrap=0, n_malignant=args.n_malignant)
-    baseline = train_arm("baseline", base_values, data, qwork, seeds)
+    baseline = train_arm("baseline", base_values, data, work, seeds)
     timings["baseline"] = time.time() - t
 
     # (a0) the search's base recipe (the issue's "first hint"), for reference
-    search_path = scaled_search(args, qwork)
-    search = load_search(search_path, str(data))
+    search = load_search(scaled_search(args, work), str(data))
     base_recipe = {k: v for k, v in search.base.items() if k != "data"}
     base_recipe.update(epochs=args.epochs, bootstrap=0)
     t = time.time()
-    arms = {"baseline": baseline, A0: train_arm("a_base", base_recipe, data, qwork, seeds)}
-    arm_values = {"baseline": base_values, A0: base_recipe}
+    arms = {"baseline": baseline, A0: train_arm("a_base", base_recipe, data, work, seeds)}
+    values = {"baseline": base_values, A0: base_recipe}
     timings["(a0) base recipe"] = time.time() - t
 
     # (a) tune a from-scratch recipe (validation only), then train it
     tuned, recipe, a_name = None, base_recipe, A0
     if args.trials:
         t = time.time()
-        tuned = tune(search, str(data), qwork / "tune", args.trials, echo=lambda s: print(s, flush=True))
+        tuned = tune(search, str(data), work / "tune", args.trials, echo=lambda s: print(s, flush=True))
         if not tuned["best"]:
             raise SystemExit("tune: no trial completed")
         timings["tune"] = time.time() - t
-        recipe = {k: v for k, v in load_yaml(qwork / "tune" / "best.yaml").items() if k not in ("name", "data")}
+        recipe = {k: v for k, v in load_yaml(work / "tune" / "best.yaml").items() if k not in ("name", "data")}
         recipe.update(epochs=args.epochs, bootstrap=0)
         t = time.time()
         a_name = A
-        arms[A] = train_arm("a_tuned", recipe, data, qwork, seeds)
-        arm_values[A] = recipe
+        arms[A] = train_arm("a_tuned", recipe, data, work, seeds)
+        values[A] = recipe
         timings["(a) tuned recipe"] = time.time() - t
 
     # (b) SSL-pretrained encoder, fine-tuned with the same recipe and epochs
     enc_run, ssl_model = None, args.ssl_model or recipe.get("model", "upgraded_cnn")
     if args.ssl_epochs:
         t = time.time()
-        enc = qwork / f"encoder-{args.ssl_method}-{ssl_model}"
+        enc = work / f"encoder-{args.ssl_method}-{ssl_model}"
         if not is_complete_run(enc):
             pcfg = build_pretrain_config({"data": str(data), "method": args.ssl_method, "model": ssl_model,
                                           "epochs": args.ssl_epochs, "batch_size": args.ssl_batch, "lr": args.ssl_lr,
@@ -275,16 +239,39 @@ def main() -> None:
         t = time.time()
         ft_values = {**recipe, "model": ssl_model, "pretrained": str(enc), "encoder_lr_mult": args.ft_encoder_lr_mult,
                      "linear_probe_epochs": args.ft_probe_epochs}
-        arms[B] = train_arm("b_ssl_finetuned", ft_values, data, qwork, seeds)
-        arm_values[B] = ft_values
+        arms[B] = train_arm("b_ssl_finetuned", ft_values, data, work, seeds)
+        values[B] = ft_values
         if ssl_model != recipe.get("model"):
             b0 = {**recipe, "model": ssl_model}
-            arms[B0] = train_arm("b0_scratch_same_model", b0, data, qwork, seeds)
-            arm_values[B0] = b0
+            arms[B0] = train_arm("b0_scratch_same_model", b0, data, work, seeds)
+            values[B0] = b0
         timings["(b) fine-tune"] = time.time() - t
+    return SeedStage(arms, values, base_recipe, recipe, a_name, search, tuned, enc_run, ssl_model)
 
-    # scores on val and test: seed-averaged logits per arm; (c) = (a) [+ (b)] with TTA
-    store = Store.open(data)
+
+@dataclass
+class Scored:
+    """Val and test scores of every arm (seed-mean logits) and of (c), and the seed stage's choice on val."""
+    sides: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]   # side -> (images, labels, groups)
+    scores: dict[str, dict[str, np.ndarray]]
+    c_members: list[str]
+    chosen: str
+    rows: list[tuple[str, dict, dict, str]]                        # arm, val metrics, test metrics, per seed
+    paired: dict[str, dict]                                        # test, each arm - baseline
+    test_ids: np.ndarray
+
+    @property
+    def y_test(self) -> np.ndarray:
+        return self.sides["test"][1]
+
+    @property
+    def g_test(self) -> np.ndarray:
+        return self.sides["test"][2]
+
+
+def score_stage(b: Bench, stage: SeedStage) -> Scored:
+    """Seed-averaged logits per arm on val and test; (c) = (a) [+ (b)] with TTA; the arm chosen on val pAUC80."""
+    store = Store.open(b.data)
     split = load_split(store)
     table = store.table
     # a crop without a lesion_id is its own group (group_keys), not one group with every other such crop
@@ -293,19 +280,19 @@ def main() -> None:
     sides = {}
     for side in ("val", "test"):
         pos = split.positions(table, side)
-        groups = group_of[pos]
-        sides[side] = (store.pixels(pos), table["label"].to_numpy()[pos], groups)
+        sides[side] = (store.pixels(pos), table["label"].to_numpy()[pos], group_of[pos])
+    arms = stage.arms
     scores: dict[str, dict] = {name: {side: np.mean([logits(r, sides[side][0], False) for r in runs], axis=0)
                                       for side in sides} for name, runs in arms.items()}
-    c_members = [n for n in (a_name, B) if n in arms]
+    c_members = [n for n in (stage.a_name, B) if n in arms]
     c_name = "(c) ensemble " + "+".join(n.split(")")[0] + ")" for n in c_members) + " of seeds, TTA d4"
     scores[c_name] = {side: np.mean([logits(r, sides[side][0], True) for n in c_members for r in arms[n]], axis=0)
                       for side in sides}
-    timings["scoring + TTA"] = time.time() - t
+    b.timings["scoring + TTA"] = time.time() - t
 
     # the seed stage's choice, on validation only
     val_pauc = {name: pauc_above_tpr(sides["val"][1], s["val"]) for name, s in scores.items()}
-    chosen = max(val_pauc, key=val_pauc.get)
+    chosen = max(val_pauc, key=val_pauc.__getitem__)
 
     y_test, g_test = sides["test"][1], sides["test"][2]
     rows, paired = [], {}
@@ -313,168 +300,223 @@ def main() -> None:
         v = {m: fn(sides["val"][1], s["val"]) for m, fn in METRICS.items()}
         te = {m: fn(y_test, s["test"]) for m, fn in METRICS.items()}
         per_seed = ""
-        if name in arms and len(seeds) > 1:
+        if name in arms and len(b.seeds) > 1:
             per = [Run.load(r.path).metrics["test"] for r in arms[name]]
             per_seed = " / ".join(f"{np.mean([p[m] for p in per]):.3f} ± {np.std([p[m] for p in per], ddof=1):.3f}"
                                   for m in ("roc_auc", "pauc_80"))
         if name != "baseline":
-            paired[name] = grouped_paired(y_test, g_test, scores["baseline"]["test"], s["test"], args.n_boot)
+            paired[name] = grouped_paired(y_test, g_test, scores["baseline"]["test"], s["test"], b.args.n_boot)
         rows.append((name, v, te, per_seed))
+    test_ids = table["id"].to_numpy()[split.positions(table, "test")]
+    return Scored(sides, scores, c_members, chosen, rows, paired, test_ids)
 
-    # the OOF stage: every trained arm as a grouped cv, paired with the baseline's cv on the same OOF images.
-    # An SSL encoder saw the OOF images without labels (it is pretrained on the whole train pool): said below.
-    cvs: dict[str, Run] = {}
-    oof_paired: dict[str, dict] = {}
-    oof_steps: dict[tuple[str, str], dict] = {}
-    fused: dict[tuple[str, str], Run] = {}
-    if args.cv_folds:
-        t = time.time()
-        slug = {"baseline": "baseline", A0: "a", A: "a_tuned", B: "b", B0: "b0"}
-        for name, values in arm_values.items():
-            cvs[name] = cv_arm(slug[name], values, data, qwork, args.cv_folds, seeds[0])
-        oof_paired = {name: compare_runs([cvs["baseline"]], [run], metrics=tuple(METRICS), n_boot=args.n_boot)["metrics"]
-                      for name, run in cvs.items() if name != "baseline"}
-        # what each step adds: the search over its base recipe, SSL over the same recipe from scratch
-        steps = [(A, A0), (B, a_name), (B, B0)]
-        oof_steps = {(b, a): compare_runs([cvs[a]], [cvs[b]], metrics=tuple(METRICS), n_boot=args.n_boot)["metrics"]
-                     for b, a in steps if a in cvs and b in cvs and a != b}
-        timings["cv"] = time.time() - t
-        # (d) every cv arm fused with the metadata; the fused run is chosen on OOF pAUC80 like the recipe
-        t = time.time()
-        fused = {(name, fusion): fused_arm(run, fusion, data, qwork) for name, run in cvs.items()
+
+@dataclass
+class OofStage:
+    """Every arm as a grouped cv, paired with the baseline's cv on the same OOF images, and fused with the metadata."""
+    cvs: dict[str, Run] = field(default_factory=dict)
+    paired: dict[str, dict] = field(default_factory=dict)                 # arm - baseline on OOF
+    steps: dict[tuple[str, str], dict] = field(default_factory=dict)      # (B, A): B - A on OOF
+    fused: dict[tuple[str, str], Run] = field(default_factory=dict)       # (arm, fusion) -> tabular run
+    fused_vs_image: dict[tuple[str, str], dict] = field(default_factory=dict)
+    d_key: tuple[str, str] | None = None                                  # (d): the fused run chosen on OOF
+    d_test: np.ndarray | None = None
+    d_paired: dict = field(default_factory=dict)                          # (d) - baseline on test
+
+
+def oof_stage(b: Bench, stage: SeedStage, scored: Scored) -> OofStage:
+    """The OOF stage: every trained arm as a grouped cv, paired with the baseline's cv on the same OOF images.
+    An SSL encoder saw the OOF images without labels (it is pretrained on the whole train pool): said in the text."""
+    out = OofStage()
+    if not b.args.cv_folds:
+        return out
+    n_boot = b.args.n_boot
+    t = time.time()
+    slug = {"baseline": "baseline", A0: "a", A: "a_tuned", B: "b", B0: "b0"}
+    for name, values in stage.values.items():
+        out.cvs[name] = cv_arm(slug[name], values, b.data, b.work, b.args.cv_folds, b.seeds[0])
+    cvs = out.cvs
+    out.paired = {name: compare_runs([cvs["baseline"]], [run], metrics=tuple(METRICS), n_boot=n_boot)["metrics"]
+                  for name, run in cvs.items() if name != "baseline"}
+    # what each step adds: the search over its base recipe, SSL over the same recipe from scratch
+    steps = [(A, A0), (B, stage.a_name), (B, B0)]
+    out.steps = {(bb, a): compare_runs([cvs[a]], [cvs[bb]], metrics=tuple(METRICS), n_boot=n_boot)["metrics"]
+                 for bb, a in steps if a in cvs and bb in cvs and a != bb}
+    b.timings["cv"] = time.time() - t
+    # (d) every cv arm fused with the metadata; the fused run is chosen on OOF pAUC80 like the recipe
+    t = time.time()
+    out.fused = {(name, fusion): fused_arm(run, fusion, b.data, b.work) for name, run in cvs.items()
                  for fusion in ("late", "stack")}
-        fused_vs_image = {key: compare_runs([cvs[key[0]]], [run], metrics=tuple(METRICS), n_boot=args.n_boot)["metrics"]
-                          for key, run in fused.items()}
-        d_key = max(fused, key=lambda k: fused[k].metrics["oof"]["pauc_80"])
-        test_ids = table["id"].to_numpy()[split.positions(table, "test")]
-        d_test = fused[d_key].predictions("test").set_index("id").loc[test_ids, "prob"].to_numpy()
-        d_paired = grouped_paired(y_test, g_test, scores["baseline"]["test"], d_test, args.n_boot)
-        timings["(d) fusion"] = time.time() - t
-    # configs/recommended.yaml: the best from-scratch arm on OOF pAUC80 whose paired OOF interval lies above zero
-    # (an SSL arm needs its encoder folder, so it cannot be a config file alone: it is reported beside)
-    supported = [n for n, p in oof_paired.items() if p["pauc_80"]["lo"] > 0]
-    best_oof = max(supported, key=lambda n: cvs[n].metrics["oof"]["pauc_80"]) if supported else None
-    scratch = [n for n in supported if n != B]
-    recommended = max(scratch, key=lambda n: cvs[n].metrics["oof"]["pauc_80"]) if scratch else None
-    timings["total"] = time.time() - started
+    out.fused_vs_image = {key: compare_runs([cvs[key[0]]], [run], metrics=tuple(METRICS), n_boot=n_boot)["metrics"]
+                          for key, run in out.fused.items()}
+    out.d_key = max(out.fused, key=lambda k: out.fused[k].metrics["oof"]["pauc_80"])
+    out.d_test = out.fused[out.d_key].predictions("test").set_index("id").loc[scored.test_ids, "prob"].to_numpy()
+    out.d_paired = grouped_paired(scored.y_test, scored.g_test, scored.scores["baseline"]["test"], out.d_test, n_boot)
+    b.timings["(d) fusion"] = time.time() - t
+    return out
 
-    # ---- docs/results.md
-    scaled = (args.size != 128 or args.trials < 40 or args.ssl_epochs < 100 or len(seeds) < 3
-              or args.epochs < 40 or args.tune_epochs < 20 or args.cv_folds < 5)
-    cmd = "python benchmarks/quality.py " + " ".join(
+
+def recommendation(stage: SeedStage, oof: OofStage) -> tuple[str | None, str | None]:
+    """(best on OOF, recommended): among arms whose paired OOF pAUC80 interval against the baseline lies above
+    zero, the highest OOF pAUC80, and the highest from scratch (an SSL arm needs its encoder folder, so it cannot be
+    a config file alone: it is reported beside)."""
+    supported = [n for n, p in oof.paired.items() if p["pauc_80"]["lo"] > 0]
+    best_oof = max(supported, key=lambda n: oof.cvs[n].metrics["oof"]["pauc_80"]) if supported else None
+    scratch = [n for n in supported if n != B]
+    recommended = max(scratch, key=lambda n: oof.cvs[n].metrics["oof"]["pauc_80"]) if scratch else None
+    return best_oof, recommended
+
+
+def command_line(args: argparse.Namespace, ap: argparse.ArgumentParser) -> str:
+    return "python benchmarks/quality.py " + " ".join(
         f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
         if v not in ("", None, False) and k not in ("work", "data", "tag") and v != ap.get_default(k))
+
+
+def arms_text(b: Bench, stage: SeedStage) -> str:
+    """What (a0), (a) and (b) were, in words."""
+    args = b.args
     a_text = (f"(a0): the base recipe of `{Path(args.search).name}`, "
-              + ", ".join(f"{k} {v}" for k, v in base_recipe.items() if k not in ("bootstrap", "n_malignant")) + ".")
-    if tuned:
-        best = tuned["best"]
+              + ", ".join(f"{k} {v}" for k, v in stage.base_recipe.items() if k not in ("bootstrap", "n_malignant")) + ".")
+    if stage.tuned:
+        best, search = stage.tuned["best"], stage.search
         a_text += (f" (a): `lesionlab tune` of `{Path(args.search).name}` "
-                  + (f"restricted to {args.tune_keys}, " if args.tune_keys else "")
-                  + f"{tuned['trials']} trials of {args.tune_epochs} epochs ({tuned['complete']} complete, "
-                  f"{tuned['pruned']} pruned, {tuned['failed']} failed; {distinct_params(qwork / 'tune')} distinct "
-                  f"parameter sets), objective {search.objective} "
-                  f"({search.metric}); best trial {best['number']} (val {search.metric} {best['value']:.4f}): "
-                  + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in best["params"].items())
-                  + f"; trained {args.epochs} epochs.")
+                   + (f"restricted to {args.tune_keys}, " if args.tune_keys else "")
+                   + f"{stage.tuned['trials']} trials of {args.tune_epochs} epochs ({stage.tuned['complete']} complete, "
+                   f"{stage.tuned['pruned']} pruned, {stage.tuned['failed']} failed; {distinct_params(b.work / 'tune')} "
+                   f"distinct parameter sets), objective {search.objective} ({search.metric}); best trial {best['number']} "
+                   f"(val {search.metric} {best['value']:.4f}): "
+                   + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in best["params"].items())
+                   + f"; trained {args.epochs} epochs.")
     else:
         a_text += " (a): no search (--trials 0)."
+    enc_run = stage.enc_run
     if enc_run:
         q, q0 = enc_run.metrics["quality"], enc_run.metrics["quality_at_start"]
-        b_text = (f" (b): `lesionlab pretrain --method {args.ssl_method} --model {ssl_model} --epochs {args.ssl_epochs} "
-                  f"--batch-size {args.ssl_batch}` on the train pool ({enc_run.info['source']['n_images']} images; "
-                  f"inner-val kNN ROC AUC {q0['knn_roc_auc']:.3f} before -> {q['knn_roc_auc']:.3f} after, linear probe "
-                  f"{q0['probe_roc_auc']:.3f} -> {q['probe_roc_auc']:.3f}; {enc_run.info.get('wall_seconds', 0) / 60:.1f} "
-                  "min), then the recipe of " + ("(a)" if tuned else "(a0)") + " with "
-                  "`--pretrained ENC_DIR`, same epochs.")
+        b_text = (f" (b): `lesionlab pretrain --method {args.ssl_method} --model {stage.ssl_model} --epochs "
+                  f"{args.ssl_epochs} --batch-size {args.ssl_batch}` on the train pool ({enc_run.info['source']['n_images']} "
+                  f"images; inner-val kNN ROC AUC {q0['knn_roc_auc']:.3f} before -> {q['knn_roc_auc']:.3f} after, linear "
+                  f"probe {q0['probe_roc_auc']:.3f} -> {q['probe_roc_auc']:.3f}; "
+                  f"{enc_run.info.get('wall_seconds', 0) / 60:.1f} min), then the recipe of "
+                  + ("(a)" if stage.tuned else "(a0)") + " with `--pretrained ENC_DIR`, same epochs.")
     else:
         b_text = " (b): not run (--ssl-epochs 0)."
+    return a_text + b_text
+
+
+def seed_stage_lines(b: Bench, stage: SeedStage, scored: Scored, command: str) -> list[str]:
+    """The section's head and its seed stage: validation and test per arm, paired test differences, operating points."""
+    args, ds, timings = b.args, b.ds, b.timings
+    scaled = (args.size != 128 or args.trials < 40 or args.ssl_epochs < 100 or len(b.seeds) < 3
+              or args.epochs < 40 or args.tune_epochs < 20 or args.cv_folds < 5)
+    y_test = scored.y_test
     lines = [
         f"## Quality on {ds.title}: tuned recipe, SSL pretraining, ensemble (`benchmarks/quality.py`)", "",
-        f"Command: `{cmd}` (code {git_commit()}); machine: {machine()}; wall of this invocation "
+        f"Command: `{command}` (code {git_commit()}); machine: {machine()}; wall of this invocation "
         f"{timings['total'] / 60:.1f} min ({', '.join(f'{k} {v / 60:.1f}' for k, v in timings.items() if k != 'total')} "
         "min; what it reused from an earlier invocation counts about 0 here, and the tables give each arm's own "
         "training minutes)."
         + (" **A scaled run** (a shared 2-core CPU): smaller than the protocol (128 px, 3 seeds, 40 tune trials of "
            "20 epochs, 40-epoch arms, 100 SSL epochs, 5 folds); its numbers say what this budget gives, not what the "
            "recipe can reach." if scaled else ""), "",
-        (f"Data: {data} (its own split), " if args.data else
+        (f"Data: {b.data} (its own split), " if args.data else
          f"{ds.sentence} at {args.size} px, {ds.split_text()}, ")
         + f"{args.n_malignant} malignant images in every training draw; seeds {args.seeds}. "
-        f"Baseline: configs/seed/simple_cnn_1to2.yaml, {args.baseline_epochs} epochs. " + a_text + b_text
-        + f" (c): the mean logit of every seed of {' and '.join(n.split(')')[0] + ')' for n in c_members)}, each over "
-        "the 8 flips and quarter turns.", "",
+        f"Baseline: configs/seed/simple_cnn_1to2.yaml, {args.baseline_epochs} epochs. " + arms_text(b, stage)
+        + f" (c): the mean logit of every seed of {' and '.join(n.split(')')[0] + ')' for n in scored.c_members)}, each "
+        "over the 8 flips and quarter turns.", "",
         "### Seed stage: validation and test", "",
         "| arm | val ROC AUC | val pAUC80 | test ROC AUC | test AP | test pAUC80 | test ROC AUC / pAUC80 per seed "
         "| train min (all seeds) |",
         "|---|---|---|---|---|---|---|---|"]
-    for name, v, te, per_seed in rows:
-        minutes = f"{train_minutes([r.path for r in arms[name]]):.1f}" if name in arms else "-"
-        lines.append(f"| {name}{' (chosen on val)' if name == chosen else ''} | {v['roc_auc']:.3f} | {v['pauc_80']:.4f} | "
-                     f"{te['roc_auc']:.3f} | {te['average_precision']:.3f} | {te['pauc_80']:.4f} | {per_seed or '-'} "
-                     f"| {minutes} |")
+    for name, v, te, per_seed in scored.rows:
+        minutes = f"{train_minutes([r.path for r in stage.arms[name]]):.1f}" if name in stage.arms else "-"
+        lines.append(f"| {name}{' (chosen on val)' if name == scored.chosen else ''} | {v['roc_auc']:.3f} | "
+                     f"{v['pauc_80']:.4f} | {te['roc_auc']:.3f} | {te['average_precision']:.3f} | {te['pauc_80']:.4f} | "
+                     f"{per_seed or '-'} | {minutes} |")
     lines += ["", "Val and test columns score each arm's seed-mean logit; 'per seed' is mean ± sd of the single seeds. "
               "Train minutes are the runs' own wall times (2 processes sharing the CPU slow both several-fold).", "",
               f"Paired against the baseline on the same {len(y_test)} test images ({int(y_test.sum())} malignant), "
               f"95% intervals from {args.n_boot} resamples of whole groups ({ds.groups}); B - baseline:", "",
-              "| arm | ROC AUC | AP | pAUC80 |", "|---|---|---|---|"]
-    for name, d in paired.items():
-        lines.append(f"| {name} | {fmt_ci(d, 'roc_auc')} | {fmt_ci(d, 'average_precision')} | {fmt_ci(d, 'pauc_80')} |")
-    lines += ["", "Operating point: test F1 / precision / recall of the single seeds (mean ± sd), the threshold chosen on "
+              *paired_rows(scored.paired, "arm"),
+              "", "Operating point: test F1 / precision / recall of the single seeds (mean ± sd), the threshold chosen on "
               "each run's validation predictions by the rule; configs/recommended.yaml carries "
               f"`threshold: {RECIPE_THRESHOLD}` (fixed beforehand: a 1:K draw does not learn the validation prevalence).",
               "", "| arm | " + " | ".join(OPERATING_RULES) + " |", "|---|" + "---|" * len(OPERATING_RULES)]
-    for name, runs in arms.items():
+    for name, runs in stage.arms.items():
         ops = operating_points(runs)
         lines.append(f"| {name} | " + " | ".join(ops[r] for r in OPERATING_RULES) + " |")
-    if cvs:
-        base_oof = cvs["baseline"].metrics["oof"]
-        lines += ["", f"### OOF stage: {args.cv_folds}-fold grouped cross-validation", "",
-                  f"Each arm's config as `lesionlab cv` over the split's train pool (StratifiedGroupKFold by the split's "
-                  f"groups, fold seed {seeds[0]}; each fold keeps its own {ds.val[0]}:{ds.val[1]} inner validation part "
-                  "from the other folds and draws "
-                  f"{args.n_malignant} malignant images to train on). OOF = {base_oof['n_malignant']} malignant / "
-                  f"{base_oof['n_benign']} benign images. The fold ensemble (mean probability of the {args.cv_folds} "
-                  "folds) is scored once on the test set."
-                  + (" The SSL encoder was pretrained on the whole train pool, so it saw each fold's OOF images without "
-                     "labels." if enc_run else ""), "",
-                  *cv_table(cvs)]
-        lines += ["", "Paired against the baseline's cv on the same OOF images (whole groups resampled); B - baseline:",
-                  "", "| arm | ROC AUC | AP | pAUC80 |", "|---|---|---|---|"]
-        for name, d in oof_paired.items():
-            lines.append(f"| {name} | {fmt_ci(d, 'roc_auc')} | {fmt_ci(d, 'average_precision')} | {fmt_ci(d, 'pauc_80')} |")
-        if oof_steps:
-            lines += ["", "What each step adds, paired on the same OOF images; B - A:", "",
-                      "| B vs A | ROC AUC | AP | pAUC80 |", "|---|---|---|---|"]
-            for (b, a), d in oof_steps.items():
-                lines.append(f"| {b} vs {a} | {fmt_ci(d, 'roc_auc')} | {fmt_ci(d, 'average_precision')} | "
-                             f"{fmt_ci(d, 'pauc_80')} |")
-    if fused:
-        lines += ["", "### (d) With the metadata: image scores fused with the metadata columns", "",
-                  "`lesionlab tabular --data DATA --image CV_DIR --fusion late|stack` on each cv arm: LightGBM on the "
-                  f"metadata columns ({ds.title}: {ds.metadata}), on the cv's folds; late = rank average of the "
-                  "image and metadata-only probabilities, stack = the image score as a feature. OOF scores of the train "
-                  "pool, the fold models' mean on test. Paired against the same arm's image-only cv on the OOF images "
-                  "(whole groups resampled); B - image only:", "",
-                  "| image arm + metadata | OOF ROC AUC | OOF AP | OOF pAUC80 | test ROC AUC | test AP | test pAUC80 "
-                  "| Δ OOF ROC AUC | Δ OOF pAUC80 |", "|---|---|---|---|---|---|---|---|---|"]
-        for key, run in fused.items():
-            o, te, d = run.metrics["oof"], run.metrics["test"], fused_vs_image[key]
-            lines.append(f"| {key[0]} + metadata ({key[1]}){' (chosen on OOF)' if key == d_key else ''} | "
-                         f"{o['roc_auc']:.3f} | {o['average_precision']:.3f} | {o['pauc_80']:.4f} | {te['roc_auc']:.3f} | "
-                         f"{te['average_precision']:.3f} | {te['pauc_80']:.4f} | {fmt_ci(d, 'roc_auc')} | "
-                         f"{fmt_ci(d, 'pauc_80')} |")
-        lines += ["", f"(d) = {d_key[0]} + metadata ({d_key[1]}), the highest OOF pAUC80; on the test images, paired "
-                  f"against the baseline's seed-mean (groups resampled): ROC AUC {fmt_ci(d_paired, 'roc_auc')}, AP "
-                  f"{fmt_ci(d_paired, 'average_precision')}, pAUC80 {fmt_ci(d_paired, 'pauc_80')}."]
-    writes = bool(args.write_recommended and recommended and not args.data)
-    lines += ["", f"Chosen on validation in the seed stage (highest val pAUC80): **{chosen}**. The issue's goal (test ROC "
-              f"AUC >= {GOAL['roc_auc']} and pAUC80 >= {GOAL['pauc_80']}) is {goal_text(y_test, scores[chosen]['test'])} "
-              "by it."]
-    if fused:
-        lines.append(f"With the metadata, (d) reaches test ROC AUC {roc_auc(y_test, d_test):.3f} and pAUC80 "
-                     f"{pauc_above_tpr(y_test, d_test):.4f}: the goal is {goal_text(y_test, d_test)} by the image model and metadata "
-                     "together (the goal is the image model's; this is what the product gives with both).")
-    if cvs:
+    return lines
+
+
+def paired_rows(diffs: dict, first: str) -> list[str]:
+    """Markdown table: ROC AUC, AP and pAUC80 differences with intervals, one row per key."""
+    return [f"| {first} | ROC AUC | AP | pAUC80 |", "|---|---|---|---|"] + [
+        f"| {name} | {fmt_ci(d, 'roc_auc')} | {fmt_ci(d, 'average_precision')} | {fmt_ci(d, 'pauc_80')} |"
+        for name, d in diffs.items()]
+
+
+def oof_lines(b: Bench, stage: SeedStage, oof: OofStage) -> list[str]:
+    """The OOF stage's tables: each cv arm, paired against the baseline and step by step."""
+    if not oof.cvs:
+        return []
+    args, ds = b.args, b.ds
+    base_oof = oof.cvs["baseline"].metrics["oof"]
+    lines = ["", f"### OOF stage: {args.cv_folds}-fold grouped cross-validation", "",
+             f"Each arm's config as `lesionlab cv` over the split's train pool (StratifiedGroupKFold by the split's "
+             f"groups, fold seed {b.seeds[0]}; each fold keeps its own {ds.val[0]}:{ds.val[1]} inner validation part "
+             "from the other folds and draws "
+             f"{args.n_malignant} malignant images to train on). OOF = {base_oof['n_malignant']} malignant / "
+             f"{base_oof['n_benign']} benign images. The fold ensemble (mean probability of the {args.cv_folds} "
+             "folds) is scored once on the test set."
+             + (" The SSL encoder was pretrained on the whole train pool, so it saw each fold's OOF images without "
+                "labels." if stage.enc_run else ""), "",
+             *cv_table(oof.cvs)]
+    lines += ["", "Paired against the baseline's cv on the same OOF images (whole groups resampled); B - baseline:",
+              "", *paired_rows(oof.paired, "arm")]
+    if oof.steps:
+        lines += ["", "What each step adds, paired on the same OOF images; B - A:", "",
+                  *paired_rows({f"{bb} vs {a}": d for (bb, a), d in oof.steps.items()}, "B vs A")]
+    return lines
+
+
+def fused_lines(b: Bench, oof: OofStage) -> list[str]:
+    """(d): each cv arm fused with the metadata, against the same arm's image-only cv."""
+    if not oof.fused:
+        return []
+    lines = ["", "### (d) With the metadata: image scores fused with the metadata columns", "",
+             "`lesionlab tabular --data DATA --image CV_DIR --fusion late|stack` on each cv arm: LightGBM on the "
+             f"metadata columns ({b.ds.title}: {b.ds.metadata}), on the cv's folds; late = rank average of the "
+             "image and metadata-only probabilities, stack = the image score as a feature. OOF scores of the train "
+             "pool, the fold models' mean on test. Paired against the same arm's image-only cv on the OOF images "
+             "(whole groups resampled); B - image only:", "",
+             "| image arm + metadata | OOF ROC AUC | OOF AP | OOF pAUC80 | test ROC AUC | test AP | test pAUC80 "
+             "| Δ OOF ROC AUC | Δ OOF pAUC80 |", "|---|---|---|---|---|---|---|---|---|"]
+    assert oof.d_key is not None
+    for key, run in oof.fused.items():
+        o, te, d = run.metrics["oof"], run.metrics["test"], oof.fused_vs_image[key]
+        lines.append(f"| {key[0]} + metadata ({key[1]}){' (chosen on OOF)' if key == oof.d_key else ''} | "
+                     f"{o['roc_auc']:.3f} | {o['average_precision']:.3f} | {o['pauc_80']:.4f} | {te['roc_auc']:.3f} | "
+                     f"{te['average_precision']:.3f} | {te['pauc_80']:.4f} | {fmt_ci(d, 'roc_auc')} | "
+                     f"{fmt_ci(d, 'pauc_80')} |")
+    lines += ["", f"(d) = {oof.d_key[0]} + metadata ({oof.d_key[1]}), the highest OOF pAUC80; on the test images, "
+              f"paired against the baseline's seed-mean (groups resampled): ROC AUC {fmt_ci(oof.d_paired, 'roc_auc')}, "
+              f"AP {fmt_ci(oof.d_paired, 'average_precision')}, pAUC80 {fmt_ci(oof.d_paired, 'pauc_80')}."]
+    return lines
+
+
+def verdict_lines(scored: Scored, oof: OofStage, best_oof: str | None, recommended: str | None, writes: bool) -> list[str]:
+    """The choices: on validation (seed stage), on OOF (configs/recommended.yaml), and the issue's goal."""
+    y_test = scored.y_test
+    lines = ["", f"Chosen on validation in the seed stage (highest val pAUC80): **{scored.chosen}**. The issue's goal "
+             f"(test ROC AUC >= {GOAL['roc_auc']} and pAUC80 >= {GOAL['pauc_80']}) is "
+             f"{goal_text(y_test, scored.scores[scored.chosen]['test'])} by it."]
+    if oof.d_test is not None:
+        lines.append(f"With the metadata, (d) reaches test ROC AUC {roc_auc(y_test, oof.d_test):.3f} and pAUC80 "
+                     f"{pauc_above_tpr(y_test, oof.d_test):.4f}: the goal is {goal_text(y_test, oof.d_test)} by the image "
+                     "model and metadata together (the goal is the image model's; this is what the product gives with "
+                     "both).")
+    if oof.cvs:
         lines.append("Chosen on OOF for configs/recommended.yaml (the highest OOF pAUC80 among from-scratch arms whose "
                      "paired OOF interval against the baseline lies above zero): "
                      + (f"**{recommended}**" if recommended else "none (no such arm)")
@@ -482,11 +524,42 @@ def main() -> None:
                         "; configs/recommended.yaml is left as it was.")
                      + (f" {B} ranks higher on OOF; it needs its encoder (`lesionlab pretrain`, then `--pretrained "
                         "ENC_DIR`), so it is the two-step recipe beside the file." if best_oof == B else ""))
+    return lines
+
+
+def main() -> None:
+    ap = parser()
+    args = ap.parse_args()
+    started = time.time()
+    ds = DATASETS[args.dataset]
+    if args.n_malignant is None:
+        args.n_malignant = ds.n_malignant
+    elif str(args.n_malignant).isdigit():
+        args.n_malignant = int(args.n_malignant)
+    if args.write_recommended and ds.key != "ham10000":
+        raise SystemExit("--write-recommended: configs/recommended.yaml is chosen on HAM10000; on another data set "
+                         "this benchmark reports, and benchmarks/recipe_check.py checks the recipe there")
+    work = ds.work(Path(args.work))
+    t = time.time()
+    data = Path(args.data) if args.data else prepared(work, ds, args.size)
+    b = Bench(args, ds, data, work / (f"quality{args.size}" + (f"-{args.tag}" if args.tag else "")),
+              [int(s) for s in args.seeds.split(",")], {"prepare + split": time.time() - t})
+
+    stage = seed_stage(b)
+    scored = score_stage(b, stage)
+    oof = oof_stage(b, stage, scored)
+    best_oof, recommended = recommendation(stage, oof)
+    b.timings["total"] = time.time() - started
+
+    writes = bool(args.write_recommended and recommended and not args.data)
+    lines = (seed_stage_lines(b, stage, scored, command_line(args, ap)) + oof_lines(b, stage, oof)
+             + fused_lines(b, oof) + verdict_lines(scored, oof, best_oof, recommended, writes))
     if not args.data:  # a smoke test on other data does not write the results
         update_section(ds.section("quality"), "\n".join(lines))
     print("\n".join(lines))
     if writes:
-        write_recommended(arm_values[recommended], oof_paired[recommended], args)
+        assert recommended is not None
+        write_recommended(stage.values[recommended], oof.paired[recommended], args)
 
 
 def write_recommended(values: dict, oof_diff: dict, args) -> None:
@@ -505,6 +578,7 @@ def write_recommended(values: dict, oof_diff: dict, args) -> None:
                "#   lesionlab train configs/recommended.yaml --data DATA_DIR --out RUN_DIR\n"
                "#   lesionlab cv configs/recommended.yaml --data DATA_DIR --out CV_DIR\n"
                + yaml.safe_dump(kept, sort_keys=False))
+
 
 if __name__ == "__main__":
     main()

@@ -14,8 +14,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from _proc import measure
-from _results import ROOT, git_commit, machine, update_section
+from lesionlab.benchmarking.process import measure
+from lesionlab.benchmarking.results import ROOT, git_commit, machine, update_section
 
 LESIONLAB = [sys.executable, "-m", "lesionlab"]
 

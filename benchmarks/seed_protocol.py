@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from _datasets import DATASETS, add_dataset_option, prepared
-from _results import ROOT, git_commit, machine, update_section
+from lesionlab.benchmarking.datasets import DATASETS, add_dataset_option, prepared
+from lesionlab.benchmarking.results import ROOT, git_commit, machine, update_section
 from lesionlab.workflows.train import train_process
 from lesionlab.workflows.report import build_report, group_runs, md_table, notebook_line, summary_rows
 from lesionlab.runs import find_runs

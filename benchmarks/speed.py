@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from _results import ROOT, git_commit, machine, update_section
+from lesionlab.benchmarking.results import ROOT, git_commit, machine, update_section
 from lesionlab.data.images import decode_resize
 from lesionlab.data.parallel import cpu_count
 from lesionlab.data.sampling import draw_training_set

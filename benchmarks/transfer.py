@@ -9,7 +9,7 @@ on the other data sets' test images (trained on one source, judged on another).
         [--tag T] [--write-recommended] [--print-only]
 
 Without --data: HAM10000 and the ISIC 2024 permissive release, prepared at --size in the work folder with the
-protocol's splits and draws (benchmarks/_datasets.py: val/test 50:1000 and draws of 293 malignant images;
+protocol's splits and draws (lesionlab.benchmarking.datasets: val/test 50:1000 and draws of 293 malignant images;
 val/test 30:1000 and every malignant crop of a fold's train pool). With --data, each DATA_DIR is a prepared data
 set with its split (`lesionlab prepare`, `lesionlab split`), all at one image size; NAME is how the results name
 it (ham10000 and isic2024-permissive carry the issue's goals). Arms, each `lesionlab cv` with the same folds on
@@ -49,8 +49,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from _datasets import DATASETS, prepared
-from _results import ROOT, git_commit, machine, update_section
+from lesionlab.benchmarking.arms import cv_arm, cv_table, fmt_ci
+from lesionlab.benchmarking.datasets import DATASETS, prepared
+from lesionlab.benchmarking.results import ROOT, git_commit, machine, update_section
 from lesionlab.workflows.compare import compare_runs
 from lesionlab.config import build_config, build_pretrain_config, load_yaml, to_dict
 from lesionlab.data.sampling import parse_ratio
@@ -61,7 +62,6 @@ from lesionlab.metrics import ci_unit, metrics_with_ci
 from lesionlab.workflows.pretrain import pretrain
 from lesionlab.runs import Run, is_complete_run, load_predictor
 from lesionlab.workflows.tune import load_search, tune
-from quality import cv_arm, cv_table, fmt_ci
 
 SCRATCH = ROOT / "configs" / "recommended.yaml"
 SEARCH = ROOT / "configs" / "search" / "transfer_lite0.yaml"

@@ -1,4 +1,5 @@
-"""Shared by the benchmark scripts: each owns one section of docs/results.md and rewrites only it."""
+"""docs/results.md and what each section records (machine, commit): each benchmark script owns one section
+and rewrites only it."""
 from __future__ import annotations
 
 import platform
@@ -7,11 +8,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
+from ..fileio import write_text
 
-from lesionlab.fileio import write_text  # noqa: E402
 
+def _checkout() -> Path:
+    """The checkout whose `benchmarks/` script runs (`python benchmarks/NAME.py`): docs/results.md, configs/ and
+    the data sets beside it (../shared) are found from there; the current folder otherwise. Not the package's own
+    place: an installed (non-editable) package lives in site-packages, away from the checkout."""
+    script = Path(sys.argv[0]).resolve()
+    return script.parent.parent if script.parent.name == "benchmarks" else Path.cwd()
+
+
+ROOT = _checkout()
 RESULTS = ROOT / "docs" / "results.md"
 HEADER = """# Measured results
 
@@ -41,7 +49,7 @@ def machine() -> str:
 
     import torch
 
-    from lesionlab.engine.runtime import cpu_name
+    from ..engine.runtime import cpu_name
 
     host = f"{cpu_name()}, {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}, torch {torch.__version__}"
     # runs go to the GPU when there is one, so name it first

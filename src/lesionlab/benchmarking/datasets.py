@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from _results import ROOT
-from lesionlab.data.sources import read_source
-from lesionlab.data.splits import load_split, make_split, save_split, split_path
-from lesionlab.data.store import Store, prepare
-from lesionlab.fileio import write_text
+from ..data.sources import read_source
+from ..data.splits import load_split, make_split, save_split, split_path
+from ..data.store import Store, prepare
+from ..fileio import write_text
+from .results import ROOT
 
 
 @dataclass(frozen=True)
