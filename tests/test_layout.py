@@ -132,3 +132,12 @@ def test_tests_mirror_the_package():
     tests = Path(__file__).parent
     folders = {p.parent.name for p in tests.glob("*/test_*.py")}
     assert folders and all((PACKAGE / f).is_dir() for f in folders), sorted(f for f in folders if not (PACKAGE / f).is_dir())
+
+
+def test_no_command_imports_the_benchmarks_helpers():
+    # lesionlab.benchmarking serves the checkout's benchmarks/ scripts; a command that imported it would make
+    # the product depend on ../shared and docs/results.md
+    graph = import_graph()
+    wrong = sorted((m, d) for m, deps in graph.items() if not m.startswith("lesionlab.benchmarking")
+                   for d in deps if d.startswith("lesionlab.benchmarking"))
+    assert not wrong, wrong
