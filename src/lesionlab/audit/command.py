@@ -20,7 +20,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -29,6 +29,7 @@ from .. import __version__
 from ..errors import BadInputError, ExistsError, LesionLabError, closest, preview
 from ..fileio import absolute, check_free, exclusive, read_json, staged_dir, write_csv, write_json, write_text
 from ..runs import format as fmt
+from ..runs.records import AuditBlock, AuditResult, Parts
 from . import figures
 from .measure import Audit, AuditSettings, audit_images
 
@@ -142,7 +143,7 @@ def read_input(source: str | os.PathLike, size: int, fit: str, fmt: str = "auto"
                       {"kind": "input", "location": str(Path(src.location).resolve()), "format": src.format}, bad)
 
 
-def write_parts(folder: Path, audit: Audit, images: np.ndarray, predictor, settings: AuditSettings) -> dict:
+def write_parts(folder: Path, audit: Audit, images: np.ndarray, predictor, settings: AuditSettings) -> Parts:
     """audit.csv and the figures into `folder`; their paths relative to it."""
     table = audit.table.copy()
     for name in ("dark_corners", "border_lines", "frame"):
@@ -155,11 +156,11 @@ def write_parts(folder: Path, audit: Audit, images: np.ndarray, predictor, setti
                                         "gallery": f"{FIGURES_DIR}/{figures.GALLERY}" if gallery else None}}
 
 
-def _stamp(by: str) -> dict:
+def _stamp(by: str) -> dict[str, str]:
     return {"by": by, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "version": __version__}
 
 
-def audit_in_run(folder: Path, predictor, test: AuditInput, settings: AuditSettings) -> dict:
+def audit_in_run(folder: Path, predictor, test: AuditInput, settings: AuditSettings) -> AuditBlock:
     """The audit of a run's test set written into its (staging) folder; the block for its metrics.json,
     with paths relative to the run folder."""
     audit = audit_images(predictor, test.images, test.ids, test.labels, test.groups, test.unit, test.strata, settings)
@@ -167,14 +168,14 @@ def audit_in_run(folder: Path, predictor, test: AuditInput, settings: AuditSetti
     return {**audit.block, "input": test.description, **parts, "recorded": _stamp("train")}
 
 
-def _brief(block: dict) -> dict:
+def _brief(block: AuditBlock) -> dict[str, Any]:
     """What a replaced audit leaves under audit.previous."""
     settings = {k: v for k, v in block.get("settings", {}).items() if k != "lesion_mask"}
     return {"on_lesion_share": block.get("on_lesion_share"), "frame_auc_drop": block.get("frame_auc_drop"),
             "n": block.get("n"), "recorded": block.get("recorded"), "settings": settings}
 
 
-def record(run_path: Path, block: dict) -> dict:
+def record(run_path: Path, block: AuditBlock) -> AuditBlock:
     """Put `block` into the run's metrics.json as `audit`, the one it replaces kept in brief under
     audit.previous; atomic, under the run folder's lock."""
     path = Path(run_path) / fmt.METRICS
@@ -199,7 +200,7 @@ def is_audit_output(path: Path) -> bool:
 def audit_run(run_dir: str | os.PathLike, source: str | os.PathLike | None, out: str | os.PathLike, *,
               data: str | os.PathLike | None = None, fmt: str = "auto", settings: AuditSettings | None = None,
               strata: list[str] | None = None, record_in_run: bool = True, overwrite: bool = False,
-              device: str = "auto", skip_bad: bool = False, progress: Callable[[int, int], None] | None = None) -> dict:
+              device: str = "auto", skip_bad: bool = False, progress: Callable[[int, int], None] | None = None) -> AuditResult:
     """Audit a train, cv or ensemble run on its test set (source None) or on other images; write AUDIT_DIR;
     with the test set, record the block in the run's metrics.json (unless record_in_run is False)."""
     from ..runs import load_run
@@ -228,14 +229,14 @@ def audit_run(run_dir: str | os.PathLike, source: str | os.PathLike | None, out:
                          settings, progress)
     with staged_dir(out, what="audit", replace=replace) as staging:
         parts = write_parts(staging, audit, given.images, predictor, settings)
-        doc = {**audit.block, "run": str(run.path.resolve()), "run_kind": run.kind, "input": given.description,
+        doc: AuditBlock = {**audit.block, "run": str(run.path.resolve()), "run_kind": run.kind, "input": given.description,
                "skipped_unreadable": given.skipped, **parts}
         write_json(staging / AUDIT_JSON, doc)
         write_text(staging / AUDIT_MD, markdown(doc, str(run.path)))
     recorded = None
     if source is None and record_in_run:
         folder = out.resolve()
-        block = {**audit.block, "input": given.description, "table": str(folder / parts["table"]),
+        block: AuditBlock = {**audit.block, "input": given.description, "table": str(folder / parts["table"]),
                  "figures": {k: str(folder / v) if v else None for k, v in parts["figures"].items()},
                  "folder": str(folder), "recorded": _stamp("audit")}
         recorded = record(run.path, block)
@@ -243,7 +244,7 @@ def audit_run(run_dir: str | os.PathLike, source: str | os.PathLike | None, out:
             "replaced": len((recorded or {}).get("previous", [])), "skipped": given.skipped, "layers": audit.layers}
 
 
-def markdown(doc: dict, run: str) -> str:
+def markdown(doc: AuditBlock, run: str) -> str:
     from ..workflows.report import md_code, md_escape, md_table
     from . import summary
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import numpy as np
 import pandas as pd
 
 from ..errors import BadInputError, first_line
 from ..metrics import compute_metric, metrics_with_ci, paired_bootstrap, resample_indices
+from ..runs.records import ArtifactStrata, AuditBlock, MeanCI, MetricShift, Occlusion, Stats, Stratum
 from . import artifacts as art
 from . import regions
 
@@ -57,7 +58,7 @@ class AuditSettings:
 @dataclass
 class Audit:
     table: pd.DataFrame  # one row per image (see measure_chunk), plus id, label, group, outcome, strata columns
-    block: dict          # the summary recorded in audit.json and metrics.json
+    block: AuditBlock    # the summary recorded in audit.json and metrics.json
     layers: list[str]
 
 
@@ -159,7 +160,7 @@ def _outcomes(y: np.ndarray | None, decision: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- the summary
 
 
-def _stats(values: np.ndarray) -> dict:
+def _stats(values: np.ndarray) -> Stats:
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
     if not len(v):
@@ -168,14 +169,14 @@ def _stats(values: np.ndarray) -> dict:
     return {"n": int(len(v)), "mean": float(v.mean()), "median": float(median), "q25": float(q25), "q75": float(q75)}
 
 
-def _mean_ci(values: np.ndarray, over: np.ndarray, y: np.ndarray, groups, n_boot: int, seed: int) -> dict:
+def _mean_ci(values: np.ndarray, over: np.ndarray, y: np.ndarray, groups, n_boot: int, seed: int) -> MeanCI:
     """The mean of per-image values over the images marked in `over`, with its percentile interval over the
     same resamples of all images as the metrics (each resample's mean over its marked images)."""
     values = np.where(over, np.asarray(values, dtype=np.float64), np.nan)
     finite = np.isfinite(values)
     if not finite.any():
         return {"mean": float("nan"), "ci95": [float("nan")] * 2, "n": 0}
-    out: dict[str, Any] = {"mean": float(values[finite].mean()), "n": int(finite.sum())}
+    out: MeanCI = {"mean": float(values[finite].mean()), "n": int(finite.sum())}
     if n_boot:
         idx = resample_indices(y, n_boot, seed, groups)
         with warnings.catch_warnings():
@@ -189,38 +190,41 @@ def _both_classes(y: np.ndarray | None) -> bool:
     return y is not None and 0 < int(np.sum(y)) < len(y)
 
 
-def _occlusion(y, prob, hidden, threshold: float, groups, settings: AuditSettings) -> dict:
+def _occlusion(y, prob, hidden, threshold: float, groups, settings: AuditSettings) -> Occlusion:
     change = hidden - prob
-    out: dict[str, Any] = {"mean_change": float(np.mean(change)), "mean_abs_change": float(np.mean(np.abs(change))),
-                           "p95_abs_change": float(np.quantile(np.abs(change), 0.95)), "max_abs_change": float(np.max(np.abs(change))),
-                           "decisions_changed": int(np.sum((prob >= threshold) != (hidden >= threshold)))}
+    out: Occlusion = {"mean_change": float(np.mean(change)), "mean_abs_change": float(np.mean(np.abs(change))),
+                      "p95_abs_change": float(np.quantile(np.abs(change), 0.95)), "max_abs_change": float(np.max(np.abs(change))),
+                      "decisions_changed": int(np.sum((prob >= threshold) != (hidden >= threshold)))}
     if y is not None:
-        for label, name in ((1, "malignant"), (0, "benign")):
-            out[f"mean_change_{name}"] = float(np.mean(change[y == label])) if (y == label).any() else float("nan")
+        out["mean_change_malignant"] = float(np.mean(change[y == 1])) if (y == 1).any() else float("nan")
+        out["mean_change_benign"] = float(np.mean(change[y == 0])) if (y == 0).any() else float("nan")
     if not _both_classes(y):
         return out
+    shifts: dict[str, MetricShift] = {}
     for metric in ("roc_auc", "pauc_80"):
         original, occluded = compute_metric(metric, y, prob), compute_metric(metric, y, hidden)
-        out[metric] = {"original": original, "hidden": occluded, "drop": original - occluded}
+        shifts[metric] = {"original": original, "hidden": occluded, "drop": original - occluded}
     if settings.n_boot:
         # B - A with A = hidden, B = original: the drop, on the same resampled images (whole groups)
-        paired = paired_bootstrap(y, hidden, prob, threshold, threshold, ("roc_auc", "pauc_80"), settings.n_boot,
+        paired = paired_bootstrap(y, hidden, prob, threshold, threshold, tuple(shifts), settings.n_boot,
                                   settings.seed, groups=groups)
         for metric, d in paired.items():
-            out[metric]["ci95"] = [d["lo"], d["hi"]]
+            shifts[metric]["ci95"] = [d["lo"], d["hi"]]
+    out["roc_auc"], out["pauc_80"] = shifts["roc_auc"], shifts["pauc_80"]
     return out
 
 
-def _stratum(y, prob, groups, threshold: float, unit: str, settings: AuditSettings) -> dict:
+def _stratum(y, prob, groups, threshold: float, unit: str, settings: AuditSettings) -> Stratum:
     if not len(prob):
         return {"n": 0}
-    out: dict = {"n": int(len(prob))}
+    out: Stratum = {"n": int(len(prob))}
     if y is None:
         return out
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a stratum of one class has no ranking metrics
         m = metrics_with_ci(y, prob, threshold, settings.n_boot, settings.seed, groups, unit)
-    out.update({k: m[k] for k in STRATUM_METRICS})
+    # STRATUM_METRICS are keys Stratum declares: cast, since a comprehension's keys are not literals to mypy
+    out.update(cast(Stratum, {k: m[k] for k in STRATUM_METRICS}))
     out["n_malignant"], out["n_benign"] = m["n_malignant"], m["n_benign"]
     if "ci95" in m:
         out["ci95"] = {k: m["ci95"][k] for k in STRATUM_METRICS}
@@ -228,7 +232,7 @@ def _stratum(y, prob, groups, threshold: float, unit: str, settings: AuditSettin
 
 
 def summarise(table: pd.DataFrame, threshold: float, settings: AuditSettings, layers: list[str], cam_note: str | None,
-              size: int, strata: list[str], unit: str = "image") -> dict:
+              size: int, strata: list[str], unit: str = "image") -> AuditBlock:
     """The audit's block (recorded in audit.json and the run's metrics.json)."""
     y = table["label"].to_numpy() if "label" in table else None
     y_boot = y if y is not None else np.zeros(len(table), int)
@@ -267,7 +271,7 @@ def summarise(table: pd.DataFrame, threshold: float, settings: AuditSettings, la
     occlusion = {"frame": (_occlusion(y, prob, table["prob_frame_hidden"].to_numpy(), threshold, groups, settings)
                            if frame is not None else None),
                  "off_lesion": _occlusion(y, prob, table["prob_off_lesion_hidden"].to_numpy(), threshold, groups, settings)}
-    artifacts = {}
+    artifacts: dict[str, ArtifactStrata] = {}
     for name in art.ARTIFACTS:
         flag = table[name].to_numpy(dtype=bool)
         artifacts[name] = {"description": art.DESCRIPTIONS[name], "n_with": int(flag.sum()),
@@ -285,10 +289,11 @@ def summarise(table: pd.DataFrame, threshold: float, settings: AuditSettings, la
     if cam and not np.isfinite(off[flagged]).any():
         flagged, over = np.ones(len(table), bool), "all"
         notes.append("no flagged image has a CAM: the headline shares are over all images")
-    on_lesion = ({**_mean_ci(1 - off, flagged, y_boot, groups, settings.n_boot, settings.seed), "over": over}
-                 if cam else None)
-    frame_share = ({**_mean_ci(table["frame_share"].to_numpy(dtype=np.float64), flagged, y_boot, groups, settings.n_boot,
-                               settings.seed), "over": over} if cam and frame is not None else None)
+    on_lesion: MeanCI | None = ({**_mean_ci(1 - off, flagged, y_boot, groups, settings.n_boot, settings.seed),
+                                 "over": over} if cam else None)
+    frame_share: MeanCI | None = ({**_mean_ci(table["frame_share"].to_numpy(dtype=np.float64), flagged, y_boot, groups,
+                                              settings.n_boot, settings.seed), "over": over}
+                                  if cam and frame is not None else None)
     frame_drop = (occlusion["frame"] or {}).get("roc_auc", {}).get("drop")
     return {
         "version": AUDIT_VERSION,

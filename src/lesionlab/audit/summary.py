@@ -3,8 +3,12 @@ block (audit.json, or the `audit` of a run's metrics.json); imports no torch."""
 from __future__ import annotations
 
 import math
+from typing import Any, Mapping
 
 from .artifacts import ARTIFACTS, DESCRIPTIONS
+
+# an audit block: an AuditBlock (audit/records.py) as the audit returns it, or the same read back from JSON
+Block = Mapping[str, Any]
 
 METRIC_LABELS = {"roc_auc": "ROC AUC", "pauc_80": "pAUC80", "average_precision": "AP", "recall": "sensitivity",
                  "specificity": "specificity", "f1": "F1"}
@@ -20,7 +24,7 @@ def _ci(ci, digits: int = 3, sign: bool = False) -> str:
     return f" [{_num(ci[0], digits, sign)}, {_num(ci[1], digits, sign)}]" if ci else ""
 
 
-def on_lesion_text(block: dict) -> str:
+def on_lesion_text(block: Block) -> str:
     cam = block.get("cam", {})
     if "skipped" in cam:
         return "CAM shares skipped (" + cam["skipped"] + ")"
@@ -33,7 +37,7 @@ def on_lesion_text(block: dict) -> str:
     return text
 
 
-def drop_text(block: dict, key: str, metric: str = "roc_auc") -> str:
+def drop_text(block: Block, key: str, metric: str = "roc_auc") -> str:
     occ = (block.get("occlusion") or {}).get(key)
     if occ is None:
         return "n/a (image too small for the frame)" if key == "frame" else "n/a"
@@ -43,7 +47,7 @@ def drop_text(block: dict, key: str, metric: str = "roc_auc") -> str:
     return f"{_num(d['drop'], sign=True)}{_ci(d.get('ci95'), sign=True)}"
 
 
-def headline(block: dict) -> str:
+def headline(block: Block) -> str:
     """One line: where the evidence lies and what hiding the frame does."""
     fallback = block.get("mask_fallback", {})
     return (f"{on_lesion_text(block)}; ROC AUC drop with the frame hidden {drop_text(block, 'frame')}, with everything "
@@ -51,7 +55,7 @@ def headline(block: dict) -> str:
             "masks fell back to the centre")
 
 
-def provenance(block: dict) -> str:
+def provenance(block: Block) -> str:
     rec = block.get("recorded") or {}
     s = block.get("settings", {})
     where = {"train": "by train, on its test set", "audit": "by `lesionlab audit`, on the run's test set"}.get(
@@ -62,7 +66,7 @@ def provenance(block: dict) -> str:
             f"side, {s.get('n_boot')} resamples of {s.get('ci95_unit', 'image')}{prev}")
 
 
-def tables(block: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+def tables(block: Block) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) of the audit's tables: by outcome, occlusion, artifact strata, column strata."""
     out = []
     cam = "skipped" not in block.get("cam", {})
@@ -116,7 +120,7 @@ def _stratum_cells(s: dict, keys=("roc_auc", "recall")) -> list[str]:
             for k in keys]
 
 
-def lines(block: dict) -> list[str]:
+def lines(block: Block) -> list[str]:
     """The audit's headline, where it came from, and its notes."""
     return [headline(block)] + ([provenance(block)] if block.get("recorded") else []) + list(block.get("notes", []))
 

@@ -57,7 +57,7 @@ class RunInfo(TypedDict, total=False):
     speed: dict[str, Any]          # train: img/s of the loop and of the pure compute; encoder: img/s
     setup_seconds: float
     cam_gallery: dict[str, Any]    # the test-set Grad-CAM gallery's ids (or its error)
-    audit: dict[str, Any]          # the shortcut audit's record (lesionlab.audit)
+    audit: AuditBlock              # train: why the audit was left out (its `error` alone)
     encoder: dict[str, Any] | None  # the encoder it started from (train --pretrained ENC_DIR)
     plan: dict[str, Any]           # a cv fold: its repeat, fold, counts and the fold assignment's fold_sha256
     # train and encoder
@@ -105,13 +105,12 @@ class RunMetrics(TypedDict, total=False):
     test: SideMetrics
     oof: SideMetrics                   # cv and tabular: the train pool, out of fold; a cv fold: its held-out fold
     split_val: SideMetrics             # a cv fold: the split's validation images
-    audit: dict[str, Any]              # train: the shortcut audit of the test set
+    audit: AuditBlock                  # train: the shortcut audit of the test set
     # encoder: the kNN and linear-probe scores on the inner validation part, at the end and at the start
     quality: dict[str, float]
     quality_at_start: dict[str, float]
     loss: float
     inner_val: dict[str, int]
-
 
 
 def metrics_record(parts: dict[str, Any]) -> RunMetrics:
@@ -121,3 +120,107 @@ def metrics_record(parts: dict[str, Any]) -> RunMetrics:
     if unknown:
         raise ValueError(f"metrics.json declares no {', '.join(unknown)}")
     return cast(RunMetrics, dict(parts))
+
+
+# ---------------------------------------------------------------- the shortcut audit (lesionlab.audit)
+# its block: audit.json, and `audit` in a train run's metrics.json; its keys are those the JSON holds
+
+
+class Stats(TypedDict, total=False):
+    """A distribution of per-image values (only n when no value is finite)."""
+    n: int
+    mean: float
+    median: float
+    q25: float
+    q75: float
+
+
+class MeanCI(TypedDict, total=False):
+    """A mean over some images with its 95% interval from the metrics' resamples (whole groups)."""
+    mean: float
+    ci95: list[float]
+    n: int
+    over: str                 # "flagged" (TP + FP) or "all"
+
+
+class MetricShift(TypedDict, total=False):
+    original: float
+    hidden: float
+    drop: float               # original - hidden
+    ci95: list[float]
+
+
+class Occlusion(TypedDict, total=False):
+    """How the probabilities and the ranking move when a part of each image is painted over."""
+    mean_change: float
+    mean_abs_change: float
+    p95_abs_change: float
+    max_abs_change: float
+    decisions_changed: int
+    mean_change_malignant: float
+    mean_change_benign: float
+    roc_auc: MetricShift
+    pauc_80: MetricShift
+
+
+class Stratum(TypedDict, total=False):
+    """The metrics (with intervals) of the images of one stratum; only n without labels."""
+    n: int
+    n_malignant: int
+    n_benign: int
+    roc_auc: float
+    pauc_80: float
+    average_precision: float
+    recall: float
+    specificity: float
+    f1: float
+    ci95: dict[str, list[float]]
+
+
+# the functional form: "with" is a keyword
+ArtifactStrata = TypedDict("ArtifactStrata", {"description": str, "n_with": int, "with": Stratum, "without": Stratum})
+
+
+class Parts(TypedDict):
+    """The audit's files, relative to its folder (or absolute, once recorded in a run)."""
+    table: str
+    figures: dict[str, str | None]
+
+
+class AuditBlock(TypedDict, total=False):
+    version: int
+    on_lesion_share: float | None      # the run's number: mean CAM mass on the lesion over the flagged images
+    frame_auc_drop: float | None       # and the ROC AUC drop with the frame hidden
+    n: int
+    n_malignant: int
+    n_benign: int
+    settings: dict[str, Any]           # AuditSettings, the CAM layers, the mask rule, threshold, size, interval unit
+    cam: dict[str, Any]                # on_lesion / frame (MeanCI), area; or skipped
+    by_outcome: dict[str, dict[str, Any]]
+    mask_fallback: dict[str, Any]
+    occlusion: dict[str, Occlusion | None]
+    artifacts: dict[str, ArtifactStrata]
+    strata: dict[str, dict[str, Stratum]]
+    notes: list[str]
+    error: str                         # train: why the audit was left out (the run stands without it)
+    # once written: what was audited, the files, and who recorded it
+    input: dict[str, Any]
+    table: str
+    figures: dict[str, str | None]
+    folder: str
+    recorded: dict[str, str]
+    previous: list[dict[str, Any]]     # earlier audits of the run, in brief
+    # audit.json only
+    run: str
+    run_kind: str
+    skipped_unreadable: list[str]
+
+
+class AuditResult(TypedDict):
+    """What `audit_run` returns."""
+    block: AuditBlock
+    out: str
+    recorded: bool
+    replaced: int             # earlier audits the run's metrics.json now keeps in brief
+    skipped: list[str]
+    layers: list[str]

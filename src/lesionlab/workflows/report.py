@@ -12,7 +12,7 @@ import time
 import warnings
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from ..fileio import require_folder_or_absent, write_text
 from ..runs import Run, find_runs
 from ..runs import format as run_format
 from ..runs.kinds import scoring_kind_names
+from ..runs.records import AuditBlock
 
 MARKER = "<!-- lesionlab report -->"
 SUMMARY_METRICS = ("f1", "precision", "recall", "average_precision", "pauc_80", "roc_auc", "balanced_accuracy")
@@ -480,13 +481,14 @@ def _audit_figures(run: Run) -> list[tuple[str, str, Path]]:
     return found
 
 
-def _dig(d: dict | None, *keys):
+def _dig(d: Mapping[str, Any] | None, *keys: str) -> Any:
+    """d[k1][k2]..., None where a key is missing."""
     for k in keys:
-        d = d.get(k) if isinstance(d, dict) else None
+        d = d.get(k) if isinstance(d, Mapping) else None
     return d
 
 
-def _seed_cell(blocks: list[dict], path: tuple, sign: bool = False) -> str:
+def _seed_cell(blocks: list[AuditBlock], path: tuple, sign: bool = False) -> str:
     """A number of the audit blocks (path into each, ending at a dict with `mean`/`drop` and `ci95`, or a number):
     mean ± sd over several runs, else the value with its 95% interval."""
     fmt = (lambda x: f"{x:+.3f}") if sign else (lambda x: f"{x:.3f}")

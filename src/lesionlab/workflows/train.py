@@ -39,7 +39,7 @@ from ..runs import RunWriter, check_new_run_folder, model_checkpoint
 from ..runs import format as fmt
 from ..runs.encoder_run import EncoderWeights, check_encoder_fits, check_not_pretrained_on, is_encoder_dir, load_encoder
 from ..runs.finetune import RunWeights, check_not_trained_on, check_run_fits, is_train_run, load_run_state, load_run_weights
-from ..runs.records import RunInfo, SideMetrics, metrics_record
+from ..runs.records import AuditBlock, RunInfo, SideMetrics, metrics_record
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ class Evaluation:
     threshold: float
     trained_at: float
     deploy: float | None
-    metrics: dict[str, SideMetrics]
+    metrics: dict[str, Any]          # side -> SideMetrics; "audit" -> AuditBlock once audited
     calibration: dict | None = None  # the map fitted on validation (--calibrate)
 
     @property
@@ -496,7 +496,7 @@ def _gallery(w: RunWriter, cfg: ExperimentConfig, inp: Inputs, ev: Evaluation, m
 
 
 def _audit(w: RunWriter, cfg: ExperimentConfig, inp: Inputs, ev: Evaluation, rt: Runtime, model: torch.nn.Module,
-           pre: Preprocessing = IMAGENET) -> dict:
+           pre: Preprocessing = IMAGENET) -> AuditBlock:
     """The shortcut audit of the test set (lesionlab.audit), through a predictor that scores exactly as the
     checkpoint's will; a failure leaves the audit out, with the reason in run.json, never the run."""
     from ..audit import AuditSettings
