@@ -25,8 +25,8 @@ from lesionlab.audit.command import AUDIT_JSON, TABLE, audit_run
 from lesionlab.audit.paired import paired_audit
 from lesionlab.audit.summary import drop_text, paired_text
 from lesionlab.benchmarking.results import ROOT, git_commit, machine, update_section
-from lesionlab.workflows.report import md_table
 from lesionlab.runs import load_run, read_table
+from lesionlab.workflows.report import md_table
 
 
 def _parse(pairs: list[str]) -> dict[str, Path]:

@@ -19,14 +19,14 @@ from pathlib import Path
 from lesionlab.benchmarking.arms import BASELINE
 from lesionlab.benchmarking.datasets import DATASETS, add_dataset_option, prepared
 from lesionlab.benchmarking.results import ROOT, git_commit, machine, update_section
-from lesionlab.workflows.compare import COMPARE_METRICS, compare_runs
 from lesionlab.config import build_config, load_yaml
+from lesionlab.metrics import bootstrap_ci
+from lesionlab.runs import Run, is_complete_run, oof_arrays
+from lesionlab.workflows.compare import COMPARE_METRICS, compare_runs
 from lesionlab.workflows.cv import run_cv
 from lesionlab.workflows.ensemble import build_ensemble
-from lesionlab.workflows.train import train_process
-from lesionlab.metrics import bootstrap_ci
 from lesionlab.workflows.report import md_table
-from lesionlab.runs import Run, is_complete_run, oof_arrays
+from lesionlab.workflows.train import train_process
 
 # the arms that looked best on the 50-malignant test set (docs/results.md, imbalance section)
 ARMS: dict[str, dict] = {

@@ -22,12 +22,12 @@ import yaml
 from lesionlab.benchmarking.arms import BASELINE
 from lesionlab.benchmarking.datasets import DATASETS, add_dataset_option, prepared
 from lesionlab.benchmarking.results import ROOT, git_commit, machine, update_section
-from lesionlab.workflows.compare import COMPARE_METRICS, compare_runs
 from lesionlab.config import build_config, load_yaml, to_dict
-from lesionlab.workflows.train import train_process
 from lesionlab.metrics import ThresholdRule, compute_metrics
-from lesionlab.workflows.report import md_table, summarise, summary_cell
 from lesionlab.runs import Run, is_complete_run
+from lesionlab.workflows.compare import COMPARE_METRICS, compare_runs
+from lesionlab.workflows.report import md_table, summarise, summary_cell
+from lesionlab.workflows.train import train_process
 
 # each lever alone, on top of the baseline
 LEVERS: dict[str, dict] = {

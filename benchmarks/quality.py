@@ -42,16 +42,16 @@ import yaml
 from lesionlab.benchmarking.arms import BASELINE, METRICS, cv_arm, cv_table, fmt_ci, train_arm, train_minutes
 from lesionlab.benchmarking.datasets import DATASETS, Dataset, add_dataset_option, prepared
 from lesionlab.benchmarking.results import ROOT, git_commit, machine, update_section
-from lesionlab.workflows.compare import compare_runs
 from lesionlab.config import build_config, build_pretrain_config, build_tabular_config, load_yaml, to_dict
 from lesionlab.data.splits import group_keys, load_split
 from lesionlab.data.store import Store
 from lesionlab.data.tta import tta_logits
 from lesionlab.fileio import write_text
 from lesionlab.metrics import ThresholdRule, compute_metrics, paired_bootstrap, pauc_above_tpr, roc_auc
-from lesionlab.workflows.pretrain import pretrain
 from lesionlab.runs import Run, is_complete_run, load_predictor, read_table
 from lesionlab.tabular.command import tabular_run
+from lesionlab.workflows.compare import compare_runs
+from lesionlab.workflows.pretrain import pretrain
 from lesionlab.workflows.tune import Search, load_search, tune
 
 SEARCH = ROOT / "configs" / "search" / "from_scratch.yaml"

@@ -21,9 +21,9 @@ from pathlib import Path
 from lesionlab.benchmarking.arms import BASELINE, METRICS, cv_arm, cv_table, fmt_ci
 from lesionlab.benchmarking.datasets import DATASETS, add_dataset_option, prepared
 from lesionlab.benchmarking.results import ROOT, git_commit, machine, update_section
-from lesionlab.workflows.compare import compare_runs
 from lesionlab.config import load_yaml
 from lesionlab.runs import Run
+from lesionlab.workflows.compare import compare_runs
 
 
 def main() -> None:

@@ -21,10 +21,10 @@ import numpy as np
 
 from lesionlab.benchmarking.datasets import DATASETS, add_dataset_option, prepared
 from lesionlab.benchmarking.results import ROOT, git_commit, machine, update_section
-from lesionlab.workflows.train import train_process
-from lesionlab.workflows.report import build_report, group_runs, md_table, notebook_line, summary_rows
 from lesionlab.runs import find_runs
+from lesionlab.workflows.report import build_report, group_runs, md_table, notebook_line, summary_rows
 from lesionlab.workflows.sweep import read_sweep, run_sweep
+from lesionlab.workflows.train import train_process
 
 # the notebook's own test lines (ISIC 2024 crops, one run each, 293 malignant per draw, val/test 50:1000):
 # F1, precision, recall

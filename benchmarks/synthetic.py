@@ -32,17 +32,17 @@ from pathlib import Path
 from lesionlab.benchmarking.arms import BASELINE, cv_arm
 from lesionlab.benchmarking.datasets import DATASETS, add_dataset_option, prepared
 from lesionlab.benchmarking.results import ROOT, git_commit, machine, update_section
-from lesionlab.workflows.compare import compare_runs
 from lesionlab.config import build_config, load_yaml
-from lesionlab.workflows.cv import prepare_cv
 from lesionlab.data.sources import read_source
 from lesionlab.data.store import Store, prepare
-from lesionlab.workflows.train import train_process
 from lesionlab.fileio import read_json, write_json
 from lesionlab.runs import is_complete_run
 from lesionlab.synth.check import check
 from lesionlab.synth.generator import train_generator
 from lesionlab.synth.samples import sample
+from lesionlab.workflows.compare import compare_runs
+from lesionlab.workflows.cv import prepare_cv
+from lesionlab.workflows.train import train_process
 
 RECOMMENDED = ROOT / "configs" / "recommended.yaml"
 NOTEBOOK = "test F1 0.455 without synthetic images, 0.273 with 3,000 (SimpleCNN 1:2, ISIC 2024 crops, one run each)"

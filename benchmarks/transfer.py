@@ -52,15 +52,15 @@ import yaml
 from lesionlab.benchmarking.arms import cv_arm, cv_table, fmt_ci
 from lesionlab.benchmarking.datasets import DATASETS, prepared
 from lesionlab.benchmarking.results import ROOT, git_commit, machine, update_section
-from lesionlab.workflows.compare import compare_runs
 from lesionlab.config import build_config, build_pretrain_config, load_yaml, to_dict
 from lesionlab.data.sampling import parse_ratio
 from lesionlab.data.splits import group_keys, load_split
 from lesionlab.data.store import Store
 from lesionlab.fileio import write_json, write_text
 from lesionlab.metrics import ci_unit, metrics_with_ci
-from lesionlab.workflows.pretrain import pretrain
 from lesionlab.runs import Run, is_complete_run, load_predictor
+from lesionlab.workflows.compare import compare_runs
+from lesionlab.workflows.pretrain import pretrain
 from lesionlab.workflows.tune import load_search, tune
 
 SCRATCH = ROOT / "configs" / "recommended.yaml"

@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 from ..config import build_config
-from ..workflows.cv import run_cv
-from ..workflows.train import train_process
 from ..metrics import average_precision, pauc_above_tpr, roc_auc
 from ..runs import Run, is_complete_run
+from ..workflows.cv import run_cv
+from ..workflows.train import train_process
 from .results import ROOT
 
 BASELINE = ROOT / "configs" / "seed" / "simple_cnn_1to2.yaml"  # the notebook's SimpleCNN at 1:2
