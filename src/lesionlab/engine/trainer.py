@@ -9,13 +9,14 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable, Iterable, Iterator, cast
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..config import ExperimentConfig
 from ..data.augment import Augmenter
 from ..data.sampling import EpochSampler
 from ..metrics import bce_per_sample, compute_metrics
@@ -29,34 +30,55 @@ from .runtime import IMAGENET, Preprocessing, Runtime
 log = logging.getLogger(__name__)
 
 
+def _default(key: str) -> Any:
+    """The experiment config's default of a key: each default is written once, on the config model."""
+    return ExperimentConfig.model_fields[key].default
+
+
 @dataclass(frozen=True)
 class TrainOptions:
-    epochs: int
-    batch_size: int
-    lr: float
-    seed: int = 0
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    scheduler: str = "none"
-    warmup_epochs: float = 0.0
-    loss: str = "bce"
-    pos_weight: float | None = None
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-    label_smoothing: float = 0.0
-    augment: str = "none"
-    mixup: float = 0.0  # Beta(alpha, alpha) weight of mixup (engine/mixup.py); 0 = off
-    monitor: str = "val_loss"
-    patience: int = 0  # stop after this many epochs without a better `monitor` (0 = never)
-    ema: float = 0.0
-    eval_batch_size: int = 256
-    measure_compute: bool = False  # extra steps on a copy of the model after training (benchmarks)
-    head: str = ""  # state-dict prefix of the classifier head: needed by the three options below
-    encoder_lr_mult: float = 1.0  # the encoder's (all but the head's) learning rate as a multiple of lr
-    linear_probe_epochs: int = 0  # first epochs in which only the head's weights change
-    layer_decay: float = 1.0  # each layer group below the head at this factor of the one above (1 = off)
-    batchnorm: str = "train"  # frozen: BatchNorm statistics and affine weights stay as loaded
+    """What the loop needs of a run's config. Fields named as config keys take the config's value
+    (from_config) and default (so no default is written twice); the others are derived from it."""
+
+    epochs: int = _default("epochs")
+    batch_size: int = _default("batch_size")
+    lr: float = _default("lr")
+    seed: int = _default("seed")
+    optimizer: str = _default("optimizer")
+    weight_decay: float = _default("weight_decay")
+    scheduler: str = _default("scheduler")
+    warmup_epochs: float = _default("warmup_epochs")
+    loss: str = _default("loss")
+    focal_alpha: float = _default("focal_alpha")
+    focal_gamma: float = _default("focal_gamma")
+    label_smoothing: float = _default("label_smoothing")
+    augment: str = _default("augment")
+    mixup: float = _default("mixup")  # Beta(alpha, alpha) weight of mixup (engine/mixup.py); 0 = off
+    ema: float = _default("ema")
+    eval_batch_size: int = _default("eval_batch_size")
+    measure_compute: bool = _default("measure_compute")  # extra steps on a copy of the model after training
+    encoder_lr_mult: float = _default("encoder_lr_mult")  # the encoder's (all but the head's) lr as a multiple of lr
+    linear_probe_epochs: int = _default("linear_probe_epochs")  # first epochs in which only the head's weights change
+    layer_decay: float = _default("layer_decay")  # each layer group below the head at this factor of the one above
+    batchnorm: str = _default("batchnorm")  # frozen: BatchNorm statistics and affine weights stay as loaded
+    # derived from the config (from_config), not copied:
+    pos_weight: float | None = None  # a number: `auto` resolved on the training draw
+    monitor: str = _default("monitor")  # the config's resolved monitor (early_stop's metric when set)
+    patience: int = 0  # stop after this many epochs without a better `monitor` (0 = never: no early_stop)
+    head: str = ""  # state-dict prefix of the classifier head: needed by the lr-multiplier, probe and decay options
     preprocess: Preprocessing = IMAGENET  # input size, interpolation and normalisation of the model's input
+
+    @classmethod
+    def from_config(cls, cfg: ExperimentConfig, pos_weight: float | None, **derived: Any) -> "TrainOptions":
+        """Every field named as a config key from `cfg`; pos_weight resolved by the caller (`auto` is
+        benign/malignant of the training draw); `derived`: head and preprocess, known once the model is built."""
+        copied = {f.name: getattr(cfg, f.name) for f in fields(cls) if f.name in _COPIED}
+        return cls(**copied, pos_weight=pos_weight, monitor=cfg.resolved_monitor(),
+                   patience=cfg.patience if cfg.early_stop else 0, **derived)
+
+
+_COPIED = frozenset(f.name for f in fields(TrainOptions)) & set(ExperimentConfig.model_fields) - {"pos_weight", "monitor",
+                                                                                                 "patience"}
 
 
 @dataclass

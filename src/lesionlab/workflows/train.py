@@ -192,17 +192,6 @@ def _inputs(cfg: ExperimentConfig, world: World, plan: FoldPlan | None = None) -
                   group_rule, groups, extra)
 
 
-def _options(cfg: ExperimentConfig, pos_weight: float | None) -> TrainOptions:
-    return TrainOptions(
-        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, optimizer=cfg.optimizer,
-        weight_decay=cfg.weight_decay, scheduler=cfg.scheduler, warmup_epochs=cfg.warmup_epochs, loss=cfg.loss,
-        pos_weight=pos_weight, focal_alpha=cfg.focal_alpha, focal_gamma=cfg.focal_gamma,
-        label_smoothing=cfg.label_smoothing, augment=cfg.augment, mixup=cfg.mixup, monitor=cfg.resolved_monitor(),
-        patience=cfg.patience if cfg.early_stop else 0, ema=cfg.ema, eval_batch_size=cfg.eval_batch_size,
-        measure_compute=cfg.measure_compute, encoder_lr_mult=cfg.encoder_lr_mult,
-        linear_probe_epochs=cfg.linear_probe_epochs, layer_decay=cfg.layer_decay, batchnorm=cfg.batchnorm)
-
-
 def _runtime(cfg: ExperimentConfig, world: World, side: int) -> tuple[Runtime, dict]:
     """The device, threads, precision and memory format; `auto` precision and channels_last are the
     fastest on this machine for this model, side and batch (engine/autotune.py: measured once, cached).
@@ -305,7 +294,7 @@ def train_process(cfg: ExperimentConfig, out: str | os.PathLike,
         check_two_classes(inp.eval_y["val"], cfg.calibrate)  # before training, not after
     n_mal, n_ben = int(inp.labels[inp.draw].sum()), int((inp.labels[inp.draw] == 0).sum())
     pos_weight = n_ben / n_mal if cfg.pos_weight == "auto" else cfg.pos_weight
-    opts = _options(cfg, pos_weight)
+    opts = TrainOptions.from_config(cfg, pos_weight)
     side = check_input_size(cfg, inp.store.size)
     start = _start(cfg, inp, side)
     writer = RunWriter(out, "train") if world.is_main else None

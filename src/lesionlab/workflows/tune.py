@@ -41,6 +41,7 @@ import yaml
 
 from .. import plots  # before pyplot is imported anywhere here (optuna's figures too): file-only backend
 from ..config import KEYS, ExperimentConfig, build_config, load_yaml
+from ..config.keys import fixed_keys
 from ..errors import BadInputError, LesionLabError, closest, first_line, shown
 from ..fileio import atomic_path, pid_alive, read_json, write_bytes, write_text
 
@@ -51,9 +52,8 @@ OBJECTIVES = ("inner_val", "cv")
 Direction = Literal["minimize", "maximize"]
 METRICS = ("pauc_80", "roc_auc", "average_precision", "f1", "balanced_accuracy", "loss")
 TOP_KEYS = ("base", "space", "objective", "metric", "direction", "folds", "pruning", "study")
-# keys a search may not vary: where the data are and how the run is executed
-FIXED = ("data", "split", "name", "device", "devices", "strategy", "num_nodes", "num_threads", "bootstrap",
-         "measure_compute")
+# keys a search may not vary (where the data are and how the run is executed): marked on their config fields
+FIXED = fixed_keys(ExperimentConfig)
 JOURNAL = "journal.log"
 RECORD_START = b'{"op_code":'  # how Optuna's journal writes every record (json.dumps, compact separators)
 
@@ -164,7 +164,7 @@ def load_search(path: str | os.PathLike, data: str | None = None) -> Search:
     for key, spec in space_doc.items():
         if key not in KEYS:
             raise BadInputError(f"{origin}: space.{key}: unknown config key{closest(str(key), KEYS)}")
-        if key in FIXED or key == "synthetic":
+        if key in FIXED:
             raise BadInputError(f"{origin}: space.{key}: cannot be searched (it says where the data are or how runs "
                                 "execute); set it in base or by flag")
         space[key] = _param(key, spec, origin)
