@@ -43,7 +43,7 @@ def test_train_options_from_config_carries_every_key():
 
 def test_fixed_keys_come_from_the_fields():
     from lesionlab.config.keys import fixed_keys
-    from lesionlab.tune import FIXED
+    from lesionlab.workflows.tune import FIXED
 
     assert set(FIXED) == set(fixed_keys(ExperimentConfig))
     assert {"data", "split", "device", "synthetic", "bootstrap"} <= set(FIXED) and "lr" not in FIXED
@@ -52,7 +52,7 @@ def test_fixed_keys_come_from_the_fields():
 @pytest.mark.parametrize("key", ["synthetic", "device"])
 def test_search_refuses_a_fixed_key(tmp_path, key):
     from lesionlab.errors import BadInputError
-    from lesionlab.tune import load_search
+    from lesionlab.workflows.tune import load_search
 
     search = tmp_path / "search.yaml"
     search.write_text(f"space:\n  {key}:\n    type: choice\n    values: [a, b]\n")

@@ -9,9 +9,12 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 FITS = ("stretch", "crop", "pad")
-FORMATS = ("auto", "manifest", "isic2024", "isic2024-permissive", "isic-csv", "folders", "images")
+FormatName = Literal["auto", "manifest", "isic2024", "isic2024-permissive", "isic-csv", "folders", "images"]
+FORMATS: tuple[str, ...] = get_args(FormatName)
 # predict also writes the ISIC 2024 Kaggle competition's submission file (isic_id,target) for any input with ISIC ids
-PREDICT_FORMATS = (*FORMATS, "kaggle")
+PredictFormat = Literal[FormatName, "kaggle"]
+PREDICT_FORMATS: tuple[str, ...] = get_args(PredictFormat)
+PredictEngine = Literal["torch", "onnxruntime"]  # onnxruntime: a file `lesionlab export` wrote, scored without torch
 GROUP_CHOICES = ("auto", "patient_id", "lesion_id", "none")
 PolicyName = Literal["none", "light", "medium", "heavy"]
 POLICIES: tuple[str, ...] = get_args(PolicyName)
@@ -25,7 +28,12 @@ SchedulerName = Literal["none", "cosine", "onecycle"]
 SCHEDULERS: tuple[str, ...] = get_args(SchedulerName)
 TtaMode = Literal["none", "flip", "d4"]
 TTA_MODES: tuple[str, ...] = get_args(TtaMode)
-ENSEMBLE_MEANS = ("prob", "logit")
+EnsembleMean = Literal["prob", "logit"]
+ENSEMBLE_MEANS: tuple[str, ...] = get_args(EnsembleMean)
+CamMethod = Literal["gradcam", "gradcam++", "scorecam"]  # explain and audit (pytorch-grad-cam)
+CAM_METHODS: tuple[str, ...] = get_args(CamMethod)
+GeneratorKind = Literal["projected", "gan", "ddpm"]  # lesionlab synth train (synth/generator.py)
+ClassName = Literal["malignant", "benign"]  # a class by name, as synth's --label takes it
 CalibrationName = Literal["none", "temperature", "isotonic"]
 CALIBRATIONS: tuple[str, ...] = get_args(CalibrationName)
 EngineName = Literal["lightgbm", "xgboost", "catboost"]  # lightgbm is a dependency; the others are optional extras

@@ -10,9 +10,13 @@
 Allowed values come from choices.py.
 """
 from .base import load_yaml, validated
+from .commands import EnsembleConfig, ExplainConfig, PredictConfig
 from .experiment import KEYS, ExperimentConfig, SyntheticConfig, build_config, resolve, to_dict
 from .pretrain import PretrainConfig, build_pretrain_config
+from .synth import SynthCheckConfig, SynthImportConfig, SynthSampleConfig, SynthTrainConfig
 from .tabular import TabularConfig, build_tabular_config
 
-__all__ = ["KEYS", "ExperimentConfig", "PretrainConfig", "SyntheticConfig", "TabularConfig", "build_config",
-           "build_pretrain_config", "build_tabular_config", "load_yaml", "resolve", "to_dict", "validated"]
+__all__ = ["KEYS", "EnsembleConfig", "ExperimentConfig", "ExplainConfig", "PredictConfig", "PretrainConfig",
+           "SynthCheckConfig", "SynthImportConfig", "SynthSampleConfig", "SynthTrainConfig", "SyntheticConfig",
+           "TabularConfig", "build_config", "build_pretrain_config", "build_tabular_config", "load_yaml", "resolve",
+           "to_dict", "validated"]

@@ -76,8 +76,11 @@ def check(source: str | Path, data_dir: str | Path, features_run, out: str | Pat
     specs = [features_run] if isinstance(features_run, (str, Path)) else list(features_run)
     if not specs:
         raise BadInputError("--features: give at least one feature network (a train run folder, or random)")
-    if label is not None and label not in CLASS_NAMES:
-        raise BadInputError(f"--label must be malignant or benign, got '{label}'")
+    from ..config import SynthCheckConfig, validated
+
+    # the CLI's checks and one-line errors
+    validated(SynthCheckConfig, {"data": str(data_dir), "features": [str(s) for s in specs], "n": n, "seed": seed,
+                                 "label": label})
     syn, meta = _synthetic_images(source, n, seed, label, Store.open(data_dir).size)
     nets = [feature_network(s) for s in specs]
     store, positions = real_images(data_dir, CLASS_NAMES.index(meta["label"]))

@@ -240,17 +240,14 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
     `label`'s images); default both for projected, one for the others. only_ids: learn only from
     these train-pool images (e.g. a cv fold's training part). fid_every: steps between FID
     estimates on a fixed subset (0: none), measured with `fid_features` (a --features value)."""
-    if kind not in KINDS:
-        raise BadInputError(f"--kind must be one of {', '.join(KINDS)}, got '{kind}'")
-    if label not in CLASS_NAMES:
-        raise BadInputError(f"--label must be malignant or benign, got '{label}'")
-    if size not in (32, 64, 128):
-        raise BadInputError(f"--size must be 32, 64 or 128, got {size}")
-    if steps < 1:
-        raise BadInputError(f"--steps must be at least 1, got {steps}")
+    from ..config import SynthTrainConfig, validated
+
+    # the settings checked by the command's config model: the same one-line errors as the CLI's flags
+    validated(SynthTrainConfig, {"kind": kind, "label": label, "size": size, "steps": steps, "classes": classes,
+                                 "batch_size": batch_size, "sample_every": sample_every,
+                                 "checkpoint_every": checkpoint_every, "sample_steps": sample_steps,
+                                 "fid_every": fid_every, "fid_n": fid_n})
     classes = classes or ("both" if kind == "projected" else "one")
-    if classes not in ("both", "one"):
-        raise BadInputError(f"--classes must be both or one, got '{classes}'")
     if classes == "both" and kind != "projected":
         raise BadInputError(f"--classes both: only --kind projected is class-conditional; {kind} learns one class")
     if kind == "projected" and not 32 <= d_res <= 256:

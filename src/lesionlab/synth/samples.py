@@ -40,10 +40,9 @@ def _png(image: np.ndarray) -> bytes:
 def sample(gen_dir: str | Path, n: int, out: str | Path, seed: int = 0, batch: int = 64,
            progress: Callable[[int, int], None] | None = None, label: str = "malignant") -> Path:
     """n images of class `label` (one the generator learned); the same seed gives the same images."""
-    if n < 1:
-        raise BadInputError(f"--n must be at least 1, got {n}")
-    if label not in CLASS_NAMES:
-        raise BadInputError(f"--label must be malignant or benign, got '{label}'")
+    from ..config import SynthSampleConfig, validated
+
+    validated(SynthSampleConfig, {"n": n, "seed": seed, "label": label})  # the CLI's checks and one-line errors
     out = Path(out)
     trainer, info = load_generator(gen_dir)
     class_index(info, label, gen_dir)  # refused before anything is written
@@ -72,8 +71,9 @@ def import_folder(folder: str | Path, out: str | Path, label: str = "malignant",
     """Copy a folder of images made elsewhere (e.g. StyleGAN2-ADA) into a synthetic folder; every
     image is decoded once first, so an unreadable one stops the import with its name."""
     folder, out = Path(folder), Path(out)
-    if label not in ("malignant", "benign"):
-        raise BadInputError(f"--label must be malignant or benign, got '{label}'")
+    from ..config import SynthImportConfig, validated
+
+    validated(SynthImportConfig, {"label": label, "generator": generator})  # the CLI's checks and one-line errors
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise BadInputError(f"{folder}: holds no images ({', '.join(IMAGE_SUFFIXES)})")

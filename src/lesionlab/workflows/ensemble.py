@@ -15,11 +15,10 @@ from pathlib import Path
 import pandas as pd
 
 from .. import plots
-from ..choices import ENSEMBLE_MEANS
+from ..config import EnsembleConfig, validated
 from ..data.splits import group_keys, load_split, split_name
 from ..data.store import Store
-from ..data.tta import check_mode
-from ..errors import BadInputError, check_at_least
+from ..errors import BadInputError
 from ..fileio import write_json
 from ..metrics import ThresholdRule, ci_unit, metrics_with_ci
 from ..runs import Run, RunWriter, find_runs, is_complete_run, load_run
@@ -84,12 +83,8 @@ def build_ensemble(members: list[str | os.PathLike], out: str | os.PathLike, mea
     """Write ENS_DIR; returns run.json's content with the metrics."""
     started = time.time()
     out = Path(out)
-    if mean not in ENSEMBLE_MEANS:
-        raise BadInputError(f"--mean must be one of {', '.join(ENSEMBLE_MEANS)}, got '{mean}'")
-    if tta is not None:
-        check_mode(tta)
-    check_at_least(batch_size, 1, "--batch-size")
-    check_at_least(n_boot, 0, "--n-boot")
+    # the settings checked by the command's config model: the same one-line errors as the CLI's flags
+    validated(EnsembleConfig, {"mean": mean, "tta": tta, "threshold": threshold, "n_boot": n_boot, "batch_size": batch_size})
     if not members:
         raise BadInputError("ensemble: give at least one MEMBER (a run or cv folder)")
     expanded = expand_members(members)

@@ -26,10 +26,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from ..config import ExplainConfig, validated
 from ..data.images import DEFAULT_MAX_PIXELS, DecodeError, _decode_pil, decode_resize
 from ..data.sources import read_source
 from ..engine.runtime import Runtime, to_input
-from ..errors import BadInputError, ExistsError, check_at_least, closest, preview
+from ..errors import BadInputError, ExistsError, closest, preview
 from ..fileio import check_free, staged_dir, write_csv, write_text
 
 log = logging.getLogger(__name__)
@@ -225,8 +226,8 @@ def explain(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os
     earlier explain output at `out`, and nothing else."""
     from ..runs.predictor import load_image_predictor
 
-    _cam_class(method)
-    check_at_least(batch_size, 1, "--batch-size")
+    # the settings checked by the command's config model: the same one-line errors as the CLI's flags
+    validated(ExplainConfig, {"method": method, "format": fmt, "batch_size": batch_size})
     replace = is_explain_output if overwrite else None
     if not overwrite and Path(out).is_dir() and is_explain_output(Path(out)):
         raise ExistsError(f"{out}: exists and holds an earlier explain output; choose another --out or pass --overwrite to replace it")

@@ -16,10 +16,11 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from ..config import PredictConfig, validated
 from ..data.images import DEFAULT_MAX_PIXELS, DecodeError, decode_resize
 from ..data.parallel import cpu_count, map_ordered
 from ..data.sources import ISIC_ID, ImageReader, Source, read_source
-from ..errors import BadInputError, check_at_least, preview
+from ..errors import BadInputError, preview
 from ..fileio import atomic_path, make_dirs, require_file_out, safe_to_csv, write_csv
 
 CHUNK = 512
@@ -109,6 +110,8 @@ def predict(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os
     decoded). engine "onnxruntime" scores with a file `lesionlab export` wrote, and imports no torch.
     With skip_bad, the images skipped are listed with their reasons in OUT's skipped_path.
     fmt "kaggle": the input's layout is detected, and the output is the competition's submission file."""
+    # the settings checked by the command's config model: the same one-line errors as the CLI's flags
+    validated(PredictConfig, {"format": fmt, "batch_size": batch_size, "max_pixels": max_pixels, "tta": tta, "engine": engine})
     out = Path(out)
     require_file_out(out, overwrite)
     kaggle = fmt == "kaggle"
@@ -121,9 +124,6 @@ def predict(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os
             source = Path(source) / "test-metadata.csv"  # the competition's folder also holds train-metadata.csv
     if skip_bad:
         require_file_out(skipped_path(out), overwrite, "--out (its list of skipped images)")
-    check_at_least(batch_size, 1, "--batch-size")
-    if max_pixels < 1:
-        raise BadInputError(f"--max-pixels must be at least 1, got {max_pixels}")
     run: Any  # an image predictor (torch or onnxruntime), or a rows kind's (runs/kinds.py)
     takes: str | None
     if engine == "onnxruntime":
