@@ -167,5 +167,5 @@ def test_explain_reads_every_layout_that_predict_reads():
     from lesionlab.choices import FORMATS
     from lesionlab.cli import main
 
-    fmt = next(p for p in main.commands["explain"].params if p.name == "fmt")
+    fmt = next(p for p in main.commands["explain"].params if "--format" in p.opts)
     assert tuple(fmt.type.choices) == FORMATS

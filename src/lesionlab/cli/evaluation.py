@@ -179,7 +179,7 @@ def audit(run_dir: Path, source: Path | None, out: Path, data: Path | None, fmt:
     for line in lines(result["block"]):
         click.echo(line)
     where = (f"; recorded in {run_dir / 'metrics.json'} as audit" +
-             (f" (the earlier audit kept under audit.previous)" if result["replaced"] else "")) if result["recorded"] else ""
+             (" (the earlier audit kept under audit.previous)" if result["replaced"] else "")) if result["recorded"] else ""
     click.echo(f"{out}: audit.json, audit.csv, audit.md, figures/{where}"
                + (f"; {len(result['skipped'])} unreadable skipped" if result["skipped"] else ""))
 
