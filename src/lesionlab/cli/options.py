@@ -106,8 +106,6 @@ def given(values: dict, model_cls: type[BaseModel] | None = None) -> dict:
             top, sub = k.split(NESTED, 1)
             out.setdefault(top, {})[sub] = v
             continue
-        if k == "n_malignant" and str(v).isdigit():
-            v = int(v)
         out[k] = list(v) if isinstance(v, tuple) else v
     for top, mapping in [(k, v) for k, v in out.items() if isinstance(v, dict) and k in model_cls.model_fields]:
         nested = nested_model(model_cls.model_fields[top].annotation)
