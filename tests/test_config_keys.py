@@ -70,3 +70,22 @@ def test_bare_values_and_mapping_flags_from_the_fields():
     assert flag_name("synthetic.n", ExperimentConfig) == "--synthetic-n"
     assert flag_name("batch_size", ExperimentConfig) == "--batch-size"
     assert build_config({"ema": True}).ema == 0.999  # a bare-flag key takes true for its bare value
+
+
+def test_flags_read_the_metadata():
+    """--ema and --pretrained given bare, and the synthetic mapping's two flags, as the CLI parses them."""
+    import click
+
+    from lesionlab.cli import main
+    from lesionlab.cli.options import given
+
+    def parsed(command: str, args: list[str]) -> dict:
+        return given({k: v for k, v in main.commands[command].make_context(command, args).params.items()
+                      if k not in ("config_file", "out", "seeds", "data_dir", "fresh")})
+
+    assert parsed("train", ["--out", "r", "--ema", "--pretrained", "--synthetic", "S", "--synthetic-n", "3"]) == \
+        {"ema": "0.999", "pretrained": "true", "synthetic": {"data": "S", "n": 3}}
+    assert parsed("train", ["--out", "r", "--ema", "0.9", "--pretrained", "W.pth"]) == {"ema": "0.9", "pretrained": "W.pth"}
+    assert parsed("pretrain", ["D", "--out", "e", "--pretrained"]) == {"pretrained": "true"}
+    with pytest.raises(click.UsageError, match="--synthetic-n needs --synthetic"):
+        parsed("train", ["--out", "r", "--synthetic-n", "3"])
