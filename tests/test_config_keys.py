@@ -11,15 +11,18 @@ from lesionlab.config import ExperimentConfig, build_config
 DERIVED = {"pos_weight", "monitor", "patience"}  # resolved from the config, not copied
 
 
-def test_train_options_defaults_are_the_configs():
-    """A TrainOptions default written apart from the config's (and drifting from it) is caught."""
+def test_train_options_take_the_configs_defaults_only():
+    """A TrainOptions default written apart from the config's (and free to drift from it) is caught:
+    every field named as a config key has no default of its own."""
     from lesionlab.engine.trainer import TrainOptions
 
-    shared = [f for f in fields(TrainOptions) if f.name in ExperimentConfig.model_fields and f.name not in DERIVED]
+    shared = [f for f in fields(TrainOptions) if f.name in ExperimentConfig.model_fields]
     assert len(shared) >= 20
-    for f in shared:
-        assert f.default is not MISSING, f"TrainOptions.{f.name} has no default; the config's is {ExperimentConfig.model_fields[f.name].default!r}"
-        assert f.default == ExperimentConfig.model_fields[f.name].default, f.name
+    own = {f.name: f.default for f in shared if f.default is not MISSING}
+    assert not own, f"TrainOptions repeats config defaults: {own}"
+    defaults = TrainOptions.from_config(ExperimentConfig(), None)
+    assert all(getattr(defaults, f.name) == ExperimentConfig.model_fields[f.name].default
+               for f in shared if f.name not in DERIVED)
 
 
 def test_train_options_from_config_carries_every_key():

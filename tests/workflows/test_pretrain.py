@@ -227,8 +227,9 @@ def test_encoder_lr_mult_sets_the_encoder_group_lr():
     from lesionlab.engine.trainer import TrainOptions, _param_groups
 
     model = create_model("upgraded_cnn", image_size=32)
-    groups, enc = _param_groups(model, TrainOptions(epochs=1, batch_size=2, lr=1e-3, head="classifier.2",
-                                                    encoder_lr_mult=0.1))
+    opts = TrainOptions.from_config(build_config({"epochs": 1, "batch_size": 2, "lr": 1e-3, "encoder_lr_mult": 0.1}),
+                                    None, head="classifier.2")
+    groups, enc = _param_groups(model, opts)
     assert groups[0]["lr"] == pytest.approx(1e-4) and groups[1]["lr"] == 1e-3
     assert len(groups[1]["params"]) == 2 and len(enc) == len(list(model.parameters())) - 2
 

@@ -104,7 +104,8 @@ def test_layer_decay_gives_each_layer_group_its_rate():
     from lesionlab.engine.trainer import TrainOptions, _param_groups
 
     model = create_model("tf_efficientnet_lite0")
-    opts = TrainOptions(epochs=1, batch_size=2, lr=1e-3, head="classifier", encoder_lr_mult=0.5, layer_decay=0.8)
+    opts = TrainOptions.from_config(build_config({"epochs": 1, "batch_size": 2, "lr": 1e-3, "encoder_lr_mult": 0.5,
+                                                  "layer_decay": 0.8}), None, head="classifier")
     groups, encoder = _param_groups(model, opts)
     # timm's groups of lite0: stem 0, its 16 blocks 1-16 (the last with conv_head and bn2), classifier 17 (the head)
     assert len(groups) == 18 and groups[-1]["lr"] == 1e-3 and len(groups[-1]["params"]) == 2

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import ExperimentConfig
 from ..data.augment import Augmenter
 from ..data.sampling import EpochSampler
 from ..metrics import bce_per_sample, compute_metrics
@@ -30,55 +29,52 @@ from .runtime import IMAGENET, Preprocessing, Runtime
 log = logging.getLogger(__name__)
 
 
-def _default(key: str) -> Any:
-    """The experiment config's default of a key: each default is written once, on the config model."""
-    return ExperimentConfig.model_fields[key].default
-
-
 @dataclass(frozen=True)
 class TrainOptions:
-    """What the loop needs of a run's config. Fields named as config keys take the config's value
-    (from_config) and default (so no default is written twice); the others are derived from it."""
+    """What the loop needs of a run's config, built by from_config: the fields named as config keys
+    take the config's values and have no default here (the config's defaults are the only ones);
+    the rest are derived from the config or from the model built."""
 
-    epochs: int = _default("epochs")
-    batch_size: int = _default("batch_size")
-    lr: float = _default("lr")
-    seed: int = _default("seed")
-    optimizer: str = _default("optimizer")
-    weight_decay: float = _default("weight_decay")
-    scheduler: str = _default("scheduler")
-    warmup_epochs: float = _default("warmup_epochs")
-    loss: str = _default("loss")
-    focal_alpha: float = _default("focal_alpha")
-    focal_gamma: float = _default("focal_gamma")
-    label_smoothing: float = _default("label_smoothing")
-    augment: str = _default("augment")
-    mixup: float = _default("mixup")  # Beta(alpha, alpha) weight of mixup (engine/mixup.py); 0 = off
-    ema: float = _default("ema")
-    eval_batch_size: int = _default("eval_batch_size")
-    measure_compute: bool = _default("measure_compute")  # extra steps on a copy of the model after training
-    encoder_lr_mult: float = _default("encoder_lr_mult")  # the encoder's (all but the head's) lr as a multiple of lr
-    linear_probe_epochs: int = _default("linear_probe_epochs")  # first epochs in which only the head's weights change
-    layer_decay: float = _default("layer_decay")  # each layer group below the head at this factor of the one above
-    batchnorm: str = _default("batchnorm")  # frozen: BatchNorm statistics and affine weights stay as loaded
-    # derived from the config (from_config), not copied:
-    pos_weight: float | None = None  # a number: `auto` resolved on the training draw
-    monitor: str = _default("monitor")  # the config's resolved monitor (early_stop's metric when set)
-    patience: int = 0  # stop after this many epochs without a better `monitor` (0 = never: no early_stop)
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int
+    optimizer: str
+    weight_decay: float
+    scheduler: str
+    warmup_epochs: float
+    loss: str
+    focal_alpha: float
+    focal_gamma: float
+    label_smoothing: float
+    augment: str
+    mixup: float  # Beta(alpha, alpha) weight of mixup (engine/mixup.py); 0 = off
+    ema: float
+    eval_batch_size: int
+    measure_compute: bool  # extra steps on a copy of the model after training (benchmarks)
+    encoder_lr_mult: float  # the encoder's (all but the head's) learning rate as a multiple of lr
+    linear_probe_epochs: int  # first epochs in which only the head's weights change
+    layer_decay: float  # each layer group below the head at this factor of the one above (1 = off)
+    batchnorm: str  # frozen: BatchNorm statistics and affine weights stay as loaded
+    # derived from the config by from_config:
+    pos_weight: float | None  # a number: `auto` resolved on the training draw by the caller
+    monitor: str  # the config's resolved monitor (early_stop's metric when set)
+    patience: int  # stop after this many epochs without a better `monitor` (0 = never: no early_stop)
+    # known once the model is built:
     head: str = ""  # state-dict prefix of the classifier head: needed by the lr-multiplier, probe and decay options
     preprocess: Preprocessing = IMAGENET  # input size, interpolation and normalisation of the model's input
 
     @classmethod
-    def from_config(cls, cfg: ExperimentConfig, pos_weight: float | None, **derived: Any) -> "TrainOptions":
-        """Every field named as a config key from `cfg`; pos_weight resolved by the caller (`auto` is
-        benign/malignant of the training draw); `derived`: head and preprocess, known once the model is built."""
-        copied = {f.name: getattr(cfg, f.name) for f in fields(cls) if f.name in _COPIED}
+    def from_config(cls, cfg: Any, pos_weight: float | None, **built: Any) -> "TrainOptions":
+        """From an ExperimentConfig (typed Any: the config sits above engine/, which never imports it):
+        every field named as a config key copied; pos_weight resolved by the caller (`auto` is
+        benign/malignant of the training draw); `built`: head and preprocess, known once the model is."""
+        copied = {f.name: getattr(cfg, f.name) for f in fields(cls) if f.name not in _NOT_COPIED}
         return cls(**copied, pos_weight=pos_weight, monitor=cfg.resolved_monitor(),
-                   patience=cfg.patience if cfg.early_stop else 0, **derived)
+                   patience=cfg.patience if cfg.early_stop else 0, **built)
 
 
-_COPIED = frozenset(f.name for f in fields(TrainOptions)) & set(ExperimentConfig.model_fields) - {"pos_weight", "monitor",
-                                                                                                 "patience"}
+_NOT_COPIED = frozenset({"pos_weight", "monitor", "patience", "head", "preprocess"})
 
 
 @dataclass
