@@ -55,9 +55,9 @@ def test_every_setting_is_a_flag(command, model):
 
 
 def test_library_calls_get_the_same_errors(tmp_path):
+    from lesionlab.synth.samples import import_folder
     from lesionlab.workflows.ensemble import build_ensemble
     from lesionlab.workflows.predict import predict
-    from lesionlab.synth.samples import import_folder
 
     with pytest.raises(BadInputError, match=r"^--mean: expected one of prob, logit, got 'median'"):
         build_ensemble([tmp_path / "a"], tmp_path / "ens", mean="median")
