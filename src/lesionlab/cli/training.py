@@ -7,12 +7,13 @@ from pathlib import Path
 
 import click
 
+from ..runs.records import CvResult, RunResult
 from .group import main
 from .options import config_options, given, model_options
 from .output import epoch_echo, make_bar, metric_cell
 
 
-def _print_result(info: dict, out: Path) -> None:
+def _print_result(info: RunResult, out: Path) -> None:
     from ..workflows.report import notebook_line
 
     if not info:  # a torchrun process other than rank 0: rank 0 reports
@@ -50,8 +51,8 @@ def _parse_seeds(text: str) -> list[int]:
 def train(config_file: Path | None, out: Path, seeds: str | None, **flags) -> None:
     """Train one experiment (CONFIG.yaml and/or flags) into RUN_DIR."""
     from ..config import resolve
-    from ..workflows.train import train as do_train
     from ..runs import is_complete_run
+    from ..workflows.train import train as do_train
 
     cfg = resolve(config_file, given(flags))
     if not seeds:
@@ -70,7 +71,7 @@ def train(config_file: Path | None, out: Path, seeds: str | None, **flags) -> No
         _print_result(info, folder)
 
 
-def _print_cv(res: dict, out: Path) -> None:
+def _print_cv(res: CvResult, out: Path) -> None:
     if not res.get("complete"):
         click.echo(f"{out}: {len(res['left'])} fold(s) left to train (by other workers or a later call)", err=True)
         return
@@ -134,13 +135,13 @@ def _tabular_options(func):
 def tabular(data: Path, out: Path, **flags) -> None:
     """A gradient-boosted model on the metadata columns (optionally fused with an image model) into RUN_DIR."""
     from ..config import build_tabular_config
-    from ..workflows.report import notebook_line
     from ..tabular.command import tabular_run
+    from ..workflows.report import notebook_line
 
     cfg = build_tabular_config({"data": str(data), **given(flags)}, "flags")
     info = tabular_run(cfg, out, echo=lambda s: click.echo(s, err=True))
-    m = info["metrics"]
-    click.echo(f"{out}: {info['folds']['k']} folds, threshold {info['threshold']:.3g} ({info['threshold_rule']}); "
+    m, folds = info["metrics"], info["folds"]
+    click.echo(f"{out}: {folds['k'] if isinstance(folds, dict) else folds} folds, threshold {info['threshold']:.3g} ({info['threshold_rule']}); "
                f"out of fold ROC AUC {m['oof']['roc_auc']:.4f}, pAUC80 {m['oof']['pauc_80']:.4f}", err=True)
     click.echo(notebook_line("Val", m["val"]))
     click.echo(notebook_line("Test", m["test"]))
@@ -169,9 +170,9 @@ def sweep(sweep_file: Path, data: str | None, out: str | None, epochs: int | Non
     Several workers: `--workers K` here, or a job array on a cluster with one task per run
     (`--task-index $SLURM_ARRAY_TASK_ID --task-count N`), or any number of `--claim` workers on
     machines that share RUNS_DIR."""
-    from ..workflows.train import train as do_train
     from ..runs import is_complete_run
     from ..workflows.sweep import read_sweep, run_local_workers, run_sweep
+    from ..workflows.train import train as do_train
 
     planned = read_sweep(sweep_file, data, out, {"epochs": epochs} if epochs else None)
     if dry_run:

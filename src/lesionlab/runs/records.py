@@ -6,7 +6,8 @@ Every key is optional (total=False): each kind writes its own part, and folders 
 versions lack the keys added since, so readers still .get() what they use and check it."""
 from __future__ import annotations
 
-from typing import Any, TypedDict, cast
+from pathlib import Path
+from typing import Any, Mapping, TypedDict, cast
 
 
 class FormatBlock(TypedDict):
@@ -224,3 +225,87 @@ class AuditResult(TypedDict):
     replaced: int             # earlier audits the run's metrics.json now keeps in brief
     skipped: list[str]
     layers: list[str]
+
+
+# ---------------------------------------------------------------- what the workflows return
+# (lesionlab.workflows, tabular/command.py, audit/command.py; the CLI prints from these)
+
+
+class RunResult(RunInfo, total=False):
+    """train, ensemble, tabular and pretrain: run.json's content with the metrics (empty on a training
+    process that is not rank 0: only rank 0 writes)."""
+    metrics: Mapping[str, Any]  # metrics.json's content (RunMetrics), or a training process's own
+
+
+class CvResult(TypedDict, total=False):
+    complete: bool
+    left: list[str]           # fold folders not complete yet (another task's share, or --no-finish)
+    run: RunResult            # once complete: the cv folder's run.json with its metrics
+
+
+class SweepResult(TypedDict):
+    done: list[Path]
+    skipped: list[Path]       # complete already
+    failed: list[tuple[Path, str]]
+    elsewhere: list[Path]     # claimed by another worker
+
+
+class TuneBest(TypedDict):
+    number: int
+    value: float
+    params: dict[str, Any]
+    config: str               # best.yaml
+
+
+class TuneResult(TypedDict, total=False):
+    study: str
+    trials: int
+    complete: int
+    pruned: int
+    failed: int
+    best: TuneBest | None
+    figures: dict[str, str | None]
+    ran: int                  # a worker without the summary: the trials it ran
+
+
+class Comparison(TypedDict):
+    """compare: B - A paired on the same images."""
+    a: list[str]
+    b: list[str]
+    on: str                   # "test" or "oof"
+    n_test: int
+    n_boot: int
+    unit: str                 # what the bootstrap resamples: image, lesion or patient
+    metrics: dict[str, dict[str, float]]   # metric -> a, b, diff, lo, hi
+    audit: dict[str, Any]     # each side's audit numbers and, for one run a side, the paired audit
+
+
+class PredictResult(TypedDict, total=False):
+    n: int
+    seconds: float
+    img_s: float
+    threshold: float
+    out: str
+    unit: str                 # "image" or "row" (a tabular run)
+    skipped: int
+    skipped_ids: list[str]
+    skipped_file: str | None
+    kaggle: bool
+
+
+class ExportResult(TypedDict, total=False):
+    out: str
+    format: str
+    max_abs_diff: float       # largest |exported - torch| probability on the check images
+    n_images: int
+    images: str
+    bytes: int
+    metadata: dict[str, Any]
+
+
+class ExplainResult(TypedDict):
+    n: int
+    skipped: list[str]       # 'ID (why)' of each unreadable image
+    method: str
+    layers: list[str]
+    out: str

@@ -30,7 +30,7 @@ from ..fileio import csv_restore
 from ..metrics import ThresholdRule, ci_unit, metrics_with_ci
 from ..runs import RunWriter, check_new_run_folder
 from ..runs import format as fmt
-from ..runs.records import RunInfo, metrics_record
+from ..runs.records import RunInfo, RunResult, metrics_record
 from . import features as feat
 from .column_guard import select_columns
 from .engines import Params, get_engine
@@ -76,7 +76,7 @@ def _evaluate(truth: dict, probs: dict, keys: dict, unit: str, rule: ThresholdRu
                                              unit=unit) for side in ("val", "test", "oof")}
 
 
-def tabular_run(cfg: TabularConfig, out: str | os.PathLike, echo: Callable[[str], None] | None = None) -> dict:
+def tabular_run(cfg: TabularConfig, out: str | os.PathLike, echo: Callable[[str], None] | None = None) -> RunResult:
     """Train and evaluate one tabular (or fused) model into the run folder `out`; returns run.json
     with the metrics."""
     say = echo or (lambda s: log.info(s))

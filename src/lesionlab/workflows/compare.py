@@ -13,6 +13,7 @@ from ..errors import BadInputError, check_at_least
 from ..metrics import ci_unit, paired_bootstrap
 from ..runs import Run, find_runs, is_complete_run, oof_arrays
 from ..runs.kinds import kind_names, run_kind, scoring_kind_names
+from ..runs.records import Comparison
 
 COMPARE_METRICS = ("roc_auc", "average_precision", "pauc_80", "f1")
 
@@ -71,7 +72,7 @@ def _oof_predictions(runs: list[Run], label: str):
 
 
 def compare_runs(runs_a: list[Run], runs_b: list[Run], metrics=COMPARE_METRICS, n_boot: int = 2000,
-                 seed: int = 0, on: str = "auto") -> dict:
+                 seed: int = 0, on: str = "auto") -> Comparison:
     """B - A on the out-of-fold images or on the test images. 'auto': out-of-fold when both sides have them
     (cv and tabular runs), else test. Out-of-fold pairs need the same fold assignment on both sides."""
     if on not in COMPARE_ON:
@@ -108,7 +109,7 @@ def _audits(runs_a: list[Run], runs_b: list[Run], n_boot: int, seed: int) -> dic
     return out
 
 
-def compare_cv(runs_a: list[Run], runs_b: list[Run], metrics=COMPARE_METRICS, n_boot: int = 2000, seed: int = 0) -> dict:
+def compare_cv(runs_a: list[Run], runs_b: list[Run], metrics=COMPARE_METRICS, n_boot: int = 2000, seed: int = 0) -> Comparison:
     """Paired on the same out-of-fold images; refused unless every run has the same fold assignment."""
     hashes = {r.fold_sha256 for r in runs_a + runs_b}
     if len(hashes) > 1:
@@ -125,7 +126,7 @@ def compare_cv(runs_a: list[Run], runs_b: list[Run], metrics=COMPARE_METRICS, n_
 
 
 def _paired(runs_a: list[Run], runs_b: list[Run], on: str, y, groups, probs_a, probs_b, thr_a, thr_b, metrics,
-            n_boot: int, seed: int) -> dict:
+            n_boot: int, seed: int) -> Comparison:
     """The paired bootstrap of B - A on aligned predictions, over whole groups where the runs know them."""
     unit = _unit(runs_a, groups)
     result = paired_bootstrap(y, probs_a, probs_b, thr_a, thr_b, metrics, n_boot, seed,
@@ -142,7 +143,7 @@ def verdict(d: dict) -> str:
     return "no clear difference: the interval includes zero"
 
 
-def format_comparison(res: dict, name_a: str = "A", name_b: str = "B") -> list[str]:
+def format_comparison(res: Comparison, name_a: str = "A", name_b: str = "B") -> list[str]:
     seeds = f"{len(res['a'])} vs {len(res['b'])} run(s)"
     where = "out-of-fold" if res.get("on") == "oof" else "test"
     unit = res.get("unit", "image")

@@ -44,7 +44,7 @@ from ..metrics import ThresholdRule, ci_unit, metrics_with_ci, parse_prevalence
 from ..runs import Run, RunWriter, is_complete_run, load_run, oof_arrays
 from ..runs import format as fmt
 from ..runs.predictor import average_probabilities
-from ..runs.records import RunInfo
+from ..runs.records import CvResult, RunInfo
 from .sweep import SweepRun, run_sweep, spawn_local_workers
 from .train import FoldPlan, check_input_size, train
 
@@ -163,7 +163,7 @@ def fold_config(cfg: ExperimentConfig, plan: FoldPlan) -> ExperimentConfig:
 
 def run_cv(cfg: ExperimentConfig, out: str | os.PathLike, k: int = 5, repeats: int = 1, fold_seed: int | None = None,
            on_epoch: Callable[[dict], None] | None = None, echo: Callable[[str], None] = print, task_index: int = 0,
-           task_count: int = 1, claim: bool = False, finish: bool = True) -> dict:
+           task_count: int = 1, claim: bool = False, finish: bool = True) -> CvResult:
     """Train every fold that is not complete (this task's share of them), then, once all are,
     write the cv folder's own files. Returns {"complete": bool, "left": [...], "run": run.json + metrics}."""
     check_at_least(task_count, 1, "--task-count")
@@ -187,12 +187,12 @@ def run_cv(cfg: ExperimentConfig, out: str | os.PathLike, k: int = 5, repeats: i
     return finish_cv(cv, echo)
 
 
-def _result(out: Path) -> dict:
+def _result(out: Path) -> CvResult:
     run = Run.load(out)
     return {"complete": True, "left": [], "run": {**run.info, "metrics": run.metrics}}
 
 
-def finish_cv(cv: CvPlan, echo: Callable[[str], None] = print) -> dict:
+def finish_cv(cv: CvPlan, echo: Callable[[str], None] = print) -> CvResult:
     # one finisher at a time, the others wait for it (workers and job-array tasks may all see the last fold finish)
     with held_lock(cv.out / ".finish.lock"):
         if is_complete_run(cv.out):

@@ -24,7 +24,7 @@ from ..metrics import ThresholdRule, ci_unit, metrics_with_ci
 from ..runs import Run, RunWriter, find_runs, is_complete_run, load_run
 from ..runs import format as fmt
 from ..runs.predictor import EnsemblePredictor, ModelPredictor, average_probabilities, load_model_predictor, member_path
-from ..runs.records import RunInfo, metrics_record
+from ..runs.records import RunInfo, RunResult, metrics_record
 
 
 def expand_members(paths: list[str | os.PathLike]) -> list[tuple[Run, str | None]]:
@@ -79,7 +79,7 @@ def _check_preprocessing(members: list[tuple[Run, ModelPredictor]]) -> None:
 
 def build_ensemble(members: list[str | os.PathLike], out: str | os.PathLike, mean: str = "prob", tta: str | None = None,
                    threshold: str | None = None, data: str | os.PathLike | None = None, n_boot: int = 2000, seed: int = 0,
-                   name: str = "", device: str = "auto", batch_size: int = 256) -> dict:
+                   name: str = "", device: str = "auto", batch_size: int = 256) -> RunResult:
     """Write ENS_DIR; returns run.json's content with the metrics."""
     started = time.time()
     out = Path(out)

@@ -32,6 +32,7 @@ from ..data.sources import read_source
 from ..engine.runtime import Runtime, to_input
 from ..errors import BadInputError, ExistsError, closest, preview
 from ..fileio import check_free, staged_dir, write_csv, write_text
+from ..runs.records import ExplainResult
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +221,7 @@ class OverlayNames:
 
 def explain(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os.PathLike, method: str = "gradcam",
             target_layer: str | None = None, fmt: str = "auto", overwrite: bool = False, batch_size: int = 16,
-            device: str = "auto", progress: Callable[[int, int], None] | None = None) -> dict:
+            device: str = "auto", progress: Callable[[int, int], None] | None = None) -> ExplainResult:
     """Overlays (PNG, at each image's own size) for one image, a folder or a manifest, with
     index.csv and index.html; the folder appears only when complete. `overwrite` replaces an
     earlier explain output at `out`, and nothing else."""

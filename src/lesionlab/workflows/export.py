@@ -30,6 +30,7 @@ from ..calibration import isotonic_segments
 from ..data.tta import n_views
 from ..errors import BadInputError, LesionLabError, check_at_least, first_line
 from ..fileio import atomic_path, make_dirs, require_file_out
+from ..runs.records import ExportResult
 from .onnx_predictor import EXPORT_HINT, INPUT_DOC, INPUT_NAME, OUTPUT_DOC, OUTPUT_NAME, load_onnx_predictor, metadata_props
 
 log = logging.getLogger(__name__)
@@ -310,7 +311,7 @@ def verification_images(run_dir: str | os.PathLike, size: int, n: int = N_VERIFY
 
 
 def export_predictor(predictor, fmt: str, out: str | os.PathLike, images: np.ndarray, run_dir: str = "",
-                     images_note: str = "", tolerance: float = TOLERANCE) -> dict:
+                     images_note: str = "", tolerance: float = TOLERANCE) -> ExportResult:
     """Write `predictor` (one model or an ensemble with `members`) to `out` and check it on `images`
     against predictor.probabilities; the file takes its name only when the check passes."""
     if fmt not in FORMATS:
@@ -350,7 +351,7 @@ def export_predictor(predictor, fmt: str, out: str | os.PathLike, images: np.nda
 
 
 def export(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike, overwrite: bool = False,
-           n_verify: int = N_VERIFY) -> dict:
+           n_verify: int = N_VERIFY) -> ExportResult:
     """`lesionlab export RUN_DIR|ENS_DIR --format onnx|torchscript --out FILE`."""
     from ..runs.predictor import load_image_predictor
 

@@ -22,6 +22,7 @@ from ..data.parallel import cpu_count, map_ordered
 from ..data.sources import ISIC_ID, ImageReader, Source, read_source
 from ..errors import BadInputError, preview
 from ..fileio import atomic_path, make_dirs, require_file_out, safe_to_csv, write_csv
+from ..runs.records import PredictResult
 
 CHUNK = 512
 KAGGLE_COLUMNS = ("isic_id", "target")
@@ -104,7 +105,7 @@ def _output(ids, probs: np.ndarray, threshold: float, labels, kaggle: bool) -> t
 def predict(run_dir: str | os.PathLike, source: str | os.PathLike, out: str | os.PathLike, fmt: str = "auto",
             skip_bad: bool = False, overwrite: bool = False, workers: int | None = None, batch_size: int = 256,
             device: str = "auto", progress: Callable[[int, int], None] | None = None,
-            max_pixels: int = DEFAULT_MAX_PIXELS, tta: str | None = None, engine: str = "torch") -> dict:
+            max_pixels: int = DEFAULT_MAX_PIXELS, tta: str | None = None, engine: str = "torch") -> PredictResult:
     """Write `id, prob, decision` (+ `label` where the input has labels) for every image (or row, for
     a tabular run); images whose header states more than `max_pixels` pixels are unreadable (never
     decoded). engine "onnxruntime" scores with a file `lesionlab export` wrote, and imports no torch.

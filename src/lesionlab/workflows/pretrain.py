@@ -40,7 +40,7 @@ from ..models.timm_models import pretrained_source
 from ..runs import RunWriter, check_new_run_folder
 from ..runs import format as fmt
 from ..runs.encoder_run import encoder_checkpoint, state_dir
-from ..runs.records import RunInfo, RunMetrics, SplitRecord
+from ..runs.records import RunInfo, RunMetrics, RunResult, SplitRecord
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def _save_state(trainer: SSLTrainer, cfg: PretrainConfig, out: Path, history: li
 
 
 def pretrain(cfg: PretrainConfig, out: str | os.PathLike, on_epoch: Callable[[dict], None] | None = None,
-             on_step: Callable[[int, int], None] | None = None, fresh: bool = False) -> dict:
+             on_step: Callable[[int, int], None] | None = None, fresh: bool = False) -> RunResult:
     """Pretrain cfg.model's encoder into the encoder folder `out`; returns run.json's content
     with the quality figures. Resumes an interrupted run of the same settings unless `fresh`."""
     out = Path(out)
@@ -211,7 +211,7 @@ def pretrain(cfg: PretrainConfig, out: str | os.PathLike, on_epoch: Callable[[di
 
 
 def _write(cfg: PretrainConfig, out: Path, data: PretrainData, trainer: SSLTrainer, history: list[dict], size: int,
-           rt, resumed_from: int | None, started: float, weights: dict | None = None) -> dict:
+           rt, resumed_from: int | None, started: float, weights: dict | None = None) -> RunResult:
     scored = [r for r in history if r.get("knn_roc_auc") is not None]
     keys = ("knn_roc_auc", "knn_pauc_80", "probe_roc_auc", "probe_pauc_80")
     metrics: RunMetrics = {"quality": {k: scored[-1][k] for k in keys}, "quality_at_start": {k: scored[0][k] for k in keys},

@@ -29,6 +29,7 @@ from ..config import ExperimentConfig, build_config, load_yaml, to_dict
 from ..errors import BadInputError, ExistsError, LesionLabError, check_at_least
 from ..fileio import held_lock, hidden_name, pid_alive
 from ..runs import Run, is_complete_run
+from ..runs.records import SweepResult
 
 log = logging.getLogger(__name__)
 SWEEP_KEYS = ("out", "data", "base", "experiments", "grid")
@@ -161,9 +162,9 @@ def _take_over(claim: Path, dead_holder: str) -> bool:
         return _create_claim(claim)
 
 
-def run_sweep(planned: list[SweepRun], run: Callable[[ExperimentConfig, Path], dict],
+def run_sweep(planned: list[SweepRun], run: Callable[[ExperimentConfig, Path], object],
               echo: Callable[[str], None] = print, task_index: int = 0, task_count: int = 1,
-              claim: bool = False) -> dict:
+              claim: bool = False) -> SweepResult:
     """Run every planned run that is not complete; a failure is reported and the sweep goes on.
 
     task_index/task_count: this worker takes runs k with k % task_count == task_index (a job array).

@@ -39,7 +39,7 @@ from ..runs import RunWriter, check_new_run_folder, model_checkpoint
 from ..runs import format as fmt
 from ..runs.encoder_run import EncoderWeights, check_encoder_fits, check_not_pretrained_on, is_encoder_dir, load_encoder
 from ..runs.finetune import RunWeights, check_not_trained_on, check_run_fits, is_train_run, load_run_state, load_run_weights
-from ..runs.records import AuditBlock, RunInfo, SideMetrics, metrics_record
+from ..runs.records import AuditBlock, RunInfo, RunResult, SideMetrics, metrics_record
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def _print_epochs(total: int) -> Callable[[dict], None]:
 
 
 def train(cfg: ExperimentConfig, out: str | os.PathLike, on_epoch: Callable[[dict], None] | None = None,
-          plan: "FoldPlan | None" = None) -> dict:
+          plan: "FoldPlan | None" = None) -> RunResult:
     """One experiment on one process, on the processes of this machine (--devices), or as one
     process of a torchrun launch; returns run.json's content with the metrics. `plan` replaces the
     split's sides (a cross-validation fold)."""
@@ -279,7 +279,7 @@ def evaluate(cfg: ExperimentConfig, logits: dict[str, np.ndarray], truth: dict[s
 
 def train_process(cfg: ExperimentConfig, out: str | os.PathLike,
                   on_epoch: Callable[[dict], None] | None = None, world: World | None = None,
-                  plan: FoldPlan | None = None) -> dict:
+                  plan: FoldPlan | None = None) -> RunResult:
     """Train and evaluate one experiment into the run folder `out`; return run.json's content.
     With several processes each trains its shard; only rank 0 writes (the others return {}).
     `plan` replaces the split's train pool, validation and test sides (a cross-validation fold)."""

@@ -44,6 +44,7 @@ from ..config import KEYS, ExperimentConfig, build_config, load_yaml
 from ..config.keys import fixed_keys
 from ..errors import BadInputError, LesionLabError, closest, first_line, shown
 from ..fileio import atomic_path, pid_alive, read_json, write_bytes, write_text
+from ..runs.records import TuneResult
 
 log = logging.getLogger(__name__)
 
@@ -463,7 +464,7 @@ def _fmt(v: Any) -> str:
 
 def tune(search: Search, data: str, tune_dir: str | os.PathLike, n_trials: int, storage_url: str | None = None,
          worker: int = 0, seed: int = 0, echo: Callable[[str], None] = lambda s: None, summary: bool = True,
-         train: Callable | None = None) -> dict:
+         train: Callable | None = None) -> TuneResult:
     """Run trials in this process until the study holds n_trials (complete, pruned or running)."""
 
     if n_trials < 1:
@@ -492,7 +493,7 @@ def run_local_workers(search_file: Path, workers: int, args: list[str]) -> int:
 # ---------------------------------------------------------------- results
 
 
-def write_summary(study, search: Search, tune_dir: Path, n_trials: int) -> dict:
+def write_summary(study, search: Search, tune_dir: Path, n_trials: int) -> TuneResult:
     """best.yaml, trials.csv, Optuna's figures and report.md, from the storage (any worker may write it)."""
     import pandas as pd
     from optuna.trial import TrialState
@@ -507,7 +508,7 @@ def write_summary(study, search: Search, tune_dir: Path, n_trials: int) -> dict:
              **{f"param_{k}": v for k, v in t.params.items()}} for t in trials]
     write_csv(tune_dir / "trials.csv", pd.DataFrame(rows))
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    result = {"study": study.study_name, "trials": len(trials), "complete": len(complete),
+    result: TuneResult = {"study": study.study_name, "trials": len(trials), "complete": len(complete),
               "pruned": sum(t.state == TrialState.PRUNED for t in trials),
               "failed": sum(t.state == TrialState.FAIL for t in trials), "best": None}
     if complete:
@@ -552,7 +553,7 @@ def _figures(study, tune_dir: Path) -> dict:
     return out
 
 
-def _report(study, search: Search, tune_dir: Path, result: dict, rows: list[dict]) -> None:
+def _report(study, search: Search, tune_dir: Path, result: TuneResult, rows: list[dict]) -> None:
     lines = [f"# Tuning: study '{study.study_name}'", "",
              f"Search `{search.path}`; objective **{search.objective}** ({search.metric}, {search.direction}); "
              f"{result['trials']} trials: {result['complete']} complete, {result['pruned']} pruned, "
