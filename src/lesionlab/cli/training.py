@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from ..runs.records import CvResult, RunResult
 from .group import main
 from .options import config_options, given, model_options
 from .output import epoch_echo, make_bar, metric_cell
+
+if TYPE_CHECKING:  # runs/ imports torch, which the CLI loads only for a command that needs it
+    from ..runs.records import CvResult, RunResult
 
 
 def _print_result(info: RunResult, out: Path) -> None:

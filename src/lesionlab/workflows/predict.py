@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -22,7 +22,9 @@ from ..data.parallel import cpu_count, map_ordered
 from ..data.sources import ISIC_ID, ImageReader, Source, read_source
 from ..errors import BadInputError, preview
 from ..fileio import atomic_path, make_dirs, require_file_out, safe_to_csv, write_csv
-from ..runs.records import PredictResult
+
+if TYPE_CHECKING:  # runs/ imports torch, which predict with --engine onnxruntime never loads
+    from ..runs.records import PredictResult
 
 CHUNK = 512
 KAGGLE_COLUMNS = ("isic_id", "target")
