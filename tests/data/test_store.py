@@ -17,7 +17,7 @@ from lesionlab.data.images import decode_resize
 from lesionlab.data.sources import read_source
 from lesionlab.data.store import Store, prepare
 from lesionlab.errors import BadInputError, ExistsError, LesionLabError
-from processes import lesionlab_env, start_lesionlab, wait_for
+from processes import child_pids, is_running, lesionlab_env, start_lesionlab, wait_for
 
 
 @pytest.fixture
@@ -214,37 +214,18 @@ def test_second_prepare_into_a_busy_folder_is_refused(tmp_path):
     assert Store.open(out).images.shape == (780, 64, 64, 3)
 
 
-def _children(pid: int) -> list[int]:
-    kids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                kids.append(int(entry.name))
-    return kids
-
-
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"  # a zombie has exited; only its parent (now init) has yet to reap it
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_killed_prepare_takes_its_workers_along(tmp_path):
     proc = start_lesionlab("prepare", SAMPLE, "--out", tmp_path / "data", "--size", "64", "--workers", "2")
-    workers = wait_for(lambda: _children(proc.pid), proc)
+    workers = wait_for(lambda: child_pids(proc.pid), proc)
     proc.kill()  # SIGKILL: no handler, no clean-up in the parent
     proc.wait()
     deadline = time.monotonic() + 5
-    while any(_running(w) for w in workers) and time.monotonic() < deadline:
+    while any(is_running(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
-    left = [w for w in workers if _running(w)]
+    left = [w for w in workers if is_running(w)]
     for w in left:  # do not leave them behind for the rest of the suite
         os.kill(w, signal.SIGKILL)
     assert not left, f"decoding workers {left} outlived their killed prepare"

