@@ -4,6 +4,7 @@ run that calibrates and prior-shifts, read back by its predictor."""
 import numpy as np
 import pytest
 
+from conftest import RUN_FLAGS as FLAGS  # the tiny runs' flags, one list for every file
 from conftest import cli
 from lesionlab.calibration import (
     apply_calibration,
@@ -18,8 +19,6 @@ from lesionlab.calibration import (
 )
 from lesionlab.errors import BadInputError
 from lesionlab.metrics import bootstrap_ci, compute_metrics, stratified_resamples
-
-FLAGS = ["--epochs", "1", "--batch-size", "16", "--n-malignant", "10", "--bootstrap", "20", "--num-threads", "1"]
 
 
 def test_brier_by_hand():

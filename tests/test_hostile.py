@@ -21,10 +21,10 @@ import pytest
 import yaml
 from PIL import Image
 
+from conftest import RUN_FLAGS as FLAGS  # the tiny runs' flags, one list for every file
 from conftest import SAMPLE, cli, copy_subset, subset
 from processes import child_pids, is_running
 
-FLAGS = ["--epochs", "1", "--batch-size", "16", "--n-malignant", "10", "--bootstrap", "20", "--num-threads", "1"]
 TAB_FLAGS = ["--features", "age,sex,localization", "--bootstrap", "20", "--num-threads", "1", "--max-rounds", "50",
              "--early-stopping", "10", "--min-child-samples", "5", "--folds", "3"]
 

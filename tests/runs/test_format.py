@@ -7,11 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import RUN_FLAGS as FLAGS  # the tiny runs' flags, one list for every file
 from conftest import cli, undeclared_record_keys
 from lesionlab.errors import BadInputError
 from lesionlab.runs import FORMAT_VERSION, Run, find_runs, load_predictor
-
-FLAGS = ["--epochs", "1", "--batch-size", "16", "--n-malignant", "10", "--bootstrap", "20", "--num-threads", "1"]
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,9 @@ import json
 
 import pytest
 
+from conftest import RUN_FLAGS as FLAGS  # the tiny runs' flags, one list for every file
 from conftest import cli
 from lesionlab.runs import read_table
-
-FLAGS = ["--epochs", "1", "--batch-size", "16", "--n-malignant", "10", "--bootstrap", "20", "--num-threads", "1"]
-
 
 SMALL = ["--epochs", "2", "--batch-size", "16", "--n-malignant", "20", "--bootstrap", "100", "--eval-batch-size", "64"]
 

@@ -7,10 +7,9 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
+from conftest import RUN_FLAGS as FLAGS  # the tiny runs' flags, one list for every file
 from conftest import cli, undeclared_record_keys
 from lesionlab.runs import Run, load_predictor, read_table
-
-FLAGS = ["--epochs", "1", "--batch-size", "16", "--n-malignant", "10", "--bootstrap", "20", "--num-threads", "1"]
 
 # ---------------------------------------------------------------- cv end to end
 

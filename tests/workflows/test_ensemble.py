@@ -7,10 +7,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from conftest import RUN_FLAGS as FLAGS  # the tiny runs' flags, one list for every file
 from conftest import cli, undeclared_record_keys
 from lesionlab.runs import Run, load_predictor
-
-FLAGS = ["--epochs", "1", "--batch-size", "16", "--n-malignant", "10", "--bootstrap", "20", "--num-threads", "1"]
 
 
 def test_ensemble_probabilities_are_the_mean_of_the_members(two_runs, cv_dir, small_data, tmp_path):

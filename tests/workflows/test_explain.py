@@ -9,13 +9,12 @@ import torch
 from PIL import Image
 from torch import nn
 
+from conftest import RUN_FLAGS as FLAGS  # the tiny runs' flags, one list for every file
 from conftest import SAMPLE, cli
 from lesionlab.engine.runtime import resolve_runtime
 from lesionlab.errors import BadInputError
 from lesionlab.runs import ModelPredictor
 from lesionlab.workflows.explain import cam_to_original, gallery_picks, predictor_cams, resolve_target_layer
-
-FLAGS = ["--epochs", "1", "--batch-size", "16", "--n-malignant", "10", "--bootstrap", "20", "--num-threads", "1"]
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,13 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import RUN_FLAGS as FLAGS  # the tiny runs' flags, one list for every file
 from conftest import SAMPLE, cli
 from lesionlab.engine.runtime import resolve_runtime
 from lesionlab.errors import BadInputError
 from lesionlab.runs import ModelPredictor, load_predictor
 from lesionlab.workflows.export import export_predictor
 
-FLAGS = ["--epochs", "1", "--batch-size", "16", "--n-malignant", "10", "--bootstrap", "20", "--num-threads", "1"]
 onnxruntime = pytest.importorskip("onnxruntime")
 
 

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import RUN_FLAGS as FLAGS  # the tiny runs' flags, one list for every file
 from conftest import cli, undeclared_record_keys
 from lesionlab.config import build_config, build_pretrain_config
 from lesionlab.data.splits import load_split
@@ -20,8 +21,6 @@ from lesionlab.runs import Run
 from lesionlab.runs.encoder_run import EncoderWeights, check_encoder_fits, load_encoder
 from lesionlab.workflows.pretrain import pretrain, state_dir
 from lesionlab.workflows.train import train_process
-
-FLAGS = ["--epochs", "1", "--batch-size", "16", "--n-malignant", "10", "--bootstrap", "20", "--num-threads", "1"]
 
 
 def _cfg(data, **kw):

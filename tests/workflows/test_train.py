@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from conftest import LITE0_FILE_SHA, cli, copy_subset, lite0_installed, subset
+from conftest import RUN_FLAGS as FLAGS  # the tiny runs' flags, one list for every file
 from lesionlab.config import build_config
 from lesionlab.data.sources import read_source
 from lesionlab.data.store import Store, prepare
@@ -24,7 +25,6 @@ from lesionlab.runs import Run, is_complete_run, load_predictor
 from lesionlab.workflows.train import train_process
 from processes import start_lesionlab
 
-FLAGS = ["--epochs", "1", "--batch-size", "16", "--n-malignant", "10", "--bootstrap", "20", "--num-threads", "1"]
 TRAIN = ["--epochs", "3", "--batch-size", "16", "--n-malignant", "16", "--bootstrap", "200", "--num-threads", "1"]
 SMALL = ["--epochs", "2", "--batch-size", "16", "--n-malignant", "20", "--bootstrap", "100", "--eval-batch-size", "64"]
 
