@@ -2,6 +2,7 @@
 
     python benchmarks/synthetic.py [--dataset ham10000|isic2024-permissive] [--size 64] [--work bench-out]
         [--gen-min 60] [--gan-min 26] [--folds 5] [--epochs-scale 1] [--n-synthetic 1000,3000] [--n-boot 2000]
+        [--quality-only]
     python benchmarks/synthetic.py --data DATA_DIR --name NAME ...   (any prepared data set with a split)
 
 1. Quality: the projected generator (Projected GAN + FastGAN, class-conditional on both classes of
@@ -96,6 +97,40 @@ def draw_settings(values: dict, n_syn: int, min_benign: int) -> dict:
     return {**values, "ratio": values["ratio"] if fits else "natural", "epochs": epochs}
 
 
+def experiment(args, data: Path, work: Path, size: int, counts: list[int], fold_min: float, gen_kw: dict):
+    """Part 2: folds as the cv arms will draw them (same fold seed, same inner validation), each fold's
+    generator and synthetic images, and every arm's cv. Returns (recipes, cvs, settings, smallest
+    benign and malignant counts of a fold's pool)."""
+    base_values = _values(BASELINE)
+    # (a plan of its own folder: the arms' cv folders hold their own configs)
+    plan = prepare_cv(build_config({**base_values, "data": str(data), "seed": args.fold_seed}, "folds"),
+                      work / "fold-plan", args.folds, 1, args.fold_seed)
+    ids = Store.open(data).table["id"].astype(str).to_numpy()
+    min_benign = min(p.info["counts"]["train_pool"]["benign"] for p in plan.plans.values())
+    # a small data set (e.g. ISIC 2024's permissive crops) may hold fewer malignant images in a fold's pool than
+    # a recipe's draw: then every arm draws as many as the smallest fold's pool holds
+    min_malignant = min(p.info["counts"]["train_pool"]["malignant"] for p in plan.plans.values())
+    if counts:
+        for folder, fold_plan in plan.plans.items():
+            fold = folder.name
+            gen = work / "fold-generators" / fold
+            generator(data, gen, fold_min, args.smoke, kind="projected", only_ids=ids[fold_plan.pool].tolist(), **gen_kw)
+            synthetic_store(gen, max(counts), size, work / "fold-synthetic" / fold)
+    recipes = {"simple_cnn 1:2": base_values, "recommended": _values(RECOMMENDED)}
+    cvs, settings = {}, {}
+    for recipe, values in recipes.items():
+        values = {**values, "epochs": max(1, round(values["epochs"] * args.epochs_scale)), "bootstrap": 0,
+                  "n_malignant": min(int(values["n_malignant"]), min_malignant, 10 if args.smoke else min_malignant)}
+        for n in [0] + counts:
+            name = recipe if n == 0 else f"{recipe} + {n} synthetic"
+            arm = draw_settings(values, n, min_benign)
+            if n:
+                arm["synthetic"] = {"data": str(work / "fold-synthetic" / "{fold}"), "n": n}
+            settings[name] = arm
+            cvs[name] = cv_arm(name, arm, data, work, args.folds, args.fold_seed)
+    return recipes, cvs, settings, min_benign, min_malignant
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataset_option(ap)
@@ -116,6 +151,8 @@ def main() -> None:
     ap.add_argument("--n-check", type=int, default=3000, help="synthetic images in the quality check")
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--smoke", action="store_true", help="the tiniest run: 2 folds, 1 epoch, a generator of 4 steps")
+    ap.add_argument("--quality-only", action="store_true", help="part 1 alone (the generators and their checks); the "
+                    "section says the experiment was not run")
     args = ap.parse_args()
     if args.smoke:
         args.folds, args.epochs_scale, args.n_check, args.n_boot, args.n_synthetic = 2, 0.0, 64, 50, "20,40"
@@ -161,35 +198,9 @@ def main() -> None:
             write_json(record, result)
         checks[kind] = read_json(record)
 
-    # 2. the experiment: folds as the cv arms will draw them (same fold seed, same inner validation)
-    base_values = _values(BASELINE)
-    # (a plan of its own folder: the arms' cv folders hold their own configs)
-    plan = prepare_cv(build_config({**base_values, "data": str(data), "seed": args.fold_seed}, "folds"),
-                      work / "fold-plan", args.folds, 1, args.fold_seed)
-    store = Store.open(data)
-    ids = store.table["id"].astype(str).to_numpy()
-    min_benign = min(p.info["counts"]["train_pool"]["benign"] for p in plan.plans.values())
-    # a small data set (e.g. ISIC 2024's permissive crops) may hold fewer malignant images in a fold's pool than
-    # a recipe's draw: then every arm draws as many as the smallest fold's pool holds
-    min_malignant = min(p.info["counts"]["train_pool"]["malignant"] for p in plan.plans.values())
-    if counts:
-        for folder, fold_plan in plan.plans.items():
-            fold = folder.name
-            gen = work / "fold-generators" / fold
-            generator(data, gen, fold_min, args.smoke, kind="projected", only_ids=ids[fold_plan.pool].tolist(), **gen_kw)
-            synthetic_store(gen, max(counts), size, work / "fold-synthetic" / fold)
-    recipes = {"simple_cnn 1:2": base_values, "recommended": _values(RECOMMENDED)}
-    cvs, settings = {}, {}
-    for recipe, values in recipes.items():
-        values = {**values, "epochs": max(1, round(values["epochs"] * args.epochs_scale)), "bootstrap": 0,
-                  "n_malignant": min(int(values["n_malignant"]), min_malignant, 10 if args.smoke else min_malignant)}
-        for n in [0] + counts:
-            name = recipe if n == 0 else f"{recipe} + {n} synthetic"
-            arm = draw_settings(values, n, min_benign)
-            if n:
-                arm["synthetic"] = {"data": str(work / "fold-synthetic" / "{fold}"), "n": n}
-            settings[name] = arm
-            cvs[name] = cv_arm(name, arm, data, work, args.folds, args.fold_seed)
+    ids = Store.open(data).table["id"].astype(str).to_numpy()
+    if not args.quality_only:
+        recipes, cvs, settings, min_benign, min_malignant = experiment(args, data, work, size, counts, fold_min, gen_kw)
 
     # 3. the section
     def net_rows(kind: str) -> list[str]:
@@ -210,7 +221,8 @@ def main() -> None:
              f"{f'--data {args.data} --name {args.name}' if args.data else f'--dataset {args.name} --size {args.size}'} "
              f"--gen-min {args.gen_min:g} "
              f"--fold-gen-min {fold_min:g} --gan-min {args.gan_min:g} --folds {args.folds} --epochs-scale "
-             f"{args.epochs_scale:g} --n-synthetic {','.join(map(str, counts))}{' --smoke' if args.smoke else ''}` "
+             f"{args.epochs_scale:g} --n-synthetic {','.join(map(str, counts))}{' --smoke' if args.smoke else ''}"
+             f"{' --quality-only' if args.quality_only else ''}` "
              f"(code {git_commit()}); machine: {machine()}; wall of this invocation "
              f"{(time.time() - started) / 3600:.2f} h.", "",
              f"Data: {data.name} at {size} px, {len(ids)} images; generators at {args.gen_size} px. The notebook's own "
@@ -233,7 +245,11 @@ def main() -> None:
              "coverage 0.017.", "",
              f"Full checks: {work / 'check-projected' / 'check.html'}"
              + (f", {work / 'check-gan' / 'check.html'}" if "gan" in gens else "") + ".", "",
-             "### The notebook's experiment as cross-validation, paired on out-of-fold images", "",
+             "### The notebook's experiment as cross-validation, paired on out-of-fold images", ""]
+    if args.quality_only:
+        lines.append("Not run by this invocation (--quality-only).")
+        return finish(section, lines)
+    lines += [
              f"{args.folds}-fold grouped cv of the train pool (fold seed {args.fold_seed}); each fold's synthetic images "
              f"come from its own generator (up to {fold_min:g} CPU minutes, trained on that fold's training part only) and "
              "join its training draws only. With synthetic images a recipe keeps its ratio (real + synthetic malignant "
@@ -259,6 +275,10 @@ def main() -> None:
             lines.append(f"| {recipe} | {n} | " + " | ".join(
                 f"{d[m]['diff']:+.3f} [{d[m]['lo']:+.3f}, {d[m]['hi']:+.3f}]"
                 + (" ↑" if d[m]["lo"] > 0 else " ↓" if d[m]["hi"] < 0 else "") for m in PAIRED) + " |")
+    finish(section, lines)
+
+
+def finish(section: str, lines: list[str]) -> None:
     update_section(section, "\n".join(lines))
     print("\n".join(lines))
     print(f"docs/results.md: section {section} written")
