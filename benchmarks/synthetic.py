@@ -19,7 +19,8 @@
 
 Everything is resumable: finished generators (generator.json), samples, prepared sets and cv folds are
 reused by the same command. Writes docs/results.md (section "synthetic", "synthetic-isic2024-permissive" or
-"synthetic-NAME"). The smallest run, to
+"synthetic-NAME"); --quality-only runs part 1 alone and writes it to that section's name + "-quality". The
+smallest run, to
 check the script: --smoke (2 folds, 1 epoch, generators of 4 steps, 20 and 40 synthetic images).
 """
 from __future__ import annotations
@@ -151,8 +152,8 @@ def main() -> None:
     ap.add_argument("--n-check", type=int, default=3000, help="synthetic images in the quality check")
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--smoke", action="store_true", help="the tiniest run: 2 folds, 1 epoch, a generator of 4 steps")
-    ap.add_argument("--quality-only", action="store_true", help="part 1 alone (the generators and their checks); the "
-                    "section says the experiment was not run")
+    ap.add_argument("--quality-only", action="store_true", help="part 1 alone (the generators and their checks), "
+                    "written to its own section (SECTION-quality), so the last full run's section stays")
     args = ap.parse_args()
     if args.smoke:
         args.folds, args.epochs_scale, args.n_check, args.n_boot, args.n_synthetic = 2, 0.0, 64, 50, "20,40"
@@ -247,8 +248,9 @@ def main() -> None:
              + (f", {work / 'check-gan' / 'check.html'}" if "gan" in gens else "") + ".", "",
              "### The notebook's experiment as cross-validation, paired on out-of-fold images", ""]
     if args.quality_only:
-        lines.append("Not run by this invocation (--quality-only).")
-        return finish(section, lines)
+        lines.append("Not run by this invocation (--quality-only); the section without \"-quality\" holds the last "
+                     "full run.")
+        return finish(section + "-quality", lines)
     lines += [
              f"{args.folds}-fold grouped cv of the train pool (fold seed {args.fold_seed}); each fold's synthetic images "
              f"come from its own generator (up to {fold_min:g} CPU minutes, trained on that fold's training part only) and "
