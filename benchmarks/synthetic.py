@@ -20,8 +20,7 @@
 Everything is resumable: finished generators (generator.json), samples, prepared sets and cv folds are
 reused by the same command. Writes docs/results.md (section "synthetic", "synthetic-isic2024-permissive" or
 "synthetic-NAME"); --quality-only runs part 1 alone and writes it to that section's name + "-quality". The
-smallest run, to
-check the script: --smoke (2 folds, 1 epoch, generators of 4 steps, 20 and 40 synthetic images).
+smallest run, to check the script: --smoke (2 folds, 1 epoch, generators of 4 steps, 20 and 40 synthetic images).
 """
 from __future__ import annotations
 
