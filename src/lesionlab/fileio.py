@@ -27,7 +27,6 @@ from filelock import FileLock, Timeout
 
 from .errors import BadInputError, ExistsError, LesionLabError, first_line
 
-
 # ---------------------------------------------------------------- where writing fails
 
 # errno -> the reason a location cannot be written, in words. EROFS, ENOSPC and EDQUOT can only

@@ -18,9 +18,9 @@ from .output import epoch_echo
                    "dermoscopy")
 def demo(out: Path, epochs: int | None, sample: str) -> None:
     """Run the whole flow on a sample shipped with lesionlab and write a report."""
+    from ..runs import find_runs
     from ..workflows.demo import run_demo
     from ..workflows.report import notebook_line
-    from ..runs import find_runs
 
     html_path = run_demo(out, epochs, echo=lambda s: click.echo(s, err=True), on_epoch=epoch_echo(epochs or 8),
                          sample=sample)

@@ -68,8 +68,8 @@ def compare(run_a: Path, run_b: Path, n_boot: int, seed: int, on: str, json_out:
     images when both sides are cv or tabular runs on the same folds, else the split's test images.
 
     RUN_A and RUN_B are run folders, or folders of runs of one experiment (its seeds)."""
-    from ..workflows.compare import compare_runs, format_comparison, load_side
     from ..fileio import write_json
+    from ..workflows.compare import compare_runs, format_comparison, load_side
 
     res = compare_runs(load_side(run_a), load_side(run_b), n_boot=n_boot, seed=seed, on=on)
     for line in format_comparison(res, str(run_a), str(run_b)):

@@ -20,7 +20,6 @@ import sys
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn

@@ -14,8 +14,8 @@ from ..engine.runtime import IMAGENET, Preprocessing
 from ..errors import BadInputError, LeakError, preview
 from . import format as fmt
 from .kinds import RunKind, register_kind
-from .records import RunInfo, RunMetrics
 from .reader import Run, is_complete_run, read_table
+from .records import RunInfo, RunMetrics
 
 
 @dataclass

@@ -16,8 +16,8 @@ from ..errors import ExistsError
 from ..fileio import check_free, exclusive, staged_dir, write_csv, write_json, write_yaml
 from . import format as fmt
 from .kinds import run_kind
-from .records import RunInfo, RunMetrics
 from .reader import is_complete_run
+from .records import RunInfo, RunMetrics
 
 
 def check_new_run_folder(out: Path) -> None:

@@ -39,7 +39,6 @@ from .nets import Z_DIM, Discriminator, Generator, diff_augment, make_schedulers
 
 log = logging.getLogger(__name__)
 MIN_IMAGES = 16
-KINDS = ("projected", "gan", "ddpm")
 CLASS_NAMES = ("benign", "malignant")  # label 0, label 1
 
 

@@ -22,7 +22,6 @@ restarts from scratch, and several workers or job-array tasks can share one CV_D
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
