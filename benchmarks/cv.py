@@ -7,8 +7,9 @@ with and without d4 test-time augmentation, against a single run on the split's 
 
 Everything that chooses (the combination, the lever it would recommend) looks at OOF results only,
 never at test. Folds resume (finished ones are skipped), so an interrupted benchmark picks up where it
-stopped. Writes docs/results.md (section "cv", or "cv-DATASET" for another data set than HAM10000). configs/recommended.yaml has one writer,
-benchmarks/quality.py, which puts the candidate recipes against the baseline the same way.
+stopped. Writes docs/results.md (section "cv", or "cv-DATASET" for another data set than HAM10000). configs/scratch.yaml has one writer,
+benchmarks/quality.py, which puts the candidate recipes against the baseline the same way (and
+configs/recommended.yaml one, benchmarks/transfer.py).
 """
 from __future__ import annotations
 
@@ -217,7 +218,7 @@ def main() -> None:
         lines.append(f"Chosen from OOF only: **{chosen}** (OOF {SELECT} {value(rec_oof, SELECT, 4)}, paired OOF "
                      f"difference {cell(paired[chosen][SELECT])}); OOF AP {value(rec_oof, 'average_precision')}; its fold "
                      f"ensemble on test: AP {value(rec_test, 'average_precision')}, pAUC80 {value(rec_test, 'pauc_80', 4)}. "
-                     "configs/recommended.yaml is chosen by benchmarks/quality.py.")
+                     "configs/scratch.yaml is chosen by benchmarks/quality.py.")
     else:
         lines.append(f"No arm's paired OOF {SELECT} interval against the baseline lies above zero, so the OOF evidence "
                      "does not support a lever.")

@@ -3,14 +3,14 @@ search's base recipe (the issue's "first hint"), (a) the best from-scratch recip
 `lesionlab tune`, (b) an SSL-pretrained encoder fine-tuned with that recipe, and (c) their seed
 ensemble with test-time augmentation (the 8 flips/quarter turns); then the baseline and each arm
 again as a K-fold grouped cross-validation, paired on the out-of-fold (OOF) images, which is what
-chooses configs/recommended.yaml; and (d) each cv arm's image scores fused with the metadata
+chooses configs/scratch.yaml; and (d) each cv arm's image scores fused with the metadata
 (`lesionlab tabular --image CV_DIR`, late and stacked), the whole product's answer beside the image-only one.
 
     python benchmarks/quality.py [--dataset ham10000|isic2024-permissive] [--work bench-out] [--size 128]
         [--seeds 0,1,2] [--epochs 40]
         [--baseline-epochs 20] [--trials 40] [--tune-epochs 20] [--tune-keys lr,weight_decay,...]
         [--ssl-method simclr] [--ssl-model upgraded_cnn] [--ssl-epochs 100] [--ssl-batch 256]
-        [--cv-folds 5] [--write-recommended]
+        [--cv-folds 5] [--write-scratch]
 
 --trials 0 skips the search (then (b) and (c) build on (a0));
 --ssl-epochs 0 skips (b); --cv-folds 0 skips the cross-validation and (d).
@@ -23,8 +23,8 @@ the arm of the seed stage by its validation pAUC80, and the recommended recipe b
 OOF images instead of 50 on validation). The test set is scored at the end, with paired intervals
 from a bootstrap that resamples whole groups (lesions; stratified by whether a group holds a malignant image).
 Complete runs, folds, the tune study and the encoder are reused, so an interrupted benchmark resumes.
-Writes docs/results.md (section "quality", or "quality-DATASET"); configs/recommended.yaml only with
---write-recommended on HAM10000 (the data set it is chosen on),
+Writes docs/results.md (section "quality", or "quality-DATASET"); configs/scratch.yaml only with
+--write-scratch on HAM10000 (the data set it is chosen on),
 and only when a from-scratch arm's paired OOF pAUC80 interval against the baseline lies above zero
 (an SSL arm needs its encoder, so it cannot be a config file alone).
 """
@@ -160,7 +160,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--ft-probe-epochs", type=int, default=0)
     ap.add_argument("--cv-folds", type=int, default=5, help="folds of the OOF stage; 0 skips it")
     ap.add_argument("--n-boot", type=int, default=2000)
-    ap.add_argument("--write-recommended", action="store_true")
+    ap.add_argument("--write-scratch", action="store_true")
     return ap
 
 
@@ -440,7 +440,7 @@ def seed_stage_lines(b: Bench, stage: SeedStage, scored: Scored, command: str) -
               f"95% intervals from {args.n_boot} resamples of whole groups ({ds.groups}); B - baseline:", "",
               *paired_rows(scored.paired, "arm"),
               "", "Operating point: test F1 / precision / recall of the single seeds (mean ± sd), the threshold chosen on "
-              "each run's validation predictions by the rule; configs/recommended.yaml carries "
+              "each run's validation predictions by the rule; configs/scratch.yaml carries "
               f"`threshold: {RECIPE_THRESHOLD}` (fixed beforehand: a 1:K draw does not learn the validation prevalence).",
               "", "| arm | " + " | ".join(OPERATING_RULES) + " |", "|---|" + "---|" * len(OPERATING_RULES)]
     for name, runs in stage.arms.items():
@@ -506,7 +506,7 @@ def fused_lines(b: Bench, oof: OofStage) -> list[str]:
 
 
 def verdict_lines(scored: Scored, oof: OofStage, best_oof: str | None, recommended: str | None, writes: bool) -> list[str]:
-    """The choices: on validation (seed stage), on OOF (configs/recommended.yaml), and the issue's goal."""
+    """The choices: on validation (seed stage), on OOF (configs/scratch.yaml), and the issue's goal."""
     y_test = scored.y_test
     lines = ["", f"Chosen on validation in the seed stage (highest val pAUC80): **{scored.chosen}**. The issue's goal "
              f"(test ROC AUC >= {GOAL['roc_auc']} and pAUC80 >= {GOAL['pauc_80']}) is "
@@ -517,11 +517,11 @@ def verdict_lines(scored: Scored, oof: OofStage, best_oof: str | None, recommend
                      "model and metadata together (the goal is the image model's; this is what the product gives with "
                      "both).")
     if oof.cvs:
-        lines.append("Chosen on OOF for configs/recommended.yaml (the highest OOF pAUC80 among from-scratch arms whose "
+        lines.append("Chosen on OOF for configs/scratch.yaml (the highest OOF pAUC80 among from-scratch arms whose "
                      "paired OOF interval against the baseline lies above zero): "
                      + (f"**{recommended}**" if recommended else "none (no such arm)")
-                     + ("; written to configs/recommended.yaml." if writes else
-                        "; configs/recommended.yaml is left as it was.")
+                     + ("; written to configs/scratch.yaml." if writes else
+                        "; configs/scratch.yaml is left as it was.")
                      + (f" {B} ranks higher on OOF; it needs its encoder (`lesionlab pretrain`, then `--pretrained "
                         "ENC_DIR`), so it is the two-step recipe beside the file." if best_oof == B else ""))
     return lines
@@ -536,8 +536,8 @@ def main() -> None:
         args.n_malignant = ds.n_malignant
     elif str(args.n_malignant).isdigit():
         args.n_malignant = int(args.n_malignant)
-    if args.write_recommended and ds.key != "ham10000":
-        raise SystemExit("--write-recommended: configs/recommended.yaml is chosen on HAM10000; on another data set "
+    if args.write_scratch and ds.key != "ham10000":
+        raise SystemExit("--write-scratch: configs/scratch.yaml is chosen on HAM10000; on another data set "
                          "this benchmark reports, and benchmarks/recipe_check.py checks the recipe there")
     work = ds.work(Path(args.work))
     t = time.time()
@@ -551,7 +551,7 @@ def main() -> None:
     best_oof, recommended = recommendation(stage, oof)
     b.timings["total"] = time.time() - started
 
-    writes = bool(args.write_recommended and recommended and not args.data)
+    writes = bool(args.write_scratch and recommended and not args.data)
     lines = (seed_stage_lines(b, stage, scored, command_line(args, ap)) + oof_lines(b, stage, oof)
              + fused_lines(b, oof) + verdict_lines(scored, oof, best_oof, recommended, writes))
     if not args.data:  # a smoke test on other data does not write the results
@@ -559,24 +559,26 @@ def main() -> None:
     print("\n".join(lines))
     if writes:
         assert recommended is not None
-        write_recommended(stage.values[recommended], oof.paired[recommended], args)
+        write_scratch(stage.values[recommended], oof.paired[recommended], args)
 
 
-def write_recommended(values: dict, oof_diff: dict, args) -> None:
-    """configs/recommended.yaml, validated as a config first. This script is the file's one writer: it is
-    the benchmark that puts every candidate recipe against the baseline on OOF images."""
+def write_scratch(values: dict, oof_diff: dict, args) -> None:
+    """configs/scratch.yaml, validated as a config first. This script is the file's one writer: it is
+    the benchmark that puts every from-scratch recipe against the baseline on OOF images (benchmarks/transfer.py
+    then puts the ImageNet recipes against this one and writes configs/recommended.yaml)."""
     values = {k: v for k, v in values.items() if k not in ("bootstrap", "data", "seed", "name")}
     values["threshold"] = RECIPE_THRESHOLD
-    kept = {k: v for k, v in to_dict(build_config({**values, "name": "recommended"}, "recommended")).items()
+    kept = {k: v for k, v in to_dict(build_config({**values, "name": "scratch"}, "scratch")).items()
             if k in values or k == "name"}
     d, a = oof_diff["pauc_80"], oof_diff["roc_auc"]
-    write_text(ROOT / "configs" / "recommended.yaml",
-               f"# Chosen on out-of-fold results only by benchmarks/quality.py ({git_commit()}); see docs/results.md.\n"
+    write_text(ROOT / "configs" / "scratch.yaml",
+               f"# The best from-scratch recipe, chosen on out-of-fold results only by benchmarks/quality.py ({git_commit()}); "
+               "see docs/results.md.\n"
                f"# {args.cv_folds}-fold grouped CV on HAM10000 at {args.size} px against the notebook baseline, paired "
                f"(whole lesions resampled): OOF pAUC80 {d['diff']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}], ROC AUC "
                f"{a['diff']:+.3f} [{a['lo']:+.3f}, {a['hi']:+.3f}].\n"
-               "#   lesionlab train configs/recommended.yaml --data DATA_DIR --out RUN_DIR\n"
-               "#   lesionlab cv configs/recommended.yaml --data DATA_DIR --out CV_DIR\n"
+               "#   lesionlab train configs/scratch.yaml --data DATA_DIR --out RUN_DIR\n"
+               "#   lesionlab cv configs/scratch.yaml --data DATA_DIR --out CV_DIR\n"
                + yaml.safe_dump(kept, sort_keys=False))
 
 

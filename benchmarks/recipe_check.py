@@ -1,5 +1,5 @@
-"""Does a recipe hold where it was not chosen? A recipe (default configs/recommended.yaml, chosen by
-benchmarks/quality.py on HAM10000 at 64 px) against the notebook baseline as K-fold grouped cross-validations
+"""Does a recipe hold where it was not chosen? A recipe (default configs/recommended.yaml; its
+file says where it was chosen) against the notebook baseline as K-fold grouped cross-validations
 at another size (default the seed protocol's 128 px) or on another data set (--dataset isic2024-permissive:
 real ISIC 2024 crops, the release's train pool), paired on the same out-of-fold images; the fold ensembles
 scored once on the split's test set.

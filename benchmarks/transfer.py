@@ -6,7 +6,7 @@ on the other data sets' test images (trained on one source, judged on another).
     python benchmarks/transfer.py [--size 128] [--data NAME=DATA_DIR ...] [--work bench-out]
         [--folds 5] [--trials 20] [--tune-epochs 10] [--epochs 20] [--naive-epochs 10] [--ssl-epochs 10]
         [--input-sizes 0,160,224] [--n-malignant 293] [--n-malignant-of NAME=N|all] [--extra-n-malignant 293]
-        [--tag T] [--write-recommended] [--print-only]
+        [--tune-on NAME ...] [--tag T] [--write-recommended] [--print-only]
 
 Without --data: HAM10000 and the ISIC 2024 permissive release, prepared at --size in the work folder with the
 protocol's splits and draws (lesionlab.benchmarking.datasets: val/test 50:1000 and draws of 293 malignant images;
@@ -15,7 +15,7 @@ set with its split (`lesionlab prepare`, `lesionlab split`), all at one image si
 it (ham10000 and isic2024-permissive carry the issue's goals). Arms, each `lesionlab cv` with the same folds on
 each data set:
 
-  scratch         configs/recommended.yaml (the best from-scratch recipe)
+  scratch         configs/scratch.yaml (the best from-scratch recipe, chosen by benchmarks/quality.py)
   lite0 naive     tf_efficientnet_lite0 from ImageNet, AdamW 3e-4 on all layers, --naive-epochs, augment medium
   lite0 tuned on D  configs/search/transfer_lite0.yaml searched by `lesionlab tune` (objective inner_val: the
                   split's validation set, never OOF or test) on data set D; every data set's tuned recipe is run
@@ -63,7 +63,7 @@ from lesionlab.workflows.compare import compare_runs
 from lesionlab.workflows.pretrain import pretrain
 from lesionlab.workflows.tune import load_search, tune
 
-SCRATCH = ROOT / "configs" / "recommended.yaml"
+SCRATCH = ROOT / "configs" / "scratch.yaml"
 SEARCH = ROOT / "configs" / "search" / "transfer_lite0.yaml"
 LITE0 = "tf_efficientnet_lite0"
 GOALS = {"ham10000": {"roc_auc": 0.90, "pauc_80": 0.14}, "isic2024-permissive": {"roc_auc": 0.88, "pauc_80": 0.12}}
@@ -179,6 +179,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=20, help="epochs of the tuned lite0 arms (early stopping inside)")
     ap.add_argument("--naive-epochs", type=int, default=10)
     ap.add_argument("--trials", type=int, default=20, help="tune trials per data set")
+    ap.add_argument("--tune-on", action="append", default=[], metavar="NAME",
+                    help="search the recipe on these data sets only (repeated; default: every data set); the extra "
+                         "and SSL arms of the others take the first one's recipe")
     ap.add_argument("--tune-epochs", type=int, default=10)
     ap.add_argument("--input-sizes", default="", help="input sizes the search may pick, e.g. 0 (the store's) or "
                     "0,160,224 (default: the search file's)")
@@ -232,9 +235,12 @@ def main() -> None:
 
     # the searches, one per data set, on validation only
     tuned, studies = {}, {}
-    for name, data in datasets.items():
+    unknown = [n for n in args.tune_on if n not in datasets]
+    if unknown:
+        ap.error(f"--tune-on {', '.join(unknown)}: expected one of {', '.join(datasets)}")
+    for name in args.tune_on or datasets:
         t = time.time()
-        tuned[name], studies[name] = tuned_recipe(args, name, data, work, own[name])
+        tuned[name], studies[name] = tuned_recipe(args, name, datasets[name], work, own[name])
         timings[f"tune {name}"] = time.time() - t
 
     # every arm as a cv on every data set
@@ -243,6 +249,7 @@ def main() -> None:
     arm_values: dict[str, dict[str, dict]] = {name: {} for name in datasets}
     for name, data in datasets.items():
         dwork = work / name
+        base = tuned.get(name) or next(iter(tuned.values()))  # the recipe the extra and SSL arms start from
         arms = {"scratch": scratch, "lite0 naive": naive}
         arms.update({f"lite0 tuned on {other}": values for other, values in tuned.items()})
         others = [d for d in datasets if d != name]
@@ -252,14 +259,14 @@ def main() -> None:
                 # as many as asked, at most what the other data set holds at the recipe's ratio
                 counts, k = Store.open(datasets[other]).meta["counts"], parse_ratio(protocol.get("ratio", "natural"))
                 most = min(counts["malignant"], int(counts["benign"] // k) if k else counts["malignant"])
-                arms[f"lite0 + extra {other}"] = {**tuned[name], "extra_data": str(datasets[other]),
+                arms[f"lite0 + extra {other}"] = {**base, "extra_data": str(datasets[other]),
                                                   "extra_ratio": protocol.get("ratio", "natural"),
                                                   "extra_n_malignant": min(args.extra_n_malignant, most)}
         if args.ssl_epochs:
             t = time.time()
-            enc = encoder(args, name, data, work, int(tuned[name].get("input_size", 0) or 0))
+            enc = encoder(args, name, data, work, int(base.get("input_size", 0) or 0))
             timings[f"SSL pretrain {name}"] = time.time() - t
-            arms["lite0 + SSL"] = {**tuned[name], "pretrained": str(enc)}
+            arms["lite0 + SSL"] = {**base, "pretrained": str(enc)}
         seen: dict[str, str] = {}
         for arm, values in arms.items():
             values = {**values, **own[name]}  # every arm draws as the data set's protocol says
@@ -281,7 +288,7 @@ def main() -> None:
                      for arm, run in runs.items() if arm != "scratch"} for name, runs in cvs.items()}
 
     # configs/recommended.yaml: config-only candidates beating scratch on every data set (OOF pAUC80 interval > 0)
-    candidates = ["lite0 naive"] + [f"lite0 tuned on {d}" for d in datasets]
+    candidates = ["lite0 naive"] + [f"lite0 tuned on {d}" for d in tuned]
     eligible = [c for c in candidates if all(paired[d][c]["pauc_80"]["lo"] > 0 for d in datasets)]
     mean_oof = {c: float(np.mean([cvs[d][c].metrics["oof"]["pauc_80"] for d in datasets])) for c in candidates}
     chosen = max(eligible, key=mean_oof.get) if eligible else None
@@ -298,8 +305,8 @@ def main() -> None:
     cmd = "python benchmarks/transfer.py " + " ".join(
         [f"--data {n}=DATA_DIR" for n in datasets if args.data]
         + [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
-           if k not in ("data", "work", "n_malignant_of") and v not in ("", None, False) and v != ap.get_default(k)]
-        + [f"--n-malignant-of {v}" for v in args.n_malignant_of])
+           if k not in ("data", "work", "n_malignant_of", "tune_on") and v not in ("", None, False) and v != ap.get_default(k)]
+        + [f"--n-malignant-of {v}" for v in args.n_malignant_of] + [f"--tune-on {v}" for v in args.tune_on])
     lines = ["## Transfer: ImageNet EfficientNet-Lite0 against the best from-scratch recipe (`benchmarks/transfer.py`)"
              + (f", {args.tag}" if args.tag else ""), "",
              f"Command: `{cmd}` (code {git_commit()}); machine: {machine()}; wall of this invocation "
@@ -323,15 +330,16 @@ def main() -> None:
                      f"(val pAUC80 {best['value']:.4f}): "
                      + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in best["params"].items())
                      + f"; trained {args.epochs} epochs with early stopping.")
+    otherwise = f" (where none was, the one tuned on {next(iter(tuned))})" if len(tuned) < len(datasets) else ""
     if args.ssl_epochs:
         lines.append(f"SSL: `lesionlab pretrain --model {LITE0} --pretrained --method simclr --epochs {args.ssl_epochs} "
                      f"--batch-size {args.ssl_batch}` on each train pool (it sees each fold's OOF images without labels), "
-                     "then the recipe tuned on that data set.")
+                     "then the recipe tuned on that data set" + otherwise + ".")
     if args.extra_n_malignant:
         drawn = "; ".join(f"on {name}: {v['extra_n_malignant']} malignant of {arm.removeprefix('lite0 + extra ')}"
                           for name, arms in arm_values.items() for arm, v in arms.items() if arm.startswith("lite0 + extra"))
-        lines.append(f"Extra source: the recipe tuned on the data set, with malignant images of the other data set at "
-                     f"the same ratio added to every training draw ({drawn}; --extra-n-malignant "
+        lines.append(f"Extra source: the recipe tuned on the data set{otherwise}, with malignant images of the other "
+                     f"data set at the same ratio added to every training draw ({drawn}; --extra-n-malignant "
                      f"{args.extra_n_malignant} at most, fewer where the other data set holds fewer at that ratio), never "
                      "to validation, test or OOF; checked by id, lesion and content.")
     for name, runs in cvs.items():
