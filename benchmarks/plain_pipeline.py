@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import timm
 import torch
 from PIL import Image
 from torch import nn
@@ -51,7 +52,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
-    model = (SimpleCNN() if args.model == "simple_cnn" else UpgradedCNN()).to(device)
+    seed_cnns = {"simple_cnn": SimpleCNN, "upgraded_cnn": UpgradedCNN}
+    # any other name as a notebook would build it: timm, one logit, random weights (speed is what is compared)
+    model = (seed_cnns[args.model]() if args.model in seed_cnns
+             else timm.create_model(args.model, pretrained=False, num_classes=1)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     criterion = nn.BCEWithLogitsLoss()
     train_loader = DataLoader(LesionDataset(pd.read_csv(args.train)), batch_size=32, shuffle=True)

@@ -2,6 +2,7 @@
 and models, reported as ratios (this machine is shared and noisy; ratios measured together hold).
 
     python benchmarks/speed.py [--source ../shared/data/ham10000] [--work bench-out/speed] [--epochs 3] [--device cpu]
+        [--models simple_cnn,upgraded_cnn] [--tag T]
 
 1. training img/s: lesionlab's loop vs benchmarks/plain_pipeline.py (PIL decode + resize in
    __getitem__, fp32, DataLoader defaults), simple_cnn and upgraded_cnn, same 1:2 draw and seed;
@@ -9,7 +10,7 @@ and models, reported as ratios (this machine is shared and noisy; ratios measure
 2. the loop vs the model's pure compute on the same batches (recorded by every run)
 3. `prepare` img/s vs single-thread decode + resize with the fastest decoder here
 4. `predict` img/s from raw JPEGs
-Writes docs/results.md, section "speed-<device>".
+Writes docs/results.md, section "speed-<device>" (with --tag T, "speed-<device>-T").
 """
 from __future__ import annotations
 
@@ -70,7 +71,8 @@ def main() -> None:
     ap.add_argument("--work", default=str(ROOT / "bench-out" / "speed"))
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--models", default="simple_cnn,upgraded_cnn")
+    ap.add_argument("--models", default="simple_cnn,upgraded_cnn", help="seed CNNs or timm names, e.g. tf_efficientnet_lite0")
+    ap.add_argument("--tag", default="", help="suffix of the results section (runs of other models beside the default)")
     ap.add_argument("--precision-epochs", type=int, default=1, help="epochs of the fp32 vs bf16 comparison (0: skip it)")
     args = ap.parse_args()
     work = Path(args.work)
@@ -157,8 +159,9 @@ def main() -> None:
              f"(HAM10000, 200x150); training on the 1:2 draw (293 malignant, 586 benign), {args.epochs} epochs, seed 0; "
              f"img/s is the median of epochs 2..{args.epochs}, all measured in this one run.", "",
              "### 1-2. Training: lesionlab vs the plain pipeline, and the loop vs pure compute", "", *table, "",
-             f"### bf16 autocast vs fp32 (upgraded_cnn, channels_last, 1:1 draw, {args.precision_epochs} epoch(s), seed 0)", "",
-             "| precision | train img/s | val AP | val ROC AUC | val loss |", "|---|---|---|---|---|", *precision_rows, "",
+             *([f"### bf16 autocast vs fp32 (upgraded_cnn, channels_last, 1:1 draw, {args.precision_epochs} epoch(s), "
+                "seed 0)", "", "| precision | train img/s | val AP | val ROC AUC | val loss |", "|---|---|---|---|---|",
+                *precision_rows, ""] if precision_rows else []),
              "### 3. Decoding", "",
              "- single thread, decode + resize to 128 from bytes in memory: " +
              ", ".join(f"{k} {v:.0f} img/s" for k, v in decode.items()),
@@ -169,7 +172,7 @@ def main() -> None:
              f"- `lesionlab predict` on a folder of {n_pred:,} JPEGs (decode in workers + {args.models.split(',')[0]}): "
              f"{n_pred / predict_seconds:.0f} img/s including start-up ({predict_seconds:.1f} s); "
              f"the command's own figure: {out.stdout.strip().splitlines()[-1]}"]
-    update_section(f"speed-{args.device.split(':')[0]}", "\n".join(lines))
+    update_section(f"speed-{args.device.split(':')[0]}" + (f"-{args.tag}" if args.tag else ""), "\n".join(lines))
     print("\n".join(lines))
 
 

