@@ -6,7 +6,7 @@ on the other data sets' test images (trained on one source, judged on another).
     python benchmarks/transfer.py [--size 128] [--data NAME=DATA_DIR ...] [--work bench-out]
         [--folds 5] [--trials 20] [--tune-epochs 10] [--epochs 20] [--naive-epochs 10] [--ssl-epochs 10]
         [--input-sizes 0,160,224] [--n-malignant 293] [--n-malignant-of NAME=N|all] [--extra-n-malignant 293]
-        [--tune-on NAME ...] [--tag T] [--write-recommended] [--print-only]
+        [--tune-on NAME ...] [--recipe-set KEY=VALUE ...] [--tag T] [--write-recommended] [--print-only]
 
 Without --data: HAM10000 and the ISIC 2024 permissive release, prepared at --size in the work folder with the
 protocol's splits and draws (lesionlab.benchmarking.datasets: val/test 50:1000 and draws of 293 malignant images;
@@ -72,6 +72,14 @@ NAIVE = {"model": LITE0, "pretrained": True, "optimizer": "adamw", "lr": 3e-4, "
          "scheduler": "none", "augment": "medium", "batch_size": 32, "monitor": "val_pauc_80"}
 
 
+def key_value(text: str) -> tuple[str, object]:
+    """--recipe-set KEY=VALUE, the value read as YAML (numbers, none, true)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE")
+    return key.strip(), yaml.safe_load(value)
+
+
 def recipe(path: Path) -> dict:
     return {k: v for k, v in load_yaml(path).items() if k not in ("name", "data")}
 
@@ -96,7 +104,7 @@ def tuned_recipe(args, name: str, data: Path, work: Path, protocol: dict) -> tup
     if not found["best"]:
         raise SystemExit(f"tune on {name}: no trial completed")
     best = {k: v for k, v in load_yaml(folder / "best.yaml").items() if k not in ("name", "data")}
-    best.update(epochs=args.epochs, bootstrap=0)
+    best.update(epochs=args.epochs, bootstrap=0, **dict(args.recipe_set))
     found["minutes"] = (time.time() - t) / 60
     return best, found
 
@@ -183,6 +191,9 @@ def main() -> None:
                     help="search the recipe on these data sets only (repeated; default: every data set); the extra "
                          "and SSL arms of the others take the first one's recipe")
     ap.add_argument("--tune-epochs", type=int, default=10)
+    ap.add_argument("--recipe-set", action="append", default=[], type=key_value, metavar="KEY=VALUE",
+                    help="set a config key of the tuned recipes after the search (repeated), e.g. early_stop=none "
+                         "monitor=val_roc_auc: train every epoch and keep the best by validation ROC AUC")
     ap.add_argument("--input-sizes", default="", help="input sizes the search may pick, e.g. 0 (the store's) or "
                     "0,160,224 (default: the search file's)")
     ap.add_argument("--extra-n-malignant", type=int, default=293, help="malignant images drawn from each other "
@@ -305,8 +316,9 @@ def main() -> None:
     cmd = "python benchmarks/transfer.py " + " ".join(
         [f"--data {n}=DATA_DIR" for n in datasets if args.data]
         + [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
-           if k not in ("data", "work", "n_malignant_of", "tune_on") and v not in ("", None, False) and v != ap.get_default(k)]
-        + [f"--n-malignant-of {v}" for v in args.n_malignant_of] + [f"--tune-on {v}" for v in args.tune_on])
+           if k not in ("data", "work", "n_malignant_of", "tune_on", "recipe_set") and v not in ("", None, False) and v != ap.get_default(k)]
+        + [f"--n-malignant-of {v}" for v in args.n_malignant_of] + [f"--tune-on {v}" for v in args.tune_on]
+        + [f"--recipe-set {k}={v}" for k, v in args.recipe_set])
     lines = ["## Transfer: ImageNet EfficientNet-Lite0 against the best from-scratch recipe (`benchmarks/transfer.py`)"
              + (f", {args.tag}" if args.tag else ""), "",
              f"Command: `{cmd}` (code {git_commit()}); machine: {machine()}; wall of this invocation "
@@ -329,7 +341,9 @@ def main() -> None:
                      f"{found['failed']} failed; {found['minutes']:.0f} min this invocation), best trial {best['number']} "
                      f"(val pAUC80 {best['value']:.4f}): "
                      + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in best["params"].items())
-                     + f"; trained {args.epochs} epochs with early stopping.")
+                     + f"; trained {args.epochs} epochs" + (", then " + ", ".join(f"{k} {v}" for k, v in args.recipe_set)
+                                                           if args.recipe_set else " with the search's early stopping")
+                     + ".")
     otherwise = f" (where none was, the one tuned on {next(iter(tuned))})" if len(tuned) < len(datasets) else ""
     if args.ssl_epochs:
         lines.append(f"SSL: `lesionlab pretrain --model {LITE0} --pretrained --method simclr --epochs {args.ssl_epochs} "
