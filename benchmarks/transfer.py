@@ -316,7 +316,8 @@ def main() -> None:
     cmd = "python benchmarks/transfer.py " + " ".join(
         [f"--data {n}=DATA_DIR" for n in datasets if args.data]
         + [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
-           if k not in ("data", "work", "n_malignant_of", "tune_on", "recipe_set") and v not in ("", None, False) and v != ap.get_default(k)]
+           if k not in ("data", "work", "n_malignant_of", "tune_on", "recipe_set") and v not in ("", None, False)
+           and v != ap.get_default(k)]
         + [f"--n-malignant-of {v}" for v in args.n_malignant_of] + [f"--tune-on {v}" for v in args.tune_on]
         + [f"--recipe-set {k}={v}" for k, v in args.recipe_set])
     lines = ["## Transfer: ImageNet EfficientNet-Lite0 against the best from-scratch recipe (`benchmarks/transfer.py`)"
@@ -341,7 +342,7 @@ def main() -> None:
                      f"{found['failed']} failed; {found['minutes']:.0f} min this invocation), best trial {best['number']} "
                      f"(val pAUC80 {best['value']:.4f}): "
                      + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in best["params"].items())
-                     + f"; trained {args.epochs} epochs" + (", then " + ", ".join(f"{k} {v}" for k, v in args.recipe_set)
+                     + f"; trained {args.epochs} epochs" + (", with " + ", ".join(f"{k} {v}" for k, v in args.recipe_set)
                                                            if args.recipe_set else " with the search's early stopping")
                      + ".")
     otherwise = f" (where none was, the one tuned on {next(iter(tuned))})" if len(tuned) < len(datasets) else ""

