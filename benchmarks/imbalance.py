@@ -7,9 +7,9 @@ then a combination chosen on validation, 3 seeds each, with paired comparisons o
 Everything is chosen on validation: the combination takes the best architecture and every training
 lever whose mean validation average precision beat the baseline's. Complete runs are skipped, so an
 interrupted benchmark resumes. Writes docs/results.md (section "imbalance", or "imbalance-DATASET");
-the recipe files are
-chosen elsewhere, on out-of-fold images: configs/scratch.yaml by benchmarks/quality.py, configs/recommended.yaml by
-benchmarks/transfer.py.
+the recipe
+files are chosen elsewhere, on out-of-fold images: configs/scratch.yaml by benchmarks/quality.py,
+configs/recommended.yaml by benchmarks/transfer.py.
 """
 from __future__ import annotations
 
