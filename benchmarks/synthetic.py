@@ -177,6 +177,8 @@ def main() -> None:
     features = work / "features-upgraded_cnn"
     if not is_complete_run(features):
         values = _values(ROOT / "configs" / "seed" / "upgraded_cnn_1to2.yaml")
+        if not args.data:  # the data set's own draw (the ISIC 2024 permissive pool holds fewer than 293 malignant)
+            values["n_malignant"] = DATASETS[args.dataset].n_malignant
         if args.smoke:
             values.update(epochs=1, n_malignant=20)
         train_process(build_config({**values, "data": str(data), "bootstrap": 0}, "features"), features)
