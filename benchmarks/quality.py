@@ -41,7 +41,7 @@ import yaml
 
 from lesionlab.benchmarking.arms import BASELINE, METRICS, cv_arm, cv_table, fmt_ci, train_arm, train_minutes
 from lesionlab.benchmarking.datasets import DATASETS, Dataset, add_dataset_option, prepared
-from lesionlab.benchmarking.results import ROOT, git_commit, machine, update_section
+from lesionlab.benchmarking.results import ROOT, command_line, git_commit, machine, update_section
 from lesionlab.config import build_config, build_pretrain_config, build_tabular_config, load_yaml, to_dict
 from lesionlab.data.splits import group_keys, load_split
 from lesionlab.data.store import Store
@@ -367,12 +367,6 @@ def recommendation(stage: SeedStage, oof: OofStage) -> tuple[str | None, str | N
     return best_oof, recommended
 
 
-def command_line(args: argparse.Namespace, ap: argparse.ArgumentParser) -> str:
-    return "python benchmarks/quality.py " + " ".join(
-        f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
-        if v not in ("", None, False) and k not in ("work", "data", "tag") and v != ap.get_default(k))
-
-
 def arms_text(b: Bench, stage: SeedStage) -> str:
     """What (a0), (a) and (b) were, in words."""
     args = b.args
@@ -552,7 +546,7 @@ def main() -> None:
     b.timings["total"] = time.time() - started
 
     writes = bool(args.write_scratch and recommended and not args.data)
-    lines = (seed_stage_lines(b, stage, scored, command_line(args, ap)) + oof_lines(b, stage, oof)
+    lines = (seed_stage_lines(b, stage, scored, command_line("quality", args, ap, skip=("work", "data", "tag"))) + oof_lines(b, stage, oof)
              + fused_lines(b, oof) + verdict_lines(scored, oof, best_oof, recommended, writes))
     if not args.data:  # a smoke test on other data does not write the results
         update_section(ds.section("quality"), "\n".join(lines))

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from lesionlab.benchmarking.datasets import DATASETS, add_dataset_option, prepared
-from lesionlab.benchmarking.results import ROOT, git_commit, machine, update_section
+from lesionlab.benchmarking.results import ROOT, command_line, git_commit, machine, update_section
 from lesionlab.runs import find_runs
 from lesionlab.workflows.report import build_report, group_runs, md_table, notebook_line, summary_rows
 from lesionlab.workflows.sweep import read_sweep, run_sweep
@@ -75,9 +75,7 @@ def main() -> None:
     groups = group_runs(runs)
     header, rows = summary_rows(groups)
     scaled = args.size != 128 or args.epochs is not None or len(seeds) < 3
-    command = "python benchmarks/seed_protocol.py --dataset " + args.dataset + "".join(
-        f" --{k} {v}" for k, v in (("seeds", args.seeds), ("epochs", args.epochs), ("size", args.size))
-        if v is not None and v != ap.get_default(k))
+    command = command_line("seed_protocol", args, ap)
     lines = [f"## Seed protocol on {ds.title} (`benchmarks/seed_protocol.py`)", "",
              ("**A scaled run, not the whole protocol** (which is 128 px, seeds 0,1,2 and the configs' epochs). " if scaled
               else "")

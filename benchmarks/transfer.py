@@ -51,7 +51,7 @@ import yaml
 
 from lesionlab.benchmarking.arms import cv_arm, cv_table, fmt_ci
 from lesionlab.benchmarking.datasets import DATASETS, prepared
-from lesionlab.benchmarking.results import ROOT, git_commit, machine, update_section
+from lesionlab.benchmarking.results import ROOT, command_line, git_commit, machine, update_section
 from lesionlab.config import build_config, build_pretrain_config, load_yaml, to_dict
 from lesionlab.data.sampling import parse_ratio
 from lesionlab.data.splits import group_keys, load_split
@@ -313,13 +313,8 @@ def main() -> None:
     timings["total"] = time.time() - started
 
     # ---- docs/results.md
-    cmd = "python benchmarks/transfer.py " + " ".join(
-        [f"--data {n}=DATA_DIR" for n in datasets if args.data]
-        + [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
-           if k not in ("data", "work", "n_malignant_of", "tune_on", "recipe_set") and v not in ("", None, False)
-           and v != ap.get_default(k)]
-        + [f"--n-malignant-of {v}" for v in args.n_malignant_of] + [f"--tune-on {v}" for v in args.tune_on]
-        + [f"--recipe-set {k}={v}" for k, v in args.recipe_set])
+    cmd = command_line("transfer", args, ap, skip=("work", "data")) + "".join(
+        f" --data {n}=DATA_DIR" for n in datasets if args.data)
     lines = ["## Transfer: ImageNet EfficientNet-Lite0 against the best from-scratch recipe (`benchmarks/transfer.py`)"
              + (f", {args.tag}" if args.tag else ""), "",
              f"Command: `{cmd}` (code {git_commit()}); machine: {machine()}; wall of this invocation "

@@ -13,3 +13,22 @@ def test_update_section_rewrites_only_its_own_section(tmp_path, monkeypatch):
     assert "first" not in text and "second ($1 and \\1 stay as written)" in text
     assert text.count("<!-- BEGIN a -->") == 1 and "## B\nkept" in text
     assert text.index("BEGIN a") < text.index("BEGIN b")  # a section keeps its place when rewritten
+
+
+def test_command_line_writes_what_differs_from_the_defaults():
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", default="bench-out")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--n-boot", type=int, default=2000)
+    ap.add_argument("--print-only", action="store_true")
+    ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--tune-on", action="append", default=[])
+    ap.add_argument("--recipe-set", action="append", default=[], type=lambda s: tuple(s.split("=", 1)))
+    args = ap.parse_args(["--work", "/tmp/x", "--folds", "3", "--print-only", "--tune-on", "a", "--tune-on", "b",
+                          "--recipe-set", "early_stop=none", "--recipe-set", "monitor=val_roc_auc"])
+    assert results.command_line("transfer", args, ap) == (
+        "python benchmarks/transfer.py --folds 3 --print-only --tune-on a --tune-on b "
+        "--recipe-set early_stop=none --recipe-set monitor=val_roc_auc")
+    assert results.command_line("transfer", ap.parse_args([]), ap, skip=()) == "python benchmarks/transfer.py"

@@ -2,6 +2,7 @@
 and rewrites only it."""
 from __future__ import annotations
 
+import argparse
 import platform
 import re
 import subprocess
@@ -70,6 +71,25 @@ _START_COMMIT = _describe()
 
 def git_commit() -> str:
     return _START_COMMIT
+
+
+def command_line(script: str, args: argparse.Namespace, ap: argparse.ArgumentParser,
+                 skip: tuple[str, ...] = ("work",)) -> str:
+    """The `python benchmarks/SCRIPT.py ...` that reproduces a run, from its parsed arguments: every option that
+    differs from its default, in the parser's order; a repeated option once per value ((key, value) pairs as
+    KEY=VALUE). `skip`: options left out (folders of this machine)."""
+    words = [f"python benchmarks/{script}.py"]
+    for key, value in vars(args).items():
+        if key in skip or value in ("", None, False, []) or value == ap.get_default(key):
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            words.append(flag)
+        elif isinstance(value, list):
+            words += [f"{flag} " + ("=".join(map(str, item)) if isinstance(item, tuple) else str(item)) for item in value]
+        else:
+            words.append(f"{flag} {value}")
+    return " ".join(words)
 
 
 def ham10000() -> Path:
