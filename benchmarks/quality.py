@@ -19,8 +19,8 @@ HAM10000 under the seed protocol (val and test 50:1000 grouped by lesion, split 
 malignant images in every training draw), or with --dataset isic2024-permissive real ISIC 2024 crops
 (val and test 30:1000, grouped by lesion where filled; every malignant crop of the train pool in a draw).
 Nothing is chosen on the test set: the recipe by `tune` (objective inner_val reads validation metrics only),
-the arm of the seed stage by its validation pAUC80, and the recommended recipe by the paired OOF pAUC80 against the baseline (1,495 malignant
-OOF images instead of 50 on validation). The test set is scored at the end, with paired intervals
+the arm of the seed stage by its validation pAUC80, and the from-scratch recipe (configs/scratch.yaml) by the paired
+OOF pAUC80 against the baseline (1,495 malignant OOF images instead of 50 on validation). The test set is scored at the end, with paired intervals
 from a bootstrap that resamples whole groups (lesions; stratified by whether a group holds a malignant image).
 Complete runs, folds, the tune study and the encoder are reused, so an interrupted benchmark resumes.
 Writes docs/results.md (section "quality", or "quality-DATASET"); configs/scratch.yaml only with
@@ -357,14 +357,14 @@ def oof_stage(b: Bench, stage: SeedStage, scored: Scored) -> OofStage:
 
 
 def recommendation(stage: SeedStage, oof: OofStage) -> tuple[str | None, str | None]:
-    """(best on OOF, recommended): among arms whose paired OOF pAUC80 interval against the baseline lies above
+    """(best on OOF, the from-scratch choice for configs/scratch.yaml): among arms whose paired OOF pAUC80 interval against the baseline lies above
     zero, the highest OOF pAUC80, and the highest from scratch (an SSL arm needs its encoder folder, so it cannot be
     a config file alone: it is reported beside)."""
     supported = [n for n, p in oof.paired.items() if p["pauc_80"]["lo"] > 0]
     best_oof = max(supported, key=lambda n: oof.cvs[n].metrics["oof"]["pauc_80"]) if supported else None
     scratch = [n for n in supported if n != B]
-    recommended = max(scratch, key=lambda n: oof.cvs[n].metrics["oof"]["pauc_80"]) if scratch else None
-    return best_oof, recommended
+    scratch_choice = max(scratch, key=lambda n: oof.cvs[n].metrics["oof"]["pauc_80"]) if scratch else None
+    return best_oof, scratch_choice
 
 
 def arms_text(b: Bench, stage: SeedStage) -> str:
@@ -499,7 +499,7 @@ def fused_lines(b: Bench, oof: OofStage) -> list[str]:
     return lines
 
 
-def verdict_lines(scored: Scored, oof: OofStage, best_oof: str | None, recommended: str | None, writes: bool) -> list[str]:
+def verdict_lines(scored: Scored, oof: OofStage, best_oof: str | None, scratch_choice: str | None, writes: bool) -> list[str]:
     """The choices: on validation (seed stage), on OOF (configs/scratch.yaml), and the issue's goal."""
     y_test = scored.y_test
     lines = ["", f"Chosen on validation in the seed stage (highest val pAUC80): **{scored.chosen}**. The issue's goal "
@@ -513,7 +513,7 @@ def verdict_lines(scored: Scored, oof: OofStage, best_oof: str | None, recommend
     if oof.cvs:
         lines.append("Chosen on OOF for configs/scratch.yaml (the highest OOF pAUC80 among from-scratch arms whose "
                      "paired OOF interval against the baseline lies above zero): "
-                     + (f"**{recommended}**" if recommended else "none (no such arm)")
+                     + (f"**{scratch_choice}**" if scratch_choice else "none (no such arm)")
                      + ("; written to configs/scratch.yaml." if writes else
                         "; configs/scratch.yaml is left as it was.")
                      + (f" {B} ranks higher on OOF; it needs its encoder (`lesionlab pretrain`, then `--pretrained "
@@ -542,18 +542,18 @@ def main() -> None:
     stage = seed_stage(b)
     scored = score_stage(b, stage)
     oof = oof_stage(b, stage, scored)
-    best_oof, recommended = recommendation(stage, oof)
+    best_oof, scratch_choice = recommendation(stage, oof)
     b.timings["total"] = time.time() - started
 
-    writes = bool(args.write_scratch and recommended and not args.data)
+    writes = bool(args.write_scratch and scratch_choice and not args.data)
     lines = (seed_stage_lines(b, stage, scored, command_line("quality", args, ap, skip=("work", "data", "tag"))) + oof_lines(b, stage, oof)
-             + fused_lines(b, oof) + verdict_lines(scored, oof, best_oof, recommended, writes))
+             + fused_lines(b, oof) + verdict_lines(scored, oof, best_oof, scratch_choice, writes))
     if not args.data:  # a smoke test on other data does not write the results
         update_section(ds.section("quality"), "\n".join(lines))
     print("\n".join(lines))
     if writes:
-        assert recommended is not None
-        write_scratch(stage.values[recommended], oof.paired[recommended], args)
+        assert scratch_choice is not None
+        write_scratch(stage.values[scratch_choice], oof.paired[scratch_choice], args)
 
 
 def write_scratch(values: dict, oof_diff: dict, args) -> None:

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from lesionlab.benchmarking.arms import BASELINE, cv_arm
-from lesionlab.benchmarking.datasets import DATASETS, add_dataset_option, prepared
+from lesionlab.benchmarking.datasets import DATASETS, add_dataset_option, pool_counts, prepared
 from lesionlab.benchmarking.results import ROOT, git_commit, machine, update_section
 from lesionlab.config import build_config, load_yaml
 from lesionlab.data.sources import read_source
@@ -177,8 +177,9 @@ def main() -> None:
     features = work / "features-upgraded_cnn"
     if not is_complete_run(features):
         values = _values(ROOT / "configs" / "seed" / "upgraded_cnn_1to2.yaml")
-        if not args.data:  # the data set's own draw (the ISIC 2024 permissive pool holds fewer than 293 malignant)
-            values["n_malignant"] = DATASETS[args.dataset].n_malignant
+        # as many malignant images as the train pool holds, up to the config's (the ISIC 2024 permissive pool
+        # holds fewer than 293)
+        values["n_malignant"] = min(int(values["n_malignant"]), pool_counts(data)[0])
         if args.smoke:
             values.update(epochs=1, n_malignant=20)
         train_process(build_config({**values, "data": str(data), "bootstrap": 0}, "features"), features)
