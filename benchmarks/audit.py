@@ -24,7 +24,7 @@ from lesionlab.audit import AuditSettings
 from lesionlab.audit.command import AUDIT_JSON, TABLE, audit_run
 from lesionlab.audit.paired import paired_audit
 from lesionlab.audit.summary import drop_text, paired_text
-from lesionlab.benchmarking.results import ROOT, git_commit, machine, update_section
+from lesionlab.benchmarking.results import ROOT, git_commit, machine, shown, update_section
 from lesionlab.runs import load_run, read_table
 from lesionlab.workflows.report import md_table
 
@@ -171,7 +171,7 @@ def main() -> None:
               "CAM mass in frame [95% CI] (uniform)", "ROC AUC drop, frame hidden", "ROC AUC drop, off-lesion hidden",
               "masks fallen back", "dark corners / lines / frame", "ROC AUC with / without dark corners"]
     command = "python benchmarks/audit.py " + " ".join(
-        f"{n}={p.resolve().relative_to(ROOT) if p.resolve().is_relative_to(ROOT) else p}" for n, p in runs.items()) + "".join(
+        f"{n}={shown(p)}" for n, p in runs.items()) + "".join(
         f" --against {a}" for a in args.against) + (f" --n-boot {args.n_boot}" if args.n_boot != 2000 else "")
     lines = ["## Shortcut audit (`benchmarks/audit.py`)", "",
              f"Command: `{command}` (code {git_commit()}); machine: {machine()}; wall of this invocation "

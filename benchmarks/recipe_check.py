@@ -20,7 +20,7 @@ from pathlib import Path
 
 from lesionlab.benchmarking.arms import BASELINE, METRICS, cv_arm, cv_table, fmt_ci
 from lesionlab.benchmarking.datasets import DATASETS, add_dataset_option, prepared
-from lesionlab.benchmarking.results import ROOT, git_commit, machine, update_section
+from lesionlab.benchmarking.results import ROOT, git_commit, machine, shown, update_section
 from lesionlab.config import load_yaml
 from lesionlab.runs import Run
 from lesionlab.workflows.compare import compare_runs
@@ -57,7 +57,7 @@ def main() -> None:
     o = cvs["baseline"].metrics["oof"]
     lines = [f"## Recipe check on {ds.title} (`benchmarks/recipe_check.py`)", "",
              f"Command: `python benchmarks/recipe_check.py --dataset {args.dataset} --size {args.size} --recipe "
-             f"{recipe.relative_to(ROOT) if recipe.is_relative_to(ROOT) else recipe} --folds {args.folds}"
+             f"{shown(recipe)} --folds {args.folds}"
              + (f" --epochs {args.epochs}" if args.epochs else "") + f"` (code {git_commit()}); machine: {machine()}; "
              f"wall of this invocation {(time.time() - started) / 60:.1f} min."
              + (f" **A smoke test, not the check**: both arms at {args.epochs} epochs." if args.epochs else ""), "",

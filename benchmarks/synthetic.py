@@ -32,7 +32,7 @@ from pathlib import Path
 
 from lesionlab.benchmarking.arms import BASELINE, cv_arm
 from lesionlab.benchmarking.datasets import DATASETS, add_dataset_option, pool_counts, prepared
-from lesionlab.benchmarking.results import ROOT, git_commit, machine, update_section
+from lesionlab.benchmarking.results import ROOT, command_line, git_commit, machine, shown, update_section
 from lesionlab.config import build_config, load_yaml
 from lesionlab.data.sources import read_source
 from lesionlab.data.store import Store, prepare
@@ -154,6 +154,7 @@ def main() -> None:
     ap.add_argument("--quality-only", action="store_true", help="part 1 alone (the generators and their checks), "
                     "written to its own section (SECTION-quality), so the last full run's section stays")
     args = ap.parse_args()
+    command = command_line("synthetic", args, ap)  # as typed, before --smoke and --dataset fill in the rest
     if args.smoke:
         args.folds, args.epochs_scale, args.n_check, args.n_boot, args.n_synthetic = 2, 0.0, 64, 50, "20,40"
     started = time.time()
@@ -220,12 +221,7 @@ def main() -> None:
     first = p["feature_networks"][0]["manifold_k5"]
     goal_met = all(first[k] >= v for k, v in GOAL.items()) and p["memorisation"]["near_copies_pixel"] == 0
     lines = [f"## Synthetic malignant images on {args.name} (`benchmarks/synthetic.py`)", "",
-             f"Command: `python benchmarks/synthetic.py "
-             f"{f'--data {args.data} --name {args.name}' if args.data else f'--dataset {args.name} --size {args.size}'} "
-             f"--gen-min {args.gen_min:g} "
-             f"--fold-gen-min {fold_min:g} --gan-min {args.gan_min:g} --folds {args.folds} --epochs-scale "
-             f"{args.epochs_scale:g} --n-synthetic {','.join(map(str, counts))}{' --smoke' if args.smoke else ''}"
-             f"{' --quality-only' if args.quality_only else ''}` "
+             f"Command: `{command}` "
              f"(code {git_commit()}); machine: {machine()}; wall of this invocation "
              f"{(time.time() - started) / 3600:.2f} h.", "",
              f"Data: {data.name} at {size} px, {len(ids)} images; generators at {args.gen_size} px. The notebook's own "
@@ -246,8 +242,7 @@ def main() -> None:
              f"({p['memorisation']['near_copy_rule']}). For reference, the earlier DCGAN as recorded on HAM10000 "
              "(section synthetic: 2,900 steps on 293 images): FID 22.95 against a yardstick of 0.16, recall 0.000, "
              "coverage 0.017.", "",
-             f"Full checks: {work / 'check-projected' / 'check.html'}"
-             + (f", {work / 'check-gan' / 'check.html'}" if "gan" in gens else "") + ".", "",
+             "Full checks: " + ", ".join(f"{shown(work / f'check-{kind}' / 'check.html')}" for kind in gens) + ".", "",
              "### The notebook's experiment as cross-validation, paired on out-of-fold images", ""]
     if args.quality_only:
         lines.append("Not run by this invocation (--quality-only); the section without \"-quality\" holds the last "

@@ -34,8 +34,8 @@ MIN_CONTRAST = 20.0     # luminance levels between Otsu's two tones: below this 
 FALLBACK_RADIUS = 0.25  # the centred disc used when no lesion is found
 
 MASK_RULE = ("Otsu threshold of the luminance (BT.601) blurred with sigma 2% of the side, computed inside the frame "
-             "(its two tones at least 20 of 255 levels apart); the dark component covering most of the central window (middle half of each side), holes filled, grown "
-             "by 3% of the side; else a centred disc of radius 25% of the side")
+             "(its two tones at least 20 of 255 levels apart); the dark component covering most of the central window "
+             "(middle half of each side), holes filled, grown by 3% of the side; else a centred disc of radius 25% of the side")
 FALLBACK_REASONS = ("flat", "none_central", "speck")
 
 _LUMA = np.array([0.299, 0.587, 0.114])

@@ -73,6 +73,12 @@ def git_commit() -> str:
     return _START_COMMIT
 
 
+def shown(path: Path) -> Path:
+    """A path as a section records it: relative to the checkout when inside it (no folder of this machine)."""
+    path = Path(path).resolve()
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
 def command_line(script: str, args: argparse.Namespace, ap: argparse.ArgumentParser,
                  skip: tuple[str, ...] = ("work",)) -> str:
     """The `python benchmarks/SCRIPT.py ...` that reproduces a run, from its parsed arguments: every option that

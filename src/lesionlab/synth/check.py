@@ -193,7 +193,8 @@ def render_markdown(r: dict) -> str:
         ms, f, k = net["manifold_k5"], net["fid"], net["kid"]
         flag = " (seen by the generator: flatters it)" if net["seen_by_generator"] else ""
         lines.append(f"| {md_escape(net['network'])}{flag} | {f['synthetic_vs_real']:.2f} ({f['real_half_vs_real_half']:.2f}) "
-                     f"| {f.get('synthetic_all_vs_real_all', float('nan')):.2f} | {1000 * k['synthetic_vs_real'][0]:.2f} ± {1000 * k['synthetic_vs_real'][1]:.2f} "
+                     f"| {f.get('synthetic_all_vs_real_all', float('nan')):.2f} "
+                     f"| {1000 * k['synthetic_vs_real'][0]:.2f} ± {1000 * k['synthetic_vs_real'][1]:.2f} "
                      f"({1000 * k['real_half_vs_real_half'][0]:.2f} ± {1000 * k['real_half_vs_real_half'][1]:.2f}) "
                      f"| {ms['precision']:.3f} | {ms['recall']:.3f} | {ms['density']:.3f} | {ms['coverage']:.3f} |")
     lines += [
