@@ -72,14 +72,15 @@ def generator(data: Path, out: Path, minutes: float, smoke: bool, **kw) -> dict:
     return info
 
 
-def synthetic_store(gen: Path, n: int, size: int, out: Path) -> Path:
-    """n malignant samples, prepared at the classifier's size (reused when complete)."""
-    raw, data = out.parent / f"{out.name}-png", out
+def synthetic_store(gen: Path, n: int, size: int, out: Path, data: Path) -> Path:
+    """n malignant samples, none a near copy of the images `gen` learned from `data`, prepared at the
+    classifier's size (reused when complete)."""
+    raw = out.parent / f"{out.name}-png"
     if not (raw / "manifest.csv").exists():
         shutil.rmtree(raw, ignore_errors=True)
-        sample(gen, n, raw, seed=0)
-    prepare(read_source(raw / "manifest.csv"), data, size=size)
-    return data
+        sample(gen, n, raw, seed=0, drop_near_copies=data)
+    prepare(read_source(raw / "manifest.csv"), out, size=size)
+    return out
 
 
 def draw_settings(values: dict, n_syn: int, min_benign: int) -> dict:
@@ -115,7 +116,7 @@ def experiment(args, data: Path, work: Path, size: int, counts: list[int], fold_
             fold = folder.name
             gen = work / "fold-generators" / fold
             generator(data, gen, fold_min, args.smoke, kind="projected", only_ids=ids[fold_plan.pool].tolist(), **gen_kw)
-            synthetic_store(gen, max(counts), size, work / "fold-synthetic" / fold)
+            synthetic_store(gen, max(counts), size, work / "fold-synthetic" / fold, data)
     recipes = {"simple_cnn 1:2": base_values, "recommended": _values(RECOMMENDED)}
     cvs, settings = {}, {}
     for recipe, values in recipes.items():

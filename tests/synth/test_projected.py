@@ -69,6 +69,41 @@ def test_sampling_is_deterministic_by_seed(projected_gen, tmp_path):
     assert (pd.read_csv(tmp_path / "ben" / "manifest.csv")["label"] == 0).all()
 
 
+def test_near_copies_of_training_images_are_dropped_and_redrawn(projected_gen, small_data, tmp_path, monkeypatch):
+    """A generator that returns a training image for every other sample: with --drop-near-copies none of them
+    reaches the folder, others are drawn in their place, and synthetic.json counts them."""
+    from lesionlab.synth import samples
+    from lesionlab.synth.check import learned_images
+
+    learned = learned_images(projected_gen, small_data, "malignant", 32)
+
+    def copying(trainer, info, k, seed, label, gen_dir):
+        """Sample number `seed + i` (sample() seeds a batch by the samples drawn before it): a copy when even."""
+        rng = np.random.default_rng(seed)
+        images = rng.integers(0, 256, (k, 32, 32, 3), dtype=np.uint8)
+        even = (seed + np.arange(k)) % 2 == 0
+        images[even] = learned[rng.integers(0, len(learned), int(even.sum()))]
+        return images
+
+    monkeypatch.setattr(samples, "generate_batch", copying)
+
+    def stored(folder):
+        return np.stack([np.asarray(Image.open(p)) for p in sorted((folder / "images").iterdir())])
+
+    def copies(folder):
+        return sum(any(np.array_equal(im, r) for r in learned) for im in stored(folder))
+
+    sample(projected_gen, 6, tmp_path / "kept", seed=0, batch=4)
+    assert copies(tmp_path / "kept") == 3  # what the filter has to remove
+    cli("synth", "sample", projected_gen, "--n", "6", "--out", tmp_path / "dropped", "--drop-near-copies", small_data)
+    assert len(stored(tmp_path / "dropped")) == 6 and copies(tmp_path / "dropped") == 0
+    meta = json.loads((tmp_path / "dropped" / "synthetic.json").read_text())
+    assert meta["drawn"] == 6 + meta["near_copies_dropped"] and meta["near_copies_dropped"] >= 3
+    # the filtered images depend on the seed alone
+    sample(projected_gen, 6, tmp_path / "again", drop_near_copies=small_data)
+    assert np.array_equal(stored(tmp_path / "dropped"), stored(tmp_path / "again"))
+
+
 def test_feature_network_is_frozen_and_only_the_heads_learn():
     torch.manual_seed(0)
     trainer = projected.ProjectedTrainer(32, 2, 2e-4, 32, pretrained=False)

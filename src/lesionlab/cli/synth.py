@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..config.synth import SynthCheckConfig, SynthImportConfig, SynthSampleConfig, SynthTrainConfig
+from ..fileio import read_json
 from .group import main
 from .options import checked, model_options
 from .output import make_bar, progress_bar
@@ -66,10 +67,12 @@ def synth_sample(gen_dir: Path, out: Path, **flags) -> None:
     c = checked(SynthSampleConfig, flags)
     bar, update = progress_bar("sample")
     try:
-        sample(gen_dir, c.n, out, c.seed, progress=update, label=c.label)
+        sample(gen_dir, c.n, out, c.seed, progress=update, label=c.label, drop_near_copies=c.drop_near_copies)
     finally:
         bar.close()
-    click.echo(f"{out}: {c.n} images; next: lesionlab prepare {out} --out SYN_DATA_DIR --size 128")
+    dropped = read_json(out / "synthetic.json").get("near_copies_dropped")
+    click.echo(f"{out}: {c.n} images" + (f" ({dropped} near copies of training images dropped)" if c.drop_near_copies
+                                          else "") + "; next: lesionlab prepare {out} --out SYN_DATA_DIR --size 128")
 
 
 @synth.command("import")

@@ -44,6 +44,9 @@ class SynthSampleConfig(CommandConfig):
     n: int = Field(3000, ge=1, description="images to sample")
     seed: int = Field(0, description="seed of the samples (the same seed gives the same images)")
     label: ClassName = Field("malignant", description="the class to sample (one the generator learned)")
+    drop_near_copies: Optional[str] = Field(
+        None, description="DATA_DIR the generator learned from: drop each sample nearer to one of its training images "
+        "than 99% of them are to their nearest other one (check's near-copy rule, 32x32 pixels) and draw another")
 
 
 class SynthImportConfig(CommandConfig):

@@ -25,6 +25,34 @@ from . import quality
 from .features import feature_network
 from .generator import CLASS_NAMES, generate_batch, grid_png, load_generator, real_images
 
+NEAR_COPY_RULE = "closer to a real training image than 99% of real images are to their nearest other real image"
+
+
+def learned_images(source: Path, data_dir: str | Path, label: str, size: int) -> np.ndarray:
+    """The train-pool images of `label` that a generator learned from (all of the class when `source` has no
+    real_ids.csv, e.g. an imported folder), at `size` px: what its samples are compared against."""
+    store, positions = real_images(data_dir, CLASS_NAMES.index(label))
+    if store.size < size:
+        raise BadInputError(f"--data {data_dir}: prepared at {store.size} px, smaller than the {size} px synthetic "
+                            f"images; compare against a data set prepared at {size} px or more (real images "
+                            "enlarged to the synthetic size would be blurred, not real)")
+    if (source / "real_ids.csv").exists():  # exactly the images the generator learned from
+        ids = set(csv_restore(pd.read_csv(source / "real_ids.csv", dtype=str, keep_default_na=False))["id"])
+        learned = np.isin(store.table["id"].to_numpy()[positions], list(ids))
+        if not learned.any():
+            raise BadInputError(f"--data {data_dir}: holds none of the {label} images the generator learned from; "
+                                "check it against the data set it was trained on")
+        positions = positions[learned]
+    # compare at the synthetic images' resolution: real images pass through the same size
+    return quality.resize(store.pixels(positions), size)
+
+
+def near_copy_cut(p_real: np.ndarray) -> float:
+    """The near-copy distance (pixel vectors of quality.pixels): the 1% quantile of real images' distances to
+    their nearest other real image (NEAR_COPY_RULE)."""
+    d_rr, _ = quality.nearest(p_real, p_real, exclude_self=True)
+    return float(np.quantile(d_rr, 0.01))
+
 
 def _synthetic_images(source: Path, n: int, seed: int, label: str | None, data_size: int) -> tuple[np.ndarray, dict]:
     if (source / "generator.json").exists():
@@ -83,20 +111,7 @@ def check(source: str | Path, data_dir: str | Path, features_run, out: str | Pat
                                  "label": label})
     syn, meta = _synthetic_images(source, n, seed, label, Store.open(data_dir).size)
     nets = [feature_network(s) for s in specs]
-    store, positions = real_images(data_dir, CLASS_NAMES.index(meta["label"]))
-    if store.size < meta["size"]:
-        raise BadInputError(f"--data {data_dir}: prepared at {store.size} px, smaller than the {meta['size']} px synthetic "
-                            f"images; compare against a data set prepared at {meta['size']} px or more (real images "
-                            "enlarged to the synthetic size would be blurred, not real)")
-    if (source / "real_ids.csv").exists():  # exactly the images the generator learned from
-        ids = set(csv_restore(pd.read_csv(source / "real_ids.csv", dtype=str, keep_default_na=False))["id"])
-        learned = np.isin(store.table["id"].to_numpy()[positions], list(ids))
-        if not learned.any():
-            raise BadInputError(f"--data {data_dir}: holds none of the {meta['label']} images the generator learned from "
-                                f"(it was trained on {meta.get('data') or 'another data set'}); check it against that one")
-        positions = positions[learned]
-    # compare at the synthetic images' resolution: real images pass through the same size
-    real = quality.resize(store.pixels(positions), meta["size"])
+    real = learned_images(source, data_dir, meta["label"], meta["size"])
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(real))
     half_a, half_b = order[: len(real) // 2], order[len(real) // 2:]
@@ -112,7 +127,7 @@ def check(source: str | Path, data_dir: str | Path, features_run, out: str | Pat
     d_pix_rr, _ = quality.nearest(p_real, p_real, exclude_self=True)
     d_feat, nn_feat = quality.nearest(f_syn, f_real)
     d_feat_rr, _ = quality.nearest(f_real, f_real, exclude_self=True)
-    pix_cut, feat_cut = float(np.quantile(d_pix_rr, 0.01)), float(np.quantile(d_feat_rr, 0.01))
+    pix_cut, feat_cut = near_copy_cut(p_real), float(np.quantile(d_feat_rr, 0.01))
     first = measured[0]
     result = {
         "synthetic": {**{k: v for k, v in meta.items() if k != "data"}, "n": int(len(syn)), "path": str(source)},
@@ -128,7 +143,7 @@ def check(source: str | Path, data_dir: str | Path, features_run, out: str | Pat
             "pixel_nn_quantiles_real": np.quantile(d_pix_rr, [0.01, 0.05, 0.5]).tolist(),
             "feature_nn_quantiles_synthetic": np.quantile(d_feat, [0.01, 0.05, 0.5]).tolist(),
             "feature_nn_quantiles_real": np.quantile(d_feat_rr, [0.01, 0.05, 0.5]).tolist(),
-            "near_copy_rule": "closer to a real training image than 99% of real images are to their nearest other real image",
+            "near_copy_rule": NEAR_COPY_RULE,
             "near_copies_pixel": float(np.mean(d_pix < pix_cut)),
             "near_copies_feature": float(np.mean(d_feat < feat_cut)),
         },

@@ -19,6 +19,8 @@ import pandas as pd
 from ..data.images import IMAGE_SUFFIXES, DecodeError, decode_resize
 from ..errors import BadInputError, ExistsError, preview
 from ..fileio import require_folder_or_absent, write_bytes, write_csv, write_json
+from . import quality
+from .check import NEAR_COPY_RULE, learned_images, near_copy_cut
 from .generator import CLASS_NAMES, class_index, generate_batch, load_generator
 
 
@@ -38,32 +40,58 @@ def _png(image: np.ndarray) -> bytes:
 
 
 def sample(gen_dir: str | Path, n: int, out: str | Path, seed: int = 0, batch: int = 64,
-           progress: Callable[[int, int], None] | None = None, label: str = "malignant") -> Path:
-    """n images of class `label` (one the generator learned); the same seed gives the same images."""
+           progress: Callable[[int, int], None] | None = None, label: str = "malignant",
+           drop_near_copies: str | Path | None = None) -> Path:
+    """n images of class `label` (one the generator learned); the same seed gives the same images.
+    drop_near_copies: the data set the generator learned from; a sample nearer to one of the images it learned
+    than 99% of them are to their nearest other one (check's near-copy rule, 32x32 pixels) is dropped and
+    another drawn in its place, so that no training image returns in a training draw as a synthetic one."""
     from ..config import SynthSampleConfig, validated
 
-    validated(SynthSampleConfig, {"n": n, "seed": seed, "label": label})  # the CLI's checks and one-line errors
+    validated(SynthSampleConfig, {"n": n, "seed": seed, "label": label,
+                                  "drop_near_copies": None if drop_near_copies is None else str(drop_near_copies)})
     out = Path(out)
     trainer, info = load_generator(gen_dir)
     class_index(info, label, gen_dir)  # refused before anything is written
+    keep = _near_copy_filter(Path(gen_dir), drop_near_copies, label, info["size"]) if drop_near_copies else None
     _fresh(out)
     y = CLASS_NAMES.index(label)
-    rows = []
-    for start in range(0, n, batch):
-        k = min(batch, n - start)
-        for i, image in enumerate(generate_batch(trainer, info, k, seed * 1_000_003 + start, label, gen_dir)):
-            name = f"{info['generator_id']}{'' if y else '_benign'}_seed{seed}_{start + i:06d}"
+    rows: list[dict] = []
+    drawn = 0
+    while len(rows) < n:
+        # a batch's seed counts the samples drawn before it (dropped ones too): the images depend on the seed alone
+        images = generate_batch(trainer, info, min(batch, n - len(rows)), seed * 1_000_003 + drawn, label, gen_dir)
+        drawn += len(images)
+        if keep is not None:
+            images = images[keep(images)]
+            if drawn >= 10 * n + 1000 and len(rows) + len(images) < n:
+                raise BadInputError(f"--drop-near-copies {drop_near_copies}: {drawn - len(rows) - len(images)} of "
+                                    f"{drawn} samples were near copies of training images; this generator memorises "
+                                    "its training set")
+        for image in images[: n - len(rows)]:
+            name = f"{info['generator_id']}{'' if y else '_benign'}_seed{seed}_{len(rows):06d}"
             write_bytes(out / "images" / f"{name}.png", _png(image))
             rows.append({"path": f"images/{name}.png", "label": y, "id": f"syn_{name}", "synthetic": 1,
                          "generator": info["generator_id"], "generator_step": info["steps"], "source_id": ""})
         if progress:
-            progress(start + k, n)
+            progress(len(rows), n)
     write_csv(out / "manifest.csv", pd.DataFrame(rows))
     write_json(out / "synthetic.json", {"generator": info["generator_id"], "generator_dir": str(Path(gen_dir).resolve()),
                                         "kind": info["kind"], "steps": info["steps"], "seed": seed, "n": n,
                                         "label": label, "size": info["size"],
-                                        "classes": info.get("classes", [info["label"]])})
+                                        "classes": info.get("classes", [info["label"]]),
+                                        **({"near_copies_dropped": drawn - n, "drawn": drawn,
+                                            "near_copy_rule": NEAR_COPY_RULE,
+                                            "near_copies_of": str(Path(drop_near_copies).resolve())}
+                                           if drop_near_copies else {})})
     return out
+
+
+def _near_copy_filter(gen_dir: Path, data_dir: str | Path, label: str, size: int) -> Callable[[np.ndarray], np.ndarray]:
+    """A mask function: True for the samples that are not near copies of the images gen_dir learned from."""
+    real = quality.pixels(learned_images(gen_dir, data_dir, label, size))
+    cut = near_copy_cut(real)
+    return lambda images: quality.nearest(quality.pixels(images), real)[0] >= cut
 
 
 def import_folder(folder: str | Path, out: str | Path, label: str = "malignant", generator: str = "external",
