@@ -30,14 +30,20 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+from PIL import Image
+
 from lesionlab.benchmarking.arms import BASELINE, cv_arm
 from lesionlab.benchmarking.datasets import DATASETS, add_dataset_option, pool_counts, prepared
 from lesionlab.benchmarking.results import ROOT, command_line, git_commit, machine, shown, update_section
 from lesionlab.config import build_config, load_yaml
+from lesionlab.data.copy_guard import find_copies
 from lesionlab.data.sources import read_source
 from lesionlab.data.store import Store, prepare
-from lesionlab.fileio import read_json, write_json
+from lesionlab.fileio import read_json, write_csv, write_json
 from lesionlab.runs import is_complete_run
+from lesionlab.synth import quality
 from lesionlab.synth.check import check
 from lesionlab.synth.generator import train_generator
 from lesionlab.synth.samples import sample
@@ -73,12 +79,25 @@ def generator(data: Path, out: Path, minutes: float, smoke: bool, **kw) -> dict:
 
 
 def synthetic_store(gen: Path, n: int, size: int, out: Path, data: Path) -> Path:
-    """n malignant samples, none a near copy of the images `gen` learned from `data`, prepared at the
-    classifier's size (reused when complete)."""
+    """n malignant samples, prepared at the classifier's size (reused when complete): none a near copy of the
+    images `gen` learned from `data` (sample's filter), and none that the training leak guard would call a copy
+    of an image the generator never saw (validation, test, this fold's OOF): those are dropped here, from a few
+    more samples than n, so that every arm's draw passes the guard."""
     raw = out.parent / f"{out.name}-png"
     if not (raw / "manifest.csv").exists():
         shutil.rmtree(raw, ignore_errors=True)
-        sample(gen, n, raw, seed=0, drop_near_copies=data)
+        sample(gen, n + n // 20, raw, seed=0, drop_near_copies=data)
+        table = pd.read_csv(raw / "manifest.csv", dtype=str, keep_default_na=False)
+        images = np.stack([np.asarray(Image.open(raw / path).convert("RGB")) for path in table["path"]])
+        store = Store.open(data)
+        learned = set(pd.read_csv(gen / "real_ids.csv", dtype=str, keep_default_na=False)["id"])
+        unseen = np.flatnonzero(~store.table["id"].astype(str).isin(learned).to_numpy())
+        copies = {i for i, _, _ in find_copies(images, quality.resize(store.pixels(unseen), images.shape[1]))}
+        keep = [i for i in range(len(table)) if i not in copies][:n]
+        if len(keep) < n:
+            raise SystemExit(f"{raw}: {len(copies)} samples copy images the generator never saw; fewer than {n} left")
+        write_csv(raw / "manifest.csv", table.iloc[keep])
+        write_json(raw / "dropped-as-unseen-copies.json", {"drawn": len(table), "dropped": len(copies)})
     prepare(read_source(raw / "manifest.csv"), out, size=size)
     return out
 
