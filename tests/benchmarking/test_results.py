@@ -22,13 +22,14 @@ def test_command_line_writes_what_differs_from_the_defaults():
     ap.add_argument("--work", default="bench-out")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--n-boot", type=int, default=2000)
+    ap.add_argument("--gan-min", type=float, default=26.0)
     ap.add_argument("--print-only", action="store_true")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--tune-on", action="append", default=[])
     ap.add_argument("--recipe-set", action="append", default=[], type=lambda s: tuple(s.split("=", 1)))
-    args = ap.parse_args(["--work", "/tmp/x", "--folds", "3", "--print-only", "--tune-on", "a", "--tune-on", "b",
+    args = ap.parse_args(["--work", "/tmp/x", "--folds", "3", "--gan-min", "0", "--print-only", "--tune-on", "a", "--tune-on", "b",
                           "--recipe-set", "early_stop=none", "--recipe-set", "monitor=val_roc_auc"])
     assert results.command_line("transfer", args, ap) == (
-        "python benchmarks/transfer.py --folds 3 --print-only --tune-on a --tune-on b "
+        "python benchmarks/transfer.py --folds 3 --gan-min 0.0 --print-only --tune-on a --tune-on b "
         "--recipe-set early_stop=none --recipe-set monitor=val_roc_auc")
     assert results.command_line("transfer", ap.parse_args([]), ap, skip=()) == "python benchmarks/transfer.py"

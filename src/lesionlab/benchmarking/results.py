@@ -86,7 +86,8 @@ def command_line(script: str, args: argparse.Namespace, ap: argparse.ArgumentPar
     KEY=VALUE). `skip`: options left out (folders of this machine)."""
     words = [f"python benchmarks/{script}.py"]
     for key, value in vars(args).items():
-        if key in skip or value in ("", None, False, []) or value == ap.get_default(key):
+        # (by identity: 0 is a value to write, though 0 == False)
+        if key in skip or value is None or value is False or value in ("", []) or value == ap.get_default(key):
             continue
         flag = "--" + key.replace("_", "-")
         if value is True:
