@@ -72,7 +72,7 @@ def synth_sample(gen_dir: Path, out: Path, **flags) -> None:
         bar.close()
     dropped = read_json(out / "synthetic.json").get("near_copies_dropped")
     click.echo(f"{out}: {c.n} images" + (f" ({dropped} near copies of training images dropped)" if c.drop_near_copies
-                                          else "") + "; next: lesionlab prepare {out} --out SYN_DATA_DIR --size 128")
+                                          else "") + f"; next: lesionlab prepare {out} --out SYN_DATA_DIR --size 128")
 
 
 @synth.command("import")
