@@ -95,7 +95,9 @@ def test_near_copies_of_training_images_are_dropped_and_redrawn(projected_gen, s
 
     sample(projected_gen, 6, tmp_path / "kept", seed=0, batch=4)
     assert copies(tmp_path / "kept") == 3  # what the filter has to remove
-    cli("synth", "sample", projected_gen, "--n", "6", "--out", tmp_path / "dropped", "--drop-near-copies", small_data)
+    said = cli("synth", "sample", projected_gen, "--n", "6", "--out", tmp_path / "dropped", "--drop-near-copies",
+               small_data).output
+    assert "near copies of training images dropped" in said and f"lesionlab prepare {tmp_path / 'dropped'}" in said
     assert len(stored(tmp_path / "dropped")) == 6 and copies(tmp_path / "dropped") == 0
     meta = json.loads((tmp_path / "dropped" / "synthetic.json").read_text())
     assert meta["drawn"] == 6 + meta["near_copies_dropped"] and meta["near_copies_dropped"] >= 3
