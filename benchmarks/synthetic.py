@@ -61,11 +61,12 @@ def _values(path: Path) -> dict:
     return {k: v for k, v in load_yaml(path).items() if k != "name"}
 
 
-def generator(data: Path, out: Path, minutes: float, smoke: bool, **kw) -> dict:
-    """Train (or resume, or reuse) a generator for a CPU budget; a finished one is kept as it is."""
+def generator(data: Path, out: Path, minutes: float, smoke: bool, max_steps: int | None = None, **kw) -> dict:
+    """Train (or resume, or reuse) a generator for a CPU budget, or up to max_steps, whichever ends first (steps
+    make a run independent of the machine's load); a finished one is kept as it is."""
     if (out / "generator.json").exists() and read_json(out / "generator.json").get("benchmark_final"):
         return read_json(out / "generator.json")
-    steps = 4 if smoke else 10**7
+    steps = 4 if smoke else max_steps or 10**7
     if (out / "generator.json").exists() and read_json(out / "generator.json")["steps"] >= steps:
         info = read_json(out / "generator.json")
     else:
@@ -134,7 +135,8 @@ def experiment(args, data: Path, work: Path, size: int, counts: list[int], fold_
         for folder, fold_plan in plan.plans.items():
             fold = folder.name
             gen = work / "fold-generators" / fold
-            generator(data, gen, fold_min, args.smoke, kind="projected", only_ids=ids[fold_plan.pool].tolist(), **gen_kw)
+            generator(data, gen, fold_min, args.smoke, args.fold_gen_steps, kind="projected",
+                      only_ids=ids[fold_plan.pool].tolist(), **gen_kw)
             synthetic_store(gen, max(counts), size, work / "fold-synthetic" / fold, data)
     recipes = {"simple_cnn 1:2": base_values, "recommended": _values(RECOMMENDED)}
     cvs, settings = {}, {}
@@ -162,6 +164,8 @@ def main() -> None:
     ap.add_argument("--gen-min", type=float, default=60.0, help="CPU minutes of the quality generator")
     ap.add_argument("--fold-gen-min", type=float, default=None, help="CPU minutes of each fold's generator "
                     "(default --gen-min)")
+    ap.add_argument("--fold-gen-steps", type=int, default=None, help="steps of each fold's generator, if fewer "
+                    "than --fold-gen-min allows: the same generators whatever else runs on the machine")
     ap.add_argument("--gan-min", type=float, default=26.0, help="CPU minutes of the earlier DCGAN for comparison (0: none)")
     ap.add_argument("--d-res", type=int, default=96)
     ap.add_argument("--folds", type=int, default=5)
@@ -268,9 +272,12 @@ def main() -> None:
         lines.append("Not run by this invocation (--quality-only); the section without \"-quality\" holds the last "
                      "full run.")
         return finish(section + "-quality", lines)
+    fold_gens = [read_json(path) for path in sorted((work / "fold-generators").glob("*/generator.json"))]
+    budget = f"up to {fold_min:g} CPU minutes" + (f" or {args.fold_gen_steps} steps" if args.fold_gen_steps else "")
+    reached = ", ".join(f"{g['steps']} steps in {g['train_seconds'] / 60:.1f} min" for g in fold_gens)
     lines += [
              f"{args.folds}-fold grouped cv of the train pool (fold seed {args.fold_seed}); each fold's synthetic images "
-             f"come from its own generator (up to {fold_min:g} CPU minutes, trained on that fold's training part only) and "
+             f"come from its own generator ({budget}: {reached}; trained on that fold's training part only) and "
              "join its training draws only. With synthetic images a recipe keeps its ratio (real + synthetic malignant "
              f"against benign) where every fold's pool holds the benign images for it (the smallest holds {min_benign}), "
              "else takes every benign image of the fold's pool; its epochs shrink so that it sees about as many images "
