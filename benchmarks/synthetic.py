@@ -30,20 +30,14 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-from PIL import Image
-
 from lesionlab.benchmarking.arms import BASELINE, cv_arm
 from lesionlab.benchmarking.datasets import DATASETS, add_dataset_option, pool_counts, prepared
 from lesionlab.benchmarking.results import ROOT, command_line, git_commit, machine, shown, update_section
 from lesionlab.config import build_config, load_yaml
-from lesionlab.data.copy_guard import find_copies
 from lesionlab.data.sources import read_source
 from lesionlab.data.store import Store, prepare
-from lesionlab.fileio import read_json, write_csv, write_json
+from lesionlab.fileio import read_json, write_json
 from lesionlab.runs import is_complete_run
-from lesionlab.synth import quality
 from lesionlab.synth.check import check
 from lesionlab.synth.generator import train_generator
 from lesionlab.synth.samples import sample
@@ -80,25 +74,13 @@ def generator(data: Path, out: Path, minutes: float, smoke: bool, max_steps: int
 
 
 def synthetic_store(gen: Path, n: int, size: int, out: Path, data: Path) -> Path:
-    """n malignant samples, prepared at the classifier's size (reused when complete): none a near copy of the
-    images `gen` learned from `data` (sample's filter), and none that the training leak guard would call a copy
-    of an image the generator never saw (validation, test, this fold's OOF): those are dropped here, from a few
-    more samples than n, so that every arm's draw passes the guard."""
+    """n malignant samples, prepared at the classifier's size (reused when complete), with sample's copy filter:
+    none a near copy of an image `gen` learned from `data`, none that the training leak guard would call a copy of
+    an image it never saw (validation, test, this fold's OOF), so every arm's draw passes the guard."""
     raw = out.parent / f"{out.name}-png"
     if not (raw / "manifest.csv").exists():
         shutil.rmtree(raw, ignore_errors=True)
-        sample(gen, n + n // 20, raw, seed=0, drop_near_copies=data)
-        table = pd.read_csv(raw / "manifest.csv", dtype=str, keep_default_na=False)
-        images = np.stack([np.asarray(Image.open(raw / path).convert("RGB")) for path in table["path"]])
-        store = Store.open(data)
-        learned = set(pd.read_csv(gen / "real_ids.csv", dtype=str, keep_default_na=False)["id"])
-        unseen = np.flatnonzero(~store.table["id"].astype(str).isin(learned).to_numpy())
-        copies = {i for i, _, _ in find_copies(images, quality.resize(store.pixels(unseen), images.shape[1]))}
-        keep = [i for i in range(len(table)) if i not in copies][:n]
-        if len(keep) < n:
-            raise SystemExit(f"{raw}: {len(copies)} samples copy images the generator never saw; fewer than {n} left")
-        write_csv(raw / "manifest.csv", table.iloc[keep])
-        write_json(raw / "dropped-as-unseen-copies.json", {"drawn": len(table), "dropped": len(copies)})
+        sample(gen, n, raw, seed=0, drop_near_copies=data)
     prepare(read_source(raw / "manifest.csv"), out, size=size)
     return out
 
@@ -275,6 +257,8 @@ def main() -> None:
     fold_gens = [read_json(path) for path in sorted((work / "fold-generators").glob("*/generator.json"))]
     budget = f"up to {fold_min:g} CPU minutes" + (f" or {args.fold_gen_steps} steps" if args.fold_gen_steps else "")
     reached = ", ".join(f"{g['steps']} steps in {g['train_seconds'] / 60:.1f} min" for g in fold_gens)
+    drawn = [read_json(path) for path in sorted((work / "fold-synthetic").glob("*-png/synthetic.json"))]
+    dropped = ", ".join(f"{d['near_copies_dropped']} + {d['guard_copies_dropped']} of {d['drawn']}" for d in drawn)
     lines += [
              f"{args.folds}-fold grouped cv of the train pool (fold seed {args.fold_seed}); each fold's synthetic images "
              f"come from its own generator ({budget}: {reached}; trained on that fold's training part only) and "
@@ -282,7 +266,8 @@ def main() -> None:
              f"against benign) where every fold's pool holds the benign images for it (the smallest holds {min_benign}), "
              "else takes every benign image of the fold's pool; its epochs shrink so that it sees about as many images "
              f"as without. Real malignant images a draw: the recipe's, at most the {min_malignant} of the smallest "
-             "fold's pool.", "",
+             "fold's pool. `synth sample --drop-near-copies` dropped and redrew near copies of the fold generator's "
+             f"training images + copies of images it never saw (the leak guard's rule), fold by fold: {dropped}.", "",
              "| arm | draw | epochs | OOF ROC AUC | OOF AP | OOF pAUC80 | fold-ensemble test ROC AUC | test F1 |",
              "|---|---|---|---|---|---|---|---|"]
     for name, run in cvs.items():

@@ -69,20 +69,29 @@ def test_sampling_is_deterministic_by_seed(projected_gen, tmp_path):
     assert (pd.read_csv(tmp_path / "ben" / "manifest.csv")["label"] == 0).all()
 
 
-def test_near_copies_of_training_images_are_dropped_and_redrawn(projected_gen, small_data, tmp_path, monkeypatch):
-    """A generator that returns a training image for every other sample: with --drop-near-copies none of them
-    reaches the folder, others are drawn in their place, and synthetic.json counts them."""
+def test_near_copies_of_training_and_held_out_images_are_dropped_and_redrawn(projected_gen, small_data, tmp_path,
+                                                                             monkeypatch):
+    """A generator whose every third sample is a training image and every third a validation or test image 10%
+    brighter: with --drop-near-copies none of them reaches the folder (which then passes the training leak
+    guard), others are drawn in their place, and synthetic.json counts both kinds."""
+    from lesionlab.data.copy_guard import check_no_leak, find_copies
     from lesionlab.synth import samples
     from lesionlab.synth.check import learned_images
 
     learned = learned_images(projected_gen, small_data, "malignant", 32)
+    store = Store.open(small_data)
+    split = load_split(store)
+    held_out = store.pixels(np.concatenate([split.positions(store.table, "val"), split.positions(store.table, "test")]))
 
     def copying(trainer, info, k, seed, label, gen_dir):
-        """Sample number `seed + i` (sample() seeds a batch by the samples drawn before it): a copy when even."""
+        """Sample number `seed + i` (sample() seeds a batch by the samples drawn before it): a training image when
+        it is 0 modulo 3, a brightened held-out one when 1."""
         rng = np.random.default_rng(seed)
         images = rng.integers(0, 256, (k, 32, 32, 3), dtype=np.uint8)
-        even = (seed + np.arange(k)) % 2 == 0
-        images[even] = learned[rng.integers(0, len(learned), int(even.sum()))]
+        kind = (seed + np.arange(k)) % 3
+        images[kind == 0] = learned[rng.integers(0, len(learned), int((kind == 0).sum()))]
+        brighter = held_out[rng.integers(0, len(held_out), int((kind == 1).sum()))] * 1.1
+        images[kind == 1] = np.clip(brighter, 0, 255).astype(np.uint8)
         return images
 
     monkeypatch.setattr(samples, "generate_batch", copying)
@@ -94,13 +103,17 @@ def test_near_copies_of_training_images_are_dropped_and_redrawn(projected_gen, s
         return sum(any(np.array_equal(im, r) for r in learned) for im in stored(folder))
 
     sample(projected_gen, 6, tmp_path / "kept", seed=0, batch=4)
-    assert copies(tmp_path / "kept") == 3  # what the filter has to remove
+    # what the filter has to remove
+    assert copies(tmp_path / "kept") == 2 and len(find_copies(stored(tmp_path / "kept"), held_out)) == 2
     said = cli("synth", "sample", projected_gen, "--n", "6", "--out", tmp_path / "dropped", "--drop-near-copies",
                small_data).output
-    assert "near copies of training images dropped" in said and f"lesionlab prepare {tmp_path / 'dropped'}" in said
-    assert len(stored(tmp_path / "dropped")) == 6 and copies(tmp_path / "dropped") == 0
+    assert "near copies of training images and" in said and f"lesionlab prepare {tmp_path / 'dropped'}" in said
+    kept = stored(tmp_path / "dropped")
+    assert len(kept) == 6 and copies(tmp_path / "dropped") == 0
+    check_no_leak(kept, [f"s{i}" for i in range(6)], held_out, [f"h{i}" for i in range(len(held_out))], "held-out")
     meta = json.loads((tmp_path / "dropped" / "synthetic.json").read_text())
-    assert meta["drawn"] == 6 + meta["near_copies_dropped"] and meta["near_copies_dropped"] >= 3
+    assert meta["near_copies_dropped"] >= 2 and meta["guard_copies_dropped"] >= 1
+    assert meta["drawn"] == 6 + meta["near_copies_dropped"] + meta["guard_copies_dropped"] >= 10
     # the filtered images depend on the seed alone
     sample(projected_gen, 6, tmp_path / "again", drop_near_copies=small_data)
     assert np.array_equal(stored(tmp_path / "dropped"), stored(tmp_path / "again"))

@@ -70,9 +70,10 @@ def synth_sample(gen_dir: Path, out: Path, **flags) -> None:
         sample(gen_dir, c.n, out, c.seed, progress=update, label=c.label, drop_near_copies=c.drop_near_copies)
     finally:
         bar.close()
-    dropped = read_json(out / "synthetic.json").get("near_copies_dropped")
-    click.echo(f"{out}: {c.n} images" + (f" ({dropped} near copies of training images dropped)" if c.drop_near_copies
-                                          else "") + f"; next: lesionlab prepare {out} --out SYN_DATA_DIR --size 128")
+    meta = read_json(out / "synthetic.json")
+    dropped = (f" ({meta['near_copies_dropped']} near copies of training images and {meta['guard_copies_dropped']} "
+               "copies of images the generator never saw dropped)") if c.drop_near_copies else ""
+    click.echo(f"{out}: {c.n} images{dropped}; next: lesionlab prepare {out} --out SYN_DATA_DIR --size 128")
 
 
 @synth.command("import")

@@ -46,7 +46,9 @@ class SynthSampleConfig(CommandConfig):
     label: ClassName = Field("malignant", description="the class to sample (one the generator learned)")
     drop_near_copies: Optional[str] = Field(
         None, description="DATA_DIR the generator learned from: drop each sample nearer to one of its training images "
-        "than 99% of them are to their nearest other one (check's near-copy rule, 32x32 pixels) and draw another")
+        "than 99% of them are to their nearest other one (check's near-copy rule, 32x32 pixels), or that the training "
+        "leak guard would call a copy of one of its images the generator never saw (validation, test, a cv fold's "
+        "held-out images), and draw another")
 
 
 class SynthImportConfig(CommandConfig):

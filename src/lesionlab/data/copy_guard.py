@@ -89,25 +89,40 @@ def find_copies(candidates: np.ndarray, references: np.ndarray | tuple, threshol
     return hits
 
 
+def _at(images: np.ndarray, size: int) -> np.ndarray:
+    from ..engine.ssl import resize_batch  # here: the decoding workers import this package without torch's training stack
+
+    return resize_batch(torch.from_numpy(np.ascontiguousarray(images)), size).numpy()
+
+
+def index_store(store, positions: np.ndarray, size: int, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray, dict]:
+    """index_references() of a prepared `store`'s images at table `positions`, resized to `size`: read a chunk
+    at a time, so a large store is never in memory whole."""
+    positions = np.asarray(positions)
+    if not len(positions):
+        return index_references(np.zeros((0, size, size, 3), np.uint8))
+    sig, low, hashes = [], [], {}
+    for start in range(0, len(positions), chunk):
+        images = _at(store.pixels(positions[start:start + chunk]), size)
+        sig.append(signatures(images))
+        low.append(shape_signatures(images))
+        hashes.update({h: start + j for j, h in enumerate(exact_hashes(images))})
+    return np.concatenate(sig), np.concatenate(low), hashes
+
+
 def copies_in_store(store, positions: np.ndarray, references: np.ndarray, chunk: int = 2048) -> list[tuple[int, int, float]]:
     """(position in `store`, reference index, similarity) for every image of a prepared `store` at table
     `positions` that is an exact or near copy of one of `references` (uint8 NHWC images of any size);
     both are compared at the smaller of the two sizes, the references indexed once."""
-    from ..engine.ssl import resize_batch  # here: the decoding workers import this package without torch's training stack
-
-    size = min(store.size, references.shape[1]) if len(references) else store.size
-
-    def at(images: np.ndarray) -> np.ndarray:
-        return resize_batch(torch.from_numpy(np.ascontiguousarray(images)), size).numpy()
-
     if not len(references) or not len(positions):
         return []
-    refs = index_references(at(references))
+    size = min(store.size, references.shape[1])
+    refs = index_references(_at(references, size))
     positions = np.asarray(positions)
     hits = []
     for start in range(0, len(positions), chunk):
         rows = positions[start:start + chunk]
-        hits += [(int(rows[i]), j, s) for i, j, s in find_copies(at(store.pixels(rows)), refs)]
+        hits += [(int(rows[i]), j, s) for i, j, s in find_copies(_at(store.pixels(rows), size), refs)]
     return hits
 
 

@@ -16,9 +16,11 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from ..data.copy_guard import find_copies, index_store
 from ..data.images import IMAGE_SUFFIXES, DecodeError, decode_resize
+from ..data.store import Store
 from ..errors import BadInputError, ExistsError, preview
-from ..fileio import require_folder_or_absent, write_bytes, write_csv, write_json
+from ..fileio import csv_restore, require_folder_or_absent, write_bytes, write_csv, write_json
 from . import quality
 from .check import NEAR_COPY_RULE, learned_images, near_copy_cut
 from .generator import CLASS_NAMES, class_index, generate_batch, load_generator
@@ -43,9 +45,12 @@ def sample(gen_dir: str | Path, n: int, out: str | Path, seed: int = 0, batch: i
            progress: Callable[[int, int], None] | None = None, label: str = "malignant",
            drop_near_copies: str | Path | None = None) -> Path:
     """n images of class `label` (one the generator learned); the same seed gives the same images.
-    drop_near_copies: the data set the generator learned from; a sample nearer to one of the images it learned
-    than 99% of them are to their nearest other one (check's near-copy rule, 32x32 pixels) is dropped and
-    another drawn in its place, so that no training image returns in a training draw as a synthetic one."""
+    drop_near_copies: the data set the generator learned from; a sample is dropped and another drawn in its place
+    when it is nearer to one of the images the generator learned than 99% of them are to their nearest other one
+    (check's near-copy rule, 32x32 pixels), so that no training image returns in a training draw as a synthetic
+    one, or when the training leak guard would call it a copy of an image of that data set the generator never
+    saw (validation, test, pool images outside its training part such as a cv fold's held-out images), so that
+    every training draw of these images passes the guard."""
     from ..config import SynthSampleConfig, validated
 
     validated(SynthSampleConfig, {"n": n, "seed": seed, "label": label,
@@ -53,21 +58,25 @@ def sample(gen_dir: str | Path, n: int, out: str | Path, seed: int = 0, batch: i
     out = Path(out)
     trainer, info = load_generator(gen_dir)
     class_index(info, label, gen_dir)  # refused before anything is written
-    keep = _near_copy_filter(Path(gen_dir), drop_near_copies, label, info["size"]) if drop_near_copies else None
+    copies = _copy_filter(Path(gen_dir), drop_near_copies, label, info["size"]) if drop_near_copies else None
     _fresh(out)
     y = CLASS_NAMES.index(label)
     rows: list[dict] = []
-    drawn = 0
+    drawn, dropped = 0, {"near_copies_dropped": 0, "guard_copies_dropped": 0}
     while len(rows) < n:
         # a batch's seed counts the samples drawn before it (dropped ones too): the images depend on the seed alone
         images = generate_batch(trainer, info, min(batch, n - len(rows)), seed * 1_000_003 + drawn, label, gen_dir)
         drawn += len(images)
-        if keep is not None:
-            images = images[keep(images)]
+        if copies is not None:
+            memorised, guarded = copies(images)
+            dropped["near_copies_dropped"] += int(memorised.sum())
+            dropped["guard_copies_dropped"] += int((guarded & ~memorised).sum())
+            images = images[~(memorised | guarded)]
             if drawn >= 10 * n + 1000 and len(rows) + len(images) < n:
-                raise BadInputError(f"--drop-near-copies {drop_near_copies}: {drawn - len(rows) - len(images)} of "
-                                    f"{drawn} samples were near copies of training images; this generator memorises "
-                                    "its training set")
+                raise BadInputError(f"--drop-near-copies {drop_near_copies}: {dropped['near_copies_dropped']} of "
+                                    f"{drawn} samples were near copies of training images and "
+                                    f"{dropped['guard_copies_dropped']} copies of images the generator never saw; "
+                                    "this generator memorises its images")
         for image in images[: n - len(rows)]:
             name = f"{info['generator_id']}{'' if y else '_benign'}_seed{seed}_{len(rows):06d}"
             write_bytes(out / "images" / f"{name}.png", _png(image))
@@ -80,18 +89,33 @@ def sample(gen_dir: str | Path, n: int, out: str | Path, seed: int = 0, batch: i
                                         "kind": info["kind"], "steps": info["steps"], "seed": seed, "n": n,
                                         "label": label, "size": info["size"],
                                         "classes": info.get("classes", [info["label"]]),
-                                        **({"near_copies_dropped": drawn - n, "drawn": drawn,
-                                            "near_copy_rule": NEAR_COPY_RULE,
+                                        **({**dropped, "drawn": drawn, "near_copy_rule": NEAR_COPY_RULE,
+                                            "guard_copy_rule": "the training leak guard's (data/copy_guard.py)",
                                             "near_copies_of": str(Path(drop_near_copies).resolve())}
                                            if drop_near_copies else {})})
     return out
 
 
-def _near_copy_filter(gen_dir: Path, data_dir: str | Path, label: str, size: int) -> Callable[[np.ndarray], np.ndarray]:
-    """A mask function: True for the samples that are not near copies of the images gen_dir learned from."""
+def _copy_filter(gen_dir: Path, data_dir: str | Path, label: str,
+                 size: int) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """A function of a batch of samples: (near copies of the images gen_dir learned, by check's rule; copies, by
+    the training leak guard's signatures, of an image of data_dir that gen_dir never learned), as two masks."""
     real = quality.pixels(learned_images(gen_dir, data_dir, label, size))
     cut = near_copy_cut(real)
-    return lambda images: quality.nearest(quality.pixels(images), real)[0] >= cut
+    store = Store.open(data_dir)
+    ids = store.table["id"].astype(str)
+    learned = set(csv_restore(pd.read_csv(gen_dir / "real_ids.csv", dtype=str, keep_default_na=False))["id"])
+    unseen = np.flatnonzero(~ids.isin(learned).to_numpy())
+    if "synthetic" in store.table:  # another generator's images are no one's evaluation images
+        unseen = unseen[store.table["synthetic"].astype(str).to_numpy()[unseen] != "1"]
+    references = index_store(store, unseen, size)
+
+    def masks(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        guarded = np.zeros(len(images), bool)
+        guarded[[i for i, _, _ in find_copies(images, references)]] = True
+        return quality.nearest(quality.pixels(images), real)[0] < cut, guarded
+
+    return masks
 
 
 def import_folder(folder: str | Path, out: str | Path, label: str = "malignant", generator: str = "external",
