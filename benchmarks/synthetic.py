@@ -2,7 +2,7 @@
 
     python benchmarks/synthetic.py [--dataset ham10000|isic2024-permissive] [--size 64] [--work bench-out]
         [--gen-min 60] [--gan-min 26] [--folds 5] [--epochs-scale 1] [--n-synthetic 1000,3000] [--n-boot 2000]
-        [--quality-only]
+        [--fold-gen-min M] [--fold-gen-steps S] [--same-epochs simple_cnn=3000] [--quality-only]
     python benchmarks/synthetic.py --data DATA_DIR --name NAME ...   (any prepared data set with a split)
 
 1. Quality: the projected generator (Projected GAN + FastGAN, class-conditional on both classes of
@@ -85,10 +85,11 @@ def synthetic_store(gen: Path, n: int, size: int, out: Path, data: Path) -> Path
     return out
 
 
-def draw_settings(values: dict, n_syn: int, min_benign: int) -> dict:
+def draw_settings(values: dict, n_syn: int, min_benign: int, same_epochs: bool = False) -> dict:
     """The recipe with n_syn synthetic images: its ratio counting real + synthetic malignant images when
     every fold's pool has the benign images for it, else every benign image of the fold's pool; epochs
-    scaled so that the arm sees about as many images as the recipe without synthetic images."""
+    scaled so that the arm sees about as many images as the recipe without synthetic images (same_epochs:
+    the recipe's own, so that its real images are seen as often as without)."""
     if not n_syn:
         return values
     k = float(values["ratio"].split(":")[1]) if ":" in str(values["ratio"]) else None
@@ -96,14 +97,14 @@ def draw_settings(values: dict, n_syn: int, min_benign: int) -> dict:
     fits = k is not None and round((n_mal + n_syn) * k) <= min_benign
     before = n_mal * (1 + k) if k else n_mal + min_benign
     after = (n_mal + n_syn) * (1 + k) if fits else n_mal + n_syn + min_benign
-    epochs = max(2, math.ceil(values["epochs"] * before / after))
+    epochs = values["epochs"] if same_epochs else max(2, math.ceil(values["epochs"] * before / after))
     return {**values, "ratio": values["ratio"] if fits else "natural", "epochs": epochs}
 
 
 def experiment(args, data: Path, work: Path, size: int, counts: list[int], fold_min: float, gen_kw: dict):
     """Part 2: folds as the cv arms will draw them (same fold seed, same inner validation), each fold's
-    generator and synthetic images, and every arm's cv. Returns (recipes, cvs, settings, smallest
-    benign and malignant counts of a fold's pool)."""
+    generator and synthetic images, and every arm's cv. Returns (pairs: (recipe, what its synthetic arm adds,
+    that arm), cvs, settings, smallest benign and malignant counts of a fold's pool)."""
     base_values = _values(BASELINE)
     # (a plan of its own folder: the arms' cv folders hold their own configs)
     plan = prepare_cv(build_config({**base_values, "data": str(data), "seed": args.fold_seed}, "folds"),
@@ -113,26 +114,38 @@ def experiment(args, data: Path, work: Path, size: int, counts: list[int], fold_
     # a small data set (e.g. ISIC 2024's permissive crops) may hold fewer malignant images in a fold's pool than
     # a recipe's draw: then every arm draws as many as the smallest fold's pool holds
     min_malignant = min(p.info["counts"]["train_pool"]["malignant"] for p in plan.plans.values())
+    # --same-epochs recipe=n: that recipe + n synthetic images at its own epochs, beside the equal-images arm
+    same = {}
+    for pair in filter(str.strip, args.same_epochs.split(",")):
+        key, _, n = pair.partition("=")
+        if not n.strip().isdigit() or not int(n):
+            raise SystemExit(f"--same-epochs {pair}: expected RECIPE=N with N > 0, e.g. simple_cnn=3000")
+        same[key.strip()] = int(n)
     if counts:
         for folder, fold_plan in plan.plans.items():
             fold = folder.name
             gen = work / "fold-generators" / fold
             generator(data, gen, fold_min, args.smoke, args.fold_gen_steps, kind="projected",
                       only_ids=ids[fold_plan.pool].tolist(), **gen_kw)
-            synthetic_store(gen, max(counts), size, work / "fold-synthetic" / fold, data)
+            synthetic_store(gen, max(counts + list(same.values())), size, work / "fold-synthetic" / fold, data)
     recipes = {"simple_cnn 1:2": base_values, "recommended": _values(RECOMMENDED)}
-    cvs, settings = {}, {}
+    unknown = sorted(set(same) - {recipe.split()[0] for recipe in recipes})
+    if unknown:
+        raise SystemExit(f"--same-epochs: {', '.join(unknown)}: expected simple_cnn or recommended")
+    cvs, settings, pairs = {}, {}, []
     for recipe, values in recipes.items():
         values = {**values, "epochs": max(1, round(values["epochs"] * args.epochs_scale)), "bootstrap": 0,
                   "n_malignant": min(int(values["n_malignant"]), min_malignant, 10 if args.smoke else min_malignant)}
-        for n in [0] + counts:
-            name = recipe if n == 0 else f"{recipe} + {n} synthetic"
-            arm = draw_settings(values, n, min_benign)
+        arms = [(n, False) for n in [0] + counts] + ([(same[recipe.split()[0]], True)] if recipe.split()[0] in same else [])
+        for n, same_epochs in arms:
+            name = recipe if n == 0 else f"{recipe} + {n} synthetic" + (f", {values['epochs']} epochs" if same_epochs else "")
+            arm = draw_settings(values, n, min_benign, same_epochs)
             if n:
                 arm["synthetic"] = {"data": str(work / "fold-synthetic" / "{fold}"), "n": n}
+                pairs.append((recipe, f"{n}" + (f", {arm['epochs']} epochs" if same_epochs else ""), name))
             settings[name] = arm
             cvs[name] = cv_arm(name, arm, data, work, args.folds, args.fold_seed)
-    return recipes, cvs, settings, min_benign, min_malignant
+    return pairs, cvs, settings, min_benign, min_malignant
 
 
 def main() -> None:
@@ -154,6 +167,8 @@ def main() -> None:
     ap.add_argument("--fold-seed", type=int, default=0)
     ap.add_argument("--epochs-scale", type=float, default=1.0, help="multiplies every recipe's epochs")
     ap.add_argument("--n-synthetic", default="1000,3000")
+    ap.add_argument("--same-epochs", default="", help="RECIPE=N[,...] (simple_cnn, recommended): that recipe + N "
+                    "synthetic images also at its own epochs, so its real images are seen as often as without")
     ap.add_argument("--n-check", type=int, default=3000, help="synthetic images in the quality check")
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--smoke", action="store_true", help="the tiniest run: 2 folds, 1 epoch, a generator of 4 steps")
@@ -210,7 +225,7 @@ def main() -> None:
 
     ids = Store.open(data).table["id"].astype(str).to_numpy()
     if not args.quality_only:
-        recipes, cvs, settings, min_benign, min_malignant = experiment(args, data, work, size, counts, fold_min, gen_kw)
+        pairs, cvs, settings, min_benign, min_malignant = experiment(args, data, work, size, counts, fold_min, gen_kw)
 
     # 3. the section
     def net_rows(kind: str) -> list[str]:
@@ -265,9 +280,10 @@ def main() -> None:
              "join its training draws only. With synthetic images a recipe keeps its ratio (real + synthetic malignant "
              f"against benign) where every fold's pool holds the benign images for it (the smallest holds {min_benign}), "
              "else takes every benign image of the fold's pool; its epochs shrink so that it sees about as many images "
-             f"as without. Real malignant images a draw: the recipe's, at most the {min_malignant} of the smallest "
-             "fold's pool. `synth sample --drop-near-copies` dropped and redrew near copies of the fold generator's "
-             f"training images + copies of images it never saw (the leak guard's rule), fold by fold: {dropped}.", "",
+             "as without (an arm named with its epochs keeps the recipe's: --same-epochs). Real malignant images a "
+             f"draw: the recipe's, at most the {min_malignant} of the smallest fold's pool. `synth sample "
+             "--drop-near-copies` dropped and redrew near copies of the fold generator's training images + copies of "
+             f"images it never saw (the leak guard's rule), fold by fold: {dropped}.", "",
              "| arm | draw | epochs | OOF ROC AUC | OOF AP | OOF pAUC80 | fold-ensemble test ROC AUC | test F1 |",
              "|---|---|---|---|---|---|---|---|"]
     for name, run in cvs.items():
@@ -280,12 +296,11 @@ def main() -> None:
               f"({args.n_boot} resamples of whole groups):", "",
               "| recipe | synthetic | " + " | ".join(f"{m}: B - A [95% CI]" for m in PAIRED) + " |",
               "|---|---|" + "---|" * len(PAIRED)]
-    for recipe in recipes:
-        for n in counts:
-            d = compare_runs([cvs[recipe]], [cvs[f"{recipe} + {n} synthetic"]], metrics=PAIRED, n_boot=args.n_boot)["metrics"]
-            lines.append(f"| {recipe} | {n} | " + " | ".join(
-                f"{d[m]['diff']:+.3f} [{d[m]['lo']:+.3f}, {d[m]['hi']:+.3f}]"
-                + (" ↑" if d[m]["lo"] > 0 else " ↓" if d[m]["hi"] < 0 else "") for m in PAIRED) + " |")
+    for recipe, what, arm_name in pairs:
+        d = compare_runs([cvs[recipe]], [cvs[arm_name]], metrics=PAIRED, n_boot=args.n_boot)["metrics"]
+        lines.append(f"| {recipe} | {what} | " + " | ".join(
+            f"{d[m]['diff']:+.3f} [{d[m]['lo']:+.3f}, {d[m]['hi']:+.3f}]"
+            + (" ↑" if d[m]["lo"] > 0 else " ↓" if d[m]["hi"] < 0 else "") for m in PAIRED) + " |")
     finish(section, lines)
 
 
