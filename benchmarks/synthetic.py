@@ -232,7 +232,8 @@ def main() -> None:
         rows = []
         for net in checks[kind]["feature_networks"]:
             f, ms = net["fid"], net["manifold_k5"]
-            rows.append(f"| {kind} | {net['network']}{' (seen by the generator)' if net['seen_by_generator'] else ''} | "
+            name = net["network"].replace(f"{ROOT}/", "")  # a trained network's folder, as shown() records paths
+            rows.append(f"| {kind} | {name}{' (seen by the generator)' if net['seen_by_generator'] else ''} | "
                         f"{f['synthetic_vs_real']:.2f} | {f['real_half_vs_real_half']:.2f} | "
                         f"{f['synthetic_vs_real'] / max(f['real_half_vs_real_half'], 1e-9):.1f}x | {ms['precision']:.3f} | "
                         f"{ms['recall']:.3f} | {ms['density']:.3f} | {ms['coverage']:.3f} |")
