@@ -28,6 +28,13 @@ from .generator import CLASS_NAMES, generate_batch, grid_png, load_generator, re
 NEAR_COPY_RULE = "closer to a real training image than 99% of real images are to their nearest other real image"
 
 
+def learned_ids(source: Path) -> set[str] | None:
+    """The ids of the real images a generator learned from (its real_ids.csv); None when `source` has none."""
+    if not (source / "real_ids.csv").exists():
+        return None
+    return set(csv_restore(pd.read_csv(source / "real_ids.csv", dtype=str, keep_default_na=False))["id"])
+
+
 def learned_images(source: Path, data_dir: str | Path, label: str, size: int) -> np.ndarray:
     """The train-pool images of `label` that a generator learned from (all of the class when `source` has no
     real_ids.csv, e.g. an imported folder), at `size` px: what its samples are compared against."""
@@ -36,8 +43,8 @@ def learned_images(source: Path, data_dir: str | Path, label: str, size: int) ->
         raise BadInputError(f"--data {data_dir}: prepared at {store.size} px, smaller than the {size} px synthetic "
                             f"images; compare against a data set prepared at {size} px or more (real images "
                             "enlarged to the synthetic size would be blurred, not real)")
-    if (source / "real_ids.csv").exists():  # exactly the images the generator learned from
-        ids = set(csv_restore(pd.read_csv(source / "real_ids.csv", dtype=str, keep_default_na=False))["id"])
+    ids = learned_ids(source)
+    if ids is not None:  # exactly the images the generator learned from
         learned = np.isin(store.table["id"].to_numpy()[positions], list(ids))
         if not learned.any():
             raise BadInputError(f"--data {data_dir}: holds none of the {label} images the generator learned from; "

@@ -20,9 +20,9 @@ from ..data.copy_guard import find_copies, index_store
 from ..data.images import IMAGE_SUFFIXES, DecodeError, decode_resize
 from ..data.store import Store
 from ..errors import BadInputError, ExistsError, preview
-from ..fileio import csv_restore, require_folder_or_absent, write_bytes, write_csv, write_json
+from ..fileio import require_folder_or_absent, write_bytes, write_csv, write_json
 from . import quality
-from .check import NEAR_COPY_RULE, learned_images, near_copy_cut
+from .check import NEAR_COPY_RULE, learned_ids, learned_images, near_copy_cut
 from .generator import CLASS_NAMES, class_index, generate_batch, load_generator
 
 
@@ -104,8 +104,7 @@ def _copy_filter(gen_dir: Path, data_dir: str | Path, label: str,
     cut = near_copy_cut(real)
     store = Store.open(data_dir)
     ids = store.table["id"].astype(str)
-    learned = set(csv_restore(pd.read_csv(gen_dir / "real_ids.csv", dtype=str, keep_default_na=False))["id"])
-    unseen = np.flatnonzero(~ids.isin(learned).to_numpy())
+    unseen = np.flatnonzero(~ids.isin(learned_ids(gen_dir) or set()).to_numpy())
     if "synthetic" in store.table:  # another generator's images are no one's evaluation images
         unseen = unseen[store.table["synthetic"].astype(str).to_numpy()[unseen] != "1"]
     references = index_store(store, unseen, size)
