@@ -81,6 +81,10 @@ def synthetic_store(gen: Path, n: int, size: int, out: Path, data: Path) -> Path
     if not (raw / "manifest.csv").exists():
         shutil.rmtree(raw, ignore_errors=True)
         sample(gen, n, raw, seed=0, drop_near_copies=data)
+    held = read_json(raw / "synthetic.json")["n"]
+    if held < n:  # a set sampled by an earlier, smaller run: its arms would silently draw fewer images than named
+        raise SystemExit(f"{raw}: holds {held} synthetic images, this run asks for {n}; move that folder and "
+                         f"{out} aside (or delete them) to sample them again")
     prepare(read_source(raw / "manifest.csv"), out, size=size)
     return out
 
@@ -148,6 +152,68 @@ def experiment(args, data: Path, work: Path, size: int, counts: list[int], fold_
     return pairs, cvs, settings, min_benign, min_malignant
 
 
+def quality(args, data: Path, work: Path, gen_kw: dict) -> list[str]:
+    """Part 1: the projected generator on the whole pool (and the earlier DCGAN beside it), checked with three
+    feature networks; returns the section's lines on them."""
+    # the measuring network: UpgradedCNN at 1:2 (configs/seed), trained on this data set's split
+    features = work / "features-upgraded_cnn"
+    if not is_complete_run(features):
+        values = _values(ROOT / "configs" / "seed" / "upgraded_cnn_1to2.yaml")
+        # as many malignant images as the train pool holds, up to the config's (the ISIC 2024 permissive pool
+        # holds fewer than 293)
+        values["n_malignant"] = min(int(values["n_malignant"]), pool_counts(data)[0])
+        if args.smoke:
+            values.update(epochs=1, n_malignant=20)
+        train_process(build_config({**values, "data": str(data), "bootstrap": 0}, "features"), features)
+    networks = [str(features), "random", "lite0-imagenet"]
+
+    checks = {}
+    pool_gen = work / "gen-projected"
+    info = generator(data, pool_gen, args.gen_min, args.smoke, kind="projected", **gen_kw)
+    gens = {"projected": (pool_gen, info)}
+    if args.gan_min > 0:
+        gan = work / "gen-gan"
+        gens["gan"] = (gan, generator(data, gan, args.gan_min, args.smoke, kind="gan", size=args.gen_size,
+                                      fid_features="random"))
+    for kind, (gen, gen_info) in gens.items():
+        record = work / f"check-{kind}.json"
+        if not record.exists():
+            result = check(gen, data, networks, out=work / f"check-{kind}", n=args.n_check)
+            write_json(record, result)
+        checks[kind] = read_json(record)
+
+    def net_rows(kind: str) -> list[str]:
+        rows = []
+        for net in checks[kind]["feature_networks"]:
+            f, ms = net["fid"], net["manifold_k5"]
+            name = net["network"].replace(f"{ROOT}/", "")  # a trained network's folder, as shown() records paths
+            rows.append(f"| {kind} | {name}{' (seen by the generator)' if net['seen_by_generator'] else ''} | "
+                        f"{f['synthetic_vs_real']:.2f} | {f['real_half_vs_real_half']:.2f} | "
+                        f"{f['synthetic_vs_real'] / max(f['real_half_vs_real_half'], 1e-9):.1f}x | {ms['precision']:.3f} | "
+                        f"{ms['recall']:.3f} | {ms['density']:.3f} | {ms['coverage']:.3f} |")
+        return rows
+
+    p = checks["projected"]
+    first = p["feature_networks"][0]["manifold_k5"]
+    goal_met = all(first[k] >= v for k, v in GOAL.items()) and p["memorisation"]["near_copies_pixel"] == 0
+    return [f"Projected generator: {info['steps']} steps in {info['train_seconds'] / 60:.1f} CPU minutes (batch "
+             f"{info['batch_size']}, discriminator features at {info.get('d_res')} px, classes "
+             f"{' + '.join(info['classes'])}, {info['n_real_per_class']} real images)."
+             + (f" DCGAN (the earlier family): {gens['gan'][1]['steps']} steps in "
+                f"{gens['gan'][1]['train_seconds'] / 60:.1f} minutes." if "gan" in gens else ""), "",
+             "| generator | feature network | FID | yardstick (real half vs half) | FID / yardstick | precision | recall "
+             "| density | coverage |", "|---|---|---|---|---|---|---|---|---|",
+             *[row for kind in checks for row in net_rows(kind)], "",
+             f"Goal (recall >= 0.3 and coverage >= 0.5 in the classifier's features, no near copies): "
+             f"**{'met' if goal_met else 'not met'}**. Memorisation (projected): near copies "
+             f"{100 * p['memorisation']['near_copies_pixel']:.1f}% in pixel space, "
+             f"{100 * p['memorisation']['near_copies_feature']:.1f}% in the classifier's feature space "
+             f"({p['memorisation']['near_copy_rule']}). For reference, the earlier DCGAN as recorded on HAM10000 "
+             "(section synthetic as of commit 3e145d3: 2,900 steps on 293 images): FID 22.95 against a yardstick of 0.16, recall 0.000, "
+             "coverage 0.017.", "",
+             "Full checks: " + ", ".join(f"{shown(work / f'check-{kind}' / 'check.html')}" for kind in gens) + "."]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataset_option(ap)
@@ -174,7 +240,11 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="the tiniest run: 2 folds, 1 epoch, a generator of 4 steps")
     ap.add_argument("--quality-only", action="store_true", help="part 1 alone (the generators and their checks), "
                     "written to its own section (SECTION-quality), so the last full run's section stays")
+    ap.add_argument("--no-quality", action="store_true", help="part 2 alone (the fold generators and the cv arms); "
+                    "the section points to SECTION-quality, which --quality-only writes, for the generator's quality")
     args = ap.parse_args()
+    if args.quality_only and args.no_quality:
+        raise SystemExit("--quality-only and --no-quality: choose one (part 1 alone, or part 2 alone)")
     command = command_line("synthetic", args, ap)  # as typed, before --smoke and --dataset fill in the rest
     if args.smoke:
         args.folds, args.epochs_scale, args.n_check, args.n_boot, args.n_synthetic = 2, 0.0, 64, 50, "20,40"
@@ -195,53 +265,14 @@ def main() -> None:
     counts = sorted({int(n) for n in args.n_synthetic.split(",") if n.strip()})
     gen_kw = {"size": args.gen_size, "d_res": args.d_res}
 
-    # the measuring network: UpgradedCNN at 1:2 (configs/seed), trained on this data set's split
-    features = work / "features-upgraded_cnn"
-    if not is_complete_run(features):
-        values = _values(ROOT / "configs" / "seed" / "upgraded_cnn_1to2.yaml")
-        # as many malignant images as the train pool holds, up to the config's (the ISIC 2024 permissive pool
-        # holds fewer than 293)
-        values["n_malignant"] = min(int(values["n_malignant"]), pool_counts(data)[0])
-        if args.smoke:
-            values.update(epochs=1, n_malignant=20)
-        train_process(build_config({**values, "data": str(data), "bootstrap": 0}, "features"), features)
-    networks = [str(features), "random", "lite0-imagenet"]
-
-    # 1. quality: the projected generator on the whole pool, and the earlier DCGAN beside it
-    checks = {}
-    pool_gen = work / "gen-projected"
-    info = generator(data, pool_gen, args.gen_min, args.smoke, kind="projected", **gen_kw)
-    gens = {"projected": (pool_gen, info)}
-    if args.gan_min > 0:
-        gan = work / "gen-gan"
-        gens["gan"] = (gan, generator(data, gan, args.gan_min, args.smoke, kind="gan", size=args.gen_size,
-                                      fid_features="random"))
-    for kind, (gen, gen_info) in gens.items():
-        record = work / f"check-{kind}.json"
-        if not record.exists():
-            result = check(gen, data, networks, out=work / f"check-{kind}", n=args.n_check)
-            write_json(record, result)
-        checks[kind] = read_json(record)
-
+    # 1. quality (unless --no-quality), 2. the experiment (unless --quality-only)
+    quality_text = ([f"Not run by this invocation (--no-quality); section {section}-quality (`--quality-only`) holds "
+                     "the generator's quality."] if args.no_quality else quality(args, data, work, gen_kw))
     ids = Store.open(data).table["id"].astype(str).to_numpy()
     if not args.quality_only:
         pairs, cvs, settings, min_benign, min_malignant = experiment(args, data, work, size, counts, fold_min, gen_kw)
 
     # 3. the section
-    def net_rows(kind: str) -> list[str]:
-        rows = []
-        for net in checks[kind]["feature_networks"]:
-            f, ms = net["fid"], net["manifold_k5"]
-            name = net["network"].replace(f"{ROOT}/", "")  # a trained network's folder, as shown() records paths
-            rows.append(f"| {kind} | {name}{' (seen by the generator)' if net['seen_by_generator'] else ''} | "
-                        f"{f['synthetic_vs_real']:.2f} | {f['real_half_vs_real_half']:.2f} | "
-                        f"{f['synthetic_vs_real'] / max(f['real_half_vs_real_half'], 1e-9):.1f}x | {ms['precision']:.3f} | "
-                        f"{ms['recall']:.3f} | {ms['density']:.3f} | {ms['coverage']:.3f} |")
-        return rows
-
-    p = checks["projected"]
-    first = p["feature_networks"][0]["manifold_k5"]
-    goal_met = all(first[k] >= v for k, v in GOAL.items()) and p["memorisation"]["near_copies_pixel"] == 0
     lines = [f"## Synthetic malignant images on {args.name} (`benchmarks/synthetic.py`)", "",
              f"Command: `{command}` "
              f"(code {git_commit()}); machine: {machine()}; wall of this invocation "
@@ -249,22 +280,7 @@ def main() -> None:
              f"Data: {data.name} at {size} px, {len(ids)} images; generators at {args.gen_size} px. The notebook's own "
              f"result: {NOTEBOOK}.", "",
              "### Generator quality (3,000 malignant samples against the train pool's real malignant crops)", "",
-             f"Projected generator: {info['steps']} steps in {info['train_seconds'] / 60:.1f} CPU minutes (batch "
-             f"{info['batch_size']}, discriminator features at {info.get('d_res')} px, classes "
-             f"{' + '.join(info['classes'])}, {info['n_real_per_class']} real images)."
-             + (f" DCGAN (the earlier family): {gens['gan'][1]['steps']} steps in "
-                f"{gens['gan'][1]['train_seconds'] / 60:.1f} minutes." if "gan" in gens else ""), "",
-             "| generator | feature network | FID | yardstick (real half vs half) | FID / yardstick | precision | recall "
-             "| density | coverage |", "|---|---|---|---|---|---|---|---|---|",
-             *[row for kind in checks for row in net_rows(kind)], "",
-             f"Goal (recall >= 0.3 and coverage >= 0.5 in the classifier's features, no near copies): "
-             f"**{'met' if goal_met else 'not met'}**. Memorisation (projected): near copies "
-             f"{100 * p['memorisation']['near_copies_pixel']:.1f}% in pixel space, "
-             f"{100 * p['memorisation']['near_copies_feature']:.1f}% in the classifier's feature space "
-             f"({p['memorisation']['near_copy_rule']}). For reference, the earlier DCGAN as recorded on HAM10000 "
-             "(section synthetic as of commit 3e145d3: 2,900 steps on 293 images): FID 22.95 against a yardstick of 0.16, recall 0.000, "
-             "coverage 0.017.", "",
-             "Full checks: " + ", ".join(f"{shown(work / f'check-{kind}' / 'check.html')}" for kind in gens) + ".", "",
+             *quality_text, "",
              "### The notebook's experiment as cross-validation, paired on out-of-fold images", ""]
     if args.quality_only:
         lines.append("Not run by this invocation (--quality-only); the section without \"-quality\" holds the last "
