@@ -31,6 +31,10 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+
 from lesionlab.benchmarking.arms import BASELINE, cv_arm
 from lesionlab.benchmarking.datasets import DATASETS, add_dataset_option, pool_counts, prepared
 from lesionlab.benchmarking.results import ROOT, command_line, git_commit, machine, shown, update_section
@@ -303,14 +307,15 @@ def main() -> None:
              "--drop-near-copies` dropped and redrew near copies of the fold generator's training images + copies of "
              f"images it never saw (the leak guard's rule), fold by fold: {dropped}.", "",
              "| arm | draw | epochs | OOF ROC AUC | OOF AP | OOF pAUC80 | fold models' test ROC AUC (mean ± sd) | "
-             "fold-ensemble test ROC AUC | test F1 |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "fold models' agreement on test (Spearman) | fold-ensemble test ROC AUC | test F1 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, run in cvs.items():
         o, te, s = run.metrics["oof"], run.metrics["test"], settings[name]
-        each = fold_test_roc_auc(run.path)
+        each, agreement = fold_models_on_test(run.path)
         lines.append(f"| {name} | {s['ratio']}, {s['n_malignant']} real + {s.get('synthetic', {}).get('n', 0)} synthetic | "
                      f"{s['epochs']} | {o['roc_auc']:.3f} | {o['average_precision']:.3f} | {o['pauc_80']:.4f} | "
-                     f"{statistics.mean(each):.3f} ± {statistics.stdev(each):.3f} | {te['roc_auc']:.3f} | {te['f1']:.3f} |")
+                     f"{statistics.mean(each):.3f} ± {statistics.stdev(each):.3f} | {agreement:.2f} | "
+                     f"{te['roc_auc']:.3f} | {te['f1']:.3f} |")
     o = cvs["simple_cnn 1:2"].metrics["oof"]
     t = cvs["simple_cnn 1:2"].metrics["test"]
     lines += ["", f"With synthetic (B) against without (A), on the same {o['n_malignant'] + o['n_benign']} OOF images "
@@ -332,11 +337,18 @@ def main() -> None:
     finish(section, lines)
 
 
-def fold_test_roc_auc(cv_dir: Path) -> list[float]:
-    """Each fold model's own test ROC AUC: an ensemble can gain from diverse members while each member loses, so
-    the section shows both."""
-    return [read_json(cv_dir / "folds" / fold["folder"] / "metrics.json")["test"]["roc_auc"]
-            for fold in read_json(cv_dir / "cv.json")["per_fold"]]
+def fold_models_on_test(cv_dir: Path) -> tuple[list[float], float]:
+    """Each fold model's own test ROC AUC, and how alike the fold models rank the test images (mean pairwise
+    Spearman correlation): an ensemble can gain from members that differ while each member loses, so the section
+    shows both."""
+    folders = [cv_dir / "folds" / fold["folder"] for fold in read_json(cv_dir / "cv.json")["per_fold"]]
+    aucs = [read_json(folder / "metrics.json")["test"]["roc_auc"] for folder in folders]
+    scores = []
+    for folder in folders:
+        table = pd.read_csv(folder / "predictions.csv")
+        scores.append(table[table["split"] == "test"].sort_values("id")["prob"].to_numpy())
+    pairs = [spearmanr(a, b).statistic for i, a in enumerate(scores) for b in scores[i + 1:]]
+    return aucs, float(np.mean(pairs))
 
 
 def finish(section: str, lines: list[str]) -> None:
