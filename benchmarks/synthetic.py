@@ -2,7 +2,7 @@
 
     python benchmarks/synthetic.py [--dataset ham10000|isic2024-permissive] [--size 64] [--work bench-out]
         [--gen-min 60] [--gan-min 26] [--folds 5] [--epochs-scale 1] [--n-synthetic 1000,3000] [--n-boot 2000]
-        [--fold-gen-min M] [--fold-gen-steps S] [--same-epochs simple_cnn=3000] [--quality-only]
+        [--fold-gen-min M] [--fold-gen-steps S] [--same-epochs simple_cnn=3000] [--quality-only | --no-quality]
     python benchmarks/synthetic.py --data DATA_DIR --name NAME ...   (any prepared data set with a split)
 
 1. Quality: the projected generator (Projected GAN + FastGAN, class-conditional on both classes of
@@ -16,10 +16,13 @@
    the same out-of-fold images. Each fold's synthetic images come from a generator trained on that
    fold's training part only (--fold-gen-min minutes), so no held-out image ever shaped a synthetic
    one; synthetic images join training draws only (never inner validation, OOF or test).
+   Beside OOF, the test set as a check: each fold model's ROC AUC, how alike the fold models rank the
+   test images, and the fold ensembles' paired difference.
 
 Everything is resumable: finished generators (generator.json), samples, prepared sets and cv folds are
 reused by the same command. Writes docs/results.md (section "synthetic", "synthetic-isic2024-permissive" or
-"synthetic-NAME"); --quality-only runs part 1 alone and writes it to that section's name + "-quality". The
+"synthetic-NAME"); --quality-only runs part 1 alone and writes it to that section's name + "-quality";
+--no-quality runs part 2 alone, its section pointing to that one for the generator's quality. The
 smallest run, to check the script: --smoke (2 folds, 1 epoch, generators of 4 steps, 20 and 40 synthetic images).
 """
 from __future__ import annotations
