@@ -136,14 +136,17 @@ def prefetch(items: Iterable, depth: int = 3) -> Iterator:
 @torch.inference_mode()
 def predict_logits(model: nn.Module, images: np.ndarray | torch.Tensor, rt: Runtime,
                    batch_size: int = 256, pre: Preprocessing = IMAGENET) -> np.ndarray:
-    """Logits for uint8 (N, H, W, 3) images, in eval mode, preprocessed by `pre`."""
+    """Logits for uint8 (N, H, W, 3) images, in eval mode, preprocessed by `pre`, at the runtime's full precision
+    (float32, or float64) even where training ran under bf16 autocast: every path that scores images (the run's
+    validation and test, OOF, predict, exports) must give the same numbers on any machine, since thresholds are
+    chosen on these scores. bf16 moved probabilities by up to 4.6e-3 on a CPU with native bf16, against about
+    1e-6 between float32 paths; scoring is a small part of a run's time."""
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
         chunk = torch.from_numpy(np.ascontiguousarray(chunk)) if isinstance(chunk, np.ndarray) else chunk
-        with rt.autocast():
-            out.append(model(pre.to_input(chunk, rt)).reshape(-1).to(torch.float64).cpu())
+        out.append(model(pre.to_input(chunk, rt)).reshape(-1).to(torch.float64).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0)  # float64 already, chunk by chunk
 
 
