@@ -23,7 +23,7 @@ from lesionlab.benchmarking.results import ROOT, git_commit, machine, update_sec
 from lesionlab.config import build_config, load_yaml
 from lesionlab.metrics import bootstrap_ci
 from lesionlab.runs import Run, is_complete_run, oof_arrays
-from lesionlab.workflows.compare import COMPARE_METRICS, compare_runs
+from lesionlab.workflows.compare import COMPARE_METRICS, compare_runs, difference_cell
 from lesionlab.workflows.cv import run_cv
 from lesionlab.workflows.ensemble import build_ensemble
 from lesionlab.workflows.report import md_table
@@ -41,11 +41,6 @@ ARCHITECTURES = ("baseline", "upgraded_cnn", "resnet18")
 TRAINING_LEVERS = ("augment_medium", "sampler_redraw")
 SELECT = "pauc_80"  # ISIC 2024's metric; OOF pAUC was the winners' headline
 DEFAULTS = {"size": 128, "folds": 5, "epochs": 10}
-
-
-def cell(d: dict) -> str:
-    mark = " ↑" if d["lo"] > 0 else (" ↓" if d["hi"] < 0 else "")
-    return f"{d['diff']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]{mark}"
 
 
 def value(m: dict, key: str, digits: int = 3) -> str:
@@ -164,9 +159,9 @@ def main() -> None:
              value(r.metrics["test"], "average_precision"), value(r.metrics["test"], "pauc_80", 4),
              f"{timings.get(n, 0) / 60:.1f}"] for n, r in cvs.items()]
     c_header = ["arm (B) vs baseline (A), OOF"] + [f"{m}: B - A [95% CI]" for m in COMPARE_METRICS]
-    c_rows = [[n] + [cell(p[m]) for m in COMPARE_METRICS] for n, p in paired.items()]
+    c_rows = [[n] + [difference_cell(p[m], 4) for m in COMPARE_METRICS] for n, p in paired.items()]
     t_header = ["on the test set (B vs A)"] + [f"{m}: B - A [95% CI]" for m in COMPARE_METRICS]
-    t_rows = [[n] + [cell(res["metrics"][m]) for m in COMPARE_METRICS] for n, res in test_cmp.items()]
+    t_rows = [[n] + [difference_cell(res["metrics"][m], 4) for m in COMPARE_METRICS] for n, res in test_cmp.items()]
     s_header = ["model (test set)", "ROC AUC", "AP", "pAUC80", "F1"]
     s_rows = [[label, *(value(run.metrics["test"], k, 4 if k == "pauc_80" else 3)
                         for k in ("roc_auc", "average_precision", "pauc_80", "f1"))]
@@ -216,7 +211,7 @@ def main() -> None:
     if chosen:
         rec_oof, rec_test = cvs[chosen].metrics["oof"], cvs[chosen].metrics["test"]
         lines.append(f"Chosen from OOF only: **{chosen}** (OOF {SELECT} {value(rec_oof, SELECT, 4)}, paired OOF "
-                     f"difference {cell(paired[chosen][SELECT])}); OOF AP {value(rec_oof, 'average_precision')}; its fold "
+                     f"difference {difference_cell(paired[chosen][SELECT], 4)}); OOF AP {value(rec_oof, 'average_precision')}; its fold "
                      f"ensemble on test: AP {value(rec_test, 'average_precision')}, pAUC80 {value(rec_test, 'pauc_80', 4)}. "
                      "configs/scratch.yaml is chosen by benchmarks/quality.py.")
     else:

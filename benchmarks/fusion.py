@@ -26,6 +26,7 @@ from lesionlab.benchmarking.process import measure
 from lesionlab.benchmarking.results import ROOT, git_commit, ham10000, machine, update_section
 from lesionlab.metrics import bootstrap_ci, compute_metrics
 from lesionlab.runs import Run
+from lesionlab.workflows.compare import difference_cell
 
 LESIONLAB = [sys.executable, "-m", "lesionlab"]
 KEYS = ("roc_auc", "pauc_80", "average_precision")
@@ -132,8 +133,7 @@ def ham_part(args, work: Path) -> list[str]:
                 # ranking metrics only: the 0.5 thresholds are not used
                 res = paired_bootstrap(b.loc[ids, "label"].to_numpy(), a.loc[ids, "prob"].to_numpy(),
                                        b.loc[ids, "prob"].to_numpy(), 0.5, 0.5, KEYS, n_boot=args.n_boot, seed=0, groups=g)
-                cells = [f"{res[k]['diff']:+.4f} [{res[k]['lo']:+.4f}, {res[k]['hi']:+.4f}]"
-                         + (" ↑" if res[k]["lo"] > 0 else (" ↓" if res[k]["hi"] < 0 else "")) for k in KEYS]
+                cells = [difference_cell(res[k], 4) for k in KEYS]
                 pairs_lines.append(f"| {name} - image only | {side} ({len(ids)} images) | " + " | ".join(cells) + " |")
                 if side == "oof" and "fusion" in name:
                     met = all(res[k]["lo"] > 0 for k in ("roc_auc", "pauc_80"))

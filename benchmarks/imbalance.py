@@ -26,7 +26,7 @@ from lesionlab.benchmarking.results import ROOT, git_commit, machine, update_sec
 from lesionlab.config import build_config, load_yaml, to_dict
 from lesionlab.metrics import ThresholdRule, compute_metrics
 from lesionlab.runs import Run, is_complete_run
-from lesionlab.workflows.compare import COMPARE_METRICS, compare_runs
+from lesionlab.workflows.compare import COMPARE_METRICS, compare_runs, difference_cell
 from lesionlab.workflows.report import md_table, summarise, summary_cell
 from lesionlab.workflows.train import train_process
 
@@ -145,8 +145,7 @@ def main() -> None:
         res = compare_runs(baseline, runs, n_boot=args.n_boot)["metrics"]
         if name == "combination":
             combo_result = res
-        c_rows.append([name] + [f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]" + (" ↑" if d["lo"] > 0 else " ↓" if d["hi"] < 0 else "")
-                                for d in (res[m] for m in COMPARE_METRICS)])
+        c_rows.append([name] + [difference_cell(res[m]) for m in COMPARE_METRICS])
 
     # -------- thresholds and prevalence: no training, the baseline's own predictions
     t_header = ["threshold rule (chosen on val)", "threshold", "test precision", "test recall", "test F1",

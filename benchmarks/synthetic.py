@@ -49,7 +49,7 @@ from lesionlab.runs import is_complete_run
 from lesionlab.synth.check import check
 from lesionlab.synth.generator import train_generator
 from lesionlab.synth.samples import sample
-from lesionlab.workflows.compare import compare_runs
+from lesionlab.workflows.compare import compare_runs, difference_cell
 from lesionlab.workflows.cv import prepare_cv
 from lesionlab.workflows.train import train_process
 
@@ -328,15 +328,11 @@ def main() -> None:
               "| recipe | synthetic | " + " | ".join(f"{m}: B - A [95% CI]" for m in PAIRED)
               + " | test roc_auc: B - A [95% CI] |", "|---|---|" + "---|" * (len(PAIRED) + 1)]
 
-    def interval(d: dict) -> str:
-        return (f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
-                + (" ↑" if d["lo"] > 0 else " ↓" if d["hi"] < 0 else ""))
-
     for recipe, what, arm_name in pairs:
         d = compare_runs([cvs[recipe]], [cvs[arm_name]], metrics=PAIRED, n_boot=args.n_boot)["metrics"]
         on_test = compare_runs([cvs[recipe]], [cvs[arm_name]], metrics=("roc_auc",), n_boot=args.n_boot, on="test")
-        lines.append(f"| {recipe} | {what} | " + " | ".join(interval(d[m]) for m in PAIRED)
-                     + f" | {interval(on_test['metrics']['roc_auc'])} |")
+        lines.append(f"| {recipe} | {what} | " + " | ".join(difference_cell(d[m]) for m in PAIRED)
+                     + f" | {difference_cell(on_test['metrics']['roc_auc'])} |")
     finish(section, lines)
 
 

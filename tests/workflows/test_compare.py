@@ -61,3 +61,12 @@ def test_compare_refuses_different_test_sets(small_data, tmp_path, sample_manife
     cli("train", "--data", other / "data", "--out", tmp_path / "b", *SMALL, "--epochs", "1")
     r = cli("compare", tmp_path / "a", tmp_path / "b", ok=False)
     assert r.exit_code == 2 and "same test set" in r.output
+
+
+def test_a_difference_cell_marks_only_an_interval_that_excludes_zero():
+    from lesionlab.workflows.compare import difference_cell
+
+    assert difference_cell({"diff": 0.0125, "lo": 0.002, "hi": 0.031}) == "+0.013 [+0.002, +0.031] ↑"
+    assert difference_cell({"diff": -0.05, "lo": -0.0791, "hi": -0.021}, 4) == "-0.0500 [-0.0791, -0.0210] ↓"
+    assert difference_cell({"diff": 0.01, "lo": -0.004, "hi": 0.024}) == "+0.010 [-0.004, +0.024]"
+    assert difference_cell({"diff": 0.01, "lo": 0.0, "hi": 0.02}) == "+0.010 [+0.000, +0.020]"  # touching zero: no mark

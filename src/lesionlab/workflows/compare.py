@@ -143,6 +143,12 @@ def verdict(d: dict) -> str:
     return "no clear difference: the interval includes zero"
 
 
+def difference_cell(d: dict, digits: int = 3) -> str:
+    """'+0.012 [-0.004, +0.031]' with ↑ or ↓ where the interval lies above or below zero: a table cell for B - A."""
+    mark = " ↑" if d["lo"] > 0 else (" ↓" if d["hi"] < 0 else "")
+    return f"{d['diff']:+.{digits}f} [{d['lo']:+.{digits}f}, {d['hi']:+.{digits}f}]{mark}"
+
+
 def format_comparison(res: Comparison, name_a: str = "A", name_b: str = "B") -> list[str]:
     seeds = f"{len(res['a'])} vs {len(res['b'])} run(s)"
     where = "out-of-fold" if res.get("on") == "oof" else "test"

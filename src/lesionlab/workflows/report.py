@@ -215,7 +215,7 @@ def _ensemble_lines(run: Run) -> list[str]:
 def comparison_rows(groups: "OrderedDict[str, list[Run]]", baseline: str, n_boot: int = 2000
                     ) -> tuple[list[str], list[list[str]]]:
     """Each experiment against `baseline`: B - A with its paired 95% interval, per metric."""
-    from .compare import COMPARE_METRICS, compare_runs
+    from .compare import COMPARE_METRICS, compare_runs, difference_cell
 
     if baseline not in groups:
         from ..errors import closest
@@ -235,10 +235,7 @@ def comparison_rows(groups: "OrderedDict[str, list[Run]]", baseline: str, n_boot
         res = full["metrics"]
         where = "out-of-fold" if full.get("on") == "oof" else "test"
         cells = [f"{where} ({'per image' if full.get('unit', 'image') == 'image' else full['unit']})"]
-        for m in COMPARE_METRICS:
-            d = res[m]
-            mark = " ↑" if d["lo"] > 0 else (" ↓" if d["hi"] < 0 else "")
-            cells.append(f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]{mark}")
+        cells += [difference_cell(res[m]) for m in COMPARE_METRICS]
         rows.append([name, str(len(members))] + cells)
     return header, rows
 
