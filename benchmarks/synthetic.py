@@ -42,6 +42,7 @@ from lesionlab.benchmarking.arms import BASELINE, cv_arm
 from lesionlab.benchmarking.datasets import DATASETS, add_dataset_option, pool_counts, prepared
 from lesionlab.benchmarking.results import ROOT, command_line, git_commit, machine, shown, update_section
 from lesionlab.config import build_config, load_yaml
+from lesionlab.config.synth import CLASS_POWER
 from lesionlab.data.sources import read_source
 from lesionlab.data.store import Store, prepare
 from lesionlab.fileio import read_json, write_json
@@ -206,7 +207,8 @@ def quality(args, data: Path, work: Path, gen_kw: dict) -> list[str]:
     goal_met = all(first[k] >= v for k, v in GOAL.items()) and p["memorisation"]["near_copies_pixel"] == 0
     return [f"Projected generator: {info['steps']} steps in {info['train_seconds'] / 60:.1f} CPU minutes (batch "
              f"{info['batch_size']}, discriminator features at {info.get('d_res')} px, classes "
-             f"{' + '.join(info['classes'])}, {info['n_real_per_class']} real images)."
+             f"{' + '.join(info['classes'])}, {info['n_real_per_class']} real images, a step's class drawn with "
+             f"probability proportional to its count to the power {info.get('class_power') or 0:g})."
              + (f" DCGAN (the earlier family): {gens['gan'][1]['steps']} steps in "
                 f"{gens['gan'][1]['train_seconds'] / 60:.1f} minutes." if "gan" in gens else ""), "",
              "| generator | feature network | FID | yardstick (real half vs half) | FID / yardstick | precision | recall "
@@ -219,7 +221,19 @@ def quality(args, data: Path, work: Path, gen_kw: dict) -> list[str]:
              f"({p['memorisation']['near_copy_rule']}). For reference, the earlier DCGAN as recorded on HAM10000 "
              "(section synthetic as of commit 3e145d3: 2,900 steps on 293 images): FID 22.95 against a yardstick of 0.16, recall 0.000, "
              "coverage 0.017.", "",
-             "Full checks: " + ", ".join(f"{shown(work / f'check-{kind}' / 'check.html')}" for kind in gens) + "."]
+             *near_copies_while_training(pool_gen), "Full checks: " + ", ".join(f"{shown(work / f'check-{kind}' / 'check.html')}" for kind in gens) + "."]
+
+
+def near_copies_while_training(gen: Path) -> list[str]:
+    """The share of near copies among the FID estimate's malignant samples at each estimate of the training
+    (progress.csv; generators trained before the monitor have no such column)."""
+    progress = gen / "progress.csv"
+    table = pd.read_csv(progress) if progress.exists() else pd.DataFrame()
+    if "near_copies" not in table:
+        return []
+    steps = ", ".join(f"{int(r.step)}: {100 * r.near_copies:.1f}%" for r in table.itertuples())
+    n = read_json(gen / "generator.json")["fid_estimate"]["n"]
+    return [f"Near copies among the running FID estimate's {n} malignant samples, by step: {steps}.", ""]
 
 
 def main() -> None:
@@ -237,6 +251,8 @@ def main() -> None:
                     "than --fold-gen-min allows: the same generators whatever else runs on the machine")
     ap.add_argument("--gan-min", type=float, default=26.0, help="CPU minutes of the earlier DCGAN for comparison (0: none)")
     ap.add_argument("--d-res", type=int, default=96)
+    ap.add_argument("--class-power", type=float, default=CLASS_POWER, help="synth train's --class-power for every "
+                    "projected generator (0: classes balanced)")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--fold-seed", type=int, default=0)
     ap.add_argument("--epochs-scale", type=float, default=1.0, help="multiplies every recipe's epochs")
@@ -271,7 +287,7 @@ def main() -> None:
     size = Store.open(data).size
     fold_min = args.fold_gen_min if args.fold_gen_min is not None else args.gen_min
     counts = sorted({int(n) for n in args.n_synthetic.split(",") if n.strip()})
-    gen_kw = {"size": args.gen_size, "d_res": args.d_res}
+    gen_kw = {"size": args.gen_size, "d_res": args.d_res, "class_power": args.class_power}
 
     # 1. quality (unless --no-quality), 2. the experiment (unless --quality-only)
     quality_text = ([f"Not run by this invocation (--no-quality); section {section}-quality (`--quality-only`) holds "

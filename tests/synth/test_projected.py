@@ -15,7 +15,7 @@ from lesionlab.data.splits import load_split
 from lesionlab.data.store import Store
 from lesionlab.errors import BadInputError, ExistsError
 from lesionlab.synth import projected
-from lesionlab.synth.generator import train_generator
+from lesionlab.synth.generator import _FidEstimate, class_draw_probabilities, train_generator
 from lesionlab.synth.samples import sample
 
 TINY = dict(kind="projected", size=32, batch_size=8, d_res=32, fid_every=0, sample_every=100, pretrained=False)
@@ -239,3 +239,53 @@ def test_leak_guard_catches_smooth_copies_of_evaluation_images(small_data, tmp_p
             "--synthetic", tmp_path / "near", ok=False)
     assert r.exit_code == 2 and "8 synthetic image(s) are copies of validation or test images" in r.output
     assert f"gen0 ~ {val_ids[0]}" in r.output and not (tmp_path / "r").exists()
+
+
+def test_class_draw_probabilities_by_hand():
+    assert np.allclose(class_draw_probabilities([100, 400], 0.0), [0.5, 0.5])
+    assert np.allclose(class_draw_probabilities([100, 400], 1.0), [0.2, 0.8])
+    assert np.allclose(class_draw_probabilities([100, 400], 0.5), [10 / 30, 20 / 30])  # sqrt: 10 and 20
+
+
+@pytest.mark.parametrize("power", [0.0, 1.0])
+def test_a_step_draws_each_class_as_the_power_says(small_data, tmp_path, monkeypatch, power):
+    """The small train pool holds about a quarter malignant images: balanced (power 0) half the draws are
+    malignant, as the pool holds them (power 1) their share of the pool; 2,000 draws put 0.03 beyond 3 sd."""
+    drawn = []
+
+    def step(self, real, c):
+        drawn.append(c.clone())
+        return {"loss_d": 0.0, "loss_g": 0.0}
+
+    monkeypatch.setattr(projected.ProjectedTrainer, "step", step)
+    info = train_generator(small_data, tmp_path / "g", steps=250, checkpoint_every=250, class_power=power,
+                           **{**TINY, "sample_every": 1000})
+    n = info["n_real_per_class"]
+    assert info["class_power"] == power and n["malignant"] < n["benign"] / 2
+    share = torch.cat(drawn).float().mean().item()
+    assert abs(share - (0.5 if power == 0 else n["malignant"] / (n["malignant"] + n["benign"]))) < 0.03, share
+
+
+def test_a_generator_folder_from_before_the_class_power_key_resumes_balanced(small_data, tmp_path):
+    out = tmp_path / "g"
+    train_generator(small_data, out, steps=2, checkpoint_every=2, **TINY)
+    spec = json.loads((out / "spec.json").read_text())
+    del spec["class_power"]
+    (out / "spec.json").write_text(json.dumps(spec))
+    (out / "generator.json").unlink()
+    assert train_generator(small_data, out, steps=3, checkpoint_every=3, **TINY)["steps"] == 3
+    with pytest.raises(ExistsError, match="class_power"):
+        train_generator(small_data, out, steps=4, checkpoint_every=4, class_power=0.5, **TINY)
+
+
+def test_training_records_near_copies_of_its_images_beside_the_fid_estimate(small_data, tmp_path):
+    """The running estimate's near-copy share is check's rule: the training images themselves are all
+    near copies, black images none."""
+    out = tmp_path / "g"
+    train_generator(small_data, out, steps=2, checkpoint_every=2, **{**TINY, "fid_every": 1}, fid_n=8)
+    progress = pd.read_csv(out / "progress.csv")
+    assert list(progress["step"]) == [1, 2] and progress["near_copies"].between(0, 1).all()
+    real = torch.from_numpy(Store.open(small_data).pixels(np.arange(8)))
+    estimate = _FidEstimate("random", real, n=8, seed=0)
+    assert estimate.near_copies(real.numpy()) == 1.0
+    assert estimate.near_copies(np.zeros((4, 32, 32, 3), np.uint8)) == 0.0

@@ -34,7 +34,8 @@ def synth_train(data_dir: Path, out: Path, **flags) -> None:
     def progress(step: int, total: int, losses: dict) -> None:
         if "fid" in losses:  # a line of its own, above a terminal's bar
             line = (f"step {step}: FID estimate {losses['fid']:.2f} ({c.fid_n} {c.label} images a side, "
-                    f"{c.fid_features} features)")
+                    f"{c.fid_features} features); near copies of its training images "
+                    f"{100 * losses['near_copies']:.1f}%")
             if hasattr(bar, "write"):
                 bar.write(line, file=sys.stderr)
             else:
@@ -47,7 +48,8 @@ def synth_train(data_dir: Path, out: Path, **flags) -> None:
     try:
         info = train_generator(data_dir, out, c.kind, c.label, c.size, c.steps, c.batch_size, None, c.seed, c.sample_every,
                                c.checkpoint_every, c.time_budget * 60 if c.time_budget else None, progress, c.n_real,
-                               c.draw_seed, c.sample_steps, c.classes, c.d_res, c.fid_every, c.fid_features, c.fid_n)
+                               c.draw_seed, c.sample_steps, c.classes, c.d_res, c.fid_every, c.fid_features, c.fid_n,
+                               class_power=c.class_power)
     finally:
         bar.close()
     learned = ", ".join(f"{k} {v}" for k, v in info["n_real_per_class"].items())

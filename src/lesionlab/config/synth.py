@@ -8,6 +8,8 @@ from pydantic import Field
 from ..choices import ClassName, GeneratorKind
 from .commands import CommandConfig
 
+CLASS_POWER = 0.0  # synth train's class draw (synth.generator.class_draw_probabilities): 0 balances the classes
+
 
 class SynthTrainConfig(CommandConfig):
     """`lesionlab synth train DATA_DIR --out GEN_DIR`."""
@@ -36,6 +38,9 @@ class SynthTrainConfig(CommandConfig):
     fid_features: str = Field("random", description="network of the FID estimate: random (a never-trained VGG-11) or "
                               "RUN_DIR of a trained classifier")
     fid_n: int = Field(500, ge=2, description="images a side in the FID estimate (a fixed subset)")
+    class_power: float = Field(CLASS_POWER, ge=0, le=1, description="--classes both: a step draws each class with probability "
+                               "proportional to its image count to this power (0: balanced, each rare image seen as "
+                               "often as the common class; 1: as the pool holds them; 0.5: square-root sampling)")
 
 
 class SynthSampleConfig(CommandConfig):

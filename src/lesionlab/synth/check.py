@@ -24,9 +24,7 @@ from ..fileio import csv_restore, read_json, write_bytes, write_json, write_text
 from . import quality
 from .features import feature_network
 from .generator import CLASS_NAMES, generate_batch, grid_png, load_generator, real_images
-
-NEAR_COPY_RULE = "closer to a real training image than 99% of real images are to their nearest other real image"
-
+from .quality import NEAR_COPY_RULE, near_copy_cut
 
 def learned_ids(source: Path) -> set[str] | None:
     """The ids of the real images a generator learned from (its real_ids.csv); None when `source` has none."""
@@ -52,13 +50,6 @@ def learned_images(source: Path, data_dir: str | Path, label: str, size: int) ->
         positions = positions[learned]
     # compare at the synthetic images' resolution: real images pass through the same size
     return quality.resize(store.pixels(positions), size)
-
-
-def near_copy_cut(p_real: np.ndarray) -> float:
-    """The near-copy distance (pixel vectors of quality.pixels): the 1% quantile of real images' distances to
-    their nearest other real image (NEAR_COPY_RULE)."""
-    d_rr, _ = quality.nearest(p_real, p_real, exclude_self=True)
-    return float(np.quantile(d_rr, 0.01))
 
 
 def _synthetic_images(source: Path, n: int, seed: int, label: str | None, data_size: int) -> tuple[np.ndarray, dict]:

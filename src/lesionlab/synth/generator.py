@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import __version__
+from ..config.synth import CLASS_POWER
 from ..data.splits import load_split
 from ..data.store import Store
 from ..errors import BadInputError, ExistsError, NotEnoughDataError
@@ -231,21 +232,24 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
                     progress: Callable[[int, int, dict], None] | None = None, n_real: int | None = None,
                     draw_seed: int = 0, sample_steps: int = 50, classes: str | None = None, d_res: int = 96,
                     fid_every: int = 500, fid_features: str = "random", fid_n: int = 500,
-                    only_ids: list[str] | None = None, pretrained: bool = True) -> dict:
+                    only_ids: list[str] | None = None, pretrained: bool = True, class_power: float = CLASS_POWER) -> dict:
     """Train (or resume) a generator; returns generator.json's content. `time_budget` (seconds)
     stops early at a checkpoint when the budget is spent, recording how far it got.
 
     classes: "both" (class-conditional on the whole train pool; projected only) or "one" (only
     `label`'s images); default both for projected, one for the others. only_ids: learn only from
     these train-pool images (e.g. a cv fold's training part). fid_every: steps between FID
-    estimates on a fixed subset (0: none), measured with `fid_features` (a --features value)."""
+    estimates on a fixed subset (0: none), measured with `fid_features` (a --features value), each with
+    the share of those samples that are near copies of the class's training images (check's rule).
+    class_power: with both classes, a step draws class k with probability proportional to n_k ** power
+    (class_draw_probabilities)."""
     from ..config import SynthTrainConfig, validated
 
     # the settings checked by the command's config model: the same one-line errors as the CLI's flags
     validated(SynthTrainConfig, {"kind": kind, "label": label, "size": size, "steps": steps, "classes": classes,
                                  "batch_size": batch_size, "sample_every": sample_every,
                                  "checkpoint_every": checkpoint_every, "sample_steps": sample_steps,
-                                 "fid_every": fid_every, "fid_n": fid_n})
+                                 "fid_every": fid_every, "fid_n": fid_n, "class_power": class_power})
     classes = classes or ("both" if kind == "projected" else "one")
     if classes == "both" and kind != "projected":
         raise BadInputError(f"--classes both: only --kind projected is class-conditional; {kind} learns one class")
@@ -264,7 +268,8 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
             "store_hash": store.content_hash, "split_sha256": split.sha256,
             "n_real": int(len(parts[names.index(label)][1]) if label in names else 0),
             "n_real_per_class": {name: int(len(p)) for name, (_, p) in zip(names, parts)},
-            "only_ids_sha256": hashlib.sha256("\n".join(sorted(only_ids)).encode()).hexdigest() if only_ids else None}
+            "only_ids_sha256": hashlib.sha256("\n".join(sorted(only_ids)).encode()).hexdigest() if only_ids else None,
+            "class_power": float(class_power) if len(names) > 1 else None}
     if kind == "projected":
         from .projected import FEATURE_NETWORK
 
@@ -278,6 +283,7 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
                               "give more --steps to train it further, or another --out")
     if (out / "spec.json").exists():
         old = read_json(out / "spec.json")
+        old.setdefault("class_power", 0.0 if len(old.get("classes", [])) > 1 else None)  # folders before the key: balanced
         if old != spec:
             raise ExistsError(f"{out}: holds a generator of another kind, data or settings ({_diff(old, spec)}); "
                               "choose another --out")
@@ -294,6 +300,7 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
     trainer = make_trainer(spec, pretrained)
     real = torch.from_numpy(quality.resize(store.pixels(positions), size))  # uint8 NHWC at the generator's size
     by_class = [torch.from_numpy(np.flatnonzero(class_of == i)) for i in range(len(names))]
+    draw = torch.from_numpy(class_draw_probabilities([len(k) for k in by_class], float(class_power)))
     g = torch.Generator().manual_seed(seed)
     step, seconds = 0, 0.0
     history: list[dict] = []
@@ -323,8 +330,9 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
     stopped_by_budget = False
     start = time.perf_counter() - seconds
     while step < steps:
-        # class-balanced batches: the rare class is seen as often as the common one
-        c = torch.randint(0, len(names), (batch_size,), generator=g)
+        # power 0 draws as torch.randint always did, so a generator trained before the key resumes exactly
+        c = (torch.randint(0, len(names), (batch_size,), generator=g) if not spec["class_power"]
+             else torch.multinomial(draw, batch_size, replacement=True, generator=g))
         idx = torch.stack([by_class[k][torch.randint(0, len(by_class[k]), (1,), generator=g)][0] for k in c.tolist()])
         batch = _symmetries(_as_float(real[idx].numpy(), size), g)
         losses = trainer.step(batch, c)
@@ -333,7 +341,7 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
         if fid and (step % fid_every == 0 or step == steps):
             measured = time.perf_counter()
             images = generate_batch(trainer, spec, fid.n, 10_000 + seed, label if label in names else names[0], out)
-            losses = {**losses, "fid": fid(images)}
+            losses = {**losses, "fid": fid(images), "near_copies": fid.near_copies(images)}
             history.append({"step": step, "minutes": round(seconds / 60, 2), **{k: round(v, 4) for k, v in losses.items()}})
             start += time.perf_counter() - measured  # the estimate's own time is not training time
         if progress:
@@ -361,9 +369,20 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
     return info
 
 
+def class_draw_probabilities(counts: list[int], power: float) -> np.ndarray:
+    """The chance that a training step's image comes from each class: proportional to n_k ** power.
+    Power 0 balances the classes, so each of 175 malignant crops beside 6,000 benign ones is seen 34
+    times as often as a benign one, and a GAN learns such a class's few images by heart; power 1 draws
+    as the pool holds them and starves the rare class; 0.5 (square-root sampling, as in long-tailed
+    recognition) lies between."""
+    w = np.asarray(counts, dtype=np.float64) ** power
+    return w / w.sum()
+
+
 class _FidEstimate:
     """A cheap FID during training: `n` images of the class against a fixed subset of as many real
-    ones (drawn once with the run's seed), in a feature space the generator never trains against."""
+    ones (drawn once with the run's seed), in a feature space the generator never trains against;
+    and how many of those images are near copies of the class's training images (check's rule)."""
 
     def __init__(self, features: str, real: torch.Tensor, n: int, seed: int):
         from .features import feature_network
@@ -373,9 +392,14 @@ class _FidEstimate:
         pick = np.sort(np.random.default_rng(seed).choice(len(real), size=min(n, len(real)), replace=False))
         self.n = len(pick)
         self.real = self.net(real[torch.from_numpy(pick)].numpy())
+        self.learned = quality.pixels(real.numpy())  # every training image of the class, not only the subset
+        self.cut = quality.near_copy_cut(self.learned)
 
     def __call__(self, images: np.ndarray) -> float:
         return round(quality.fid(self.net(images), self.real), 3)
+
+    def near_copies(self, images: np.ndarray) -> float:
+        return round(float(np.mean(quality.nearest(quality.pixels(images), self.learned)[0] < self.cut)), 4)
 
 
 def load_generator(gen_dir: str | Path) -> tuple[_Trainer, dict]:

@@ -73,3 +73,13 @@ def manifold_scores(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict[str,
 def pixels(images: np.ndarray, side: int = 32) -> np.ndarray:
     """Pixel-space vectors: the image at side x side, in [0, 1]."""
     return resize(images, side).reshape(len(images), -1).astype(np.float64) / 255.0
+
+
+NEAR_COPY_RULE = "closer to a real training image than 99% of real images are to their nearest other real image"
+
+
+def near_copy_cut(p_real: np.ndarray) -> float:
+    """The near-copy distance (pixel vectors of pixels()): the 1% quantile of real images' distances to
+    their nearest other real image (NEAR_COPY_RULE)."""
+    d_rr, _ = nearest(p_real, p_real, exclude_self=True)
+    return float(np.quantile(d_rr, 0.01))

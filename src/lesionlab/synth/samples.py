@@ -22,8 +22,9 @@ from ..data.store import Store
 from ..errors import BadInputError, ExistsError, preview
 from ..fileio import require_folder_or_absent, write_bytes, write_csv, write_json
 from . import quality
-from .check import NEAR_COPY_RULE, learned_ids, learned_images, near_copy_cut
+from .check import learned_ids, learned_images
 from .generator import CLASS_NAMES, class_index, generate_batch, load_generator
+from .quality import NEAR_COPY_RULE, near_copy_cut
 
 
 def _fresh(out: Path) -> None:
