@@ -14,7 +14,7 @@ from conftest import cli
 from lesionlab.data.splits import load_split
 from lesionlab.data.store import Store
 from lesionlab.errors import BadInputError, ExistsError
-from lesionlab.synth import projected
+from lesionlab.synth import projected, quality
 from lesionlab.synth.generator import _FidEstimate, class_draw_probabilities, train_generator
 from lesionlab.synth.samples import sample
 
@@ -200,6 +200,16 @@ def test_check_of_two_copies_of_one_set(small_data, tmp_path):
         assert net["manifold_k5"]["precision"] == 1.0 and "VGG-11, random init" in net["network"]
     assert result["independent_networks"] == 2 and "never saw" in r.output
     assert result["memorisation"]["near_copies_pixel"] == 1.0  # every image is a copy of a real one
+    # the yardstick: the same rule on the 10 validation + 10 test malignant images, and those the split set aside
+    # with their lesions' groups, which no generator learned
+    mem = result["memorisation"]
+    split = load_split(store)
+    held = [p for side in ("val", "test", "excluded") for p in split.positions(store.table, side)
+            if store.table["label"].iloc[p] == 1]
+    d = quality.nearest(quality.pixels(store.pixels(np.array(held))), quality.pixels(store.pixels(pos)))[0]
+    assert mem["n_unseen_real"] == len(held) >= 20
+    assert mem["near_copies_pixel_unseen_real"] == np.mean(d < quality.near_copy_cut(quality.pixels(store.pixels(pos))))
+    assert "real malignant images the generator never saw" in (tmp_path / "chk" / "check.md").read_text()
 
 
 def test_leak_guard_catches_smooth_copies_of_evaluation_images(small_data, tmp_path):

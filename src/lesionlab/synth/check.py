@@ -18,6 +18,7 @@ import pandas as pd
 from .. import plots
 from ..data.images import decode_resize
 from ..data.sources import read_source
+from ..data.splits import load_split
 from ..data.store import Store
 from ..errors import BadInputError
 from ..fileio import csv_restore, read_json, write_bytes, write_json, write_text
@@ -50,6 +51,21 @@ def learned_images(source: Path, data_dir: str | Path, label: str, size: int) ->
         positions = positions[learned]
     # compare at the synthetic images' resolution: real images pass through the same size
     return quality.resize(store.pixels(positions), size)
+
+
+def unseen_images(source: Path, data_dir: str | Path, label: str, size: int) -> np.ndarray:
+    """Real images of `label` in data_dir that the generator never learned from (validation and test, and
+    the pool's images outside its draw or cv fold; never a synthetic one), at `size` px: how often the
+    near-copy rule flags genuinely new real images is the yardstick of the synthetic rate."""
+    store = Store.open(data_dir)
+    table = store.table
+    ids = learned_ids(source)
+    if ids is None:  # a folder: it may have learned from any image of the train pool
+        ids = set(table["id"].to_numpy()[load_split(store).positions(table, "train")])
+    unseen = (table["label"].to_numpy() == CLASS_NAMES.index(label)) & ~table["id"].isin(ids).to_numpy()
+    if "synthetic" in table:
+        unseen &= table["synthetic"].astype(str).to_numpy() != "1"
+    return quality.resize(store.pixels(np.flatnonzero(unseen)), size)
 
 
 def _synthetic_images(source: Path, n: int, seed: int, label: str | None, data_size: int) -> tuple[np.ndarray, dict]:
@@ -126,6 +142,8 @@ def check(source: str | Path, data_dir: str | Path, features_run, out: str | Pat
     d_feat, nn_feat = quality.nearest(f_syn, f_real)
     d_feat_rr, _ = quality.nearest(f_real, f_real, exclude_self=True)
     pix_cut, feat_cut = near_copy_cut(p_real), float(np.quantile(d_feat_rr, 0.01))
+    unseen = unseen_images(source, data_dir, meta["label"], meta["size"])
+    d_unseen = quality.nearest(quality.pixels(unseen), p_real)[0] if len(unseen) else np.array([])
     first = measured[0]
     result = {
         "synthetic": {**{k: v for k, v in meta.items() if k != "data"}, "n": int(len(syn)), "path": str(source)},
@@ -144,6 +162,9 @@ def check(source: str | Path, data_dir: str | Path, features_run, out: str | Pat
             "near_copy_rule": NEAR_COPY_RULE,
             "near_copies_pixel": float(np.mean(d_pix < pix_cut)),
             "near_copies_feature": float(np.mean(d_feat < feat_cut)),
+            # the same rule on real images the generator never saw (None: the data set holds none)
+            "near_copies_pixel_unseen_real": float(np.mean(d_unseen < pix_cut)) if len(unseen) else None,
+            "n_unseen_real": int(len(unseen)),
         },
     }
     figs = out / "figures"
@@ -218,7 +239,10 @@ def render_markdown(r: dict) -> str:
         "",
         f"Memorisation: near copies {100 * mem['near_copies_pixel']:.1f}% in pixel space, "
         f"{100 * mem['near_copies_feature']:.1f}% in feature space ({mem['near_copy_rule']}). "
-        f"Median nearest-real distance, pixels: synthetic {mem['pixel_nn_quantiles_synthetic'][2]:.3f} vs real "
+        + (f"The same rule flags {100 * mem['near_copies_pixel_unseen_real']:.1f}% of the {mem['n_unseen_real']} real "
+           f"{md_escape(r['real']['label'])} images the generator never saw (pixel space): the rate of new images. "
+           if mem.get("near_copies_pixel_unseen_real") is not None else "")
+        + f"Median nearest-real distance, pixels: synthetic {mem['pixel_nn_quantiles_synthetic'][2]:.3f} vs real "
         f"{mem['pixel_nn_quantiles_real'][2]:.3f}; features: synthetic {mem['feature_nn_quantiles_synthetic'][2]:.3f} "
         f"vs real {mem['feature_nn_quantiles_real'][2]:.3f}.",
     ]
