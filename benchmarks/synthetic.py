@@ -223,7 +223,8 @@ def quality(args, data: Path, work: Path, gen_kw: dict) -> list[str]:
              "rate of genuinely new images. For reference, the earlier DCGAN as recorded on HAM10000 "
              "(section synthetic as of commit 3e145d3: 2,900 steps on 293 images): FID 22.95 against a yardstick of 0.16, recall 0.000, "
              "coverage 0.017.", "",
-             *near_copies_while_training(pool_gen), "Full checks: " + ", ".join(f"{shown(work / f'check-{kind}' / 'check.html')}" for kind in gens) + "."]
+             *near_copies_while_training(pool_gen),
+             "Full checks: " + ", ".join(f"{shown(work / f'check-{kind}' / 'check.html')}" for kind in gens) + "."]
 
 
 def unseen_rate(memorisation: dict) -> str:

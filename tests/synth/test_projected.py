@@ -276,6 +276,12 @@ def test_a_step_draws_each_class_as_the_power_says(small_data, tmp_path, monkeyp
     assert abs(share - (0.5 if power == 0 else n["malignant"] / (n["malignant"] + n["benign"]))) < 0.03, share
 
 
+def test_a_class_power_for_a_one_class_generator_is_refused(small_data, tmp_path):
+    with pytest.raises(BadInputError, match="--class-power 0.5.*--classes one"):
+        train_generator(small_data, tmp_path / "g", steps=1, classes="one", class_power=0.5, **TINY)
+    assert not (tmp_path / "g").exists()
+
+
 def test_a_generator_folder_from_before_the_class_power_key_resumes_balanced(small_data, tmp_path):
     out = tmp_path / "g"
     train_generator(small_data, out, steps=2, checkpoint_every=2, **TINY)

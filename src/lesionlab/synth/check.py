@@ -27,6 +27,7 @@ from .features import feature_network
 from .generator import CLASS_NAMES, generate_batch, grid_png, load_generator, real_images
 from .quality import NEAR_COPY_RULE, near_copy_cut
 
+
 def learned_ids(source: Path) -> set[str] | None:
     """The ids of the real images a generator learned from (its real_ids.csv); None when `source` has none."""
     if not (source / "real_ids.csv").exists():

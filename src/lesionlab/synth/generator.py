@@ -253,6 +253,9 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
     classes = classes or ("both" if kind == "projected" else "one")
     if classes == "both" and kind != "projected":
         raise BadInputError(f"--classes both: only --kind projected is class-conditional; {kind} learns one class")
+    if class_power and classes != "both":
+        raise BadInputError(f"--class-power {class_power:g}: it sets how often each class is drawn, and --classes one "
+                            "learns a single class; drop it or use --classes both")
     if kind == "projected" and not 32 <= d_res <= 256:
         raise BadInputError(f"--d-res must be between 32 and 256 pixels, got {d_res}")
     names = list(CLASS_NAMES) if classes == "both" else [label]
@@ -372,9 +375,9 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
 def class_draw_probabilities(counts: list[int], power: float) -> np.ndarray:
     """The chance that a training step's image comes from each class: proportional to n_k ** power.
     Power 0 balances the classes, so each of 175 malignant crops beside 6,000 benign ones is seen 34
-    times as often as a benign one, and a GAN learns such a class's few images by heart; power 1 draws
-    as the pool holds them and starves the rare class; 0.5 (square-root sampling, as in long-tailed
-    recognition) lies between."""
+    times as often as a benign one, which invites copying them; power 1 draws as the pool holds them
+    and starves the rare class; 0.5 (square-root sampling, as in long-tailed recognition) lies between.
+    Measured on those crops (docs/results.md), 0.5 copied less but covered the class worse."""
     w = np.asarray(counts, dtype=np.float64) ** power
     return w / w.sum()
 
