@@ -306,15 +306,16 @@ class SSLTrainer:
 @torch.inference_mode()
 def embed(encoder: nn.Module, images: np.ndarray, rt: Runtime, size: int, batch_size: int = 256,
           pre: Preprocessing = IMAGENET) -> np.ndarray:
-    """L2-normalised features of uint8 (N, H, W, 3) images, in eval mode."""
+    """L2-normalised features of uint8 (N, H, W, 3) images, in eval mode, at the runtime's full precision
+    whatever precision training used (as trainer.predict_logits, and for the same reason: the encoder's kNN
+    and probe figures in history.csv and metrics.json must not depend on whether the CPU has native bf16)."""
     was_training = encoder.training
     encoder.eval()
     out = []
     try:
         for start in range(0, len(images), batch_size):
             chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size]))
-            with rt.autocast():
-                f = encoder(pre.to_input(resize_batch(chunk, size), rt)).float()
+            f = encoder(pre.to_input(resize_batch(chunk, size), rt)).float()
             out.append(F.normalize(f, dim=1).cpu())
     finally:
         encoder.train(was_training)
