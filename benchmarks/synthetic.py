@@ -223,7 +223,7 @@ def quality(args, data: Path, work: Path, gen_kw: dict) -> list[str]:
              "rate of genuinely new images. For reference, the earlier DCGAN as recorded on HAM10000 "
              "(section synthetic as of commit 3e145d3: 2,900 steps on 293 images): FID 22.95 against a yardstick of 0.16, recall 0.000, "
              "coverage 0.017.", "",
-             *near_copies_while_training(pool_gen),
+             *near_copies_while_training(pool_gen, info),
              "Full checks: " + ", ".join(f"{shown(work / f'check-{kind}' / 'check.html')}" for kind in gens) + "."]
 
 
@@ -234,7 +234,7 @@ def unseen_rate(memorisation: dict) -> str:
     return "(not measured)" if rate is None else f"{100 * rate:.1f}% ({round(rate * n)} of {n})"
 
 
-def near_copies_while_training(gen: Path) -> list[str]:
+def near_copies_while_training(gen: Path, info: dict) -> list[str]:
     """The share of near copies among the FID estimate's malignant samples at each estimate of the training
     (progress.csv; generators trained before the monitor have no such column)."""
     progress = gen / "progress.csv"
@@ -242,8 +242,7 @@ def near_copies_while_training(gen: Path) -> list[str]:
     if "near_copies" not in table:
         return []
     steps = ", ".join(f"{int(r.step)}: {100 * r.near_copies:.1f}%" for r in table.itertuples())
-    n = read_json(gen / "generator.json")["fid_estimate"]["n"]
-    return [f"Near copies among the running FID estimate's {n} malignant samples, by step: {steps}.", ""]
+    return [f"Near copies among the running FID estimate's {info['fid_estimate']['n']} malignant samples, by step: {steps}.", ""]
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from ..fileio import csv_restore, read_json, write_bytes, write_json, write_text
 from . import quality
 from .features import feature_network
 from .generator import CLASS_NAMES, generate_batch, grid_png, load_generator, real_images
-from .quality import NEAR_COPY_RULE, near_copy_cut
+from .quality import NEAR_COPY_RULE, near_copy_cut_of
 
 
 def learned_ids(source: Path) -> set[str] | None:
@@ -54,19 +54,27 @@ def learned_images(source: Path, data_dir: str | Path, label: str, size: int) ->
     return quality.resize(store.pixels(positions), size)
 
 
+def never_learned(store: Store, learned: set[str]) -> np.ndarray:
+    """Positions of the real images of `store` whose ids are not in `learned`; never a synthetic one, since
+    another generator's images are no one's evaluation images."""
+    keep = ~store.table["id"].astype(str).isin(learned).to_numpy()
+    if "synthetic" in store.table:
+        keep &= store.table["synthetic"].astype(str).to_numpy() != "1"
+    return np.flatnonzero(keep)
+
+
 def unseen_images(source: Path, data_dir: str | Path, label: str, size: int) -> np.ndarray:
     """Real images of `label` in data_dir that the generator never learned from (validation and test, and
-    the pool's images outside its draw or cv fold; never a synthetic one), at `size` px: how often the
-    near-copy rule flags genuinely new real images is the yardstick of the synthetic rate."""
+    the pool's images outside its draw or cv fold), at `size` px: how often the near-copy rule flags
+    genuinely new real images is the yardstick of the synthetic rate."""
     store = Store.open(data_dir)
     table = store.table
     ids = learned_ids(source)
     if ids is None:  # a folder: it may have learned from any image of the train pool
-        ids = set(table["id"].to_numpy()[load_split(store).positions(table, "train")])
-    unseen = (table["label"].to_numpy() == CLASS_NAMES.index(label)) & ~table["id"].isin(ids).to_numpy()
-    if "synthetic" in table:
-        unseen &= table["synthetic"].astype(str).to_numpy() != "1"
-    return quality.resize(store.pixels(np.flatnonzero(unseen)), size)
+        ids = set(table["id"].astype(str).to_numpy()[load_split(store).positions(table, "train")])
+    positions = never_learned(store, ids)
+    positions = positions[table["label"].to_numpy()[positions] == CLASS_NAMES.index(label)]
+    return quality.resize(store.pixels(positions), size)
 
 
 def _synthetic_images(source: Path, n: int, seed: int, label: str | None, data_size: int) -> tuple[np.ndarray, dict]:
@@ -142,7 +150,8 @@ def check(source: str | Path, data_dir: str | Path, features_run, out: str | Pat
     d_pix_rr, _ = quality.nearest(p_real, p_real, exclude_self=True)
     d_feat, nn_feat = quality.nearest(f_syn, f_real)
     d_feat_rr, _ = quality.nearest(f_real, f_real, exclude_self=True)
-    pix_cut, feat_cut = near_copy_cut(p_real), float(np.quantile(d_feat_rr, 0.01))
+    # one pairwise pass over the real images serves both their distance quantiles and the rule's cut
+    pix_cut, feat_cut = near_copy_cut_of(d_pix_rr), near_copy_cut_of(d_feat_rr)
     unseen = unseen_images(source, data_dir, meta["label"], meta["size"])
     d_unseen = quality.nearest(quality.pixels(unseen), p_real)[0] if len(unseen) else np.array([])
     first = measured[0]

@@ -303,7 +303,7 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
     trainer = make_trainer(spec, pretrained)
     real = torch.from_numpy(quality.resize(store.pixels(positions), size))  # uint8 NHWC at the generator's size
     by_class = [torch.from_numpy(np.flatnonzero(class_of == i)) for i in range(len(names))]
-    draw = torch.from_numpy(class_draw_probabilities([len(k) for k in by_class], float(class_power)))
+    draw = torch.from_numpy(class_draw_probabilities([len(k) for k in by_class], class_power))
     g = torch.Generator().manual_seed(seed)
     step, seconds = 0, 0.0
     history: list[dict] = []
@@ -334,7 +334,7 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
     start = time.perf_counter() - seconds
     while step < steps:
         # power 0 draws as torch.randint always did, so a generator trained before the key resumes exactly
-        c = (torch.randint(0, len(names), (batch_size,), generator=g) if not spec["class_power"]
+        c = (torch.randint(0, len(names), (batch_size,), generator=g) if not class_power
              else torch.multinomial(draw, batch_size, replacement=True, generator=g))
         idx = torch.stack([by_class[k][torch.randint(0, len(by_class[k]), (1,), generator=g)][0] for k in c.tolist()])
         batch = _symmetries(_as_float(real[idx].numpy(), size), g)

@@ -79,7 +79,11 @@ NEAR_COPY_RULE = "closer to a real training image than 99% of real images are to
 
 
 def near_copy_cut(p_real: np.ndarray) -> float:
-    """The near-copy distance (pixel vectors of pixels()): the 1% quantile of real images' distances to
-    their nearest other real image (NEAR_COPY_RULE)."""
-    d_rr, _ = nearest(p_real, p_real, exclude_self=True)
+    """The near-copy distance (pixel vectors of pixels()): see near_copy_cut_of."""
+    return near_copy_cut_of(nearest(p_real, p_real, exclude_self=True)[0])
+
+
+def near_copy_cut_of(d_rr: np.ndarray) -> float:
+    """NEAR_COPY_RULE's distance from each real image's distance to its nearest other real image: their 1%
+    quantile."""
     return float(np.quantile(d_rr, 0.01))

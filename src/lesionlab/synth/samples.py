@@ -22,7 +22,7 @@ from ..data.store import Store
 from ..errors import BadInputError, ExistsError, preview
 from ..fileio import require_folder_or_absent, write_bytes, write_csv, write_json
 from . import quality
-from .check import learned_ids, learned_images
+from .check import learned_ids, learned_images, never_learned
 from .generator import CLASS_NAMES, class_index, generate_batch, load_generator
 from .quality import NEAR_COPY_RULE, near_copy_cut
 
@@ -104,11 +104,7 @@ def _copy_filter(gen_dir: Path, data_dir: str | Path, label: str,
     real = quality.pixels(learned_images(gen_dir, data_dir, label, size))
     cut = near_copy_cut(real)
     store = Store.open(data_dir)
-    ids = store.table["id"].astype(str)
-    unseen = np.flatnonzero(~ids.isin(learned_ids(gen_dir) or set()).to_numpy())
-    if "synthetic" in store.table:  # another generator's images are no one's evaluation images
-        unseen = unseen[store.table["synthetic"].astype(str).to_numpy()[unseen] != "1"]
-    references = index_store(store, unseen, size)
+    references = index_store(store, never_learned(store, learned_ids(gen_dir) or set()), size)
 
     def masks(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         guarded = np.zeros(len(images), bool)
