@@ -18,7 +18,6 @@ import pandas as pd
 from .. import plots
 from ..data.images import decode_resize
 from ..data.sources import read_source
-from ..data.splits import load_split
 from ..data.store import Store
 from ..errors import BadInputError
 from ..fileio import csv_restore, read_json, write_bytes, write_json, write_text
@@ -67,11 +66,11 @@ def unseen_images(source: Path, data_dir: str | Path, label: str, size: int) -> 
     """Real images of `label` in data_dir that the generator never learned from (validation and test, and
     the pool's images outside its draw or cv fold), at `size` px: how often the near-copy rule flags
     genuinely new real images is the yardstick of the synthetic rate."""
-    store = Store.open(data_dir)
+    store, pool = real_images(data_dir, CLASS_NAMES.index(label))
     table = store.table
     ids = learned_ids(source)
-    if ids is None:  # a folder: it may have learned from any image of the train pool
-        ids = set(table["id"].astype(str).to_numpy()[load_split(store).positions(table, "train")])
+    if ids is None:  # a folder: it may have learned from any of the class's train-pool images
+        ids = set(table["id"].astype(str).to_numpy()[pool])
     positions = never_learned(store, ids)
     positions = positions[table["label"].to_numpy()[positions] == CLASS_NAMES.index(label)]
     return quality.resize(store.pixels(positions), size)
