@@ -2,7 +2,8 @@
 
     python benchmarks/synthetic.py [--dataset ham10000|isic2024-permissive] [--size 64] [--work bench-out]
         [--gen-min 60] [--gan-min 26] [--folds 5] [--epochs-scale 1] [--n-synthetic 1000,3000] [--n-boot 2000]
-        [--fold-gen-min M] [--fold-gen-steps S] [--same-epochs simple_cnn=3000] [--quality-only | --no-quality]
+        [--fold-gen-min M] [--fold-gen-steps S] [--same-epochs simple_cnn=3000]
+        [--quality-only | --no-quality | --copying-only]
     python benchmarks/synthetic.py --data DATA_DIR --name NAME ...   (any prepared data set with a split)
 
 1. Quality: the projected generator (Projected GAN + FastGAN, class-conditional on both classes of
@@ -18,11 +19,15 @@
    one; synthetic images join training draws only (never inner validation, OOF or test).
    Beside OOF, the test set as a check: each fold model's ROC AUC, how alike the fold models rank the
    test images, and the fold ensembles' paired difference.
+3. --copying-only: the data-copying test (Meehan et al. 2020) on each fold's synthetic set exactly as
+   part 2's arms drew it, against the images that fold's generator learned and the real ones it never
+   saw, with new real images in place of the synthetic ones as the control.
 
 Everything is resumable: finished generators (generator.json), samples, prepared sets and cv folds are
 reused by the same command. Writes docs/results.md (section "synthetic", "synthetic-isic2024-permissive" or
 "synthetic-NAME"); --quality-only runs part 1 alone and writes it to that section's name + "-quality";
---no-quality runs part 2 alone, its section pointing to that one for the generator's quality. The
+--no-quality runs part 2 alone, its section pointing to that one for the generator's quality; --copying-only
+writes part 3 to that section's name + "-copying". The
 smallest run, to check the script: --smoke (2 folds, 1 epoch, generators of 4 steps, 20 and 40 synthetic images).
 """
 from __future__ import annotations
@@ -47,7 +52,8 @@ from lesionlab.data.sources import read_source
 from lesionlab.data.store import Store, prepare
 from lesionlab.fileio import read_json, write_json
 from lesionlab.runs import is_complete_run
-from lesionlab.synth.check import check
+from lesionlab.synth import quality as synth_quality
+from lesionlab.synth.check import check, copying_text, learned_images, unseen_images
 from lesionlab.synth.generator import train_generator
 from lesionlab.synth.samples import sample
 from lesionlab.workflows.compare import compare_runs, difference_cell
@@ -204,7 +210,9 @@ def quality(args, data: Path, work: Path, gen_kw: dict) -> list[str]:
 
     p = checks["projected"]
     first = p["feature_networks"][0]["manifold_k5"]
-    goal_met = all(first[k] >= v for k, v in GOAL.items()) and p["memorisation"]["near_copies_pixel"] == 0
+    copying = p["memorisation"].get("data_copying")
+    goal_met = (all(first[k] >= v for k, v in GOAL.items()) and p["memorisation"]["near_copies_pixel"] == 0
+                and copying is not None and not (copying["pixel"]["copying"] or copying["feature"]["copying"]))
     return [f"Projected generator: {info['steps']} steps in {info['train_seconds'] / 60:.1f} CPU minutes (batch "
              f"{info['batch_size']}, discriminator features at {info.get('d_res')} px, classes "
              f"{' + '.join(info['classes'])}, {info['n_real_per_class']} real images, a step's class drawn with "
@@ -214,7 +222,8 @@ def quality(args, data: Path, work: Path, gen_kw: dict) -> list[str]:
              "| generator | feature network | FID | yardstick (real half vs half) | FID / yardstick | precision | recall "
              "| density | coverage |", "|---|---|---|---|---|---|---|---|---|",
              *[row for kind in checks for row in net_rows(kind)], "",
-             f"Goal (recall >= 0.3 and coverage >= 0.5 in the classifier's features, no near copies): "
+             f"Goal (recall >= 0.3 and coverage >= 0.5 in the classifier's features, no near copies, no data "
+             "copying): "
              f"**{'met' if goal_met else 'not met'}**. Memorisation (projected): near copies "
              f"{100 * p['memorisation']['near_copies_pixel']:.1f}% in pixel space, "
              f"{100 * p['memorisation']['near_copies_feature']:.1f}% in the classifier's feature space "
@@ -222,9 +231,48 @@ def quality(args, data: Path, work: Path, gen_kw: dict) -> list[str]:
              f"{unseen_rate(p['memorisation'])} of the real malignant crops the generator never saw (pixel space), the "
              "rate of genuinely new images. For reference, the earlier DCGAN as recorded on HAM10000 "
              "(section synthetic as of commit 3e145d3: 2,900 steps on 293 images): FID 22.95 against a yardstick of 0.16, recall 0.000, "
-             "coverage 0.017.", "",
+             "coverage 0.017." + (f" The flagged samples are nearest to {p['memorisation']['near_copy_targets_pixel']} "
+                                  "distinct real image(s)." if "near_copy_targets_pixel" in p["memorisation"] else ""),
+             "", copying_text(copying, "malignant") if copying else "Data-copying test: not measured by this check.", "",
              *near_copies_while_training(pool_gen, info),
              "Full checks: " + ", ".join(f"{shown(work / f'check-{kind}' / 'check.html')}" for kind in gens) + "."]
+
+
+def fold_copying(work: Path, data: Path) -> list[str]:
+    """Part 3: the data-copying test in pixel space on each fold's synthetic set as the arms drew it (after sample's
+    copy filter), against the malignant images its generator learned and the real ones it never saw; and the
+    control: half of those new real images tested as if generated, against the other half."""
+    rows = []
+    for info_path in sorted((work / "fold-generators").glob("*/generator.json")):
+        gen, fold = info_path.parent, info_path.parent.name
+        used = work / "fold-synthetic" / fold
+        if not (used / "store.json").exists():
+            raise SystemExit(f"{used}: no synthetic set; run part 2 (without --copying-only) first")
+        store = Store.open(used)
+        syn = store.pixels(np.arange(len(store.table)))
+        learned = synth_quality.pixels(learned_images(gen, data, "malignant", store.size))
+        new = synth_quality.pixels(unseen_images(gen, data, "malignant", store.size))
+        r = synth_quality.data_copying(learned, new, synth_quality.pixels(syn))
+        control = synth_quality.data_copying(learned, new[0::2], new[1::2])
+        rows.append(f"| {fold} | {len(syn)} | {len(learned)} | {len(new)} | {r['z_u']:+.2f} | {r['c_t']:+.2f} | "
+                    f"{r['cells_tested']} of {r['cells']} | {r['worst_cell_z']:+.2f} ({r['cell_cut']:+.2f}) | "
+                    f"{'**yes**' if r['copying'] else 'no'} | {control['z_u']:+.2f} |")
+    if not rows:
+        raise SystemExit(f"{work / 'fold-generators'}: no fold generators; run part 2 (without --copying-only) first")
+    return ["The data-copying test (Meehan, Chaudhuri and Dasgupta, AISTATS 2020) on each fold's synthetic set as "
+            "the arms drew it: are its images closer (32x32 pixels, L2) to the malignant images the fold's generator "
+            "learned than real malignant images it never saw (validation, test, the fold's OOF part) are? Z below the "
+            f"one-sided 5% point ({norm_cut():+.2f}) is copying, above 0 lies farther than new real images. C_T "
+            "averages the test within k-means cells of the learned images; a cell below its Bonferroni cut is copying "
+            "too. Control: the new real images split in two, one half tested as if generated (Z_U).", "",
+            "| fold | synthetic images | learned | new real | Z_U | C_T | cells tested | worst cell (cut) | copying "
+            "| control Z_U |", "|---|---|---|---|---|---|---|---|---|---|", *rows]
+
+
+def norm_cut() -> float:
+    from scipy.stats import norm
+
+    return float(norm.ppf(synth_quality.COPYING_ALPHA))
 
 
 def unseen_rate(memorisation: dict) -> str:
@@ -273,11 +321,13 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="the tiniest run: 2 folds, 1 epoch, a generator of 4 steps")
     ap.add_argument("--quality-only", action="store_true", help="part 1 alone (the generators and their checks), "
                     "written to its own section (SECTION-quality), so the last full run's section stays")
+    ap.add_argument("--copying-only", action="store_true", help="part 3 alone: the data-copying test on the fold "
+                    "sets part 2 made, written to SECTION-copying")
     ap.add_argument("--no-quality", action="store_true", help="part 2 alone (the fold generators and the cv arms); "
                     "the section points to SECTION-quality, which --quality-only writes, for the generator's quality")
     args = ap.parse_args()
-    if args.quality_only and args.no_quality:
-        raise SystemExit("--quality-only and --no-quality: choose one (part 1 alone, or part 2 alone)")
+    if args.quality_only + args.no_quality + args.copying_only > 1:
+        raise SystemExit("--quality-only, --no-quality, --copying-only: choose one (part 1, 2 or 3 alone)")
     command = command_line("synthetic", args, ap)  # as typed, before --smoke and --dataset fill in the rest
     if args.smoke:
         args.folds, args.epochs_scale, args.n_check, args.n_boot, args.n_synthetic = 2, 0.0, 64, 50, "20,40"
@@ -301,20 +351,26 @@ def main() -> None:
     counts = sorted({int(n) for n in args.n_synthetic.split(",") if n.strip()})
     gen_kw = {"size": args.gen_size, "d_res": args.d_res, "class_power": args.class_power}
 
+    def head() -> list[str]:
+        return [f"## Synthetic malignant images on {args.name} (`benchmarks/synthetic.py`)", "",
+                f"Command: `{command}` "
+                f"(code {git_commit()}); machine: {machine()}; wall of this invocation "
+                f"{(time.time() - started) / 3600:.2f} h.", "",
+                f"Data: {data.name} at {size} px, {len(ids)} images; generators at {args.gen_size} px. The notebook's "
+                f"own result: {NOTEBOOK}.", ""]
+
+    ids = Store.open(data).table["id"].astype(str).to_numpy()
+    if args.copying_only:
+        return finish(section + "-copying", head() + ["### Are the experiment's synthetic images copies?", "",
+                                                      *fold_copying(work, data)])
     # 1. quality (unless --no-quality), 2. the experiment (unless --quality-only)
     quality_text = ([f"Not run by this invocation (--no-quality); section {section}-quality (`--quality-only`) holds "
                      "the generator's quality."] if args.no_quality else quality(args, data, work, gen_kw))
-    ids = Store.open(data).table["id"].astype(str).to_numpy()
     if not args.quality_only:
         pairs, cvs, settings, min_benign, min_malignant = experiment(args, data, work, size, counts, fold_min, gen_kw)
 
     # 3. the section
-    lines = [f"## Synthetic malignant images on {args.name} (`benchmarks/synthetic.py`)", "",
-             f"Command: `{command}` "
-             f"(code {git_commit()}); machine: {machine()}; wall of this invocation "
-             f"{(time.time() - started) / 3600:.2f} h.", "",
-             f"Data: {data.name} at {size} px, {len(ids)} images; generators at {args.gen_size} px. The notebook's own "
-             f"result: {NOTEBOOK}.", "",
+    lines = [*head(),
              "### Generator quality (3,000 malignant samples against the train pool's real malignant crops)", "",
              *quality_text, "",
              "### The notebook's experiment as cross-validation, paired on out-of-fold images", ""]

@@ -1,5 +1,5 @@
 """The measures of `lesionlab synth check` (synth/check.py): FID against scipy, KID, precision and recall of
-the manifolds, the real set it compares with."""
+the manifolds, the data-copying test, the real set it compares with."""
 import numpy as np
 import pytest
 
@@ -43,6 +43,42 @@ def test_manifold_scores():
     assert far["precision"] == 0 and far["coverage"] == 0
     collapsed = quality.manifold_scores(real, np.repeat(real[:1], 50, 0))
     assert collapsed["precision"] == 1.0 and collapsed["recall"] < 0.1
+
+
+def test_nn_distance_z_by_hand():
+    # distances to the one training point: generated 2, 4; held out 1, 3. U of the generated sample counts the
+    # pairs where it is farther: (2,1), (4,1), (4,3) = 3; under the null U has mean 2*2/2 and sd sqrt(2*2*5/12)
+    z = quality.nn_distance_z(np.zeros((1, 1)), np.array([[1.0], [3.0]]), np.array([[2.0], [4.0]]))
+    assert z == pytest.approx((3 - 2) / np.sqrt(20 / 12))
+
+
+def _cloud(rng, n, centre=0.0):
+    return rng.normal(centre, 1.0, size=(n, 8))
+
+
+def test_data_copying_finds_copies_and_clears_new_draws():
+    rng = np.random.default_rng(3)
+    train, held = _cloud(rng, 200), _cloud(rng, 100)
+    copies = quality.data_copying(train, held, train[rng.integers(0, 200, 400)] + rng.normal(0, 0.01, (400, 8)))
+    assert copies["copying"] and copies["z_u"] < -10 and copies["c_t"] < -5
+    assert copies["cells"] == 5 and copies["n_held_out"] == 100  # one cell per 20 held-out images
+    fresh = quality.data_copying(train, held, _cloud(rng, 400))
+    assert not fresh["copying"] and abs(fresh["z_u"]) < 3
+    blurred = quality.data_copying(train, held, _cloud(rng, 400) * 2)  # spread wider than the data: underfitting
+    assert not blurred["copying"] and blurred["z_u"] > 3
+
+
+def test_data_copying_in_one_cell_is_not_hidden_by_underfitting_in_another():
+    """Copies of one cluster and far-off images in the other: Z_U and the average C_T cancel out, the copying
+    cell falls below its Bonferroni cut."""
+    rng = np.random.default_rng(4)
+    train = np.concatenate([_cloud(rng, 100), _cloud(rng, 100, 50.0)])
+    held = np.concatenate([_cloud(rng, 50), _cloud(rng, 50, 50.0)])
+    generated = np.concatenate([train[:100] + rng.normal(0, 0.01, (100, 8)), _cloud(rng, 100, 50.0) * 1.0 + rng.normal(0, 3, (100, 8))])
+    r = quality.data_copying(train, held, generated, per_cell=50)
+    assert r["cells"] == r["cells_tested"] == 2
+    assert r["z_u"] > r["cut"] and r["c_t"] > r["cut"]
+    assert r["worst_cell_z"] < r["cell_cut"] and r["copying"]
 
 
 def test_n_real_is_the_training_draws_malignant_images(small_data):

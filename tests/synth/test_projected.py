@@ -210,6 +210,12 @@ def test_check_of_two_copies_of_one_set(small_data, tmp_path):
     assert mem["n_unseen_real"] == len(held) >= 20
     assert mem["near_copies_pixel_unseen_real"] == np.mean(d < quality.near_copy_cut(quality.pixels(store.pixels(pos))))
     assert "real malignant images the generator never saw" in (tmp_path / "chk" / "check.md").read_text()
+    # the data-copying test: copies lie far closer to the training images than the held-out ones do
+    copying = mem["data_copying"]
+    assert copying["pixel"]["n_held_out"] == copying["feature"]["n_held_out"] == len(held)
+    for space in ("pixel", "feature"):
+        assert copying[space]["copying"] and copying[space]["z_u"] < -3
+    assert "Pixels: Z_U" in (tmp_path / "chk" / "check.md").read_text()
 
 
 def test_leak_guard_catches_smooth_copies_of_evaluation_images(small_data, tmp_path):

@@ -26,6 +26,8 @@ from .features import feature_network
 from .generator import CLASS_NAMES, generate_batch, grid_png, load_generator, real_images
 from .quality import NEAR_COPY_RULE, near_copy_cut_of
 
+MIN_UNSEEN = 10  # real images the generator never saw, the fewest the data-copying test is run on
+
 
 def learned_ids(source: Path) -> set[str] | None:
     """The ids of the real images a generator learned from (its real_ids.csv); None when `source` has none."""
@@ -152,7 +154,12 @@ def check(source: str | Path, data_dir: str | Path, features_run, out: str | Pat
     # one pairwise pass over the real images serves both their distance quantiles and the rule's cut
     pix_cut, feat_cut = near_copy_cut_of(d_pix_rr), near_copy_cut_of(d_feat_rr)
     unseen = unseen_images(source, data_dir, meta["label"], meta["size"])
-    d_unseen = quality.nearest(quality.pixels(unseen), p_real)[0] if len(unseen) else np.array([])
+    p_unseen = quality.pixels(unseen)
+    d_unseen = quality.nearest(p_unseen, p_real)[0] if len(unseen) else np.array([])
+    # the data-copying test needs new real images to compare with; a handful is too few for a rank test
+    copying = ({"pixel": quality.data_copying(p_real, p_unseen, p_syn, seed),
+                "feature": quality.data_copying(f_real, nets[0](unseen), f_syn, seed)}
+               if len(unseen) >= MIN_UNSEEN else None)
     first = measured[0]
     result = {
         "synthetic": {**{k: v for k, v in meta.items() if k != "data"}, "n": int(len(syn)), "path": str(source)},
@@ -174,6 +181,10 @@ def check(source: str | Path, data_dir: str | Path, features_run, out: str | Pat
             # the same rule on real images the generator never saw (None: the data set holds none)
             "near_copies_pixel_unseen_real": float(np.mean(d_unseen < pix_cut)) if len(unseen) else None,
             "n_unseen_real": int(len(unseen)),
+            # how many training images the flagged samples are near: a few plain crops that many images sit close
+            # to ("hubs") flag new real images too, a memorised set flags many distinct ones
+            "near_copy_targets_pixel": int(len(np.unique(nn_pix[d_pix < pix_cut]))),
+            "data_copying": copying,
         },
     }
     figs = out / "figures"
@@ -251,8 +262,28 @@ def render_markdown(r: dict) -> str:
         + (f"The same rule flags {100 * mem['near_copies_pixel_unseen_real']:.1f}% of the {mem['n_unseen_real']} real "
            f"{md_escape(r['real']['label'])} images the generator never saw (pixel space): the rate of new images. "
            if mem.get("near_copies_pixel_unseen_real") is not None else "")
+        + (f"The flagged samples are nearest to {mem['near_copy_targets_pixel']} distinct real image(s). "
+           if mem.get("near_copy_targets_pixel") is not None and mem["near_copies_pixel"] else "")
         + f"Median nearest-real distance, pixels: synthetic {mem['pixel_nn_quantiles_synthetic'][2]:.3f} vs real "
         f"{mem['pixel_nn_quantiles_real'][2]:.3f}; features: synthetic {mem['feature_nn_quantiles_synthetic'][2]:.3f} "
         f"vs real {mem['feature_nn_quantiles_real'][2]:.3f}.",
     ]
+    if mem.get("data_copying"):
+        lines += ["", copying_text(mem["data_copying"], r["real"]["label"])]
     return "\n".join(lines) + "\n"
+
+
+def copying_text(copying: dict, label: str) -> str:
+    """check.md's sentence on the data-copying test, in pixel and feature space."""
+    from ..workflows.report import md_escape
+
+    def one(space: str, c: dict) -> str:
+        return (f"{space}: Z_U {c['z_u']:+.2f}, C_T {c['c_t']:+.2f} over {c['cells_tested']} of {c['cells']} cell(s), "
+                f"worst cell {c['worst_cell_z']:+.2f} (cut {c['cell_cut']:+.2f}): "
+                f"{'copying' if c['copying'] else 'no copying'}")
+
+    pixel, feature = copying["pixel"], copying["feature"]
+    return (f"Data-copying test (Meehan et al. 2020): are the synthetic images closer to the training images than "
+            f"the {pixel['n_held_out']} real {md_escape(label)} images the generator never saw? Z below "
+            f"{pixel['cut']:+.2f} (one-sided 5%) is copying, above 0 lies farther than new real images. "
+            f"{one('Pixels', pixel)}; {one('features', feature)}.")
