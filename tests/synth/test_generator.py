@@ -176,3 +176,17 @@ def test_check_writes_every_measure(generator, small_data, tmp_path, sample_mani
     for f in ("samples_vs_real.png", "closest_pairs.png", "nn_pixels.png", "nn_features.png"):
         assert (tmp_path / "chk" / "figures" / f).stat().st_size > 500
     assert "data:image/png;base64," in (tmp_path / "chk" / "check.html").read_text()
+    assert r["memorisation"]["data_copying"]["pixel"]["n_generated"] == 50
+
+
+@pytest.mark.slow
+def test_check_says_when_too_few_new_real_images_for_the_data_copying_test(generator, small_data, tmp_path,
+                                                                          monkeypatch):
+    from lesionlab.synth import check
+
+    monkeypatch.setattr(check, "MIN_UNSEEN", 10_000)
+    cli("synth", "check", generator, "--data", small_data, "--features", "random", "--n", "20", "--out", tmp_path / "c")
+    r = json.loads((tmp_path / "c" / "check.json").read_text())
+    assert r["memorisation"]["data_copying"] is None
+    assert f"not run; it needs 10000 real malignant images the generator never saw, the data set holds " \
+           f"{r['memorisation']['n_unseen_real']}" in (tmp_path / "c" / "check.md").read_text()

@@ -270,6 +270,9 @@ def render_markdown(r: dict) -> str:
     ]
     if mem.get("data_copying"):
         lines += ["", copying_text(mem["data_copying"], r["real"]["label"])]
+    elif "data_copying" in mem:  # measured by a check that knows the test, but too few new real images for it
+        lines += ["", f"Data-copying test: not run; it needs {MIN_UNSEEN} real {md_escape(r['real']['label'])} images "
+                      f"the generator never saw, the data set holds {mem['n_unseen_real']}."]
     return "\n".join(lines) + "\n"
 
 
