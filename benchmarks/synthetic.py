@@ -232,7 +232,7 @@ def quality(args, data: Path, work: Path, gen_kw: dict) -> list[str]:
              "rate of genuinely new images. For reference, the earlier DCGAN as recorded on HAM10000 "
              "(section synthetic as of commit 3e145d3: 2,900 steps on 293 images): FID 22.95 against a yardstick of 0.16, recall 0.000, "
              "coverage 0.017." + (f" The flagged samples are nearest to {p['memorisation']['near_copy_targets_pixel']} "
-                                  "distinct real image(s)." if "near_copy_targets_pixel" in p["memorisation"] else ""),
+                                  "distinct real image(s)." if p["memorisation"].get("near_copy_targets_pixel") else ""),
              "", copying_text(copying, "malignant") if copying else "Data-copying test: not measured by this check.", "",
              *near_copies_while_training(pool_gen, info),
              "Full checks: " + ", ".join(f"{shown(work / f'check-{kind}' / 'check.html')}" for kind in gens) + "."]
