@@ -251,9 +251,12 @@ def fold_copying(work: Path, data: Path) -> list[str]:
         store = Store.open(used)
         syn = store.pixels(np.arange(len(store.table)))
         learned = synth_quality.pixels(learned_images(gen, data, "malignant", store.size))
-        new = synth_quality.pixels(unseen_images(gen, data, "malignant", store.size))
-        r = synth_quality.data_copying(learned, new, synth_quality.pixels(syn))
-        control = synth_quality.data_copying(learned, new[0::2], new[1::2])
+        new_images, groups = unseen_images(gen, data, "malignant", store.size)
+        new = synth_quality.pixels(new_images)
+        r = synth_quality.data_copying(learned, new, synth_quality.pixels(syn), held_groups=groups)
+        # the control splits the new images by group, so that no patient stands on both sides
+        half = np.isin(groups, np.unique(groups)[::2])
+        control = synth_quality.data_copying(learned, new[~half], new[half], held_groups=groups[~half])
         rows.append(f"| {fold} | {len(syn)} | {len(learned)} | {len(new)} | {r['z_u']:+.2f} | {r['c_t']:+.2f} | "
                     f"{r['cells_tested']} of {r['cells']} | {r['worst_cell_z']:+.2f} ({r['cell_cut']:+.2f}) | "
                     f"{'**yes**' if r['copying'] else 'no'} | {control['z_u']:+.2f} |")
@@ -261,10 +264,12 @@ def fold_copying(work: Path, data: Path) -> list[str]:
         raise SystemExit(f"{work / 'fold-generators'}: no fold generators; run part 2 (without --copying-only) first")
     return ["The data-copying test (Meehan, Chaudhuri and Dasgupta, AISTATS 2020) on each fold's synthetic set as "
             "the arms drew it: are its images closer (32x32 pixels, L2) to the malignant images the fold's generator "
-            "learned than real malignant images it never saw (validation, test, the fold's OOF part) are? Z below the "
+            "learned than real malignant images it never saw (validation, test, the fold's OOF part) are? Their "
+            "patients or lesions hold several images each, so the z scores come from resamples of whole groups. Z "
+            "below the "
             f"one-sided 5% point ({norm_cut():+.2f}) is copying, above 0 lies farther than new real images. C_T "
             "averages the test within k-means cells of the learned images; a cell below its Bonferroni cut is copying "
-            "too. Control: the new real images split in two, one half tested as if generated (Z_U).", "",
+            "too. Control: the new real images' groups split in two, one half tested as if generated (Z_U).", "",
             "| fold | synthetic images | learned | new real | Z_U | C_T | cells tested | worst cell (cut) | copying "
             "| control Z_U |", "|---|---|---|---|---|---|---|---|---|---|", *rows]
 

@@ -81,6 +81,30 @@ def test_data_copying_in_one_cell_is_not_hidden_by_underfitting_in_another():
     assert r["worst_cell_z"] < r["cell_cut"] and r["copying"]
 
 
+def test_grouped_z_matches_the_normal_approximation_for_single_image_groups():
+    rng = np.random.default_rng(5)
+    train, held, gen = _cloud(rng, 200), _cloud(rng, 150), _cloud(rng, 300) * 1.1
+    plain = quality.nn_distance_z(train, held, gen)
+    grouped = quality.nn_distance_z(train, held, gen, held_groups=np.arange(150), n_boot=2000)
+    assert plain > 2 and grouped == pytest.approx(plain, rel=0.15)
+
+
+def test_grouped_z_is_not_fooled_by_many_images_of_one_patient():
+    """Held-out images in 15 groups of 8 near-identical ones, generated images drawn as new: the normal
+    approximation takes 120 images for 120 independent ones and calls copying or underfitting far more often
+    than 5% of the time; resampling whole groups keeps near the nominal rate."""
+    rng = np.random.default_rng(6)
+    plain, grouped = [], []
+    for _ in range(40):
+        train = _cloud(rng, 150)
+        held = np.repeat(_cloud(rng, 15), 8, axis=0) + rng.normal(0, 0.05, (120, 8))
+        gen = _cloud(rng, 400)
+        plain.append(quality.nn_distance_z(train, held, gen))
+        grouped.append(quality.nn_distance_z(train, held, gen, held_groups=np.repeat(np.arange(15), 8), n_boot=300))
+    assert np.mean(np.abs(plain) > 1.96) > 0.3
+    assert np.mean(np.abs(grouped) > 1.96) < 0.2
+
+
 def test_n_real_is_the_training_draws_malignant_images(small_data):
     from lesionlab.data.sampling import draw_training_set
     from lesionlab.synth.generator import real_images

@@ -18,6 +18,7 @@ import pandas as pd
 from .. import plots
 from ..data.images import decode_resize
 from ..data.sources import read_source
+from ..data.splits import group_keys, load_split
 from ..data.store import Store
 from ..errors import BadInputError
 from ..fileio import csv_restore, read_json, write_bytes, write_json, write_text
@@ -64,10 +65,11 @@ def never_learned(store: Store, learned: set[str]) -> np.ndarray:
     return np.flatnonzero(keep)
 
 
-def unseen_images(source: Path, data_dir: str | Path, label: str, size: int) -> np.ndarray:
+def unseen_images(source: Path, data_dir: str | Path, label: str, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Real images of `label` in data_dir that the generator never learned from (validation and test, and
-    the pool's images outside its draw or cv fold), at `size` px: how often the near-copy rule flags
-    genuinely new real images is the yardstick of the synthetic rate."""
+    the pool's images outside its draw or cv fold), at `size` px, and their groups (patients or lesions, by the
+    split's rule): how often the near-copy rule flags genuinely new real images is the yardstick of the
+    synthetic rate, and they are the data-copying test's new images."""
     store, pool = real_images(data_dir, CLASS_NAMES.index(label))
     table = store.table
     ids = learned_ids(source)
@@ -75,7 +77,8 @@ def unseen_images(source: Path, data_dir: str | Path, label: str, size: int) -> 
         ids = set(table["id"].astype(str).to_numpy()[pool])
     positions = never_learned(store, ids)
     positions = positions[table["label"].to_numpy()[positions] == CLASS_NAMES.index(label)]
-    return quality.resize(store.pixels(positions), size)
+    groups = group_keys(table, load_split(store).params.get("group_used", "none"))[0][positions]
+    return quality.resize(store.pixels(positions), size), groups
 
 
 def _synthetic_images(source: Path, n: int, seed: int, label: str | None, data_size: int) -> tuple[np.ndarray, dict]:
@@ -153,12 +156,12 @@ def check(source: str | Path, data_dir: str | Path, features_run, out: str | Pat
     d_feat_rr, _ = quality.nearest(f_real, f_real, exclude_self=True)
     # one pairwise pass over the real images serves both their distance quantiles and the rule's cut
     pix_cut, feat_cut = near_copy_cut_of(d_pix_rr), near_copy_cut_of(d_feat_rr)
-    unseen = unseen_images(source, data_dir, meta["label"], meta["size"])
+    unseen, unseen_groups = unseen_images(source, data_dir, meta["label"], meta["size"])
     p_unseen = quality.pixels(unseen)
     d_unseen = quality.nearest(p_unseen, p_real)[0] if len(unseen) else np.array([])
     # the data-copying test needs new real images to compare with; a handful is too few for a rank test
-    copying = ({"pixel": quality.data_copying(p_real, p_unseen, p_syn, seed),
-                "feature": quality.data_copying(f_real, nets[0](unseen), f_syn, seed)}
+    copying = ({"pixel": quality.data_copying(p_real, p_unseen, p_syn, seed, held_groups=unseen_groups),
+                "feature": quality.data_copying(f_real, nets[0](unseen), f_syn, seed, held_groups=unseen_groups)}
                if len(unseen) >= MIN_UNSEEN else None)
     first = measured[0]
     result = {
@@ -287,6 +290,8 @@ def copying_text(copying: dict, label: str) -> str:
 
     pixel, feature = copying["pixel"], copying["feature"]
     return (f"Data-copying test (Meehan et al. 2020): are the synthetic images closer to the training images than "
-            f"the {pixel['n_held_out']} real {md_escape(label)} images the generator never saw? Z below "
+            f"the {pixel['n_held_out']} real {md_escape(label)} images the generator never saw"
+            + (f" ({pixel['held_out_groups']} groups, resampled whole)" if pixel.get("held_out_groups") else "")
+            + "? Z below "
             f"{pixel['cut']:+.2f} (one-sided 5%) is copying, above 0 lies farther than new real images. "
             f"{one('Pixels', pixel)}; {one('features', feature)}.")
