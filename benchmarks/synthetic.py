@@ -53,7 +53,7 @@ from lesionlab.data.store import Store, prepare
 from lesionlab.fileio import read_json, write_json
 from lesionlab.runs import is_complete_run
 from lesionlab.synth import quality as synth_quality
-from lesionlab.synth.check import check, copying_text, learned_images, unseen_images
+from lesionlab.synth.check import check, copying_text, learned_images, unseen_images, z_text
 from lesionlab.synth.generator import train_generator
 from lesionlab.synth.samples import sample
 from lesionlab.workflows.compare import compare_runs, difference_cell
@@ -257,9 +257,10 @@ def fold_copying(work: Path, data: Path) -> list[str]:
         # the control splits the new images by group, so that no patient stands on both sides
         half = np.isin(groups, np.unique(groups)[::2])
         control = synth_quality.data_copying(learned, new[~half], new[half], held_groups=groups[~half])
-        rows.append(f"| {fold} | {len(syn)} | {len(learned)} | {len(new)} | {r['z_u']:+.2f} | {r['c_t']:+.2f} | "
-                    f"{r['cells_tested']} of {r['cells']} | {r['worst_cell_z']:+.2f} ({r['cell_cut']:+.2f}) | "
-                    f"{'**yes**' if r['copying'] else 'no'} | {control['z_u']:+.2f} |")
+        rows.append(f"| {fold} | {len(syn)} | {len(learned)} | {len(new)} | {z_text(r['z_u'])} | {z_text(r['c_t'])} | "
+                    f"{r['cells_tested']} of {r['cells']} | {z_text(r['worst_cell_z'])} ({r['cell_cut']:+.2f}) | "
+                    f"{'**yes**' if r['copying'] else 'no'} | {z_text(control['z_u'])} |")
+        cut = r["cut"]
     if not rows:
         raise SystemExit(f"{work / 'fold-generators'}: no fold generators; run part 2 (without --copying-only) first")
     return ["The data-copying test (Meehan, Chaudhuri and Dasgupta, AISTATS 2020) on each fold's synthetic set as "
@@ -267,17 +268,11 @@ def fold_copying(work: Path, data: Path) -> list[str]:
             "learned than real malignant images it never saw (validation, test, the fold's OOF part) are? Their "
             "patients or lesions hold several images each, so the z scores come from resamples of whole groups. Z "
             "below the "
-            f"one-sided 5% point ({norm_cut():+.2f}) is copying, above 0 lies farther than new real images. C_T "
+            f"one-sided 5% point ({cut:+.2f}) is copying, above 0 lies farther than new real images. C_T "
             "averages the test within k-means cells of the learned images; a cell below its Bonferroni cut is copying "
             "too. Control: the new real images' groups split in two, one half tested as if generated (Z_U).", "",
             "| fold | synthetic images | learned | new real | Z_U | C_T | cells tested | worst cell (cut) | copying "
             "| control Z_U |", "|---|---|---|---|---|---|---|---|---|---|", *rows]
-
-
-def norm_cut() -> float:
-    from scipy.stats import norm
-
-    return float(norm.ppf(synth_quality.COPYING_ALPHA))
 
 
 def unseen_rate(memorisation: dict) -> str:

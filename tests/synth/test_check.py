@@ -81,6 +81,17 @@ def test_data_copying_in_one_cell_is_not_hidden_by_underfitting_in_another():
     assert r["worst_cell_z"] < r["cell_cut"] and r["copying"]
 
 
+def test_data_copying_with_too_few_generated_images_for_any_cell_tests_them_all_at_once():
+    from lesionlab.synth.check import copying_text
+
+    rng = np.random.default_rng(7)
+    train, held = _cloud(rng, 200), _cloud(rng, 100)
+    r = quality.data_copying(train, held, np.concatenate([_cloud(rng, 5), _cloud(rng, 5, 50.0)]))
+    assert r["cells"] == 5 and r["cells_tested"] == 0 and r["c_t"] is None and r["worst_cell_z"] is None
+    assert r["z_u"] > 0 and not r["copying"]  # the far-off half makes them lie farther than new images
+    assert "C_T n/a over 0 of 5 cell(s), worst cell n/a" in copying_text({"pixel": r, "feature": r}, "malignant")
+
+
 def test_grouped_z_matches_the_normal_approximation_for_single_image_groups():
     rng = np.random.default_rng(5)
     train, held, gen = _cloud(rng, 200), _cloud(rng, 150), _cloud(rng, 300) * 1.1

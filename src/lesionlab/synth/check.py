@@ -279,13 +279,18 @@ def render_markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def z_text(z: float | None) -> str:
+    """A data-copying z score as text; None (no cell held enough synthetic images to test) as n/a."""
+    return "n/a" if z is None else f"{z:+.2f}"
+
+
 def copying_text(copying: dict, label: str) -> str:
     """check.md's sentence on the data-copying test, in pixel and feature space."""
     from ..workflows.report import md_escape
 
     def one(space: str, c: dict) -> str:
-        return (f"{space}: Z_U {c['z_u']:+.2f}, C_T {c['c_t']:+.2f} over {c['cells_tested']} of {c['cells']} cell(s), "
-                f"worst cell {c['worst_cell_z']:+.2f} (cut {c['cell_cut']:+.2f}): "
+        return (f"{space}: Z_U {z_text(c['z_u'])}, C_T {z_text(c['c_t'])} over {c['cells_tested']} of {c['cells']} "
+                f"cell(s), worst cell {z_text(c['worst_cell_z'])} (cut {c['cell_cut']:+.2f}): "
                 f"{'copying' if c['copying'] else 'no copying'}")
 
     pixel, feature = copying["pixel"], copying["feature"]
