@@ -377,7 +377,8 @@ def class_draw_probabilities(counts: list[int], power: float) -> np.ndarray:
     Power 0 balances the classes, so each of 175 malignant crops beside 6,000 benign ones is seen 34
     times as often as a benign one, which invites copying them; power 1 draws as the pool holds them
     and starves the rare class; 0.5 (square-root sampling, as in long-tailed recognition) lies between.
-    Measured on those crops (docs/results.md), 0.5 copied less but covered the class worse."""
+    Measured on those crops (docs/results.md), 0.5 copied less but covered the class worse than one balanced
+    run; a second balanced run did not copy either, so one run each does not settle it."""
     w = np.asarray(counts, dtype=np.float64) ** power
     return w / w.sum()
 
