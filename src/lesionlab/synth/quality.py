@@ -106,10 +106,10 @@ def nn_distance_z(train: np.ndarray, held_out: np.ndarray, generated: np.ndarray
                             d_held[np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])])
               for _ in range(n_boot)]
     sd = float(np.std(shares, ddof=1))
+    excess = share_farther(d_gen, d_held) - 0.5
     # every resample alike (exact copies, say) leaves sd 0: past +-99 the answer no longer changes, and a finite
     # number keeps check.json plain JSON
-    return float(np.clip((share_farther(d_gen, d_held) - 0.5) / sd, -99, 99)) if sd > 0 else \
-        float(np.sign(share_farther(d_gen, d_held) - 0.5) * 99)
+    return float(np.clip(excess / sd, -99, 99)) if sd > 0 else float(np.sign(excess) * 99)
 
 
 # a one-sided test at 5%: stricter than the paper's "far below 0", so that no generator is cleared on a lenient cut
