@@ -66,6 +66,15 @@ GOAL = {"recall": 0.3, "coverage": 0.5}  # the issue's, against the pool's real 
 PAIRED = ("roc_auc", "average_precision", "pauc_80")
 
 
+def precision_text(info: dict) -> str:
+    """How the generator's step computed: fp32 or bf16, and the measured speeds behind an automatic choice."""
+    if "precision" not in info:
+        return "fp32 (before the precision setting)"
+    choice = info.get("precision_choice") or {}
+    speeds = ", ".join(f"{k} {v:g}" for k, v in choice.get("img_s", {}).items())
+    return ("bf16" if info["precision"] == "bf16" else "fp32") + (f" (measured img/s: {speeds})" if speeds else "")
+
+
 def _values(path: Path) -> dict:
     return {k: v for k, v in load_yaml(path).items() if k != "name"}
 
@@ -216,7 +225,8 @@ def quality(args, data: Path, work: Path, gen_kw: dict) -> list[str]:
     return [f"Projected generator: {info['steps']} steps in {info['train_seconds'] / 60:.1f} CPU minutes (batch "
              f"{info['batch_size']}, discriminator features at {info.get('d_res')} px, classes "
              f"{' + '.join(info['classes'])}, {info['n_real_per_class']} real images, a step's class drawn with "
-             f"probability proportional to its count to the power {info.get('class_power') or 0:g})."
+             f"probability proportional to its count to the power {info.get('class_power') or 0:g}, training step in "
+             f"{precision_text(info)})."
              + (f" DCGAN (the earlier family): {gens['gan'][1]['steps']} steps in "
                 f"{gens['gan'][1]['train_seconds'] / 60:.1f} minutes." if "gan" in gens else ""), "",
              "| generator | feature network | FID | yardstick (real half vs half) | FID / yardstick | precision | recall "

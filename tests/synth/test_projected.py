@@ -18,7 +18,8 @@ from lesionlab.synth import projected, quality
 from lesionlab.synth.generator import _FidEstimate, class_draw_probabilities, train_generator
 from lesionlab.synth.samples import sample
 
-TINY = dict(kind="projected", size=32, batch_size=8, d_res=32, fid_every=0, sample_every=100, pretrained=False)
+TINY = dict(kind="projected", size=32, batch_size=8, d_res=32, fid_every=0, sample_every=100, pretrained=False,
+            precision="32")
 
 
 @pytest.fixture(scope="module")
@@ -311,3 +312,40 @@ def test_training_records_near_copies_of_its_images_beside_the_fid_estimate(smal
     estimate = _FidEstimate("random", real, n=8, seed=0)
     assert estimate.near_copies(real.numpy()) == 1.0
     assert estimate.near_copies(np.zeros((4, 32, 32, 3), np.uint8)) == 0.0
+
+
+def test_bf16_step_computes_the_discriminator_in_bf16_and_keeps_fp32_weights_and_losses():
+    torch.manual_seed(0)
+    trainer = projected.ProjectedTrainer(32, 2, 2e-4, 32, pretrained=False, bf16=True)
+    real, c = torch.rand(8, 3, 32, 32) * 2 - 1, torch.randint(0, 2, (8,))
+    trainer.step(real, c)  # builds the discriminator
+    dtypes = []
+    trainer.d.features.stages[0].register_forward_hook(lambda mod, inp, out: dtypes.append(out.dtype))
+    losses = trainer.step(real, c)
+    assert dtypes == [torch.bfloat16] * 3  # D on real, D on generated, G through D
+    assert all(np.isfinite(v) for v in losses.values())
+    assert all(p.dtype == torch.float32 for p in [*trainer.g.parameters(), *trainer.ema.parameters(), *trainer.d.parameters()])
+    assert trainer.generate(torch.randn(2, projected.Z_DIM), torch.tensor([0, 1])).dtype == torch.float32
+
+
+@pytest.mark.parametrize("native, speeds, chosen", [(True, {True: 90.0, False: 60.0}, "bf16"),
+                                                    (True, {True: 40.0, False: 60.0}, "32"),
+                                                    (False, {True: 90.0, False: 60.0}, "32")])
+def test_auto_precision_keeps_the_faster_measured_step(monkeypatch, tmp_path, small_data, native, speeds, chosen):
+    """bf16 only where the CPU computes it natively, and then only when a measured step is faster."""
+    from lesionlab.engine import autotune
+
+    monkeypatch.setenv("LESIONLAB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(autotune, "cpu_has_native_bf16", lambda: native)
+    measured = []
+    monkeypatch.setattr(projected, "step_speed", lambda *a, **k: measured.append(a[4]) or speeds[a[4]])
+    info = train_generator(small_data, tmp_path / "g", steps=1, **{**TINY, "precision": "auto"})
+    assert info["precision"] == chosen
+    assert sorted(measured) == ([False, True] if native else [])
+    if native:
+        assert info["precision_choice"]["img_s"] == {"fp32": speeds[False], "bf16": speeds[True]}
+
+
+def test_bf16_is_refused_for_the_fp32_only_families(small_data, tmp_path):
+    with pytest.raises(BadInputError, match="--precision bf16: only --kind projected"):
+        train_generator(small_data, tmp_path / "gan", kind="gan", size=32, steps=1, precision="bf16")

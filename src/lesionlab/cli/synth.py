@@ -49,7 +49,7 @@ def synth_train(data_dir: Path, out: Path, **flags) -> None:
         info = train_generator(data_dir, out, c.kind, c.label, c.size, c.steps, c.batch_size, None, c.seed, c.sample_every,
                                c.checkpoint_every, c.time_budget * 60 if c.time_budget else None, progress, c.n_real,
                                c.draw_seed, c.sample_steps, c.classes, c.d_res, c.fid_every, c.fid_features, c.fid_n,
-                               class_power=c.class_power)
+                               class_power=c.class_power, precision=c.precision)
     finally:
         bar.close()
     learned = ", ".join(f"{k} {v}" for k, v in info["n_real_per_class"].items())

@@ -41,6 +41,9 @@ class SynthTrainConfig(CommandConfig):
     class_power: float = Field(CLASS_POWER, ge=0, le=1, description="--classes both: a step draws each class with probability "
                                "proportional to its image count to this power (0: balanced, each rare image seen as "
                                "often as the common class; 1: as the pool holds them; 0.5: square-root sampling)")
+    precision: Literal["auto", "32", "bf16"] = Field(
+        "auto", description="projected: auto = bf16 autocast of the training step when a few measured steps on this "
+        "machine are faster (only where the CPU computes bf16 natively), else fp32; sampling is always fp32")
 
 
 class SynthSampleConfig(CommandConfig):

@@ -101,10 +101,20 @@ def measure(build: Callable[[], nn.Module], device: torch.device, side: int, bat
     return batch_size / best
 
 
-def choose(model: str, build: Callable[[], nn.Module], device: torch.device, side: int, batch_size: int, precision: str,
-           channels_last: str) -> tuple[bool, bool, dict]:
+def choose(model: str, build: Callable[[], nn.Module] | None, device: torch.device, side: int, batch_size: int,
+           precision: str, channels_last: str, measure_one: Callable[[bool, bool], float] | None = None
+           ) -> tuple[bool, bool, dict]:
     """(bf16, channels_last, what was measured): from the cache when this machine measured the same
-    model, side and batch before, else measured now and cached."""
+    model, side and batch before, else measured now and cached. measure_one(bf16, channels_last)
+    gives the img/s of another kind of training step (a generator's); by default a classifier's step
+    of build()'s model."""
+    if measure_one is None and build is None:
+        raise ValueError("autotune.choose needs build or measure_one")
+    make = build
+
+    def speed(bf16: bool, cl: bool) -> float:
+        return measure_one(bf16, cl) if measure_one else measure(make, device, side, batch_size, bf16, cl)  # type: ignore[arg-type]
+
     options = candidates(device, precision, channels_last)
     if len(options) == 1:
         return options[0][0], options[0][1], {"measured": False, "reason": "nothing to choose"}
@@ -122,7 +132,7 @@ def choose(model: str, build: Callable[[], nn.Module], device: torch.device, sid
     def measured() -> dict:
         t0 = time.perf_counter()
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the run's seeds stay as they are
-            speeds = {name: round(measure(build, device, side, batch_size, p, c), 1) for name, (p, c) in zip(wanted, options)}
+            speeds = {name: round(speed(p, c), 1) for name, (p, c) in zip(wanted, options)}
         log.info("measured training img/s of %s at %d px in %.1f s: %s", model, side, time.perf_counter() - t0, speeds)
         return speeds
 

@@ -22,7 +22,9 @@ at 64, 341 at the paper's 224 (heads twice as wide made the 64-px step 113).
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import time
 from typing import Any
 
 import torch
@@ -295,10 +297,13 @@ class ProjectedTrainer:
 
     kind = "projected"
 
-    def __init__(self, size: int, n_classes: int, lr: float, d_res: int, pretrained: bool = True):
+    def __init__(self, size: int, n_classes: int, lr: float, d_res: int, pretrained: bool = True, bf16: bool = False):
         import copy
 
         self.size, self.n_classes, self.d_res = size, n_classes, d_res
+        # bf16 autocast of the training step's forward passes (losses, optimisers and the EMA stay fp32);
+        # sampling is always fp32, so a generator samples the same on every machine
+        self.bf16 = bf16
         self.g = FastGenerator(size, n_classes)
         self.ema = copy.deepcopy(self.g).eval().requires_grad_(False)
         self.d: ProjectedDiscriminator | None = None  # built on the first training step: sampling never needs the feature network
@@ -323,15 +328,18 @@ class ProjectedTrainer:
         self.g.train()
         d.train()
         z = torch.randn(n, self.g.z_dim)
-        fake = self.g(z, c)
-        loss_d = F.relu(1 - d(real, c)).mean() + F.relu(1 + d(fake.detach(), c)).mean()
+        with self._autocast():
+            fake = self.g(z, c)
+            logits_real, logits_fake = d(real, c).float(), d(fake.detach(), c).float()
+        loss_d = F.relu(1 - logits_real).mean() + F.relu(1 + logits_fake).mean()
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
         heads = [p for p in d.parameters() if p.requires_grad]
         for p in heads:  # the generator's step needs gradients through the heads, not of their weights
             p.requires_grad_(False)
-        loss_g = -d(fake, c).mean()
+        with self._autocast():
+            loss_g = -d(fake, c).float().mean()
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
@@ -340,6 +348,9 @@ class ProjectedTrainer:
         self.images_seen += n
         self._update_ema(n)
         return {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
+
+    def _autocast(self):
+        return torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
 
     @torch.no_grad()
     def _update_ema(self, n: int) -> None:
@@ -374,3 +385,19 @@ class ProjectedTrainer:
             if unexpected or any(not k.startswith("features.") for k in missing):
                 raise ValueError(f"discriminator state does not match: {unexpected or missing}")
             opt_d.load_state_dict(state["opt_d"])
+
+
+def step_speed(size: int, n_classes: int, d_res: int, batch_size: int, bf16: bool, pretrained: bool = True,
+               warmup: int = 2, timed: int = 3) -> float:
+    """Training img/s of a fresh trainer on one random batch (autotune's rule: the best of `timed`
+    steps after `warmup`), so that `synth train --precision auto` measures bf16 where it runs."""
+    trainer = ProjectedTrainer(size, n_classes, 2e-4, d_res, pretrained, bf16)
+    real = torch.rand(batch_size, 3, size, size) * 2 - 1
+    c = torch.arange(batch_size) % n_classes
+    best = float("inf")
+    for i in range(warmup + timed):
+        t0 = time.perf_counter()
+        trainer.step(real, c)
+        if i >= warmup:
+            best = min(best, time.perf_counter() - t0)
+    return batch_size / best

@@ -93,18 +93,17 @@ def nn_distance_z(train: np.ndarray, held_out: np.ndarray, generated: np.ndarray
     if held_groups is None:
         u = mannwhitneyu(d_gen, d_held, alternative="less", method="asymptotic").statistic  # U of the generated
         return float((u - m * n / 2) / np.sqrt(m * n * (m + n + 1) / 12))
-    rng = np.random.default_rng(seed)
-    _, group_of = np.unique(np.asarray(held_groups), return_inverse=True)
-    members = [np.flatnonzero(group_of == g) for g in range(group_of.max() + 1)]
+    from ..metrics import grouped_resamples
+
+    held_draws = grouped_resamples(np.zeros(n), held_groups, n_boot, seed)  # one stratum: every image is of the class
+    rng = np.random.default_rng(seed + 1)  # the generated images' draws, a stream apart from the groups'
 
     def share_farther(gen: np.ndarray, held: np.ndarray) -> float:  # U / (m n): P(generated farther than held out)
         held = np.sort(held)
         return float((np.searchsorted(held, gen, side="left") + np.searchsorted(held, gen, side="right")).mean()
                      / (2 * len(held)))
 
-    shares = [share_farther(d_gen[rng.integers(0, m, m)],
-                            d_held[np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])])
-              for _ in range(n_boot)]
+    shares = [share_farther(d_gen[rng.integers(0, m, m)], d_held[rows]) for rows in held_draws]
     sd = float(np.std(shares, ddof=1))
     excess = share_farther(d_gen, d_held) - 0.5
     # every resample alike (exact copies, say) leaves sd 0: past +-99 the answer no longer changes, and a finite
