@@ -3,7 +3,7 @@
     python benchmarks/synthetic.py [--dataset ham10000|isic2024-permissive] [--size 64] [--work bench-out]
         [--gen-min 60] [--gan-min 26] [--folds 5] [--epochs-scale 1] [--n-synthetic 1000,3000] [--n-boot 2000]
         [--fold-gen-min M] [--fold-gen-steps S] [--same-epochs simple_cnn=3000]
-        [--quality-only | --no-quality | --copying-only]
+        [--quality-only | --no-quality | --copying-only | --trajectory-every N]
     python benchmarks/synthetic.py --data DATA_DIR --name NAME ...   (any prepared data set with a split)
 
 1. Quality: the projected generator (Projected GAN + FastGAN, class-conditional on both classes of
@@ -22,12 +22,15 @@
 3. --copying-only: the data-copying test (Meehan et al. 2020) on each fold's synthetic set exactly as
    part 2's arms drew it, against the images that fold's generator learned and the real ones it never
    saw, with new real images in place of the synthetic ones as the control.
+4. --trajectory-every N: part 1's generator (same recipe and seed) trained again within --gen-min,
+   stopped every N steps and checked at each stop as part 1 checks the end (classifier features and
+   pixels): how recall, coverage and copying move with training steps.
 
 Everything is resumable: finished generators (generator.json), samples, prepared sets and cv folds are
 reused by the same command. Writes docs/results.md (section "synthetic", "synthetic-isic2024-permissive" or
 "synthetic-NAME"); --quality-only runs part 1 alone and writes it to that section's name + "-quality";
 --no-quality runs part 2 alone, its section pointing to that one for the generator's quality; --copying-only
-writes part 3 to that section's name + "-copying". The
+writes part 3 to that section's name + "-copying", --trajectory-every part 4 to "-trajectory". The
 smallest run, to check the script: --smoke (2 folds, 1 epoch, generators of 4 steps, 20 and 40 synthetic images).
 """
 from __future__ import annotations
@@ -176,10 +179,17 @@ def experiment(args, data: Path, work: Path, size: int, counts: list[int], fold_
     return pairs, cvs, settings, min_benign, min_malignant
 
 
-def quality(args, data: Path, work: Path, gen_kw: dict) -> list[str]:
-    """Part 1: the projected generator on the whole pool (and the earlier DCGAN beside it), checked with three
-    feature networks; returns the section's lines on them."""
-    # the measuring network: UpgradedCNN at 1:2 (configs/seed), trained on this data set's split
+def goal_met(checked: dict) -> bool:
+    """The issue's quality goal on one check: recall and coverage in the first (classifier's) features, no near
+    copies in pixels, and no data copying in either space."""
+    first = checked["feature_networks"][0]["manifold_k5"]
+    copying = checked["memorisation"].get("data_copying")
+    return (all(first[k] >= v for k, v in GOAL.items()) and checked["memorisation"]["near_copies_pixel"] == 0
+            and copying is not None and not (copying["pixel"]["copying"] or copying["feature"]["copying"]))
+
+
+def measuring_network(args, data: Path, work: Path) -> Path:
+    """The network the checks measure in: UpgradedCNN at 1:2 (configs/seed), trained on this data set's split."""
     features = work / "features-upgraded_cnn"
     if not is_complete_run(features):
         values = _values(ROOT / "configs" / "seed" / "upgraded_cnn_1to2.yaml")
@@ -189,6 +199,59 @@ def quality(args, data: Path, work: Path, gen_kw: dict) -> list[str]:
         if args.smoke:
             values.update(epochs=1, n_malignant=20)
         train_process(build_config({**values, "data": str(data), "bootstrap": 0}, "features"), features)
+    return features
+
+
+def trajectory(args, data: Path, work: Path, gen_kw: dict) -> list[str]:
+    """Part 4: the quality generator's recipe and seed trained again in stages of --trajectory-every steps, within
+    the same --gen-min, and checked at every stop as part 1 checks the end (the classifier's features and pixels):
+    how recall, coverage and copying move with training. Resuming is exact, so the stops are one run's states."""
+    features = measuring_network(args, data, work)
+    gen, checks_dir = work / "trajectory-projected", work / "trajectory-checks"
+    every = 2 if args.smoke else args.trajectory_every
+    rows = ["| step | CPU minutes | FID (yardstick) | recall | coverage | near copies, pixels | data copying, pixels: "
+            "Z_U / C_T / worst cell (cut) | features: Z_U / C_T / worst cell (cut) | goal |", "|---|---|---|---|---|---|---|---|---|"]
+    stop = 0
+    while True:
+        stop += every
+        info = read_json(gen / "generator.json") if (gen / "generator.json").exists() else None
+        if info is None or info["steps"] < stop and not info["stopped_by_time_budget"]:
+            print(f"[trajectory] training to step {stop}", flush=True)
+            info = train_generator(data, gen, kind="projected", steps=stop, time_budget=args.gen_min * 60,
+                                   checkpoint_every=2 if args.smoke else 100, sample_every=every,
+                                   fid_every=2 if args.smoke else 500, fid_n=32 if args.smoke else 500,  # as part 1's
+                                   **({"batch_size": 8} if args.smoke else {}), **gen_kw)
+        record = checks_dir / f"step-{info['steps']:06d}.json"
+        if not record.exists():
+            write_json(record, check(gen, data, [str(features)], out=checks_dir / f"step-{info['steps']:06d}",
+                                     n=args.n_check))
+        c = read_json(record)
+        net, mem = c["feature_networks"][0], c["memorisation"]
+        cop = mem["data_copying"]
+
+        def z(space: str) -> str:
+            d = cop[space]
+            return (f"{z_text(d['z_u'])} / {z_text(d['c_t'])} / {z_text(d['worst_cell_z'])} ({d['cell_cut']:+.2f})"
+                    + (" **copying**" if d["copying"] else ""))
+
+        rows.append(f"| {info['steps']} | {info['train_seconds'] / 60:.1f} | {net['fid']['synthetic_vs_real']:.2f} "
+                    f"({net['fid']['real_half_vs_real_half']:.2f}) | {net['manifold_k5']['recall']:.3f} | "
+                    f"{net['manifold_k5']['coverage']:.3f} | {100 * mem['near_copies_pixel']:.1f}% | {z('pixel')} | "
+                    f"{z('feature')} | {'met' if goal_met(c) else 'not met'} |")
+        if info["steps"] < stop or (args.smoke and stop >= 4):
+            break
+    return [f"The projected generator of part 1 ({info['precision']} step, seed {info['seed']}, class power "
+            f"{info.get('class_power') or 0:g}), trained again within {args.gen_min:g} CPU minutes and stopped every "
+            f"{every} steps; at each stop `synth check` of {args.n_check} malignant samples in the features of "
+            f"{features.relative_to(ROOT) if features.is_relative_to(ROOT) else features} and in 32x32 pixels, against "
+            f"the pool's {info['n_real']} real malignant crops (recall, coverage, near copies) and the real malignant "
+            "images the generator never saw (the data-copying test). Goal as in part 1.", "", *rows]
+
+
+def quality(args, data: Path, work: Path, gen_kw: dict) -> list[str]:
+    """Part 1: the projected generator on the whole pool (and the earlier DCGAN beside it), checked with three
+    feature networks; returns the section's lines on them."""
+    features = measuring_network(args, data, work)
     networks = [str(features), "random", "lite0-imagenet"]
 
     checks = {}
@@ -218,10 +281,7 @@ def quality(args, data: Path, work: Path, gen_kw: dict) -> list[str]:
         return rows
 
     p = checks["projected"]
-    first = p["feature_networks"][0]["manifold_k5"]
     copying = p["memorisation"].get("data_copying")
-    goal_met = (all(first[k] >= v for k, v in GOAL.items()) and p["memorisation"]["near_copies_pixel"] == 0
-                and copying is not None and not (copying["pixel"]["copying"] or copying["feature"]["copying"]))
     return [f"Projected generator: {info['steps']} steps in {info['train_seconds'] / 60:.1f} CPU minutes (batch "
              f"{info['batch_size']}, discriminator features at {info.get('d_res')} px, classes "
              f"{' + '.join(info['classes'])}, {info['n_real_per_class']} real images, a step's class drawn with "
@@ -234,7 +294,7 @@ def quality(args, data: Path, work: Path, gen_kw: dict) -> list[str]:
              *[row for kind in checks for row in net_rows(kind)], "",
              f"Goal (recall >= 0.3 and coverage >= 0.5 in the classifier's features, no near copies, no data "
              "copying): "
-             f"**{'met' if goal_met else 'not met'}**. Memorisation (projected): near copies "
+             f"**{'met' if goal_met(p) else 'not met'}**. Memorisation (projected): near copies "
              f"{100 * p['memorisation']['near_copies_pixel']:.1f}% in pixel space, "
              f"{100 * p['memorisation']['near_copies_feature']:.1f}% in the classifier's feature space "
              f"({p['memorisation']['near_copy_rule']}); the same rule flags "
@@ -333,11 +393,14 @@ def main() -> None:
                     "written to its own section (SECTION-quality), so the last full run's section stays")
     ap.add_argument("--copying-only", action="store_true", help="part 3 alone: the data-copying test on the fold "
                     "sets part 2 made, written to SECTION-copying")
+    ap.add_argument("--trajectory-every", type=int, default=0, help="part 4 alone: part 1's generator trained "
+                    "again in stages of this many steps within --gen-min, each stop checked; written to SECTION-trajectory")
     ap.add_argument("--no-quality", action="store_true", help="part 2 alone (the fold generators and the cv arms); "
                     "the section points to SECTION-quality, which --quality-only writes, for the generator's quality")
     args = ap.parse_args()
-    if args.quality_only + args.no_quality + args.copying_only > 1:
-        raise SystemExit("--quality-only, --no-quality, --copying-only: choose one (part 1, 2 or 3 alone)")
+    if args.quality_only + args.no_quality + args.copying_only + bool(args.trajectory_every) > 1:
+        raise SystemExit("--quality-only, --no-quality, --copying-only, --trajectory-every: choose one (part 1, 2, 3 "
+                         "or 4 alone)")
     command = command_line("synthetic", args, ap)  # as typed, before --smoke and --dataset fill in the rest
     if args.smoke:
         args.folds, args.epochs_scale, args.n_check, args.n_boot, args.n_synthetic = 2, 0.0, 64, 50, "20,40"
@@ -373,6 +436,9 @@ def main() -> None:
     if args.copying_only:
         return finish(section + "-copying", head() + ["### Are the experiment's synthetic images copies?", "",
                                                       *fold_copying(work, data)])
+    if args.trajectory_every:
+        return finish(section + "-trajectory", head() + ["### Quality and copying along one generator's training", "",
+                                                         *trajectory(args, data, work, gen_kw)])
     # 1. quality (unless --no-quality), 2. the experiment (unless --quality-only)
     quality_text = ([f"Not run by this invocation (--no-quality); section {section}-quality (`--quality-only`) holds "
                      "the generator's quality."] if args.no_quality else quality(args, data, work, gen_kw))

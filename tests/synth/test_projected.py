@@ -349,3 +349,4 @@ def test_auto_precision_keeps_the_faster_measured_step(monkeypatch, tmp_path, sm
 def test_bf16_is_refused_for_the_fp32_only_families(small_data, tmp_path):
     with pytest.raises(BadInputError, match="--precision bf16: only --kind projected"):
         train_generator(small_data, tmp_path / "gan", kind="gan", size=32, steps=1, precision="bf16")
+    assert not (tmp_path / "gan").exists()  # refused before anything is written
