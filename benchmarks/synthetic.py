@@ -433,12 +433,13 @@ def main() -> None:
                 f"own result: {NOTEBOOK}.", ""]
 
     ids = Store.open(data).table["id"].astype(str).to_numpy()
+    # each part's body before head(), whose wall time must include it
     if args.copying_only:
-        return finish(section + "-copying", head() + ["### Are the experiment's synthetic images copies?", "",
-                                                      *fold_copying(work, data)])
+        body = ["### Are the experiment's synthetic images copies?", "", *fold_copying(work, data)]
+        return finish(section + "-copying", head() + body)
     if args.trajectory_every:
-        return finish(section + "-trajectory", head() + ["### Quality and copying along one generator's training", "",
-                                                         *trajectory(args, data, work, gen_kw)])
+        body = ["### Quality and copying along one generator's training", "", *trajectory(args, data, work, gen_kw)]
+        return finish(section + "-trajectory", head() + body)
     # 1. quality (unless --no-quality), 2. the experiment (unless --quality-only)
     quality_text = ([f"Not run by this invocation (--no-quality); section {section}-quality (`--quality-only`) holds "
                      "the generator's quality."] if args.no_quality else quality(args, data, work, gen_kw))
