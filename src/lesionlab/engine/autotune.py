@@ -108,12 +108,8 @@ def choose(model: str, build: Callable[[], nn.Module] | None, device: torch.devi
     model, side and batch before, else measured now and cached. measure_one(bf16, channels_last)
     gives the img/s of another kind of training step (a generator's); by default a classifier's step
     of build()'s model."""
-    if measure_one is None and build is None:
-        raise ValueError("autotune.choose needs build or measure_one")
-    make = build
-
     def speed(bf16: bool, cl: bool) -> float:
-        return measure_one(bf16, cl) if measure_one else measure(make, device, side, batch_size, bf16, cl)  # type: ignore[arg-type]
+        return measure_one(bf16, cl) if measure_one else measure(build, device, side, batch_size, bf16, cl)  # type: ignore[arg-type]
 
     options = candidates(device, precision, channels_last)
     if len(options) == 1:
