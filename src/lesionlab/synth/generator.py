@@ -381,8 +381,8 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
 
 def training_precision(spec: dict, precision: str, pretrained: bool = True) -> tuple[bool, dict]:
     """(bf16, how it was chosen). The projected family's step is mostly convolutions of the frozen
-    feature network, which bf16 speeds up where the CPU computes it natively (41 -> 51 img/s on a
-    2-core AVX512-BF16 CPU at the default settings); `auto` measures a few steps of each here
+    feature network, which bf16 speeds up where the CPU computes it natively (40.4 -> 54.5 img/s on a
+    2-core AVX512-BF16 CPU at the default settings, docs/results.md); `auto` measures a few steps of each here
     (engine/autotune.py's rule and cache) instead of assuming. gan and ddpm train in fp32 only."""
     from ..engine.runtime import tune_allocator
 
