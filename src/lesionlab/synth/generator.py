@@ -304,6 +304,9 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
     write_csv(out / "real_ids.csv", pd.DataFrame({"id": store.table["id"].to_numpy()[positions],
                                                   "label": store.table["label"].to_numpy()[positions]}))
 
+    from ..engine.runtime import tune_allocator
+
+    tune_allocator()  # the step's tens-of-MB activations stay in the heap (engine/runtime.py measured why)
     bf16, precision_choice = training_precision(spec, precision, pretrained)
     torch.manual_seed(seed)
     trainer = make_trainer(spec, pretrained, bf16)
@@ -384,9 +387,6 @@ def training_precision(spec: dict, precision: str, pretrained: bool = True) -> t
     feature network, which bf16 speeds up where the CPU computes it natively (40.4 -> 54.5 img/s on a
     2-core AVX512-BF16 CPU at the default settings, docs/results.md); `auto` measures a few steps of each here
     (engine/autotune.py's rule and cache) instead of assuming. gan and ddpm train in fp32 only."""
-    from ..engine.runtime import tune_allocator
-
-    tune_allocator()  # the step's tens-of-MB activations stay in the heap (engine/runtime.py measured why)
     if spec["kind"] != "projected":
         return False, {"measured": False, "reason": f"{spec['kind']} trains in fp32"}
     from ..engine import autotune

@@ -22,7 +22,6 @@ at 64, 341 at the paper's 224 (heads twice as wide made the 64-px step 113).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from typing import Any
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import spectral_norm
 
+from ..engine.runtime import Runtime
 from .nets import diff_augment
 
 Z_DIM = 64  # the Projected GAN's FastGAN configuration
@@ -303,7 +303,7 @@ class ProjectedTrainer:
         self.size, self.n_classes, self.d_res = size, n_classes, d_res
         # bf16 autocast of the training step's forward passes (losses, optimisers and the EMA stay fp32);
         # sampling is always fp32, so a generator samples the same on every machine
-        self.bf16 = bf16
+        self.runtime = Runtime(torch.device("cpu"), bf16, channels_last=False)
         self.g = FastGenerator(size, n_classes)
         self.ema = copy.deepcopy(self.g).eval().requires_grad_(False)
         self.d: ProjectedDiscriminator | None = None  # built on the first training step: sampling never needs the feature network
@@ -328,7 +328,7 @@ class ProjectedTrainer:
         self.g.train()
         d.train()
         z = torch.randn(n, self.g.z_dim)
-        with self._autocast():
+        with self.runtime.autocast():
             fake = self.g(z, c)
             logits_real, logits_fake = d(real, c).float(), d(fake.detach(), c).float()
         loss_d = F.relu(1 - logits_real).mean() + F.relu(1 + logits_fake).mean()
@@ -338,7 +338,7 @@ class ProjectedTrainer:
         heads = [p for p in d.parameters() if p.requires_grad]
         for p in heads:  # the generator's step needs gradients through the heads, not of their weights
             p.requires_grad_(False)
-        with self._autocast():
+        with self.runtime.autocast():
             loss_g = -d(fake, c).float().mean()
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
@@ -348,9 +348,6 @@ class ProjectedTrainer:
         self.images_seen += n
         self._update_ema(n)
         return {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
-
-    def _autocast(self):
-        return torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
 
     @torch.no_grad()
     def _update_ema(self, n: int) -> None:
@@ -387,17 +384,18 @@ class ProjectedTrainer:
             opt_d.load_state_dict(state["opt_d"])
 
 
-def step_speed(size: int, n_classes: int, d_res: int, batch_size: int, bf16: bool, pretrained: bool = True,
-               warmup: int = 2, timed: int = 3) -> float:
-    """Training img/s of a fresh trainer on one random batch (autotune's rule: the best of `timed`
-    steps after `warmup`), so that `synth train --precision auto` measures bf16 where it runs."""
+def step_speed(size: int, n_classes: int, d_res: int, batch_size: int, bf16: bool, pretrained: bool = True) -> float:
+    """Training img/s of a fresh trainer on one random batch (autotune's rule: the best of its timed
+    steps after its warm-up), so that `synth train --precision auto` measures bf16 where it runs."""
+    from ..engine.autotune import TIMED_STEPS, WARMUP_STEPS
+
     trainer = ProjectedTrainer(size, n_classes, 2e-4, d_res, pretrained, bf16)
     real = torch.rand(batch_size, 3, size, size) * 2 - 1
     c = torch.arange(batch_size) % n_classes
     best = float("inf")
-    for i in range(warmup + timed):
+    for i in range(WARMUP_STEPS + TIMED_STEPS):
         t0 = time.perf_counter()
         trainer.step(real, c)
-        if i >= warmup:
+        if i >= WARMUP_STEPS:
             best = min(best, time.perf_counter() - t0)
     return batch_size / best
