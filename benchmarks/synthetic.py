@@ -82,7 +82,8 @@ def _values(path: Path) -> dict:
     return {k: v for k, v in load_yaml(path).items() if k != "name"}
 
 
-def generator(data: Path, out: Path, minutes: float, smoke: bool, max_steps: int | None = None, **kw) -> dict:
+def generator(data: Path, out: Path, minutes: float, smoke: bool, max_steps: int | None = None, fid_every: int = 250,
+              **kw) -> dict:
     """Train (or resume, or reuse) a generator for a CPU budget, or up to max_steps, whichever ends first (steps
     make a run independent of the machine's load); a finished one is kept as it is."""
     if (out / "generator.json").exists() and read_json(out / "generator.json").get("benchmark_final"):
@@ -93,7 +94,7 @@ def generator(data: Path, out: Path, minutes: float, smoke: bool, max_steps: int
     else:
         print(f"[generator] {out.name}: {minutes:g} min", flush=True)
         info = train_generator(data, out, steps=steps, time_budget=minutes * 60, checkpoint_every=2 if smoke else 100,
-                               sample_every=2 if smoke else 500, fid_every=2 if smoke else 500,
+                               sample_every=2 if smoke else 500, fid_every=2 if smoke else fid_every,
                                fid_n=32 if smoke else 500, **({"batch_size": 8} if smoke else {}), **kw)
     info["benchmark_final"] = True
     write_json(out / "generator.json", info)
@@ -156,7 +157,7 @@ def experiment(args, data: Path, work: Path, size: int, counts: list[int], fold_
         for folder, fold_plan in plan.plans.items():
             fold = folder.name
             gen = work / "fold-generators" / fold
-            generator(data, gen, fold_min, args.smoke, args.fold_gen_steps, kind="projected",
+            generator(data, gen, fold_min, args.smoke, args.fold_gen_steps, args.fid_every, kind="projected",
                       only_ids=ids[fold_plan.pool].tolist(), **gen_kw)
             synthetic_store(gen, max(counts + list(same.values())), size, work / "fold-synthetic" / fold, data)
     recipes = {"simple_cnn 1:2": base_values, "recommended": _values(RECOMMENDED)}
@@ -219,8 +220,9 @@ def trajectory(args, data: Path, work: Path, gen_kw: dict) -> list[str]:
             print(f"[trajectory] training to step {stop}", flush=True)
             info = train_generator(data, gen, kind="projected", steps=stop, time_budget=args.gen_min * 60,
                                    checkpoint_every=2 if args.smoke else 100, sample_every=every,
-                                   fid_every=2 if args.smoke else 500, fid_n=32 if args.smoke else 500,  # as part 1's
-                                   **({"batch_size": 8} if args.smoke else {}), **gen_kw)
+                                   fid_every=2 if args.smoke else 500, fid_n=32 if args.smoke else 500,
+                                   **({"batch_size": 8} if args.smoke else {}),
+                                   **{**gen_kw, "copy_watch": "off"})  # the unwatched course, every stop kept
         record = checks_dir / f"step-{info['steps']:06d}.json"
         if not record.exists():
             write_json(record, check(gen, data, [str(features)], out=checks_dir / f"step-{info['steps']:06d}",
@@ -256,7 +258,7 @@ def quality(args, data: Path, work: Path, gen_kw: dict) -> list[str]:
 
     checks = {}
     pool_gen = work / "gen-projected"
-    info = generator(data, pool_gen, args.gen_min, args.smoke, kind="projected", **gen_kw)
+    info = generator(data, pool_gen, args.gen_min, args.smoke, fid_every=args.fid_every, kind="projected", **gen_kw)
     gens = {"projected": (pool_gen, info)}
     if args.gan_min > 0:
         gan = work / "gen-gan"
@@ -268,6 +270,17 @@ def quality(args, data: Path, work: Path, gen_kw: dict) -> list[str]:
             result = check(gen, data, networks, out=work / f"check-{kind}", n=args.n_check)
             write_json(record, result)
         checks[kind] = read_json(record)
+    # the set a user trains with: the generator's samples after sample's copy filter (the experiment's sets are made
+    # so, fold by fold); checked the same way, so that the goal can be read on what reaches a training draw
+    sampled = work / "quality-sampled"
+    if not (sampled / "synthetic.json").exists():
+        shutil.rmtree(sampled, ignore_errors=True)
+        sample(pool_gen, args.n_check, sampled, seed=0, drop_near_copies=data)
+    if not (work / "check-sampled.json").exists():
+        write_json(work / "check-sampled.json", check(sampled, data, networks, out=work / "check-sampled",
+                                                      n=args.n_check))
+    checks["projected, as sampled"] = read_json(work / "check-sampled.json")
+    drawn = read_json(sampled / "synthetic.json")
 
     def net_rows(kind: str) -> list[str]:
         rows = []
@@ -304,8 +317,24 @@ def quality(args, data: Path, work: Path, gen_kw: dict) -> list[str]:
              "coverage 0.017." + (f" The flagged samples are nearest to {p['memorisation']['near_copy_targets_pixel']} "
                                   "distinct real image(s)." if p["memorisation"].get("near_copy_targets_pixel") else ""),
              "", copying_text(copying, "malignant") if copying else "Data-copying test: not measured by this check.", "",
+             *sampled_text(checks["projected, as sampled"], drawn),
+             *watch_text(info),
              *near_copies_while_training(pool_gen, info),
-             "Full checks: " + ", ".join(f"{shown(work / f'check-{kind}' / 'check.html')}" for kind in gens) + "."]
+             "Full checks: " + ", ".join(f"{shown(work / f'check-{kind}' / 'check.html')}"
+                                         for kind in [*gens, "sampled"]) + "."]
+
+
+def sampled_text(checked: dict, drawn: dict) -> list[str]:
+    """The goal on the set a user trains with: `synth sample --drop-near-copies` of the same generator."""
+    mem = checked["memorisation"]
+    copying = mem.get("data_copying")
+    return [f"The set as a user trains with it (row \"projected, as sampled\": `synth sample --drop-near-copies`, "
+            f"which dropped and redrew {drawn['near_copies_dropped']} near copies of its training images and "
+            f"{drawn['guard_copies_dropped']} copies of images it never saw among {drawn['drawn']} drawn): near copies "
+            f"{100 * mem['near_copies_pixel']:.1f}% in pixels (the filter's own rule, so 0 by construction), "
+            f"{100 * mem['near_copies_feature']:.1f}% in the classifier's features. "
+            + (copying_text(copying, "malignant") if copying else "Data-copying test: not measured.")
+            + f" Goal on this set: **{'met' if goal_met(checked) else 'not met'}**.", ""]
 
 
 def fold_copying(work: Path, data: Path) -> list[str]:
@@ -345,6 +374,23 @@ def fold_copying(work: Path, data: Path) -> list[str]:
             "| control Z_U |", "|---|---|---|---|---|---|---|---|---|---|", *rows]
 
 
+def watch_text(info: dict) -> list[str]:
+    """What synth train's copy watch saw at each FID stop and which stop it chose (none when unwatched)."""
+    watch = info.get("copy_watch_result")
+    if not watch:
+        return ["Copy watch: off (the last step is sampled).", ""]
+    stops = ", ".join(f"{s['step']}: {z_text(s['copy_z_pixel'])} / {z_text(s['copy_z_feature'])}"
+                      + (" copying" if s["copying"] else "") for s in watch["stops"])
+    chosen = (f"it samples step {watch['selected_step']}, the last stop without copying" if watch["selected_step"]
+              else "every stop copied, so it samples the last step")
+    return [f"Copy watch (`synth train --copy-watch val`): at every FID estimate the data-copying test of its "
+            f"{info['fid_estimate']['n']} samples against the {watch['n']} validation malignant images "
+            f"({watch['groups']} groups), Z_U in pixels / in {info['fid_estimate']['features'].split(':')[0]} features, by step: "
+            f"{stops}. Training " + ("stopped after " + str(watch["patience"]) + " copying stops in a row"
+                                     if watch["stopped_by_copying"] else "ran to its budget")
+            + f"; {chosen}. The check above leaves those validation images out of its new real images.", ""]
+
+
 def unseen_rate(memorisation: dict) -> str:
     """check's near-copy rate of real images the generator never saw, as text (checks before it: not measured)."""
     rate = memorisation.get("near_copies_pixel_unseen_real")
@@ -380,6 +426,10 @@ def main() -> None:
     ap.add_argument("--d-res", type=int, default=96)
     ap.add_argument("--class-power", type=float, default=CLASS_POWER, help="synth train's --class-power for every "
                     "projected generator (0: classes balanced)")
+    ap.add_argument("--copy-watch", choices=("val", "off"), default="val", help="synth train's --copy-watch for "
+                    "every projected generator but part 4's (val: sample the last FID stop without data copying "
+                    "against the split's validation images; its folders and sections end in -watched)")
+    ap.add_argument("--fid-every", type=int, default=250, help="steps between FID estimates (and copy-watch stops)")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--fold-seed", type=int, default=0)
     ap.add_argument("--epochs-scale", type=float, default=1.0, help="multiplies every recipe's epochs")
@@ -418,11 +468,13 @@ def main() -> None:
     if args.class_power != CLASS_POWER:  # a generator of another class draw: its own folders and section
         tag = f"-class-power-{args.class_power:g}"
         section, work = section + tag, work.with_name(work.name + tag)
+    if args.copy_watch == "val" and not args.trajectory_every:  # part 4 is the unwatched course by design
+        section, work = section + "-watched", work.with_name(work.name + "-watched")
     work.mkdir(parents=True, exist_ok=True)
     size = Store.open(data).size
     fold_min = args.fold_gen_min if args.fold_gen_min is not None else args.gen_min
     counts = sorted({int(n) for n in args.n_synthetic.split(",") if n.strip()})
-    gen_kw = {"size": args.gen_size, "d_res": args.d_res, "class_power": args.class_power}
+    gen_kw = {"size": args.gen_size, "d_res": args.d_res, "class_power": args.class_power, "copy_watch": args.copy_watch}
 
     def head() -> list[str]:
         return [f"## Synthetic malignant images on {args.name} (`benchmarks/synthetic.py`)", "",

@@ -19,7 +19,7 @@ from lesionlab.synth.generator import _FidEstimate, class_draw_probabilities, tr
 from lesionlab.synth.samples import sample
 
 TINY = dict(kind="projected", size=32, batch_size=8, d_res=32, fid_every=0, sample_every=100, pretrained=False,
-            precision="32")
+            precision="32", copy_watch="off")
 
 
 @pytest.fixture(scope="module")
@@ -350,3 +350,52 @@ def test_bf16_is_refused_for_the_fp32_only_families(small_data, tmp_path):
     with pytest.raises(BadInputError, match="--precision bf16: only --kind projected"):
         train_generator(small_data, tmp_path / "gan", kind="gan", size=32, steps=1, precision="bf16")
     assert not (tmp_path / "gan").exists()  # refused before anything is written
+
+
+def test_copy_watch_keeps_the_last_stop_without_copying_and_stops_after_patience(small_data, tmp_path, monkeypatch):
+    """Samples that are new real images (the validation images themselves) at the first two FID stops, then the
+    generator's own training images: the watch keeps step 2's EMA generator for sampling, stops at step 4 (two
+    copying stops in a row), stays stopped when asked to train on, and check leaves the watched images out of its
+    new real images."""
+    from lesionlab.synth import generator as gen_module
+    from lesionlab.synth.check import unseen_images
+    from lesionlab.synth.copy_watch import SNAPSHOT, watch_ids, watch_positions
+    from lesionlab.synth.generator import load_generator, real_images
+
+    store = Store.open(small_data)
+    new = store.pixels(watch_positions(store, load_split(store), 1))
+    learned = store.pixels(real_images(small_data, 1)[1])
+    calls = []
+
+    def fake_samples(trainer, info, n, seed, label="malignant", gen_dir=""):
+        calls.append(n)
+        pool = new if len(calls) <= 2 else learned
+        return pool[np.arange(n) % len(pool)]
+
+    monkeypatch.setattr(gen_module, "generate_batch", fake_samples)
+    out = tmp_path / "g"
+    info = train_generator(small_data, out, steps=8, checkpoint_every=1, fid_n=8,
+                           **{**TINY, "fid_every": 1, "copy_watch": "val"})
+    assert info["steps"] == 4 and info["sampled_step"] == 2
+    result = info["copy_watch_result"]
+    assert result["stopped_by_copying"] and result["selected_step"] == 2
+    assert [s["copying"] for s in result["stops"]] == [0, 0, 1, 1]
+    snapshot = torch.load(out / SNAPSHOT, weights_only=True)
+    last = torch.load(out / "checkpoint.pt", weights_only=True)["trainer"]["ema"]
+    trainer, _ = load_generator(out)
+    for k, v in snapshot["ema"].items():
+        assert torch.equal(trainer.ema.state_dict()[k], v)
+    assert any(not torch.equal(snapshot["ema"][k], last[k]) for k in last)
+    again = train_generator(small_data, out, steps=8, checkpoint_every=1, fid_n=8,
+                            **{**TINY, "fid_every": 1, "copy_watch": "val"})
+    assert again["steps"] == 4 and len(calls) == 4
+    watched = watch_ids(out)
+    assert watched == set(store.table["id"].astype(str).to_numpy()[watch_positions(store, load_split(store), 1)])
+    _, groups = unseen_images(out, small_data, "malignant", 32)
+    assert len(groups) == int((store.table["label"] == 1).sum()) - len(learned) - len(watched)
+
+
+def test_copy_watch_needs_fid_estimates(small_data, tmp_path):
+    with pytest.raises(BadInputError, match="--fid-every"):
+        train_generator(small_data, tmp_path / "g", steps=1, **{**TINY, "copy_watch": "val"})
+    assert not (tmp_path / "g").exists()

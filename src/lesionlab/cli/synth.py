@@ -35,7 +35,10 @@ def synth_train(data_dir: Path, out: Path, **flags) -> None:
         if "fid" in losses:  # a line of its own, above a terminal's bar
             line = (f"step {step}: FID estimate {losses['fid']:.2f} ({c.fid_n} {c.label} images a side, "
                     f"{c.fid_features} features); near copies of its training images "
-                    f"{100 * losses['near_copies']:.1f}%")
+                    f"{100 * losses['near_copies']:.1f}%"
+                    + (f"; data copying against validation: Z_U {losses['copy_z_pixel']:+.2f} pixels, "
+                       f"{losses['copy_z_feature']:+.2f} features, {'copying' if losses['copying'] else 'no copying'}"
+                       if "copying" in losses else ""))
             if hasattr(bar, "write"):
                 bar.write(line, file=sys.stderr)
             else:
@@ -49,13 +52,19 @@ def synth_train(data_dir: Path, out: Path, **flags) -> None:
         info = train_generator(data_dir, out, c.kind, c.label, c.size, c.steps, c.batch_size, None, c.seed, c.sample_every,
                                c.checkpoint_every, c.time_budget * 60 if c.time_budget else None, progress, c.n_real,
                                c.draw_seed, c.sample_steps, c.classes, c.d_res, c.fid_every, c.fid_features, c.fid_n,
-                               class_power=c.class_power, precision=c.precision)
+                               class_power=c.class_power, precision=c.precision, copy_watch=c.copy_watch,
+                               copy_patience=c.copy_patience)
     finally:
         bar.close()
     learned = ", ".join(f"{k} {v}" for k, v in info["n_real_per_class"].items())
     click.echo(f"{out}: {info['generator_id']}, {info['steps']} steps on real images ({learned}) in "
                f"{info['train_seconds'] / 60:.1f} min" + (" (stopped by the time budget)" if info["stopped_by_time_budget"] else "")
-               + (f"; FID estimate {info['fid_estimate']['last']:.2f}" if info.get("fid_estimate") else ""))
+               + (f"; FID estimate {info['fid_estimate']['last']:.2f}" if (info.get("fid_estimate") or {}).get("last")
+                  is not None else "")
+               + (f"; samples from step {info['sampled_step']}, the last stop without copying"
+                  if info["sampled_step"] != info["steps"] else "")
+               + ("; stopped: the watch found copying" if (info.get("copy_watch_result") or {}).get("stopped_by_copying")
+                  else ""))
 
 
 @synth.command("sample")

@@ -44,6 +44,12 @@ class SynthTrainConfig(CommandConfig):
     precision: Literal["auto", "32", "bf16"] = Field(
         "auto", description="projected: auto = bf16 autocast of the training step when a few measured steps on this "
         "machine are faster (only where the CPU computes bf16 natively), else fp32; sampling is always fp32")
+    copy_watch: Literal["val", "off"] = Field(
+        "val", description="val: at every FID estimate, test the samples for data copying against the split's "
+        "validation images of --label (never learned from); sample from the last stop without copying and stop "
+        "training once --copy-patience stops in a row copy. off: sample the last step")
+    copy_patience: int = Field(2, ge=1, description="--copy-watch val: watched stops in a row that copy before "
+                               "training stops")
 
 
 class SynthSampleConfig(CommandConfig):

@@ -25,6 +25,7 @@ from ..fileio import csv_restore, read_json, write_bytes, write_json, write_text
 from . import quality
 from .features import feature_network
 from .generator import CLASS_NAMES, generate_batch, grid_png, load_generator, real_images
+from .copy_watch import watch_ids
 from .quality import NEAR_COPY_RULE, near_copy_cut_of
 
 MIN_UNSEEN = 10  # real images the generator never saw, the fewest the data-copying test is run on
@@ -67,7 +68,7 @@ def never_learned(store: Store, learned: set[str]) -> np.ndarray:
 
 def unseen_images(source: Path, data_dir: str | Path, label: str, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Real images of `label` in data_dir that the generator never learned from (validation and test, and
-    the pool's images outside its draw or cv fold), at `size` px, and their groups (patients or lesions, by the
+    the pool's images outside its draw or cv fold) nor had its stop chosen on, at `size` px, and their groups (patients or lesions, by the
     split's rule): how often the near-copy rule flags genuinely new real images is the yardstick of the
     synthetic rate, and they are the data-copying test's new images."""
     store, pool = real_images(data_dir, CLASS_NAMES.index(label))
@@ -75,7 +76,8 @@ def unseen_images(source: Path, data_dir: str | Path, label: str, size: int) -> 
     ids = learned_ids(source)
     if ids is None:  # a folder: it may have learned from any of the class's train-pool images
         ids = set(table["id"].astype(str).to_numpy()[pool])
-    positions = never_learned(store, ids)
+    # the images the copy watch chose the generator's stop on are no longer new to it
+    positions = never_learned(store, ids | watch_ids(source))
     positions = positions[table["label"].to_numpy()[positions] == CLASS_NAMES.index(label)]
     groups = group_keys(table, load_split(store).params.get("group_used", "none"))[0][positions]
     return quality.resize(store.pixels(positions), size), groups

@@ -12,6 +12,8 @@ GEN_DIR/
   samples/         a grid of the same 16 latent draws every `sample_every` steps
   progress.csv     step, minutes, losses and the FID estimate every `fid_every` steps
   real_ids.csv     the real images it learned from, with their labels (for the memorisation check)
+  watch_ids.csv    the validation images its stop was chosen on (--copy-watch val, copy_watch.py)
+  selected.pt      the EMA generator of the last stop without copying, which sampling uses
   generator.json   written last: the generator is complete
 """
 from __future__ import annotations
@@ -36,6 +38,7 @@ from ..data.store import Store
 from ..errors import BadInputError, ExistsError, NotEnoughDataError
 from ..fileio import atomic_path, load_checkpoint, read_json, require_folder_or_absent, write_bytes, write_csv, write_json
 from . import quality
+from .copy_watch import SNAPSHOT, CopyWatch, copying_in_a_row, load_snapshot, save_snapshot, write_watch_ids
 from .nets import Z_DIM, Discriminator, Generator, diff_augment, make_schedulers, make_unet
 
 log = logging.getLogger(__name__)
@@ -233,7 +236,7 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
                     draw_seed: int = 0, sample_steps: int = 50, classes: str | None = None, d_res: int = 96,
                     fid_every: int = 500, fid_features: str = "random", fid_n: int = 500,
                     only_ids: list[str] | None = None, pretrained: bool = True, class_power: float = CLASS_POWER,
-                    precision: str = "auto") -> dict:
+                    precision: str = "auto", copy_watch: str = "val", copy_patience: int = 2) -> dict:
     """Train (or resume) a generator; returns generator.json's content. `time_budget` (seconds)
     stops early at a checkpoint when the budget is spent, recording how far it got.
 
@@ -244,7 +247,10 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
     the share of those samples that are near copies of the class's training images (check's rule).
     class_power: with both classes, a step draws class k with probability proportional to n_k ** power
     (class_draw_probabilities). precision: auto (projected: bf16 autocast when a measured step on this
-    machine is faster, see training_precision), 32 or bf16."""
+    machine is faster, see training_precision), 32 or bf16. copy_watch: val runs the data-copying test
+    against the split's validation images of `label` at every FID estimate, keeps the last stop without copying
+    for sampling and stops once `copy_patience` stops in a row copy (copy_watch.py); off: the last step is
+    sampled, whatever it copies."""
     from ..config import SynthTrainConfig, validated
 
     # the settings checked by the command's config model: the same one-line errors as the CLI's flags
@@ -252,7 +258,7 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
                                  "batch_size": batch_size, "sample_every": sample_every,
                                  "checkpoint_every": checkpoint_every, "sample_steps": sample_steps,
                                  "fid_every": fid_every, "fid_n": fid_n, "class_power": class_power,
-                                 "precision": precision})
+                                 "precision": precision, "copy_watch": copy_watch, "copy_patience": copy_patience})
     classes = classes or ("both" if kind == "projected" else "one")
     if classes == "both" and kind != "projected":
         raise BadInputError(f"--classes both: only --kind projected is class-conditional; {kind} learns one class")
@@ -261,6 +267,9 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
                             "learns a single class; drop it or use --classes both")
     if precision == "bf16" and kind != "projected":
         raise BadInputError(f"--precision bf16: only --kind projected trains in bf16; {kind} trains in fp32")
+    if copy_watch == "val" and not fid_every:
+        raise BadInputError("--copy-watch val: the watch tests the samples of each FID estimate, and --fid-every 0 "
+                            "makes none; give --fid-every N, or --copy-watch off")
     if kind == "projected" and not 32 <= d_res <= 256:
         raise BadInputError(f"--d-res must be between 32 and 256 pixels, got {d_res}")
     names = list(CLASS_NAMES) if classes == "both" else [label]
@@ -277,7 +286,8 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
             "n_real": int(len(parts[names.index(label)][1]) if label in names else 0),
             "n_real_per_class": {name: int(len(p)) for name, (_, p) in zip(names, parts)},
             "only_ids_sha256": hashlib.sha256("\n".join(sorted(only_ids)).encode()).hexdigest() if only_ids else None,
-            "class_power": float(class_power) if len(names) > 1 else None}
+            "class_power": float(class_power) if len(names) > 1 else None,
+            "copy_watch": {"held_out": "val", "patience": copy_patience} if copy_watch == "val" else None}
     if kind == "projected":
         from .projected import FEATURE_NETWORK
 
@@ -292,6 +302,7 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
     if (out / "spec.json").exists():
         old = read_json(out / "spec.json")
         old.setdefault("class_power", 0.0 if len(old.get("classes", [])) > 1 else None)  # folders before the key: balanced
+        old.setdefault("copy_watch", None)  # folders before the watch were not watched
         if old != spec:
             raise ExistsError(f"{out}: holds a generator of another kind, data or settings ({_diff(old, spec)}); "
                               "choose another --out")
@@ -330,6 +341,12 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
     (out / "samples").mkdir(exist_ok=True)
     fid = _FidEstimate(fid_features, real[by_class[names.index(label)]] if label in names else real, fid_n, seed) \
         if fid_every else None
+    watch = None
+    if copy_watch == "val" and fid is not None:
+        watch = CopyWatch(store, split, CLASS_NAMES.index(label), size, real[by_class[names.index(label)]].numpy(),
+                          fid.net, copy_patience, seed)
+        write_watch_ids(out, watch.ids)
+    copying_stops = copying_in_a_row(history)
 
     def checkpoint() -> None:
         # tensors and plain values only (RNG states are uint8 tensors): it loads with weights_only=True
@@ -339,9 +356,9 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
         if history:
             write_csv(out / "progress.csv", pd.DataFrame(history))
 
-    stopped_by_budget = False
+    stopped_by_budget = stopped_by_copying = False
     start = time.perf_counter() - seconds
-    while step < steps:
+    while step < steps and not (watch and copying_stops >= copy_patience):
         # power 0 draws as torch.randint always did, so a generator trained before the key resumes exactly
         c = (torch.randint(0, len(names), (batch_size,), generator=g) if not class_power
              else torch.multinomial(draw, batch_size, replacement=True, generator=g))
@@ -354,6 +371,11 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
             measured = time.perf_counter()
             images = generate_batch(trainer, spec, fid.n, 10_000 + seed, label if label in names else names[0], out)
             losses = {**losses, "fid": fid(images), "near_copies": fid.near_copies(images)}
+            if watch:
+                losses.update(watch(images))
+                copying_stops = copying_stops + 1 if losses["copying"] else 0
+                if not losses["copying"]:
+                    save_snapshot(out, step, trainer.state_dict()["ema"])
             history.append({"step": step, "minutes": round(seconds / 60, 2), **{k: round(v, 4) for k, v in losses.items()}})
             start += time.perf_counter() - measured  # the estimate's own time is not training time
         if progress:
@@ -368,16 +390,24 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
         if time_budget and seconds > time_budget and step % checkpoint_every == 0:
             stopped_by_budget = True
             break
+    stopped_by_copying = bool(watch and copying_stops >= copy_patience)
     checkpoint()
     real_grid = real[torch.randperm(len(real), generator=g)[:16]].numpy()
     write_bytes(out / "samples" / "real.png", grid_png(real_grid, 8))
+    selected = int(load_snapshot(out)["step"]) if watch and (out / SNAPSHOT).exists() else None
+    if watch and selected is None:
+        log.warning("%s: every watched stop copied its training images; sampling uses the last step", out)
+    sampled = selected if selected is not None else step
     info = {**spec, "steps": step, "steps_asked": steps, "stopped_by_time_budget": stopped_by_budget,
+            "sampled_step": sampled,
+            "copy_watch_result": watch.summary(history, selected, stopped_by_copying) if watch else None,
             "train_seconds": round(seconds, 1), "lesionlab_version": __version__,
             "precision": "bf16" if bf16 else "32", "precision_choice": precision_choice,
             "feature_weights": getattr(trainer, "weights_origin", None) or None,
-            "fid_estimate": ({"features": fid.name, "n": fid.n, "last": history[-1]["fid"] if history else None}
-                             if fid else None),
-            "generator_id": f"{kind}-{hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]}-s{step}"}
+            # the estimate of the step that samples (the last one unless the copy watch chose an earlier stop)
+            "fid_estimate": ({"features": fid.name, "n": fid.n,
+                              "last": next((r["fid"] for r in history if r["step"] == sampled), None)} if fid else None),
+            "generator_id": f"{kind}-{hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]}-s{sampled}"}
     write_json(done_file, info)
     return info
 
@@ -440,6 +470,12 @@ def load_generator(gen_dir: str | Path) -> tuple[_Trainer, dict]:
     info = read_json(gen_dir / "generator.json")
     trainer = make_trainer(info)
     trainer.load_state_dict(_read_checkpoint(gen_dir / "checkpoint.pt")["trainer"])
+    if info.get("sampled_step", info["steps"]) != info["steps"]:  # the copy watch chose an earlier stop
+        snapshot = load_snapshot(gen_dir)
+        if int(snapshot["step"]) != info["sampled_step"]:
+            raise BadInputError(f"{gen_dir / SNAPSHOT}: holds step {snapshot['step']}, generator.json names "
+                                f"{info['sampled_step']}; the folder was changed after training")
+        trainer.ema.load_state_dict(snapshot["ema"])
     return trainer, info
 
 

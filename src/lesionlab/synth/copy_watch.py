@@ -1,0 +1,105 @@
+"""Stop a generator before it copies: at every FID estimate of its training, the data-copying test
+(quality.data_copying) of that estimate's samples against the class's training images and the split's
+validation images of the class, which no generator learns from; the training keeps the EMA generator
+of the last stop without copying and ends once `patience` stops in a row copy.
+
+Why validation: the trajectory in docs/results.md (ISIC 2024 crops) shows the projected recipe reaching
+its recall early and then only adding copying, so the stop has to be chosen, and a choice needs images
+of its own. The check (synth check) then judges on the images the generator neither learned nor was
+chosen on (the test set, the pool's unused images): check.unseen_images leaves out watch_ids.csv."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..data.splits import Split, group_keys
+from ..data.store import Store
+from ..errors import NotEnoughDataError
+from ..fileio import atomic_path, csv_restore, load_checkpoint, write_csv
+from . import quality
+
+WATCH_IDS = "watch_ids.csv"  # the validation images the watch compared with, in the generator folder
+SNAPSHOT = "selected.pt"  # the EMA generator of the last stop without copying
+MIN_WATCH = 10  # validation images of the class, the fewest a rank test stands on (as check's MIN_UNSEEN)
+
+
+def watch_positions(store: Store, split: Split, label: int) -> np.ndarray:
+    """Positions of the split's validation images of `label` (never a synthetic one)."""
+    table = store.table
+    pos = split.positions(table, "val")
+    pos = pos[table["label"].to_numpy()[pos] == label]
+    if "synthetic" in table:
+        pos = pos[table["synthetic"].astype(str).to_numpy()[pos] != "1"]
+    return pos
+
+
+class CopyWatch:
+    """The data-copying test of a batch of samples in 32x32 pixels and in the FID estimate's features
+    (`features`, a callable on uint8 NHWC images) against `learned` (uint8 NHWC, the class's training
+    images at the generator's size) and the validation images of the class."""
+
+    def __init__(self, store: Store, split: Split, label: int, size: int, learned: np.ndarray, features,
+                 patience: int, seed: int = 0):
+        pos = watch_positions(store, split, label)
+        if len(pos) < MIN_WATCH:
+            raise NotEnoughDataError(
+                f"--copy-watch val: the split's validation set holds {len(pos)} image(s) of the class the generator "
+                f"is watched on; the data-copying test needs at least {MIN_WATCH} (use --copy-watch off to train "
+                "without it)")
+        self.ids = store.table["id"].astype(str).to_numpy()[pos]
+        self.groups = group_keys(store.table, split.params.get("group_used", "none"))[0][pos]
+        held = quality.resize(store.pixels(pos), size)
+        self.features, self.patience, self.seed = features, patience, seed
+        self.learned_pixels, self.held_pixels = quality.pixels(learned), quality.pixels(held)
+        self.learned_features, self.held_features = features(learned), features(held)
+
+    def __call__(self, images: np.ndarray) -> dict[str, float]:
+        """The test's Z_U in each space and whether either space finds copying (Z_U, C_T or a cell)."""
+        pixel = quality.data_copying(self.learned_pixels, self.held_pixels, quality.pixels(images), self.seed,
+                                     held_groups=self.groups)
+        feature = quality.data_copying(self.learned_features, self.held_features, self.features(images), self.seed,
+                                       held_groups=self.groups)
+        return {"copy_z_pixel": round(pixel["z_u"], 3), "copy_z_feature": round(feature["z_u"], 3),
+                "copying": float(pixel["copying"] or feature["copying"])}
+
+    def summary(self, history: list[dict], selected_step: int | None, stopped: bool) -> dict:
+        return {"held_out": "the split's validation images of the class", "n": int(len(self.ids)),
+                "groups": int(len(np.unique(self.groups))), "patience": self.patience, "selected_step": selected_step,
+                "stopped_by_copying": stopped,
+                "stops": [{k: r[k] for k in ("step", "copy_z_pixel", "copy_z_feature", "copying")} for r in history
+                          if "copying" in r]}
+
+
+def copying_in_a_row(history: list[dict]) -> int:
+    """How many of the last watched stops found copying, in a row (resume counts from progress.csv)."""
+    n = 0
+    for row in reversed([r for r in history if "copying" in r and not pd.isna(r["copying"])]):
+        if not row["copying"]:
+            break
+        n += 1
+    return n
+
+
+def save_snapshot(folder: Path, step: int, ema_state: dict) -> None:
+    with atomic_path(folder / SNAPSHOT) as tmp:
+        torch.save({"step": int(step), "ema": ema_state}, tmp)
+
+
+def load_snapshot(folder: Path) -> dict:
+    """{"step", "ema"}, loaded safely (tensors and plain values only)."""
+    return load_checkpoint(folder / SNAPSHOT)
+
+
+def write_watch_ids(folder: Path, ids: np.ndarray) -> None:
+    write_csv(folder / WATCH_IDS, pd.DataFrame({"id": ids}))
+
+
+def watch_ids(folder: Path) -> set[str]:
+    """The validation images a generator's stop was chosen on (empty when it was not watched)."""
+    path = folder / WATCH_IDS
+    if not path.exists():
+        return set()
+    return set(csv_restore(pd.read_csv(path, dtype=str, keep_default_na=False))["id"])
