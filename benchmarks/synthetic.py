@@ -258,7 +258,9 @@ def quality(args, data: Path, work: Path, gen_kw: dict) -> list[str]:
 
     checks = {}
     pool_gen = work / "gen-projected"
-    info = generator(data, pool_gen, args.gen_min, args.smoke, fid_every=args.fid_every, kind="projected", **gen_kw)
+    # the FID estimate and copy watch in the checks' own first network, which the generator never trains against
+    info = generator(data, pool_gen, args.gen_min, args.smoke, fid_every=args.fid_every, kind="projected",
+                     fid_features=str(features), **gen_kw)
     gens = {"projected": (pool_gen, info)}
     if args.gan_min > 0:
         gan = work / "gen-gan"
