@@ -297,7 +297,8 @@ def quality(args, data: Path, work: Path, gen_kw: dict) -> list[str]:
 
     p = checks["projected"]
     copying = p["memorisation"].get("data_copying")
-    return [f"Projected generator: {info['steps']} steps in {info['train_seconds'] / 60:.1f} CPU minutes (batch "
+    return [f"Projected generator: {info['steps']} steps in {info['train_seconds'] / 60:.1f} minutes on "
+             f"{info.get('device', 'the CPU')} (batch "
              f"{info['batch_size']}, discriminator features at {info.get('d_res')} px, classes "
              f"{' + '.join(info['classes'])}, {info['n_real_per_class']} real images, a step's class drawn with "
              f"probability proportional to its count to the power {info.get('class_power') or 0:g}, training step in "
@@ -431,6 +432,8 @@ def main() -> None:
     ap.add_argument("--copy-watch", choices=("val", "off"), default="val", help="synth train's --copy-watch for "
                     "every projected generator but part 4's (val: sample the last FID stop without data copying "
                     "against the split's validation images; its folders and sections end in -watched)")
+    ap.add_argument("--device", default="cpu", help="where the projected generators train (synth train --device); "
+                    "the classifiers' and checks' own settings are unchanged")
     ap.add_argument("--fid-every", type=int, default=250, help="steps between FID estimates (and copy-watch stops)")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--fold-seed", type=int, default=0)
@@ -470,13 +473,16 @@ def main() -> None:
     if args.class_power != CLASS_POWER:  # a generator of another class draw: its own folders and section
         tag = f"-class-power-{args.class_power:g}"
         section, work = section + tag, work.with_name(work.name + tag)
+    if args.gen_size != 64:  # generators of another size: their own section (the work folder names the store's size)
+        section += f"-{args.gen_size}px"
     if args.copy_watch == "val" and not args.trajectory_every:  # part 4 is the unwatched course by design
         section, work = section + "-watched", work.with_name(work.name + "-watched")
     work.mkdir(parents=True, exist_ok=True)
     size = Store.open(data).size
     fold_min = args.fold_gen_min if args.fold_gen_min is not None else args.gen_min
     counts = sorted({int(n) for n in args.n_synthetic.split(",") if n.strip()})
-    gen_kw = {"size": args.gen_size, "d_res": args.d_res, "class_power": args.class_power, "copy_watch": args.copy_watch}
+    gen_kw = {"size": args.gen_size, "d_res": args.d_res, "class_power": args.class_power, "copy_watch": args.copy_watch,
+              "device": args.device}
 
     def head() -> list[str]:
         return [f"## Synthetic malignant images on {args.name} (`benchmarks/synthetic.py`)", "",

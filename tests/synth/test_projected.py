@@ -399,3 +399,11 @@ def test_copy_watch_needs_fid_estimates(small_data, tmp_path):
     with pytest.raises(BadInputError, match="--fid-every"):
         train_generator(small_data, tmp_path / "g", steps=1, **{**TINY, "copy_watch": "val"})
     assert not (tmp_path / "g").exists()
+
+
+def test_a_gpu_that_is_not_there_is_refused_before_anything_is_written(small_data, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    with pytest.raises(BadInputError, match="no CUDA device"):
+        train_generator(small_data, tmp_path / "g", steps=1, **{**TINY, "device": "cuda"})
+    assert not (tmp_path / "g").exists()

@@ -53,7 +53,7 @@ def synth_train(data_dir: Path, out: Path, **flags) -> None:
                                c.checkpoint_every, c.time_budget * 60 if c.time_budget else None, progress, c.n_real,
                                c.draw_seed, c.sample_steps, c.classes, c.d_res, c.fid_every, c.fid_features, c.fid_n,
                                class_power=c.class_power, precision=c.precision, copy_watch=c.copy_watch,
-                               copy_patience=c.copy_patience)
+                               copy_patience=c.copy_patience, device=c.device)
     finally:
         bar.close()
     learned = ", ".join(f"{k} {v}" for k, v in info["n_real_per_class"].items())

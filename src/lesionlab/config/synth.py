@@ -48,6 +48,8 @@ class SynthTrainConfig(CommandConfig):
         "val", description="val: at every FID estimate, test the samples for data copying against the split's "
         "validation images of --label (never learned from); sample from the last stop without copying and stop "
         "training once --copy-patience stops in a row copy. off: sample the last step")
+    device: str = Field("auto", description="where --kind projected trains: auto (a CUDA GPU when there is one), cpu, "
+                        "cuda or cuda:N; gan and ddpm train on the CPU, and sampling always runs there")
     copy_patience: int = Field(2, ge=1, description="--copy-watch val: watched stops in a row that copy before "
                                "training stops")
 

@@ -197,11 +197,14 @@ def latents(kind: str, n: int, size: int, seed: int) -> torch.Tensor:
     return torch.randn(n, Z_DIM, generator=g) if kind == "gan" else torch.randn(n, 3, size, size, generator=g)
 
 
-def make_trainer(spec: dict, pretrained: bool = True, bf16: bool = False):
+def make_trainer(spec: dict, pretrained: bool = True, bf16: bool = False, device: torch.device | None = None):
+    """The family's trainer; device (projected only: gan and ddpm train on the CPU) defaults to the CPU, where
+    sampling always runs so that a generator samples the same images everywhere."""
     if spec["kind"] == "projected":
         from .projected import ProjectedTrainer
 
-        return ProjectedTrainer(spec["size"], len(spec["classes"]), spec["lr"], spec["d_res"], pretrained, bf16)
+        return ProjectedTrainer(spec["size"], len(spec["classes"]), spec["lr"], spec["d_res"], pretrained, bf16,
+                                device or torch.device("cpu"))
     return _Trainer(spec["kind"], spec["size"], spec["lr"], spec.get("sample_steps", 50))
 
 
@@ -219,9 +222,15 @@ def generate_batch(trainer, info: dict, n: int, seed: int, label: str = "maligna
     of the generator (noise injection) come from that seed."""
     z = latents(info["kind"], n, info["size"], seed)
     c = torch.full((n,), class_index(info, label, gen_dir), dtype=torch.long)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=gpu_of(trainer)):
         torch.manual_seed(seed)
         return to_uint8(trainer.generate(z, c))
+
+
+def gpu_of(trainer) -> list[torch.device]:
+    """The trainer's GPU as fork_rng wants it (none on the CPU): sampling there leaves its random stream as it was."""
+    device = getattr(trainer, "device", torch.device("cpu"))
+    return [device] if device.type == "cuda" else []
 
 
 def _diff(old: dict, new: dict) -> str:
@@ -236,7 +245,8 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
                     draw_seed: int = 0, sample_steps: int = 50, classes: str | None = None, d_res: int = 96,
                     fid_every: int = 500, fid_features: str = "random", fid_n: int = 500,
                     only_ids: list[str] | None = None, pretrained: bool = True, class_power: float = CLASS_POWER,
-                    precision: str = "auto", copy_watch: str = "val", copy_patience: int = 2) -> dict:
+                    precision: str = "auto", copy_watch: str = "val", copy_patience: int = 2,
+                    device: str = "cpu") -> dict:
     """Train (or resume) a generator; returns generator.json's content. `time_budget` (seconds)
     stops early at a checkpoint when the budget is spent, recording how far it got.
 
@@ -250,7 +260,8 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
     machine is faster, see training_precision), 32 or bf16. copy_watch: val runs the data-copying test
     against the split's validation images of `label` at every FID estimate, keeps the last stop without copying
     for sampling and stops once `copy_patience` stops in a row copy (copy_watch.py); off: the last step is
-    sampled, whatever it copies."""
+    sampled, whatever it copies. device: where the projected family trains (cpu, cuda, cuda:N or auto);
+    sampling runs on the CPU."""
     from ..config import SynthTrainConfig, validated
 
     # the settings checked by the command's config model: the same one-line errors as the CLI's flags
@@ -267,6 +278,13 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
                             "learns a single class; drop it or use --classes both")
     if precision == "bf16" and kind != "projected":
         raise BadInputError(f"--precision bf16: only --kind projected trains in bf16; {kind} trains in fp32")
+    from ..engine.runtime import resolve_runtime
+
+    # names a missing CUDA device before anything is written; on the CPU it also keeps the step's tens-of-MB
+    # activations in the heap (tune_allocator, engine/runtime.py measured why)
+    dev = resolve_runtime("cpu" if device == "auto" and kind != "projected" else device, "32").device
+    if dev.type != "cpu" and kind != "projected":
+        raise BadInputError(f"--device {device}: only --kind projected trains on a GPU; {kind} trains on the CPU")
     if copy_watch == "val" and not fid_every:
         raise BadInputError("--copy-watch val: the watch tests the samples of each FID estimate, and --fid-every 0 "
                             "makes none; give --fid-every N, or --copy-watch off")
@@ -315,12 +333,9 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
     write_csv(out / "real_ids.csv", pd.DataFrame({"id": store.table["id"].to_numpy()[positions],
                                                   "label": store.table["label"].to_numpy()[positions]}))
 
-    from ..engine.runtime import tune_allocator
-
-    tune_allocator()  # the step's tens-of-MB activations stay in the heap (engine/runtime.py measured why)
-    bf16, precision_choice = training_precision(spec, precision, pretrained)
+    bf16, precision_choice = training_precision(spec, precision, pretrained, dev)
     torch.manual_seed(seed)
-    trainer = make_trainer(spec, pretrained, bf16)
+    trainer = make_trainer(spec, pretrained, bf16, dev)
     real = torch.from_numpy(quality.resize(store.pixels(positions), size))  # uint8 NHWC at the generator's size
     by_class = [torch.from_numpy(np.flatnonzero(class_of == i)) for i in range(len(names))]
     draw = torch.from_numpy(class_draw_probabilities([len(k) for k in by_class], class_power))
@@ -381,7 +396,7 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
         if progress:
             progress(step, steps, losses)
         if step % sample_every == 0 or step == steps:
-            with torch.random.fork_rng(devices=[]):  # the grid leaves the training's random stream as it was
+            with torch.random.fork_rng(devices=gpu_of(trainer)):  # the grid leaves the training's random stream as it was
                 torch.manual_seed(seed + 1)
                 grid = to_uint8(trainer.generate(fixed, fixed_c))
             write_bytes(out / "samples" / f"step-{step:06d}.png", grid_png(grid, 8))
@@ -402,7 +417,7 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
             "sampled_step": sampled,
             "copy_watch_result": watch.summary(history, selected, stopped_by_copying) if watch else None,
             "train_seconds": round(seconds, 1), "lesionlab_version": __version__,
-            "precision": "bf16" if bf16 else "32", "precision_choice": precision_choice,
+            "precision": "bf16" if bf16 else "32", "precision_choice": precision_choice, "device": describe_device(dev),
             "feature_weights": getattr(trainer, "weights_origin", None) or None,
             # the estimate of the step that samples (the last one unless the copy watch chose an earlier stop)
             "fid_estimate": ({"features": fid.name, "n": fid.n,
@@ -412,7 +427,14 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
     return info
 
 
-def training_precision(spec: dict, precision: str, pretrained: bool = True) -> tuple[bool, dict]:
+def describe_device(dev: torch.device) -> str:
+    from ..engine.runtime import cpu_name
+
+    return f"{dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else cpu_name()})"
+
+
+def training_precision(spec: dict, precision: str, pretrained: bool = True,
+                       device: torch.device = torch.device("cpu")) -> tuple[bool, dict]:
     """(bf16, how it was chosen). The projected family's step is mostly convolutions of the frozen
     feature network, which bf16 speeds up where the CPU computes it natively (40.4 -> 54.5 img/s on a
     2-core AVX512-BF16 CPU at the default settings, docs/results.md); `auto` measures a few steps of each here
@@ -424,8 +446,8 @@ def training_precision(spec: dict, precision: str, pretrained: bool = True) -> t
 
     size, n_classes, d_res, batch = spec["size"], len(spec["classes"]), spec["d_res"], spec["batch_size"]
     bf16, _, choice = autotune.choose(
-        f"projected generator, {n_classes} classes, d_res {d_res}", None, torch.device("cpu"), size, batch, precision,
-        "false", measure_one=lambda p, _cl: step_speed(size, n_classes, d_res, batch, p, pretrained))
+        f"projected generator, {n_classes} classes, d_res {d_res}", None, device, size, batch, precision,
+        "false", measure_one=lambda p, _cl: step_speed(size, n_classes, d_res, batch, p, pretrained, device))
     return bf16, choice
 
 

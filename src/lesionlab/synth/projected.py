@@ -297,14 +297,16 @@ class ProjectedTrainer:
 
     kind = "projected"
 
-    def __init__(self, size: int, n_classes: int, lr: float, d_res: int, pretrained: bool = True, bf16: bool = False):
+    def __init__(self, size: int, n_classes: int, lr: float, d_res: int, pretrained: bool = True, bf16: bool = False,
+                 device: str | torch.device = "cpu"):
         import copy
 
         self.size, self.n_classes, self.d_res = size, n_classes, d_res
         # bf16 autocast of the training step's forward passes (losses, optimisers and the EMA stay fp32);
         # sampling is always fp32, so a generator samples the same on every machine
-        self.runtime = Runtime(torch.device("cpu"), bf16, channels_last=False)
-        self.g = FastGenerator(size, n_classes)
+        self.runtime = Runtime(torch.device(device), bf16, channels_last=False)
+        self.device = self.runtime.device
+        self.g = FastGenerator(size, n_classes).to(self.device)
         self.ema = copy.deepcopy(self.g).eval().requires_grad_(False)
         self.d: ProjectedDiscriminator | None = None  # built on the first training step: sampling never needs the feature network
         self.lr, self.pretrained = lr, pretrained
@@ -317,7 +319,7 @@ class ProjectedTrainer:
         """The discriminator and its optimiser, built on first use."""
         if self.d is None or self.opt_d is None:
             backbone, self.weights_origin = imagenet_lite0(self.pretrained)
-            self.d = ProjectedDiscriminator(backbone, self.d_res, self.n_classes)
+            self.d = ProjectedDiscriminator(backbone, self.d_res, self.n_classes).to(self.device)
             self.opt_d = torch.optim.Adam([p for p in self.d.parameters() if p.requires_grad], lr=self.lr,
                                           betas=(0.0, 0.99), eps=1e-8)
         return self.d, self.opt_d
@@ -325,9 +327,10 @@ class ProjectedTrainer:
     def step(self, real: torch.Tensor, c: torch.Tensor) -> dict[str, float]:
         d, opt_d = self._discriminator()
         n = real.shape[0]
+        real, c = real.to(self.device, non_blocking=True), c.to(self.device, non_blocking=True)
         self.g.train()
         d.train()
-        z = torch.randn(n, self.g.z_dim)
+        z = torch.randn(n, self.g.z_dim, device=self.device)
         with self.runtime.autocast():
             fake = self.g(z, c)
             logits_real, logits_fake = d(real, c).float(), d(fake.detach(), c).float()
@@ -360,9 +363,10 @@ class ProjectedTrainer:
 
     @torch.no_grad()
     def generate(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1]; the noise layers draw from torch's global RNG, so callers seed it."""
+        """Images in [-1, 1] on the CPU; the noise layers draw from torch's global RNG (the device's), so callers
+        seed it."""
         self.ema.eval()
-        return self.ema(z, c)
+        return self.ema(z.to(self.device), c.to(self.device)).cpu()
 
     def state_dict(self) -> dict:
         state = {"g": self.g.state_dict(), "ema": self.ema.state_dict(), "opt_g": self.opt_g.state_dict(),
@@ -384,12 +388,13 @@ class ProjectedTrainer:
             opt_d.load_state_dict(state["opt_d"])
 
 
-def step_speed(size: int, n_classes: int, d_res: int, batch_size: int, bf16: bool, pretrained: bool = True) -> float:
+def step_speed(size: int, n_classes: int, d_res: int, batch_size: int, bf16: bool, pretrained: bool = True,
+               device: str | torch.device = "cpu") -> float:
     """Training img/s of a fresh trainer on one random batch (autotune's rule: the best of its timed
     steps after its warm-up), so that `synth train --precision auto` measures bf16 where it runs."""
     from ..engine.autotune import TIMED_STEPS, WARMUP_STEPS
 
-    trainer = ProjectedTrainer(size, n_classes, 2e-4, d_res, pretrained, bf16)
+    trainer = ProjectedTrainer(size, n_classes, 2e-4, d_res, pretrained, bf16, device)
     real = torch.rand(batch_size, 3, size, size) * 2 - 1
     c = torch.arange(batch_size) % n_classes
     best = float("inf")
