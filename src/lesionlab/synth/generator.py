@@ -371,7 +371,7 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
         if history:
             write_csv(out / "progress.csv", pd.DataFrame(history))
 
-    stopped_by_budget = stopped_by_copying = False
+    stopped_by_budget = False
     start = time.perf_counter() - seconds
     while step < steps and not (watch and copying_stops >= copy_patience):
         # power 0 draws as torch.randint always did, so a generator trained before the key resumes exactly
