@@ -12,6 +12,13 @@ from .copy_guard import check_no_leak
 from .store import Store
 
 
+def real_rows(table, positions: np.ndarray) -> np.ndarray:
+    """The positions of `table` that hold real images: those not marked synthetic=1 (a store may hold both)."""
+    if "synthetic" not in table:
+        return positions
+    return positions[table["synthetic"].astype(str).to_numpy()[positions] != "1"]
+
+
 @dataclass
 class SyntheticPart:
     store: Store

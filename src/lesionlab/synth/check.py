@@ -20,12 +20,13 @@ from ..data.images import decode_resize
 from ..data.sources import read_source
 from ..data.splits import group_keys, load_split
 from ..data.store import Store
+from ..data.synthetic import real_rows
 from ..errors import BadInputError
 from ..fileio import csv_restore, read_json, write_bytes, write_json, write_text
 from . import quality
+from .copy_watch import watch_ids
 from .features import feature_network
 from .generator import CLASS_NAMES, generate_batch, grid_png, load_generator, real_images
-from .copy_watch import watch_ids
 from .quality import NEAR_COPY_RULE, near_copy_cut_of
 
 MIN_UNSEEN = 10  # real images the generator never saw, the fewest the data-copying test is run on
@@ -60,10 +61,7 @@ def learned_images(source: Path, data_dir: str | Path, label: str, size: int) ->
 def never_learned(store: Store, learned: set[str]) -> np.ndarray:
     """Positions of the real images of `store` whose ids are not in `learned`; never a synthetic one, since
     another generator's images are no one's evaluation images."""
-    keep = ~store.table["id"].astype(str).isin(learned).to_numpy()
-    if "synthetic" in store.table:
-        keep &= store.table["synthetic"].astype(str).to_numpy() != "1"
-    return np.flatnonzero(keep)
+    return real_rows(store.table, np.flatnonzero(~store.table["id"].astype(str).isin(learned).to_numpy()))
 
 
 def unseen_images(source: Path, data_dir: str | Path, label: str, size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -17,6 +17,7 @@ import torch
 
 from ..data.splits import Split, group_keys
 from ..data.store import Store
+from ..data.synthetic import real_rows
 from ..errors import NotEnoughDataError
 from ..fileio import atomic_path, csv_restore, load_checkpoint, write_csv
 from . import quality
@@ -30,10 +31,7 @@ def watch_positions(store: Store, split: Split, label: int) -> np.ndarray:
     """Positions of the split's validation images of `label` (never a synthetic one)."""
     table = store.table
     pos = split.positions(table, "val")
-    pos = pos[table["label"].to_numpy()[pos] == label]
-    if "synthetic" in table:
-        pos = pos[table["synthetic"].astype(str).to_numpy()[pos] != "1"]
-    return pos
+    return real_rows(table, pos[table["label"].to_numpy()[pos] == label])
 
 
 class CopyWatch:
@@ -52,15 +50,16 @@ class CopyWatch:
         self.ids = store.table["id"].astype(str).to_numpy()[pos]
         self.groups = group_keys(store.table, split.params.get("group_used", "none"))[0][pos]
         held = quality.resize(store.pixels(pos), size)
-        self.features, self.patience, self.seed = features, patience, seed
+        self.patience, self.seed = patience, seed
         self.learned_pixels, self.held_pixels = quality.pixels(learned), quality.pixels(held)
         self.learned_features, self.held_features = features(learned), features(held)
 
-    def __call__(self, images: np.ndarray) -> dict[str, float]:
-        """The test's Z_U in each space and whether either space finds copying (Z_U, C_T or a cell)."""
+    def __call__(self, images: np.ndarray, image_features: np.ndarray) -> dict[str, float]:
+        """The test's Z_U in each space and whether either space finds copying (Z_U, C_T or a cell);
+        image_features: the images' features in `features` (the FID estimate has them already)."""
         pixel = quality.data_copying(self.learned_pixels, self.held_pixels, quality.pixels(images), self.seed,
                                      held_groups=self.groups)
-        feature = quality.data_copying(self.learned_features, self.held_features, self.features(images), self.seed,
+        feature = quality.data_copying(self.learned_features, self.held_features, image_features, self.seed,
                                        held_groups=self.groups)
         return {"copy_z_pixel": round(pixel["z_u"], 3), "copy_z_feature": round(feature["z_u"], 3),
                 "copying": float(pixel["copying"] or feature["copying"])}

@@ -35,6 +35,7 @@ from .. import __version__
 from ..config.synth import CLASS_POWER
 from ..data.splits import load_split
 from ..data.store import Store
+from ..data.synthetic import real_rows
 from ..errors import BadInputError, ExistsError, NotEnoughDataError
 from ..fileio import atomic_path, load_checkpoint, read_json, require_folder_or_absent, write_bytes, write_csv, write_json
 from . import quality
@@ -57,9 +58,7 @@ def real_images(data_dir: str | Path, label: int, n_real: int | None = None, see
     table = store.table
     pool = split.positions(table, "train")
     held_out = set(split.ids("val")) | set(split.ids("test"))
-    keep = pool[table["label"].to_numpy()[pool] == label]
-    if "synthetic" in table:
-        keep = keep[table["synthetic"].to_numpy()[keep].astype(str) != "1"]
+    keep = real_rows(table, pool[table["label"].to_numpy()[pool] == label])
     if only_ids is not None:
         outside = sorted(set(only_ids) - set(table["id"].to_numpy()[pool]))
         if outside:
@@ -385,9 +384,10 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
         if fid and (step % fid_every == 0 or step == steps):
             measured = time.perf_counter()
             images = generate_batch(trainer, spec, fid.n, 10_000 + seed, label if label in names else names[0], out)
-            losses = {**losses, "fid": fid(images), "near_copies": fid.near_copies(images)}
+            features = fid.net(images)  # one pass serves the estimate and the watch
+            losses = {**losses, "fid": fid.of_features(features), "near_copies": fid.near_copies(images)}
             if watch:
-                losses.update(watch(images))
+                losses.update(watch(images, features))
                 copying_stops = copying_stops + 1 if losses["copying"] else 0
                 if not losses["copying"]:
                     save_snapshot(out, step, trainer.state_dict()["ema"])
@@ -479,7 +479,11 @@ class _FidEstimate:
         self.cut = quality.near_copy_cut(self.learned)
 
     def __call__(self, images: np.ndarray) -> float:
-        return round(quality.fid(self.net(images), self.real), 3)
+        return self.of_features(self.net(images))
+
+    def of_features(self, features: np.ndarray) -> float:
+        """The estimate from the images' features in self.net."""
+        return round(quality.fid(features, self.real), 3)
 
     def near_copies(self, images: np.ndarray) -> float:
         return round(float(np.mean(quality.nearest(quality.pixels(images), self.learned)[0] < self.cut)), 4)
@@ -492,13 +496,19 @@ def load_generator(gen_dir: str | Path) -> tuple[_Trainer, dict]:
     info = read_json(gen_dir / "generator.json")
     trainer = make_trainer(info)
     trainer.load_state_dict(_read_checkpoint(gen_dir / "checkpoint.pt")["trainer"])
-    if info.get("sampled_step", info["steps"]) != info["steps"]:  # the copy watch chose an earlier stop
+    if sampled_step(info) != info["steps"]:  # the copy watch chose an earlier stop
         snapshot = load_snapshot(gen_dir)
         if int(snapshot["step"]) != info["sampled_step"]:
             raise BadInputError(f"{gen_dir / SNAPSHOT}: holds step {snapshot['step']}, generator.json names "
                                 f"{info['sampled_step']}; the folder was changed after training")
         trainer.ema.load_state_dict(snapshot["ema"])
     return trainer, info
+
+
+def sampled_step(info: dict) -> int:
+    """The step a generator samples from: the copy watch's stop where it chose one, else the last (generator.json
+    before the watch has no sampled_step)."""
+    return int(info.get("sampled_step", info["steps"]))
 
 
 CHECKPOINT_KEYS = ("step", "seconds", "trainer", "rng", "torch_rng")

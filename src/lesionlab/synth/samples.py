@@ -24,7 +24,7 @@ from ..fileio import require_folder_or_absent, write_bytes, write_csv, write_jso
 from . import quality
 from .check import learned_ids, learned_images, never_learned
 from .copy_watch import watch_ids, write_watch_ids
-from .generator import CLASS_NAMES, class_index, generate_batch, load_generator
+from .generator import CLASS_NAMES, class_index, generate_batch, load_generator, sampled_step
 from .quality import NEAR_COPY_RULE, near_copy_cut
 
 
@@ -63,7 +63,7 @@ def sample(gen_dir: str | Path, n: int, out: str | Path, seed: int = 0, batch: i
     copies = _copy_filter(Path(gen_dir), drop_near_copies, label, info["size"]) if drop_near_copies else None
     _fresh(out)
     y = CLASS_NAMES.index(label)
-    step = info.get("sampled_step", info["steps"])  # the copy watch's stop, where it chose one
+    step = sampled_step(info)
     rows: list[dict] = []
     drawn, dropped = 0, {"near_copies_dropped": 0, "guard_copies_dropped": 0}
     while len(rows) < n:
@@ -87,8 +87,9 @@ def sample(gen_dir: str | Path, n: int, out: str | Path, seed: int = 0, batch: i
                          "generator": info["generator_id"], "generator_step": step, "source_id": ""})
         if progress:
             progress(len(rows), n)
-    if watch_ids(Path(gen_dir)):  # check of this folder leaves out the images its stop was chosen on, as of gen_dir
-        write_watch_ids(out, np.array(sorted(watch_ids(Path(gen_dir)))))
+    watched = watch_ids(Path(gen_dir))
+    if watched:  # check of this folder leaves out the images its stop was chosen on, as of gen_dir
+        write_watch_ids(out, np.array(sorted(watched)))
     write_csv(out / "manifest.csv", pd.DataFrame(rows))
     write_json(out / "synthetic.json", {"generator": info["generator_id"], "generator_dir": str(Path(gen_dir).resolve()),
                                         "kind": info["kind"], "steps": step, "seed": seed, "n": n,
