@@ -56,7 +56,7 @@ from lesionlab.data.store import Store, prepare
 from lesionlab.fileio import read_json, write_json
 from lesionlab.runs import is_complete_run
 from lesionlab.synth import quality as synth_quality
-from lesionlab.synth.check import check, copying_text, learned_images, unseen_images, z_text
+from lesionlab.synth.check import check, copying_text, group_halves, learned_images, unseen_images, z_text
 from lesionlab.synth.generator import train_generator
 from lesionlab.synth.samples import sample
 from lesionlab.workflows.compare import compare_runs, difference_cell
@@ -356,8 +356,7 @@ def fold_copying(work: Path, data: Path) -> list[str]:
         new_images, groups = unseen_images(gen, data, "malignant", store.size)
         new = synth_quality.pixels(new_images)
         r = synth_quality.data_copying(learned, new, synth_quality.pixels(syn), held_groups=groups)
-        # the control splits the new images by group, so that no patient stands on both sides
-        half = np.isin(groups, np.unique(groups)[::2])
+        half = group_halves(groups)
         control = synth_quality.data_copying(learned, new[~half], new[half], held_groups=groups[~half])
         rows.append(f"| {fold} | {len(syn)} | {len(learned)} | {len(new)} | {z_text(r['z_u'])} | {z_text(r['c_t'])} | "
                     f"{r['cells_tested']} of {r['cells']} | {z_text(r['worst_cell_z'])} ({r['cell_cut']:+.2f}) | "
@@ -382,13 +381,21 @@ def watch_text(info: dict) -> list[str]:
     watch = info.get("copy_watch_result")
     if not watch:
         return ["Copy watch: off (the last step is sampled).", ""]
+    rule = watch.get("rule", "last")  # generators before the margin rule
     stops = ", ".join(f"{s['step']}: {z_text(s['copy_z_pixel'])} / {z_text(s['copy_z_feature'])}"
+                      + (f" (recall {s['recall']:.2f}, coverage {s['coverage']:.2f})" if "recall" in s else "")
                       + (" copying" if s["copying"] else "") for s in watch["stops"])
-    chosen = (f"it samples step {watch['selected_step']}, the last stop without copying" if watch["selected_step"]
+    how = ("the last stop without copying" if rule == "last" else
+           f"by the margin rule (among the stops without copying whose samples reach recall "
+           f"{watch['quality_bar']['recall']} and coverage {watch['quality_bar']['coverage']}, the largest Z_U, the "
+           "worse of the two spaces; without one, the last stop without copying)")
+    chosen = (f"it samples step {watch['selected_step']}, {how}" if watch["selected_step"]
               else "every stop copied, so it samples the last step")
     return [f"Copy watch (`synth train --copy-watch val`): at every FID estimate the data-copying test of its "
             f"{info['fid_estimate']['n']} samples against the {watch['n']} validation malignant images "
-            f"({watch['groups']} groups), Z_U in pixels / in {info['fid_estimate']['features'].split(':')[0]} features, by step: "
+            f"({watch['groups']} groups), Z_U in pixels / in {info['fid_estimate']['features'].split(':')[0]} features"
+            + (" (with the samples' recall and coverage against as many of the class's training images, in those "
+               "features)" if rule == "margin" else "") + ", by step: "
             f"{stops}. Training " + ("stopped after " + str(watch["patience"]) + " copying stops in a row"
                                      if watch["stopped_by_copying"] else "ran to its budget")
             + f"; {chosen}. The check above leaves those validation images out of its new real images.", ""]
@@ -430,8 +437,10 @@ def main() -> None:
     ap.add_argument("--class-power", type=float, default=CLASS_POWER, help="synth train's --class-power for every "
                     "projected generator (0: classes balanced)")
     ap.add_argument("--copy-watch", choices=("val", "off"), default="val", help="synth train's --copy-watch for "
-                    "every projected generator but part 4's (val: sample the last FID stop without data copying "
-                    "against the split's validation images; its folders and sections end in -watched)")
+                    "every projected generator but part 4's (val: sample the FID stop --copy-rule selects among those "
+                    "without data copying against the split's validation images; its folders and sections end in "
+                    "-watched, and -watched-margin under the margin rule)")
+    ap.add_argument("--copy-rule", choices=("margin", "last"), default="margin", help="synth train's --copy-rule")
     ap.add_argument("--device", default="cpu", help="where the projected generators train (synth train --device); "
                     "the classifiers' and checks' own settings are unchanged")
     ap.add_argument("--fid-every", type=int, default=250, help="steps between FID estimates (and copy-watch stops)")
@@ -476,13 +485,14 @@ def main() -> None:
     if args.gen_size != 64:  # generators of another size: their own section (the work folder names the store's size)
         section += f"-{args.gen_size}px"
     if args.copy_watch == "val" and not args.trajectory_every:  # part 4 is the unwatched course by design
-        section, work = section + "-watched", work.with_name(work.name + "-watched")
+        tag = "-watched" + ("-margin" if args.copy_rule == "margin" else "")
+        section, work = section + tag, work.with_name(work.name + tag)
     work.mkdir(parents=True, exist_ok=True)
     size = Store.open(data).size
     fold_min = args.fold_gen_min if args.fold_gen_min is not None else args.gen_min
     counts = sorted({int(n) for n in args.n_synthetic.split(",") if n.strip()})
     gen_kw = {"size": args.gen_size, "d_res": args.d_res, "class_power": args.class_power, "copy_watch": args.copy_watch,
-              "device": args.device}
+              "copy_rule": args.copy_rule, "device": args.device}
 
     def head() -> list[str]:
         return [f"## Synthetic malignant images on {args.name} (`benchmarks/synthetic.py`)", "",

@@ -15,6 +15,7 @@ from lesionlab.data.copy_guard import find_copies
 from lesionlab.data.splits import load_split
 from lesionlab.data.store import Store
 from lesionlab.errors import ExistsError, NotEnoughDataError
+from lesionlab.synth.copy_watch import watch_ids
 from lesionlab.synth.generator import train_generator
 
 SMALL = ["--epochs", "1", "--batch-size", "16", "--n-malignant", "20", "--bootstrap", "20", "--eval-batch-size", "64"]
@@ -176,7 +177,24 @@ def test_check_writes_every_measure(generator, small_data, tmp_path, sample_mani
     for f in ("samples_vs_real.png", "closest_pairs.png", "nn_pixels.png", "nn_features.png"):
         assert (tmp_path / "chk" / "figures" / f).stat().st_size > 500
     assert "data:image/png;base64," in (tmp_path / "chk" / "check.html").read_text()
-    assert r["memorisation"]["data_copying"]["pixel"]["n_generated"] == 50
+    copying = r["memorisation"]["data_copying"]
+    assert copying["pixel"]["n_generated"] == 50
+    # the control: the images the copy watch chose the stop on (real, never learned), against the same new images
+    control = copying["control"]
+    assert control["n"] == len(watch_ids(generator)) == control["pixel"]["n_generated"]
+    assert control["pixel"]["n_held_out"] == copying["pixel"]["n_held_out"] and "copy watch" in control["images"]
+    assert "Control, real images the generator never learned" in (tmp_path / "chk" / "check.md").read_text()
+
+
+def test_the_control_of_an_unwatched_generator_splits_the_new_images_by_whole_groups(small_data, tmp_path):
+    from lesionlab.synth.check import real_control
+
+    images = np.arange(12)[:, None] * np.ones((12, 4))
+    groups = np.array(list("aabbbcddeeff"))
+    control, held, held_groups, what = real_control(tmp_path, small_data, 32, images, groups)
+    assert sorted(np.concatenate([control, held])[:, 0]) == list(range(12))  # every new image on one side
+    assert not set(groups[control[:, 0].astype(int)]) & set(held_groups)  # no group on both sides
+    assert set(held_groups) == set(groups[held[:, 0].astype(int)]) and "half" in what
 
 
 @pytest.mark.slow

@@ -352,13 +352,14 @@ def test_bf16_is_refused_for_the_fp32_only_families(small_data, tmp_path):
     assert not (tmp_path / "gan").exists()  # refused before anything is written
 
 
-def test_copy_watch_keeps_the_last_stop_without_copying_and_stops_after_patience(small_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("rule, kept", [("last", 2), ("margin", 1)])
+def test_copy_watch_keeps_the_selected_stop_and_stops_after_patience(small_data, tmp_path, monkeypatch, rule, kept):
     """Samples that are new real images (the validation images themselves) at the first two FID stops, then the
-    generator's own training images: the watch keeps step 2's EMA generator for sampling, stops at step 4 (two
-    copying stops in a row), stays stopped when asked to train on, and check leaves the watched images out of its
-    new real images."""
+    generator's own training images: the watch keeps the EMA generator of the stop its rule selects for sampling
+    (last: step 2; margin: the two clean stops tie, the earlier wins), stops at step 4 (two copying stops in a row),
+    stays stopped when asked to train on, and check leaves the watched images out of its new real images."""
     from lesionlab.synth import generator as gen_module
-    from lesionlab.synth.check import unseen_images
+    from lesionlab.synth.check import real_control, unseen_images
     from lesionlab.synth.copy_watch import SNAPSHOT, watch_ids, watch_positions
     from lesionlab.synth.generator import load_generator, real_images
 
@@ -375,10 +376,10 @@ def test_copy_watch_keeps_the_last_stop_without_copying_and_stops_after_patience
     monkeypatch.setattr(gen_module, "generate_batch", fake_samples)
     out = tmp_path / "g"
     info = train_generator(small_data, out, steps=8, checkpoint_every=1, fid_n=8,
-                           **{**TINY, "fid_every": 1, "copy_watch": "val"})
-    assert info["steps"] == 4 and info["sampled_step"] == 2
+                           **{**TINY, "fid_every": 1, "copy_watch": "val", "copy_rule": rule})
+    assert info["steps"] == 4 and info["sampled_step"] == kept
     result = info["copy_watch_result"]
-    assert result["stopped_by_copying"] and result["selected_step"] == 2
+    assert result["stopped_by_copying"] and result["selected_step"] == kept and result["rule"] == rule
     assert [s["copying"] for s in result["stops"]] == [0, 0, 1, 1]
     snapshot = torch.load(out / SNAPSHOT, weights_only=True)
     last = torch.load(out / "checkpoint.pt", weights_only=True)["trainer"]["ema"]
@@ -387,12 +388,36 @@ def test_copy_watch_keeps_the_last_stop_without_copying_and_stops_after_patience
         assert torch.equal(trainer.ema.state_dict()[k], v)
     assert any(not torch.equal(snapshot["ema"][k], last[k]) for k in last)
     again = train_generator(small_data, out, steps=8, checkpoint_every=1, fid_n=8,
-                            **{**TINY, "fid_every": 1, "copy_watch": "val"})
+                            **{**TINY, "fid_every": 1, "copy_watch": "val", "copy_rule": rule})
     assert again["steps"] == 4 and len(calls) == 4
     watched = watch_ids(out)
     assert watched == set(store.table["id"].astype(str).to_numpy()[watch_positions(store, load_split(store), 1)])
-    _, groups = unseen_images(out, small_data, "malignant", 32)
+    unseen, groups = unseen_images(out, small_data, "malignant", 32)
     assert len(groups) == int((store.table["label"] == 1).sum()) - len(learned) - len(watched)
+    # check's control for a watched generator: the watched validation images, against every new real image
+    control, held, held_groups, what = real_control(out, small_data, 32, unseen, groups)
+    assert np.array_equal(control, new) and held is unseen and held_groups is groups and "copy watch" in what
+
+
+def _stop(step, z_pixel, z_feature, copying=0, recall=0.6, coverage=0.9):
+    return {"step": step, "copy_z_pixel": z_pixel, "copy_z_feature": z_feature, "copying": copying, "recall": recall,
+            "coverage": coverage}
+
+
+def test_copy_rules_select_the_stop_by_hand():
+    from lesionlab.synth.copy_watch import selected_stop
+
+    history = [{"step": 1, "fid": 9.0},  # a stop the watch did not see (no "copying")
+               _stop(2, 3.0, 2.5, recall=0.1),  # the widest margin, but under the quality bar: underfit
+               _stop(3, 1.5, 0.4),  # margin 0.4
+               _stop(4, 0.9, 1.2),  # margin 0.9: the widest of the good stops
+               _stop(5, -2.5, 0.3, copying=1),
+               _stop(6, 0.9, 2.0),  # margin 0.9 too, but later: the tie goes to the earlier stop
+               _stop(7, 0.2, 0.1, coverage=0.4)]  # the last clean stop, under the coverage bar
+    assert selected_stop(history, "margin") == 4
+    assert selected_stop(history, "last") == 7
+    assert selected_stop([history[1], history[6]], "margin") == 7  # none reaches the bar: the last clean one
+    assert selected_stop([_stop(2, -3.0, -2.0, copying=1)], "margin") is None
 
 
 def test_copy_watch_needs_fid_estimates(small_data, tmp_path):

@@ -35,7 +35,7 @@ def synth_train(data_dir: Path, out: Path, **flags) -> None:
         if "fid" in losses:  # a line of its own, above a terminal's bar
             line = (f"step {step}: FID estimate {losses['fid']:.2f} ({c.fid_n} {c.label} images a side, "
                     f"{c.fid_features} features); near copies of its training images "
-                    f"{100 * losses['near_copies']:.1f}%"
+                    f"{100 * losses['near_copies']:.1f}%; recall {losses['recall']:.2f}, coverage {losses['coverage']:.2f}"
                     + (f"; data copying against validation: Z_U {losses['copy_z_pixel']:+.2f} pixels, "
                        f"{losses['copy_z_feature']:+.2f} features, {'copying' if losses['copying'] else 'no copying'}"
                        if "copying" in losses else ""))
@@ -53,7 +53,7 @@ def synth_train(data_dir: Path, out: Path, **flags) -> None:
                                c.checkpoint_every, c.time_budget * 60 if c.time_budget else None, progress, c.n_real,
                                c.draw_seed, c.sample_steps, c.classes, c.d_res, c.fid_every, c.fid_features, c.fid_n,
                                class_power=c.class_power, precision=c.precision, copy_watch=c.copy_watch,
-                               copy_patience=c.copy_patience, device=c.device)
+                               copy_patience=c.copy_patience, copy_rule=c.copy_rule, device=c.device)
     finally:
         bar.close()
     learned = ", ".join(f"{k} {v}" for k, v in info["n_real_per_class"].items())
@@ -61,7 +61,7 @@ def synth_train(data_dir: Path, out: Path, **flags) -> None:
                f"{info['train_seconds'] / 60:.1f} min" + (" (stopped by the time budget)" if info["stopped_by_time_budget"] else "")
                + (f"; FID estimate {info['fid_estimate']['last']:.2f}" if (info.get("fid_estimate") or {}).get("last")
                   is not None else "")
-               + (f"; samples from step {info['sampled_step']}, the last stop without copying"
+               + (f"; samples from step {info['sampled_step']}, the stop the copy watch selected ({c.copy_rule} rule)"
                   if info["sampled_step"] != info["steps"] else "")
                + ("; stopped: the watch found copying" if (info.get("copy_watch_result") or {}).get("stopped_by_copying")
                   else ""))

@@ -81,6 +81,32 @@ def unseen_images(source: Path, data_dir: str | Path, label: str, size: int) -> 
     return quality.resize(store.pixels(positions), size), groups
 
 
+def group_halves(groups: np.ndarray) -> np.ndarray:
+    """A mask of about half the images, by whole groups (every other group), so that no patient stands on both
+    sides of the control below."""
+    return np.isin(groups, np.unique(groups)[::2])
+
+
+def real_control(source: Path, data_dir: str | Path, size: int, unseen: np.ndarray,
+                 groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """The data-copying test's control: real images of the class the generator never learned, tested as if they
+    were its samples. They are new draws of the real distribution, so they score what a generator that copies
+    nothing would, on these very images; a few dozen held-out images can sit farther from the training images than
+    the distribution's typical image does, and then even new real images read as copying.
+
+    Returns (control images, held-out images, their groups, what the control is): the images the copy watch chose
+    the stop on, against every new real image, when the generator was watched; else half of the new real images
+    (whole groups) against the other half."""
+    ids = watch_ids(source)
+    if ids:
+        store = Store.open(data_dir)
+        positions = np.flatnonzero(store.table["id"].astype(str).isin(ids).to_numpy())
+        return (quality.resize(store.pixels(positions), size), unseen, groups,
+                "the validation images the copy watch chose the stop on")
+    half = group_halves(groups)
+    return unseen[half], unseen[~half], groups[~half], "half of the new real images (whole groups), against the other half"
+
+
 def _synthetic_images(source: Path, n: int, seed: int, label: str | None, data_size: int) -> tuple[np.ndarray, dict]:
     if (source / "generator.json").exists():
         trainer, info = load_generator(source)
@@ -160,9 +186,17 @@ def check(source: str | Path, data_dir: str | Path, features_run, out: str | Pat
     p_unseen = quality.pixels(unseen)
     d_unseen = quality.nearest(p_unseen, p_real)[0] if len(unseen) else np.array([])
     # the data-copying test needs new real images to compare with; a handful is too few for a rank test
-    copying = ({"pixel": quality.data_copying(p_real, p_unseen, p_syn, seed, held_groups=unseen_groups),
-                "feature": quality.data_copying(f_real, nets[0](unseen), f_syn, seed, held_groups=unseen_groups)}
-               if len(unseen) >= MIN_UNSEEN else None)
+    copying = None
+    if len(unseen) >= MIN_UNSEEN:
+        copying = {"pixel": quality.data_copying(p_real, p_unseen, p_syn, seed, held_groups=unseen_groups),
+                   "feature": quality.data_copying(f_real, nets[0](unseen), f_syn, seed, held_groups=unseen_groups)}
+        control, held, held_groups, what = real_control(source, data_dir, meta["size"], unseen, unseen_groups)
+        if min(len(control), len(held)) >= MIN_UNSEEN:
+            copying["control"] = {
+                "images": what, "n": int(len(control)),
+                "pixel": quality.data_copying(p_real, quality.pixels(held), quality.pixels(control), seed,
+                                              held_groups=held_groups),
+                "feature": quality.data_copying(f_real, nets[0](held), nets[0](control), seed, held_groups=held_groups)}
     first = measured[0]
     result = {
         "synthetic": {**{k: v for k, v in meta.items() if k != "data"}, "n": int(len(syn)), "path": str(source)},
@@ -293,10 +327,15 @@ def copying_text(copying: dict, label: str) -> str:
                 f"cell(s), worst cell {z_text(c['worst_cell_z'])} (cut {c['cell_cut']:+.2f}): "
                 f"{'copying' if c['copying'] else 'no copying'}")
 
-    pixel, feature = copying["pixel"], copying["feature"]
+    pixel, feature, control = copying["pixel"], copying["feature"], copying.get("control")
     return (f"Data-copying test (Meehan et al. 2020): are the synthetic images closer to the training images than "
             f"the {pixel['n_held_out']} real {md_escape(label)} images the generator never saw"
             + (f" ({pixel['held_out_groups']} groups, resampled whole)" if pixel.get("held_out_groups") else "")
             + "? Z below "
             f"{pixel['cut']:+.2f} (one-sided 5%) is copying, above 0 lies farther than new real images. "
-            f"{one('Pixels', pixel)}; {one('features', feature)}.")
+            f"{one('Pixels', pixel)}; {one('features', feature)}."
+            + (f" Control, real images the generator never learned tested as if generated ({control['n']}: "
+               f"{md_escape(control['images'])}), what a generator that copies nothing scores here: pixels Z_U "
+               f"{z_text(control['pixel']['z_u'])} ({'copying' if control['pixel']['copying'] else 'no copying'}), "
+               f"features Z_U {z_text(control['feature']['z_u'])} "
+               f"({'copying' if control['feature']['copying'] else 'no copying'})." if control else ""))

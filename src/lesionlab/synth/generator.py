@@ -39,7 +39,8 @@ from ..data.synthetic import real_rows
 from ..errors import BadInputError, ExistsError, NotEnoughDataError
 from ..fileio import atomic_path, load_checkpoint, read_json, require_folder_or_absent, write_bytes, write_csv, write_json
 from . import quality
-from .copy_watch import SNAPSHOT, CopyWatch, copying_in_a_row, load_snapshot, save_snapshot, write_watch_ids
+from .copy_watch import (SNAPSHOT, CopyWatch, copying_in_a_row, load_snapshot, save_snapshot, selected_stop,
+                         write_watch_ids)
 from .nets import Z_DIM, Discriminator, Generator, diff_augment, make_schedulers, make_unet
 
 log = logging.getLogger(__name__)
@@ -245,7 +246,7 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
                     fid_every: int = 500, fid_features: str = "random", fid_n: int = 500,
                     only_ids: list[str] | None = None, pretrained: bool = True, class_power: float = CLASS_POWER,
                     precision: str = "auto", copy_watch: str = "val", copy_patience: int = 2,
-                    device: str = "cpu") -> dict:
+                    copy_rule: str = "margin", device: str = "cpu") -> dict:
     """Train (or resume) a generator; returns generator.json's content. `time_budget` (seconds)
     stops early at a checkpoint when the budget is spent, recording how far it got.
 
@@ -257,9 +258,9 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
     class_power: with both classes, a step draws class k with probability proportional to n_k ** power
     (class_draw_probabilities). precision: auto (projected: bf16 autocast when a measured step on this
     machine is faster, see training_precision), 32 or bf16. copy_watch: val runs the data-copying test
-    against the split's validation images of `label` at every FID estimate, keeps the last stop without copying
-    for sampling and stops once `copy_patience` stops in a row copy (copy_watch.py); off: the last step is
-    sampled, whatever it copies. device: where the projected family trains (cpu, cuda, cuda:N or auto);
+    against the split's validation images of `label` at every FID estimate, keeps the stop `copy_rule` selects
+    (margin or last, copy_watch.selected_stop) for sampling and stops once `copy_patience` stops in a row copy
+    (copy_watch.py); off: the last step is sampled, whatever it copies. device: where the projected family trains (cpu, cuda, cuda:N or auto);
     sampling runs on the CPU."""
     from ..config import SynthTrainConfig, validated
 
@@ -268,7 +269,8 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
                                  "batch_size": batch_size, "sample_every": sample_every,
                                  "checkpoint_every": checkpoint_every, "sample_steps": sample_steps,
                                  "fid_every": fid_every, "fid_n": fid_n, "class_power": class_power,
-                                 "precision": precision, "copy_watch": copy_watch, "copy_patience": copy_patience})
+                                 "precision": precision, "copy_watch": copy_watch, "copy_patience": copy_patience,
+                                 "copy_rule": copy_rule})
     classes = classes or ("both" if kind == "projected" else "one")
     if classes == "both" and kind != "projected":
         raise BadInputError(f"--classes both: only --kind projected is class-conditional; {kind} learns one class")
@@ -304,7 +306,8 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
             "n_real_per_class": {name: int(len(p)) for name, (_, p) in zip(names, parts)},
             "only_ids_sha256": hashlib.sha256("\n".join(sorted(only_ids)).encode()).hexdigest() if only_ids else None,
             "class_power": float(class_power) if len(names) > 1 else None,
-            "copy_watch": {"held_out": "val", "patience": copy_patience} if copy_watch == "val" else None}
+            "copy_watch": ({"held_out": "val", "patience": copy_patience, "rule": copy_rule} if copy_watch == "val"
+                           else None)}
     if kind == "projected":
         from .projected import FEATURE_NETWORK
 
@@ -320,6 +323,8 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
         old = read_json(out / "spec.json")
         old.setdefault("class_power", 0.0 if len(old.get("classes", [])) > 1 else None)  # folders before the key: balanced
         old.setdefault("copy_watch", None)  # folders before the watch were not watched
+        if old["copy_watch"]:
+            old["copy_watch"].setdefault("rule", "last")  # the one rule before the margin rule
         if old != spec:
             raise ExistsError(f"{out}: holds a generator of another kind, data or settings ({_diff(old, spec)}); "
                               "choose another --out")
@@ -385,13 +390,14 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
             measured = time.perf_counter()
             images = generate_batch(trainer, spec, fid.n, 10_000 + seed, label if label in names else names[0], out)
             features = fid.net(images)  # one pass serves the estimate and the watch
-            losses = {**losses, "fid": fid.of_features(features), "near_copies": fid.near_copies(images)}
+            losses = {**losses, "fid": fid.of_features(features), "near_copies": fid.near_copies(images),
+                      **fid.manifold(features)}
             if watch:
                 losses.update(watch(images, features))
                 copying_stops = copying_stops + 1 if losses["copying"] else 0
-                if not losses["copying"]:
-                    save_snapshot(out, step, trainer.state_dict()["ema"])
             history.append({"step": step, "minutes": round(seconds / 60, 2), **{k: round(v, 4) for k, v in losses.items()}})
+            if watch and selected_stop(history, copy_rule) == step:
+                save_snapshot(out, step, trainer.state_dict()["ema"])
             start += time.perf_counter() - measured  # the estimate's own time is not training time
         if progress:
             progress(step, steps, losses)
@@ -415,7 +421,7 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
     sampled = selected if selected is not None else step
     info = {**spec, "steps": step, "steps_asked": steps, "stopped_by_time_budget": stopped_by_budget,
             "sampled_step": sampled,
-            "copy_watch_result": watch.summary(history, selected, stopped_by_copying) if watch else None,
+            "copy_watch_result": watch.summary(history, copy_rule, selected, stopped_by_copying) if watch else None,
             "train_seconds": round(seconds, 1), "lesionlab_version": __version__,
             "precision": "bf16" if bf16 else "32", "precision_choice": precision_choice, "device": describe_device(dev),
             "feature_weights": getattr(trainer, "weights_origin", None) or None,
@@ -487,6 +493,12 @@ class _FidEstimate:
 
     def near_copies(self, images: np.ndarray) -> float:
         return round(float(np.mean(quality.nearest(quality.pixels(images), self.learned)[0] < self.cut)), 4)
+
+    def manifold(self, features: np.ndarray) -> dict[str, float]:
+        """Recall and coverage of the samples (features in self.net) against the real subset, as synth check
+        measures them (k = 5, fewer when the subset is smaller)."""
+        scores = quality.manifold_scores(self.real, features, k=min(5, self.n - 1, len(features) - 1))
+        return {"recall": scores["recall"], "coverage": scores["coverage"]}
 
 
 def load_generator(gen_dir: str | Path) -> tuple[_Trainer, dict]:
