@@ -260,8 +260,8 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
     machine is faster, see training_precision), 32 or bf16. copy_watch: val runs the data-copying test
     against the split's validation images of `label` at every FID estimate, keeps the stop `copy_rule` selects
     (margin or last, copy_watch.selected_stop) for sampling and stops once `copy_patience` stops in a row copy
-    (copy_watch.py); off: the last step is sampled, whatever it copies. device: where the projected family trains (cpu, cuda, cuda:N or auto);
-    sampling runs on the CPU."""
+    (copy_watch.py); off: the last step is sampled, whatever it copies. device: where the projected family
+    trains (cpu, cuda, cuda:N or auto); sampling runs on the CPU."""
     from ..config import SynthTrainConfig, validated
 
     # the settings checked by the command's config model: the same one-line errors as the CLI's flags
