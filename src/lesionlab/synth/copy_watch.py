@@ -85,10 +85,11 @@ def selected_stop(history: list[dict], rule: str) -> int | None:
 
     last: the last stop without copying. margin: among the stops without copying whose samples meet the quality
     bar (recall and coverage against the class's training images, in the FID estimate's features), the one whose
-    samples lie farthest from copying (the largest min(Z_U in pixels, Z_U in features)), the earliest on a tie; without such a stop, the last stop without copying. Why margin: a GAN's quality on a few
-    hundred images plateaus early while its copying drifts up and down from stop to stop (the watched runs in
-    docs/results.md), so the last clean stop is often one just above the cut, and the next images read as copying;
-    the stop with the widest margin that is good enough is the one least likely to copy on images not yet seen."""
+    samples lie farthest from copying (the largest min(Z_U in pixels, Z_U in features)), the earliest on a tie;
+    without such a stop, the last stop without copying. Why margin: a GAN's quality on a few hundred images
+    plateaus early while its copying drifts up and down from stop to stop (the watched runs in docs/results.md),
+    so the last clean stop is often one just above the cut, and the next images read as copying; the stop with
+    the widest margin that is good enough is the one least likely to copy on images not yet seen."""
     clean = [r for r in _watched(history) if not r["copying"]]
     if not clean:
         return None

@@ -13,7 +13,7 @@ GEN_DIR/
   progress.csv     step, minutes, losses and the FID estimate every `fid_every` steps
   real_ids.csv     the real images it learned from, with their labels (for the memorisation check)
   watch_ids.csv    the validation images its stop was chosen on (--copy-watch val, copy_watch.py)
-  selected.pt      the EMA generator of the last stop without copying, which sampling uses
+  selected.pt      the EMA generator of the stop the copy watch selected (--copy-rule), which sampling uses
   generator.json   written last: the generator is complete
 """
 from __future__ import annotations
