@@ -191,10 +191,10 @@ def test_the_control_of_an_unwatched_generator_splits_the_new_images_by_whole_gr
 
     images = np.arange(12)[:, None] * np.ones((12, 4))
     groups = np.array(list("aabbbcddeeff"))
-    control, held, held_groups, what = real_control(tmp_path, small_data, 32, images, groups)
-    assert sorted(np.concatenate([control, held])[:, 0]) == list(range(12))  # every new image on one side
-    assert not set(groups[control[:, 0].astype(int)]) & set(held_groups)  # no group on both sides
-    assert set(held_groups) == set(groups[held[:, 0].astype(int)]) and "half" in what
+    control, held, what = real_control(tmp_path, small_data, 32, images, groups)
+    assert sorted(np.concatenate([control, images[held]])[:, 0]) == list(range(12))  # every new image on one side
+    assert not set(groups[control[:, 0].astype(int)]) & set(groups[held])  # no group on both sides
+    assert set(groups[held]) == set(groups[images[held][:, 0].astype(int)]) and "half" in what
 
 
 @pytest.mark.slow

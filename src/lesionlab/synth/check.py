@@ -88,23 +88,24 @@ def group_halves(groups: np.ndarray) -> np.ndarray:
 
 
 def real_control(source: Path, data_dir: str | Path, size: int, unseen: np.ndarray,
-                 groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+                 groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
     """The data-copying test's control: real images of the class the generator never learned, tested as if they
     were its samples. They are new draws of the real distribution, so they score what a generator that copies
     nothing would, on these very images; a few dozen held-out images can sit farther from the training images than
     the distribution's typical image does, and then even new real images read as copying.
 
-    Returns (control images, held-out images, their groups, what the control is): the images the copy watch chose
-    the stop on, against every new real image, when the generator was watched; else half of the new real images
-    (whole groups) against the other half."""
+    Returns (control images, the mask of the new real images held out against them, what the control is): the
+    images the copy watch chose the stop on, against every new real image, when the generator was watched; else
+    half of the new real images (whole groups) against the other half. A mask, so that the caller reuses the new
+    images' pixels and features."""
     ids = watch_ids(source)
     if ids:
         store = Store.open(data_dir)
         positions = np.flatnonzero(store.table["id"].astype(str).isin(ids).to_numpy())
-        return (quality.resize(store.pixels(positions), size), unseen, groups,
+        return (quality.resize(store.pixels(positions), size), np.ones(len(unseen), bool),
                 "the validation images the copy watch chose the stop on")
     half = group_halves(groups)
-    return unseen[half], unseen[~half], groups[~half], "half of the new real images (whole groups), against the other half"
+    return unseen[half], ~half, "half of the new real images (whole groups), against the other half"
 
 
 def _synthetic_images(source: Path, n: int, seed: int, label: str | None, data_size: int) -> tuple[np.ndarray, dict]:
@@ -188,15 +189,17 @@ def check(source: str | Path, data_dir: str | Path, features_run, out: str | Pat
     # the data-copying test needs new real images to compare with; a handful is too few for a rank test
     copying = None
     if len(unseen) >= MIN_UNSEEN:
+        f_unseen = nets[0](unseen)
         copying = {"pixel": quality.data_copying(p_real, p_unseen, p_syn, seed, held_groups=unseen_groups),
-                   "feature": quality.data_copying(f_real, nets[0](unseen), f_syn, seed, held_groups=unseen_groups)}
-        control, held, held_groups, what = real_control(source, data_dir, meta["size"], unseen, unseen_groups)
-        if min(len(control), len(held)) >= MIN_UNSEEN:
+                   "feature": quality.data_copying(f_real, f_unseen, f_syn, seed, held_groups=unseen_groups)}
+        control, held, what = real_control(source, data_dir, meta["size"], unseen, unseen_groups)
+        if min(len(control), held.sum()) >= MIN_UNSEEN:
             copying["control"] = {
                 "images": what, "n": int(len(control)),
-                "pixel": quality.data_copying(p_real, quality.pixels(held), quality.pixels(control), seed,
-                                              held_groups=held_groups),
-                "feature": quality.data_copying(f_real, nets[0](held), nets[0](control), seed, held_groups=held_groups)}
+                "pixel": quality.data_copying(p_real, p_unseen[held], quality.pixels(control), seed,
+                                              held_groups=unseen_groups[held]),
+                "feature": quality.data_copying(f_real, f_unseen[held], nets[0](control), seed,
+                                                held_groups=unseen_groups[held])}
     first = measured[0]
     result = {
         "synthetic": {**{k: v for k, v in meta.items() if k != "data"}, "n": int(len(syn)), "path": str(source)},
