@@ -56,7 +56,7 @@ from lesionlab.data.store import Store, prepare
 from lesionlab.fileio import read_json, write_json
 from lesionlab.runs import is_complete_run
 from lesionlab.synth import quality as synth_quality
-from lesionlab.synth.check import check, copying_text, group_halves, learned_images, unseen_images, z_text
+from lesionlab.synth.check import check, copying_text, learned_images, real_control, unseen_images, z_text
 from lesionlab.synth.generator import train_generator
 from lesionlab.synth.samples import sample
 from lesionlab.workflows.compare import compare_runs, difference_cell
@@ -343,7 +343,8 @@ def sampled_text(checked: dict, drawn: dict) -> list[str]:
 def fold_copying(work: Path, data: Path) -> list[str]:
     """Part 3: the data-copying test in pixel space on each fold's synthetic set as the arms drew it (after sample's
     copy filter), against the malignant images its generator learned and the real ones it never saw; and the
-    control: half of those new real images tested as if generated, against the other half."""
+    control as synth check makes it: real images the generator never learned tested as if generated (the watch's
+    validation images for a watched generator, else half of the new real images against the other half)."""
     rows = []
     for info_path in sorted((work / "fold-generators").glob("*/generator.json")):
         gen, fold = info_path.parent, info_path.parent.name
@@ -356,8 +357,9 @@ def fold_copying(work: Path, data: Path) -> list[str]:
         new_images, groups = unseen_images(gen, data, "malignant", store.size)
         new = synth_quality.pixels(new_images)
         r = synth_quality.data_copying(learned, new, synth_quality.pixels(syn), held_groups=groups)
-        half = group_halves(groups)
-        control = synth_quality.data_copying(learned, new[~half], new[half], held_groups=groups[~half])
+        control_images, held, control_what = real_control(gen, data, store.size, new_images, groups)
+        control = synth_quality.data_copying(learned, new[held], synth_quality.pixels(control_images),
+                                             held_groups=groups[held])
         rows.append(f"| {fold} | {len(syn)} | {len(learned)} | {len(new)} | {z_text(r['z_u'])} | {z_text(r['c_t'])} | "
                     f"{r['cells_tested']} of {r['cells']} | {z_text(r['worst_cell_z'])} ({r['cell_cut']:+.2f}) | "
                     f"{'**yes**' if r['copying'] else 'no'} | {z_text(control['z_u'])} |")
@@ -371,7 +373,8 @@ def fold_copying(work: Path, data: Path) -> list[str]:
             "below the "
             f"one-sided 5% point ({cut:+.2f}) is copying, above 0 lies farther than new real images. C_T "
             "averages the test within k-means cells of the learned images; a cell below its Bonferroni cut is copying "
-            "too. Control: the new real images' groups split in two, one half tested as if generated (Z_U).", "",
+            f"too. Control (Z_U): {control_what}, tested as if generated; it reads what a generator that copies "
+            "nothing scores on these images.", "",
             "| fold | synthetic images | learned | new real | Z_U | C_T | cells tested | worst cell (cut) | copying "
             "| control Z_U |", "|---|---|---|---|---|---|---|---|---|---|", *rows]
 
