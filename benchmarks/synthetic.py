@@ -56,7 +56,9 @@ from lesionlab.data.store import Store, prepare
 from lesionlab.fileio import read_json, write_json
 from lesionlab.runs import is_complete_run
 from lesionlab.synth import quality as synth_quality
-from lesionlab.synth.check import check, copying_text, learned_images, real_control, unseen_images, z_text
+from lesionlab.synth.check import (check, copying_text, group_halves, learned_images, real_control, unseen_images,
+                                   z_text)
+from lesionlab.synth.copy_watch import watch_ids
 from lesionlab.synth.generator import train_generator
 from lesionlab.synth.samples import sample
 from lesionlab.workflows.compare import compare_runs, difference_cell
@@ -342,10 +344,10 @@ def sampled_text(checked: dict, drawn: dict) -> list[str]:
 
 def fold_copying(work: Path, data: Path) -> list[str]:
     """Part 3: the data-copying test in pixel space on each fold's synthetic set as the arms drew it (after sample's
-    copy filter), against the malignant images its generator learned and the real ones it never saw; and the
-    control as synth check makes it: real images the generator never learned tested as if generated (the watch's
-    validation images for a watched generator, else half of the new real images against the other half)."""
-    rows = []
+    copy filter), against the malignant images its generator learned and the real ones it never saw; and controls,
+    real images the generator never learned tested as if generated: half of the new real images (whole groups)
+    against the other half, and for a watched generator synth check's control, the watch's validation images."""
+    rows, watched = [], False
     for info_path in sorted((work / "fold-generators").glob("*/generator.json")):
         gen, fold = info_path.parent, info_path.parent.name
         used = work / "fold-synthetic" / fold
@@ -357,26 +359,35 @@ def fold_copying(work: Path, data: Path) -> list[str]:
         new_images, groups = unseen_images(gen, data, "malignant", store.size)
         new = synth_quality.pixels(new_images)
         r = synth_quality.data_copying(learned, new, synth_quality.pixels(syn), held_groups=groups)
-        control_images, held, control_what = real_control(gen, data, store.size, new_images, groups)
-        control = synth_quality.data_copying(learned, new[held], synth_quality.pixels(control_images),
-                                             held_groups=groups[held])
+        half = group_halves(groups)
+        controls = [synth_quality.data_copying(learned, new[~half], new[half], held_groups=groups[~half])["z_u"]]
+        if watch_ids(gen):  # the watch's images against every new image, as synth check's control
+            watched = True
+            control_images, held, _ = real_control(gen, data, store.size, new_images, groups)
+            controls.append(synth_quality.data_copying(learned, new[held], synth_quality.pixels(control_images),
+                                                       held_groups=groups[held])["z_u"])
         rows.append(f"| {fold} | {len(syn)} | {len(learned)} | {len(new)} | {z_text(r['z_u'])} | {z_text(r['c_t'])} | "
                     f"{r['cells_tested']} of {r['cells']} | {z_text(r['worst_cell_z'])} ({r['cell_cut']:+.2f}) | "
-                    f"{'**yes**' if r['copying'] else 'no'} | {z_text(control['z_u'])} |")
+                    f"{'**yes**' if r['copying'] else 'no'} | " + " | ".join(map(z_text, controls)) + " |")
         cut = r["cut"]
     if not rows:
         raise SystemExit(f"{work / 'fold-generators'}: no fold generators; run part 2 (without --copying-only) first")
     return ["The data-copying test (Meehan, Chaudhuri and Dasgupta, AISTATS 2020) on each fold's synthetic set as "
             "the arms drew it: are its images closer (32x32 pixels, L2) to the malignant images the fold's generator "
-            "learned than real malignant images it never saw (validation, test, the fold's OOF part) are? Their "
+            "learned than real malignant images it never saw (test, the fold's OOF part, and validation unless the "
+            "copy watch chose the generator's stop on it) are? Their "
             "patients or lesions hold several images each, so the z scores come from resamples of whole groups. Z "
             "below the "
             f"one-sided 5% point ({cut:+.2f}) is copying, above 0 lies farther than new real images. C_T "
             "averages the test within k-means cells of the learned images; a cell below its Bonferroni cut is copying "
-            f"too. Control (Z_U): {control_what}, tested as if generated; it reads what a generator that copies "
-            "nothing scores on these images.", "",
+            "too. Controls (Z_U), real images the generator never learned tested as if generated, which read what a "
+            "generator that copies nothing scores on these images: half of the new real images (whole groups) "
+            "against the other half"
+            + ("; and synth check's control, the validation images the copy watch chose the stop on, against every "
+               "new real image" if watched else "") + ".", "",
             "| fold | synthetic images | learned | new real | Z_U | C_T | cells tested | worst cell (cut) | copying "
-            "| control Z_U |", "|---|---|---|---|---|---|---|---|---|---|", *rows]
+            "| control Z_U: half vs half |" + (" control Z_U: the watch's images |" if watched else ""),
+            "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if watched else ""), *rows]
 
 
 def watch_text(info: dict) -> list[str]:
