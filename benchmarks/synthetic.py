@@ -390,6 +390,23 @@ def fold_copying(work: Path, data: Path) -> list[str]:
             "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if watched else ""), *rows]
 
 
+def fold_watch_text(fold_gens: list[dict]) -> str:
+    """Which stop the copy watch sampled in each fold generator, with what its FID estimate and watch measured
+    there (empty when the fold generators were not watched)."""
+    watched = [g["copy_watch_result"] for g in fold_gens if g.get("copy_watch_result")]
+    if not watched:
+        return ""
+    chosen = []
+    for w in watched:
+        stop = next((s for s in w["stops"] if s["step"] == w["selected_step"]), None)
+        chosen.append(f"step {w['selected_step']} of {', '.join(str(s['step']) for s in w['stops'])}" + (
+            f" (recall {stop['recall']:.2f}, coverage {stop['coverage']:.2f}, Z_U {stop['copy_z_pixel']:+.2f} / "
+            f"{stop['copy_z_feature']:+.2f})" if stop else " (every stop copied: the last step)"))
+    return (f" The copy watch (rule {watched[0].get('rule', 'last')}, on the {watched[0]['n']} validation malignant "
+            f"images; recall and coverage of the FID estimate's samples against the fold's training images, Z_U in "
+            f"pixels / in the estimate's features) sampled, fold by fold: {'; '.join(chosen)}.")
+
+
 def watch_text(info: dict) -> list[str]:
     """What synth train's copy watch saw at each FID stop and which stop it chose (none when unwatched)."""
     watch = info.get("copy_watch_result")
@@ -553,7 +570,7 @@ def main() -> None:
              "as without (an arm named with its epochs keeps the recipe's: --same-epochs). Real malignant images a "
              f"draw: the recipe's, at most the {min_malignant} of the smallest fold's pool. `synth sample "
              "--drop-near-copies` dropped and redrew near copies of the fold generator's training images + copies of "
-             f"images it never saw (the leak guard's rule), fold by fold: {dropped}.", "",
+             f"images it never saw (the leak guard's rule), fold by fold: {dropped}." + fold_watch_text(fold_gens), "",
              "| arm | draw | epochs | OOF ROC AUC | OOF AP | OOF pAUC80 | fold models' test ROC AUC (mean ± sd) | "
              "fold models' agreement on test (Spearman) | fold-ensemble test ROC AUC | test F1 |",
              "|---|---|---|---|---|---|---|---|---|---|"]
