@@ -56,9 +56,8 @@ from lesionlab.data.store import Store, prepare
 from lesionlab.fileio import read_json, write_json
 from lesionlab.runs import is_complete_run
 from lesionlab.synth import quality as synth_quality
-from lesionlab.synth.check import (check, copying_text, group_halves, learned_images, real_control, unseen_images,
+from lesionlab.synth.check import (check, copying_text, group_halves, learned_images, unseen_images, watched_images,
                                    z_text)
-from lesionlab.synth.copy_watch import watch_ids
 from lesionlab.synth.generator import train_generator
 from lesionlab.synth.samples import sample
 from lesionlab.workflows.compare import compare_runs, difference_cell
@@ -361,11 +360,11 @@ def fold_copying(work: Path, data: Path) -> list[str]:
         r = synth_quality.data_copying(learned, new, synth_quality.pixels(syn), held_groups=groups)
         half = group_halves(groups)
         controls = [synth_quality.data_copying(learned, new[~half], new[half], held_groups=groups[~half])["z_u"]]
-        if watch_ids(gen):  # the watch's images against every new image, as synth check's control
+        watch_control = watched_images(gen, data, store.size)
+        if watch_control is not None:  # the watch's images against every new image, as synth check's control
             watched = True
-            control_images, held, _ = real_control(gen, data, store.size, new_images, groups)
-            controls.append(synth_quality.data_copying(learned, new[held], synth_quality.pixels(control_images),
-                                                       held_groups=groups[held])["z_u"])
+            controls.append(synth_quality.data_copying(learned, new, synth_quality.pixels(watch_control),
+                                                       held_groups=groups)["z_u"])
         rows.append(f"| {fold} | {len(syn)} | {len(learned)} | {len(new)} | {z_text(r['z_u'])} | {z_text(r['c_t'])} | "
                     f"{r['cells_tested']} of {r['cells']} | {z_text(r['worst_cell_z'])} ({r['cell_cut']:+.2f}) | "
                     f"{'**yes**' if r['copying'] else 'no'} | " + " | ".join(map(z_text, controls)) + " |")

@@ -87,6 +87,16 @@ def group_halves(groups: np.ndarray) -> np.ndarray:
     return np.isin(groups, np.unique(groups)[::2])
 
 
+def watched_images(source: Path, data_dir: str | Path, size: int) -> np.ndarray | None:
+    """The validation images the copy watch chose the generator's stop on, at `size` px (None when unwatched)."""
+    ids = watch_ids(source)
+    if not ids:
+        return None
+    store = Store.open(data_dir)
+    positions = np.flatnonzero(store.table["id"].astype(str).isin(ids).to_numpy())
+    return quality.resize(store.pixels(positions), size)
+
+
 def real_control(source: Path, data_dir: str | Path, size: int, unseen: np.ndarray,
                  groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
     """The data-copying test's control: real images of the class the generator never learned, tested as if they
@@ -98,12 +108,9 @@ def real_control(source: Path, data_dir: str | Path, size: int, unseen: np.ndarr
     images the copy watch chose the stop on, against every new real image, when the generator was watched; else
     half of the new real images (whole groups) against the other half. A mask, so that the caller reuses the new
     images' pixels and features."""
-    ids = watch_ids(source)
-    if ids:
-        store = Store.open(data_dir)
-        positions = np.flatnonzero(store.table["id"].astype(str).isin(ids).to_numpy())
-        return (quality.resize(store.pixels(positions), size), np.ones(len(unseen), bool),
-                "the validation images the copy watch chose the stop on")
+    watched = watched_images(source, data_dir, size)
+    if watched is not None:
+        return watched, np.ones(len(unseen), bool), "the validation images the copy watch chose the stop on"
     half = group_halves(groups)
     return unseen[half], ~half, "half of the new real images (whole groups), against the other half"
 
