@@ -365,7 +365,9 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
         watch = CopyWatch(store, split, CLASS_NAMES.index(label), size, real[by_class[names.index(label)]].numpy(),
                           fid.net, copy_patience, seed)
         write_watch_ids(out, watch.ids)
-    copying_stops = copying_in_a_row(history)
+
+    def copied_out() -> bool:  # the watch's stop: `copy_patience` watched stops in a row copied (a resume counts too)
+        return bool(watch) and copying_in_a_row(history) >= copy_patience
 
     def checkpoint() -> None:
         # tensors and plain values only (RNG states are uint8 tensors): it loads with weights_only=True
@@ -377,7 +379,7 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
 
     stopped_by_budget = False
     start = time.perf_counter() - seconds
-    while step < steps and not (watch and copying_stops >= copy_patience):
+    while step < steps and not copied_out():
         # power 0 draws as torch.randint always did, so a generator trained before the key resumes exactly
         c = (torch.randint(0, len(names), (batch_size,), generator=g) if not class_power
              else torch.multinomial(draw, batch_size, replacement=True, generator=g))
@@ -394,7 +396,6 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
                       **fid.manifold(features)}
             if watch:
                 losses.update(watch(images, features))
-                copying_stops = copying_stops + 1 if losses["copying"] else 0
             history.append({"step": step, "minutes": round(seconds / 60, 2), **{k: round(v, 4) for k, v in losses.items()}})
             if watch and selected_stop(history, copy_rule) == step:
                 save_snapshot(out, step, trainer.state_dict()["ema"])
@@ -411,7 +412,7 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
         if time_budget and seconds > time_budget and step % checkpoint_every == 0:
             stopped_by_budget = True
             break
-    stopped_by_copying = bool(watch and copying_stops >= copy_patience)
+    stopped_by_copying = copied_out()
     checkpoint()
     real_grid = real[torch.randperm(len(real), generator=g)[:16]].numpy()
     write_bytes(out / "samples" / "real.png", grid_png(real_grid, 8))
