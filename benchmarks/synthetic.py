@@ -52,12 +52,13 @@ from lesionlab.benchmarking.results import ROOT, command_line, git_commit, machi
 from lesionlab.config import build_config, load_yaml
 from lesionlab.config.synth import CLASS_POWER
 from lesionlab.data.sources import read_source
+from lesionlab.data.splits import group_keys, load_split
 from lesionlab.data.store import Store, prepare
 from lesionlab.fileio import read_json, write_json
 from lesionlab.runs import is_complete_run
 from lesionlab.synth import quality as synth_quality
-from lesionlab.synth.check import (check, copying_text, group_halves, learned_images, unseen_images, watched_images,
-                                   z_text)
+from lesionlab.synth.check import (check, copying_text, group_halves, learned_images, learned_positions, unseen_images,
+                                   watched_images, z_text)
 from lesionlab.synth.generator import train_generator
 from lesionlab.synth.samples import sample
 from lesionlab.workflows.compare import compare_runs, difference_cell
@@ -358,6 +359,12 @@ def fold_copying(work: Path, data: Path) -> list[str]:
         new_images, groups = unseen_images(gen, data, "malignant", store.size)
         new = synth_quality.pixels(new_images)
         r = synth_quality.data_copying(learned, new, synth_quality.pixels(syn), held_groups=groups)
+        # --copy-watch train's reference: the learned images, each against the other groups'; the new real images
+        # tested against it show whether it stands where new images stand
+        real, at = learned_positions(gen, data, "malignant")
+        by_group = group_keys(real.table, load_split(real).params.get("group_used", "none"))[0][at]
+        against_training = [synth_quality.data_copying(learned, None, x, train_groups=by_group)
+                            for x in (synth_quality.pixels(syn), new)]
         half = group_halves(groups)
         controls = [synth_quality.data_copying(learned, new[~half], new[half], held_groups=groups[~half])["z_u"]]
         watch_control = watched_images(gen, data, store.size)
@@ -367,7 +374,9 @@ def fold_copying(work: Path, data: Path) -> list[str]:
                                                        held_groups=groups)["z_u"])
         rows.append(f"| {fold} | {len(syn)} | {len(learned)} | {len(new)} | {z_text(r['z_u'])} | {z_text(r['c_t'])} | "
                     f"{r['cells_tested']} of {r['cells']} | {z_text(r['worst_cell_z'])} ({r['cell_cut']:+.2f}) | "
-                    f"{'**yes**' if r['copying'] else 'no'} | " + " | ".join(map(z_text, controls)) + " |")
+                    f"{'**yes**' if r['copying'] else 'no'} | " + " | ".join(map(z_text, controls)) + " | "
+                    + " | ".join(f"{z_text(t['z_u'])}, worst cell {z_text(t['worst_cell_z'])}: "
+                                 f"{'**yes**' if t['copying'] else 'no'}" for t in against_training) + " |")
         cut = r["cut"]
     if not rows:
         raise SystemExit(f"{work / 'fold-generators'}: no fold generators; run part 2 (without --copying-only) first")
@@ -383,10 +392,15 @@ def fold_copying(work: Path, data: Path) -> list[str]:
             "generator that copies nothing scores on these images: half of the new real images (whole groups) "
             "against the other half"
             + ("; and synth check's control, the validation images the copy watch chose the stop on, against every "
-               "new real image" if watched else "") + ".", "",
+               "new real image" if watched else "") + ". The last two columns use no new real image as the "
+            "reference: the learned images themselves, each against the images of the other patients or lesions "
+            "(`synth train --copy-watch train`'s reference): the synthetic set tested against it (Z_U, the worst cell, "
+            "and the verdict by the same cuts), and the new real images tested against it as if generated, which "
+            "read as no copying where that reference stands where new images stand.", "",
             "| fold | synthetic images | learned | new real | Z_U | C_T | cells tested | worst cell (cut) | copying "
-            "| control Z_U: half vs half |" + (" control Z_U: the watch's images |" if watched else ""),
-            "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if watched else ""), *rows]
+            "| control Z_U: half vs half |" + (" control Z_U: the watch's images |" if watched else "")
+            + " against the learned images by group | new real images against them |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if watched else ""), *rows]
 
 
 def fold_watch_text(fold_gens: list[dict]) -> str:
@@ -401,8 +415,8 @@ def fold_watch_text(fold_gens: list[dict]) -> str:
         chosen.append(f"step {w['selected_step']} of {', '.join(str(s['step']) for s in w['stops'])}" + (
             f" (recall {stop['recall']:.2f}, coverage {stop['coverage']:.2f}, Z_U {stop['copy_z_pixel']:+.2f} / "
             f"{stop['copy_z_feature']:+.2f})" if stop else " (every stop copied: the last step)"))
-    return (f" The copy watch (rule {watched[0].get('rule', 'last')}, on the {watched[0]['n']} validation malignant "
-            f"images; recall and coverage of the FID estimate's samples against the fold's training images, Z_U in "
+    return (f" The copy watch (rule {watched[0].get('rule', 'last')}, against {watched[0]['held_out']}, "
+            f"{watched[0]['n']} images; recall and coverage of the FID estimate's samples against the fold's training images, Z_U in "
             f"pixels / in the estimate's features) sampled, fold by fold: {'; '.join(chosen)}.")
 
 
@@ -421,14 +435,16 @@ def watch_text(info: dict) -> list[str]:
            "worse of the two spaces; without one, the last stop without copying)")
     chosen = (f"it samples step {watch['selected_step']}, {how}" if watch["selected_step"]
               else "every stop copied, so it samples the last step")
-    return [f"Copy watch (`synth train --copy-watch val`): at every FID estimate the data-copying test of its "
-            f"{info['fid_estimate']['n']} samples against the {watch['n']} validation malignant images "
-            f"({watch['groups']} groups), Z_U in pixels / in {info['fid_estimate']['features'].split(':')[0]} features"
+    on_val = watch["held_out"].startswith("the split's validation")
+    return [f"Copy watch (`synth train --copy-watch {'val' if on_val else 'train'}`): at every FID estimate the "
+            f"data-copying test of its {info['fid_estimate']['n']} samples against {watch['held_out']} "
+            f"({watch['n']} images, {watch['groups']} groups), Z_U in pixels / in {info['fid_estimate']['features'].split(':')[0]} features"
             + (" (with the samples' recall and coverage against as many of the class's training images, in those "
                "features)" if rule == "margin" else "") + ", by step: "
             f"{stops}. Training " + ("stopped after " + str(watch["patience"]) + " copying stops in a row"
                                      if watch["stopped_by_copying"] else "ran to its budget")
-            + f"; {chosen}. The check above leaves those validation images out of its new real images.", ""]
+            + f"; {chosen}." + (" The check above leaves those validation images out of its new real images."
+                                 if on_val else ""), ""]
 
 
 def unseen_rate(memorisation: dict) -> str:
@@ -466,10 +482,11 @@ def main() -> None:
     ap.add_argument("--d-res", type=int, default=96)
     ap.add_argument("--class-power", type=float, default=CLASS_POWER, help="synth train's --class-power for every "
                     "projected generator (0: classes balanced)")
-    ap.add_argument("--copy-watch", choices=("val", "off"), default="val", help="synth train's --copy-watch for "
-                    "every projected generator but part 4's (val: sample the FID stop --copy-rule selects among those "
-                    "without data copying against the split's validation images; its folders and sections end in "
-                    "-watched, and -watched-margin under the margin rule)")
+    ap.add_argument("--copy-watch", choices=("val", "train", "off"), default="val", help="synth train's --copy-watch "
+                    "for every projected generator but part 4's (val: sample the FID stop --copy-rule selects among "
+                    "those without data copying against the split's validation images; its folders and sections end "
+                    "in -watched, and -watched-margin under the margin rule; train: the same against the training "
+                    "images by group, -watched-train and -watched-train-margin)")
     ap.add_argument("--copy-rule", choices=("margin", "last"), default="margin", help="synth train's --copy-rule")
     ap.add_argument("--device", default="cpu", help="where the projected generators train (synth train --device); "
                     "the classifiers' and checks' own settings are unchanged")
@@ -514,8 +531,9 @@ def main() -> None:
         section, work = section + tag, work.with_name(work.name + tag)
     if args.gen_size != 64:  # generators of another size: their own section (the work folder names the store's size)
         section += f"-{args.gen_size}px"
-    if args.copy_watch == "val" and not args.trajectory_every:  # part 4 is the unwatched course by design
-        tag = "-watched" + ("-margin" if args.copy_rule == "margin" else "")
+    if args.copy_watch != "off" and not args.trajectory_every:  # part 4 is the unwatched course by design
+        tag = "-watched" + ("-train" if args.copy_watch == "train" else "") + ("-margin" if args.copy_rule == "margin"
+                                                                               else "")
         section, work = section + tag, work.with_name(work.name + tag)
     work.mkdir(parents=True, exist_ok=True)
     size = Store.open(data).size

@@ -116,6 +116,44 @@ def test_grouped_z_is_not_fooled_by_many_images_of_one_patient():
     assert np.mean(np.abs(grouped) > 1.96) < 0.2
 
 
+def test_other_group_nearest_by_hand():
+    # points 0, 1, 1.1, 5 on a line; 1 and 1.1 are one lesion's two pictures
+    train = np.array([[0.0], [1.0], [1.1], [5.0]])
+    assert quality.other_group_nearest(train, np.array(["a", "b", "b", "c"]), rows=3) == pytest.approx([1, 1, 1.1, 3.9])
+    assert quality.other_group_nearest(train, np.arange(4)) == pytest.approx([1, 0.1, 0.1, 3.9])
+    with pytest.raises(ValueError, match="at least two groups"):
+        quality.other_group_nearest(train, np.zeros(4))
+
+
+def test_data_copying_against_the_training_images_themselves():
+    """No held-out images: each training image against the other groups' stands for a new image. Copies are found,
+    new draws cleared, wide draws read as underfitting, and new draws stay near the nominal 5% over repeats."""
+    rng = np.random.default_rng(8)
+    train = _cloud(rng, 200)
+    copies = quality.data_copying(train, None, train[rng.integers(0, 200, 400)] + rng.normal(0, 0.01, (400, 8)))
+    assert copies["copying"] and copies["z_u"] < -10 and copies["n_held_out"] == 200
+    assert copies["reference"] == "the training images, leave one group out"
+    fresh = quality.data_copying(train, None, _cloud(rng, 400))
+    assert not fresh["copying"] and abs(fresh["z_u"]) < 3 and fresh["cells"] == 10
+    assert quality.data_copying(train, None, _cloud(rng, 400) * 2)["z_u"] > 3
+    z = [quality.distance_z(quality.nearest(_cloud(rng, 300), t)[0], quality.other_group_nearest(t, np.arange(150)))
+         for t in (_cloud(rng, 150) for _ in range(40))]
+    assert np.mean(np.array(z) < -1.64) < 0.15
+
+
+def test_the_training_reference_needs_the_groups_of_near_duplicates():
+    """Training images in 50 lesions of 4 near-identical pictures: left out one by one, each finds its twin, so the
+    reference sits far too close and copies of the training images pass; left out by lesion, they are caught."""
+    rng = np.random.default_rng(9)
+    train = np.repeat(_cloud(rng, 50), 4, axis=0) + rng.normal(0, 0.05, (200, 8))
+    lesions = np.repeat(np.arange(50), 4)
+    copies = train[rng.integers(0, 200, 300)] + rng.normal(0, 0.1, (300, 8))  # a little farther than a twin
+    assert not quality.data_copying(train, None, copies)["copying"]
+    grouped = quality.data_copying(train, None, copies, train_groups=lesions)
+    assert grouped["copying"] and grouped["held_out_groups"] == 50
+    assert not quality.data_copying(train, None, _cloud(rng, 300), train_groups=lesions)["copying"]
+
+
 def test_n_real_is_the_training_draws_malignant_images(small_data):
     from lesionlab.data.sampling import draw_training_set
     from lesionlab.synth.generator import real_images

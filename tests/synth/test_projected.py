@@ -352,6 +352,39 @@ def test_bf16_is_refused_for_the_fp32_only_families(small_data, tmp_path):
     assert not (tmp_path / "gan").exists()  # refused before anything is written
 
 
+def test_copy_watch_against_the_training_images_uses_no_validation_image(small_data, tmp_path, monkeypatch):
+    """--copy-watch train: new real images (the validation images) as samples pass, the generator's own training
+    images copy and stop it after two stops; no validation image is recorded as used, so check keeps them all as
+    new images, and the summary names the reference."""
+    from lesionlab.synth import generator as gen_module
+    from lesionlab.synth.check import unseen_images
+    from lesionlab.synth.copy_watch import WATCH_IDS, watch_positions
+    from lesionlab.synth.generator import real_images
+
+    store = Store.open(small_data)
+    new = store.pixels(watch_positions(store, load_split(store), 1))
+    learned = store.pixels(real_images(small_data, 1)[1])
+    calls = []
+
+    def fake_samples(trainer, info, n, seed, label="malignant", gen_dir=""):
+        calls.append(n)
+        pool = new if len(calls) <= 2 else learned
+        return pool[np.arange(n) % len(pool)]
+
+    monkeypatch.setattr(gen_module, "generate_batch", fake_samples)
+    out = tmp_path / "g"
+    info = train_generator(small_data, out, steps=8, checkpoint_every=1, fid_n=10,
+                           **{**TINY, "fid_every": 1, "copy_watch": "train"})
+    result = info["copy_watch_result"]
+    assert [s["copying"] for s in result["stops"]] == [0, 0, 1, 1] and info["steps"] == 4
+    assert info["sampled_step"] == result["selected_step"] in (1, 2)
+    assert result["held_out"].startswith("the class's training images") and result["n"] == len(learned)
+    assert json.loads((out / "spec.json").read_text())["copy_watch"]["held_out"] == "train"
+    assert not (out / WATCH_IDS).exists()
+    unseen, _ = unseen_images(out, small_data, "malignant", 32)
+    assert len(unseen) == int((store.table["label"] == 1).sum()) - len(learned)  # validation images included
+
+
 @pytest.mark.parametrize("rule, kept", [("last", 2), ("margin", 1)])
 def test_copy_watch_keeps_the_selected_stop_and_stops_after_patience(small_data, tmp_path, monkeypatch, rule, kept):
     """Samples that are new real images (the validation images themselves) at the first two FID stops, then the

@@ -36,7 +36,7 @@ def synth_train(data_dir: Path, out: Path, **flags) -> None:
             line = (f"step {step}: FID estimate {losses['fid']:.2f} ({c.fid_n} {c.label} images a side, "
                     f"{c.fid_features} features); near copies of its training images "
                     f"{100 * losses['near_copies']:.1f}%; recall {losses['recall']:.2f}, coverage {losses['coverage']:.2f}"
-                    + (f"; data copying against validation: Z_U {losses['copy_z_pixel']:+.2f} pixels, "
+                    + (f"; data copying against {'validation' if c.copy_watch == 'val' else 'training, by group'}: Z_U {losses['copy_z_pixel']:+.2f} pixels, "
                        f"{losses['copy_z_feature']:+.2f} features, {'copying' if losses['copying'] else 'no copying'}"
                        if "copying" in losses else ""))
             if hasattr(bar, "write"):

@@ -44,19 +44,21 @@ class SynthTrainConfig(CommandConfig):
     precision: Literal["auto", "32", "bf16"] = Field(
         "auto", description="projected: auto = bf16 autocast of the training step when a few measured steps on this "
         "machine are faster (only where the CPU computes bf16 natively), else fp32; sampling is always fp32")
-    copy_watch: Literal["val", "off"] = Field(
+    copy_watch: Literal["val", "train", "off"] = Field(
         "val", description="val: at every FID estimate, test the samples for data copying against the split's "
         "validation images of --label (never learned from); sample from the stop --copy-rule selects and stop "
-        "training once --copy-patience stops in a row copy. off: sample the last step")
+        "training once --copy-patience stops in a row copy. train: the same against the class's training images "
+        "themselves, each measured against the other patients' or lesions' (needs no validation image). off: sample "
+        "the last step")
     copy_rule: Literal["margin", "last"] = Field(
-        "margin", description="--copy-watch val: which stop without copying to sample. margin: among the stops whose "
+        "margin", description="--copy-watch val or train: which stop without copying to sample. margin: among the stops whose "
         "FID-estimate samples reach recall 0.3 and coverage 0.5 against the class's training images, the one farthest "
         "from copying (the largest Z_U, the worse of pixels and features); without one, the last. last: the last stop "
         "without copying")
     device: str = Field("auto", description="where --kind projected trains: auto (a CUDA GPU when there is one), cpu, "
                         "cuda or cuda:N; gan and ddpm train on the CPU, and sampling always runs there")
-    copy_patience: int = Field(2, ge=1, description="--copy-watch val: watched stops in a row that copy before "
-                               "training stops")
+    copy_patience: int = Field(2, ge=1, description="--copy-watch val or train: watched stops in a row that copy "
+                               "before training stops")
 
 
 class SynthSampleConfig(CommandConfig):

@@ -39,14 +39,10 @@ def learned_ids(source: Path) -> set[str] | None:
     return set(csv_restore(pd.read_csv(source / "real_ids.csv", dtype=str, keep_default_na=False))["id"])
 
 
-def learned_images(source: Path, data_dir: str | Path, label: str, size: int) -> np.ndarray:
-    """The train-pool images of `label` that a generator learned from (all of the class when `source` has no
-    real_ids.csv, e.g. an imported folder), at `size` px: what its samples are compared against."""
+def learned_positions(source: Path, data_dir: str | Path, label: str) -> tuple[Store, np.ndarray]:
+    """The store and positions of the train-pool images of `label` that a generator learned from (all of the class
+    when `source` has no real_ids.csv, e.g. an imported folder)."""
     store, positions = real_images(data_dir, CLASS_NAMES.index(label))
-    if store.size < size:
-        raise BadInputError(f"--data {data_dir}: prepared at {store.size} px, smaller than the {size} px synthetic "
-                            f"images; compare against a data set prepared at {size} px or more (real images "
-                            "enlarged to the synthetic size would be blurred, not real)")
     ids = learned_ids(source)
     if ids is not None:  # exactly the images the generator learned from
         learned = np.isin(store.table["id"].to_numpy()[positions], list(ids))
@@ -54,6 +50,16 @@ def learned_images(source: Path, data_dir: str | Path, label: str, size: int) ->
             raise BadInputError(f"--data {data_dir}: holds none of the {label} images the generator learned from; "
                                 "check it against the data set it was trained on")
         positions = positions[learned]
+    return store, positions
+
+
+def learned_images(source: Path, data_dir: str | Path, label: str, size: int) -> np.ndarray:
+    """The images of learned_positions at `size` px: what a generator's samples are compared against."""
+    store, positions = learned_positions(source, data_dir, label)
+    if store.size < size:
+        raise BadInputError(f"--data {data_dir}: prepared at {store.size} px, smaller than the {size} px synthetic "
+                            f"images; compare against a data set prepared at {size} px or more (real images "
+                            "enlarged to the synthetic size would be blurred, not real)")
     # compare at the synthetic images' resolution: real images pass through the same size
     return quality.resize(store.pixels(positions), size)
 

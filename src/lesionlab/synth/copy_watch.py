@@ -1,12 +1,14 @@
 """Stop a generator before it copies: at every FID estimate of its training, the data-copying test
-(quality.data_copying) of that estimate's samples against the class's training images and the split's
-validation images of the class, which no generator learns from; the training keeps the EMA generator
-of the stop its rule selects (selected_stop) and ends once `patience` stops in a row copy.
+(quality.data_copying) of that estimate's samples against the class's training images and a reference of new real
+images, which no generator learns from (held_out val: the split's validation images of the class; train: the
+training images themselves, each against the other groups'); the training keeps the EMA generator of the stop its
+rule selects (selected_stop) and ends once `patience` stops in a row copy.
 
-Why validation: the trajectory in docs/results.md (ISIC 2024 crops) shows the projected recipe reaching
-its recall early and then only adding copying, so the stop has to be chosen, and a choice needs images
-of its own. The check (synth check) then judges on the images the generator neither learned nor was
-chosen on (the test set, the pool's unused images): check.unseen_images leaves out watch_ids.csv."""
+Why a watch: the trajectory in docs/results.md (ISIC 2024 crops) shows the projected recipe reaching its recall
+early and then only adding copying, so the stop has to be chosen, and a choice needs a reference of its own. The
+check (synth check) then judges on the images the generator neither learned nor was chosen on (the test set, the
+pool's unused images, and the validation images unless the watch used them): check.unseen_images leaves out
+watch_ids.csv."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,37 +42,56 @@ def watch_positions(store: Store, split: Split, label: int) -> np.ndarray:
 class CopyWatch:
     """The data-copying test of a batch of samples in 32x32 pixels and in the FID estimate's features
     (`features`, a callable on uint8 NHWC images) against `learned` (uint8 NHWC, the class's training
-    images at the generator's size) and the validation images of the class."""
+    images at the generator's size, at `learned_positions` of the store) and a reference of new real images:
+    held_out "val", the split's validation images of the class; "train", the training images themselves, each
+    against the other groups' (quality.other_group_nearest).
 
-    def __init__(self, store: Store, split: Split, label: int, size: int, learned: np.ndarray, features,
-                 patience: int, seed: int = 0):
+    Why "train": a few dozen validation images can sit closer to the training images than the distribution's new
+    images do (the ISIC 2024 crops' 30 did, docs/results.md), and a watch judged against them passes samples that
+    copy; the training images left out by group are a reference of hundreds, drawn as the training set was, and they
+    leave the validation images to synth check as new images."""
+
+    def __init__(self, store: Store, split: Split, label: int, size: int, learned: np.ndarray,
+                 learned_positions: np.ndarray, features, patience: int, held_out: str = "val", seed: int = 0):
+        group_of = group_keys(store.table, split.params.get("group_used", "none"))[0]
+        self.held_out, self.patience, self.seed = held_out, patience, seed
+        self.learned_pixels, self.learned_features = quality.pixels(learned), features(learned)
+        self.learned_groups = group_of[learned_positions]
+        if held_out == "train":
+            groups = len(np.unique(self.learned_groups))
+            if groups < MIN_WATCH:
+                raise NotEnoughDataError(
+                    f"--copy-watch train: the class's training images come from {groups} group(s) (patients or "
+                    f"lesions); the data-copying test against them needs at least {MIN_WATCH} (use --copy-watch val "
+                    "or off)")
+            self.ids = np.array([], dtype=str)  # no validation image is used: check keeps them all as new images
+            self.groups, self.held_pixels, self.held_features = self.learned_groups, None, None  # data_copying's None
+            return
         pos = watch_positions(store, split, label)
         if len(pos) < MIN_WATCH:
             raise NotEnoughDataError(
                 f"--copy-watch val: the split's validation set holds {len(pos)} image(s) of the class the generator "
-                f"is watched on; the data-copying test needs at least {MIN_WATCH} (use --copy-watch off to train "
-                "without it)")
+                f"is watched on; the data-copying test needs at least {MIN_WATCH} (use --copy-watch train, which "
+                "needs none, or off to train without it)")
         self.ids = store.table["id"].astype(str).to_numpy()[pos]
-        self.groups = group_keys(store.table, split.params.get("group_used", "none"))[0][pos]
+        self.groups = group_of[pos]
         held = quality.resize(store.pixels(pos), size)
-        self.patience, self.seed = patience, seed
-        self.learned_pixels, self.held_pixels = quality.pixels(learned), quality.pixels(held)
-        self.learned_features, self.held_features = features(learned), features(held)
+        self.held_pixels, self.held_features = quality.pixels(held), features(held)
 
     def __call__(self, images: np.ndarray, image_features: np.ndarray) -> dict[str, float]:
         """The test's Z_U in each space and whether either space finds copying (Z_U, C_T or a cell);
         image_features: the images' features in `features` (the FID estimate has them already)."""
-        pixel = quality.data_copying(self.learned_pixels, self.held_pixels, quality.pixels(images), self.seed,
-                                     held_groups=self.groups)
-        feature = quality.data_copying(self.learned_features, self.held_features, image_features, self.seed,
-                                       held_groups=self.groups)
+        groups = {"held_groups": self.groups, "train_groups": self.learned_groups}
+        pixel = quality.data_copying(self.learned_pixels, self.held_pixels, quality.pixels(images), self.seed, **groups)
+        feature = quality.data_copying(self.learned_features, self.held_features, image_features, self.seed, **groups)
         return {"copy_z_pixel": round(pixel["z_u"], 3), "copy_z_feature": round(feature["z_u"], 3),
                 "copying": float(pixel["copying"] or feature["copying"])}
 
     def summary(self, history: list[dict], rule: str, selected_step: int | None, stopped: bool) -> dict:
         keys = ("step", "copy_z_pixel", "copy_z_feature", "copying", "recall", "coverage")
-        return {"held_out": "the split's validation images of the class", "n": int(len(self.ids)),
-                "groups": int(len(np.unique(self.groups))), "patience": self.patience, "rule": rule,
+        return {"held_out": ("the class's training images, each against the other groups'" if self.held_out == "train"
+                             else "the split's validation images of the class"),
+                "n": int(len(self.groups)), "groups": int(len(np.unique(self.groups))), "patience": self.patience, "rule": rule,
                 "quality_bar": {"recall": SELECT_RECALL, "coverage": SELECT_COVERAGE} if rule == "margin" else None,
                 "selected_step": selected_step, "stopped_by_copying": stopped,
                 "stops": [{k: r[k] for k in keys if k in r} for r in _watched(history)]}

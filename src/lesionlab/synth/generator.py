@@ -258,7 +258,8 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
     class_power: with both classes, a step draws class k with probability proportional to n_k ** power
     (class_draw_probabilities). precision: auto (projected: bf16 autocast when a measured step on this
     machine is faster, see training_precision), 32 or bf16. copy_watch: val runs the data-copying test
-    against the split's validation images of `label` at every FID estimate, keeps the stop `copy_rule` selects
+    against the split's validation images of `label` at every FID estimate (train: against the class's training
+    images themselves, each against the other groups', copy_watch.CopyWatch), keeps the stop `copy_rule` selects
     (margin or last, copy_watch.selected_stop) for sampling and stops once `copy_patience` stops in a row copy
     (copy_watch.py); off: the last step is sampled, whatever it copies. device: where the projected family
     trains (cpu, cuda, cuda:N or auto); sampling runs on the CPU."""
@@ -286,9 +287,9 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
     dev = resolve_runtime("cpu" if device == "auto" and kind != "projected" else device, "32").device
     if dev.type != "cpu" and kind != "projected":
         raise BadInputError(f"--device {device}: only --kind projected trains on a GPU; {kind} trains on the CPU")
-    if copy_watch == "val" and not fid_every:
-        raise BadInputError("--copy-watch val: the watch tests the samples of each FID estimate, and --fid-every 0 "
-                            "makes none; give --fid-every N, or --copy-watch off")
+    if copy_watch != "off" and not fid_every:
+        raise BadInputError(f"--copy-watch {copy_watch}: the watch tests the samples of each FID estimate, and "
+                            "--fid-every 0 makes none; give --fid-every N, or --copy-watch off")
     if kind == "projected" and not 32 <= d_res <= 256:
         raise BadInputError(f"--d-res must be between 32 and 256 pixels, got {d_res}")
     names = list(CLASS_NAMES) if classes == "both" else [label]
@@ -306,8 +307,8 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
             "n_real_per_class": {name: int(len(p)) for name, (_, p) in zip(names, parts)},
             "only_ids_sha256": hashlib.sha256("\n".join(sorted(only_ids)).encode()).hexdigest() if only_ids else None,
             "class_power": float(class_power) if len(names) > 1 else None,
-            "copy_watch": ({"held_out": "val", "patience": copy_patience, "rule": copy_rule} if copy_watch == "val"
-                           else None)}
+            "copy_watch": ({"held_out": copy_watch, "patience": copy_patience, "rule": copy_rule}
+                           if copy_watch != "off" else None)}
     if kind == "projected":
         from .projected import FEATURE_NETWORK
 
@@ -361,10 +362,12 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
     fid = _FidEstimate(fid_features, real[by_class[names.index(label)]] if label in names else real, fid_n, seed) \
         if fid_every else None
     watch = None
-    if copy_watch == "val" and fid is not None:
-        watch = CopyWatch(store, split, CLASS_NAMES.index(label), size, real[by_class[names.index(label)]].numpy(),
-                          fid.net, copy_patience, seed)
-        write_watch_ids(out, watch.ids)
+    if copy_watch != "off" and fid is not None:
+        mine = by_class[names.index(label)].numpy()
+        watch = CopyWatch(store, split, CLASS_NAMES.index(label), size, real[mine].numpy(), positions[mine], fid.net,
+                          copy_patience, copy_watch, seed)
+        if len(watch.ids):
+            write_watch_ids(out, watch.ids)
 
     def copied_out() -> bool:  # the watch's stop: `copy_patience` watched stops in a row copied (a resume counts too)
         return bool(watch) and copying_in_a_row(history) >= copy_patience

@@ -80,7 +80,32 @@ def nn_distance_z(train: np.ndarray, held_out: np.ndarray, generated: np.ndarray
     """Meehan et al.'s Z_U: the Mann-Whitney U of the generated images' distances to their nearest training
     image against the held-out real images' distances, as a z score under the null of equal distributions. Far
     below 0: the generated images sit closer to the training images than new real images do (data copying);
-    above 0: farther (underfitting).
+    above 0: farther (underfitting). See distance_z for the held_groups."""
+    return distance_z(nearest(generated, train)[0], nearest(held_out, train)[0], held_groups, n_boot, seed)
+
+
+def other_group_nearest(train: np.ndarray, groups: np.ndarray, rows: int = 1024) -> np.ndarray:
+    """Distance from each training image to its nearest training image of another group (leave one group out).
+
+    Why: a training image measured against the training images of the other groups stands where a new real image
+    of the distribution stands against the training set (one group fewer), so these distances are a reference
+    for the data-copying test that needs no held-out image; leaving out the whole group (the lesion's other
+    pictures) keeps a near-duplicate from passing for a close new image. In blocks of `rows`, so memory stays
+    bounded on a large class."""
+    groups = np.asarray(groups)
+    if len(np.unique(groups)) < 2:
+        raise ValueError("leave-one-group-out distances need training images of at least two groups")
+    out = np.empty(len(train))
+    for start in range(0, len(train), rows):
+        d = _pairwise(train[start:start + rows], train)
+        d[groups[start:start + rows, None] == groups[None, :]] = np.inf
+        out[start:start + rows] = d.min(1)
+    return out
+
+
+def distance_z(d_gen: np.ndarray, d_held: np.ndarray, held_groups: np.ndarray | None = None, n_boot: int = 1000,
+               seed: int = 0) -> float:
+    """Z_U from the two sets of nearest-training-image distances (nn_distance_z).
 
     Without groups, the paper's normal approximation (continuous distances have no ties). With `held_groups`
     (patients or lesions, several images each), held-out images are not independent and that approximation is
@@ -88,7 +113,6 @@ def nn_distance_z(train: np.ndarray, held_out: np.ndarray, generated: np.ndarray
     whole held-out groups (and of the generated images), as every interval in lesionlab resamples groups."""
     from scipy.stats import mannwhitneyu
 
-    d_gen, d_held = nearest(generated, train)[0], nearest(held_out, train)[0]
     m, n = len(d_gen), len(d_held)
     if held_groups is None:
         u = mannwhitneyu(d_gen, d_held, alternative="less", method="asymptotic").statistic  # U of the generated
@@ -115,8 +139,9 @@ def nn_distance_z(train: np.ndarray, held_out: np.ndarray, generated: np.ndarray
 COPYING_ALPHA = 0.05
 
 
-def data_copying(train: np.ndarray, held_out: np.ndarray, generated: np.ndarray, seed: int = 0,
-                 per_cell: int = 20, max_cells: int = 10, held_groups: np.ndarray | None = None) -> dict:
+def data_copying(train: np.ndarray, held_out: np.ndarray | None, generated: np.ndarray, seed: int = 0,
+                 per_cell: int = 20, max_cells: int = 10, held_groups: np.ndarray | None = None,
+                 train_groups: np.ndarray | None = None) -> dict:
     """The data-copying test of Meehan, Chaudhuri and Dasgupta (AISTATS 2020, "A Non-Parametric Test to
     Detect Data-Copying in Generative Models"): do generated images lie closer to the training images than
     real images the generator never saw? Unlike a fixed near-copy cut, it compares with new real images, so a
@@ -128,16 +153,34 @@ def data_copying(train: np.ndarray, held_out: np.ndarray, generated: np.ndarray,
     weight, over the cells holding at least `per_cell` generated images (the paper's tau); k starts at one cell
     per `per_cell` held-out images (up to `max_cells`) and shrinks until every cell holds 5 held-out images,
     the fewest a rank test in a cell can stand on. held_groups: see nn_distance_z.
+    held_out None: no held-out images; the training images themselves, each against the training images of the
+    other groups (other_group_nearest, `train_groups`; every image its own group when None), are the new real
+    images the generated ones are compared with, in every cell as in all.
     Written here because no maintained library ships it; the paper's reference code is the model."""
     from scipy.stats import norm
     from sklearn.cluster import KMeans
 
+    loo = held_out is None
+    loo_groups = np.arange(len(train)) if train_groups is None else np.asarray(train_groups)
+    if held_out is None:
+        held_out, held_groups = train, train_groups  # the reference images are the training images, with their groups
+
+    def z_of(in_train: np.ndarray, in_held: np.ndarray, gen: np.ndarray) -> float:
+        """Z_U of `gen` against the reference images `in_held`, both measured to the training images `in_train`."""
+        t = train[in_train]
+        d_ref = other_group_nearest(t, loo_groups[in_train]) if loo else nearest(held_out[in_held], t)[0]
+        return distance_z(nearest(gen, t)[0], d_ref, None if held_groups is None else np.asarray(held_groups)[in_held],
+                          seed=seed)
+
     k = max(1, min(max_cells, len(held_out) // per_cell, len(train) // per_cell))
     while True:
         km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(train)
-        cell_train, cell_held, cell_gen = km.labels_, km.predict(held_out), km.predict(generated)
+        cell_train, cell_gen = km.labels_, km.predict(generated)
+        cell_held = cell_train if loo else km.predict(held_out)
         held_counts = np.bincount(cell_held, minlength=k)
-        if k == 1 or held_counts.min() >= 5:
+        # a cell of one group has no leave-one-group-out reference
+        one_group = loo and any(len(np.unique(loo_groups[cell_train == c])) < 2 for c in range(k))
+        if k == 1 or (held_counts.min() >= 5 and not one_group):
             break
         k -= 1
     z_cells, weights = [], []
@@ -145,12 +188,10 @@ def data_copying(train: np.ndarray, held_out: np.ndarray, generated: np.ndarray,
         gen_c = generated[cell_gen == c]
         if len(gen_c) < min(per_cell, len(generated)):
             continue  # too few generated images to test: the cell is left out, as in the paper
-        in_cell = cell_held == c
-        z_cells.append(nn_distance_z(train[cell_train == c], held_out[in_cell], gen_c,
-                                     None if held_groups is None else np.asarray(held_groups)[in_cell], seed=seed))
+        z_cells.append(z_of(cell_train == c, cell_held == c, gen_c))
         weights.append(held_counts[c] / len(held_out))
     c_t = float(np.dot(weights, z_cells) / np.sum(weights)) if z_cells else None
-    z_u = nn_distance_z(train, held_out, generated, held_groups, seed=seed)
+    z_u = z_of(np.ones(len(train), bool), np.ones(len(held_out), bool), generated)
     # copying is found when Z_U or C_T falls below the one-sided 5% point, or one cell below its Bonferroni cut
     # (an average can hide a copying cell behind an underfitting one)
     cut = float(norm.ppf(COPYING_ALPHA))
@@ -160,6 +201,7 @@ def data_copying(train: np.ndarray, held_out: np.ndarray, generated: np.ndarray,
     return {"z_u": z_u, "c_t": c_t, "cells": int(k), "cells_tested": len(z_cells), "worst_cell_z": worst,
             "cut": cut, "cell_cut": cell_cut,
             "n_train": int(len(train)), "n_held_out": int(len(held_out)), "n_generated": int(len(generated)),
+            "reference": "the training images, leave one group out" if loo else "held-out images",
             "held_out_groups": None if held_groups is None else int(len(np.unique(np.asarray(held_groups)))),
             "copying": bool(z_u < cut or in_cells)}
 
