@@ -352,13 +352,11 @@ def test_bf16_is_refused_for_the_fp32_only_families(small_data, tmp_path):
     assert not (tmp_path / "gan").exists()  # refused before anything is written
 
 
-def test_copy_watch_against_the_training_images_uses_no_validation_image(small_data, tmp_path, monkeypatch):
-    """--copy-watch train: new real images (the validation images) as samples pass, the generator's own training
-    images copy and stop it after two stops; no validation image is recorded as used, so check keeps them all as
-    new images, and the summary names the reference."""
+def _samples_new_then_learned(small_data, monkeypatch) -> tuple:
+    """Makes the FID stops' samples new real images (the validation images) at the first two stops, then the
+    generator's own training images; returns the store, both image sets and the list of sampling calls."""
     from lesionlab.synth import generator as gen_module
-    from lesionlab.synth.check import unseen_images
-    from lesionlab.synth.copy_watch import WATCH_IDS, watch_positions
+    from lesionlab.synth.copy_watch import watch_positions
     from lesionlab.synth.generator import real_images
 
     store = Store.open(small_data)
@@ -372,6 +370,17 @@ def test_copy_watch_against_the_training_images_uses_no_validation_image(small_d
         return pool[np.arange(n) % len(pool)]
 
     monkeypatch.setattr(gen_module, "generate_batch", fake_samples)
+    return store, new, learned, calls
+
+
+def test_copy_watch_against_the_training_images_uses_no_validation_image(small_data, tmp_path, monkeypatch):
+    """--copy-watch train: new real images (the validation images) as samples pass, the generator's own training
+    images copy and stop it after two stops; no validation image is recorded as used, so check keeps them all as
+    new images, and the summary names the reference."""
+    from lesionlab.synth.check import unseen_images
+    from lesionlab.synth.copy_watch import WATCH_IDS
+
+    store, _, learned, _ = _samples_new_then_learned(small_data, monkeypatch)
     out = tmp_path / "g"
     info = train_generator(small_data, out, steps=8, checkpoint_every=1, fid_n=10,
                            **{**TINY, "fid_every": 1, "copy_watch": "train"})
@@ -391,22 +400,11 @@ def test_copy_watch_keeps_the_selected_stop_and_stops_after_patience(small_data,
     generator's own training images: the watch keeps the EMA generator of the stop its rule selects for sampling
     (last: step 2; margin: the two clean stops tie, the earlier wins), stops at step 4 (two copying stops in a row),
     stays stopped when asked to train on, and check leaves the watched images out of its new real images."""
-    from lesionlab.synth import generator as gen_module
     from lesionlab.synth.check import real_control, unseen_images
     from lesionlab.synth.copy_watch import SNAPSHOT, watch_ids, watch_positions
-    from lesionlab.synth.generator import load_generator, real_images
+    from lesionlab.synth.generator import load_generator
 
-    store = Store.open(small_data)
-    new = store.pixels(watch_positions(store, load_split(store), 1))
-    learned = store.pixels(real_images(small_data, 1)[1])
-    calls = []
-
-    def fake_samples(trainer, info, n, seed, label="malignant", gen_dir=""):
-        calls.append(n)
-        pool = new if len(calls) <= 2 else learned
-        return pool[np.arange(n) % len(pool)]
-
-    monkeypatch.setattr(gen_module, "generate_batch", fake_samples)
+    store, new, learned, calls = _samples_new_then_learned(small_data, monkeypatch)
     out = tmp_path / "g"
     info = train_generator(small_data, out, steps=8, checkpoint_every=1, fid_n=8,
                            **{**TINY, "fid_every": 1, "copy_watch": "val", "copy_rule": rule})
