@@ -435,7 +435,7 @@ def watch_text(info: dict) -> list[str]:
            "worse of the two spaces; without one, the last stop without copying)")
     chosen = (f"it samples step {watch['selected_step']}, {how}" if watch["selected_step"]
               else "every stop copied, so it samples the last step")
-    on_val = watch["held_out"].startswith("the split's validation")
+    on_val = watch.get("reference", "val") == "val"  # generators before --copy-watch train were watched on val
     return [f"Copy watch (`synth train --copy-watch {'val' if on_val else 'train'}`): at every FID estimate the "
             f"data-copying test of its {info['fid_estimate']['n']} samples against {watch['held_out']} "
             f"({watch['n']} images, {watch['groups']} groups), Z_U in pixels / in {info['fid_estimate']['features'].split(':')[0]} features"

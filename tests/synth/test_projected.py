@@ -387,7 +387,8 @@ def test_copy_watch_against_the_training_images_uses_no_validation_image(small_d
     result = info["copy_watch_result"]
     assert [s["copying"] for s in result["stops"]] == [0, 0, 1, 1] and info["steps"] == 4
     assert info["sampled_step"] == result["selected_step"] in (1, 2)
-    assert result["held_out"].startswith("the class's training images") and result["n"] == len(learned)
+    assert result["reference"] == "train" and result["held_out"].startswith("the class's training images")
+    assert result["n"] == len(learned)
     assert json.loads((out / "spec.json").read_text())["copy_watch"]["held_out"] == "train"
     assert not (out / WATCH_IDS).exists()
     unseen, _ = unseen_images(out, small_data, "malignant", 32)

@@ -89,7 +89,8 @@ class CopyWatch:
 
     def summary(self, history: list[dict], rule: str, selected_step: int | None, stopped: bool) -> dict:
         keys = ("step", "copy_z_pixel", "copy_z_feature", "copying", "recall", "coverage")
-        return {"held_out": ("the class's training images, each against the other groups'" if self.held_out == "train"
+        return {"reference": self.held_out,  # --copy-watch's value
+                "held_out": ("the class's training images, each against the other groups'" if self.held_out == "train"
                              else "the split's validation images of the class"),
                 "n": int(len(self.groups)), "groups": int(len(np.unique(self.groups))), "patience": self.patience, "rule": rule,
                 "quality_bar": {"recall": SELECT_RECALL, "coverage": SELECT_COVERAGE} if rule == "margin" else None,
