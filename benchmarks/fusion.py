@@ -172,12 +172,12 @@ def _refused(reason: str) -> bool:
 
 
 def _test_groups(data: Path, ids) -> np.ndarray | None:
-    from lesionlab.data.splits import group_keys, load_split
+    from lesionlab.data.splits import load_split
     from lesionlab.data.store import Store
 
     store = Store.open(data)
     split = load_split(store)
-    keys, _ = group_keys(store.table, split.params.get("group_used", "none"))
+    keys = split.group_keys(store.table)
     return pd.Series(keys, index=store.table["id"].astype(str)).reindex(ids).to_numpy()
 
 

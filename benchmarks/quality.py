@@ -43,7 +43,7 @@ from lesionlab.benchmarking.arms import BASELINE, METRICS, cv_arm, cv_table, fmt
 from lesionlab.benchmarking.datasets import DATASETS, Dataset, add_dataset_option, prepared
 from lesionlab.benchmarking.results import ROOT, command_line, git_commit, machine, update_section
 from lesionlab.config import build_config, build_pretrain_config, build_tabular_config, load_yaml, to_dict
-from lesionlab.data.splits import group_keys, load_split
+from lesionlab.data.splits import load_split
 from lesionlab.data.store import Store
 from lesionlab.data.tta import tta_logits
 from lesionlab.fileio import write_text
@@ -275,7 +275,7 @@ def score_stage(b: Bench, stage: SeedStage) -> Scored:
     split = load_split(store)
     table = store.table
     # a crop without a lesion_id is its own group (group_keys), not one group with every other such crop
-    group_of, _ = group_keys(table, split.params.get("group_used", "none"))
+    group_of = split.group_keys(table)
     t = time.time()
     sides = {}
     for side in ("val", "test"):

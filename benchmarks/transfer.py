@@ -54,7 +54,7 @@ from lesionlab.benchmarking.datasets import DATASETS, prepared
 from lesionlab.benchmarking.results import ROOT, command_line, git_commit, machine, update_section
 from lesionlab.config import build_config, build_pretrain_config, load_yaml, to_dict
 from lesionlab.data.sampling import parse_ratio
-from lesionlab.data.splits import group_keys, load_split
+from lesionlab.data.splits import load_split
 from lesionlab.data.store import Store
 from lesionlab.fileio import write_json, write_text
 from lesionlab.metrics import ci_unit, metrics_with_ci
@@ -127,8 +127,7 @@ def test_images(data: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     split = load_split(store)
     table = store.table
     pos = split.positions(table, "test")
-    rule = split.params.get("group_used", "none")
-    return store.pixels(pos), table["label"].to_numpy()[pos], group_keys(table, rule)[0][pos], rule
+    return store.pixels(pos), table["label"].to_numpy()[pos], split.group_keys(table)[pos], split.group_rule
 
 
 def cross_source(cv: Run, target: str, data: Path, work: Path, n_boot: int) -> dict:

@@ -48,7 +48,7 @@ def write_cv_dir(data: Path, out: Path, model_run: Path | None, k: int = 3, seed
     """A cv run folder of the agreed layout. Scores come from `model_run`'s network (a train run,
     copied to out/model so a test loader can score images with it) unless given."""
     from lesionlab.data.folds import folds_hash
-    from lesionlab.data.splits import group_keys, load_split
+    from lesionlab.data.splits import load_split
     from lesionlab.data.store import Store
     from lesionlab.runs import load_predictor
     from lesionlab.tabular.model import grouped_folds
@@ -58,7 +58,7 @@ def write_cv_dir(data: Path, out: Path, model_run: Path | None, k: int = 3, seed
     table = store.table
     pos = {side: split.positions(table, side) for side in ("train", "val", "test")}
     labels = table["label"].to_numpy()
-    keys, _ = group_keys(table, split.params["group_used"])
+    keys = split.group_keys(table)
     if model_run is not None:
         probs = load_predictor(model_run, device="cpu").probabilities(store.pixels(np.arange(len(table))))
     else:

@@ -88,6 +88,16 @@ class Split:
     def ids(self, side: str) -> list[str]:
         return self.assign[side]
 
+    @property
+    def group_rule(self) -> str:
+        """The column whose groups the split kept on one side ('none': every image is its own group)."""
+        return self.params.get("group_used", "none")
+
+    def group_keys(self, table: pd.DataFrame) -> np.ndarray:
+        """One group key per row of table, by the split's rule; every later split (folds, inner validation,
+        bootstrap resamples) keeps these groups whole as the split did."""
+        return group_keys(table, self.group_rule)[0]
+
     def positions(self, table: pd.DataFrame, side: str) -> np.ndarray:
         """Table positions of a side; 'train' = every row in no other side."""
         ids = table["id"].astype(str)

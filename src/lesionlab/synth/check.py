@@ -18,7 +18,7 @@ import pandas as pd
 from .. import plots
 from ..data.images import decode_resize
 from ..data.sources import read_source
-from ..data.splits import group_keys, load_split
+from ..data.splits import load_split
 from ..data.store import Store
 from ..data.synthetic import real_rows
 from ..errors import BadInputError
@@ -83,7 +83,7 @@ def unseen_images(source: Path, data_dir: str | Path, label: str, size: int) -> 
     # the images the copy watch chose the generator's stop on are no longer new to it
     positions = never_learned(store, ids | watch_ids(source))
     positions = positions[table["label"].to_numpy()[positions] == CLASS_NAMES.index(label)]
-    groups = group_keys(table, load_split(store).params.get("group_used", "none"))[0][positions]
+    groups = load_split(store).group_keys(table)[positions]
     return quality.resize(store.pixels(positions), size), groups
 
 

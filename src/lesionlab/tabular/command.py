@@ -23,7 +23,7 @@ from ..config import TabularConfig
 from ..data.folds import folds_hash
 from ..data.parallel import cpu_count
 from ..data.sources import ISIC2024_COLUMNS, ISIC2024_TEXT_COLUMNS
-from ..data.splits import group_keys, load_split
+from ..data.splits import load_split
 from ..data.store import CORE_COLUMNS, ROWS_FILE, Store
 from ..errors import BadInputError
 from ..fileio import csv_restore
@@ -91,7 +91,7 @@ def tabular_run(cfg: TabularConfig, out: str | os.PathLike, echo: Callable[[str]
     pos = {side: split.positions(core, side) for side in ("train", *SIDES)}
     ids = {side: core["id"].astype(str).to_numpy()[p] for side, p in pos.items()}
     y = {side: labels[p] for side, p in pos.items()}
-    keys, group_used = group_keys(core, split.params.get("group_used", "none"))
+    keys, group_used = split.group_keys(core), split.group_rule
     groups = keys[pos["train"]]
 
     t0 = time.perf_counter()

@@ -35,7 +35,7 @@ import pandas as pd
 from .. import plots
 from ..config import ExperimentConfig, to_dict
 from ..data.folds import Folds, inner_validation, make_folds
-from ..data.splits import group_keys, load_split, parse_counts
+from ..data.splits import load_split, parse_counts
 from ..data.store import Store
 from ..errors import BadInputError, ExistsError, LesionLabError, check_at_least
 from ..fileio import held_lock, read_json, write_csv, write_json, write_yaml
@@ -117,8 +117,8 @@ def prepare_cv(cfg: ExperimentConfig, out: str | os.PathLike, k: int = 5, repeat
     check_input_size(cfg, store.size)  # once here, not in every fold
     split = load_split(store, cfg.split)
     table = store.table
-    rule = split.params.get("group_used", "none")
-    keys = group_keys(table, rule)[0]
+    rule = split.group_rule
+    keys = split.group_keys(table)
     labels = table["label"].to_numpy()
     ids = table["id"].astype(str).to_numpy()
     folds = make_folds(ids, labels, keys, split.positions(table, "train"), k, repeats, fold_seed, rule)

@@ -16,7 +16,7 @@ import pandas as pd
 
 from .. import plots
 from ..config import EnsembleConfig, validated
-from ..data.splits import group_keys, load_split, split_name
+from ..data.splits import load_split, split_name
 from ..data.store import Store
 from ..errors import BadInputError
 from ..fileio import write_json
@@ -105,8 +105,8 @@ def build_ensemble(members: list[str | os.PathLike], out: str | os.PathLike, mea
     if split.sha256 != first.info["split_sha256"]:
         raise BadInputError(f"{split.path}: differs from the split the members were judged on; pass --data with the right DATA_DIR")
     table = store.table
-    rule_name = split.params.get("group_used", "none")
-    keys = group_keys(table, rule_name)[0]
+    rule_name = split.group_rule
+    keys = split.group_keys(table)
     unit = ci_unit(rule_name)
     ids, labels = table["id"].astype(str).to_numpy(), table["label"].to_numpy()
     scores, member_scores = {}, {}

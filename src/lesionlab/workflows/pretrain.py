@@ -102,7 +102,7 @@ def gather(cfg: PretrainConfig) -> PretrainData:
     eval_pos = np.sort(np.r_[split.positions(table, "val"), split.positions(table, "test")])
     if len(np.intersect1d(pool, eval_pos)):  # load_split guarantees this; checked where it matters
         raise LeakError(f"{split.path}: train pool and val/test overlap")
-    bank, inner = _inner_split(table, pool, split.params.get("group_used", "none"), cfg.inner_val, cfg.seed)
+    bank, inner = _inner_split(table, pool, split.group_rule, cfg.inner_val, cfg.seed)
     labels = table["label"].to_numpy()
     if labels[inner].min(initial=1) == labels[inner].max(initial=0):
         raise BadInputError(f"--inner-val {cfg.inner_val}: the held-out part of the train pool ({len(inner)} images) "

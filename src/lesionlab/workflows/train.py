@@ -22,7 +22,7 @@ from ..config import ExperimentConfig, to_dict
 from ..data.extra import ExtraPart, load_extra
 from ..data.parallel import cpu_count
 from ..data.sampling import EpochSampler, draw_training_set
-from ..data.splits import Split, check_evaluable, group_keys, load_split
+from ..data.splits import Split, check_evaluable, load_split
 from ..data.store import Store
 from ..data.synthetic import CombinedImages, SyntheticPart, load_synthetic
 from ..data.tta import tta_logits
@@ -163,8 +163,8 @@ def _inputs(cfg: ExperimentConfig, world: World, plan: FoldPlan | None = None) -
         real_pool = np.asarray(plan.pool)
         eval_pos = {"val": np.asarray(plan.val), **{k: np.asarray(v) for k, v in plan.scored.items()}}
     eval_x = {side: store.pixels(pos) for side, pos in eval_pos.items()}
-    group_rule = split.params.get("group_used", "none")
-    groups = group_keys(table, group_rule)[0]
+    group_rule = split.group_rule
+    groups = split.group_keys(table)
     syn = None
     if cfg.synthetic:
         both = np.concatenate(list(eval_pos.values()))
