@@ -52,7 +52,7 @@ from lesionlab.benchmarking.results import ROOT, command_line, git_commit, machi
 from lesionlab.config import build_config, load_yaml
 from lesionlab.config.synth import CLASS_POWER
 from lesionlab.data.sources import read_source
-from lesionlab.data.splits import group_keys, load_split
+from lesionlab.data.splits import load_split
 from lesionlab.data.store import Store, prepare
 from lesionlab.fileio import read_json, write_json
 from lesionlab.runs import is_complete_run
@@ -362,7 +362,7 @@ def fold_copying(work: Path, data: Path) -> list[str]:
         # --copy-watch train's reference: the learned images, each against the other groups'; the new real images
         # tested against it show whether it stands where new images stand
         real, at = learned_positions(gen, data, "malignant")
-        by_group = group_keys(real.table, load_split(real).params.get("group_used", "none"))[0][at]
+        by_group = load_split(real).group_keys(real.table)[at]
         against_training = [synth_quality.data_copying(learned, None, x, train_groups=by_group)
                             for x in (synth_quality.pixels(syn), new)]
         half = group_halves(groups)
@@ -416,8 +416,15 @@ def fold_watch_text(fold_gens: list[dict]) -> str:
             f" (recall {stop['recall']:.2f}, coverage {stop['coverage']:.2f}, Z_U {stop['copy_z_pixel']:+.2f} / "
             f"{stop['copy_z_feature']:+.2f})" if stop else " (every stop copied: the last step)"))
     return (f" The copy watch (rule {watched[0].get('rule', 'last')}, against {watched[0]['held_out']}, "
-            f"{watched[0]['n']} images; recall and coverage of the FID estimate's samples against the fold's training images, Z_U in "
-            f"pixels / in the estimate's features) sampled, fold by fold: {'; '.join(chosen)}.")
+            f"{watched[0]['n']} images; {watch_samples(watched[0])} samples a stop; recall and coverage of the FID "
+            f"estimate's samples against the fold's training images, Z_U in pixels / in the estimate's features) sampled, fold by fold: {'; '.join(chosen)}.")
+
+
+def watch_samples(watch: dict, default: int | str = "the FID estimate's") -> str:
+    """How many samples the watch tested at a stop (generators before --watch-n did not record it: the FID
+    estimate's, `default`)."""
+    n = sorted({int(s["copy_n"]) for s in watch["stops"] if "copy_n" in s})
+    return "/".join(map(str, n)) if n else str(default)
 
 
 def watch_text(info: dict) -> list[str]:
@@ -437,7 +444,7 @@ def watch_text(info: dict) -> list[str]:
               else "every stop copied, so it samples the last step")
     on_val = watch.get("reference", "val") == "val"  # generators before --copy-watch train were watched on val
     return [f"Copy watch (`synth train --copy-watch {'val' if on_val else 'train'}`): at every FID estimate the "
-            f"data-copying test of its {info['fid_estimate']['n']} samples against {watch['held_out']} "
+            f"data-copying test of {watch_samples(watch, info['fid_estimate']['n'])} samples against {watch['held_out']} "
             f"({watch['n']} images, {watch['groups']} groups), Z_U in pixels / in {info['fid_estimate']['features'].split(':')[0]} features"
             + (" (with the samples' recall and coverage against as many of the class's training images, in those "
                "features)" if rule == "margin" else "") + ", by step: "
@@ -488,6 +495,8 @@ def main() -> None:
                     "in -watched, and -watched-margin under the margin rule; train: the same against the training "
                     "images by group, -watched-train and -watched-train-margin)")
     ap.add_argument("--copy-rule", choices=("margin", "last"), default="margin", help="synth train's --copy-rule")
+    ap.add_argument("--watch-n", type=int, default=None, help="synth train's --watch-n: samples the copy watch tests "
+                    "at each stop (default the FID estimate's); folders and sections gain -nN")
     ap.add_argument("--device", default="cpu", help="where the projected generators train (synth train --device); "
                     "the classifiers' and checks' own settings are unchanged")
     ap.add_argument("--fid-every", type=int, default=250, help="steps between FID estimates (and copy-watch stops)")
@@ -534,13 +543,17 @@ def main() -> None:
     if args.copy_watch != "off" and not args.trajectory_every:  # part 4 is the unwatched course by design
         tag = "-watched" + ("-train" if args.copy_watch == "train" else "") + ("-margin" if args.copy_rule == "margin"
                                                                                else "")
+        tag += f"-n{args.watch_n}" if args.watch_n else ""
         section, work = section + tag, work.with_name(work.name + tag)
+    elif args.watch_n:
+        raise SystemExit(f"--watch-n {args.watch_n}: sets the copy watch's samples; with --copy-watch off or "
+                         "--trajectory-every no generator is watched")
     work.mkdir(parents=True, exist_ok=True)
     size = Store.open(data).size
     fold_min = args.fold_gen_min if args.fold_gen_min is not None else args.gen_min
     counts = sorted({int(n) for n in args.n_synthetic.split(",") if n.strip()})
     gen_kw = {"size": args.gen_size, "d_res": args.d_res, "class_power": args.class_power, "copy_watch": args.copy_watch,
-              "copy_rule": args.copy_rule, "device": args.device}
+              "copy_rule": args.copy_rule, "device": args.device, "watch_n": args.watch_n}
 
     def head() -> list[str]:
         return [f"## Synthetic malignant images on {args.name} (`benchmarks/synthetic.py`)", "",

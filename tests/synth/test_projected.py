@@ -456,6 +456,39 @@ def test_copy_watch_needs_fid_estimates(small_data, tmp_path):
     with pytest.raises(BadInputError, match="--fid-every"):
         train_generator(small_data, tmp_path / "g", steps=1, **{**TINY, "copy_watch": "val"})
     assert not (tmp_path / "g").exists()
+    with pytest.raises(BadInputError, match="--watch-n 20: .*--copy-watch off"):
+        train_generator(small_data, tmp_path / "g", steps=1, watch_n=20, **{**TINY, "fid_every": 1})
+    assert not (tmp_path / "g").exists()
+
+
+def test_watch_n_tests_more_samples_and_leaves_the_fid_estimate_as_it_was(small_data, tmp_path, monkeypatch):
+    """--watch-n 25 with an estimate of 8 samples: the watch tests the estimate's 8 and 17 others of their own
+    latents at each stop, records how many, and the estimate's images and FID are those of a run without it."""
+    from lesionlab.synth.copy_watch import CopyWatch
+
+    tested = []
+    real_call = CopyWatch.__call__
+
+    def spy(self, images, features):
+        tested.append(images.copy())
+        assert len(features) == len(images)
+        return real_call(self, images, features)
+
+    monkeypatch.setattr(CopyWatch, "__call__", spy)
+    runs = {}
+    for n in (None, 25):
+        info = train_generator(small_data, tmp_path / f"g{n}", steps=2, checkpoint_every=2, fid_n=8, watch_n=n,
+                               **{**TINY, "fid_every": 1, "copy_watch": "train"})
+        runs[n] = (info, pd.read_csv(tmp_path / f"g{n}" / "progress.csv"), tested[-2:])
+    (plain, plain_progress, plain_images), (more, more_progress, more_images) = runs[None], runs[25]
+    assert [len(x) for x in plain_images] == [8, 8] and [len(x) for x in more_images] == [25, 25]
+    assert [s["copy_n"] for s in more["copy_watch_result"]["stops"]] == [25, 25]
+    assert [s["copy_n"] for s in plain["copy_watch_result"]["stops"]] == [8, 8]
+    for few, many in zip(plain_images, more_images):
+        assert np.array_equal(many[:8], few)  # the estimate's own samples
+        assert not any(np.array_equal(many[i], many[j]) for i in range(8, 25) for j in range(8))  # new latents
+    assert plain_progress["fid"].tolist() == more_progress["fid"].tolist()
+    assert json.loads((tmp_path / "g25" / "spec.json").read_text())["copy_watch"]["n"] == 25
 
 
 def test_a_gpu_that_is_not_there_is_refused_before_anything_is_written(small_data, tmp_path):

@@ -36,7 +36,8 @@ def synth_train(data_dir: Path, out: Path, **flags) -> None:
             line = (f"step {step}: FID estimate {losses['fid']:.2f} ({c.fid_n} {c.label} images a side, "
                     f"{c.fid_features} features); near copies of its training images "
                     f"{100 * losses['near_copies']:.1f}%; recall {losses['recall']:.2f}, coverage {losses['coverage']:.2f}"
-                    + (f"; data copying against {'validation' if c.copy_watch == 'val' else 'training, by group'}: Z_U {losses['copy_z_pixel']:+.2f} pixels, "
+                    + (f"; data copying of {losses['copy_n']:.0f} samples against "
+                       f"{'validation' if c.copy_watch == 'val' else 'training, by group'}: Z_U {losses['copy_z_pixel']:+.2f} pixels, "
                        f"{losses['copy_z_feature']:+.2f} features, {'copying' if losses['copying'] else 'no copying'}"
                        if "copying" in losses else ""))
             if hasattr(bar, "write"):
@@ -53,7 +54,8 @@ def synth_train(data_dir: Path, out: Path, **flags) -> None:
                                c.checkpoint_every, c.time_budget * 60 if c.time_budget else None, progress, c.n_real,
                                c.draw_seed, c.sample_steps, c.classes, c.d_res, c.fid_every, c.fid_features, c.fid_n,
                                class_power=c.class_power, precision=c.precision, copy_watch=c.copy_watch,
-                               copy_patience=c.copy_patience, copy_rule=c.copy_rule, device=c.device)
+                               copy_patience=c.copy_patience, copy_rule=c.copy_rule, device=c.device,
+                               watch_n=c.watch_n)
     finally:
         bar.close()
     learned = ", ".join(f"{k} {v}" for k, v in info["n_real_per_class"].items())

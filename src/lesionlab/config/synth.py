@@ -57,6 +57,10 @@ class SynthTrainConfig(CommandConfig):
         "without copying")
     device: str = Field("auto", description="where --kind projected trains: auto (a CUDA GPU when there is one), cpu, "
                         "cuda or cuda:N; gan and ddpm train on the CPU, and sampling always runs there")
+    watch_n: Optional[int] = Field(
+        None, ge=10, description="--copy-watch val or train: samples tested at each stop (default: the FID estimate's, "
+        "--fid-n capped at the class's training images); as many as you will sample (3000, say) tests each k-means "
+        "cell with the power the sampled set will be judged with, at a few seconds per stop")
     copy_patience: int = Field(2, ge=1, description="--copy-watch val or train: watched stops in a row that copy "
                                "before training stops")
 

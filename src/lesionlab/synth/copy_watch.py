@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..data.splits import Split, group_keys
+from ..data.splits import Split
 from ..data.store import Store
 from ..data.synthetic import real_rows
 from ..errors import NotEnoughDataError
@@ -53,9 +53,8 @@ class CopyWatch:
 
     def __init__(self, store: Store, split: Split, label: int, size: int, learned: np.ndarray,
                  learned_positions: np.ndarray, features, patience: int, held_out: str = "val", seed: int = 0):
-        group_of = group_keys(store.table, split.params.get("group_used", "none"))[0]
-        self.held_out, self.patience, self.seed = held_out, patience, seed
-        self.learned_pixels, self.learned_features = quality.pixels(learned), features(learned)
+        group_of = split.group_keys(store.table)
+        self.held_out, self.patience = held_out, patience
         self.learned_groups = group_of[learned_positions]
         if held_out == "train":
             groups = len(np.unique(self.learned_groups))
@@ -65,30 +64,33 @@ class CopyWatch:
                     f"lesions); the data-copying test against them needs at least {MIN_WATCH} (use --copy-watch val "
                     "or off)")
             self.ids = np.array([], dtype=str)  # no validation image is used: check keeps them all as new images
-            self.groups, self.held_pixels, self.held_features = self.learned_groups, None, None  # data_copying's None
-            return
-        pos = watch_positions(store, split, label)
-        if len(pos) < MIN_WATCH:
-            raise NotEnoughDataError(
-                f"--copy-watch val: the split's validation set holds {len(pos)} image(s) of the class the generator "
-                f"is watched on; the data-copying test needs at least {MIN_WATCH} (use --copy-watch train, which "
-                "needs none, or off to train without it)")
-        self.ids = store.table["id"].astype(str).to_numpy()[pos]
-        self.groups = group_of[pos]
-        held = quality.resize(store.pixels(pos), size)
-        self.held_pixels, self.held_features = quality.pixels(held), features(held)
+            self.groups, held_pixels, held_features = self.learned_groups, None, None  # None: the training images
+        else:
+            pos = watch_positions(store, split, label)
+            if len(pos) < MIN_WATCH:
+                raise NotEnoughDataError(
+                    f"--copy-watch val: the split's validation set holds {len(pos)} image(s) of the class the "
+                    f"generator is watched on; the data-copying test needs at least {MIN_WATCH} (use --copy-watch "
+                    "train, which needs none, or off to train without it)")
+            self.ids = store.table["id"].astype(str).to_numpy()[pos]
+            self.groups = group_of[pos]
+            held = quality.resize(store.pixels(pos), size)
+            held_pixels, held_features = quality.pixels(held), features(held)
+        # the training images and the reference are the same at every stop: cluster and measure them once
+        by_group = {"held_groups": self.groups, "train_groups": self.learned_groups}
+        self.pixel_reference = quality.CopyingReference(quality.pixels(learned), held_pixels, seed, **by_group)
+        self.feature_reference = quality.CopyingReference(features(learned), held_features, seed, **by_group)
 
     def __call__(self, images: np.ndarray, image_features: np.ndarray) -> dict[str, float]:
         """The test's Z_U in each space and whether either space finds copying (Z_U, C_T or a cell);
         image_features: the images' features in `features` (the FID estimate has them already)."""
-        groups = {"held_groups": self.groups, "train_groups": self.learned_groups}
-        pixel = quality.data_copying(self.learned_pixels, self.held_pixels, quality.pixels(images), self.seed, **groups)
-        feature = quality.data_copying(self.learned_features, self.held_features, image_features, self.seed, **groups)
+        pixel = self.pixel_reference.test(quality.pixels(images))
+        feature = self.feature_reference.test(image_features)
         return {"copy_z_pixel": round(pixel["z_u"], 3), "copy_z_feature": round(feature["z_u"], 3),
-                "copying": float(pixel["copying"] or feature["copying"])}
+                "copying": float(pixel["copying"] or feature["copying"]), "copy_n": float(len(images))}
 
     def summary(self, history: list[dict], rule: str, selected_step: int | None, stopped: bool) -> dict:
-        keys = ("step", "copy_z_pixel", "copy_z_feature", "copying", "recall", "coverage")
+        keys = ("step", "copy_z_pixel", "copy_z_feature", "copying", "copy_n", "recall", "coverage")
         return {"reference": self.held_out,  # --copy-watch's value
                 "held_out": ("the class's training images, each against the other groups'" if self.held_out == "train"
                              else "the split's validation images of the class"),

@@ -246,7 +246,7 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
                     fid_every: int = 500, fid_features: str = "random", fid_n: int = 500,
                     only_ids: list[str] | None = None, pretrained: bool = True, class_power: float = CLASS_POWER,
                     precision: str = "auto", copy_watch: str = "val", copy_patience: int = 2,
-                    copy_rule: str = "margin", device: str = "cpu") -> dict:
+                    copy_rule: str = "margin", device: str = "cpu", watch_n: int | None = None) -> dict:
     """Train (or resume) a generator; returns generator.json's content. `time_budget` (seconds)
     stops early at a checkpoint when the budget is spent, recording how far it got.
 
@@ -261,7 +261,9 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
     against the split's validation images of `label` at every FID estimate (train: against the class's training
     images themselves, each against the other groups', copy_watch.CopyWatch), keeps the stop `copy_rule` selects
     (margin or last, copy_watch.selected_stop) for sampling and stops once `copy_patience` stops in a row copy
-    (copy_watch.py); off: the last step is sampled, whatever it copies. device: where the projected family
+    (copy_watch.py); off: the last step is sampled, whatever it copies. watch_n: samples the watch tests at each
+    stop (None: the FID estimate's; more are drawn with other latents, so the estimate's stay as they were, see
+    _watched_samples). device: where the projected family
     trains (cpu, cuda, cuda:N or auto); sampling runs on the CPU."""
     from ..config import SynthTrainConfig, validated
 
@@ -271,7 +273,7 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
                                  "checkpoint_every": checkpoint_every, "sample_steps": sample_steps,
                                  "fid_every": fid_every, "fid_n": fid_n, "class_power": class_power,
                                  "precision": precision, "copy_watch": copy_watch, "copy_patience": copy_patience,
-                                 "copy_rule": copy_rule})
+                                 "copy_rule": copy_rule, "watch_n": watch_n})
     classes = classes or ("both" if kind == "projected" else "one")
     if classes == "both" and kind != "projected":
         raise BadInputError(f"--classes both: only --kind projected is class-conditional; {kind} learns one class")
@@ -290,6 +292,9 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
     if copy_watch != "off" and not fid_every:
         raise BadInputError(f"--copy-watch {copy_watch}: the watch tests the samples of each FID estimate, and "
                             "--fid-every 0 makes none; give --fid-every N, or --copy-watch off")
+    if watch_n is not None and copy_watch == "off":
+        raise BadInputError(f"--watch-n {watch_n}: sets how many samples the copy watch tests, and --copy-watch off "
+                            "runs no watch; drop it, or use --copy-watch val or train")
     if kind == "projected" and not 32 <= d_res <= 256:
         raise BadInputError(f"--d-res must be between 32 and 256 pixels, got {d_res}")
     names = list(CLASS_NAMES) if classes == "both" else [label]
@@ -307,7 +312,7 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
             "n_real_per_class": {name: int(len(p)) for name, (_, p) in zip(names, parts)},
             "only_ids_sha256": hashlib.sha256("\n".join(sorted(only_ids)).encode()).hexdigest() if only_ids else None,
             "class_power": float(class_power) if len(names) > 1 else None,
-            "copy_watch": ({"held_out": copy_watch, "patience": copy_patience, "rule": copy_rule}
+            "copy_watch": ({"held_out": copy_watch, "patience": copy_patience, "rule": copy_rule, "n": watch_n}
                            if copy_watch != "off" else None)}
     if kind == "projected":
         from .projected import FEATURE_NETWORK
@@ -326,6 +331,7 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
         old.setdefault("copy_watch", None)  # folders before the watch were not watched
         if old["copy_watch"]:
             old["copy_watch"].setdefault("rule", "last")  # the one rule before the margin rule
+            old["copy_watch"].setdefault("n", None)  # before --watch-n the watch tested the estimate's samples
         if old != spec:
             raise ExistsError(f"{out}: holds a generator of another kind, data or settings ({_diff(old, spec)}); "
                               "choose another --out")
@@ -398,7 +404,7 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
             losses = {**losses, "fid": fid.of_features(features), "near_copies": fid.near_copies(images),
                       **fid.manifold(features)}
             if watch:
-                losses.update(watch(images, features))
+                losses.update(watch(*_watched_samples(trainer, spec, out, fid, images, features, watch_n, seed)))
             history.append({"step": step, "minutes": round(seconds / 60, 2), **{k: round(v, 4) for k, v in losses.items()}})
             if watch and selected_stop(history, copy_rule) == step:
                 save_snapshot(out, step, trainer.state_dict()["ema"])
@@ -470,6 +476,21 @@ def class_draw_probabilities(counts: list[int], power: float) -> np.ndarray:
     run; a second balanced run did not copy either, so one run each does not settle it."""
     w = np.asarray(counts, dtype=np.float64) ** power
     return w / w.sum()
+
+
+def _watched_samples(trainer, spec: dict, out: Path, fid: "_FidEstimate", images: np.ndarray, features: np.ndarray,
+                     n: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The samples the copy watch tests at a stop and their features in the estimate's network: the estimate's
+    (`images`, `features`), cut or topped up to `n` (None: as they are). Why more: a stop's few hundred samples
+    spread over the test's k-means cells test each cell with little power, and a set sampled later (3,000 images)
+    can copy in one cell that the stop's samples passed (docs/results.md). The extra ones come from latents of
+    their own seed, in batches of the estimate's size, so the estimate's images do not change with n."""
+    if n is None or n <= len(images):
+        return (images, features) if n is None else (images[:n], features[:n])
+    label = spec["label"] if spec["label"] in spec["classes"] else spec["classes"][0]
+    more = [generate_batch(trainer, spec, min(fid.n, n - start), 20_000 + seed + start, label, out)
+            for start in range(len(images), n, fid.n)]
+    return (np.concatenate([images, *more]), np.concatenate([features, *(fid.net(m) for m in more)]))
 
 
 class _FidEstimate:

@@ -139,6 +139,76 @@ def distance_z(d_gen: np.ndarray, d_held: np.ndarray, held_groups: np.ndarray | 
 COPYING_ALPHA = 0.05
 
 
+class CopyingReference:
+    """The half of the data-copying test (data_copying) that does not depend on the generated images: the k-means
+    cells of the training images and the reference images' distances to their nearest training image, overall and
+    in each cell. Built once per training set, so a watch that tests the samples of many stops against one
+    training set (copy_watch.CopyWatch) clusters it and measures its reference once; test() then takes a batch of
+    generated images. Arguments as data_copying's."""
+
+    def __init__(self, train: np.ndarray, held_out: np.ndarray | None, seed: int = 0, per_cell: int = 20,
+                 max_cells: int = 10, held_groups: np.ndarray | None = None, train_groups: np.ndarray | None = None):
+        from sklearn.cluster import KMeans
+
+        self.train, self.seed, self.per_cell, self.loo = train, seed, per_cell, held_out is None
+        loo_groups = np.arange(len(train)) if train_groups is None else np.asarray(train_groups)
+        if held_out is None:
+            held_out, held_groups = train, train_groups  # the reference images are the training images, with their groups
+        self.n_held = len(held_out)
+        self.held_groups = None if held_groups is None else np.asarray(held_groups)
+        k = max(1, min(max_cells, len(held_out) // per_cell, len(train) // per_cell))
+        while True:
+            self.km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(train)
+            self.cell_train = self.km.labels_
+            cell_held = self.cell_train if self.loo else self.km.predict(held_out)
+            self.held_counts = np.bincount(cell_held, minlength=k)
+            # a cell of one group has no leave-one-group-out reference
+            one_group = self.loo and any(len(np.unique(loo_groups[self.cell_train == c])) < 2 for c in range(k))
+            if k == 1 or (self.held_counts.min() >= 5 and not one_group):
+                break
+            k -= 1
+        self.k = k
+
+        def reference(in_train: np.ndarray, in_held: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+            """The reference images' distances to the training images `in_train`, and their groups."""
+            t = train[in_train]
+            d = other_group_nearest(t, loo_groups[in_train]) if self.loo else nearest(held_out[in_held], t)[0]
+            return d, None if self.held_groups is None else self.held_groups[in_held]
+
+        self.overall = reference(np.ones(len(train), bool), np.ones(len(held_out), bool))
+        self.cells = [reference(self.cell_train == c, cell_held == c) for c in range(k)]
+
+    def test(self, generated: np.ndarray) -> dict:
+        """The test of `generated` against this reference (data_copying's result)."""
+        from scipy.stats import norm
+
+        def z_of(in_train: np.ndarray, gen: np.ndarray, ref: tuple[np.ndarray, np.ndarray | None]) -> float:
+            return distance_z(nearest(gen, self.train[in_train])[0], ref[0], ref[1], seed=self.seed)
+
+        cell_gen = self.km.predict(generated)
+        z_cells, weights = [], []
+        for c in range(self.k):
+            gen_c = generated[cell_gen == c]
+            if len(gen_c) < min(self.per_cell, len(generated)):
+                continue  # too few generated images to test: the cell is left out, as in the paper
+            z_cells.append(z_of(self.cell_train == c, gen_c, self.cells[c]))
+            weights.append(self.held_counts[c] / self.n_held)
+        c_t = float(np.dot(weights, z_cells) / np.sum(weights)) if z_cells else None
+        z_u = z_of(np.ones(len(self.train), bool), generated, self.overall)
+        # copying is found when Z_U or C_T falls below the one-sided 5% point, or one cell below its Bonferroni cut
+        # (an average can hide a copying cell behind an underfitting one)
+        cut = float(norm.ppf(COPYING_ALPHA))
+        cell_cut = float(norm.ppf(COPYING_ALPHA / max(len(z_cells), 1)))
+        worst = float(min(z_cells)) if z_cells else None
+        in_cells = c_t is not None and worst is not None and (c_t < cut or worst < cell_cut)
+        return {"z_u": z_u, "c_t": c_t, "cells": int(self.k), "cells_tested": len(z_cells), "worst_cell_z": worst,
+                "cut": cut, "cell_cut": cell_cut,
+                "n_train": int(len(self.train)), "n_held_out": int(self.n_held), "n_generated": int(len(generated)),
+                "reference": "the training images, leave one group out" if self.loo else "held-out images",
+                "held_out_groups": None if self.held_groups is None else int(len(np.unique(self.held_groups))),
+                "copying": bool(z_u < cut or in_cells)}
+
+
 def data_copying(train: np.ndarray, held_out: np.ndarray | None, generated: np.ndarray, seed: int = 0,
                  per_cell: int = 20, max_cells: int = 10, held_groups: np.ndarray | None = None,
                  train_groups: np.ndarray | None = None) -> dict:
@@ -157,53 +227,7 @@ def data_copying(train: np.ndarray, held_out: np.ndarray | None, generated: np.n
     other groups (other_group_nearest, `train_groups`; every image its own group when None), are the new real
     images the generated ones are compared with, in every cell as in all.
     Written here because no maintained library ships it; the paper's reference code is the model."""
-    from scipy.stats import norm
-    from sklearn.cluster import KMeans
-
-    loo = held_out is None
-    loo_groups = np.arange(len(train)) if train_groups is None else np.asarray(train_groups)
-    if held_out is None:
-        held_out, held_groups = train, train_groups  # the reference images are the training images, with their groups
-
-    def z_of(in_train: np.ndarray, in_held: np.ndarray, gen: np.ndarray) -> float:
-        """Z_U of `gen` against the reference images `in_held`, both measured to the training images `in_train`."""
-        t = train[in_train]
-        d_ref = other_group_nearest(t, loo_groups[in_train]) if loo else nearest(held_out[in_held], t)[0]
-        return distance_z(nearest(gen, t)[0], d_ref, None if held_groups is None else np.asarray(held_groups)[in_held],
-                          seed=seed)
-
-    k = max(1, min(max_cells, len(held_out) // per_cell, len(train) // per_cell))
-    while True:
-        km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(train)
-        cell_train, cell_gen = km.labels_, km.predict(generated)
-        cell_held = cell_train if loo else km.predict(held_out)
-        held_counts = np.bincount(cell_held, minlength=k)
-        # a cell of one group has no leave-one-group-out reference
-        one_group = loo and any(len(np.unique(loo_groups[cell_train == c])) < 2 for c in range(k))
-        if k == 1 or (held_counts.min() >= 5 and not one_group):
-            break
-        k -= 1
-    z_cells, weights = [], []
-    for c in range(k):
-        gen_c = generated[cell_gen == c]
-        if len(gen_c) < min(per_cell, len(generated)):
-            continue  # too few generated images to test: the cell is left out, as in the paper
-        z_cells.append(z_of(cell_train == c, cell_held == c, gen_c))
-        weights.append(held_counts[c] / len(held_out))
-    c_t = float(np.dot(weights, z_cells) / np.sum(weights)) if z_cells else None
-    z_u = z_of(np.ones(len(train), bool), np.ones(len(held_out), bool), generated)
-    # copying is found when Z_U or C_T falls below the one-sided 5% point, or one cell below its Bonferroni cut
-    # (an average can hide a copying cell behind an underfitting one)
-    cut = float(norm.ppf(COPYING_ALPHA))
-    cell_cut = float(norm.ppf(COPYING_ALPHA / max(len(z_cells), 1)))
-    worst = float(min(z_cells)) if z_cells else None
-    in_cells = c_t is not None and worst is not None and (c_t < cut or worst < cell_cut)
-    return {"z_u": z_u, "c_t": c_t, "cells": int(k), "cells_tested": len(z_cells), "worst_cell_z": worst,
-            "cut": cut, "cell_cut": cell_cut,
-            "n_train": int(len(train)), "n_held_out": int(len(held_out)), "n_generated": int(len(generated)),
-            "reference": "the training images, leave one group out" if loo else "held-out images",
-            "held_out_groups": None if held_groups is None else int(len(np.unique(np.asarray(held_groups)))),
-            "copying": bool(z_u < cut or in_cells)}
+    return CopyingReference(train, held_out, seed, per_cell, max_cells, held_groups, train_groups).test(generated)
 
 
 NEAR_COPY_RULE = "closer to a real training image than 99% of real images are to their nearest other real image"
