@@ -386,6 +386,7 @@ def test_copy_watch_against_the_training_images_uses_no_validation_image(small_d
                            **{**TINY, "fid_every": 1, "copy_watch": "train"})
     result = info["copy_watch_result"]
     assert [s["copying"] for s in result["stops"]] == [0, 0, 1, 1] and info["steps"] == 4
+    assert [s["copying_pixel"] for s in result["stops"]] == [0, 0, 1, 1]  # the space that made the verdict
     assert info["sampled_step"] == result["selected_step"] in (1, 2)
     assert result["reference"] == "train" and result["held_out"].startswith("the class's training images")
     assert result["n"] == len(learned)

@@ -82,15 +82,18 @@ class CopyWatch:
         self.feature_reference = quality.CopyingReference(features(learned), held_features, seed, **by_group)
 
     def __call__(self, images: np.ndarray, image_features: np.ndarray) -> dict[str, float]:
-        """The test's Z_U in each space and whether either space finds copying (Z_U, C_T or a cell);
-        image_features: the images' features in `features` (the FID estimate has them already)."""
+        """The test's Z_U in each space, whether each space finds copying (Z_U, C_T or a cell: the record says which
+        space made the verdict) and whether either does; image_features: the images' features in `features` (the FID
+        estimate has them already)."""
         pixel = self.pixel_reference.test(quality.pixels(images))
         feature = self.feature_reference.test(image_features)
         return {"copy_z_pixel": round(pixel["z_u"], 3), "copy_z_feature": round(feature["z_u"], 3),
+                "copying_pixel": float(pixel["copying"]), "copying_feature": float(feature["copying"]),
                 "copying": float(pixel["copying"] or feature["copying"]), "copy_n": float(len(images))}
 
     def summary(self, history: list[dict], rule: str, selected_step: int | None, stopped: bool) -> dict:
-        keys = ("step", "copy_z_pixel", "copy_z_feature", "copying", "copy_n", "recall", "coverage")
+        keys = ("step", "copy_z_pixel", "copy_z_feature", "copying_pixel", "copying_feature", "copying", "copy_n",
+                "recall", "coverage")
         return {"reference": self.held_out,  # --copy-watch's value
                 "held_out": ("the class's training images, each against the other groups'" if self.held_out == "train"
                              else "the split's validation images of the class"),
