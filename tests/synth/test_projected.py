@@ -453,6 +453,19 @@ def test_copy_rules_select_the_stop_by_hand():
     assert selected_stop([_stop(2, -3.0, -2.0, copying=1)], "margin") is None
 
 
+def test_copying_stops_under_the_quality_bar_do_not_end_the_training():
+    from lesionlab.synth.copy_watch import copying_in_a_row
+
+    immature = [_stop(1, 2.0, -1.7, copying=1, recall=0.18), _stop(2, 0.6, -4.4, copying=1, recall=0.19)]
+    assert copying_in_a_row(immature) == 0  # crowding before the class is learned: training goes on
+    later = immature + [_stop(3, -2.0, -2.5, copying=1)]
+    assert copying_in_a_row(later) == 1
+    assert copying_in_a_row(later + [_stop(4, -1.0, -2.0, copying=1, coverage=0.3), _stop(5, -3.0, -3.0, copying=1)]) == 2
+    assert copying_in_a_row(later + [_stop(4, 1.0, 1.0)]) == 0  # a clean stop over the bar breaks the row
+    old = [{"step": s, "copy_z_pixel": -3.0, "copy_z_feature": -3.0, "copying": 1} for s in (1, 2)]
+    assert copying_in_a_row(old) == 2  # stops recorded before recall was: counted as before
+
+
 def test_copy_watch_needs_fid_estimates(small_data, tmp_path):
     with pytest.raises(BadInputError, match="--fid-every"):
         train_generator(small_data, tmp_path / "g", steps=1, **{**TINY, "copy_watch": "val"})

@@ -261,7 +261,7 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
     against the split's validation images of `label` at every FID estimate (train: against the class's training
     images themselves, each against the other groups', copy_watch.CopyWatch), keeps the stop `copy_rule` selects
     (margin or last, copy_watch.selected_stop) for sampling and stops once `copy_patience` stops in a row copy
-    (copy_watch.py); off: the last step is sampled, whatever it copies. watch_n: samples the watch tests at each
+    (copy_watch.copying_in_a_row: stops under the quality bar are passed over); off: the last step is sampled, whatever it copies. watch_n: samples the watch tests at each
     stop (None: the FID estimate's; more are drawn with other latents, so the estimate's stay as they were, see
     _watched_samples). device: where the projected family
     trains (cpu, cuda, cuda:N or auto); sampling runs on the CPU."""
