@@ -466,6 +466,23 @@ def test_copying_stops_under_the_quality_bar_do_not_end_the_training():
     assert copying_in_a_row(old) == 2  # stops recorded before recall was: counted as before
 
 
+def test_the_watch_summary_leaves_out_what_a_resumed_stop_did_not_record():
+    """A generator resumed across a new key: progress.csv holds its earlier stops with that column blank, and
+    generator.json must stay plain JSON."""
+    import io
+    from types import SimpleNamespace
+
+    from lesionlab.synth.copy_watch import CopyWatch
+
+    csv = "step,copy_z_pixel,copy_z_feature,copying,copying_pixel,recall,coverage\n250,2.0,-1.0,1,,0.18,0.29\n" \
+          "500,1.4,0.4,0,0,0.83,0.89\n"
+    history = pd.read_csv(io.StringIO(csv)).to_dict("records")
+    watch = SimpleNamespace(held_out="train", groups=np.array(["a", "b"]), patience=2)
+    summary = CopyWatch.summary(watch, history, "margin", 500, False)
+    json.dumps(summary, allow_nan=False)
+    assert "copying_pixel" not in summary["stops"][0] and summary["stops"][1]["copying_pixel"] == 0
+
+
 def test_copy_watch_needs_fid_estimates(small_data, tmp_path):
     with pytest.raises(BadInputError, match="--fid-every"):
         train_generator(small_data, tmp_path / "g", steps=1, **{**TINY, "copy_watch": "val"})

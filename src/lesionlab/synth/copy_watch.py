@@ -100,7 +100,8 @@ class CopyWatch:
                 "n": int(len(self.groups)), "groups": int(len(np.unique(self.groups))), "patience": self.patience, "rule": rule,
                 "quality_bar": {"recall": SELECT_RECALL, "coverage": SELECT_COVERAGE} if rule == "margin" else None,
                 "selected_step": selected_step, "stopped_by_copying": stopped,
-                "stops": [{k: r[k] for k in keys if k in r} for r in _watched(history)]}
+                # a stop recorded before a key (a resumed generator's progress.csv) leaves it blank: left out
+                "stops": [{k: r[k] for k in keys if k in r and not pd.isna(r[k])} for r in _watched(history)]}
 
 
 def _watched(history: list[dict]) -> list[dict]:
