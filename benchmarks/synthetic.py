@@ -415,8 +415,7 @@ def fold_watch_text(fold_gens: list[dict]) -> str:
         steps = ", ".join(str(s["step"]) for s in w["stops"])
         chosen.append(f"step {w['selected_step']} of {steps} (recall {stop['recall']:.2f}, coverage "
                       f"{stop['coverage']:.2f}, Z_U {stop['copy_z_pixel']:+.2f} / {stop['copy_z_feature']:+.2f})" if stop
-                      else f"the last step, {w['stops'][-1]['step']}, since every stop of {steps} copied"
-                      + (" and training stopped" if w.get("stopped_by_copying") else ""))
+                      else f"the last step, {w['stops'][-1]['step']}, since every stop of {steps} copied")
     return (f" The copy watch (rule {watched[0].get('rule', 'last')}, against {watched[0]['held_out']}, "
             f"{watched[0]['n']} images; {watch_samples(watched[0])} samples a stop; recall and coverage of the FID "
             f"estimate's samples against the fold's training images, Z_U in pixels / in the estimate's features) sampled, fold by fold: {'; '.join(chosen)}.")
