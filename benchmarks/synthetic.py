@@ -358,20 +358,20 @@ def fold_copying(work: Path, data: Path) -> list[str]:
         learned = synth_quality.pixels(learned_images(gen, data, "malignant", store.size))
         new_images, groups = unseen_images(gen, data, "malignant", store.size)
         new = synth_quality.pixels(new_images)
-        r = synth_quality.data_copying(learned, new, synth_quality.pixels(syn), held_groups=groups)
+        # each reference is clustered and measured once, then tests every set that is compared with it
+        against_new = synth_quality.CopyingReference(learned, new, held_groups=groups)
+        r = against_new.test(synth_quality.pixels(syn))
         # --copy-watch train's reference: the learned images, each against the other groups'; the new real images
         # tested against it show whether it stands where new images stand
         real, at = learned_positions(gen, data, "malignant")
-        by_group = load_split(real).group_keys(real.table)[at]
-        against_training = [synth_quality.data_copying(learned, None, x, train_groups=by_group)
-                            for x in (synth_quality.pixels(syn), new)]
+        against_learned = synth_quality.CopyingReference(learned, None, train_groups=load_split(real).group_keys(real.table)[at])
+        against_training = [against_learned.test(x) for x in (synth_quality.pixels(syn), new)]
         half = group_halves(groups)
         controls = [synth_quality.data_copying(learned, new[~half], new[half], held_groups=groups[~half])["z_u"]]
         watch_control = watched_images(gen, data, store.size)
         if watch_control is not None:  # the watch's images against every new image, as synth check's control
             watched = True
-            controls.append(synth_quality.data_copying(learned, new, synth_quality.pixels(watch_control),
-                                                       held_groups=groups)["z_u"])
+            controls.append(against_new.test(synth_quality.pixels(watch_control))["z_u"])
         rows.append(f"| {fold} | {len(syn)} | {len(learned)} | {len(new)} | {z_text(r['z_u'])} | {z_text(r['c_t'])} | "
                     f"{r['cells_tested']} of {r['cells']} | {z_text(r['worst_cell_z'])} ({r['cell_cut']:+.2f}) | "
                     f"{'**yes**' if r['copying'] else 'no'} | " + " | ".join(map(z_text, controls)) + " | "
@@ -418,7 +418,8 @@ def fold_watch_text(fold_gens: list[dict]) -> str:
                       else f"the last step, {w['stops'][-1]['step']}, since every stop of {steps} copied")
     return (f" The copy watch (rule {watched[0].get('rule', 'last')}, against {watched[0]['held_out']}, "
             f"{watched[0]['n']} images; {watch_samples(watched[0])} samples a stop; recall and coverage of the FID "
-            f"estimate's samples against the fold's training images, Z_U in pixels / in the estimate's features) sampled, fold by fold: {'; '.join(chosen)}.")
+            f"estimate's samples against the fold's training images, Z_U in pixels / in the estimate's features) "
+            f"sampled, fold by fold: {'; '.join(chosen)}.")
 
 
 def watch_samples(watch: dict, default: int | str = "the FID estimate's") -> str:

@@ -460,7 +460,8 @@ def test_copying_stops_under_the_quality_bar_do_not_end_the_training():
     assert copying_in_a_row(immature) == 0  # crowding before the class is learned: training goes on
     later = immature + [_stop(3, -2.0, -2.5, copying=1)]
     assert copying_in_a_row(later) == 1
-    assert copying_in_a_row(later + [_stop(4, -1.0, -2.0, copying=1, coverage=0.3), _stop(5, -3.0, -3.0, copying=1)]) == 2
+    under_coverage = _stop(4, -1.0, -2.0, copying=1, coverage=0.3)
+    assert copying_in_a_row(later + [under_coverage, _stop(5, -3.0, -3.0, copying=1)]) == 2
     assert copying_in_a_row(later + [_stop(4, 1.0, 1.0)]) == 0  # a clean stop over the bar breaks the row
     old = [{"step": s, "copy_z_pixel": -3.0, "copy_z_feature": -3.0, "copying": 1} for s in (1, 2)]
     assert copying_in_a_row(old) == 2  # stops recorded before recall was: counted as before

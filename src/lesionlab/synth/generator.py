@@ -261,9 +261,9 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
     against the split's validation images of `label` at every FID estimate (train: against the class's training
     images themselves, each against the other groups', copy_watch.CopyWatch), keeps the stop `copy_rule` selects
     (margin or last, copy_watch.selected_stop) for sampling and stops once `copy_patience` stops in a row copy
-    (copy_watch.copying_in_a_row: stops under the quality bar are passed over); off: the last step is sampled, whatever it copies. watch_n: samples the watch tests at each
-    stop (None: the FID estimate's; more are drawn with other latents, so the estimate's stay as they were, see
-    _watched_samples). device: where the projected family
+    (copy_watch.copying_in_a_row: stops under the quality bar are passed over); off: the last step is sampled,
+    whatever it copies. watch_n: samples the watch tests at each stop (None: the FID estimate's; more are drawn with
+    other latents, so the estimate's stay as they were, see _watched_samples). device: where the projected family
     trains (cpu, cuda, cuda:N or auto); sampling runs on the CPU."""
     from ..config import SynthTrainConfig, validated
 
@@ -367,6 +367,7 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
     (out / "samples").mkdir(exist_ok=True)
     fid = _FidEstimate(fid_features, real[by_class[names.index(label)]] if label in names else real, fid_n, seed) \
         if fid_every else None
+    fid_label = label if label in names else names[0]  # the class the estimate's (and the watch's) samples are of
     watch = None
     if copy_watch != "off" and fid is not None:
         mine = by_class[names.index(label)].numpy()
@@ -399,12 +400,13 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
         seconds = time.perf_counter() - start
         if fid and (step % fid_every == 0 or step == steps):
             measured = time.perf_counter()
-            images = generate_batch(trainer, spec, fid.n, 10_000 + seed, label if label in names else names[0], out)
+            images = generate_batch(trainer, spec, fid.n, 10_000 + seed, fid_label, out)
             features = fid.net(images)  # one pass serves the estimate and the watch
             losses = {**losses, "fid": fid.of_features(features), "near_copies": fid.near_copies(images),
                       **fid.manifold(features)}
             if watch:
-                losses.update(watch(*_watched_samples(trainer, spec, out, fid, images, features, watch_n, seed)))
+                losses.update(watch(*_watched_samples(trainer, spec, out, fid, fid_label, images, features, watch_n,
+                                                      seed)))
             history.append({"step": step, "minutes": round(seconds / 60, 2), **{k: round(v, 4) for k, v in losses.items()}})
             if watch and selected_stop(history, copy_rule) == step:
                 save_snapshot(out, step, trainer.state_dict()["ema"])
@@ -478,8 +480,8 @@ def class_draw_probabilities(counts: list[int], power: float) -> np.ndarray:
     return w / w.sum()
 
 
-def _watched_samples(trainer, spec: dict, out: Path, fid: "_FidEstimate", images: np.ndarray, features: np.ndarray,
-                     n: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _watched_samples(trainer, spec: dict, out: Path, fid: "_FidEstimate", label: str, images: np.ndarray,
+                     features: np.ndarray, n: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The samples the copy watch tests at a stop and their features in the estimate's network: the estimate's
     (`images`, `features`), cut or topped up to `n` (None: as they are). Why more: a stop's few hundred samples
     spread over the test's k-means cells test each cell with little power, and a set sampled later (3,000 images)
@@ -487,7 +489,6 @@ def _watched_samples(trainer, spec: dict, out: Path, fid: "_FidEstimate", images
     their own seed, in batches of the estimate's size, so the estimate's images do not change with n."""
     if n is None or n <= len(images):
         return (images, features) if n is None else (images[:n], features[:n])
-    label = spec["label"] if spec["label"] in spec["classes"] else spec["classes"][0]
     more = [generate_batch(trainer, spec, min(fid.n, n - start), 20_000 + seed + start, label, out)
             for start in range(len(images), n, fid.n)]
     return (np.concatenate([images, *more]), np.concatenate([features, *(fid.net(m) for m in more)]))
