@@ -3,6 +3,7 @@ two cvs) and what it refuses."""
 import json
 
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from conftest import RUN_FLAGS as FLAGS  # the tiny runs' flags, one list for every file
 from conftest import cli
@@ -19,6 +20,20 @@ def test_compare_pairs_cvs_on_oof_and_refuses_different_folds(cv_dir, small_data
     assert "out-of-fold images" in r.output and "lesion_id" in r.output
     n_pool = len(read_table(cv_dir / "oof.csv"))
     assert f"same {n_pool} out-of-fold" in r.output
+    # the images of some folds only, each scored by its own fold's model on both sides
+    r = cli("compare", cv_dir, other, "--n-boot", "50", "--folds", "2,0", "--json", tmp_path / "folds.json")
+    assert "out-of-fold (folds 2, 0) images" in r.output
+    res = json.loads((tmp_path / "folds.json").read_text())
+    oof_a, oof_b = (read_table(d / "oof.csv") for d in (cv_dir, other))
+    part_a, part_b = (t[t["fold"].isin([0, 2])].sort_values("id") for t in (oof_a, oof_b))
+    assert res["folds"] == [2, 0] and res["n_test"] == len(part_a) < n_pool
+    auc = res["metrics"]["roc_auc"]
+    assert auc["a"] == pytest.approx(roc_auc_score(part_a["label"], part_a["prob"]))
+    assert auc["b"] == pytest.approx(roc_auc_score(part_b["label"], part_b["prob"]))
+    r = cli("compare", cv_dir, other, "--folds", "0,5", ok=False)
+    assert r.exit_code == 2 and "no fold 5 (its folds: 0, 1, 2)" in r.output
+    r = cli("compare", cv_dir, other, "--folds", "0", "--on", "test", ok=False)
+    assert r.exit_code == 2 and "--on test" in r.output
     moved = tmp_path / "cv_seed"
     cli("cv", "--data", small_data, "--out", moved, "--folds", "3", *FLAGS, "--fold-seed", "7")
     r = cli("compare", cv_dir, moved, "--n-boot", "50", ok=False)

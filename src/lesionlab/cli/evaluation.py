@@ -10,7 +10,7 @@ import click
 from ..choices import CAM_METHODS, COMPARE_ON, FORMATS
 from ..config.commands import EnsembleConfig, ExplainConfig, PredictConfig
 from .group import main
-from .options import checked, model_options
+from .options import checked, distinct_ints, model_options
 from .output import metric_cell, progress_bar
 
 
@@ -62,8 +62,10 @@ def report(runs_dir: Path, out: Path, title: str, baseline: str | None, n_boot: 
 @click.option("--on", "on", default="auto", show_default=True, type=click.Choice(COMPARE_ON),
               help="images to pair on: out-of-fold (cv and tabular runs on the same folds) or test; auto = "
                    "out-of-fold where both sides have it")
+@click.option("--folds", default=None, help="pair the out-of-fold images of these folds only, e.g. 0,2 (a cv of "
+              "one repeat): each is scored by its own fold's models on both sides")
 @click.option("--json", "json_out", default=None, type=click.Path(path_type=Path), help="also write the result as JSON")
-def compare(run_a: Path, run_b: Path, n_boot: int, seed: int, on: str, json_out: Path | None) -> None:
+def compare(run_a: Path, run_b: Path, n_boot: int, seed: int, on: str, folds: str | None, json_out: Path | None) -> None:
     """Paired bootstrap difference B - A on the same images (ROC AUC, AP, pAUC80, F1): out-of-fold
     images when both sides are cv or tabular runs on the same folds, else the split's test images.
 
@@ -71,7 +73,8 @@ def compare(run_a: Path, run_b: Path, n_boot: int, seed: int, on: str, json_out:
     from ..fileio import write_json
     from ..workflows.compare import compare_runs, format_comparison, load_side
 
-    res = compare_runs(load_side(run_a), load_side(run_b), n_boot=n_boot, seed=seed, on=on)
+    res = compare_runs(load_side(run_a), load_side(run_b), n_boot=n_boot, seed=seed, on=on,
+                       folds=tuple(distinct_ints(folds, "--folds")) if folds is not None else None)
     for line in format_comparison(res, str(run_a), str(run_b)):
         click.echo(line)
     if json_out:

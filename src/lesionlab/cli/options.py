@@ -23,6 +23,17 @@ def max_pixels_option(func: Callable) -> Callable:
                         help=MAX_PIXELS_HELP)(func)
 
 
+def distinct_ints(text: str, hint: str) -> list[int]:
+    """'0,1,2' as [0, 1, 2]: a comma-separated option of distinct integers (seeds, folds)."""
+    try:
+        values = [int(s) for s in text.replace(" ", "").split(",") if s]
+    except ValueError:
+        values = []
+    if not values or len(set(values)) != len(values):
+        raise click.BadParameter(f"expected distinct integers such as 0,1,2, got '{text}'", param_hint=hint)
+    return values
+
+
 def _plain(annotation: Any) -> Any:
     """Optional[X] -> X: a flag of type X, None when not given."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from .group import main
-from .options import config_options, given, model_options
+from .options import config_options, distinct_ints, given, model_options
 from .output import epoch_echo, make_bar, metric_cell
 
 if TYPE_CHECKING:  # runs/ imports torch, which the CLI loads only for a command that needs it
@@ -35,16 +35,6 @@ def _print_result(info: RunResult, out: Path) -> None:
         click.echo(f"Shortcut audit (test): {headline(m['audit'])}")
 
 
-def _parse_seeds(text: str) -> list[int]:
-    try:
-        seeds = [int(s) for s in text.replace(" ", "").split(",") if s]
-    except ValueError:
-        seeds = []
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise click.BadParameter(f"expected distinct integers such as 0,1,2, got '{text}'", param_hint="--seeds")
-    return seeds
-
-
 @main.command()
 @click.argument("config_file", required=False, type=click.Path(path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="RUN_DIR to create")
@@ -64,7 +54,7 @@ def train(config_file: Path | None, out: Path, seeds: str | None, **flags) -> No
         return
     if not cfg.name:
         cfg = cfg.model_copy(update={"name": out.name})
-    for seed in _parse_seeds(seeds):
+    for seed in distinct_ints(seeds, "--seeds"):
         folder = out / f"seed-{seed}"
         if is_complete_run(folder):
             click.echo(f"{folder}: complete, skipped", err=True)

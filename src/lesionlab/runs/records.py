@@ -278,6 +278,7 @@ class Comparison(TypedDict):
     unit: str                 # what the bootstrap resamples: image, lesion or patient
     metrics: dict[str, dict[str, float]]   # metric -> a, b, diff, lo, hi
     audit: dict[str, Any]     # each side's audit numbers and, for one run a side, the paired audit
+    folds: list[int] | None   # out-of-fold images of these folds only (compare --folds); None: every image
 
 
 class PredictResult(TypedDict, total=False):

@@ -55,12 +55,28 @@ def _unit(runs: list[Run], groups: np.ndarray | None) -> str:
     return ci_unit(rule) if groups is not None and rule else "image"
 
 
-def _oof_predictions(runs: list[Run], label: str):
-    """Every cv's out-of-fold predictions, aligned by id: one entry per (cv, repeat)."""
+def _fold_rows(run: Run, folds: tuple[int, ...]):
+    """The run's out-of-fold rows of these folds only. A fold of a repeated cv holds other images in each repeat,
+    so only a cv of one repeat is split this way."""
+    table = run.oof()
+    if table["repeat"].nunique() > 1:
+        raise BadInputError(f"--folds: {run.path} is a cv of {table['repeat'].nunique()} repeats, whose folds hold "
+                            "other images in each repeat; compare its whole out-of-fold set instead")
+    have = sorted(int(f) for f in table["fold"].unique())
+    unknown = sorted(set(folds) - set(have))
+    if unknown:
+        raise BadInputError(f"--folds {','.join(map(str, folds))}: {run.path} has no fold "
+                            f"{', '.join(map(str, unknown))} (its folds: {', '.join(map(str, have))})")
+    return table[table["fold"].isin(folds)]
+
+
+def _oof_predictions(runs: list[Run], label: str, folds: tuple[int, ...] | None = None):
+    """Every cv's out-of-fold predictions, aligned by id: one entry per (cv, repeat); with `folds`, only the images
+    of those folds."""
     ids = y = groups = None
     probs, thresholds = [], []
     for run in runs:
-        i, yy, g, p, t = oof_arrays(run.oof())
+        i, yy, g, p, t = oof_arrays(run.oof() if folds is None else _fold_rows(run, folds))
         if ids is None:
             ids, y, groups = i, yy, g
         elif not np.array_equal(ids, i):  # compare_cv has already refused different fold assignments
@@ -72,19 +88,24 @@ def _oof_predictions(runs: list[Run], label: str):
 
 
 def compare_runs(runs_a: list[Run], runs_b: list[Run], metrics=COMPARE_METRICS, n_boot: int = 2000,
-                 seed: int = 0, on: str = "auto") -> Comparison:
+                 seed: int = 0, on: str = "auto", folds: tuple[int, ...] | None = None) -> Comparison:
     """B - A on the out-of-fold images or on the test images. 'auto': out-of-fold when both sides have them
-    (cv and tabular runs), else test. Out-of-fold pairs need the same fold assignment on both sides."""
+    (cv and tabular runs), else test. Out-of-fold pairs need the same fold assignment on both sides; `folds`
+    restricts them to the images of those folds (each scored by its own fold's models on both sides)."""
     if on not in COMPARE_ON:
         raise BadInputError(f"--on must be one of {', '.join(COMPARE_ON)}, got '{on}'")
     check_at_least(n_boot, 1, "--n-boot")
     has_oof = all(r.declared.has_oof for r in runs_a + runs_b)
-    if on == "oof" and not has_oof:
-        raise BadInputError("--on oof: " + ", ".join(f"{r.path} is a {r.kind} run" for r in runs_a + runs_b
-                                                      if not r.declared.has_oof)
+    if (on == "oof" or folds is not None) and not has_oof:
+        raise BadInputError(f"--on {on}" + (f" --folds {','.join(map(str, folds))}" if folds is not None else "")
+                            + ": " + ", ".join(f"{r.path} is a {r.kind} run" for r in runs_a + runs_b
+                                               if not r.declared.has_oof)
                             + f" without out-of-fold predictions (only {' and '.join(oof_kinds())} runs have them)")
+    if folds is not None and on == "test":
+        raise BadInputError("--folds pairs out-of-fold images of some folds; --on test pairs the test images, which "
+                            "every fold model scores")
     if on != "test" and has_oof:
-        return compare_cv(runs_a, runs_b, metrics, n_boot, seed)
+        return compare_cv(runs_a, runs_b, metrics, n_boot, seed, folds)
     ids_a, y, probs_a, thr_a, groups = _test_predictions(runs_a, "A")
     ids_b, _, probs_b, thr_b, groups_b = _test_predictions(runs_b, "B")
     if not np.array_equal(ids_a, ids_b):
@@ -109,8 +130,10 @@ def _audits(runs_a: list[Run], runs_b: list[Run], n_boot: int, seed: int) -> dic
     return out
 
 
-def compare_cv(runs_a: list[Run], runs_b: list[Run], metrics=COMPARE_METRICS, n_boot: int = 2000, seed: int = 0) -> Comparison:
-    """Paired on the same out-of-fold images; refused unless every run has the same fold assignment."""
+def compare_cv(runs_a: list[Run], runs_b: list[Run], metrics=COMPARE_METRICS, n_boot: int = 2000, seed: int = 0,
+               folds: tuple[int, ...] | None = None) -> Comparison:
+    """Paired on the same out-of-fold images (those of `folds` only, if given); refused unless every run has the
+    same fold assignment."""
     hashes = {r.fold_sha256 for r in runs_a + runs_b}
     if len(hashes) > 1:
         detail = ", ".join(f"{r.path} ({r.kind}, fold hash {str(r.fold_sha256)[:12]})" for r in runs_a + runs_b)
@@ -118,21 +141,22 @@ def compare_cv(runs_a: list[Run], runs_b: list[Run], metrics=COMPARE_METRICS, n_
                             f"cannot be paired: {detail}; run cv with the same --folds, --repeats and fold seed on "
                             "the same split (a tabular run takes a cv's folds with --image CV_DIR), or pair them on "
                             "the test images with --on test")
-    ids_a, y, groups, probs_a, thr_a = _oof_predictions(runs_a, "A")
-    ids_b, _, _, probs_b, thr_b = _oof_predictions(runs_b, "B")
+    ids_a, y, groups, probs_a, thr_a = _oof_predictions(runs_a, "A", folds)
+    ids_b, _, _, probs_b, thr_b = _oof_predictions(runs_b, "B", folds)
     if not np.array_equal(ids_a, ids_b):
         raise BadInputError(f"{runs_a[0].path} and {runs_b[0].path}: different out-of-fold images")
-    return _paired(runs_a, runs_b, "oof", y, groups, probs_a, probs_b, thr_a, thr_b, metrics, n_boot, seed)
+    return _paired(runs_a, runs_b, "oof", y, groups, probs_a, probs_b, thr_a, thr_b, metrics, n_boot, seed, folds)
 
 
 def _paired(runs_a: list[Run], runs_b: list[Run], on: str, y, groups, probs_a, probs_b, thr_a, thr_b, metrics,
-            n_boot: int, seed: int) -> Comparison:
+            n_boot: int, seed: int, folds: tuple[int, ...] | None = None) -> Comparison:
     """The paired bootstrap of B - A on aligned predictions, over whole groups where the runs know them."""
     unit = _unit(runs_a, groups)
     result = paired_bootstrap(y, probs_a, probs_b, thr_a, thr_b, metrics, n_boot, seed,
                               groups=groups if unit != "image" else None)
     return {"a": [str(r.path) for r in runs_a], "b": [str(r.path) for r in runs_b], "on": on, "n_test": int(len(y)),
-            "n_boot": n_boot, "unit": unit, "metrics": result, "audit": _audits(runs_a, runs_b, n_boot, seed)}
+            "n_boot": n_boot, "unit": unit, "metrics": result, "audit": _audits(runs_a, runs_b, n_boot, seed),
+            "folds": list(folds) if folds is not None else None}
 
 
 def verdict(d: dict) -> str:
@@ -152,6 +176,9 @@ def difference_cell(d: dict, digits: int = 3) -> str:
 def format_comparison(res: Comparison, name_a: str = "A", name_b: str = "B") -> list[str]:
     seeds = f"{len(res['a'])} vs {len(res['b'])} run(s)"
     where = "out-of-fold" if res.get("on") == "oof" else "test"
+    folds = res.get("folds")
+    if folds is not None:
+        where += f" (folds {', '.join(map(str, folds))})"
     unit = res.get("unit", "image")
     resampled = "images" if unit == "image" else f"whole groups ({unit})"
     lines = [f"paired bootstrap on the same {res['n_test']} {where} images ({res['n_boot']} resamples of {resampled}; "
