@@ -55,7 +55,7 @@ from lesionlab.data.sources import read_source
 from lesionlab.data.splits import load_split
 from lesionlab.data.store import Store, prepare
 from lesionlab.fileio import read_json, write_json
-from lesionlab.runs import is_complete_run
+from lesionlab.runs import Run, is_complete_run
 from lesionlab.synth import quality as synth_quality
 from lesionlab.synth.check import (check, copying_text, group_halves, learned_images, learned_positions, unseen_images,
                                    watched_images, z_text)
@@ -342,12 +342,13 @@ def sampled_text(checked: dict, drawn: dict) -> list[str]:
             + f" Goal on this set: **{'met' if goal_met(checked) else 'not met'}**.", ""]
 
 
-def fold_copying(work: Path, data: Path) -> list[str]:
+def fold_copying(work: Path, data: Path) -> tuple[list[str], dict[int, bool]]:
     """Part 3: the data-copying test in pixel space on each fold's synthetic set as the arms drew it (after sample's
     copy filter), against the malignant images its generator learned and the real ones it never saw; and controls,
     real images the generator never learned tested as if generated: half of the new real images (whole groups)
-    against the other half, and for a watched generator synth check's control, the watch's validation images."""
-    rows, watched = [], False
+    against the other half, and for a watched generator synth check's control, the watch's validation images.
+    Returns the text and each fold's verdict (copying or not)."""
+    rows, watched, verdicts = [], False, {}
     for info_path in sorted((work / "fold-generators").glob("*/generator.json")):
         gen, fold = info_path.parent, info_path.parent.name
         used = work / "fold-synthetic" / fold
@@ -372,6 +373,7 @@ def fold_copying(work: Path, data: Path) -> list[str]:
         if watch_control is not None:  # the watch's images against every new image, as synth check's control
             watched = True
             controls.append(against_new.test(synth_quality.pixels(watch_control))["z_u"])
+        verdicts[int(fold)] = bool(r["copying"])
         rows.append(f"| {fold} | {len(syn)} | {len(learned)} | {len(new)} | {z_text(r['z_u'])} | {z_text(r['c_t'])} | "
                     f"{r['cells_tested']} of {r['cells']} | {z_text(r['worst_cell_z'])} ({r['cell_cut']:+.2f}) | "
                     f"{'**yes**' if r['copying'] else 'no'} | " + " | ".join(map(z_text, controls)) + " | "
@@ -380,7 +382,7 @@ def fold_copying(work: Path, data: Path) -> list[str]:
         cut = r["cut"]
     if not rows:
         raise SystemExit(f"{work / 'fold-generators'}: no fold generators; run part 2 (without --copying-only) first")
-    return ["The data-copying test (Meehan, Chaudhuri and Dasgupta, AISTATS 2020) on each fold's synthetic set as "
+    return [*(["The data-copying test (Meehan, Chaudhuri and Dasgupta, AISTATS 2020) on each fold's synthetic set as "
             "the arms drew it: are its images closer (32x32 pixels, L2) to the malignant images the fold's generator "
             "learned than real malignant images it never saw (test, the fold's OOF part, and validation unless the "
             "copy watch chose the generator's stop on it) are? Their "
@@ -400,7 +402,40 @@ def fold_copying(work: Path, data: Path) -> list[str]:
             "| fold | synthetic images | learned | new real | Z_U | C_T | cells tested | worst cell (cut) | copying "
             "| control Z_U: half vs half |" + (" control Z_U: the watch's images |" if watched else "")
             + " against the learned images by group | new real images against them |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if watched else ""), *rows]
+            "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if watched else ""), *rows])], verdicts
+
+
+def by_copying(work: Path, verdicts: dict[int, bool], n_boot: int) -> list[str]:
+    """Part 3's second table: each synthetic arm against its recipe without, paired on each fold's OOF images (scored
+    by that fold's models, trained with that fold's set) and on the folds whose sets copy and those whose sets are
+    clean, pooled: do clean sets lose as copying ones do?"""
+    arms = {path.name: Run.load(path) for path in sorted((work / "cv").glob("*")) if is_complete_run(path)}
+    pairs = [(name.split(" + ")[0], name) for name in arms if " + " in name and name.split(" + ")[0] in arms]
+    if not pairs:
+        return ["No cv arm with synthetic images beside its recipe without (run part 2 first)."]
+    clean = tuple(f for f, copying in sorted(verdicts.items()) if not copying)
+    copying = tuple(f for f, copying in sorted(verdicts.items()) if copying)
+    groups = [(f"fold {f}", (f,), "**yes**" if verdicts[f] else "no") for f in sorted(verdicts)]
+    groups += [(f"clean sets' folds ({', '.join(map(str, clean))})", clean, "no")] if clean else []
+    groups += [(f"copying sets' folds ({', '.join(map(str, copying))})", copying, "**yes**")] if copying else []
+    rows = []
+    for recipe, arm in pairs:
+        for label, folds, verdict in groups:
+            d = compare_runs([arms[recipe]], [arms[arm]], metrics=PAIRED, n_boot=n_boot, folds=folds)
+            part = arms[recipe].oof()
+            part = part[part["fold"].isin(folds)]
+            rows.append(f"| {recipe} | {arm.split(' + ', 1)[1]} | {label} | {verdict} | {len(part)} "
+                        f"({int(part['label'].sum())}) | " + " | ".join(difference_cell(d["metrics"][m]) for m in PAIRED)
+                        + " |")
+    return ["Each synthetic arm (B) against its recipe without (A), paired on the OOF images of one fold, which that "
+            "fold's models scored (B's trained with that fold's synthetic set), and on the folds whose sets the table "
+            f"above calls copying and clean, pooled ({n_boot} resamples of whole groups). A single fold holds few "
+            "malignant images, so its interval is wide. A pooled row ranks images across its folds' models, as the "
+            "OOF table does, so it also measures how alike those models score, and can lie above or below every one "
+            "of its folds.", "",
+            "| recipe | synthetic | OOF images of | set copies | images (malignant) | "
+            + " | ".join(f"{m}: B - A [95% CI]" for m in PAIRED) + " |", "|---|---|---|---|---|" + "---|" * len(PAIRED),
+            *rows]
 
 
 def fold_watch_text(fold_gens: list[dict]) -> str:
@@ -411,11 +446,18 @@ def fold_watch_text(fold_gens: list[dict]) -> str:
         return ""
     chosen = []
     for w in watched:
-        stop = next((s for s in w["stops"] if s["step"] == w["selected_step"]), None)
         steps = ", ".join(str(s["step"]) for s in w["stops"])
-        chosen.append(f"step {w['selected_step']} of {steps} (recall {stop['recall']:.2f}, coverage "
-                      f"{stop['coverage']:.2f}, Z_U {stop['copy_z_pixel']:+.2f} / {stop['copy_z_feature']:+.2f})" if stop
-                      else f"the last step, {w['stops'][-1]['step']}, since every stop of {steps} copied")
+        sampled = w["selected_step"] if w["selected_step"] is not None else w.get("fallback_step")
+        stop = next((s for s in w["stops"] if s["step"] == sampled), None)
+        measured = (f"recall {stop['recall']:.2f}, coverage {stop['coverage']:.2f}, Z_U {stop['copy_z_pixel']:+.2f} / "
+                    f"{stop['copy_z_feature']:+.2f}" if stop else "")
+        if w["selected_step"] is not None:
+            chosen.append(f"step {sampled} of {steps} ({measured})")
+        elif stop:
+            chosen.append(f"step {sampled}, since every stop of {steps} copied and it copied least over the quality "
+                          f"bar ({measured})")
+        else:
+            chosen.append(f"the last step, {w['stops'][-1]['step']}, since every stop of {steps} copied")
     return (f" The copy watch (rule {watched[0].get('rule', 'last')}, against {watched[0]['held_out']}, "
             f"{watched[0]['n']} images; {watch_samples(watched[0])} samples a stop; recall and coverage of the FID "
             f"estimate's samples against the fold's training images, Z_U in pixels / in the estimate's features) "
@@ -442,7 +484,9 @@ def watch_text(info: dict) -> list[str]:
            f"by the margin rule (among the stops without copying whose samples reach recall "
            f"{watch['quality_bar']['recall']} and coverage {watch['quality_bar']['coverage']}, the largest Z_U, the "
            "worse of the two spaces; without one, the last stop without copying)")
-    chosen = (f"it samples step {watch['selected_step']}, {how}" if watch["selected_step"]
+    chosen = (f"it samples step {watch['selected_step']}, {how}" if watch["selected_step"] is not None
+              else f"every stop copied, so it samples step {watch['fallback_step']}, the one farthest from copying "
+                   "over the quality bar" if watch.get("fallback_step") is not None
               else "every stop copied, so it samples the last step")
     on_val = watch.get("reference", "val") == "val"  # generators before --copy-watch train were watched on val
     return [f"Copy watch (`synth train --copy-watch {'val' if on_val else 'train'}`): at every FID estimate the "
@@ -568,7 +612,9 @@ def main() -> None:
     ids = Store.open(data).table["id"].astype(str).to_numpy()
     # each part's body before head(), whose wall time must include it
     if args.copying_only:
-        body = ["### Are the experiment's synthetic images copies?", "", *fold_copying(work, data)]
+        copying_lines, verdicts = fold_copying(work, data)
+        body = ["### Are the experiment's synthetic images copies?", "", *copying_lines, "",
+                "### Do clean sets lose as copying ones do?", "", *by_copying(work, verdicts, args.n_boot)]
         return finish(section + "-copying", head() + body)
     if args.trajectory_every:
         body = ["### Quality and copying along one generator's training", "", *trajectory(args, data, work, gen_kw)]

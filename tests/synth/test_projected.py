@@ -453,6 +453,40 @@ def test_copy_rules_select_the_stop_by_hand():
     assert selected_stop([_stop(2, -3.0, -2.0, copying=1)], "margin") is None
 
 
+def test_when_every_stop_copies_the_fallback_is_the_stop_farthest_from_copying_over_the_bar():
+    from lesionlab.synth.copy_watch import fallback_stop, sampled_stop
+
+    history = [_stop(1, 3.0, -1.9, copying=1, recall=0.1),  # the widest margin, but under the bar: never sampled
+               _stop(2, -2.5, -1.0, copying=1),  # margin -2.5
+               _stop(3, -0.5, -1.8, copying=1),  # margin -1.8: the widest over the bar
+               _stop(4, -1.8, 0.5, copying=1)]   # margin -1.8 too, but later
+    assert fallback_stop(history) == 3
+    assert sampled_stop(history, "margin") == sampled_stop(history, "last") == 3
+    assert sampled_stop(history + [_stop(5, 0.1, 0.2)], "margin") == 5  # a clean stop is always preferred
+    assert fallback_stop(history[:1]) is None  # none over the bar: the last step is sampled
+
+
+def test_a_generator_that_copies_at_every_stop_samples_the_fallback_stop(small_data, tmp_path, monkeypatch):
+    """The generator's own training images as samples at every stop: each stop copies, training stops after two;
+    the stops tie, so the earlier, step 1, is sampled from its snapshot, and the record says it is a fallback."""
+    from lesionlab.synth import generator as gen_module
+    from lesionlab.synth.copy_watch import SNAPSHOT
+    from lesionlab.synth.generator import load_generator, real_images
+
+    learned = Store.open(small_data).pixels(real_images(small_data, 1)[1])
+    monkeypatch.setattr(gen_module, "generate_batch",
+                        lambda trainer, info, n, seed, label="malignant", gen_dir="": learned[np.arange(n) % len(learned)])
+    out = tmp_path / "g"
+    info = train_generator(small_data, out, steps=8, checkpoint_every=1, fid_n=10,
+                           **{**TINY, "fid_every": 1, "copy_watch": "train"})
+    result = info["copy_watch_result"]
+    assert [s["copying"] for s in result["stops"]] == [1, 1] and info["steps"] == 2
+    assert result["selected_step"] is None and result["fallback_step"] == info["sampled_step"] == 1
+    snapshot = torch.load(out / SNAPSHOT, weights_only=True)
+    trainer, _ = load_generator(out)
+    assert snapshot["step"] == 1 and all(torch.equal(trainer.ema.state_dict()[k], v) for k, v in snapshot["ema"].items())
+
+
 def test_copying_stops_under_the_quality_bar_do_not_end_the_training():
     from lesionlab.synth.copy_watch import copying_in_a_row
 

@@ -63,10 +63,20 @@ def synth_train(data_dir: Path, out: Path, **flags) -> None:
                f"{info['train_seconds'] / 60:.1f} min" + (" (stopped by the time budget)" if info["stopped_by_time_budget"] else "")
                + (f"; FID estimate {info['fid_estimate']['last']:.2f}" if (info.get("fid_estimate") or {}).get("last")
                   is not None else "")
-               + (f"; samples from step {info['sampled_step']}, the stop the copy watch selected ({c.copy_rule} rule)"
-                  if info["sampled_step"] != info["steps"] else "")
+               + sampled_text(info, c.copy_rule)
                + ("; stopped: the watch found copying" if (info.get("copy_watch_result") or {}).get("stopped_by_copying")
                   else ""))
+
+
+def sampled_text(info: dict, rule: str) -> str:
+    """Which stop sampling uses, where the copy watch chose one; and when every stop copied, say so."""
+    watch = info.get("copy_watch_result") or {}
+    if watch and watch.get("selected_step") is None:
+        return (f"; every stop copied: samples from step {info['sampled_step']}, the one farthest from copying over "
+                "the quality bar" if watch.get("fallback_step") is not None else
+                "; every stop copied, none reached the quality bar: samples from the last step")
+    return (f"; samples from step {info['sampled_step']}, the stop the copy watch selected ({rule} rule)"
+            if info["sampled_step"] != info["steps"] else "")
 
 
 @synth.command("sample")

@@ -2,7 +2,8 @@
 (quality.data_copying) of that estimate's samples against the class's training images and a reference of new real
 images, which no generator learns from (held_out val: the split's validation images of the class; train: the
 training images themselves, each against the other groups'); the training keeps the EMA generator of the stop its
-rule selects (selected_stop) and ends once `patience` stops in a row copy.
+rule selects (selected_stop; when every stop copied, the one that copies least: fallback_stop) and ends once
+`patience` stops in a row copy.
 
 Why a watch: the trajectory in docs/results.md (ISIC 2024 crops) shows the projected recipe reaching its recall
 early and then only adding copying, so the stop has to be chosen, and a choice needs a reference of its own. The
@@ -25,7 +26,7 @@ from ..fileio import atomic_path, csv_restore, load_checkpoint, write_csv
 from . import quality
 
 WATCH_IDS = "watch_ids.csv"  # the validation images the watch compared with, in the generator folder
-SNAPSHOT = "selected.pt"  # the EMA generator of the stop the rule selects
+SNAPSHOT = "selected.pt"  # the EMA generator of the stop sampling uses (sampled_stop)
 MIN_WATCH = 10  # validation images of the class, the fewest a rank test stands on (as check's MIN_UNSEEN)
 # the quality bar of the margin rule: the goal synth check's users judge a generator by (recall and coverage
 # against the class's training images), read here on the FID estimate's samples
@@ -91,7 +92,10 @@ class CopyWatch:
                 "copying_pixel": float(pixel["copying"]), "copying_feature": float(feature["copying"]),
                 "copying": float(pixel["copying"] or feature["copying"]), "copy_n": float(len(images))}
 
-    def summary(self, history: list[dict], rule: str, selected_step: int | None, stopped: bool) -> dict:
+    def summary(self, history: list[dict], rule: str, selected_step: int | None, stopped: bool,
+                fallback_step: int | None = None) -> dict:
+        """selected_step: the stop without copying that the rule chose (None when every stop copied);
+        fallback_step: the stop sampled instead then (fallback_stop; None: the last step)."""
         keys = ("step", "copy_z_pixel", "copy_z_feature", "copying_pixel", "copying_feature", "copying", "copy_n",
                 "recall", "coverage")
         return {"reference": self.held_out,  # --copy-watch's value
@@ -99,7 +103,7 @@ class CopyWatch:
                              else "the split's validation images of the class"),
                 "n": int(len(self.groups)), "groups": int(len(np.unique(self.groups))), "patience": self.patience, "rule": rule,
                 "quality_bar": {"recall": SELECT_RECALL, "coverage": SELECT_COVERAGE} if rule == "margin" else None,
-                "selected_step": selected_step, "stopped_by_copying": stopped,
+                "selected_step": selected_step, "fallback_step": fallback_step, "stopped_by_copying": stopped,
                 # a stop recorded before a key (a resumed generator's progress.csv) leaves it blank: left out
                 "stops": [{k: r[k] for k in keys if k in r and not pd.isna(r[k])} for r in _watched(history)]}
 
@@ -124,8 +128,30 @@ def selected_stop(history: list[dict], rule: str) -> int | None:
     if rule == "margin":
         good = [r for r in clean if meets_bar(r, missing=-1.0)]
         if good:
-            return int(max(good, key=lambda r: (min(r["copy_z_pixel"], r["copy_z_feature"]), -r["step"]))["step"])
+            return _widest_margin(good)
     return int(clean[-1]["step"])
+
+
+def fallback_stop(history: list[dict]) -> int | None:
+    """The stop sampled when every watched stop copied (selected_stop is None): among those whose samples reach the
+    quality bar, the one farthest from copying (the largest min(Z_U in pixels, Z_U in features)), the earliest on a
+    tie; None when none reaches the bar, and the last step is sampled.
+
+    Why not the last step: in the ISIC 2024 cv experiment with --copy-watch train (README) four of five fold
+    generators copied at every stop, and their last steps were sampled whatever their Z_U; the stop that copies
+    least is the one whose images are least likely to be copies, and the record names it as a fallback."""
+    good = [r for r in _watched(history) if meets_bar(r, missing=-1.0)]
+    return _widest_margin(good) if good else None
+
+
+def sampled_stop(history: list[dict], rule: str) -> int | None:
+    """The stop whose snapshot sampling uses: selected_stop, or when every stop copied, fallback_stop."""
+    chosen = selected_stop(history, rule)
+    return chosen if chosen is not None else fallback_stop(history)
+
+
+def _widest_margin(rows: list[dict]) -> int:
+    return int(max(rows, key=lambda r: (min(r["copy_z_pixel"], r["copy_z_feature"]), -r["step"]))["step"])
 
 
 def meets_bar(row: dict, missing: float) -> bool:

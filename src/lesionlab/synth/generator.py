@@ -13,7 +13,8 @@ GEN_DIR/
   progress.csv     step, minutes, losses and the FID estimate every `fid_every` steps
   real_ids.csv     the real images it learned from, with their labels (for the memorisation check)
   watch_ids.csv    the validation images its stop was chosen on (--copy-watch val, copy_watch.py)
-  selected.pt      the EMA generator of the stop the copy watch selected (--copy-rule), which sampling uses
+  selected.pt      the EMA generator of the stop the copy watch selected (--copy-rule; when every stop copied, the
+                   one farthest from copying over the quality bar), which sampling uses
   generator.json   written last: the generator is complete
 """
 from __future__ import annotations
@@ -39,8 +40,8 @@ from ..data.synthetic import real_rows
 from ..errors import BadInputError, ExistsError, NotEnoughDataError
 from ..fileio import atomic_path, load_checkpoint, read_json, require_folder_or_absent, write_bytes, write_csv, write_json
 from . import quality
-from .copy_watch import (SNAPSHOT, CopyWatch, copying_in_a_row, load_snapshot, save_snapshot, selected_stop,
-                         write_watch_ids)
+from .copy_watch import (SNAPSHOT, CopyWatch, copying_in_a_row, load_snapshot, sampled_stop, save_snapshot,
+                         selected_stop, write_watch_ids)
 from .nets import Z_DIM, Discriminator, Generator, diff_augment, make_schedulers, make_unet
 
 log = logging.getLogger(__name__)
@@ -260,7 +261,8 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
     machine is faster, see training_precision), 32 or bf16. copy_watch: val runs the data-copying test
     against the split's validation images of `label` at every FID estimate (train: against the class's training
     images themselves, each against the other groups', copy_watch.CopyWatch), keeps the stop `copy_rule` selects
-    (margin or last, copy_watch.selected_stop) for sampling and stops once `copy_patience` stops in a row copy
+    (margin or last, copy_watch.selected_stop; when every stop copied, copy_watch.fallback_stop) for sampling and
+    stops once `copy_patience` stops in a row copy
     (copy_watch.copying_in_a_row: stops under the quality bar are passed over); off: the last step is sampled,
     whatever it copies. watch_n: samples the watch tests at each stop (None: the FID estimate's; more are drawn with
     other latents, so the estimate's stay as they were, see _watched_samples). device: where the projected family
@@ -408,7 +410,7 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
                 losses.update(watch(*_watched_samples(trainer, spec, out, fid, fid_label, images, features, watch_n,
                                                       seed)))
             history.append({"step": step, "minutes": round(seconds / 60, 2), **{k: round(v, 4) for k, v in losses.items()}})
-            if watch and selected_stop(history, copy_rule) == step:
+            if watch and sampled_stop(history, copy_rule) == step:
                 save_snapshot(out, step, trainer.state_dict()["ema"])
             start += time.perf_counter() - measured  # the estimate's own time is not training time
         if progress:
@@ -427,13 +429,17 @@ def train_generator(data_dir: str | Path, out: str | Path, kind: str = "projecte
     checkpoint()
     real_grid = real[torch.randperm(len(real), generator=g)[:16]].numpy()
     write_bytes(out / "samples" / "real.png", grid_png(real_grid, 8))
-    selected = int(load_snapshot(out)["step"]) if watch and (out / SNAPSHOT).exists() else None
+    snapshot = int(load_snapshot(out)["step"]) if watch and (out / SNAPSHOT).exists() else None
+    selected = selected_stop(history, copy_rule) if watch else None
+    fallback = snapshot if watch and selected is None else None
     if watch and selected is None:
-        log.warning("%s: every watched stop copied its training images; sampling uses the last step", out)
-    sampled = selected if selected is not None else step
+        log.warning("%s: every watched stop copied its training images; sampling uses %s", out,
+                    f"step {fallback}, the one farthest from copying over the quality bar" if fallback is not None
+                    else "the last step (no stop reached the quality bar)")
+    sampled = snapshot if snapshot is not None else step
     info = {**spec, "steps": step, "steps_asked": steps, "stopped_by_time_budget": stopped_by_budget,
             "sampled_step": sampled,
-            "copy_watch_result": watch.summary(history, copy_rule, selected, stopped_by_copying) if watch else None,
+            "copy_watch_result": watch.summary(history, copy_rule, selected, stopped_by_copying, fallback) if watch else None,
             "train_seconds": round(seconds, 1), "lesionlab_version": __version__,
             "precision": "bf16" if bf16 else "32", "precision_choice": precision_choice, "device": describe_device(dev),
             "feature_weights": getattr(trainer, "weights_origin", None) or None,
