@@ -416,8 +416,9 @@ def by_copying(work: Path, verdicts: dict[int, bool], n_boot: int) -> list[str]:
     clean = tuple(f for f, copying in sorted(verdicts.items()) if not copying)
     copying = tuple(f for f, copying in sorted(verdicts.items()) if copying)
     groups = [(f"fold {f}", (f,), "**yes**" if verdicts[f] else "no") for f in sorted(verdicts)]
-    groups += [(f"clean sets' folds ({', '.join(map(str, clean))})", clean, "no")] if clean else []
-    groups += [(f"copying sets' folds ({', '.join(map(str, copying))})", copying, "**yes**")] if copying else []
+    # a pooled row of one fold would repeat that fold's row
+    groups += [(f"clean sets' folds ({', '.join(map(str, clean))})", clean, "no")] if len(clean) > 1 else []
+    groups += [(f"copying sets' folds ({', '.join(map(str, copying))})", copying, "**yes**")] if len(copying) > 1 else []
     rows = []
     for recipe, arm in pairs:
         for label, folds, verdict in groups:
