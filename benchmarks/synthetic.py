@@ -421,10 +421,10 @@ def by_copying(work: Path, verdicts: dict[int, bool], n_boot: int) -> list[str]:
     groups += [(f"copying sets' folds ({', '.join(map(str, copying))})", copying, "**yes**")] if len(copying) > 1 else []
     rows = []
     for recipe, arm in pairs:
+        oof = arms[recipe].oof()  # read once: each row counts its images from it
         for label, folds, verdict in groups:
             d = compare_runs([arms[recipe]], [arms[arm]], metrics=PAIRED, n_boot=n_boot, folds=folds)
-            part = arms[recipe].oof()
-            part = part[part["fold"].isin(folds)]
+            part = oof[oof["fold"].isin(folds)]
             rows.append(f"| {recipe} | {arm.split(' + ', 1)[1]} | {label} | {verdict} | {len(part)} "
                         f"({int(part['label'].sum())}) | " + " | ".join(difference_cell(d["metrics"][m]) for m in PAIRED)
                         + " |")
