@@ -5,8 +5,9 @@ on the other data sets' test images (trained on one source, judged on another).
 
     python benchmarks/transfer.py [--size 128] [--data NAME=DATA_DIR ...] [--work bench-out]
         [--folds 5] [--trials 20] [--tune-epochs 10] [--epochs 20] [--naive-epochs 10] [--ssl-epochs 10]
-        [--input-sizes 0,160,224] [--n-malignant 293] [--n-malignant-of NAME=N|all] [--extra-n-malignant 293]
-        [--tune-on NAME ...] [--recipe-set KEY=VALUE ...] [--tag T] [--write-recommended] [--print-only]
+        [--input-sizes 0,160,224] [--n-malignant 293|all] [--ratio 1:K] [--n-malignant-of NAME=N|all]
+        [--extra-n-malignant 293] [--tune-on NAME ...] [--recipe-set KEY=VALUE ...] [--recipe FILE ...] [--tag T]
+        [--write-recommended] [--print-only]
 
 Without --data: HAM10000 and the ISIC 2024 permissive release, prepared at --size in the work folder with the
 protocol's splits and draws (lesionlab.benchmarking.datasets: val/test 50:1000 and draws of 293 malignant images;
@@ -24,11 +25,16 @@ each data set:
                   draw (--extra-data; never validation, test or OOF), --extra-n-malignant at the recipe's ratio
   lite0 + SSL     `lesionlab pretrain --model tf_efficientnet_lite0 --pretrained` (SimCLR, continued from
                   ImageNet) on the train pool, then the tuned recipe from that encoder
+  recipe NAME     a recipe file given with --recipe (e.g. configs/recommended.yaml), as it stands: a recipe
+                  already chosen, judged again under another draw or on other data without searching again
+--naive-epochs 0, --trials 0, --ssl-epochs 0 and --extra-n-malignant 0 leave those arms out (the extra and SSL arms
+start from a tuned recipe, else from the first --recipe).
 
 The draw (ratio, malignant images, sampler) and threshold rule of every lite0 arm are the scratch recipe's, so
 arms differ in the model and how it is trained; a data set with few malignant images (ISIC 2024 permissive: 235)
-takes its own count with --n-malignant-of NAME=N|all, since each fold's train pool must hold them.
-configs/recommended.yaml: among the config-only candidates (naive, each tuned recipe) those whose paired OOF
+takes its own count with --n-malignant-of NAME=N|all, since each fold's train pool must hold them; --n-malignant
+and --ratio set the draw of every arm on every data set instead of the scratch recipe's.
+configs/recommended.yaml: among the config-only candidates (naive, each tuned recipe, each --recipe) those whose paired OOF
 pAUC80 interval against scratch lies above zero on every data set; of those the highest mean OOF pAUC80; written
 only with --write-recommended. The test sets are scored once, at the
 end (fold ensembles), and judged against the goals; nothing is chosen on them.
@@ -56,6 +62,7 @@ from lesionlab.config import build_config, build_pretrain_config, load_yaml, to_
 from lesionlab.data.sampling import parse_ratio
 from lesionlab.data.splits import load_split
 from lesionlab.data.store import Store
+from lesionlab.errors import BadInputError
 from lesionlab.fileio import write_json, write_text
 from lesionlab.metrics import ci_unit, metrics_with_ci
 from lesionlab.runs import Run, is_complete_run, load_predictor
@@ -78,6 +85,24 @@ def key_value(text: str) -> tuple[str, object]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE")
     return key.strip(), yaml.safe_load(value)
+
+
+def n_malignant_arg(text: str) -> int | str:
+    """--n-malignant N|all."""
+    if text == "all":
+        return text
+    if text.isdigit():
+        return int(text)
+    raise argparse.ArgumentTypeError(f"{text!r}: expected a number of malignant images or 'all'")
+
+
+def ratio_arg(text: str) -> str:
+    """--ratio 1:K|natural, checked as the draw checks it."""
+    try:
+        parse_ratio(text)
+    except BadInputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def recipe(path: Path) -> dict:
@@ -179,13 +204,15 @@ def main() -> None:
     ap.add_argument("--search", default=str(SEARCH))
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0, help="training and fold seed")
-    ap.add_argument("--n-malignant", type=int, default=0, help="malignant images per training draw (0 = the scratch "
-                    "recipe's)")
+    ap.add_argument("--n-malignant", type=n_malignant_arg, default=0, help="malignant images per training draw, N or "
+                    "all (0 = the scratch recipe's)")
+    ap.add_argument("--ratio", type=ratio_arg, default="", help="malignant:benign of every training draw, 1:K or natural "
+                    "(default: the scratch recipe's)")
     ap.add_argument("--n-malignant-of", action="append", default=[], metavar="NAME=N|all",
                     help="another number for one data set (a small one: each fold's train pool must hold them)")
     ap.add_argument("--epochs", type=int, default=20, help="epochs of the tuned lite0 arms (early stopping inside)")
-    ap.add_argument("--naive-epochs", type=int, default=10)
-    ap.add_argument("--trials", type=int, default=20, help="tune trials per data set")
+    ap.add_argument("--naive-epochs", type=int, default=10, help="0 leaves the naive arm out")
+    ap.add_argument("--trials", type=int, default=20, help="tune trials per data set (0: no search, no tuned arm)")
     ap.add_argument("--tune-on", action="append", default=[], metavar="NAME",
                     help="search the recipe on these data sets only (repeated; default: every data set); the extra "
                          "and SSL arms of the others take the first one's recipe")
@@ -193,6 +220,8 @@ def main() -> None:
     ap.add_argument("--recipe-set", action="append", default=[], type=key_value, metavar="KEY=VALUE",
                     help="set a config key of the tuned recipes after the search (repeated), e.g. early_stop=none "
                          "monitor=val_roc_auc: train every epoch and keep the best by validation ROC AUC")
+    ap.add_argument("--recipe", action="append", default=[], metavar="FILE",
+                    help="a recipe file run as it stands, as the arm 'recipe NAME' (NAME: the file's stem; repeated)")
     ap.add_argument("--input-sizes", default="", help="input sizes the search may pick, e.g. 0 (the store's) or "
                     "0,160,224 (default: the search file's)")
     ap.add_argument("--extra-n-malignant", type=int, default=293, help="malignant images drawn from each other "
@@ -231,9 +260,14 @@ def main() -> None:
         scratch["epochs"] = args.scratch_epochs
     if args.n_malignant:
         scratch["n_malignant"] = args.n_malignant
+    if args.ratio:
+        scratch["ratio"] = args.ratio
     scratch["bootstrap"] = 0
     protocol = {k: scratch[k] for k in PROTOCOL if k in scratch}
     naive = {**NAIVE, **protocol, "epochs": args.naive_epochs, "bootstrap": 0}
+    given = {f"recipe {Path(f).stem}": {**recipe(Path(f)), "bootstrap": 0} for f in args.recipe}
+    if len(given) < len(args.recipe):
+        ap.error("--recipe: two files of one name; the arms are named by the file's stem")
     # the draw of each data set: the protocol's, with its own malignant count where given
     own: dict[str, dict] = {name: {**protocol, **({"n_malignant": drawn_of[name]} if name in drawn_of
                                                   and not args.n_malignant else {})} for name in datasets}
@@ -248,7 +282,7 @@ def main() -> None:
     unknown = [n for n in args.tune_on if n not in datasets]
     if unknown:
         ap.error(f"--tune-on {', '.join(unknown)}: expected one of {', '.join(datasets)}")
-    for name in args.tune_on or datasets:
+    for name in (args.tune_on or datasets) if args.trials else []:
         t = time.time()
         tuned[name], studies[name] = tuned_recipe(args, name, datasets[name], work, own[name])
         timings[f"tune {name}"] = time.time() - t
@@ -259,9 +293,14 @@ def main() -> None:
     arm_values: dict[str, dict[str, dict]] = {name: {} for name in datasets}
     for name, data in datasets.items():
         dwork = work / name
-        base = tuned.get(name) or next(iter(tuned.values()))  # the recipe the extra and SSL arms start from
-        arms = {"scratch": scratch, "lite0 naive": naive}
+        # the recipe the extra and SSL arms start from
+        base = tuned.get(name) or next(iter(tuned.values()), None) or next(iter(given.values()), None)
+        arms = {"scratch": scratch, **({"lite0 naive": naive} if args.naive_epochs else {})}
         arms.update({f"lite0 tuned on {other}": values for other, values in tuned.items()})
+        arms.update(given)
+        if base is None and (args.extra_n_malignant or args.ssl_epochs):
+            ap.error("the extra-source and SSL arms start from a tuned recipe or a --recipe: give --trials N or "
+                     "--recipe FILE, or leave them out with --extra-n-malignant 0 --ssl-epochs 0")
         others = [d for d in datasets if d != name]
         if args.extra_n_malignant:
             # one extra source per other data set (the first two given, then the rest in later arms)
@@ -298,7 +337,7 @@ def main() -> None:
                      for arm, run in runs.items() if arm != "scratch"} for name, runs in cvs.items()}
 
     # configs/recommended.yaml: config-only candidates beating scratch on every data set (OOF pAUC80 interval > 0)
-    candidates = ["lite0 naive"] + [f"lite0 tuned on {d}" for d in tuned]
+    candidates = (["lite0 naive"] if args.naive_epochs else []) + [f"lite0 tuned on {d}" for d in tuned] + list(given)
     eligible = [c for c in candidates if all(paired[d][c]["pauc_80"]["lo"] > 0 for d in datasets)]
     mean_oof = {c: float(np.mean([cvs[d][c].metrics["oof"]["pauc_80"] for d in datasets])) for c in candidates}
     chosen = max(eligible, key=mean_oof.get) if eligible else None
@@ -322,13 +361,16 @@ def main() -> None:
              f"Data sets at {size} px, each with its own split: " + "; ".join(
                  f"{n} ({Store.open(p).meta['counts']['malignant']} malignant / {Store.open(p).meta['counts']['benign']} "
                  f"benign)" for n, p in datasets.items()) + f". {args.folds}-fold grouped cv of each split's train pool, "
-             f"fold seed {args.seed}. Protocol of every arm (the scratch recipe's): "
+             f"fold seed {args.seed}. Protocol of every arm ("
+             + ("set by --n-malignant/--ratio" if args.n_malignant or args.ratio else "the scratch recipe's") + "): "
              + ", ".join(f"{k} {v}" for k, v in protocol.items())
              + "".join(f"; on {n}: n_malignant {own[n]['n_malignant']}" for n in datasets
                        if own[n].get("n_malignant") != protocol.get("n_malignant")) + ". Scratch: "
-             f"`{Path(args.scratch).name}`, {scratch.get('epochs')} epochs. Naive: {LITE0} from ImageNet (the "
-             f"package's weights, mean = std = 0.5, bicubic), AdamW lr 3e-4 on all layers, {args.naive_epochs} epochs, "
-             "augment medium.", ""]
+             f"`{Path(args.scratch).name}`, {scratch.get('epochs')} epochs. "
+             + (f"Naive: {LITE0} from ImageNet (the package's weights, mean = std = 0.5, bicubic), AdamW lr 3e-4 on all "
+                f"layers, {args.naive_epochs} epochs, augment medium." if args.naive_epochs else "No naive arm.")
+             + "".join(f" {arm}: `{f}` as it stands ({given[arm].get('model')}, {given[arm].get('epochs')} epochs) with "
+                       "the protocol's draw." for arm, f in zip(given, args.recipe)), ""]
     for name, found in studies.items():
         best = found["best"]
         lines.append(f"Tuned on {name}: `lesionlab tune {Path(args.search).name}` {found['trials']} trials of "
@@ -339,15 +381,18 @@ def main() -> None:
                      + f"; trained {args.epochs} epochs" + (", with " + ", ".join(f"{k} {v}" for k, v in args.recipe_set)
                                                            if args.recipe_set else " with the search's early stopping")
                      + ".")
-    otherwise = f" (where none was, the one tuned on {next(iter(tuned))})" if len(tuned) < len(datasets) else ""
+    # the recipe the extra and SSL arms started from, in words
+    start = ("the recipe tuned on that data set" + (f" (where none was, the one tuned on {next(iter(tuned))})"
+                                                    if len(tuned) < len(datasets) else "")) if tuned else \
+        f"'{next(iter(given), '')}'"
     if args.ssl_epochs:
         lines.append(f"SSL: `lesionlab pretrain --model {LITE0} --pretrained --method simclr --epochs {args.ssl_epochs} "
                      f"--batch-size {args.ssl_batch}` on each train pool (it sees each fold's OOF images without labels), "
-                     "then the recipe tuned on that data set" + otherwise + ".")
+                     f"then {start}.")
     if args.extra_n_malignant:
         drawn = "; ".join(f"on {name}: {v['extra_n_malignant']} malignant of {arm.removeprefix('lite0 + extra ')}"
                           for name, arms in arm_values.items() for arm, v in arms.items() if arm.startswith("lite0 + extra"))
-        lines.append(f"Extra source: the recipe tuned on the data set{otherwise}, with malignant images of the other "
+        lines.append(f"Extra source: {start}, with malignant images of the other "
                      f"data set at the same ratio added to every training draw ({drawn}; --extra-n-malignant "
                      f"{args.extra_n_malignant} at most, fewer where the other data set holds fewer at that ratio), never "
                      "to validation, test or OOF; checked by id, lesion and content.")
