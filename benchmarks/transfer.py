@@ -6,8 +6,8 @@ on the other data sets' test images (trained on one source, judged on another).
     python benchmarks/transfer.py [--size 128] [--data NAME=DATA_DIR ...] [--work bench-out]
         [--folds 5] [--trials 20] [--tune-epochs 10] [--epochs 20] [--naive-epochs 10] [--ssl-epochs 10]
         [--input-sizes 0,160,224] [--n-malignant 293|all] [--ratio 1:K] [--n-malignant-of NAME=N|all]
-        [--extra-n-malignant 293] [--tune-on NAME ...] [--recipe-set KEY=VALUE ...] [--recipe FILE ...] [--tag T]
-        [--write-recommended] [--print-only]
+        [--extra-n-malignant 293] [--extra-on NAME ...] [--tune-on NAME ...] [--recipe-set KEY=VALUE ...]
+        [--recipe FILE ...] [--tag T] [--write-recommended] [--print-only]
 
 Without --data: HAM10000 and the ISIC 2024 permissive release, prepared at --size in the work folder with the
 protocol's splits and draws (lesionlab.benchmarking.datasets: val/test 50:1000 and draws of 293 malignant images;
@@ -226,6 +226,8 @@ def main() -> None:
                     "0,160,224 (default: the search file's)")
     ap.add_argument("--extra-n-malignant", type=int, default=293, help="malignant images drawn from each other "
                     "data set in the extra-source arm (at the recipe's ratio); 0 skips the arm")
+    ap.add_argument("--extra-on", action="append", default=[], metavar="NAME",
+                    help="run the extra-source arm on these data sets only (repeated; default: every data set)")
     ap.add_argument("--ssl-epochs", type=int, default=10, help="0 skips the SSL arm")
     ap.add_argument("--ssl-batch", type=int, default=64)
     ap.add_argument("--ssl-lr", type=float, default=1e-4, help="AdamW lr of the continued pretraining (a 1-epoch smoke "
@@ -282,6 +284,9 @@ def main() -> None:
     unknown = [n for n in args.tune_on if n not in datasets]
     if unknown:
         ap.error(f"--tune-on {', '.join(unknown)}: expected one of {', '.join(datasets)}")
+    unknown = [n for n in args.extra_on if n not in datasets]
+    if unknown:
+        ap.error(f"--extra-on {', '.join(unknown)}: expected one of {', '.join(datasets)}")
     for name in (args.tune_on or datasets) if args.trials else []:
         t = time.time()
         tuned[name], studies[name] = tuned_recipe(args, name, datasets[name], work, own[name])
@@ -302,7 +307,7 @@ def main() -> None:
             ap.error("the extra-source and SSL arms start from a tuned recipe or a --recipe: give --trials N or "
                      "--recipe FILE, or leave them out with --extra-n-malignant 0 --ssl-epochs 0")
         others = [d for d in datasets if d != name]
-        if args.extra_n_malignant:
+        if args.extra_n_malignant and name in (args.extra_on or datasets):
             # one extra source per other data set (the first two given, then the rest in later arms)
             for other in others:
                 # as many as asked, at most what the other data set holds at the recipe's ratio
