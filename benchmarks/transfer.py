@@ -6,7 +6,7 @@ on the other data sets' test images (trained on one source, judged on another).
     python benchmarks/transfer.py [--size 128] [--data NAME=DATA_DIR ...] [--work bench-out]
         [--folds 5] [--trials 20] [--tune-epochs 10] [--epochs 20] [--naive-epochs 10] [--ssl-epochs 10]
         [--input-sizes 0,160,224] [--n-malignant 293|all] [--ratio 1:K] [--n-malignant-of NAME=N|all]
-        [--extra-n-malignant 293] [--extra-on NAME ...] [--tune-on NAME ...] [--recipe-set KEY=VALUE ...]
+        [--extra-n-malignant 293] [--extra-on NAME ...] [--ssl-on NAME ...] [--tune-on NAME ...] [--recipe-set KEY=VALUE ...]
         [--recipe FILE ...] [--tag T] [--write-recommended] [--print-only]
 
 Without --data: HAM10000 and the ISIC 2024 permissive release, prepared at --size in the work folder with the
@@ -229,6 +229,8 @@ def main() -> None:
     ap.add_argument("--extra-on", action="append", default=[], metavar="NAME",
                     help="run the extra-source arm on these data sets only (repeated; default: every data set)")
     ap.add_argument("--ssl-epochs", type=int, default=10, help="0 skips the SSL arm")
+    ap.add_argument("--ssl-on", action="append", default=[], metavar="NAME",
+                    help="run the SSL arm on these data sets only (repeated; default: every data set)")
     ap.add_argument("--ssl-batch", type=int, default=64)
     ap.add_argument("--ssl-lr", type=float, default=1e-4, help="AdamW lr of the continued pretraining (a 1-epoch smoke "
                     "test at 3e-4 left lite0's features worse than ImageNet's)")
@@ -284,9 +286,10 @@ def main() -> None:
     unknown = [n for n in args.tune_on if n not in datasets]
     if unknown:
         ap.error(f"--tune-on {', '.join(unknown)}: expected one of {', '.join(datasets)}")
-    unknown = [n for n in args.extra_on if n not in datasets]
-    if unknown:
-        ap.error(f"--extra-on {', '.join(unknown)}: expected one of {', '.join(datasets)}")
+    for flag, names in (("--extra-on", args.extra_on), ("--ssl-on", args.ssl_on)):
+        unknown = [n for n in names if n not in datasets]
+        if unknown:
+            ap.error(f"{flag} {', '.join(unknown)}: expected one of {', '.join(datasets)}")
     for name in (args.tune_on or datasets) if args.trials else []:
         t = time.time()
         tuned[name], studies[name] = tuned_recipe(args, name, datasets[name], work, own[name])
@@ -316,7 +319,7 @@ def main() -> None:
                 arms[f"lite0 + extra {other}"] = {**base, "extra_data": str(datasets[other]),
                                                   "extra_ratio": protocol.get("ratio", "natural"),
                                                   "extra_n_malignant": min(args.extra_n_malignant, most)}
-        if args.ssl_epochs:
+        if args.ssl_epochs and name in (args.ssl_on or datasets):
             t = time.time()
             enc = encoder(args, name, data, work, int(base.get("input_size", 0) or 0))
             timings[f"SSL pretrain {name}"] = time.time() - t
@@ -392,7 +395,9 @@ def main() -> None:
         f"'{next(iter(given), '')}'"
     if args.ssl_epochs:
         lines.append(f"SSL: `lesionlab pretrain --model {LITE0} --pretrained --method simclr --epochs {args.ssl_epochs} "
-                     f"--batch-size {args.ssl_batch}` on each train pool (it sees each fold's OOF images without labels), "
+                     f"--batch-size {args.ssl_batch}` on "
+                     + (f"the train pool of {', '.join(args.ssl_on)}" if args.ssl_on else "each train pool")
+                     + " (it sees each fold's OOF images without labels), "
                      f"then {start}.")
     if args.extra_n_malignant:
         drawn = "; ".join(f"on {name}: {v['extra_n_malignant']} malignant of {arm.removeprefix('lite0 + extra ')}"
