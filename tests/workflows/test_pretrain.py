@@ -191,6 +191,28 @@ def test_train_with_pretrained_encoder_dir(encoder_dir, small_data, tmp_path):
     assert info["encoder"]["method"] == "simclr" and info["levers"]["encoder_lr_mult"] == 0.1
 
 
+def test_an_encoder_pretrained_on_the_runs_own_train_pool_is_checked_by_id_not_by_content(encoder_dir, small_data,
+                                                                                            monkeypatch):
+    # inside one data set the split decides which images belong together: on the ISIC 2024 crops a content check
+    # matched 54 distinct train-pool lesions to val/test ones by shape (plain skin around a small spot) and refused
+    # an encoder pretrained on the train pool itself
+    from lesionlab.data import copy_guard
+    from lesionlab.runs import encoder_run
+
+    monkeypatch.setattr(copy_guard, "copies_in_store", lambda *a, **k: [(0, 0, 0.995)])  # every image a look-alike
+    monkeypatch.setattr(encoder_run, "_CHECKED", set())
+    store = Store.open(small_data)
+    split = load_split(store)
+    enc = load_encoder(encoder_dir)
+    encoder_run.check_not_pretrained_on(enc, store, split)  # no LeakError: the ids are the images
+    # the id check still stands: an encoder that saw a validation image is refused
+    val_id = str(split.ids("val")[0])
+    monkeypatch.setattr(EncoderWeights, "pretrained_ids", lambda self: {val_id})
+    monkeypatch.setattr(encoder_run, "_CHECKED", set())
+    with pytest.raises(LeakError, match=f"were among the images it was pretrained on: {val_id}"):
+        encoder_run.check_not_pretrained_on(enc, store, split)
+
+
 def test_an_encoder_of_another_architecture_or_size_is_refused(encoder_dir, small_data, tmp_path):
     r = cli("train", "--data", small_data, "--out", tmp_path / "run", "--model", "resnet18", "--pretrained",
             encoder_dir, "--epochs", 1, "--n-malignant", 30, ok=False)

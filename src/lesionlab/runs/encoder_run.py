@@ -124,8 +124,8 @@ _CHECKED: set[tuple] = set()  # (encoder, data set, split) already checked in th
 def check_not_pretrained_on(enc: EncoderWeights, store, split) -> None:
     """Refuse a run whose validation or test images (of `split` of the prepared data set `store`) were
     among the encoder's pretraining images (labels were not used there, but a model must not have
-    seen its evaluation images): by id, then by content, as `pretrain --pretrain-data` checks, since
-    data sets share images under other ids (ISIC 2019 holds HAM10000's)."""
+    seen its evaluation images): by id; for an encoder pretrained on another data set also by content, as
+    `pretrain --pretrain-data` checks, since data sets share images under other ids (ISIC 2019 holds HAM10000's)."""
     from ..data.copy_guard import copies_in_store
 
     key = (str(enc.path.resolve()), store.content_hash, split.sha256)
@@ -141,6 +141,12 @@ def check_not_pretrained_on(enc: EncoderWeights, store, split) -> None:
                             f"images it was pretrained on: {preview(both)}; pretrain on this split's train pool "
                             "(lesionlab pretrain DATA_DIR) instead")
     source = pretraining_store(enc, store)
+    if source.content_hash == store.content_hash:
+        # pretrained on this data set: its ids are its images, and the split decides which images belong together
+        # (as `pretrain` and `--pretrained RUN_DIR` decide); a content check inside one data set would flag its own
+        # look-alikes (TBP crops of plain skin around a small spot match by shape) and refuse the train pool itself
+        _CHECKED.add(key)
+        return
     table_ids = source.table["id"].astype(str).to_numpy()
     positions = np.flatnonzero(np.isin(table_ids, list(seen)))
     sides = list(eval_pos)
