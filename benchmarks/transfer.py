@@ -206,7 +206,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="training and fold seed")
     ap.add_argument("--n-malignant", type=n_malignant_arg, default=0, help="malignant images per training draw, N or "
                     "all (0 = the scratch recipe's)")
-    ap.add_argument("--ratio", type=ratio_arg, default="", help="malignant:benign of every training draw, 1:K or natural "
+    ap.add_argument("--ratio", type=ratio_arg, default=None, help="malignant:benign of every training draw, 1:K or natural "
                     "(default: the scratch recipe's)")
     ap.add_argument("--n-malignant-of", action="append", default=[], metavar="NAME=N|all",
                     help="another number for one data set (a small one: each fold's train pool must hold them)")
@@ -277,9 +277,9 @@ def main() -> None:
                                                   and not args.n_malignant else {})} for name in datasets}
     for item in args.n_malignant_of:
         name, _, n = item.partition("=")
-        if name not in datasets or not n:
+        if name not in datasets or not (n == "all" or n.isdigit()):
             ap.error(f"--n-malignant-of {item}: expected NAME=N|all with NAME one of {', '.join(datasets)}")
-        own[name]["n_malignant"] = n if n == "all" else int(n)
+        own[name]["n_malignant"] = n_malignant_arg(n)
 
     # the searches, one per data set, on validation only
     tuned, studies = {}, {}
