@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from ..config import build_config
 from ..metrics import average_precision, pauc_above_tpr, roc_auc
 from ..runs import Run, is_complete_run
@@ -55,6 +57,27 @@ def cv_table(cvs: dict[str, Run]) -> list[str]:
         minutes = train_minutes(sorted(p.parent for p in (run.path / "folds").glob("*/run.json")))
         lines.append(f"| {name} | {o['roc_auc']:.3f} | {o['average_precision']:.3f} | {o['pauc_80']:.4f} | "
                      f"{te['roc_auc']:.3f} | {te['average_precision']:.3f} | {te['pauc_80']:.4f} | {minutes:.1f} |")
+    return lines
+
+
+def curve_table(cvs: dict[str, Run]) -> list[str]:
+    """Markdown rows: each cv arm's training curves on the split's validation set, the mean of its folds at
+    five epochs (first, quarters, last), the epoch each fold kept, and the train - validation ROC AUC gap at
+    the last epoch (a wide gap with a flat validation curve says the arm overfits rather than undertrains)."""
+    lines = ["| arm | epoch kept (each fold) | val ROC AUC by epoch | val pAUC80 by epoch | train - val ROC AUC, "
+             "last epoch |", "|---|---|---|---|---|"]
+    for name, run in cvs.items():
+        folds = [Run.load(p.parent) for p in sorted((run.path / "folds").glob("*/run.json"))]
+        history = pd.concat([f.history().assign(fold=i) for i, f in enumerate(folds)])
+        by_epoch = history.groupby("epoch")[["val_roc_auc", "val_pauc_80"]].mean()  # folds that reached it
+        last = int(by_epoch.index.max())
+        shown = sorted({1, *(max(1, round(last * q)) for q in (0.25, 0.5, 0.75)), last} & set(by_epoch.index))
+        lasts = history.sort_values("epoch").groupby("fold").tail(1)
+        gap = float((lasts["train_roc_auc"] - lasts["val_roc_auc"]).mean())
+        lines.append(f"| {name} | {', '.join(str(f.info.get('best_epoch')) for f in folds)} | "
+                     + " | ".join(" · ".join(f"{e}: {by_epoch.at[e, m]:.{d}f}" for e in shown)
+                                  for m, d in (("val_roc_auc", 3), ("val_pauc_80", 4)))
+                     + f" | {gap:+.3f} |")
     return lines
 
 
