@@ -89,7 +89,7 @@ def find_copies(candidates: np.ndarray, references: np.ndarray | tuple, threshol
     return hits
 
 
-def _at(images: np.ndarray, size: int) -> np.ndarray:
+def resized(images: np.ndarray, size: int) -> np.ndarray:
     from ..engine.ssl import resize_batch  # here: the decoding workers import this package without torch's training stack
 
     return resize_batch(torch.from_numpy(np.ascontiguousarray(images)), size).numpy()
@@ -103,7 +103,7 @@ def index_store(store, positions: np.ndarray, size: int, chunk: int = 2048) -> t
         return index_references(np.zeros((0, size, size, 3), np.uint8))
     sig, low, hashes = [], [], {}
     for start in range(0, len(positions), chunk):
-        images = _at(store.pixels(positions[start:start + chunk]), size)
+        images = resized(store.pixels(positions[start:start + chunk]), size)
         sig.append(signatures(images))
         low.append(shape_signatures(images))
         hashes.update({h: start + j for j, h in enumerate(exact_hashes(images))})
@@ -117,12 +117,12 @@ def copies_in_store(store, positions: np.ndarray, references: np.ndarray, chunk:
     if not len(references) or not len(positions):
         return []
     size = min(store.size, references.shape[1])
-    refs = index_references(_at(references, size))
+    refs = index_references(resized(references, size))
     positions = np.asarray(positions)
     hits = []
     for start in range(0, len(positions), chunk):
         rows = positions[start:start + chunk]
-        hits += [(int(rows[i]), j, s) for i, j, s in find_copies(_at(store.pixels(rows), size), refs)]
+        hits += [(int(rows[i]), j, s) for i, j, s in find_copies(resized(store.pixels(rows), size), refs)]
     return hits
 
 
