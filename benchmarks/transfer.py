@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -438,9 +439,10 @@ def main() -> None:
         lines += ["", f"{'Its' if chosen else c + ':'} fold ensembles on the test sets, against the issue's goals:", ""]
         lines += [f"- {goal_line(d, cvs[d][c].metrics['test'])}" for d in datasets]
     lines += ["", "Times (min): " + ", ".join(f"{k} {v / 60:.1f}" for k, v in timings.items())]
+    text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines))  # one blank line where an optional paragraph is left out
     if not args.print_only:
-        update_section("transfer" + (f"-{args.tag}" if args.tag else ""), "\n".join(lines))
-    print("\n".join(lines))
+        update_section("transfer" + (f"-{args.tag}" if args.tag else ""), text)
+    print(text)
     if chosen and args.write_recommended:
         write_recommended(chosen, arm_values[next(iter(datasets))][chosen], paired, datasets, args)
 
