@@ -172,7 +172,7 @@ def main() -> None:
                        if p[m]["lo"] > 0 or p[m]["hi"] < 0]
     n_oof = base_oof["n_malignant"], base_oof["n_benign"]
     fold_draws = sorted({(r.info["draw"]["malignant"], r.info["draw"]["benign"])
-                         for r in (Run.load(p.parent) for p in (root / "baseline" / "folds").glob("*/run.json"))})
+                         for r in cvs["baseline"].fold_runs()})
     draw_text = "each fold's draw " + " or ".join(f"{m}:{b}" for m, b in fold_draws)
     test_m = cvs["baseline"].metrics["test"]
     scale_note = (f"**A scaled run, not the full protocol**: {args.size} px, {args.folds} folds, {args.epochs} epochs, "

@@ -424,7 +424,7 @@ def seed_stage_lines(b: Bench, stage: SeedStage, scored: Scored, command: str) -
         "| train min (all seeds) |",
         "|---|---|---|---|---|---|---|---|"]
     for name, v, te, per_seed in scored.rows:
-        minutes = f"{train_minutes([r.path for r in stage.arms[name]]):.1f}" if name in stage.arms else "-"
+        minutes = f"{train_minutes(stage.arms[name]):.1f}" if name in stage.arms else "-"
         lines.append(f"| {name}{' (chosen on val)' if name == scored.chosen else ''} | {v['roc_auc']:.3f} | "
                      f"{v['pauc_80']:.4f} | {te['roc_auc']:.3f} | {te['average_precision']:.3f} | {te['pauc_80']:.4f} | "
                      f"{per_seed or '-'} | {minutes} |")

@@ -22,7 +22,6 @@ from lesionlab.benchmarking.arms import BASELINE, METRICS, cv_arm, cv_table, fmt
 from lesionlab.benchmarking.datasets import DATASETS, add_dataset_option, prepared
 from lesionlab.benchmarking.results import ROOT, git_commit, machine, shown, update_section
 from lesionlab.config import load_yaml
-from lesionlab.runs import Run
 from lesionlab.workflows.compare import compare_runs
 
 
@@ -50,7 +49,7 @@ def main() -> None:
     cvs = {name: cv_arm(name, {**values, **overrides}, data, work, args.folds, args.seed)
            for name, values in arms.items()}
     draws = {name: sorted({(r.info["draw"]["malignant"], r.info["draw"]["benign"])
-                           for r in (Run.load(p.parent) for p in (run.path / "folds").glob("*/run.json"))})
+                           for r in run.fold_runs()})
              for name, run in cvs.items()}
     diff = compare_runs([cvs["baseline"]], [cvs[recipe.stem]], metrics=tuple(METRICS), n_boot=args.n_boot)["metrics"]
 

@@ -43,9 +43,9 @@ def cv_arm(name: str, values: dict, data: Path, work: Path, folds: int, seed: in
     return Run.load(work / "cv" / name)
 
 
-def train_minutes(folders: list[Path]) -> float:
+def train_minutes(runs: list[Run]) -> float:
     """Training wall time as each run recorded it (so arms reused from an earlier invocation still count)."""
-    return sum(Run.load(f).info.get("wall_seconds") or 0.0 for f in folders) / 60
+    return sum(r.info.get("wall_seconds") or 0.0 for r in runs) / 60
 
 
 def cv_table(cvs: dict[str, Run]) -> list[str]:
@@ -54,7 +54,7 @@ def cv_table(cvs: dict[str, Run]) -> list[str]:
              "| train min (all folds) |", "|---|---|---|---|---|---|---|---|"]
     for name, run in cvs.items():
         o, te = run.metrics["oof"], run.metrics["test"]
-        minutes = train_minutes(sorted(p.parent for p in (run.path / "folds").glob("*/run.json")))
+        minutes = train_minutes(run.fold_runs())
         lines.append(f"| {name} | {o['roc_auc']:.3f} | {o['average_precision']:.3f} | {o['pauc_80']:.4f} | "
                      f"{te['roc_auc']:.3f} | {te['average_precision']:.3f} | {te['pauc_80']:.4f} | {minutes:.1f} |")
     return lines
@@ -67,7 +67,7 @@ def curve_table(cvs: dict[str, Run]) -> list[str]:
     lines = ["| arm | epoch kept (each fold) | val ROC AUC by epoch | val pAUC80 by epoch | train - val ROC AUC, "
              "last epoch |", "|---|---|---|---|---|"]
     for name, run in cvs.items():
-        folds = [Run.load(p.parent) for p in sorted((run.path / "folds").glob("*/run.json"))]
+        folds = run.fold_runs()
         history = pd.concat([f.history().assign(fold=i) for i, f in enumerate(folds)])
         by_epoch = history.groupby("epoch")[["val_roc_auc", "val_pauc_80"]].mean()  # folds that reached it
         last = int(by_epoch.index.max())

@@ -128,6 +128,10 @@ class Run:
     def history(self) -> pd.DataFrame:
         return pd.read_csv(self.file(fmt.HISTORY))
 
+    def fold_runs(self) -> list["Run"]:
+        """A cv run's complete folds (folds/NAME/, each a train run), in folder order."""
+        return [Run.load(p.parent) for p in sorted((self.path / fmt.FOLDS_DIR).glob(f"*/{fmt.INFO}"))]
+
     def checkpoint(self) -> dict:
         return load_checkpoint(self.file(fmt.CHECKPOINT))
 
