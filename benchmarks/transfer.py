@@ -97,6 +97,14 @@ def n_malignant_arg(text: str) -> int | str:
     raise argparse.ArgumentTypeError(f"{text!r}: expected a number of malignant images or 'all'")
 
 
+def dataset_count_arg(text: str) -> tuple[str, int | str]:
+    """--n-malignant-of NAME=N|all; the name is checked against the data sets once they are known."""
+    name, sep, n = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=N|all")
+    return name, n_malignant_arg(n)
+
+
 def ratio_arg(text: str) -> str:
     """--ratio 1:K|natural, checked as the draw checks it."""
     try:
@@ -209,7 +217,7 @@ def main() -> None:
                     "all (0 = the scratch recipe's)")
     ap.add_argument("--ratio", type=ratio_arg, default=None, help="malignant:benign of every training draw, 1:K or natural "
                     "(default: the scratch recipe's)")
-    ap.add_argument("--n-malignant-of", action="append", default=[], metavar="NAME=N|all",
+    ap.add_argument("--n-malignant-of", action="append", default=[], type=dataset_count_arg, metavar="NAME=N|all",
                     help="another number for one data set (a small one: each fold's train pool must hold them)")
     ap.add_argument("--epochs", type=int, default=20, help="epochs of the tuned lite0 arms (early stopping inside)")
     ap.add_argument("--naive-epochs", type=int, default=10, help="0 leaves the naive arm out")
@@ -276,11 +284,10 @@ def main() -> None:
     # the draw of each data set: the protocol's, with its own malignant count where given
     own: dict[str, dict] = {name: {**protocol, **({"n_malignant": drawn_of[name]} if name in drawn_of
                                                   and not args.n_malignant else {})} for name in datasets}
-    for item in args.n_malignant_of:
-        name, _, n = item.partition("=")
-        if name not in datasets or not (n == "all" or n.isdigit()):
-            ap.error(f"--n-malignant-of {item}: expected NAME=N|all with NAME one of {', '.join(datasets)}")
-        own[name]["n_malignant"] = n_malignant_arg(n)
+    for name, n in args.n_malignant_of:
+        if name not in datasets:
+            ap.error(f"--n-malignant-of {name}={n}: expected NAME one of {', '.join(datasets)}")
+        own[name]["n_malignant"] = n
 
     # the searches, one per data set, on validation only
     tuned, studies = {}, {}
