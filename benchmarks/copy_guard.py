@@ -55,12 +55,11 @@ def generator_like(images: np.ndarray, seed: int) -> np.ndarray:
 
 
 def nearest_other_group(evals: np.ndarray, pool: np.ndarray, eval_groups: np.ndarray, pool_groups: np.ndarray,
-                        signature, chunk: int = 512) -> np.ndarray:
-    """Per val/test image: the highest similarity to a pool image of another group."""
-    ref = signature(pool)
+                        chunk: int = 512) -> np.ndarray:
+    """Per val/test image: the highest similarity to a pool image of another group (both given as signatures)."""
     best = []
     for start in range(0, len(evals), chunk):
-        sim = signature(evals[start:start + chunk]) @ ref.T
+        sim = evals[start:start + chunk] @ pool.T
         sim[eval_groups[start:start + chunk, None] == pool_groups[None, :]] = -1.0
         best.append(sim.max(1))
     return np.concatenate(best)
@@ -72,8 +71,10 @@ def measure(data: Path, seed: int) -> dict:
     groups = split.group_keys(table)
     ev = np.concatenate([split.positions(table, "val"), split.positions(table, "test")])
     pool = split.positions(table, "train")
-    evals, pool_images = store.pixels(ev), store.pixels(pool)
-    distinct = {name: nearest_other_group(evals, pool_images, groups[ev], groups[pool], fn)
+    evals = store.pixels(ev)
+    eval_sig = {name: fn(evals) for name, (fn, _) in SIGNATURES.items()}
+    pool_images = store.pixels(pool)
+    distinct = {name: nearest_other_group(eval_sig[name], fn(pool_images), groups[ev], groups[pool])
                 for name, (fn, _) in SIGNATURES.items()}
     flagged = np.zeros(len(ev), bool)
     for name, (_, bar) in SIGNATURES.items():
@@ -82,7 +83,7 @@ def measure(data: Path, seed: int) -> dict:
                "halved and enlarged": halved(evals), "generator-like": generator_like(evals, seed)}
     copies = {}
     for change, images in changes.items():
-        own = {name: np.einsum("ij,ij->i", fn(images), fn(evals)) for name, (fn, _) in SIGNATURES.items()}
+        own = {name: np.einsum("ij,ij->i", fn(images), eval_sig[name]) for name, (fn, _) in SIGNATURES.items()}
         caught = len(find_copies(images, evals))
         copies[change] = {"own": own, "caught": caught / len(ev)}
     return {"n_eval": len(ev), "n_pool": len(pool), "distinct": distinct, "false_alarms": float(flagged.mean()),
