@@ -7,7 +7,7 @@ on the other data sets' test images (trained on one source, judged on another).
         [--folds 5] [--trials 20] [--tune-epochs 10] [--epochs 20] [--naive-epochs 10] [--ssl-epochs 10]
         [--input-sizes 0,160,224] [--n-malignant 293|all] [--ratio 1:K] [--n-malignant-of NAME=N|all]
         [--extra-n-malignant 293] [--extra-on NAME ...] [--ssl-on NAME ...] [--tune-on NAME ...]
-        [--recipe-set KEY=VALUE ...] [--recipe FILE ...] [--tag T] [--write-recommended] [--print-only]
+        [--recipe-set KEY=VALUE ...] [--recipe FILE ...] [--no-fusion] [--tag T] [--write-recommended] [--print-only]
 
 Without --data: HAM10000 and the ISIC 2024 permissive release, prepared at --size in the work folder with the
 protocol's splits and draws (lesionlab.benchmarking.datasets: val/test 50:1000 and draws of 293 malignant images;
@@ -27,6 +27,9 @@ each data set:
                   ImageNet) on the train pool, then the tuned recipe from that encoder
   recipe NAME     a recipe file given with --recipe (e.g. configs/recommended.yaml), as it stands: a recipe
                   already chosen, judged again under another draw or on other data without searching again
+With the metadata: each candidate for configs/recommended.yaml (below) fused with the data set's metadata by
+`lesionlab tabular --image CV_DIR` (stacked and late), on the cv's folds, paired with its image scores alone on
+OOF (--no-fusion leaves this out).
 --naive-epochs 0, --trials 0, --ssl-epochs 0 and --extra-n-malignant 0 leave those arms out (the extra and SSL arms
 start from a tuned recipe, else from the first --recipe).
 
@@ -56,9 +59,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from lesionlab.benchmarking.arms import curve_table, cv_arm, cv_table, fmt_ci
+from lesionlab.benchmarking.arms import curve_table, cv_arm, cv_table, fmt_ci, fused_arm
 from lesionlab.benchmarking.datasets import DATASETS, prepared
 from lesionlab.benchmarking.results import ROOT, command_line, git_commit, machine, update_section
+from lesionlab.choices import FUSIONS
 from lesionlab.config import build_config, build_pretrain_config, load_yaml, to_dict
 from lesionlab.data.sampling import parse_ratio
 from lesionlab.data.splits import load_split
@@ -244,6 +248,7 @@ def main() -> None:
     ap.add_argument("--ssl-lr", type=float, default=1e-4, help="AdamW lr of the continued pretraining (a 1-epoch smoke "
                     "test at 3e-4 left lite0's features worse than ImageNet's)")
     ap.add_argument("--n-boot", type=int, default=2000)
+    ap.add_argument("--no-fusion", action="store_true", help="leave out the candidates' fusions with the metadata")
     ap.add_argument("--write-recommended", action="store_true")
     ap.add_argument("--print-only", action="store_true", help="print the results section; leave docs/results.md as it is")
     args = ap.parse_args()
@@ -339,8 +344,7 @@ def main() -> None:
                 continue
             seen[key] = arm
             t = time.time()
-            slug = arm.replace(" + ", "-plus-").replace(" ", "-")
-            cvs[name][arm] = cv_arm(slug, {**values}, data, dwork, args.folds, args.seed)
+            cvs[name][arm] = cv_arm(slug(arm), {**values}, data, dwork, args.folds, args.seed)
             arm_values[name][arm] = values
             timings[f"cv {name} {arm}"] = time.time() - t
 
@@ -354,6 +358,12 @@ def main() -> None:
     eligible = [c for c in candidates if all(paired[d][c]["pauc_80"]["lo"] > 0 for d in datasets)]
     mean_oof = {c: float(np.mean([cvs[d][c].metrics["oof"]["pauc_80"] for d in datasets])) for c in candidates}
     chosen = max(eligible, key=mean_oof.get) if eligible else None
+
+    # each candidate's image scores fused with the data set's metadata, paired with them alone on OOF
+    t = time.time()
+    fusions, no_metadata = ({}, {}) if args.no_fusion else fused_candidates(candidates, cvs, datasets, work, args.n_boot)
+    if not args.no_fusion:
+        timings["metadata fusion"] = time.time() - t
 
     # trained on one data set, scored on another's test images (the extra arm trained on those images: left out)
     t = time.time()
@@ -432,6 +442,8 @@ def main() -> None:
     for (name, arm, target), m in cross.items():
         lines.append(f"| {name} | {arm} | {target} ({m['n_malignant']}/{m['n_benign']}) | {fmt_metric(m, 'roc_auc')} | "
                      f"{fmt_metric(m, 'pauc_80', 4)} |")
+    if not args.no_fusion:
+        lines += ["", *fusion_lines(fusions, no_metadata)]
     lines += ["", "### Choice and goal", "",
               "Candidates for configs/recommended.yaml (config files alone: the SSL arm needs its encoder and the extra "
               "arm another data set): " + "; ".join(
@@ -452,6 +464,51 @@ def main() -> None:
     print(text)
     if chosen and args.write_recommended:
         write_recommended(chosen, arm_values[next(iter(datasets))][chosen], paired, datasets, args)
+
+
+def slug(arm: str) -> str:
+    """An arm's folder name: 'lite0 + SSL' -> 'lite0-plus-SSL'."""
+    return arm.replace(" + ", "-plus-").replace(" ", "-")
+
+
+def fused_candidates(candidates: list[str], cvs: dict[str, dict[str, Run]], datasets: dict[str, Path], work: Path,
+                     n_boot: int) -> tuple[dict[tuple[str, str, str], tuple[Run, dict]], dict[str, str]]:
+    """(data set, candidate, fusion) -> the fused tabular run and its OOF comparison with the candidate's image
+    scores (fused - image); and, per data set whose metadata offer no feature, the column guard's reason."""
+    fusions, no_metadata = {}, {}
+    for name in datasets:
+        for c in candidates:
+            for how in FUSIONS:
+                try:
+                    run = fused_arm(cvs[name][c], datasets[name], work / name / "fusion" / f"{slug(c)}-{how}", how)
+                except BadInputError as e:  # e.g. a release without metadata columns: said in the section
+                    no_metadata[name] = str(e)
+                    break
+                paired = compare_runs([cvs[name][c]], [run], metrics=("roc_auc", "pauc_80"), n_boot=n_boot)["metrics"]
+                fusions[(name, c, how)] = (run, paired)
+    return fusions, no_metadata
+
+
+def fusion_lines(fusions: dict[tuple[str, str, str], tuple[Run, dict]], no_metadata: dict[str, str]) -> list[str]:
+    """The section's part on the candidates fused with the metadata: a table, then which fusions add on OOF."""
+    lines = ["### With the metadata: each candidate's image scores fused with the data set's metadata", "",
+             "`lesionlab tabular --image CV_DIR` on the cv's folds: LightGBM on the metadata columns the column guard "
+             "keeps, with the image model's OOF score as a feature (stack) or rank-averaged with a metadata-only model "
+             "(late); test: the fused model on the fold ensemble's test scores. Paired with the image scores alone on "
+             "the same OOF images (whole groups resampled); fused - image:", "",
+             "| data set | arm | fusion | metadata columns | OOF ROC AUC | OOF pAUC80 | ROC AUC, fused - image | "
+             "pAUC80, fused - image | test ROC AUC | test pAUC80 |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for (name, arm, how), (run, d) in fusions.items():
+        o, te = run.metrics["oof"], run.metrics["test"]
+        lines.append(f"| {name} | {arm} | {how} | {', '.join(run.info['features']['metadata'])} | {o['roc_auc']:.3f} | "
+                     f"{o['pauc_80']:.4f} | {fmt_ci(d, 'roc_auc')} | {fmt_ci(d, 'pauc_80')} | {te['roc_auc']:.3f} | "
+                     f"{te['pauc_80']:.4f} |")
+    adds = [f"{how} on {name} ({arm})" for (name, arm, how), (_, d) in fusions.items() if d["pauc_80"]["lo"] > 0]
+    lines += ["", "Fusions whose paired OOF pAUC80 interval lies above zero: " + (", ".join(adds) if adds else "none")
+              + ". The choice below and the goals are the image recipe's alone (a config file); a fusion is a "
+              "second model on top of it."]
+    lines += [f"Not fused on {name}: {why}." for name, why in no_metadata.items()]
+    return lines
 
 
 def write_recommended(arm: str, values: dict, paired: dict, datasets: dict, args) -> None:

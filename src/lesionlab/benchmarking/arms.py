@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..config import build_config
+from ..config import build_config, build_tabular_config
 from ..metrics import average_precision, pauc_above_tpr, roc_auc
 from ..runs import Run, is_complete_run
+from ..tabular.command import tabular_run
 from ..workflows.cv import run_cv
 from ..workflows.train import train_process
 from .results import ROOT
@@ -41,6 +42,20 @@ def cv_arm(name: str, values: dict, data: Path, work: Path, folds: int, seed: in
     run_cv(cfg, work / "cv" / name, folds, 1, seed, echo=lambda s: print("  " + s, flush=True))
     print(f"[cv {name}] done in {time.time() - t:.0f} s", flush=True)
     return Run.load(work / "cv" / name)
+
+
+def fused_arm(cv: Run, data: Path, out: Path, fusion: str) -> Run:
+    """The cv's image scores fused with the data set's metadata (`lesionlab tabular --image CV_DIR
+    --fusion FUSION`: on the cv's folds, so the two pair on the same out-of-fold images) into OUT; a complete
+    folder is reused."""
+    if not is_complete_run(out):
+        t = time.time()
+        print(f"[fusion {fusion}] {cv.path}", flush=True)
+        cfg = build_tabular_config({"data": str(data), "image": str(cv.path), "fusion": fusion, "bootstrap": 0},
+                                   f"fusion of {cv.path}")
+        tabular_run(cfg, out, echo=lambda s: print("  " + s, flush=True))
+        print(f"[fusion {fusion}] done in {time.time() - t:.0f} s", flush=True)
+    return Run.load(out)
 
 
 def train_minutes(runs: list[Run]) -> float:
