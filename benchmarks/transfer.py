@@ -494,13 +494,16 @@ def fusion_lines(fusions: dict[tuple[str, str, str], tuple[Run, dict]], no_metad
     lines = ["### With the metadata: each candidate's image scores fused with the data set's metadata", "",
              "`lesionlab tabular --image CV_DIR` on the cv's folds: LightGBM on the metadata columns the column guard "
              "keeps, with the image model's OOF score as a feature (stack) or rank-averaged with a metadata-only model "
-             "(late); test: the fused model on the fold ensemble's test scores. Paired with the image scores alone on "
-             "the same OOF images (whole groups resampled); fused - image:", "",
-             "| data set | arm | fusion | metadata columns | OOF ROC AUC | OOF pAUC80 | ROC AUC, fused - image | "
-             "pAUC80, fused - image | test ROC AUC | test pAUC80 |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "(late); each fold's model early-stopped on a part of its training rows (rounds kept: one tree gives a few "
+             "distinct scores, which tie many images); test: the fused model on the fold ensemble's test scores. "
+             "Paired with the image scores alone on the same OOF images (whole groups resampled); fused - image:", "",
+             "| data set | arm | fusion | metadata columns | rounds kept (each fold) | OOF ROC AUC | OOF pAUC80 | "
+             "ROC AUC, fused - image | pAUC80, fused - image | test ROC AUC | test pAUC80 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (name, arm, how), (run, d) in fusions.items():
         o, te = run.metrics["oof"], run.metrics["test"]
-        lines.append(f"| {name} | {arm} | {how} | {', '.join(run.info['features']['metadata'])} | {o['roc_auc']:.3f} | "
+        lines.append(f"| {name} | {arm} | {how} | {', '.join(run.info['features']['metadata'])} | "
+                     f"{', '.join(map(str, run.info['folds']['best_iterations']))} | {o['roc_auc']:.3f} | "
                      f"{o['pauc_80']:.4f} | {fmt_ci(d, 'roc_auc')} | {fmt_ci(d, 'pauc_80')} | {te['roc_auc']:.3f} | "
                      f"{te['pauc_80']:.4f} |")
     adds = [f"{how} on {name} ({arm})" for (name, arm, how), (_, d) in fusions.items() if d["pauc_80"]["lo"] > 0]
