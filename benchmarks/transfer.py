@@ -360,9 +360,10 @@ def main() -> None:
     chosen = max(eligible, key=mean_oof.get) if eligible else None
 
     # each candidate's image scores fused with the data set's metadata, paired with them alone on OOF
-    t = time.time()
-    fusions, no_metadata = ({}, {}) if args.no_fusion else fused_candidates(candidates, cvs, datasets, work, args.n_boot)
+    fusions, not_fused = {}, {}
     if not args.no_fusion:
+        t = time.time()
+        fusions, not_fused = fused_candidates(candidates, cvs, datasets, work, args.n_boot)
         timings["metadata fusion"] = time.time() - t
 
     # trained on one data set, scored on another's test images (the extra arm trained on those images: left out)
@@ -443,7 +444,7 @@ def main() -> None:
         lines.append(f"| {name} | {arm} | {target} ({m['n_malignant']}/{m['n_benign']}) | {fmt_metric(m, 'roc_auc')} | "
                      f"{fmt_metric(m, 'pauc_80', 4)} |")
     if not args.no_fusion:
-        lines += ["", *fusion_lines(fusions, no_metadata)]
+        lines += ["", *fusion_lines(fusions, not_fused)]
     lines += ["", "### Choice and goal", "",
               "Candidates for configs/recommended.yaml (config files alone: the SSL arm needs its encoder and the extra "
               "arm another data set): " + "; ".join(
@@ -474,22 +475,22 @@ def slug(arm: str) -> str:
 def fused_candidates(candidates: list[str], cvs: dict[str, dict[str, Run]], datasets: dict[str, Path], work: Path,
                      n_boot: int) -> tuple[dict[tuple[str, str, str], tuple[Run, dict]], dict[str, str]]:
     """(data set, candidate, fusion) -> the fused tabular run and its OOF comparison with the candidate's image
-    scores (fused - image); and, per data set whose metadata offer no feature, the column guard's reason."""
-    fusions, no_metadata = {}, {}
+    scores (fused - image); and, per data set that could not be fused (e.g. no metadata column left), why."""
+    fusions, not_fused = {}, {}
     for name in datasets:
         for c in candidates:
             for how in FUSIONS:
                 try:
                     run = fused_arm(cvs[name][c], datasets[name], work / name / "fusion" / f"{slug(c)}-{how}", how)
                 except BadInputError as e:  # e.g. a release without metadata columns: said in the section
-                    no_metadata[name] = str(e)
+                    not_fused[name] = str(e)
                     break
                 paired = compare_runs([cvs[name][c]], [run], metrics=("roc_auc", "pauc_80"), n_boot=n_boot)["metrics"]
                 fusions[(name, c, how)] = (run, paired)
-    return fusions, no_metadata
+    return fusions, not_fused
 
 
-def fusion_lines(fusions: dict[tuple[str, str, str], tuple[Run, dict]], no_metadata: dict[str, str]) -> list[str]:
+def fusion_lines(fusions: dict[tuple[str, str, str], tuple[Run, dict]], not_fused: dict[str, str]) -> list[str]:
     """The section's part on the candidates fused with the metadata: a table, then which fusions add on OOF."""
     lines = ["### With the metadata: each candidate's image scores fused with the data set's metadata", "",
              "`lesionlab tabular --image CV_DIR` on the cv's folds: LightGBM on the metadata columns the column guard "
@@ -510,7 +511,7 @@ def fusion_lines(fusions: dict[tuple[str, str, str], tuple[Run, dict]], no_metad
     lines += ["", "Fusions whose paired OOF pAUC80 interval lies above zero: " + (", ".join(adds) if adds else "none")
               + ". The choice below and the goals are the image recipe's alone (a config file); a fusion is a "
               "second model on top of it."]
-    lines += [f"Not fused on {name}: {why}." for name, why in no_metadata.items()]
+    lines += [f"Not fused on {name}: {why}." for name, why in not_fused.items()]
     return lines
 
 
