@@ -360,7 +360,8 @@ def main() -> None:
     chosen = max(eligible, key=mean_oof.get) if eligible else None
 
     # each candidate's image scores fused with the data set's metadata, paired with them alone on OOF
-    fusions, not_fused = {}, {}
+    fusions: dict[tuple[str, str, str], tuple[Run, dict]] = {}
+    not_fused: dict[str, str] = {}
     if not args.no_fusion:
         t = time.time()
         fusions, not_fused = fused_candidates(candidates, cvs, datasets, work, args.n_boot)
