@@ -88,7 +88,11 @@ def test_metadata_only_run_folder(isic):
 
     metrics = json.loads((run / "metrics.json").read_text())
     preds = pd.read_csv(run / "predictions.csv", dtype={"id": str})
-    assert list(preds.columns) == ["id", "split", "label", "prob"]
+    assert list(preds.columns) == ["id", "split", "label", "prob", "group"]
+    # each val/test image's group is its patient, as in oof.csv and the other kinds' predictions
+    rows = pd.read_csv(isic["data"] / "rows.csv", dtype=str).set_index("id")
+    assert (preds["group"] == "patient_id:" + rows.loc[preds["id"], "patient_id"].to_numpy()).all()
+    assert (oof["group"] == "patient_id:" + rows.loc[oof["id"], "patient_id"].to_numpy()).all()
     val = preds[preds["split"] == "val"]
     assert metrics["val"]["threshold"] == pytest.approx(ThresholdRule.parse("val-f1").choose(val["label"], val["prob"]), abs=1e-5)
     for side, frame in (("test", preds[preds["split"] == "test"]), ("oof", oof)):

@@ -183,24 +183,26 @@ def tabular_run(cfg: TabularConfig, out: str | os.PathLike, echo: Callable[[str]
         "wall_seconds": None,
     }
     with RunWriter(out, "tabular") as w:
-        _write(w, cfg, spec, engine, result, ids, y, groups, folds, tab, probs, image_prob, threshold,
+        _write(w, cfg, spec, engine, result, ids, y, side_keys, folds, tab, probs, image_prob, threshold,
                image, X["train"].columns)
         info["wall_seconds"] = round(time.time() - started, 1)
         w.finish(cfg.model_dump(mode="json"), info, metrics_record(metrics))
     return {**info, "metrics": metrics}
 
 
-def _write(w: RunWriter, cfg, spec, engine, result, ids, y, groups, folds, tab, probs, image_prob, threshold,
+def _write(w: RunWriter, cfg, spec, engine, result, ids, y, side_keys, folds, tab, probs, image_prob, threshold,
            image, columns) -> None:
     preds = []
     for side in SIDES:
-        frame = pd.DataFrame({"id": ids[side], "split": side, "label": y[side], "prob": probs[side]})
+        # each image's group, as the other kinds write it: compare --on test then resamples whole groups
+        frame = pd.DataFrame({"id": ids[side], "split": side, "label": y[side], "prob": probs[side],
+                              "group": side_keys[side]})
         if image is not None:
             frame["prob_image"] = image_prob[side]
             frame["prob_tabular"] = tab[side]
         preds.append(frame)
     w.table(fmt.PREDICTIONS, pd.concat(preds, ignore_index=True))
-    oof = pd.DataFrame({"id": ids["train"], "group": groups, "fold": folds, "repeat": 0, "label": y["train"],
+    oof = pd.DataFrame({"id": ids["train"], "group": side_keys["oof"], "fold": folds, "repeat": 0, "label": y["train"],
                         "prob": probs["train"]})
     if image is not None:
         oof["prob_image"] = image_prob["train"]
