@@ -28,7 +28,7 @@ from PIL import Image
 
 from lesionlab.benchmarking.datasets import DATASETS, prepared
 from lesionlab.benchmarking.results import ROOT, command_line, git_commit, machine, update_section
-from lesionlab.data.copy_guard import LOW_PASS_NEAR, NEAR_COPY, find_copies, resized, shape_signatures, signatures
+from lesionlab.data.copy_guard import LOW_PASS_NEAR, NEAR_COPY, find_copies, index_references, resized, shape_signatures, signatures
 from lesionlab.data.splits import load_split
 from lesionlab.data.store import Store
 
@@ -72,7 +72,8 @@ def measure(data: Path, seed: int) -> dict:
     ev = np.concatenate([split.positions(table, "val"), split.positions(table, "test")])
     pool = split.positions(table, "train")
     evals = store.pixels(ev)
-    eval_sig = {name: fn(evals) for name, (fn, _) in SIGNATURES.items()}
+    refs = index_references(evals)  # the val/test images' signatures, computed once for every pass below
+    eval_sig = {"texture": refs[0], "shape": refs[1]}
     pool_images = store.pixels(pool)
     distinct = {name: nearest_other_group(eval_sig[name], fn(pool_images), groups[ev], groups[pool])
                 for name, (fn, _) in SIGNATURES.items()}
@@ -84,7 +85,7 @@ def measure(data: Path, seed: int) -> dict:
     copies = {}
     for change, images in changes.items():
         own = {name: np.einsum("ij,ij->i", fn(images), eval_sig[name]) for name, (fn, _) in SIGNATURES.items()}
-        caught = len(find_copies(images, evals))
+        caught = len(find_copies(images, refs))
         copies[change] = {"own": own, "caught": caught / len(ev)}
     return {"n_eval": len(ev), "n_pool": len(pool), "distinct": distinct, "false_alarms": float(flagged.mean()),
             "n_false": int(flagged.sum()), "copies": copies, "size": store.size}
