@@ -344,7 +344,8 @@ def main() -> None:
                 continue
             seen[key] = arm
             t = time.time()
-            cvs[name][arm] = cv_arm(slug(arm), {**values}, data, dwork, args.folds, args.seed)
+            slug = arm.replace(" + ", "-plus-").replace(" ", "-")
+            cvs[name][arm] = cv_arm(slug, {**values}, data, dwork, args.folds, args.seed)
             arm_values[name][arm] = values
             timings[f"cv {name} {arm}"] = time.time() - t
 
@@ -468,25 +469,22 @@ def main() -> None:
         write_recommended(chosen, arm_values[next(iter(datasets))][chosen], paired, datasets, args)
 
 
-def slug(arm: str) -> str:
-    """An arm's folder name: 'lite0 + SSL' -> 'lite0-plus-SSL'."""
-    return arm.replace(" + ", "-plus-").replace(" ", "-")
-
-
 def fused_candidates(candidates: list[str], cvs: dict[str, dict[str, Run]], datasets: dict[str, Path], work: Path,
                      n_boot: int) -> tuple[dict[tuple[str, str, str], tuple[Run, dict]], dict[str, str]]:
     """(data set, candidate, fusion) -> the fused tabular run and its OOF comparison with the candidate's image
-    scores (fused - image); and, per data set that could not be fused (e.g. no metadata column left), why."""
+    scores (fused - image); and, per data set that could not be fused (e.g. no metadata column left), why. A fusion
+    is named by its cv's folder, so two candidates that are one cv share it."""
     fusions, not_fused = {}, {}
     for name in datasets:
         for c in candidates:
             for how in FUSIONS:
+                cv = cvs[name][c]
                 try:
-                    run = fused_arm(cvs[name][c], datasets[name], work / name / "fusion" / f"{slug(c)}-{how}", how)
+                    run = fused_arm(cv, datasets[name], work / name / "fusion" / f"{cv.path.name}-{how}", how)
                 except BadInputError as e:  # e.g. a release without metadata columns: said in the section
                     not_fused[name] = str(e)
                     break
-                paired = compare_runs([cvs[name][c]], [run], metrics=("roc_auc", "pauc_80"), n_boot=n_boot)["metrics"]
+                paired = compare_runs([cv], [run], metrics=("roc_auc", "pauc_80"), n_boot=n_boot)["metrics"]
                 fusions[(name, c, how)] = (run, paired)
     return fusions, not_fused
 
