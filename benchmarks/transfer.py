@@ -28,7 +28,7 @@ each data set:
   recipe NAME     a recipe file given with --recipe (e.g. configs/recommended.yaml), as it stands: a recipe
                   already chosen, judged again under another draw or on other data without searching again
 With the metadata: each candidate for configs/recommended.yaml (below) fused with the data set's metadata by
-`lesionlab tabular --image CV_DIR` (stacked and late), on the cv's folds, paired with its image scores alone on
+`lesionlab tabular --image CV_DIR` (stack, late and offset), on the cv's folds, paired with its image scores alone on
 OOF (--no-fusion leaves this out).
 --naive-epochs 0, --trials 0, --ssl-epochs 0 and --extra-n-malignant 0 leave those arms out (the extra and SSL arms
 start from a tuned recipe, else from the first --recipe).
@@ -493,9 +493,11 @@ def fusion_lines(fusions: dict[tuple[str, str, str], tuple[Run, dict]], not_fuse
     """The section's part on the candidates fused with the metadata: a table, then which fusions add on OOF."""
     lines = ["### With the metadata: each candidate's image scores fused with the data set's metadata", "",
              "`lesionlab tabular --image CV_DIR` on the cv's folds: LightGBM on the metadata columns the column guard "
-             "keeps, with the image model's OOF score as a feature (stack) or rank-averaged with a metadata-only model "
-             "(late); each fold's model early-stopped on a part of its training rows (rounds kept: one tree gives a few "
-             "distinct scores, which tie many images); test: the fused model on the fold ensemble's test scores. "
+             "keeps, with the image model's OOF score as a feature (stack), rank-averaged with a metadata-only model "
+             "(late), or as the trees' starting point, its logit (offset: they learn what the metadata adds to it); each "
+             "fold's model early-stopped on a part of its training rows (rounds kept: in stack and late one tree gives a "
+             "few distinct scores, which tie many images; offset keeps the image scores' order where the trees add "
+             "nothing); test: the fused model on the fold ensemble's test scores. "
              "Paired with the image scores alone on the same OOF images (whole groups resampled); fused - image:", "",
              "| data set | arm | fusion | metadata columns | rounds kept (each fold) | OOF ROC AUC | OOF pAUC80 | "
              "ROC AUC, fused - image | pAUC80, fused - image | test ROC AUC | test pAUC80 |",

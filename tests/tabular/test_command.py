@@ -193,6 +193,18 @@ def test_fused_run_end_to_end_on_tiny_images(isic, cv_model, tmp_path):
     test = lp[lp["split"] == "test"].set_index("id")
     assert np.abs(got.loc[test.index, "prob"].to_numpy() - test["prob"].to_numpy()).max() < 1e-4
 
+    # offset fusion: the metadata trees start from each image's logit (no image features), reproduced by predict
+    offset = tmp_path / "offset"
+    _fused(isic, tmp_path / "cv", offset, "--fusion", "offset")
+    assert json.loads((offset / "run.json").read_text())["fusion"] == "offset"
+    assert not {f for f in pd.read_csv(offset / "importance.csv")["feature"] if f.startswith("image_")}
+    op = pd.read_csv(offset / "predictions.csv", dtype={"id": str})
+    assert np.abs(op["prob"] - op["prob_image"]).max() > 1e-3  # the metadata moved some scores
+    cli("predict", offset, pair, "--out", tmp_path / "o.csv", "--workers", "1")
+    got = pd.read_csv(tmp_path / "o.csv", dtype={"id": str}).set_index("id")
+    test = op[op["split"] == "test"].set_index("id")
+    assert np.abs(got.loc[test.index, "prob"].to_numpy() - test["prob"].to_numpy()).max() < 1e-5
+
     # compare pairs the fused run with its image cv on the same out-of-fold images (same folds, same lesions);
     # a metadata-only run has folds of its own, so pairing it on OOF is refused by name
     r = cli("compare", tmp_path / "cv", run, "--n-boot", "50")
@@ -210,10 +222,12 @@ def test_fused_run_end_to_end_on_tiny_images(isic, cv_model, tmp_path):
     assert r.exit_code == 2 and "no longer the one this run was trained with" in r.output
 
 
-def test_training_image_features_are_out_of_fold_only(isic, cv_model, tmp_path, monkeypatch):
+@pytest.mark.parametrize("fusion", ["stack", "offset"])
+def test_training_image_features_are_out_of_fold_only(isic, cv_model, tmp_path, monkeypatch, fusion):
     """oof.csv holds noise; everything else the image model could say about a training image is the
     label itself (its predictor answers with the label, as an in-sample score would). The fused model
-    must see the noise: an in-sample score leaking in would push its out-of-fold AUC to 1."""
+    must see the noise (as features or as its offset): an in-sample score leaking in would push its
+    out-of-fold AUC to 1."""
     from lesionlab.data.store import Store
 
     store = Store.open(isic["data"])
@@ -233,7 +247,7 @@ def test_training_image_features_are_out_of_fold_only(isic, cv_model, tmp_path, 
     ev = {s: np.random.default_rng(6).uniform(size=len(split[s])) for s in ("val", "test")}
     write_cv_dir(isic["data"], tmp_path / "cv", None, k=3, oof_prob=noise, eval_prob=ev)
     run = tmp_path / "fused"
-    _fused(isic, tmp_path / "cv", run, "--features", "age_approx,sex")  # weak metadata: the image score would dominate
+    _fused(isic, tmp_path / "cv", run, "--features", "age_approx,sex", "--fusion", fusion)  # weak metadata: the image score would dominate
     oof = pd.read_csv(run / "oof.csv", dtype={"id": str})
     hand = pd.read_csv(tmp_path / "cv" / "oof.csv", dtype={"id": str}).set_index("id")
     assert np.abs(oof["prob_image"].to_numpy() - hand.loc[oof["id"], "prob"].to_numpy()).max() < 1e-5
@@ -271,8 +285,9 @@ def test_image_models_of_another_split_or_fold_assignment_are_refused(isic, tmp_
     oof.iloc[1:].to_csv(good / "oof.csv", index=False)
     r = _fused(isic, good, tmp_path / "d", ok=False)
     assert r.exit_code == 2 and "1 train-pool image(s) have no out-of-fold score" in r.output
-    r = cli("tabular", "--data", isic["data"], "--out", tmp_path / "e", "--fusion", "late", *FAST, ok=False)
-    assert r.exit_code == 2 and "--fusion late needs --image" in r.output
+    for fusion in ("late", "offset"):
+        r = cli("tabular", "--data", isic["data"], "--out", tmp_path / fusion, "--fusion", fusion, *FAST, ok=False)
+        assert r.exit_code == 2 and f"--fusion {fusion} needs --image" in r.output
 
 
 def test_ham_style_manifest_refuses_its_label_columns_and_predict_reads_a_manifest(small_data, tmp_path):

@@ -28,7 +28,8 @@ class TabularConfig(BaseModel):
     image: Optional[str] = Field(None, description="CV_DIR (or ENS_DIR) of an image model: its out-of-fold scores "
                                  "become features")
     fusion: FusionName = Field("stack", description="with --image: stack = image scores as features; late = "
-                                     "rank average of image and metadata-only probabilities")
+                               "rank average of image and metadata-only probabilities; offset = the trees start "
+                               "from the image score's logit and learn only what the metadata adds")
     neg_ratio: Optional[float] = Field(None, gt=0, description="benign rows per malignant row in each fold's "
                                        "training part (negative undersampling; default: all)")
     recipe: bool = Field(True, description="ISIC 2024 feature recipe and patient statistics where the columns allow")
@@ -56,8 +57,8 @@ class TabularConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "TabularConfig":
-        if self.fusion == "late" and not self.image:
-            raise ValueError("--fusion late needs --image CV_DIR (the image model to fuse with)")
+        if self.fusion in ("late", "offset") and not self.image:
+            raise ValueError(f"--fusion {self.fusion} needs --image CV_DIR (the image model to fuse with)")
         return self
 
 

@@ -34,7 +34,7 @@ from ..runs.records import RunInfo, RunResult, metrics_record
 from . import features as feat
 from .column_guard import select_columns
 from .engines import Params, get_engine
-from .fusion import rank_average
+from .fusion import image_logit, rank_average
 from .image import ImageScores, load_image_scores
 from .model import fit_folds, grouped_folds, predict_average
 from .predictor import IMPORTANCE, MODEL_DIR, REFERENCE_FILE, SPEC_FILE
@@ -136,13 +136,17 @@ def tabular_run(cfg: TabularConfig, out: str | os.PathLike, echo: Callable[[str]
         + (", patient z-scores and counts" if spec.context else ", no patient context (no patient_id)")
         + (", image score features" if stacked else "") + f") in {feature_seconds:.1f} s")
 
+    # offset fusion: every side's trees start from its image scores' logit (out of fold on the train pool)
+    offset = {side: image_logit(p) for side, p in image_prob.items()} if image is not None and cfg.fusion == "offset" else {}
     params = Params(learning_rate=cfg.learning_rate, max_rounds=cfg.max_rounds, early_stopping=cfg.early_stopping,
                     min_child_samples=cfg.min_child_samples, threads=_threads(cfg))
     result = fit_folds(X["train"], y["train"], groups, folds, engine, params, cfg.neg_ratio, cfg.seed,
                        on_fold=lambda f, k, i: say(f"fold {f + 1}/{k}: {i['best_iteration']} rounds, fitted on "
-                                                   f"{i['fit_malignant']} malignant / {i['fit_benign']} benign"))
+                                                   f"{i['fit_malignant']} malignant / {i['fit_benign']} benign"),
+                       offset=offset.get("train"))
     t1 = time.perf_counter()
-    tab = {"train": result.oof, **{side: predict_average(engine, result.models, X[side]) for side in SIDES}}
+    tab = {"train": result.oof, **{side: predict_average(engine, result.models, X[side], offset.get(side))
+                                   for side in SIDES}}
     predict_seconds = time.perf_counter() - t1
     probs = dict(tab)
     if image is not None and cfg.fusion == "late":

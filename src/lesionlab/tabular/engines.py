@@ -1,7 +1,12 @@
 """Gradient-boosted trees behind one interface: LightGBM (the default dependency), XGBoost and
 CatBoost (optional extras). Each takes the feature frame as is: numeric columns as floats with
 missing values, categorical columns as pandas categoricals handled by the engine's own
-categorical support (no one-hot here)."""
+categorical support (no one-hot here).
+
+An offset (a log-odds per row, e.g. the image model's logit) is where each row's boosting
+starts: LightGBM's init_score, XGBoost's base_margin, CatBoost's baseline. The trees then learn
+only what the features add to it, and a model that keeps no useful tree scores rows in the
+offset's order. Its predictions need the same rows' offset again."""
 from __future__ import annotations
 
 import importlib
@@ -35,10 +40,11 @@ class Engine:
     package = ""
 
     def fit(self, X: pd.DataFrame, y: np.ndarray, X_valid: pd.DataFrame, y_valid: np.ndarray, params: Params,
-            seed: int) -> Any:
+            seed: int, offset: np.ndarray | None = None, offset_valid: np.ndarray | None = None) -> Any:
         raise NotImplementedError  # pragma: no cover
 
-    def predict(self, model: Any, X: pd.DataFrame) -> np.ndarray:
+    def predict(self, model: Any, X: pd.DataFrame, offset: np.ndarray | None = None) -> np.ndarray:
+        """Probabilities; a model fitted with an offset needs the rows' offset."""
         raise NotImplementedError  # pragma: no cover
 
     def importance(self, model: Any, columns: list[str]) -> np.ndarray:
@@ -67,10 +73,14 @@ def _both_classes(y: np.ndarray) -> bool:
     return 0 < int(np.sum(y)) < len(y)
 
 
+def _sigmoid(margin: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(margin, dtype=np.float64)))
+
+
 class LightGBMEngine(Engine):
     name, suffix, package = "lightgbm", ".txt", "lightgbm"
 
-    def fit(self, X, y, X_valid, y_valid, params, seed):
+    def fit(self, X, y, X_valid, y_valid, params, seed, offset=None, offset_valid=None):
         import lightgbm as lgb
 
         p = {"objective": "binary", "learning_rate": params.learning_rate, "num_leaves": params.num_leaves,
@@ -79,13 +89,15 @@ class LightGBMEngine(Engine):
              "deterministic": True, "force_row_wise": True, "num_threads": params.threads, "verbose": -1,
              # AUC picks the round where validation has both classes; log loss otherwise
              "metric": "auc" if _both_classes(y_valid) else "binary_logloss"}
-        train = lgb.Dataset(X, y, categorical_feature="auto", free_raw_data=True)
-        valid = lgb.Dataset(X_valid, y_valid, reference=train)
+        train = lgb.Dataset(X, y, categorical_feature="auto", free_raw_data=True, init_score=offset)
+        valid = lgb.Dataset(X_valid, y_valid, reference=train, init_score=offset_valid)
         return lgb.train(p, train, params.max_rounds, valid_sets=[valid],
                          callbacks=[lgb.early_stopping(params.early_stopping, first_metric_only=True, verbose=False)])
 
-    def predict(self, model, X):
-        return np.asarray(model.predict(X, num_iteration=model.best_iteration or None), dtype=np.float64)
+    def predict(self, model, X, offset=None):
+        if offset is None:
+            return np.asarray(model.predict(X, num_iteration=model.best_iteration or None), dtype=np.float64)
+        return _sigmoid(model.predict(X, raw_score=True, num_iteration=model.best_iteration or None) + offset)
 
     def importance(self, model, columns):
         gain = dict(zip(model.feature_name(), model.feature_importance("gain", iteration=model.best_iteration or None)))
@@ -119,7 +131,7 @@ class LightGBMEngine(Engine):
 class XGBoostEngine(Engine):
     name, suffix, package = "xgboost", ".json", "xgboost"
 
-    def fit(self, X, y, X_valid, y_valid, params, seed):
+    def fit(self, X, y, X_valid, y_valid, params, seed, offset=None, offset_valid=None):
         import xgboost as xgb
 
         # min_child_weight is a sum of hessians p(1 - p): 0.05 a row maps the default 20 rows to XGBoost's default 1
@@ -128,17 +140,19 @@ class XGBoostEngine(Engine):
              "colsample_bytree": params.colsample,
              "lambda": params.l2, "tree_method": "hist", "seed": seed, "nthread": params.threads,
              "eval_metric": "auc" if _both_classes(y_valid) else "logloss", "max_cat_to_onehot": 1}
-        dtrain = xgb.DMatrix(X, y, enable_categorical=True)
-        dvalid = xgb.DMatrix(X_valid, y_valid, enable_categorical=True)
+        dtrain = xgb.DMatrix(X, y, enable_categorical=True, base_margin=offset)
+        dvalid = xgb.DMatrix(X_valid, y_valid, enable_categorical=True, base_margin=offset_valid)
         return xgb.train(p, dtrain, params.max_rounds, evals=[(dvalid, "valid")],
                          early_stopping_rounds=params.early_stopping, verbose_eval=False)
 
-    def predict(self, model, X):
+    def predict(self, model, X, offset=None):
         import xgboost as xgb
 
         best = getattr(model, "best_iteration", None)
         rng = (0, best + 1) if best is not None else (0, 0)
-        return np.asarray(model.predict(xgb.DMatrix(X, enable_categorical=True), iteration_range=rng), np.float64)
+        # with a base margin XGBoost leaves out its own base_score, as at training: the offset goes in the matrix
+        data = xgb.DMatrix(X, enable_categorical=True, base_margin=offset)
+        return np.asarray(model.predict(data, iteration_range=rng), np.float64)
 
     def importance(self, model, columns):
         gain = model.get_score(importance_type="total_gain")
@@ -178,7 +192,7 @@ class CatBoostEngine(Engine):
         cats = [c for c in X.columns if isinstance(X[c].dtype, pd.CategoricalDtype)]
         return X.assign(**{c: X[c].astype(object).where(X[c].notna(), "<missing>").astype(str) for c in cats})
 
-    def fit(self, X, y, X_valid, y_valid, params, seed):
+    def fit(self, X, y, X_valid, y_valid, params, seed, offset=None, offset_valid=None):
         from catboost import CatBoostClassifier, Pool
 
         cats = [c for c in X.columns if isinstance(X[c].dtype, pd.CategoricalDtype)]
@@ -187,11 +201,15 @@ class CatBoostEngine(Engine):
                                    eval_metric="AUC" if _both_classes(y_valid) else "Logloss",
                                    od_type="Iter", od_wait=params.early_stopping, use_best_model=True,
                                    allow_writing_files=False, verbose=False)
-        model.fit(Pool(self._frame(X), y, cat_features=cats), eval_set=Pool(self._frame(X_valid), y_valid, cat_features=cats))
+        model.fit(Pool(self._frame(X), y, cat_features=cats, baseline=offset),
+                  eval_set=Pool(self._frame(X_valid), y_valid, cat_features=cats, baseline=offset_valid))
         return model
 
-    def predict(self, model, X):
-        return np.asarray(model.predict_proba(self._frame(X))[:, 1], dtype=np.float64)
+    def predict(self, model, X, offset=None):
+        if offset is None:
+            return np.asarray(model.predict_proba(self._frame(X))[:, 1], dtype=np.float64)
+        # the trees' raw value (with the model's own scale and bias) on top of the rows' baseline
+        return _sigmoid(model.predict(self._frame(X), prediction_type="RawFormulaVal") + offset)
 
     def importance(self, model, columns):
         imp = dict(zip(model.feature_names_, model.get_feature_importance()))

@@ -49,6 +49,10 @@ def undersample(y: np.ndarray, neg_ratio: float | None, rng: np.random.Generator
     return np.sort(np.r_[pos, rng.choice(neg, size=keep, replace=False)])
 
 
+def _of(offset: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:
+    return None if offset is None else offset[rows]
+
+
 @dataclass
 class FoldResult:
     models: list[Any]
@@ -60,7 +64,9 @@ class FoldResult:
 
 
 def fit_folds(X: pd.DataFrame, y: np.ndarray, groups: np.ndarray, folds: np.ndarray, engine: Engine, params: Params,
-              neg_ratio: float | None, seed: int, on_fold: Callable[[int, int, dict], None] | None = None) -> FoldResult:
+              neg_ratio: float | None, seed: int, on_fold: Callable[[int, int, dict], None] | None = None,
+              offset: np.ndarray | None = None) -> FoldResult:
+    """K fold models; with `offset` (a log-odds per row: engines.py) each starts from its rows' offset."""
     started = time.perf_counter()
     y = np.asarray(y).astype(np.int64)
     k = int(folds.max()) + 1
@@ -76,8 +82,9 @@ def fit_folds(X: pd.DataFrame, y: np.ndarray, groups: np.ndarray, folds: np.ndar
         if y[fit_rows].sum() == 0:
             raise NotEnoughDataError(f"fold {f}: its training part has no malignant image left after the inner "
                                      "validation part was set aside; use fewer --folds")
-        model = engine.fit(X.iloc[fit_rows], y[fit_rows], X.iloc[stop_rows], y[stop_rows], params, seed + f)
-        oof[held] = engine.predict(model, X.iloc[held])
+        model = engine.fit(X.iloc[fit_rows], y[fit_rows], X.iloc[stop_rows], y[stop_rows], params, seed + f,
+                           _of(offset, fit_rows), _of(offset, stop_rows))
+        oof[held] = engine.predict(model, X.iloc[held], _of(offset, held))
         models.append(model)
         best.append(engine.best_iteration(model))
         importance.append(engine.importance(model, list(X.columns)))
@@ -90,8 +97,8 @@ def fit_folds(X: pd.DataFrame, y: np.ndarray, groups: np.ndarray, folds: np.ndar
     return FoldResult(models, oof, best, np.array(importance), trained, time.perf_counter() - started)
 
 
-def predict_average(engine: Engine, models: list[Any], X: pd.DataFrame) -> np.ndarray:
-    """The fold models' mean probability."""
+def predict_average(engine: Engine, models: list[Any], X: pd.DataFrame, offset: np.ndarray | None = None) -> np.ndarray:
+    """The fold models' mean probability (each from the rows' offset, for models fitted with one)."""
     if len(X) == 0:
         return np.zeros(0)
-    return np.mean([engine.predict(m, X) for m in models], axis=0)
+    return np.mean([engine.predict(m, X, offset) for m in models], axis=0)

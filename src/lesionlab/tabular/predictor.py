@@ -18,7 +18,7 @@ from ..runs.kinds import RunKind, register_kind
 from ..runs.reader import Run
 from .engines import Engine, get_engine
 from .features import FeatureSpec, build_features
-from .fusion import rank_average
+from .fusion import image_logit, rank_average
 from .model import predict_average
 
 MODEL_DIR = "model"
@@ -61,7 +61,8 @@ class TabularPredictor:
             raise BadInputError(f"{where}: {self.path} is fused with an image model; its image scores are needed")
         stacked = self.fused and self.fusion == "stack"
         X = build_features(table, self.spec, image_prob if stacked else None, where=where)
-        tab = predict_average(self.engine, self.models, X)
+        offset = image_logit(image_prob) if image_prob is not None and self.fusion == "offset" else None
+        tab = predict_average(self.engine, self.models, X, offset)
         if self.fused and self.fusion == "late":
             assert image_prob is not None and self.reference is not None  # refused above; loaded with a late-fusion run
             return rank_average(image_prob, tab, self.reference["image"], self.reference["tabular"])
