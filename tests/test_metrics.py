@@ -143,6 +143,27 @@ def test_paired_bootstrap_detects_a_real_difference_and_not_a_null_one():
     assert same["roc_auc"]["lo"] <= 0 <= same["roc_auc"]["hi"]
 
 
+def test_paired_bootstrap_per_stratum_averages_the_folds_and_ignores_how_their_scores_are_shifted():
+    """Out-of-fold scores of three folds, B = A with each fold's scores shifted by its own amount (as fold models
+    calibrated apart would score): within each fold the ranking is A's, so per fold B - A is exactly 0; pooled,
+    the shift mixes the folds' malignant and benign images and B loses."""
+    rng = np.random.default_rng(4)
+    y = (rng.random(1500) < 0.15).astype(int)
+    folds = np.repeat([0, 1, 2], 500)
+    logit = rng.normal(0, 1, 1500) + 1.5 * y
+    a = 1 / (1 + np.exp(-logit))
+    b = 1 / (1 + np.exp(-(logit + np.array([0.0, 2.0, -2.0])[folds])))
+    res = paired_bootstrap(y, a, b, 0.5, 0.5, metrics=("roc_auc", "pauc_80"), n_boot=200, strata=folds)
+    per_fold = [skm.roc_auc_score(y[folds == f], a[folds == f]) for f in range(3)]
+    assert res["roc_auc"]["a"] == pytest.approx(np.mean(per_fold)) and res["roc_auc"]["a"] != pytest.approx(skm.roc_auc_score(y, a))
+    for m in ("roc_auc", "pauc_80"):
+        assert res[m]["diff"] == 0 and res[m]["lo"] == 0 == res[m]["hi"], m
+    pooled = paired_bootstrap(y, a, b, 0.5, 0.5, metrics=("roc_auc",), n_boot=200)
+    assert pooled["roc_auc"]["hi"] < 0
+    # without strata the result is the pooled one, resampled as before (the same seed gives the same interval)
+    assert pooled == paired_bootstrap(y, a, b, 0.5, 0.5, metrics=("roc_auc",), n_boot=200, strata=None)
+
+
 def test_threshold_rules():
     y = np.array([0, 0, 0, 0, 1, 0, 1, 1])
     s = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])

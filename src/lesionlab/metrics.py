@@ -282,7 +282,8 @@ def _as_list(v) -> list[np.ndarray]:
 
 def paired_bootstrap(y: np.ndarray, probs_a, probs_b, thresholds_a, thresholds_b,
                      metrics=("roc_auc", "average_precision", "pauc_80", "f1"), n_boot: int = 2000, seed: int = 0,
-                     level: float = 0.95, groups: np.ndarray | None = None) -> dict[str, dict[str, float]]:
+                     level: float = 0.95, groups: np.ndarray | None = None,
+                     strata: np.ndarray | None = None) -> dict[str, dict[str, float]]:
     """B - A on the same resampled test images, with a percentile interval.
 
     Each side may be one run or several (seeds): a side's value is then the mean over its runs of
@@ -290,6 +291,10 @@ def paired_bootstrap(y: np.ndarray, probs_a, probs_b, thresholds_a, thresholds_b
     images' sampling for the seed-averaged metric. With `groups`, whole groups are resampled (see
     bootstrap_ci). A threshold may be one value per run or, for out-of-fold predictions, an array
     with one value per image.
+
+    With `strata` (e.g. each out-of-fold image's fold), a side's value is the mean over strata of
+    the metric on each stratum's images, and each stratum is resampled on its own: a fold's images
+    are only ever ranked against each other, as its own models scored them.
     """
     def thresholds(t, k):
         if isinstance(t, (list, tuple)):
@@ -299,18 +304,23 @@ def paired_bootstrap(y: np.ndarray, probs_a, probs_b, thresholds_a, thresholds_b
     pa, pb = _as_list(probs_a), _as_list(probs_b)
     ta, tb = thresholds(thresholds_a, len(pa)), thresholds(thresholds_b, len(pb))
     y = np.asarray(y).astype(np.int8)
-    idx = resample_indices(y, n_boot, seed, groups)
+    blocks = [np.arange(len(y))] if strata is None else [np.flatnonzero(strata == s) for s in np.unique(strata)]
+    draws = [resample_indices(y[b], n_boot, seed + k, None if groups is None else groups[b]) for k, b in enumerate(blocks)]
     lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
 
-    def side_value(m, probs, thresholds, i=slice(None)):
-        return float(np.mean([compute_metric(m, y[i], p[i], t[i] if t.ndim else t) for p, t in zip(probs, thresholds)]))
+    def side_value(m, probs, thresholds, rows):
+        return float(np.mean([np.mean([compute_metric(m, y[r], p[r], t[r] if t.ndim else t) for r in rows])
+                              for p, t in zip(probs, thresholds)]))
 
     out = {}
     for m in metrics:
-        a, b = side_value(m, pa, ta), side_value(m, pb, tb)
-        diffs = np.array([side_value(m, pb, tb, i) - side_value(m, pa, ta, i) for i in idx])
+        a, b = side_value(m, pa, ta, blocks), side_value(m, pb, tb, blocks)
+        diffs = []
+        for i in range(n_boot):
+            rows = [block[d[i]] for block, d in zip(blocks, draws)]
+            diffs.append(side_value(m, pb, tb, rows) - side_value(m, pa, ta, rows))
         out[m] = {"a": a, "b": b, "diff": b - a, "lo": float(np.quantile(diffs, lo)),
-                  "hi": float(np.quantile(diffs, hi)), "p_b_not_better": float(np.mean(diffs <= 0))}
+                  "hi": float(np.quantile(diffs, hi)), "p_b_not_better": float(np.mean(np.array(diffs) <= 0))}
     return out
 
 

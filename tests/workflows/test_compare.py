@@ -1,7 +1,10 @@
 """`lesionlab compare`: paired comparisons of two runs (on their test set, or on the out-of-fold predictions of
 two cvs) and what it refuses."""
 import json
+import shutil
 
+import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
@@ -30,6 +33,24 @@ def test_compare_pairs_cvs_on_oof_and_refuses_different_folds(cv_dir, small_data
     auc = res["metrics"]["roc_auc"]
     assert auc["a"] == pytest.approx(roc_auc_score(part_a["label"], part_a["prob"]))
     assert auc["b"] == pytest.approx(roc_auc_score(part_b["label"], part_b["prob"]))
+    # fold by fold: each side's value the mean of its folds' own ROC AUCs
+    r = cli("compare", cv_dir, other, "--n-boot", "50", "--per-fold", "--json", tmp_path / "per-fold.json")
+    assert "the mean over folds 0, 1, 2 of its value on the fold's images" in r.output
+    res = json.loads((tmp_path / "per-fold.json").read_text())
+    assert res["per_fold"] == [0, 1, 2] and res["n_test"] == n_pool
+    for side, table in (("a", oof_a), ("b", oof_b)):
+        expect = np.mean([roc_auc_score(f["label"], f["prob"]) for _, f in table.groupby("fold")])
+        assert res["metrics"]["roc_auc"][side] == pytest.approx(expect)
+    # a cv of two repeats holds other images in each repeat's folds: refused by name
+    rep = tmp_path / "cv_repeats"
+    shutil.copytree(cv_dir, rep)
+    table = read_table(rep / "oof.csv")
+    table = pd.concat([table, table.assign(repeat=1, fold=(table["fold"] + 1) % 3)], ignore_index=True)
+    table.to_csv(rep / "oof.csv", index=False)
+    r = cli("compare", rep, rep, "--per-fold", ok=False)
+    assert r.exit_code == 2 and "is a cv of 2 repeats" in r.output and "--per-fold" in r.output
+    r = cli("compare", cv_dir, other, "--per-fold", "--on", "test", ok=False)
+    assert r.exit_code == 2 and "--per-fold pairs out-of-fold images fold by fold; --on test" in r.output
     r = cli("compare", cv_dir, other, "--folds", "0,5", ok=False)
     assert r.exit_code == 2 and "no fold 5 (its folds: 0, 1, 2)" in r.output
     r = cli("compare", cv_dir, other, "--folds", "0", "--on", "test", ok=False)

@@ -64,8 +64,12 @@ def report(runs_dir: Path, out: Path, title: str, baseline: str | None, n_boot: 
                    "out-of-fold where both sides have it")
 @click.option("--folds", default=None, help="pair the out-of-fold images of these folds only, e.g. 0,2 (a cv of "
               "one repeat): each is scored by its own fold's models on both sides")
+@click.option("--per-fold", is_flag=True, help="out-of-fold: each side's metric is the mean over folds of its value on "
+              "the fold's own images (each fold resampled on its own), not one value over all folds' images pooled, "
+              "which also counts how alike the fold models' scores run")
 @click.option("--json", "json_out", default=None, type=click.Path(path_type=Path), help="also write the result as JSON")
-def compare(run_a: Path, run_b: Path, n_boot: int, seed: int, on: str, folds: str | None, json_out: Path | None) -> None:
+def compare(run_a: Path, run_b: Path, n_boot: int, seed: int, on: str, folds: str | None, per_fold: bool,
+            json_out: Path | None) -> None:
     """Paired bootstrap difference B - A on the same images (ROC AUC, AP, pAUC80, F1): out-of-fold
     images when both sides are cv or tabular runs on the same folds, else the split's test images.
 
@@ -74,7 +78,7 @@ def compare(run_a: Path, run_b: Path, n_boot: int, seed: int, on: str, folds: st
     from ..workflows.compare import compare_runs, format_comparison, load_side
 
     res = compare_runs(load_side(run_a), load_side(run_b), n_boot=n_boot, seed=seed, on=on,
-                       folds=tuple(distinct_ints(folds, "--folds")) if folds is not None else None)
+                       folds=tuple(distinct_ints(folds, "--folds")) if folds is not None else None, per_fold=per_fold)
     for line in format_comparison(res, str(run_a), str(run_b)):
         click.echo(line)
     if json_out:

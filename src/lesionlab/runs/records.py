@@ -279,6 +279,7 @@ class Comparison(TypedDict):
     metrics: dict[str, dict[str, float]]   # metric -> a, b, diff, lo, hi
     audit: dict[str, Any]     # each side's audit numbers and, for one run a side, the paired audit
     folds: list[int] | None   # out-of-fold images of these folds only (compare --folds); None: every image
+    per_fold: list[int] | None  # compare --per-fold: each metric the mean over these folds; None: pooled
 
 
 class PredictResult(TypedDict, total=False):

@@ -70,6 +70,16 @@ def _fold_rows(run: Run, folds: tuple[int, ...]):
     return table[table["fold"].isin(folds)]
 
 
+def _oof_folds(run: Run, ids: np.ndarray) -> np.ndarray:
+    """Each out-of-fold image's fold (in `ids` order), for pairing fold by fold; a cv of several repeats holds other
+    images in each repeat's folds, so it is refused."""
+    table = run.oof()
+    if table["repeat"].nunique() > 1:
+        raise BadInputError(f"--per-fold: {run.path} is a cv of {table['repeat'].nunique()} repeats, whose folds hold "
+                            "other images in each repeat; pair its whole out-of-fold set instead")
+    return table.set_index("id")["fold"].reindex(ids).to_numpy()
+
+
 def _oof_predictions(runs: list[Run], label: str, folds: tuple[int, ...] | None = None):
     """Every cv's out-of-fold predictions, aligned by id: one entry per (cv, repeat); with `folds`, only the images
     of those folds."""
@@ -88,10 +98,17 @@ def _oof_predictions(runs: list[Run], label: str, folds: tuple[int, ...] | None 
 
 
 def compare_runs(runs_a: list[Run], runs_b: list[Run], metrics=COMPARE_METRICS, n_boot: int = 2000,
-                 seed: int = 0, on: str = "auto", folds: tuple[int, ...] | None = None) -> Comparison:
+                 seed: int = 0, on: str = "auto", folds: tuple[int, ...] | None = None,
+                 per_fold: bool = False) -> Comparison:
     """B - A on the out-of-fold images or on the test images. 'auto': out-of-fold when both sides have them
     (cv and tabular runs), else test. Out-of-fold pairs need the same fold assignment on both sides; `folds`
-    restricts them to the images of those folds (each scored by its own fold's models on both sides)."""
+    restricts them to the images of those folds (each scored by its own fold's models on both sides).
+
+    `per_fold`: each side's metric is the mean over folds of the metric on the fold's own images. Pooled, the
+    out-of-fold images of all folds are ranked together, though each fold's models scored their own, so a pooled
+    ROC AUC also counts how alike the fold models' scores run (their calibration), not only how each ranks; the
+    test set is ranked by one fold ensemble, where that does not arise (Forman and Scholz, SIGKDD Explorations
+    2010, average the folds' AUCs for this reason)."""
     if on not in COMPARE_ON:
         raise BadInputError(f"--on must be one of {', '.join(COMPARE_ON)}, got '{on}'")
     check_at_least(n_boot, 1, "--n-boot")
@@ -101,11 +118,16 @@ def compare_runs(runs_a: list[Run], runs_b: list[Run], metrics=COMPARE_METRICS, 
                             + ": " + ", ".join(f"{r.path} is a {r.kind} run" for r in runs_a + runs_b
                                                if not r.declared.has_oof)
                             + f" without out-of-fold predictions (only {' and '.join(oof_kinds())} runs have them)")
-    if folds is not None and on == "test":
-        raise BadInputError("--folds pairs out-of-fold images of some folds; --on test pairs the test images, which "
-                            "every fold model scores")
+    if (folds is not None or per_fold) and on == "test":
+        raise BadInputError(("--folds pairs out-of-fold images of some folds" if folds is not None else
+                             "--per-fold pairs out-of-fold images fold by fold")
+                            + "; --on test pairs the test images, which every fold model scores")
+    if per_fold and not has_oof:
+        raise BadInputError("--per-fold: " + ", ".join(f"{r.path} is a {r.kind} run" for r in runs_a + runs_b
+                                                        if not r.declared.has_oof)
+                            + f" without out-of-fold predictions (only {' and '.join(oof_kinds())} runs have them)")
     if on != "test" and has_oof:
-        return compare_cv(runs_a, runs_b, metrics, n_boot, seed, folds)
+        return compare_cv(runs_a, runs_b, metrics, n_boot, seed, folds, per_fold)
     ids_a, y, probs_a, thr_a, groups = _test_predictions(runs_a, "A")
     ids_b, _, probs_b, thr_b, groups_b = _test_predictions(runs_b, "B")
     if not np.array_equal(ids_a, ids_b):
@@ -131,9 +153,9 @@ def _audits(runs_a: list[Run], runs_b: list[Run], n_boot: int, seed: int) -> dic
 
 
 def compare_cv(runs_a: list[Run], runs_b: list[Run], metrics=COMPARE_METRICS, n_boot: int = 2000, seed: int = 0,
-               folds: tuple[int, ...] | None = None) -> Comparison:
-    """Paired on the same out-of-fold images (those of `folds` only, if given); refused unless every run has the
-    same fold assignment."""
+               folds: tuple[int, ...] | None = None, per_fold: bool = False) -> Comparison:
+    """Paired on the same out-of-fold images (those of `folds` only, if given), pooled or fold by fold (compare_runs);
+    refused unless every run has the same fold assignment."""
     hashes = {r.fold_sha256 for r in runs_a + runs_b}
     if len(hashes) > 1:
         detail = ", ".join(f"{r.path} ({r.kind}, fold hash {str(r.fold_sha256)[:12]})" for r in runs_a + runs_b)
@@ -145,18 +167,24 @@ def compare_cv(runs_a: list[Run], runs_b: list[Run], metrics=COMPARE_METRICS, n_
     ids_b, _, _, probs_b, thr_b = _oof_predictions(runs_b, "B", folds)
     if not np.array_equal(ids_a, ids_b):
         raise BadInputError(f"{runs_a[0].path} and {runs_b[0].path}: different out-of-fold images")
-    return _paired(runs_a, runs_b, "oof", y, groups, probs_a, probs_b, thr_a, thr_b, metrics, n_boot, seed, folds)
+    strata = None
+    if per_fold:  # one fold assignment on every side (checked above); reading each run refuses a repeated cv
+        strata = [_oof_folds(run, ids_a) for run in runs_a + runs_b][0]
+    return _paired(runs_a, runs_b, "oof", y, groups, probs_a, probs_b, thr_a, thr_b, metrics, n_boot, seed, folds,
+                   strata)
 
 
 def _paired(runs_a: list[Run], runs_b: list[Run], on: str, y, groups, probs_a, probs_b, thr_a, thr_b, metrics,
-            n_boot: int, seed: int, folds: tuple[int, ...] | None = None) -> Comparison:
-    """The paired bootstrap of B - A on aligned predictions, over whole groups where the runs know them."""
+            n_boot: int, seed: int, folds: tuple[int, ...] | None = None, strata: np.ndarray | None = None) -> Comparison:
+    """The paired bootstrap of B - A on aligned predictions, over whole groups where the runs know them; with
+    `strata` (each image's fold), the mean of the folds' values."""
     unit = _unit(runs_a, groups)
     result = paired_bootstrap(y, probs_a, probs_b, thr_a, thr_b, metrics, n_boot, seed,
-                              groups=groups if unit != "image" else None)
+                              groups=groups if unit != "image" else None, strata=strata)
     return {"a": [str(r.path) for r in runs_a], "b": [str(r.path) for r in runs_b], "on": on, "n_test": int(len(y)),
             "n_boot": n_boot, "unit": unit, "metrics": result, "audit": _audits(runs_a, runs_b, n_boot, seed),
-            "folds": list(folds) if folds is not None else None}
+            "folds": list(folds) if folds is not None else None,
+            "per_fold": sorted(int(f) for f in np.unique(strata)) if strata is not None else None}
 
 
 def verdict(d: dict) -> str:
@@ -179,6 +207,9 @@ def format_comparison(res: Comparison, name_a: str = "A", name_b: str = "B") -> 
     folds = res.get("folds")
     if folds is not None:
         where += f" (folds {', '.join(map(str, folds))})"
+    per_fold = res.get("per_fold")
+    if per_fold:
+        where += f", each side's metric the mean over folds {', '.join(map(str, per_fold))} of its value on the fold's images,"
     unit = res.get("unit", "image")
     resampled = "images" if unit == "image" else f"whole groups ({unit})"
     lines = [f"paired bootstrap on the same {res['n_test']} {where} images ({res['n_boot']} resamples of {resampled}; "
