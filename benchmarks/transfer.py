@@ -353,10 +353,15 @@ def main() -> None:
     paired = {name: {arm: compare_runs([runs["scratch"]], [run], metrics=("roc_auc", "average_precision", "pauc_80"),
                                        n_boot=args.n_boot)["metrics"]
                      for arm, run in runs.items() if arm != "scratch"} for name, runs in cvs.items()}
+    # the same, each metric the mean of the folds' own values (compare --per-fold): reported beside the pooled numbers
+    per_fold = {name: {arm: compare_runs([runs["scratch"]], [run], metrics=("roc_auc", "pauc_80"), n_boot=args.n_boot,
+                                         per_fold=True)["metrics"]
+                       for arm, run in runs.items() if arm != "scratch"} for name, runs in cvs.items()}
 
     # configs/recommended.yaml: config-only candidates beating scratch on every data set (OOF pAUC80 interval > 0)
     candidates = (["lite0 naive"] if args.naive_epochs else []) + [f"lite0 tuned on {d}" for d in tuned] + list(given)
     eligible = [c for c in candidates if all(paired[d][c]["pauc_80"]["lo"] > 0 for d in datasets)]
+    eligible_per_fold = [c for c in candidates if all(per_fold[d][c]["pauc_80"]["lo"] > 0 for d in datasets)]
     mean_oof = {c: float(np.mean([cvs[d][c].metrics["oof"]["pauc_80"] for d in datasets])) for c in candidates}
     chosen = max(eligible, key=mean_oof.get) if eligible else None
 
@@ -430,11 +435,14 @@ def main() -> None:
                          if d == name)
         lines += ["", f"### {name}: OOF ({o['n_malignant']} malignant / {o['n_benign']} benign) and fold-ensemble test",
                   "", *cv_table(runs), *(["", same + "."] if same else []), "",
-                  "Paired with scratch on the same OOF images (whole groups resampled); arm - scratch:", "",
-                  "| arm | ROC AUC | AP | pAUC80 |", "|---|---|---|---|"]
+                  "Paired with scratch on the same OOF images (whole groups resampled); arm - scratch, pooled (all folds' "
+                  "images ranked together) and per fold (the mean of the folds' own values, each fold resampled on its "
+                  "own: `lesionlab compare --per-fold`):", "",
+                  "| arm | ROC AUC | AP | pAUC80 | ROC AUC per fold | pAUC80 per fold |", "|---|---|---|---|---|---|"]
         for arm, d in paired[name].items():
+            f = per_fold[name][arm]
             lines.append(f"| {arm} | {fmt_ci(d, 'roc_auc')} | {fmt_ci(d, 'average_precision')} | "
-                         f"{fmt_ci(d, 'pauc_80')} |")
+                         f"{fmt_ci(d, 'pauc_80')} | {fmt_ci(f, 'roc_auc')} | {fmt_ci(f, 'pauc_80')} |")
         lines += ["", "Curves on the split's validation set (mean of the folds; train ROC AUC on the augmented "
                   "training draw):", "", *curve_table({arm: run for arm, run in runs.items()
                                                         if (name, arm) not in same_as})]
@@ -455,7 +463,9 @@ def main() -> None:
               "Chosen on OOF: " + (f"**{chosen}**" if chosen else "none: no candidate's paired OOF pAUC80 interval "
                                    "against scratch lies above zero on every data set")
               + ("; written to configs/recommended.yaml." if chosen and args.write_recommended else
-                 "; configs/recommended.yaml is left as it was.")]
+                 "; configs/recommended.yaml is left as it was."),
+              "The rule pairs pooled OOF images. Per fold, the candidates whose pAUC80 interval against scratch lies "
+              "above zero on every data set: " + (", ".join(eligible_per_fold) or "none") + " (reported, not used)."]
     # the goals are judged on test, after the choice; where nothing was chosen, every candidate says how far it is
     for c in [chosen] if chosen else candidates:
         lines += ["", f"{'Its' if chosen else c + ':'} fold ensembles on the test sets, against the issue's goals:", ""]
@@ -471,8 +481,8 @@ def main() -> None:
 
 def fused_candidates(candidates: list[str], cvs: dict[str, dict[str, Run]], datasets: dict[str, Path], work: Path,
                      n_boot: int) -> tuple[dict[tuple[str, str, str], tuple[Run, dict]], dict[str, str]]:
-    """(data set, candidate, fusion) -> the fused tabular run and its OOF comparison with the candidate's image
-    scores (fused - image); and, per data set that could not be fused (e.g. no metadata column left), why. A fusion
+    """(data set, candidate, fusion) -> the fused tabular run and its OOF comparisons with the candidate's image
+    scores (fused - image; pooled and per fold); and, per data set that could not be fused (e.g. no metadata column left), why. A fusion
     is named by its cv's folder, so two candidates that are one cv share it."""
     fusions, not_fused = {}, {}
     for name in datasets:
@@ -484,7 +494,8 @@ def fused_candidates(candidates: list[str], cvs: dict[str, dict[str, Run]], data
                 except BadInputError as e:  # e.g. a release without metadata columns: said in the section
                     not_fused[name] = str(e)
                     break
-                paired = compare_runs([cv], [run], metrics=("roc_auc", "pauc_80"), n_boot=n_boot)["metrics"]
+                paired = {way: compare_runs([cv], [run], metrics=("roc_auc", "pauc_80"), n_boot=n_boot,
+                                            per_fold=way == "per fold")["metrics"] for way in ("pooled", "per fold")}
                 fusions[(name, c, how)] = (run, paired)
     return fusions, not_fused
 
@@ -498,20 +509,24 @@ def fusion_lines(fusions: dict[tuple[str, str, str], tuple[Run, dict]], not_fuse
              "fold's model early-stopped on a part of its training rows (rounds kept: in stack and late one tree gives a "
              "few distinct scores, which tie many images; offset keeps the image scores' order where the trees add "
              "nothing); test: the fused model on the fold ensemble's test scores. "
-             "Paired with the image scores alone on the same OOF images (whole groups resampled); fused - image:", "",
+             "Paired with the image scores alone on the same OOF images (whole groups resampled), pooled and per fold "
+             "(as above); fused - image:", "",
              "| data set | arm | fusion | metadata columns | rounds kept (each fold) | OOF ROC AUC | OOF pAUC80 | "
-             "ROC AUC, fused - image | pAUC80, fused - image | test ROC AUC | test pAUC80 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "ROC AUC, fused - image | pAUC80, fused - image | ROC AUC per fold | pAUC80 per fold | test ROC AUC | "
+             "test pAUC80 |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (name, arm, how), (run, d) in fusions.items():
-        o, te = run.metrics["oof"], run.metrics["test"]
+        o, te, p, f = run.metrics["oof"], run.metrics["test"], d["pooled"], d["per fold"]
         lines.append(f"| {name} | {arm} | {how} | {', '.join(run.info['features']['metadata'])} | "
                      f"{', '.join(map(str, run.info['folds']['best_iterations']))} | {o['roc_auc']:.3f} | "
-                     f"{o['pauc_80']:.4f} | {fmt_ci(d, 'roc_auc')} | {fmt_ci(d, 'pauc_80')} | {te['roc_auc']:.3f} | "
-                     f"{te['pauc_80']:.4f} |")
-    adds = [f"{how} on {name} ({arm})" for (name, arm, how), (_, d) in fusions.items() if d["pauc_80"]["lo"] > 0]
-    lines += ["", "Fusions whose paired OOF pAUC80 interval lies above zero: " + (", ".join(adds) if adds else "none")
-              + ". The choice below and the goals are the image recipe's alone (a config file); a fusion is a "
-              "second model on top of it."]
+                     f"{o['pauc_80']:.4f} | {fmt_ci(p, 'roc_auc')} | {fmt_ci(p, 'pauc_80')} | {fmt_ci(f, 'roc_auc')} | "
+                     f"{fmt_ci(f, 'pauc_80')} | {te['roc_auc']:.3f} | {te['pauc_80']:.4f} |")
+    lines.append("")
+    for way in ("pooled", "per fold"):
+        adds = [f"{how} on {name} ({arm})" for (name, arm, how), (_, d) in fusions.items() if d[way]["pauc_80"]["lo"] > 0]
+        lines.append(f"Fusions whose paired OOF pAUC80 interval, {way}, lies above zero: " + (", ".join(adds) or "none")
+                     + ".")
+    lines += ["The choice below and the goals are the image recipe's alone (a config file); a fusion is a second model "
+              "on top of it."]
     lines += [f"Not fused on {name}: {why}." for name, why in not_fused.items()]
     return lines
 
