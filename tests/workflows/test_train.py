@@ -218,10 +218,32 @@ def test_an_extra_data_set_holding_copies_of_val_or_test_images_is_refused(small
     with pytest.raises(LeakError, match=r"--extra-data .*renamed/data: 3 extra image\(s\) are copies of this run's "
                        r"validation, test or out-of-fold images: .*copy_0 ~ " + test_ids[0]):
         train_process(cfg, tmp_path / "r1")
-    # under their own ids: refused by id before any image is read
+    # asked to, the run leaves the three copies out of its draw (no other image of their class is left to replace
+    # them) and names them in run.json; its training draw holds none of them
+    train_process(cfg.model_copy(update={"extra_drop_copies": True}), tmp_path / "r3")
+    info = json.loads((tmp_path / "r3" / "run.json").read_text())
+    guard = info["extra_data"]["guard"]
+    assert guard["copies"] == 3 and guard["checked"] == 11 and info["draw"]["extra"] == 8
+    assert sorted(d.split(" ~ ")[1].split(" ")[0] for d in guard["dropped"]) == sorted(test_ids)
+    drawn = pd.read_csv(tmp_path / "r3" / "train_draw.csv", dtype={"id": str})
+    assert not set(drawn["id"]) & {d.split(" ~ ")[0] for d in guard["dropped"]}
+    # where the data set holds other images of the class, each copy is replaced by one of them, checked in turn
+    from lesionlab.data.copy_guard import index_references
+    from lesionlab.data.extra import _checked_draw
+
+    extra = Store.open(copies)
+    labels = extra.table["label"].to_numpy()
+    copy_rows = set(np.flatnonzero(extra.table["id"].isin([d.split(" ~ ")[0] for d in guard["dropped"]])).tolist())
+    others = [r for r in range(len(labels)) if r not in copy_rows]
+    draw = np.array(sorted(copy_rows) + [next(r for r in others if labels[r] == c) for c in (0, 1)])
+    refs = index_references(store.pixels(load_split(store).positions(store.table, "test")))
+    kept, found = _checked_draw(extra, draw, refs, 0, drop_copies=True)
+    assert {r for r, _, _ in found} == copy_rows and not set(kept.tolist()) & copy_rows
+    assert set(draw.tolist()) - copy_rows <= set(kept.tolist()) and sorted(labels[kept]) == sorted(labels[draw])
+    # under their own ids: refused by id before any image is read, with or without dropping copies
     same = _extra_with(rows, tmp_path / "same", False, SAMPLE)
     with pytest.raises(LeakError, match=r"3 of its image ids are among the images this run evaluates on"):
-        train_process(cfg.model_copy(update={"extra_data": str(same)}), tmp_path / "r2")
+        train_process(cfg.model_copy(update={"extra_data": str(same), "extra_drop_copies": True}), tmp_path / "r2")
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
 
 

@@ -76,6 +76,9 @@ class ExperimentConfig(BaseModel):
                              "(all its images, up to --extra-n-malignant malignant ones)")
     extra_n_malignant: Union[int, Literal["all"]] = Field("all", description="malignant images drawn from --extra-data, "
                                                           "or all")
+    extra_drop_copies: bool = Field(False, description="drawn --extra-data images whose content copies an evaluation "
+                                    "image are left out (each replaced by another of its class, all named in run.json) "
+                                    "instead of refusing the run; a copy by id or by patient/lesion is still refused")
     sampler: SamplerName = Field(
         "none", description="none = the fixed draw; redraw = fresh benign images each epoch; balanced = class-weighted")
     augment: PolicyName = Field("none", description="augmentation policy (training only)")

@@ -24,7 +24,8 @@ On the ISIC 2024 permissive crops at 128 px (benchmarks/copy_guard.py, docs/resu
 plain skin around a small spot, distinct crops are closer: shape 0.9911 at the 99th percentile, 0.9951 at most,
 so the guard calls 38 of the 2,060 val/test crops (1.8%) copies of distinct train-pool crops (HAM10000: 2, 0.1%),
 while 99% of halved-and-enlarged copies score 0.9994 or more there. That is why an encoder pretrained on the run's own
-data set is checked by id only (runs/encoder_run.py); a TBP store given as another source may be refused for it.
+data set is checked by id only (runs/encoder_run.py), and why `--extra-drop-copies` leaves such crops of another
+source out of the draw instead of refusing it (data/extra.py).
 """
 from __future__ import annotations
 

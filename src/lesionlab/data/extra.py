@@ -4,7 +4,11 @@ Its images join the training draw only: they are never validation, test or out-o
 since those sides are positions of the run's own store. Before training it is checked like the
 synthetic images are (data/copy_guard.py): its ids and its images' content against every image
 the run evaluates on, so a copy of an evaluation image under another name, or re-encoded, stops
-the run and is named.
+the run and is named. With --extra-drop-copies the drawn images that the content check calls
+copies are left out instead, each replaced by an unchecked image of its class, and named in
+run.json: the guard's bars were set on dermoscopy, and distinct total-body crops (plain skin
+around a small spot) cross them about 2% of the time (docs/results.md, section "copy-guard"),
+so another TBP source would otherwise be refused for images it does not share.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInputError, LeakError, NotEnoughDataError, preview
-from .copy_guard import check_no_leak, index_references
+from .copy_guard import find_copies, index_references
 from .sampling import draw_training_set
 from .store import Store
 
@@ -47,12 +51,49 @@ def _draw(extra: Store, ratio: str, n_malignant: int | str, seed: int, data: str
         raise type(e)(f"--extra-data {data}: {text.replace('the train pool', 'it')}") from None
 
 
+def _copies(extra: Store, rows: np.ndarray, refs: tuple) -> dict[int, tuple[int, float]]:
+    """Position in `rows` -> (evaluation image index, similarity) of every drawn image that copies one."""
+    hits = {}
+    for start in range(0, len(rows), 4096):  # chunked: an extra data set can be much larger than the evaluation sets
+        hits.update({start + i: (j, s) for i, j, s in find_copies(extra.pixels(rows[start:start + 4096]), refs)})
+    return hits
+
+
+def _checked_draw(extra: Store, rows: np.ndarray, refs: tuple, seed: int,
+                  drop_copies: bool) -> tuple[np.ndarray, list[tuple[int, int, float]]]:
+    """The drawn rows without copies of an evaluation image, and the copies found: (row, evaluation index,
+    similarity). Without `drop_copies` the first copies found are returned for the caller to refuse; with it,
+    each is replaced by an image of its class that was not drawn, checked in turn, until none is left or the
+    class has no image left (the draw is then smaller by as many)."""
+    labels = extra.table["label"].to_numpy()
+    rng = np.random.default_rng([seed, 7])
+    kept, found, seen = [], [], set(rows.tolist())
+    pending = rows
+    while len(pending):
+        hits = _copies(extra, pending, refs)
+        found += [(int(pending[i]), j, s) for i, (j, s) in sorted(hits.items())]
+        if hits and not drop_copies:
+            return rows, found
+        kept.append(np.delete(pending, sorted(hits)))
+        fresh = []
+        for label in (0, 1):
+            need = sum(1 for i in hits if labels[pending[i]] == label)
+            unseen = np.array([r for r in np.flatnonzero(labels == label) if r not in seen], dtype=np.int64)
+            fresh.append(rng.choice(unseen, min(need, len(unseen)), replace=False) if need and len(unseen) else
+                         np.zeros(0, np.int64))
+        pending = np.concatenate(fresh)
+        seen.update(pending.tolist())
+    return np.sort(np.concatenate(kept)), found
+
+
 def load_extra(data: str | Path, ratio: str, n_malignant: int | str, main: Store, eval_ids: list[str],
-               eval_images: np.ndarray, seed: int, group_rule: str = "none", eval_groups: np.ndarray | None = None) -> ExtraPart:
+               eval_images: np.ndarray, seed: int, group_rule: str = "none", eval_groups: np.ndarray | None = None,
+               drop_copies: bool = False) -> ExtraPart:
     """The extra data set's draw, refused when it is the run's own data set, has another image size,
     or holds any of the evaluation images (`eval_ids`, `eval_images`: every image the run scores), or
     another image of their patients or lesions (`eval_groups`, keys by the split's `group_rule`,
-    where the extra data set has that column)."""
+    where the extra data set has that column). Drawn images whose content copies an evaluation
+    image refuse the run, or with `drop_copies` are replaced (_checked_draw)."""
     extra = Store.open(data)
     if extra.content_hash == main.content_hash:
         raise LeakError(f"--extra-data {data}: is the run's own data set, whose validation and test images would be "
@@ -74,20 +115,18 @@ def load_extra(data: str | Path, ratio: str, n_malignant: int | str, main: Store
             raise LeakError(f"--extra-data {data}: holds images of {len(shared)} {group_rule.removesuffix('_id')}(s) this "
                             f"run evaluates on: {preview(shared)}; remove them from that data set")
     rows = _draw(extra, ratio, n_malignant, seed, str(data))
-    refs = index_references(eval_images)
     ids = table["id"].astype(str).to_numpy()
-    # chunked: an extra data set can be much larger than the evaluation sets
-    for start in range(0, len(rows), 4096):
-        chunk = rows[start:start + 4096]
-        try:
-            check_no_leak(extra.pixels(chunk), ids[chunk].tolist(), refs, list(eval_ids),
-                          "this run's validation, test or out-of-fold", kind="extra")
-        except LeakError as e:
-            raise LeakError(f"--extra-data {data}: {e}") from None
+    rows, copies = _checked_draw(extra, rows, index_references(eval_images), seed, drop_copies)
+    named = [f"{ids[r]} ~ {eval_ids[j]} (similarity {s:.3f})" for r, j, s in copies]
+    if copies and not drop_copies:
+        raise LeakError(f"--extra-data {data}: {len(copies)} extra image(s) are copies of this run's validation, test "
+                        f"or out-of-fold images: {preview(named)}; remove them from that data set, or add "
+                        "--extra-drop-copies to leave them out of the draw (a model must never train on its evaluation "
+                        "images)")
     labels = table["label"].to_numpy()[rows]
     info = {"data": str(Path(data).resolve()), "store_hash": extra.content_hash, "ratio": ratio,
             "n_malignant": int(labels.sum()), "n_benign": int((labels == 0).sum()),
             "available": {"malignant": int(table["label"].sum()), "benign": int((table["label"] == 0).sum())},
-            "guard": {"checked": int(len(rows)), "against": int(len(eval_ids)), "copies": 0,
-                      "by": "id and content (data/copy_guard.py)"}}
+            "guard": {"checked": int(len(rows) + len(copies)), "against": int(len(eval_ids)), "copies": len(copies),
+                      "dropped": named, "by": "id and content (data/copy_guard.py)"}}
     return ExtraPart(extra, rows, info)

@@ -175,7 +175,8 @@ def _inputs(cfg: ExperimentConfig, world: World, plan: FoldPlan | None = None) -
     if cfg.extra_data:
         both = np.concatenate(list(eval_pos.values()))
         extra = load_extra(cfg.extra_data, cfg.extra_ratio, cfg.extra_n_malignant, store, ids[both].tolist(),
-                           np.concatenate(list(eval_x.values())), cfg.seed, group_rule, groups[both])
+                           np.concatenate(list(eval_x.values())), cfg.seed, group_rule, groups[both],
+                           cfg.extra_drop_copies)
     n_extra = len(extra) if extra else 0
     real_draw = draw_training_set(real_labels, real_pool, cfg.ratio, cfg.n_malignant, cfg.seed, extra_malignant=n_syn)
     # synthetic images sit past the real rows: position len(table) + k is the k-th synthetic image; the extra
