@@ -13,7 +13,10 @@ protocol's split (lesionlab.benchmarking.datasets):
 - copies: each val/test image changed as a copy is (JPEG quality 75, 10% brighter, halved and enlarged again, and
   "generator-like": halved and enlarged, channel gains 1.05/0.97/1.0, +5 grey levels, Gaussian noise of sd 8) against
   the val/test images: the similarity to its own original per signature (1st percentile) and the share the guard
-  catches.
+  catches;
+- as another source: the train pool drawn as an extra store would be (`--extra-data`: every malignant image and two
+  benign ones per malignant, seeds 0-2) against the val/test images: the draw's images the guard calls copies, each
+  of which refuses the run unless `--extra-drop-copies` replaces it.
 
 Writes docs/results.md (section "copy-guard"); --print-only writes nothing there.
 """
@@ -29,6 +32,7 @@ from PIL import Image
 from lesionlab.benchmarking.datasets import DATASETS, prepared
 from lesionlab.benchmarking.results import ROOT, command_line, git_commit, machine, update_section
 from lesionlab.data.copy_guard import LOW_PASS_NEAR, NEAR_COPY, find_copies, index_references, resized, shape_signatures, signatures
+from lesionlab.data.sampling import draw_training_set
 from lesionlab.data.splits import load_split
 from lesionlab.data.store import Store
 
@@ -87,8 +91,11 @@ def measure(data: Path, seed: int) -> dict:
         own = {name: np.einsum("ij,ij->i", fn(images), eval_sig[name]) for name, (fn, _) in SIGNATURES.items()}
         caught = len(find_copies(images, refs))
         copies[change] = {"own": own, "caught": caught / len(ev)}
+    labels = table["label"].to_numpy()[pool]
+    draws = [pool[draw_training_set(labels, np.arange(len(pool)), "1:2", "all", s)] for s in range(3)]
+    as_source = [{"drawn": len(d), "copies": len(find_copies(store.pixels(d), refs))} for d in draws]
     return {"n_eval": len(ev), "n_pool": len(pool), "distinct": distinct, "false_alarms": float(flagged.mean()),
-            "n_false": int(flagged.sum()), "copies": copies, "size": store.size}
+            "n_false": int(flagged.sum()), "copies": copies, "size": store.size, "as_source": as_source}
 
 
 def main() -> None:
@@ -118,6 +125,13 @@ def main() -> None:
         for change, c in f["copies"].items():
             lines.append(f"| {DATASETS[key].title} | {change} | {np.quantile(c['own']['texture'], 0.01):.4f} | "
                          f"{np.quantile(c['own']['shape'], 0.01):.4f} | {100 * c['caught']:.1f}% |")
+    lines += ["", "### As another source: the train pool drawn as an extra store (1:2, every malignant image)", "",
+              "| data set | images a draw | called copies of a val/test image, seeds 0 / 1 / 2 | draws refused without "
+              "--extra-drop-copies |", "|---|---|---|---|"]
+    for key, f in found.items():
+        counts = [d["copies"] for d in f["as_source"]]
+        lines.append(f"| {DATASETS[key].title} | {f['as_source'][0]['drawn']} | {' / '.join(map(str, counts))} | "
+                     f"{sum(c > 0 for c in counts)} of {len(counts)} |")
     if not args.print_only:
         update_section("copy-guard", "\n".join(lines))
     print("\n".join(lines))
