@@ -113,8 +113,9 @@ def compare_runs(runs_a: list[Run], runs_b: list[Run], metrics=COMPARE_METRICS, 
         raise BadInputError(f"--on must be one of {', '.join(COMPARE_ON)}, got '{on}'")
     check_at_least(n_boot, 1, "--n-boot")
     has_oof = all(r.declared.has_oof for r in runs_a + runs_b)
-    if (on == "oof" or folds is not None) and not has_oof:
+    if (on == "oof" or folds is not None or per_fold) and not has_oof:
         raise BadInputError(f"--on {on}" + (f" --folds {','.join(map(str, folds))}" if folds is not None else "")
+                            + (" --per-fold" if per_fold else "")
                             + ": " + ", ".join(f"{r.path} is a {r.kind} run" for r in runs_a + runs_b
                                                if not r.declared.has_oof)
                             + f" without out-of-fold predictions (only {' and '.join(oof_kinds())} runs have them)")
@@ -122,10 +123,6 @@ def compare_runs(runs_a: list[Run], runs_b: list[Run], metrics=COMPARE_METRICS, 
         raise BadInputError(("--folds pairs out-of-fold images of some folds" if folds is not None else
                              "--per-fold pairs out-of-fold images fold by fold")
                             + "; --on test pairs the test images, which every fold model scores")
-    if per_fold and not has_oof:
-        raise BadInputError("--per-fold: " + ", ".join(f"{r.path} is a {r.kind} run" for r in runs_a + runs_b
-                                                        if not r.declared.has_oof)
-                            + f" without out-of-fold predictions (only {' and '.join(oof_kinds())} runs have them)")
     if on != "test" and has_oof:
         return compare_cv(runs_a, runs_b, metrics, n_boot, seed, folds, per_fold)
     ids_a, y, probs_a, thr_a, groups = _test_predictions(runs_a, "A")
