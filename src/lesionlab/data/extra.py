@@ -79,7 +79,7 @@ def _checked_draw(extra: Store, rows: np.ndarray, refs: tuple, seed: int,
         fresh = []
         for label in (0, 1):
             need = sum(1 for i in hits if labels[pending[i]] == label)
-            unseen = np.array([r for r in np.flatnonzero(labels == label) if r not in seen], dtype=np.int64)
+            unseen = np.setdiff1d(np.flatnonzero(labels == label), np.fromiter(seen, np.int64))
             fresh.append(rng.choice(unseen, min(need, len(unseen)), replace=False) if need and len(unseen) else
                          np.zeros(0, np.int64))
         pending = np.concatenate(fresh)

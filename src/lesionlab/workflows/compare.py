@@ -70,31 +70,28 @@ def _fold_rows(run: Run, folds: tuple[int, ...]):
     return table[table["fold"].isin(folds)]
 
 
-def _oof_folds(run: Run, ids: np.ndarray) -> np.ndarray:
-    """Each out-of-fold image's fold (in `ids` order), for pairing fold by fold; a cv of several repeats holds other
-    images in each repeat's folds, so it is refused."""
-    table = run.oof()
-    if table["repeat"].nunique() > 1:
-        raise BadInputError(f"--per-fold: {run.path} is a cv of {table['repeat'].nunique()} repeats, whose folds hold "
-                            "other images in each repeat; pair its whole out-of-fold set instead")
-    return table.set_index("id")["fold"].reindex(ids).to_numpy()
-
-
-def _oof_predictions(runs: list[Run], label: str, folds: tuple[int, ...] | None = None):
+def _oof_predictions(runs: list[Run], label: str, folds: tuple[int, ...] | None = None, per_fold: bool = False):
     """Every cv's out-of-fold predictions, aligned by id: one entry per (cv, repeat); with `folds`, only the images
-    of those folds."""
-    ids = y = groups = None
+    of those folds; with `per_fold`, also each image's fold (one assignment on every side: compare_cv checks it),
+    where a cv of several repeats, whose folds hold other images in each repeat, is refused."""
+    ids = y = groups = strata = None
     probs, thresholds = [], []
     for run in runs:
-        i, yy, g, p, t = oof_arrays(run.oof() if folds is None else _fold_rows(run, folds))
+        table = run.oof() if folds is None else _fold_rows(run, folds)
+        if per_fold and table["repeat"].nunique() > 1:
+            raise BadInputError(f"--per-fold: {run.path} is a cv of {table['repeat'].nunique()} repeats, whose folds "
+                                "hold other images in each repeat; pair its whole out-of-fold set instead")
+        i, yy, g, p, t = oof_arrays(table)
         if ids is None:
             ids, y, groups = i, yy, g
+            if per_fold:
+                strata = table.set_index("id")["fold"].reindex(ids).to_numpy()
         elif not np.array_equal(ids, i):  # compare_cv has already refused different fold assignments
             raise BadInputError(f"{run.path} and {runs[0].path} ({label}) were cross-validated on different folds; "
                                 "their out-of-fold predictions cannot be paired")
         probs += p
         thresholds += t
-    return ids, y, groups, probs, thresholds
+    return ids, y, groups, probs, thresholds, strata
 
 
 def compare_runs(runs_a: list[Run], runs_b: list[Run], metrics=COMPARE_METRICS, n_boot: int = 2000,
@@ -160,13 +157,10 @@ def compare_cv(runs_a: list[Run], runs_b: list[Run], metrics=COMPARE_METRICS, n_
                             f"cannot be paired: {detail}; run cv with the same --folds, --repeats and fold seed on "
                             "the same split (a tabular run takes a cv's folds with --image CV_DIR), or pair them on "
                             "the test images with --on test")
-    ids_a, y, groups, probs_a, thr_a = _oof_predictions(runs_a, "A", folds)
-    ids_b, _, _, probs_b, thr_b = _oof_predictions(runs_b, "B", folds)
+    ids_a, y, groups, probs_a, thr_a, strata = _oof_predictions(runs_a, "A", folds, per_fold)
+    ids_b, _, _, probs_b, thr_b, _ = _oof_predictions(runs_b, "B", folds, per_fold)
     if not np.array_equal(ids_a, ids_b):
         raise BadInputError(f"{runs_a[0].path} and {runs_b[0].path}: different out-of-fold images")
-    strata = None
-    if per_fold:  # one fold assignment on every side (checked above); reading each run refuses a repeated cv
-        strata = [_oof_folds(run, ids_a) for run in runs_a + runs_b][0]
     return _paired(runs_a, runs_b, "oof", y, groups, probs_a, probs_b, thr_a, thr_b, metrics, n_boot, seed, folds,
                    strata)
 
