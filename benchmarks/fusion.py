@@ -95,8 +95,8 @@ def ham_part(args, work: Path) -> list[str]:
     if args.image:
         cv = Path(args.image)
         arms["image only (cv)"] = image_arm(cv)
-        for name, extra in (("late fusion (rank average)", ["--fusion", "late"]), ("stacked fusion", [])):
-            out = runs / ("late" if extra else "stacked")
+        for name, folder, fusion in (("late fusion (rank average)", "late", "late"), ("stacked fusion", "stacked", "stack")):
+            out, extra = runs / folder, ["--fusion", fusion]
             if not (out / "metrics.json").exists():
                 shutil.rmtree(out, ignore_errors=True)
                 run(LESIONLAB + ["tabular", "--data", data, "--out", out, "--image", cv] + extra + flags, name=name)

@@ -156,7 +156,7 @@ def _fused(isic, cv_dir, out, *extra, ok=True):
 def test_fused_run_end_to_end_on_tiny_images(isic, cv_model, tmp_path):
     cv = write_cv_dir(isic["data"], tmp_path / "cv", cv_model, k=3)
     run = tmp_path / "fused"
-    _fused(isic, tmp_path / "cv", run)
+    _fused(isic, tmp_path / "cv", run, "--fusion", "stack")
     info = json.loads((run / "run.json").read_text())
     assert info["image"]["kind"] == "cv" and info["fusion"] == "stack" and info["folds"]["k"] == 3
     assert "the image model's" in info["folds"]["source"]
@@ -193,9 +193,10 @@ def test_fused_run_end_to_end_on_tiny_images(isic, cv_model, tmp_path):
     test = lp[lp["split"] == "test"].set_index("id")
     assert np.abs(got.loc[test.index, "prob"].to_numpy() - test["prob"].to_numpy()).max() < 1e-4
 
-    # offset fusion: the metadata trees start from each image's logit (no image features), reproduced by predict
+    # offset fusion, the default with --image: the metadata trees start from each image's logit (no image
+    # features), reproduced by predict
     offset = tmp_path / "offset"
-    _fused(isic, tmp_path / "cv", offset, "--fusion", "offset")
+    _fused(isic, tmp_path / "cv", offset)
     assert json.loads((offset / "run.json").read_text())["fusion"] == "offset"
     assert not {f for f in pd.read_csv(offset / "importance.csv")["feature"] if f.startswith("image_")}
     op = pd.read_csv(offset / "predictions.csv", dtype={"id": str})
@@ -285,7 +286,7 @@ def test_image_models_of_another_split_or_fold_assignment_are_refused(isic, tmp_
     oof.iloc[1:].to_csv(good / "oof.csv", index=False)
     r = _fused(isic, good, tmp_path / "d", ok=False)
     assert r.exit_code == 2 and "1 train-pool image(s) have no out-of-fold score" in r.output
-    for fusion in ("late", "offset"):
+    for fusion in ("late", "offset", "stack"):
         r = cli("tabular", "--data", isic["data"], "--out", tmp_path / fusion, "--fusion", fusion, *FAST, ok=False)
         assert r.exit_code == 2 and f"--fusion {fusion} needs --image" in r.output
 

@@ -27,9 +27,12 @@ class TabularConfig(BaseModel):
                                  "with --image: the image model's folds)")
     image: Optional[str] = Field(None, description="CV_DIR (or ENS_DIR) of an image model: its out-of-fold scores "
                                  "become features")
-    fusion: FusionName = Field("stack", description="with --image: stack = image scores as features; late = "
-                               "rank average of image and metadata-only probabilities; offset = the trees start "
-                               "from the image score's logit and learn only what the metadata adds")
+    # offset is the default because it never lost to stack or late on out-of-fold images, on either data set
+    # or size measured (docs/results.md, transfer sections' "With the metadata"), and keeps the image scores' order
+    fusion: Optional[FusionName] = Field(None, description="with --image (default offset): offset = the trees start "
+                                         "from the image score's logit and learn only what the metadata adds; stack = "
+                                         "image scores as features; late = rank average of image and metadata-only "
+                                         "probabilities")
     neg_ratio: Optional[float] = Field(None, gt=0, description="benign rows per malignant row in each fold's "
                                        "training part (negative undersampling; default: all)")
     recipe: bool = Field(True, description="ISIC 2024 feature recipe and patient statistics where the columns allow")
@@ -57,8 +60,10 @@ class TabularConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "TabularConfig":
-        if self.fusion in ("late", "offset") and not self.image:
+        if self.fusion is not None and not self.image:
             raise ValueError(f"--fusion {self.fusion} needs --image CV_DIR (the image model to fuse with)")
+        if self.image and self.fusion is None:
+            self.fusion = "offset"  # validate_assignment runs this check once more, with fusion set
         return self
 
 
