@@ -117,14 +117,19 @@ def index_store(store, positions: np.ndarray, size: int, chunk: int = 2048) -> t
     return np.concatenate(sig), np.concatenate(low), hashes
 
 
-def copies_in_store(store, positions: np.ndarray, references: np.ndarray, chunk: int = 2048) -> list[tuple[int, int, float]]:
+def copies_in_store(store, positions: np.ndarray, references: np.ndarray | tuple,
+                    chunk: int = 2048) -> list[tuple[int, int, float]]:
     """(position in `store`, reference index, similarity) for every image of a prepared `store` at table
-    `positions` that is an exact or near copy of one of `references` (uint8 NHWC images of any size);
-    both are compared at the smaller of the two sizes, the references indexed once."""
-    if not len(references) or not len(positions):
+    `positions` that is an exact or near copy of one of `references`: uint8 NHWC images of any size (both
+    are compared at the smaller of the two sizes, the references indexed once), or index_references() of
+    images at the store's size (for a caller that checks several sets of positions against one index)."""
+    if isinstance(references, tuple):
+        size, refs = store.size, references
+    elif not len(references):
         return []
-    size = min(store.size, references.shape[1])
-    refs = index_references(resized(references, size))
+    else:
+        size = min(store.size, references.shape[1])
+        refs = index_references(resized(references, size))
     positions = np.asarray(positions)
     hits = []
     for start in range(0, len(positions), chunk):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInputError, LeakError, NotEnoughDataError, preview
-from .copy_guard import find_copies, index_references
+from .copy_guard import copies_in_store, index_references
 from .sampling import draw_training_set
 from .store import Store
 
@@ -52,14 +52,6 @@ def _draw(extra: Store, ratio: str, n_malignant: int | str, seed: int, data: str
         raise type(e)(f"--extra-data {data}: {text.replace('the train pool', 'it')}") from None
 
 
-def _copies(extra: Store, rows: np.ndarray, refs: tuple) -> dict[int, tuple[int, float]]:
-    """Position in `rows` -> (evaluation image index, similarity) of every drawn image that copies one."""
-    hits = {}
-    for start in range(0, len(rows), 4096):  # chunked: an extra data set can be much larger than the evaluation sets
-        hits.update({start + i: (j, s) for i, j, s in find_copies(extra.pixels(rows[start:start + 4096]), refs)})
-    return hits
-
-
 def _checked_draw(extra: Store, rows: np.ndarray, refs: tuple, seed: int,
                   drop_copies: bool) -> tuple[np.ndarray, list[tuple[int, int, float]]]:
     """The drawn rows without copies of an evaluation image, and the copies found: (row, evaluation index,
@@ -71,14 +63,15 @@ def _checked_draw(extra: Store, rows: np.ndarray, refs: tuple, seed: int,
     kept, found, seen = [], [], set(rows.tolist())
     pending = rows
     while len(pending):
-        hits = _copies(extra, pending, refs)
-        found += [(int(pending[i]), j, s) for i, (j, s) in sorted(hits.items())]
+        hits = copies_in_store(extra, pending, refs, chunk=4096)
+        found += hits
         if hits and not drop_copies:
             return rows, found
-        kept.append(np.delete(pending, sorted(hits)))
+        copied = np.array([r for r, _, _ in hits], np.int64)
+        kept.append(pending[~np.isin(pending, copied)])
         fresh = []
         for label in (0, 1):
-            need = sum(1 for i in hits if labels[pending[i]] == label)
+            need = int((labels[copied] == label).sum())
             unseen = np.setdiff1d(np.flatnonzero(labels == label), np.fromiter(seen, np.int64))
             fresh.append(rng.choice(unseen, min(need, len(unseen)), replace=False) if need and len(unseen) else
                          np.zeros(0, np.int64))
