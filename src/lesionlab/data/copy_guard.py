@@ -123,6 +123,8 @@ def copies_in_store(store, positions: np.ndarray, references: np.ndarray | tuple
     `positions` that is an exact or near copy of one of `references`: uint8 NHWC images of any size (both
     are compared at the smaller of the two sizes, the references indexed once), or index_references() of
     images at the store's size (for a caller that checks several sets of positions against one index)."""
+    if not len(positions):
+        return []
     if isinstance(references, tuple):
         size, refs = store.size, references
     elif not len(references):
