@@ -24,21 +24,9 @@ from lesionlab.audit import AuditSettings
 from lesionlab.audit.command import AUDIT_JSON, TABLE, audit_run
 from lesionlab.audit.paired import paired_audit
 from lesionlab.audit.summary import drop_text, paired_text
-from lesionlab.benchmarking.results import ROOT, git_commit, machine, shown, update_section
+from lesionlab.benchmarking.results import ROOT, git_commit, machine, named_paths, shown, update_section
 from lesionlab.runs import load_run, read_table
 from lesionlab.workflows.report import md_table
-
-
-def _parse(pairs: list[str]) -> dict[str, Path]:
-    runs = {}
-    for item in pairs:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise SystemExit(f"expected NAME=RUN_DIR, got '{item}'")
-        if name in runs:
-            raise SystemExit(f"the name '{name}' is given twice")
-        runs[name] = Path(path)
-    return runs
 
 
 def _same_settings(doc: dict, settings: AuditSettings) -> bool:
@@ -158,7 +146,7 @@ def main() -> None:
     ap.add_argument("--record", action="store_true", help="record each audit in its run's metrics.json")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
-    runs = _parse(args.runs)
+    runs = named_paths(args.runs, "run", "RUN_DIR")
     for name in args.against:
         if name not in runs:
             raise SystemExit(f"--against {name}: not one of the names given ({', '.join(runs)})")

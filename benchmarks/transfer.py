@@ -61,7 +61,7 @@ import yaml
 
 from lesionlab.benchmarking.arms import curve_table, cv_arm, cv_table, fmt_ci, fused_arm
 from lesionlab.benchmarking.datasets import DATASETS, prepared
-from lesionlab.benchmarking.results import ROOT, command_line, git_commit, machine, update_section
+from lesionlab.benchmarking.results import ROOT, command_line, git_commit, machine, named_paths, update_section
 from lesionlab.choices import FUSIONS
 from lesionlab.config import build_config, build_pretrain_config, load_yaml, to_dict
 from lesionlab.data.sampling import parse_ratio
@@ -253,12 +253,7 @@ def main() -> None:
     ap.add_argument("--print-only", action="store_true", help="print the results section; leave docs/results.md as it is")
     args = ap.parse_args()
     started = time.time()
-    datasets: dict[str, Path] = {}
-    for item in args.data:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            ap.error(f"--data {item}: expected NAME=DATA_DIR")
-        datasets[name] = Path(path)
+    datasets = named_paths(args.data, "--data", "DATA_DIR")
     drawn_of: dict[str, int | str] = {}  # the protocol's own malignant count of a registered data set
     if not datasets:
         for key, ds in DATASETS.items():

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from lesionlab.benchmarking.arms import fmt_ci
-from lesionlab.benchmarking.results import command_line, git_commit, machine, update_section
+from lesionlab.benchmarking.results import command_line, git_commit, machine, named_paths, update_section
 from lesionlab.data.splits import load_split
 from lesionlab.data.store import Store
 from lesionlab.data.tta import check_mode
@@ -31,13 +31,6 @@ from lesionlab.runs import load_run
 from lesionlab.runs.predictor import load_predictor
 
 METRICS = ("roc_auc", "pauc_80")
-
-
-def name_path(text: str) -> tuple[str, Path]:
-    name, sep, path = text.partition("=")
-    if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"expected NAME=CV_DIR, got {text!r}")
-    return name, Path(path)
 
 
 def rescore(cv_dir: Path, modes: list[str]) -> dict:
@@ -106,7 +99,7 @@ def lines_for(name: str, cv_dir: Path, got: dict, modes: list[str], n_boot: int)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cv", type=name_path, action="append", required=True, metavar="NAME=CV_DIR",
+    ap.add_argument("--cv", action="append", required=True, metavar="NAME=CV_DIR",
                     help="a finished cross-validation (repeat for each)")
     ap.add_argument("--modes", default="flip,d4", help="TTA modes to rescore with, besides none")
     ap.add_argument("--n-boot", type=int, default=1000)
@@ -116,9 +109,10 @@ def main() -> None:
     modes = [check_mode(m.strip()) for m in args.modes.split(",") if m.strip() and m.strip() != "none"]
     started = time.time()
     body = []
-    for name, cv_dir in args.cv:
+    cvs = named_paths(args.cv, "--cv", "CV_DIR")
+    for name, cv_dir in cvs.items():
         body += ["", *lines_for(name, cv_dir, rescore(cv_dir, modes), modes, args.n_boot)]
-    cmd = command_line("tta_rescore", args, ap, skip=("cv",)) + "".join(f" --cv {n}=CV_DIR" for n, _ in args.cv)
+    cmd = command_line("tta_rescore", args, ap, skip=("cv",)) + "".join(f" --cv {n}=CV_DIR" for n in cvs)
     lines = ["## Test-time augmentation on finished cross-validations (`benchmarks/tta_rescore.py`)"
              + (f", {args.tag}" if args.tag else ""), "",
              f"Command: `{cmd}` (code {git_commit()}); machine: {machine()}; wall {(time.time() - started) / 60:.1f} min. "

@@ -33,3 +33,17 @@ def test_command_line_writes_what_differs_from_the_defaults():
         "python benchmarks/transfer.py --folds 3 --gan-min 0.0 --print-only --tune-on a --tune-on b "
         "--recipe-set early_stop=none --recipe-set monitor=val_roc_auc")
     assert results.command_line("transfer", ap.parse_args([]), ap, skip=()) == "python benchmarks/transfer.py"
+
+
+def test_named_paths_keep_the_order_and_name_a_malformed_or_repeated_item():
+    from pathlib import Path
+
+    import pytest
+
+    assert results.named_paths(["b=x/1", "a=y=2"], "--cv", "CV_DIR") == {"b": Path("x/1"), "a": Path("y=2")}
+    assert list(results.named_paths(["b=1", "a=2"], "--cv", "CV_DIR")) == ["b", "a"]
+    for bad in ("x", "=p", "n="):
+        with pytest.raises(SystemExit, match=f"--cv {bad}: expected NAME=CV_DIR"):
+            results.named_paths([bad], "--cv", "CV_DIR")
+    with pytest.raises(SystemExit, match="--data a=q: the name 'a' is given twice"):
+        results.named_paths(["a=p", "a=q"], "--data", "DATA_DIR")

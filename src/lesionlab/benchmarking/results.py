@@ -79,6 +79,20 @@ def shown(path: Path) -> Path:
     return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
 
 
+def named_paths(items: list[str], flag: str, what: str) -> dict[str, Path]:
+    """NAME=PATH arguments (`flag` names them, `what` says what PATH is) as {name: path}, in the order given;
+    a malformed item or a name given twice stops the script, naming it."""
+    named: dict[str, Path] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"{flag} {item}: expected NAME={what}")
+        if name in named:
+            raise SystemExit(f"{flag} {item}: the name '{name}' is given twice")
+        named[name] = Path(path)
+    return named
+
+
 def command_line(script: str, args: argparse.Namespace, ap: argparse.ArgumentParser,
                  skip: tuple[str, ...] = ("work",)) -> str:
     """The `python benchmarks/SCRIPT.py ...` that reproduces a run, from its parsed arguments: every option that
